@@ -1,0 +1,1 @@
+//! Node agent: pod lifecycle over runtimes (process), pod network, probes, logs, node status.

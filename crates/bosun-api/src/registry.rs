@@ -1,0 +1,155 @@
+//! The kinds bosun serves and what the API server needs to know about each.
+
+use std::sync::OnceLock;
+
+use k8s_openapi::api::{apps, coordination, core};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+/// Static facts about one kind plus type-erased hooks into its k8s-openapi type.
+pub struct KindInfo {
+    /// API group, "" for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    /// "v1" or "apps/v1".
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub list_kind: &'static str,
+    /// URL segment: "deployments".
+    pub plural: &'static str,
+    pub singular: String,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    pub namespaced: bool,
+    /// Subresources served under `.../NAME/SUB`: "status", "scale", "log", "binding", "finalize".
+    pub subresources: &'static [&'static str],
+    /// The kind's JSON schema from its k8s-openapi type (without Kubernetes' patch
+    /// extensions; `openapi` adds those).
+    pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+    /// Decodes into the typed object and encodes it back. An error means the value
+    /// does not fit the type (wrong field type, bad quantity ...).
+    pub roundtrip: fn(&Value) -> Result<Value, String>,
+}
+
+impl KindInfo {
+    /// Store key prefix for this kind: `/registry/apps/deployments/`.
+    pub fn key_prefix(&self) -> String {
+        if self.group.is_empty() {
+            format!("/registry/core/{}/", self.plural)
+        } else {
+            format!("/registry/{}/{}/", self.group, self.plural)
+        }
+    }
+
+    /// Store key of one object.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        match (self.namespaced, namespace) {
+            (true, Some(ns)) => format!("{}{}/{}", self.key_prefix(), ns, name),
+            _ => format!("{}{}", self.key_prefix(), name),
+        }
+    }
+
+    pub fn has_subresource(&self, sub: &str) -> bool {
+        self.subresources.contains(&sub)
+    }
+}
+
+fn roundtrip<K: Serialize + DeserializeOwned>(v: &Value) -> Result<Value, String> {
+    let typed: K = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+    serde_json::to_value(typed).map_err(|e| e.to_string())
+}
+
+/// Builds a [`KindInfo`] from a k8s-openapi type.
+pub fn kind_of<K>(
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
+    subresources: &'static [&'static str],
+) -> KindInfo
+where
+    K: k8s_openapi::Resource
+        + k8s_openapi::ListableResource
+        + Serialize
+        + DeserializeOwned
+        + schemars::JsonSchema,
+    K::Scope: Scope,
+{
+    KindInfo {
+        group: K::GROUP,
+        version: K::VERSION,
+        api_version: K::API_VERSION,
+        kind: K::KIND,
+        list_kind: K::LIST_KIND,
+        plural: K::URL_PATH_SEGMENT,
+        singular: K::KIND.to_ascii_lowercase(),
+        short_names,
+        categories,
+        namespaced: <K::Scope as Scope>::NAMESPACED,
+        subresources,
+        schema: K::json_schema,
+        roundtrip: roundtrip::<K>,
+    }
+}
+
+/// Maps k8s-openapi's scope marker types to a bool.
+pub trait Scope {
+    const NAMESPACED: bool;
+}
+impl Scope for k8s_openapi::NamespaceResourceScope {
+    const NAMESPACED: bool = true;
+}
+impl Scope for k8s_openapi::ClusterResourceScope {
+    const NAMESPACED: bool = false;
+}
+
+/// All kinds bosun serves.
+pub struct Registry {
+    pub kinds: Vec<KindInfo>,
+}
+
+impl Registry {
+    /// The built-in kinds, built once.
+    pub fn builtin() -> &'static Registry {
+        static REGISTRY: OnceLock<Registry> = OnceLock::new();
+        REGISTRY.get_or_init(|| Registry {
+            kinds: vec![
+                kind_of::<core::v1::Namespace>(&["ns"], &[], &["status", "finalize"]),
+                kind_of::<core::v1::Pod>(&["po"], &["all"], &["status", "log", "binding"]),
+                kind_of::<core::v1::ConfigMap>(&["cm"], &[], &[]),
+                kind_of::<core::v1::Secret>(&[], &[], &[]),
+                kind_of::<core::v1::Service>(&["svc"], &["all"], &["status"]),
+                kind_of::<core::v1::Event>(&["ev"], &[], &[]),
+                kind_of::<core::v1::Node>(&["no"], &[], &["status"]),
+                kind_of::<core::v1::Endpoints>(&["ep"], &[], &[]),
+                kind_of::<apps::v1::Deployment>(&["deploy"], &["all"], &["status", "scale"]),
+                kind_of::<apps::v1::ReplicaSet>(&["rs"], &["all"], &["status", "scale"]),
+                kind_of::<coordination::v1::Lease>(&[], &[], &[]),
+            ],
+        })
+    }
+
+    /// Finds a kind by group, version and plural (the URL form).
+    pub fn by_resource(&self, group: &str, version: &str, plural: &str) -> Option<&KindInfo> {
+        self.kinds
+            .iter()
+            .find(|k| k.group == group && k.version == version && k.plural == plural)
+    }
+
+    /// Finds a kind by apiVersion and kind (the body form).
+    pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<&KindInfo> {
+        self.kinds
+            .iter()
+            .find(|k| k.api_version == api_version && k.kind == kind)
+    }
+
+    /// The (group, version) pairs served, core first, each once.
+    pub fn group_versions(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out: Vec<(&str, &str)> = Vec::new();
+        for k in &self.kinds {
+            if !out.contains(&(k.group, k.version)) {
+                out.push((k.group, k.version));
+            }
+        }
+        out.sort_by_key(|(g, _)| !g.is_empty());
+        out
+    }
+}

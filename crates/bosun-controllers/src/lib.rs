@@ -1,0 +1,1 @@
+//! Reconcilers (deployment, replicaset, garbage collector, namespace, node lifecycle) on one shared runtime.

@@ -1,0 +1,1 @@
+//! Starts real bosun processes for tests and benchmarks.
