@@ -1,1 +1,140 @@
 //! Kubernetes REST API over the store: discovery, CRUD, patch, watch, subresources, tables, OpenAPI.
+//!
+//! Objects are stored as JSON under `KindInfo::key`; `metadata.resourceVersion` is never
+//! stored but filled in from the key's `mod_revision` on every read, so it always equals
+//! the store revision of the object's last write.
+
+mod discovery;
+mod error;
+mod logs;
+mod objects;
+mod request;
+mod selector;
+mod tls;
+mod watch;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use bosun_api::Registry;
+use bosun_api::openapi::OpenApi;
+use bosun_store::Store;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+pub use selector::{FieldSelector, LabelSelector};
+
+/// Namespaces that always exist.
+pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Default request body limit: 3 MiB, as Kubernetes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+pub struct ApiServerConfig {
+    pub store: Arc<dyn Store>,
+    /// Bearer token every API request must carry (TLS serving only).
+    pub token: String,
+    /// PEM of the cluster CA; node agents' serving certificates are verified against it
+    /// when pod logs are proxied.
+    pub ca_pem: String,
+    /// Request bodies above this size are refused with 413.
+    pub max_body_bytes: usize,
+}
+
+impl ApiServerConfig {
+    pub fn new(store: Arc<dyn Store>, token: impl Into<String>, ca_pem: impl Into<String>) -> Self {
+        ApiServerConfig {
+            store,
+            token: token.into(),
+            ca_pem: ca_pem.into(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub store: Arc<dyn Store>,
+    pub registry: &'static Registry,
+    pub token: String,
+    pub max_body_bytes: usize,
+    pub openapi: OpenApi,
+    pub log_tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The API server. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiServer {
+    inner: Arc<Inner>,
+}
+
+impl ApiServer {
+    /// Builds the server and creates the system namespaces if they are missing.
+    pub async fn new(cfg: ApiServerConfig) -> anyhow::Result<ApiServer> {
+        let registry = Registry::builtin();
+        let log_tls = if cfg.ca_pem.trim().is_empty() {
+            None
+        } else {
+            Some(logs::client_config(&cfg.ca_pem)?)
+        };
+        let inner = Arc::new(Inner {
+            store: cfg.store,
+            registry,
+            token: cfg.token,
+            max_body_bytes: cfg.max_body_bytes,
+            openapi: OpenApi::build(registry),
+            log_tls,
+        });
+        let server = ApiServer { inner };
+        server.ensure_namespaces().await?;
+        Ok(server)
+    }
+
+    async fn ensure_namespaces(&self) -> anyhow::Result<()> {
+        let kind = self
+            .inner
+            .registry
+            .by_resource("", "v1", "namespaces")
+            .ok_or_else(|| anyhow::anyhow!("registry has no namespaces"))?;
+        for ns in SYSTEM_NAMESPACES {
+            let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            match objects::create_object(&self.inner, kind, None, body, false).await {
+                Ok(_) => {}
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => anyhow::bail!("creating namespace {ns}: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole API, without authentication.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/version", get(discovery::version))
+            .route("/healthz", get(discovery::health))
+            .route("/livez", get(discovery::health))
+            .route("/readyz", get(discovery::health))
+            .route("/openapi/v2", get(discovery::openapi_v2))
+            .route("/swagger-2.0.0.pb-v1", get(discovery::openapi_v2))
+            .route("/openapi/v3", get(discovery::openapi_index))
+            .route("/openapi/v3/{*path}", get(discovery::openapi_doc))
+            .fallback(request::dispatch)
+            .with_state(self.inner.clone())
+    }
+
+    /// Serves the API over HTTPS (HTTP/2 and HTTP/1.1) with bearer-token
+    /// authentication until `shutdown` fires.
+    pub async fn serve_tls(
+        &self,
+        listener: std::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        tls::serve(self.clone(), listener, tls, shutdown).await
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+}

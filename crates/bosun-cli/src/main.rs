@@ -1,3 +1,100 @@
-fn main() {
-    println!("bosun");
+//! `bosun`: one binary for the whole platform. `bosun up` runs a complete single-node
+//! cluster; `bosun server` and `bosun agent` split it across machines; the remaining
+//! verbs are everyday client commands that work without kubectl.
+
+mod apply;
+mod client;
+mod get;
+mod logs;
+mod output;
+mod pki;
+mod rollout;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "bosun",
+    version,
+    about = "Run microservices with Kubernetes' API in one small binary",
+    long_about = "bosun runs microservices the way Kubernetes does — Deployments, rolling updates, \
+                  rollbacks, self-healing — from a single binary. Start a cluster with `bosun up`, \
+                  then use kubectl (KUBECONFIG is written to the data dir) or the verbs below.",
+    after_help = "Examples:\n  bosun up --data-dir ./bosun-data\n  export KUBECONFIG=./bosun-data/kubeconfig\n  bosun apply -f web.yaml --wait\n  bosun get pods -o wide\n  bosun logs deploy/web -f\n  bosun rollout undo deploy/web"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where client verbs find the cluster.
+#[derive(Args, Clone, Debug)]
+pub struct ClientOpts {
+    /// kubeconfig to use (default: $KUBECONFIG, then ./bosun-data/kubeconfig, then ~/.kube/config)
+    #[arg(long, global = true, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace (default: the kubeconfig's, else "default")
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a complete single-node cluster: API server, controllers, scheduler and node agent
+    Up(up::UpOpts),
+    /// Run the control plane only (API server, controllers, scheduler); nodes join with `bosun agent`
+    Server(up::ServerOpts),
+    /// Run a node agent that joins an existing server
+    Agent(up::AgentOpts),
+    /// Create or update resources from manifests (files, directories or - for stdin)
+    Apply(apply::ApplyOpts),
+    /// Show resources as a table (like kubectl get)
+    Get(get::GetOpts),
+    /// Print or follow the logs of pods, a deployment, or everything matching a label selector
+    Logs(logs::LogsOpts),
+    /// Watch, list or undo a deployment's rollouts
+    Rollout(rollout::RolloutOpts),
+    /// Supervise one container process (started by the agent)
+    #[command(hide = true)]
+    Shim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Shim { args } = cli.command {
+        bosun_agent::shim_main(args);
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Up(o) => up::up(o).await,
+            Command::Server(o) => up::server(o).await,
+            Command::Agent(o) => up::agent(o).await,
+            Command::Apply(o) => apply::run(o).await,
+            Command::Get(o) => get::run(o).await,
+            Command::Logs(o) => logs::run(o).await,
+            Command::Rollout(o) => rollout::run(o).await,
+            Command::Shim { .. } => unreachable!("handled before the runtime starts"),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{} {e:#}", output::error_label());
+            ExitCode::FAILURE
+        }
+    }
 }

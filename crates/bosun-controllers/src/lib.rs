@@ -1,1 +1,143 @@
-//! Reconcilers (deployment, replicaset, garbage collector, namespace, node lifecycle) on one shared runtime.
+//! Reconcilers (deployment, replicaset, garbage collector, namespace, node lifecycle) on one
+//! shared runtime.
+//!
+//! Every controller is a kube-runtime `Controller` fed by shared [`informer::Informer`]s (one
+//! watch per kind) and runs an idempotent, level-triggered reconcile that reads what it decides
+//! on fresh from the API, so any controller can be restarted at any moment.
+
+pub mod deployment;
+pub mod events;
+pub mod gc;
+pub mod informer;
+pub mod kinds;
+pub mod namespace;
+pub mod nodelifecycle;
+pub mod replicaset;
+pub mod runtime;
+pub mod util;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+
+use informer::Informer;
+pub use runtime::ReconcileError;
+
+/// Timings of the controllers. Defaults match Kubernetes.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// A node whose lease was not renewed for this long is marked NotReady/Unknown
+    /// (`--node-monitor-grace-period`, 40s).
+    pub node_monitor_grace_period: Duration,
+    /// Pods on a node that stayed unreachable this much longer are deleted so their
+    /// ReplicaSets replace them elsewhere (the 300s default toleration of `unreachable`).
+    pub pod_eviction_timeout: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            node_monitor_grace_period: Duration::from_secs(40),
+            pod_eviction_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Runs all controllers with default timings until `shutdown`.
+pub async fn run(client: Client, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(client, ControllerConfig::default(), shutdown).await
+}
+
+/// Runs all controllers until `shutdown` is cancelled.
+pub async fn run_with(
+    client: Client,
+    cfg: ControllerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let stop = shutdown.child_token();
+    let deployments = Informer::start(Api::<Deployment>::all(client.clone()), stop.clone());
+    let replica_sets = Informer::start(Api::<ReplicaSet>::all(client.clone()), stop.clone());
+    let pods = Informer::start(Api::<Pod>::all(client.clone()), stop.clone());
+    let namespaces = Informer::start(Api::<Namespace>::all(client.clone()), stop.clone());
+    let nodes = Informer::start(Api::<Node>::all(client.clone()), stop.clone());
+    let leases = Informer::start(
+        Api::<Lease>::namespaced(client.clone(), nodelifecycle::LEASE_NAMESPACE),
+        stop.clone(),
+    );
+
+    let kinds = kinds::discover(&client).await;
+    let graph = gc::Graph {
+        kinds: std::sync::Arc::new(
+            kinds
+                .iter()
+                .filter(|k| k.in_ownership_graph())
+                .map(|k| gc::GraphKind {
+                    informer: Informer::start_with(
+                        Api::all_with(client.clone(), &k.ar),
+                        k.ar.clone(),
+                        stop.clone(),
+                    ),
+                    kind: k.clone(),
+                })
+                .collect(),
+        ),
+    };
+
+    // Controllers start once their caches hold a complete list, so "not in cache" means absent.
+    let synced = async {
+        deployments.ready().await;
+        replica_sets.ready().await;
+        pods.ready().await;
+        namespaces.ready().await;
+        nodes.ready().await;
+        leases.ready().await;
+        for k in graph.kinds.iter() {
+            k.informer.ready().await;
+        }
+    };
+    tokio::select! {
+        _ = synced => {}
+        _ = shutdown.cancelled() => return Ok(()),
+    }
+    tracing::info!(kinds = graph.kinds.len(), "controllers starting");
+
+    let tasks = vec![
+        tokio::spawn(deployment::run(
+            client.clone(),
+            deployments.clone(),
+            replica_sets.clone(),
+            pods.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(replicaset::run(
+            client.clone(),
+            replica_sets.clone(),
+            pods.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(gc::run(client.clone(), graph.clone(), stop.clone())),
+        tokio::spawn(namespace::run(
+            client.clone(),
+            namespaces,
+            kinds,
+            graph,
+            stop.clone(),
+        )),
+        tokio::spawn(nodelifecycle::run(
+            client.clone(),
+            cfg,
+            nodes,
+            leases,
+            pods,
+            stop.clone(),
+        )),
+    ];
+    for t in tasks {
+        t.await?;
+    }
+    Ok(())
+}

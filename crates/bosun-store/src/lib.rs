@@ -4,8 +4,19 @@
 //! `resourceVersion`. Reads can be served at a past revision, writes can be made
 //! conditional on a key's `mod_revision`, and watches replay every change after a
 //! revision (or fail with [`StoreError::Compacted`] when that history is gone).
+//!
+//! Backends: [`RedbStore`] (embedded, one file). The `conformance` feature exposes
+//! the backend-independent test suite (`conformance::run_all`) that every backend
+//! must pass.
 
 use std::pin::Pin;
+
+mod codec;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod redb_store;
+
+pub use redb_store::{RedbOptions, RedbStore};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -85,12 +96,18 @@ pub enum StoreError {
     Conflict { key: String, current: Revision },
     /// The requested revision is older than the oldest one still kept.
     #[error("revision {requested} has been compacted (oldest kept: {compacted})")]
-    Compacted { requested: Revision, compacted: Revision },
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
     /// The requested revision is newer than the store's.
     #[error("revision {0} is in the future")]
     FutureRevision(Revision),
     #[error("lease {0} not found")]
     LeaseNotFound(LeaseId),
+    /// The request itself is malformed (for example an empty key).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     #[error("storage error: {0}")]
     Backend(String),
 }
@@ -109,14 +126,17 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
 
-    /// Keys starting with `prefix`, in key order.
+    /// Keys starting with `prefix`, in key order. `limit: Some(0)` means no limit.
+    /// `Compacted` / `FutureRevision` when `opts.revision` is outside the kept history.
     async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult>;
 
-    /// Creates `key`; fails with `AlreadyExists` if it is present.
+    /// Creates `key`; fails with `AlreadyExists` if it is present, `LeaseNotFound` if
+    /// `lease` is not a live lease, `InvalidArgument` for an empty key.
     async fn create(&self, key: &str, value: Bytes, lease: Option<LeaseId>) -> Result<KeyValue>;
 
     /// Replaces `key`'s value. With `expected` set, only if the key's current
-    /// `mod_revision` equals it (`Conflict` otherwise). `NotFound` if absent.
+    /// `mod_revision` equals it (`Conflict` otherwise). `NotFound` if absent. The key
+    /// is attached to `lease` afterwards (`None` detaches it from any lease).
     async fn update(
         &self,
         key: &str,
@@ -129,17 +149,28 @@ pub trait Store: Send + Sync + 'static {
     /// deleted value with `mod_revision` set to the deletion's revision.
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue>;
 
-    /// Changes to keys under `prefix` with revision strictly greater than `after`.
-    /// Fails with `Compacted` if `after` is older than the retained history.
+    /// Changes to keys under `prefix` with revision strictly greater than `after`, in
+    /// revision order, each exactly once. Fails with `Compacted` if `after` is older
+    /// than [`Store::compacted_revision`] and `FutureRevision` if it is newer than the
+    /// current revision. A stream that falls so far behind that the history it needs is
+    /// compacted yields `Err(Compacted)` and ends; so does a closed store (`Backend`).
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream>;
 
-    /// Forgets history up to and including `revision`.
+    /// Forgets the changes up to and including `revision`: lists at `revision` or
+    /// later and watches after it keep working. `Compacted` if `revision` is not newer
+    /// than the compacted revision, `FutureRevision` if it is newer than the current one.
     async fn compact(&self, revision: Revision) -> Result<()>;
 
-    /// The oldest revision a watch or list may still ask for.
+    /// The oldest revision a watch or list may still ask for (0 until a compaction).
     async fn compacted_revision(&self) -> Result<Revision>;
 
+    /// A new lease that expires `ttl_seconds` after its last keep-alive. TTLs under
+    /// one second are raised to one second (etcd also enforces a minimum); TTLs over
+    /// etcd's maximum (9e9 s) are `InvalidArgument`.
     async fn grant_lease(&self, ttl_seconds: i64) -> Result<LeaseId>;
+    /// Restarts the lease's TTL. `LeaseNotFound` once it has expired or was revoked.
     async fn keep_alive(&self, lease: LeaseId) -> Result<()>;
+    /// Deletes the lease and every key attached to it (each deletion is a change that
+    /// watches see). `LeaseNotFound` if there is no such lease.
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;
 }

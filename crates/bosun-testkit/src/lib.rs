@@ -1,1 +1,174 @@
-//! Starts real bosun processes for tests and benchmarks.
+//! Starts real `bosun up` processes for tests and benchmarks. Each cluster gets its own
+//! data dir, API and agent ports, bridge name and pod range, so many can run at once.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Node;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+
+/// A running `bosun up` process; stopped and cleaned up on drop.
+pub struct Cluster {
+    pub data_dir: tempfile::TempDir,
+    pub api_port: u16,
+    pub kubelet_port: u16,
+    pub bridge: String,
+    pub pod_cidr: String,
+    pub node_name: String,
+    child: Option<Child>,
+}
+
+/// The bosun binary: `$BOSUN_BIN`, else next to the running executable (target/{debug,release}).
+pub fn bosun_bin() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("BOSUN_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("executable without a directory")?;
+    // Test binaries live in target/<profile>/deps.
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("deps without a parent")?;
+    }
+    let bin = dir.join("bosun");
+    if !bin.exists() {
+        bail!("{} not found: build it with `cargo build -p bosun-cli` or set BOSUN_BIN", bin.display());
+    }
+    Ok(bin)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Cluster {
+    /// Starts a cluster and waits until its node is Ready.
+    pub async fn start(name: &str) -> Result<Cluster> {
+        let tag: u16 = rand::random_range(0..10_000);
+        let mut c = Cluster {
+            data_dir: tempfile::Builder::new().prefix(&format!("bosun-{name}-")).tempdir()?,
+            api_port: free_port()?,
+            kubelet_port: free_port()?,
+            bridge: format!("bk{tag}{}", std::process::id() % 1000),
+            pod_cidr: format!("10.{}.{}.0/24", 200 + tag % 50, tag % 250),
+            node_name: format!("node-{name}"),
+            child: None,
+        };
+        c.bridge.truncate(15);
+        c.spawn()?;
+        c.wait_ready(Duration::from_secs(60)).await?;
+        Ok(c)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.path().join("bosun.log"))?;
+        let child = Command::new(bosun_bin()?)
+            .arg("up")
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(["--listen", &format!("127.0.0.1:{}", self.api_port)])
+            .args(["--kubelet-port", &self.kubelet_port.to_string()])
+            .args(["--pod-cidr", &self.pod_cidr])
+            .args(["--bridge", &self.bridge])
+            .args(["--node-name", &self.node_name])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting bosun up")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.path().join("kubeconfig")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub async fn client(&self) -> Result<Client> {
+        let kc = Kubeconfig::read_from(self.kubeconfig())?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(cfg)?)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("bosun exited with {status}:\n{}", self.log_tail());
+            }
+            if self.kubeconfig().exists()
+                && let Ok(client) = self.client().await
+                && let Ok(node) = Api::<Node>::all(client).get(&self.node_name).await
+                && node_ready(&node)
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("bosun did not become ready:\n{}", self.log_tail())
+    }
+
+    /// Kills bosun with SIGKILL (pods keep running under their shims).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `kill -9` and start again on the same data dir.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()?;
+        self.wait_ready(Duration::from_secs(60)).await
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.data_dir.path().join("bosun.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill();
+        cleanup_host(self.data_dir.path(), &self.bridge);
+    }
+}
+
+/// Removes what a cluster leaves on the host: shim processes, pod netns, the bridge.
+pub fn cleanup_host(data_dir: &Path, bridge: &str) {
+    let pattern = format!("shim.*{}", data_dir.display());
+    let _ = Command::new("pkill").args(["-9", "-f", &pattern]).status();
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(ns) = line.split_whitespace().next()
+                && ns.starts_with(&format!("{bridge}-"))
+            {
+                let _ = Command::new("ip").args(["netns", "delete", ns]).status();
+            }
+        }
+    }
+    let _ = Command::new("ip")
+        .args(["link", "delete", bridge])
+        .stderr(Stdio::null())
+        .status();
+}

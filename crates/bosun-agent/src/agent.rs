@@ -1,0 +1,378 @@
+//! The agent: registers the node, keeps its lease, serves logs, and runs a worker per pod
+//! bound to this node.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::KubeApi;
+use crate::network::{BridgeNetwork, HostNetwork, PodNetwork, can_manage_network};
+use crate::node::{CapacityOverrides, Machine, NodeFacts};
+use crate::pod::{PodContext, PodWorker};
+use crate::runtime::{ProcessRuntime, Runtime};
+
+/// How pods get their network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    /// Own namespaces on the bridge when privileged, else the host network (with a warning).
+    #[default]
+    Auto,
+    Bridge,
+    Host,
+}
+
+#[derive(Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    /// Pods (containers, logs, volumes), network state.
+    pub data_dir: PathBuf,
+    pub node_ip: IpAddr,
+    /// Port of the HTTPS endpoint (logs); 0 picks a free one.
+    pub kubelet_port: u16,
+    /// e.g. "10.88.0.0/24"
+    pub pod_cidr: String,
+    /// e.g. "bosun0" (at most 15 characters)
+    pub bridge_name: String,
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Bearer token the API server presents to the HTTPS endpoint.
+    pub token: String,
+    /// The bosun binary; containers run under `<shim_exe> shim run ...`.
+    pub shim_exe: PathBuf,
+    pub capacity: CapacityOverrides,
+    pub network: NetworkMode,
+    /// CrashLoopBackOff: first delay, doubling up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub sync_interval: Duration,
+    /// On shutdown, stop all pods and remove the bridge and pod networks (else pods keep
+    /// running for the next agent to adopt).
+    pub teardown_on_shutdown: bool,
+}
+
+impl AgentConfig {
+    /// A configuration with Kubernetes' defaults for everything not given.
+    pub fn new(
+        node_name: impl Into<String>,
+        data_dir: PathBuf,
+        node_ip: IpAddr,
+        pod_cidr: impl Into<String>,
+        tls: Arc<rustls::ServerConfig>,
+        token: impl Into<String>,
+        shim_exe: PathBuf,
+    ) -> Self {
+        Self {
+            node_name: node_name.into(),
+            data_dir,
+            node_ip,
+            kubelet_port: 10250,
+            pod_cidr: pod_cidr.into(),
+            bridge_name: "bosun0".into(),
+            tls,
+            token: token.into(),
+            shim_exe,
+            capacity: CapacityOverrides::default(),
+            network: NetworkMode::Auto,
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+            sync_interval: Duration::from_secs(1),
+            teardown_on_shutdown: false,
+        }
+    }
+
+    fn pods_dir(&self) -> PathBuf {
+        self.data_dir.join("pods")
+    }
+}
+
+async fn make_network(cfg: &AgentConfig) -> Result<Arc<dyn PodNetwork>> {
+    let host = || -> Arc<dyn PodNetwork> {
+        Arc::new(HostNetwork {
+            node_ip: cfg.node_ip,
+        })
+    };
+    match cfg.network {
+        NetworkMode::Host => Ok(host()),
+        NetworkMode::Bridge => {
+            let n = BridgeNetwork::new(&cfg.bridge_name, &cfg.pod_cidr, &cfg.data_dir)?;
+            n.init().await.context("set up pod bridge")?;
+            Ok(Arc::new(n))
+        }
+        NetworkMode::Auto => {
+            if !can_manage_network() {
+                tracing::warn!(
+                    "no privileges for network namespaces (needs root or CAP_NET_ADMIN+CAP_SYS_ADMIN and iproute2): pods use the host network"
+                );
+                return Ok(host());
+            }
+            let n = BridgeNetwork::new(&cfg.bridge_name, &cfg.pod_cidr, &cfg.data_dir)?;
+            match n.init().await {
+                Ok(()) => Ok(Arc::new(n)),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot set up the pod bridge: pods use the host network");
+                    Ok(host())
+                }
+            }
+        }
+    }
+}
+
+struct WorkerHandle {
+    tx: watch::Sender<Option<Pod>>,
+    join: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the node agent until `shutdown`.
+pub async fn run(
+    client: kube::Client,
+    cfg: AgentConfig,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let pods_dir = cfg.pods_dir();
+    std::fs::create_dir_all(&pods_dir).with_context(|| format!("create {}", pods_dir.display()))?;
+    let runtime: Arc<dyn Runtime> =
+        Arc::new(ProcessRuntime::new(pods_dir.clone(), cfg.shim_exe.clone()));
+    let network = make_network(&cfg).await?;
+
+    let listener = std::net::TcpListener::bind(SocketAddr::new(cfg.node_ip, cfg.kubelet_port))
+        .with_context(|| format!("bind agent endpoint {}:{}", cfg.node_ip, cfg.kubelet_port))?;
+    let port = listener.local_addr()?.port();
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        cfg.tls.clone(),
+        crate::server::ServerState::new(pods_dir.clone(), cfg.token.clone(), cfg.node_name.clone()),
+        shutdown.clone(),
+    ));
+
+    let facts = NodeFacts {
+        name: cfg.node_name.clone(),
+        ip: cfg.node_ip,
+        pod_cidr: cfg.pod_cidr.clone(),
+        kubelet_port: port,
+        overrides: cfg.capacity.clone(),
+        data_dir: cfg.data_dir.clone(),
+    };
+    // The API server may still be starting: keep trying.
+    let node_uid = loop {
+        match crate::node::register(&client, &facts).await {
+            Ok(uid) => break uid,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "node registration failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(node = %cfg.node_name, port, isolated = network.isolated(), "node registered");
+    let heartbeat = tokio::spawn(heartbeat(
+        client.clone(),
+        facts.clone(),
+        node_uid,
+        shutdown.clone(),
+    ));
+
+    let machine = Machine::probe(&cfg.data_dir);
+    let ctx = Arc::new(PodContext {
+        process_runtime: runtime.clone(),
+        image_runtime: None,
+        network: network.clone(),
+        api: Arc::new(KubeApi {
+            client: client.clone(),
+            node_name: cfg.node_name.clone(),
+        }),
+        node_name: cfg.node_name.clone(),
+        node_ip: cfg.node_ip,
+        pods_dir: pods_dir.clone(),
+        backoff_base: cfg.backoff_base,
+        backoff_max: cfg.backoff_max,
+        backoff_reset: Duration::from_secs(600),
+        sync_interval: cfg.sync_interval,
+        node_cpu: cfg
+            .capacity
+            .cpu
+            .as_deref()
+            .and_then(crate::env::parse_quantity)
+            .unwrap_or(machine.cpus as f64),
+        node_memory: cfg
+            .capacity
+            .memory
+            .as_deref()
+            .and_then(crate::env::parse_quantity)
+            .unwrap_or(machine.memory_bytes as f64),
+    });
+
+    let result = watch_pods(
+        client,
+        &cfg,
+        ctx,
+        runtime.clone(),
+        network.clone(),
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    let _ = heartbeat.await;
+    let _ = server.await;
+    if cfg.teardown_on_shutdown {
+        cleanup_node(&cfg).await?;
+    }
+    result
+}
+
+async fn heartbeat(
+    client: kube::Client,
+    facts: NodeFacts,
+    node_uid: String,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = crate::node::renew_lease(&client, &facts, &node_uid).await {
+            tracing::warn!(error = %format!("{e:#}"), "lease renewal failed");
+        }
+        n += 1;
+        // The full status (with conditions' heartbeat times) every minute; the lease is the
+        // frequent liveness signal.
+        if n.is_multiple_of(6) {
+            let api: Api<Node> = Api::all(client.clone());
+            let prev = api.get(&facts.name).await.ok().and_then(|n| n.status);
+            let res = match prev {
+                Some(_) => crate::node::update_status(&client, &facts, prev.as_ref()).await,
+                None => crate::node::register(&client, &facts).await.map(|_| ()),
+            };
+            if let Err(e) = res {
+                tracing::warn!(error = %format!("{e:#}"), "node status update failed");
+            }
+        }
+    }
+}
+
+async fn watch_pods(
+    client: kube::Client,
+    cfg: &AgentConfig,
+    ctx: Arc<PodContext>,
+    runtime: Arc<dyn Runtime>,
+    network: Arc<dyn PodNetwork>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let api: Api<Pod> = Api::all(client);
+    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
+    let mut stream = watcher(api, wc).default_backoff().boxed();
+    let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
+    let mut listing: Option<HashSet<String>> = None;
+    let worker_stop = CancellationToken::new();
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ev = stream.try_next() => ev,
+        };
+        workers.retain(|_, w| !w.join.is_finished());
+        match ev {
+            Ok(Some(watcher::Event::Init)) => listing = Some(HashSet::new()),
+            Ok(Some(watcher::Event::InitApply(pod))) | Ok(Some(watcher::Event::Apply(pod))) => {
+                let Some(uid) = pod.metadata.uid.clone() else {
+                    continue;
+                };
+                if let Some(l) = listing.as_mut() {
+                    l.insert(uid.clone());
+                }
+                match workers.get(&uid) {
+                    Some(w) => {
+                        let _ = w.tx.send(Some(pod));
+                    }
+                    None => {
+                        let (tx, rx) = watch::channel(Some(pod));
+                        let w = PodWorker::new(ctx.clone(), uid.clone(), rx);
+                        let join = tokio::spawn(w.run(worker_stop.clone()));
+                        workers.insert(uid, WorkerHandle { tx, join });
+                    }
+                }
+            }
+            Ok(Some(watcher::Event::Delete(pod))) => {
+                if let Some(w) = pod.metadata.uid.as_ref().and_then(|u| workers.get(u)) {
+                    let _ = w.tx.send(None);
+                }
+            }
+            Ok(Some(watcher::Event::InitDone)) => {
+                let seen = listing.take().unwrap_or_default();
+                for (uid, w) in &workers {
+                    if !seen.contains(uid) {
+                        let _ = w.tx.send(None);
+                    }
+                }
+                // Pods left on this node (on disk or with a network) whose object is gone.
+                let mut orphans: HashSet<String> = std::fs::read_dir(&ctx.pods_dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                orphans.extend(network.list().await.unwrap_or_default());
+                for uid in orphans {
+                    if seen.contains(&uid) || workers.contains_key(&uid) {
+                        continue;
+                    }
+                    tracing::info!(%uid, "removing pod that is no longer bound to this node");
+                    if let Err(e) = runtime.remove_pod(&uid).await {
+                        tracing::warn!(%uid, error = %format!("{e:#}"), "remove orphaned pod");
+                    }
+                    if let Err(e) = network.teardown(&uid).await {
+                        tracing::warn!(%uid, error = %format!("{e:#}"), "remove orphaned pod network");
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => tracing::warn!(error = %e, "pod watch error"),
+        }
+    }
+    // Workers stop; their containers keep running for the next agent.
+    worker_stop.cancel();
+    for (_, w) in workers {
+        let _ = w.join.await;
+    }
+    Ok(())
+}
+
+/// Stops every pod of this agent and removes the pod networks, the bridge and the pods'
+/// files: leaves the node as it was before the agent ran.
+pub async fn cleanup_node(cfg: &AgentConfig) -> Result<()> {
+    let runtime = ProcessRuntime::new(cfg.pods_dir(), cfg.shim_exe.clone());
+    let mut uids: HashSet<String> = runtime
+        .adopt()
+        .await?
+        .into_iter()
+        .map(|k| k.pod_uid)
+        .collect();
+    uids.extend(
+        std::fs::read_dir(cfg.pods_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned()),
+    );
+    for uid in &uids {
+        runtime.remove_pod(uid).await?;
+    }
+    if cfg.network != NetworkMode::Host && can_manage_network() {
+        BridgeNetwork::new(&cfg.bridge_name, &cfg.pod_cidr, &cfg.data_dir)?
+            .cleanup()
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! What the pod workers need from the cluster, behind a trait so the pod lifecycle can be
+//! tested without an API server. `KubeApi` is the real one over a `kube::Client`.
+
+use anyhow::Result;
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event, EventSource, ObjectReference, Pod, PodStatus, Secret,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+
+#[async_trait]
+pub trait ClusterApi: Send + Sync + 'static {
+    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>>;
+    async fn secret(&self, ns: &str, name: &str) -> Result<Option<Secret>>;
+    /// Writes the pod's status (the `status` subresource).
+    async fn update_pod_status(&self, pod: &Pod, status: &PodStatus) -> Result<()>;
+    /// Confirms a graceful deletion: deletes the pod object for good (grace period 0), only
+    /// if it is still the same pod (UID precondition).
+    async fn finalize_pod_deletion(&self, pod: &Pod) -> Result<()>;
+    /// Records an Event about a pod; failures are logged, never fatal.
+    async fn event(&self, pod: &Pod, warning: bool, reason: &str, message: &str);
+}
+
+pub struct KubeApi {
+    pub client: kube::Client,
+    pub node_name: String,
+}
+
+fn ns_of(pod: &Pod) -> String {
+    pod.metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into())
+}
+
+fn not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+#[async_trait]
+impl ClusterApi for KubeApi {
+    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+        match api.get(name).await {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn secret(&self, ns: &str, name: &str) -> Result<Option<Secret>> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        match api.get(name).await {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn update_pod_status(&self, pod: &Pod, status: &PodStatus) -> Result<()> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns_of(pod));
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let patch = serde_json::json!({ "status": status });
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn finalize_pod_deletion(&self, pod: &Pod) -> Result<()> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns_of(pod));
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: pod.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&name, &dp).await {
+            Ok(_) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn event(&self, pod: &Pod, warning: bool, reason: &str, message: &str) {
+        let ns = ns_of(pod);
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let now = jiff::Timestamp::now();
+        let name = format!(
+            "{}.{:x}",
+            pod.metadata.name.as_deref().unwrap_or("pod"),
+            now.as_nanosecond()
+        );
+        let ts = Time(now);
+        let ev = Event {
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                namespace: Some(ns),
+                uid: pod.metadata.uid.clone(),
+                resource_version: pod.metadata.resource_version.clone(),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+            source: Some(EventSource {
+                component: Some("bosun-agent".into()),
+                host: Some(self.node_name.clone()),
+            }),
+            reporting_component: Some("bosun-agent".into()),
+            reporting_instance: Some(self.node_name.clone()),
+            first_timestamp: Some(ts.clone()),
+            last_timestamp: Some(ts),
+            event_time: Some(MicroTime(now)),
+            action: Some(reason.into()),
+            count: Some(1),
+            ..Default::default()
+        };
+        if let Err(e) = api.create(&PostParams::default(), &ev).await {
+            tracing::debug!(error = %e, reason, "cannot record event");
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! Pod networking. `BridgeNetwork` gives each pod a network namespace (named like
+//! `ip netns add` does, under /run/netns) with a veth pair to a node bridge and an IP from the
+//! node's pod CIDR; `HostNetwork` is the fallback without privileges (pod IP = node IP).
+//! Links are configured with iproute2's `ip`, the stable interface to the kernel's netlink.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodNet {
+    pub ip: IpAddr,
+    /// Network namespace file; None = host network.
+    pub netns: Option<PathBuf>,
+}
+
+#[async_trait]
+pub trait PodNetwork: Send + Sync + 'static {
+    /// Prepares node-level networking (bridge); idempotent.
+    async fn init(&self) -> Result<()>;
+    /// Creates (or returns the existing) network of a pod; idempotent.
+    async fn setup(&self, pod_uid: &str) -> Result<PodNet>;
+    /// The network of a pod if it has one, without creating anything.
+    async fn get(&self, pod_uid: &str) -> Result<Option<PodNet>>;
+    /// Removes a pod's network and frees its IP; idempotent.
+    async fn teardown(&self, pod_uid: &str) -> Result<()>;
+    /// Pods that have a network here (to clean up those whose pod is gone).
+    async fn list(&self) -> Result<Vec<String>>;
+    /// Whether pods get their own namespace (false = host network).
+    fn isolated(&self) -> bool;
+}
+
+/// Parsed IPv4 CIDR.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cidr {
+    pub network: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Self> {
+        let (ip, prefix) = s
+            .split_once('/')
+            .with_context(|| format!("pod CIDR {s:?} is not ADDRESS/PREFIX"))?;
+        let ip: Ipv4Addr = ip
+            .parse()
+            .with_context(|| format!("pod CIDR {s:?}: bad IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .with_context(|| format!("pod CIDR {s:?}: bad prefix length"))?;
+        if !(8..=30).contains(&prefix) {
+            bail!("pod CIDR {s:?}: prefix must be between /8 and /30");
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Self {
+            network: Ipv4Addr::from(u32::from(ip) & mask),
+            prefix,
+        })
+    }
+
+    fn host(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + n)
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.host(1)
+    }
+
+    /// Number of addresses, network and broadcast included.
+    fn size(&self) -> u32 {
+        1u32 << (32 - self.prefix)
+    }
+}
+
+pub struct BridgeNetwork {
+    bridge: String,
+    cidr: Cidr,
+    state_dir: PathBuf,
+    lock: tokio::sync::Mutex<()>,
+}
+
+async fn ip(args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new("ip")
+        .args(args)
+        .output()
+        .await
+        .context("run ip (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// 12 hex digits of the pod UID: unique enough per node, short enough for interface names.
+fn short_uid(uid: &str) -> String {
+    uid.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(12)
+        .collect()
+}
+
+impl BridgeNetwork {
+    pub fn new(bridge: &str, pod_cidr: &str, data_dir: &Path) -> Result<Self> {
+        if bridge.is_empty() || bridge.len() > 15 {
+            bail!("bridge name {bridge:?} must have 1 to 15 characters");
+        }
+        Ok(Self {
+            bridge: bridge.to_string(),
+            cidr: Cidr::parse(pod_cidr)?,
+            state_dir: data_dir.join("network").join(bridge),
+            lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn netns_name(&self, pod_uid: &str) -> String {
+        format!("{}-{}", self.bridge, short_uid(pod_uid))
+    }
+
+    fn host_veth(pod_uid: &str) -> String {
+        format!("vb{}", short_uid(pod_uid))
+    }
+
+    fn ips_dir(&self) -> PathBuf {
+        self.state_dir.join("ips")
+    }
+
+    /// The IP recorded for a pod, if any.
+    fn recorded_ip(&self, pod_uid: &str) -> Option<Ipv4Addr> {
+        let dir = std::fs::read_dir(self.ips_dir()).ok()?;
+        for e in dir.flatten() {
+            if std::fs::read_to_string(e.path()).ok()?.trim() == pod_uid {
+                return e.file_name().to_string_lossy().parse().ok();
+            }
+        }
+        None
+    }
+
+    /// Allocates an IP, persisted as a file named by the IP holding the pod UID; creating it
+    /// with O_EXCL makes the allocation atomic.
+    fn allocate(&self, pod_uid: &str) -> Result<Ipv4Addr> {
+        if let Some(ip) = self.recorded_ip(pod_uid) {
+            return Ok(ip);
+        }
+        std::fs::create_dir_all(self.ips_dir())?;
+        for n in 2..self.cidr.size() - 1 {
+            let ip = self.cidr.host(n);
+            let path = self.ips_dir().join(ip.to_string());
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    f.write_all(pod_uid.as_bytes())?;
+                    return Ok(ip);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).context("allocate pod IP"),
+            }
+        }
+        bail!(
+            "no free IP left in pod CIDR {}/{}",
+            self.cidr.network,
+            self.cidr.prefix
+        )
+    }
+
+    fn release(&self, pod_uid: &str) {
+        if let Some(ip) = self.recorded_ip(pod_uid) {
+            let _ = std::fs::remove_file(self.ips_dir().join(ip.to_string()));
+        }
+    }
+
+    async fn netns_has_ip(&self, ns: &str, ip: Ipv4Addr) -> bool {
+        match ip_out(&["-n", ns, "-4", "-o", "addr", "show", "dev", "eth0"]).await {
+            Some(out) => out.contains(&format!(" {ip}/")),
+            None => false,
+        }
+    }
+
+    async fn build(&self, pod_uid: &str, addr: Ipv4Addr) -> Result<()> {
+        let ns = self.netns_name(pod_uid);
+        let host = Self::host_veth(pod_uid);
+        let peer = format!("pb{}", short_uid(pod_uid));
+        let cidr = format!("{addr}/{}", self.cidr.prefix);
+        let gw = self.cidr.gateway().to_string();
+        ip(&["netns", "add", &ns]).await?;
+        ip(&[
+            "link", "add", &host, "type", "veth", "peer", "name", &peer, "netns", &ns,
+        ])
+        .await?;
+        ip(&["link", "set", &host, "master", &self.bridge, "up"]).await?;
+        ip(&["-n", &ns, "link", "set", &peer, "name", "eth0"]).await?;
+        ip(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0"]).await?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]).await?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"]).await?;
+        ip(&["-n", &ns, "route", "add", "default", "via", &gw]).await?;
+        Ok(())
+    }
+
+    async fn remove_links(&self, pod_uid: &str) {
+        let ns = self.netns_name(pod_uid);
+        // Deleting the namespace destroys eth0 and with it the host end of the pair.
+        let _ = ip(&["netns", "del", &ns]).await;
+        let _ = ip(&["link", "del", &Self::host_veth(pod_uid)]).await;
+    }
+
+    /// Removes every pod namespace of this bridge, the bridge and the IP records.
+    pub async fn cleanup(&self) -> Result<()> {
+        let _g = self.lock.lock().await;
+        for uid in self.list_locked() {
+            self.remove_links(&uid).await;
+        }
+        let prefix = format!("{}-", self.bridge);
+        if let Ok(dir) = std::fs::read_dir("/run/netns") {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) {
+                    let _ = ip(&["netns", "del", &name]).await;
+                }
+            }
+        }
+        if ip_out(&["link", "show", "dev", &self.bridge])
+            .await
+            .is_some()
+        {
+            ip(&["link", "del", &self.bridge]).await?;
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+        Ok(())
+    }
+
+    fn list_locked(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Ok(dir) = std::fs::read_dir(self.ips_dir()) {
+            for e in dir.flatten() {
+                if let Ok(uid) = std::fs::read_to_string(e.path()) {
+                    out.push(uid.trim().to_string());
+                }
+            }
+        }
+        out
+    }
+}
+
+async fn ip_out(args: &[&str]) -> Option<String> {
+    ip(args).await.ok()
+}
+
+#[async_trait]
+impl PodNetwork for BridgeNetwork {
+    async fn init(&self) -> Result<()> {
+        let _g = self.lock.lock().await;
+        if ip_out(&["link", "show", "dev", &self.bridge])
+            .await
+            .is_none()
+        {
+            ip(&["link", "add", "name", &self.bridge, "type", "bridge"]).await?;
+        }
+        let gw = format!("{}/{}", self.cidr.gateway(), self.cidr.prefix);
+        let addrs = ip(&["-4", "-o", "addr", "show", "dev", &self.bridge]).await?;
+        if !addrs.contains(&format!(" {gw} ")) {
+            ip(&["addr", "add", &gw, "dev", &self.bridge]).await?;
+        }
+        ip(&["link", "set", &self.bridge, "up"]).await?;
+        // Pods reach beyond the node through the host's routing.
+        tokio::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .await
+            .context("enable ip_forward")?;
+        Ok(())
+    }
+
+    async fn setup(&self, pod_uid: &str) -> Result<PodNet> {
+        let _g = self.lock.lock().await;
+        let addr = self.allocate(pod_uid)?;
+        let ns = self.netns_name(pod_uid);
+        let path = PathBuf::from("/run/netns").join(&ns);
+        if path.exists() && self.netns_has_ip(&ns, addr).await {
+            return Ok(PodNet {
+                ip: IpAddr::V4(addr),
+                netns: Some(path),
+            });
+        }
+        // Half-built leftovers (e.g. the agent died mid-setup) are rebuilt from scratch.
+        self.remove_links(pod_uid).await;
+        if let Err(e) = self.build(pod_uid, addr).await {
+            self.remove_links(pod_uid).await;
+            self.release(pod_uid);
+            return Err(e.context(format!("set up network of pod {pod_uid}")));
+        }
+        Ok(PodNet {
+            ip: IpAddr::V4(addr),
+            netns: Some(path),
+        })
+    }
+
+    async fn get(&self, pod_uid: &str) -> Result<Option<PodNet>> {
+        let Some(addr) = self.recorded_ip(pod_uid) else {
+            return Ok(None);
+        };
+        let path = PathBuf::from("/run/netns").join(self.netns_name(pod_uid));
+        if !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(PodNet {
+            ip: IpAddr::V4(addr),
+            netns: Some(path),
+        }))
+    }
+
+    async fn teardown(&self, pod_uid: &str) -> Result<()> {
+        let _g = self.lock.lock().await;
+        self.remove_links(pod_uid).await;
+        self.release(pod_uid);
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<String>> {
+        let _g = self.lock.lock().await;
+        Ok(self.list_locked())
+    }
+
+    fn isolated(&self) -> bool {
+        true
+    }
+}
+
+/// Pods share the node's network: pod IP = node IP.
+pub struct HostNetwork {
+    pub node_ip: IpAddr,
+}
+
+#[async_trait]
+impl PodNetwork for HostNetwork {
+    async fn init(&self) -> Result<()> {
+        Ok(())
+    }
+    async fn setup(&self, _pod_uid: &str) -> Result<PodNet> {
+        Ok(PodNet {
+            ip: self.node_ip,
+            netns: None,
+        })
+    }
+    async fn get(&self, _pod_uid: &str) -> Result<Option<PodNet>> {
+        Ok(Some(PodNet {
+            ip: self.node_ip,
+            netns: None,
+        }))
+    }
+    async fn teardown(&self, _pod_uid: &str) -> Result<()> {
+        Ok(())
+    }
+    async fn list(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+    fn isolated(&self) -> bool {
+        false
+    }
+}
+
+/// Whether this process may create network namespaces and links (root or CAP_NET_ADMIN +
+/// CAP_SYS_ADMIN), judged from the effective capability set.
+pub fn can_manage_network() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let Some(hex) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(str::trim)
+    else {
+        return false;
+    };
+    let caps = u64::from_str_radix(hex, 16).unwrap_or(0);
+    const CAP_NET_ADMIN: u64 = 1 << 12;
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    caps & CAP_NET_ADMIN != 0 && caps & CAP_SYS_ADMIN != 0 && which_ip()
+}
+
+fn which_ip() -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("ip").is_file()))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parsing() {
+        let c = Cidr::parse("10.88.0.7/24").unwrap();
+        assert_eq!(c.network, Ipv4Addr::new(10, 88, 0, 0));
+        assert_eq!(c.gateway(), Ipv4Addr::new(10, 88, 0, 1));
+        assert_eq!(c.size(), 256);
+        assert!(Cidr::parse("10.88.0.0").is_err());
+        assert!(Cidr::parse("10.88.0.0/31").is_err());
+        assert!(Cidr::parse("x/24").is_err());
+    }
+
+    #[test]
+    fn allocation_is_persistent_and_exhausts() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = BridgeNetwork::new("btalloc", "10.99.0.0/29", dir.path()).unwrap();
+        let a = n.allocate("uid-a").unwrap();
+        assert_eq!(a, Ipv4Addr::new(10, 99, 0, 2));
+        assert_eq!(n.allocate("uid-a").unwrap(), a, "same pod, same IP");
+        let ips: Vec<_> = (0..4)
+            .map(|i| n.allocate(&format!("u{i}")).unwrap())
+            .collect();
+        assert_eq!(*ips.last().unwrap(), Ipv4Addr::new(10, 99, 0, 6));
+        assert!(n.allocate("one-too-many").is_err());
+        n.release("u0");
+        let again = BridgeNetwork::new("btalloc", "10.99.0.0/29", dir.path()).unwrap();
+        assert_eq!(again.allocate("new").unwrap(), ips[0]);
+        assert_eq!(again.recorded_ip("uid-a"), Some(a));
+    }
+}

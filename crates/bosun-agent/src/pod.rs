@@ -1,0 +1,1262 @@
+//! The per-pod worker: converges a pod's containers to its spec (level-triggered), runs its
+//! probes, restarts per restartPolicy with CrashLoopBackOff, terminates gracefully, and
+//! reports the pod's status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, HostIP, LifecycleHandler, Pod, PodCondition, PodIP,
+    PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ClusterApi;
+use crate::env::{PodFacts, container_env, process_argv};
+use crate::network::{PodNet, PodNetwork};
+use crate::probe::{ProbeEvent, Target, run_container_probes};
+use crate::runtime::{ContainerKey, ContainerLaunch, Runtime, RuntimeState};
+
+/// Shared by all pod workers of a node.
+pub struct PodContext {
+    /// Runs containers without an image (and `runtimeClassName: process`).
+    pub process_runtime: Arc<dyn Runtime>,
+    /// Runs containers with an image; None on a node without one (e.g. no Docker).
+    pub image_runtime: Option<Arc<dyn Runtime>>,
+    pub network: Arc<dyn PodNetwork>,
+    pub api: Arc<dyn ClusterApi>,
+    pub node_name: String,
+    pub node_ip: IpAddr,
+    pub pods_dir: PathBuf,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// A container that ran this long before exiting restarts without back-off.
+    pub backoff_reset: Duration,
+    /// How often a pod is re-synced without a change (container exits, back-off expiry).
+    pub sync_interval: Duration,
+    pub node_cpu: f64,
+    pub node_memory: f64,
+}
+
+/// Back-off before restart number `n` (0-based count of restarts already done in this
+/// crash series): the first restart is immediate, then base, 2*base, ... up to max.
+pub fn backoff_delay(n: u32, base: Duration, max: Duration) -> Duration {
+    if n == 0 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32.checked_shl(n - 1).unwrap_or(u32::MAX);
+    base.checked_mul(factor).unwrap_or(max).min(max)
+}
+
+#[derive(Default)]
+struct CState {
+    /// Latest attempt (== restartCount); None before the first was created.
+    attempt: Option<u32>,
+    started: bool,
+    ready: bool,
+    probes: Option<(u32, tokio::task::AbortHandle)>,
+    restart_at: Option<Instant>,
+    backoff_n: u32,
+    /// Why the container is not running when that is not an exit (config error, ...).
+    waiting: Option<(String, String)>,
+    /// Attempt whose exit was already reported (event).
+    exit_seen: Option<u32>,
+    /// Message explaining the next restart (liveness failure), for the event.
+    kill_reason: Option<String>,
+}
+
+pub struct PodWorker {
+    ctx: Arc<PodContext>,
+    uid: String,
+    pod_rx: watch::Receiver<Option<Pod>>,
+    probe_tx: mpsc::Sender<ProbeEvent>,
+    probe_rx: mpsc::Receiver<ProbeEvent>,
+    containers: HashMap<String, CState>,
+    net: Option<PodNet>,
+    last_status: Option<serde_json::Value>,
+    start_time: Option<Time>,
+    warned_host_network: bool,
+    terminal: bool,
+    unhealthy_events: HashMap<String, Instant>,
+    last_pod: Option<Pod>,
+}
+
+fn time(s: &str) -> Option<Time> {
+    s.parse::<jiff::Timestamp>().ok().map(Time)
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+fn pod_ref(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+enum Want {
+    /// Keep running (or restart) per policy.
+    Run,
+    /// Pod is terminating or gone: stop everything.
+    Stop,
+}
+
+impl PodWorker {
+    pub fn new(ctx: Arc<PodContext>, uid: String, pod_rx: watch::Receiver<Option<Pod>>) -> Self {
+        let (probe_tx, probe_rx) = mpsc::channel(64);
+        Self {
+            ctx,
+            uid,
+            pod_rx,
+            probe_tx,
+            probe_rx,
+            containers: HashMap::new(),
+            net: None,
+            last_status: None,
+            start_time: None,
+            warned_host_network: false,
+            terminal: false,
+            unhealthy_events: HashMap::new(),
+            last_pod: None,
+        }
+    }
+
+    fn pod_dir(&self) -> PathBuf {
+        self.ctx.pods_dir.join(&self.uid)
+    }
+
+    fn runtime_for(&self, pod: &Pod, c: &Container) -> Result<Arc<dyn Runtime>, (String, String)> {
+        let class = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.runtime_class_name.as_deref());
+        let has_image = c.image.as_deref().is_some_and(|i| !i.is_empty());
+        if class == Some("process") || !has_image {
+            return Ok(self.ctx.process_runtime.clone());
+        }
+        match &self.ctx.image_runtime {
+            Some(r) => Ok(r.clone()),
+            None => Err((
+                "ErrImagePull".into(),
+                format!(
+                    "node {} has no container image runtime: cannot run image {:?}; use runtimeClassName: process with a command to run it as a host process",
+                    self.ctx.node_name,
+                    c.image.as_deref().unwrap_or("")
+                ),
+            )),
+        }
+    }
+
+    /// Learns the attempts that exist on disk (after an agent restart).
+    async fn adopt(&mut self, pod: &Pod) {
+        let Ok(keys) = self.ctx.process_runtime.adopt().await else {
+            return;
+        };
+        for k in keys.into_iter().filter(|k| k.pod_uid == self.uid) {
+            let cs = self.containers.entry(k.container.clone()).or_default();
+            if cs.attempt.is_none_or(|a| a < k.attempt) {
+                cs.attempt = Some(k.attempt);
+            }
+        }
+        // Lost supervisors are reported once, here, as the agent comes back.
+        let names: Vec<(String, u32)> = self
+            .containers
+            .iter()
+            .filter_map(|(n, c)| c.attempt.map(|a| (n.clone(), a)))
+            .collect();
+        for (name, attempt) in names {
+            let key = self.key(&name, attempt);
+            if let Ok(RuntimeState::Exited {
+                reason, message, ..
+            }) = self.ctx.process_runtime.status(&key).await
+                && reason == "ContainerStatusUnknown" {
+                    self.ctx
+                        .api
+                        .event(
+                            pod,
+                            true,
+                            "ContainerLost",
+                            &format!(
+                                "container {name}: {}",
+                                message.unwrap_or_else(|| "supervisor gone".into())
+                            ),
+                        )
+                        .await;
+                    if let Some(cs) = self.containers.get_mut(&name) {
+                        cs.exit_seen = Some(attempt);
+                    }
+                }
+        }
+    }
+
+    fn key(&self, name: &str, attempt: u32) -> ContainerKey {
+        ContainerKey {
+            pod_uid: self.uid.clone(),
+            container: name.to_string(),
+            attempt,
+        }
+    }
+
+    /// Runs until the pod is gone (and cleaned up) or `shutdown` (containers keep running).
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut adopted = false;
+        loop {
+            let pod = self.pod_rx.borrow_and_update().clone();
+            match pod {
+                Some(pod) => {
+                    if !adopted {
+                        adopted = true;
+                        self.adopt(&pod).await;
+                    }
+                    self.last_pod = Some(pod.clone());
+                    if pod.metadata.deletion_timestamp.is_some() {
+                        self.terminate(&pod).await;
+                        self.report(&pod, Want::Stop).await;
+                        if let Err(e) = self.cleanup().await {
+                            tracing::warn!(pod = %pod_ref(&pod), error = %e, "cleanup failed; retrying");
+                        } else if let Err(e) = self.ctx.api.finalize_pod_deletion(&pod).await {
+                            tracing::warn!(pod = %pod_ref(&pod), error = %e, "cannot confirm deletion; retrying");
+                        } else {
+                            return;
+                        }
+                    } else {
+                        self.sync(&pod).await;
+                        self.report(&pod, Want::Run).await;
+                    }
+                }
+                None => {
+                    // Removed from the API without a graceful deletion.
+                    if let Some(pod) = self.last_pod.clone() {
+                        self.terminate(&pod).await;
+                    }
+                    match self.cleanup().await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::warn!(uid = %self.uid, error = %e, "cleanup failed; retrying")
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.stop_probes();
+                    return;
+                }
+                changed = self.pod_rx.changed() => {
+                    if changed.is_err() {
+                        // The agent dropped this worker: like shutdown.
+                        self.stop_probes();
+                        return;
+                    }
+                }
+                Some(ev) = self.probe_rx.recv() => self.on_probe(ev).await,
+                _ = tokio::time::sleep(self.ctx.sync_interval) => {}
+            }
+            // Take every queued probe result before syncing again.
+            while let Ok(ev) = self.probe_rx.try_recv() {
+                self.on_probe(ev).await;
+            }
+        }
+    }
+
+    fn stop_probes(&mut self) {
+        for cs in self.containers.values_mut() {
+            if let Some((_, h)) = cs.probes.take() {
+                h.abort();
+            }
+        }
+    }
+
+    async fn on_probe(&mut self, ev: ProbeEvent) {
+        let Some(pod) = self.last_pod.clone() else {
+            return;
+        };
+        let current = |s: &Self, k: &ContainerKey| {
+            s.containers.get(&k.container).and_then(|c| c.attempt) == Some(k.attempt)
+        };
+        match ev {
+            ProbeEvent::Started(k) if current(self, &k) => {
+                if let Some(cs) = self.containers.get_mut(&k.container) {
+                    cs.started = true;
+                }
+            }
+            ProbeEvent::Ready(k, ok) if current(self, &k) => {
+                if let Some(cs) = self.containers.get_mut(&k.container) {
+                    cs.ready = ok;
+                }
+            }
+            ProbeEvent::Unhealthy {
+                key,
+                message,
+                probe,
+            } if current(self, &key) => {
+                // At most one Unhealthy event per container and probe every 10 seconds.
+                let id = format!("{}/{probe}", key.container);
+                let due = self
+                    .unhealthy_events
+                    .get(&id)
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+                if due {
+                    self.unhealthy_events.insert(id, Instant::now());
+                    self.ctx.api.event(&pod, true, "Unhealthy", &message).await;
+                }
+            }
+            ProbeEvent::Failed {
+                key,
+                probe,
+                message,
+            } if current(self, &key) => {
+                let Some(c) = find_container(&pod, &key.container).cloned() else {
+                    return;
+                };
+                self.ctx
+                    .api
+                    .event(
+                        &pod,
+                        false,
+                        "Killing",
+                        &format!(
+                            "Container {} failed {probe} probe, will be restarted",
+                            key.container
+                        ),
+                    )
+                    .await;
+                if let Some(cs) = self.containers.get_mut(&key.container) {
+                    cs.ready = false;
+                    cs.kill_reason = Some(message);
+                    if let Some((_, h)) = cs.probes.take() {
+                        h.abort();
+                    }
+                }
+                let Ok(rt) = self.runtime_for(&pod, &c) else {
+                    return;
+                };
+                let grace = grace_period(&pod);
+                tokio::spawn(async move {
+                    if let Err(e) = rt.stop(&key, grace).await {
+                        tracing::warn!(error = %e, "stop after probe failure");
+                    }
+                });
+            }
+            _ => {} // about an older attempt
+        }
+    }
+
+    async fn ensure_network(&mut self, pod: &Pod) -> Result<PodNet, String> {
+        if let Some(n) = &self.net {
+            return Ok(n.clone());
+        }
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let net = if host_network {
+            PodNet {
+                ip: self.ctx.node_ip,
+                netns: None,
+            }
+        } else {
+            let n = self
+                .ctx
+                .network
+                .setup(&self.uid)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            if !self.ctx.network.isolated() && !self.warned_host_network {
+                self.warned_host_network = true;
+                self.ctx
+                    .api
+                    .event(
+                        pod,
+                        true,
+                        "HostNetworkFallback",
+                        "the node agent cannot create network namespaces (no privileges): the pod shares the node's network and IP",
+                    )
+                    .await;
+            }
+            n
+        };
+        self.net = Some(net.clone());
+        Ok(net)
+    }
+
+    async fn sync(&mut self, pod: &Pod) {
+        let Some(spec) = pod.spec.clone() else {
+            return;
+        };
+        if self.start_time.is_none() {
+            self.start_time = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.clone())
+                .or_else(|| Some(now()));
+            let meta = serde_json::json!({
+                "namespace": pod.metadata.namespace.as_deref().unwrap_or("default"),
+                "name": pod.metadata.name,
+                "uid": self.uid,
+            });
+            let _ = std::fs::create_dir_all(self.pod_dir());
+            let _ = crate::shim::write_atomic(
+                &self.pod_dir().join("pod.json"),
+                meta.to_string().as_bytes(),
+            );
+        }
+        if self.terminal {
+            return;
+        }
+        let net = match self.ensure_network(pod).await {
+            Ok(n) => n,
+            Err(e) => {
+                for c in spec
+                    .init_containers
+                    .iter()
+                    .flatten()
+                    .chain(&spec.containers)
+                {
+                    let cs = self.containers.entry(c.name.clone()).or_default();
+                    if cs.attempt.is_none() {
+                        cs.waiting =
+                            Some(("ContainerCreating".into(), format!("pod network: {e}")));
+                    }
+                }
+                self.ctx
+                    .api
+                    .event(
+                        pod,
+                        true,
+                        "FailedCreatePodSandBox",
+                        &format!("pod network: {e}"),
+                    )
+                    .await;
+                return;
+            }
+        };
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        // Init containers, one after the other; app containers only once all succeeded.
+        for c in spec.init_containers.iter().flatten() {
+            let init_policy = if policy == "Never" {
+                "Never"
+            } else {
+                "OnFailure"
+            };
+            match self.sync_container(pod, c, init_policy, &net).await {
+                Some(0) => continue,
+                _ => return,
+            }
+        }
+        for c in &spec.containers {
+            self.sync_container(pod, c, &policy, &net).await;
+        }
+    }
+
+    /// Converges one container; returns its exit code when it has exited for good.
+    async fn sync_container(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        policy: &str,
+        net: &PodNet,
+    ) -> Option<i32> {
+        let rt = match self.runtime_for(pod, c) {
+            Ok(rt) => rt,
+            Err(w) => {
+                self.containers.entry(c.name.clone()).or_default().waiting = Some(w);
+                return None;
+            }
+        };
+        let attempt = self.containers.entry(c.name.clone()).or_default().attempt;
+        let Some(attempt) = attempt else {
+            self.start_attempt(pod, c, &rt, 0, net).await;
+            return None;
+        };
+        let key = self.key(&c.name, attempt);
+        let state = match rt.status(&key).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(pod = %pod_ref(pod), container = %c.name, error = %e, "status");
+                return None;
+            }
+        };
+        match state {
+            RuntimeState::NotFound => {
+                self.start_attempt(pod, c, &rt, attempt, net).await;
+                None
+            }
+            RuntimeState::Created => {
+                if let Err(e) = rt.start(&key).await {
+                    self.containers.get_mut(&c.name)?.waiting =
+                        Some(("StartError".into(), format!("{e:#}")));
+                }
+                None
+            }
+            RuntimeState::Running { .. } => {
+                let cs = self.containers.get_mut(&c.name)?;
+                cs.waiting = None;
+                if cs.probes.as_ref().map(|p| p.0) != Some(attempt) {
+                    if let Some((_, h)) = cs.probes.take() {
+                        h.abort();
+                    }
+                    cs.started = false;
+                    cs.ready = false;
+                    let t = Target {
+                        pod_ip: net.ip,
+                        key: key.clone(),
+                        runtime: rt.clone(),
+                    };
+                    let h = tokio::spawn(run_container_probes(c.clone(), t, self.probe_tx.clone()));
+                    cs.probes = Some((attempt, h.abort_handle()));
+                }
+                None
+            }
+            RuntimeState::Exited {
+                exit_code,
+                started_at,
+                finished_at,
+                reason,
+                message,
+                ..
+            } => {
+                let name = c.name.clone();
+                let base = self.ctx.backoff_base;
+                let max = self.ctx.backoff_max;
+                let reset = self.ctx.backoff_reset;
+                let cs = self.containers.get_mut(&name)?;
+                if let Some((_, h)) = cs.probes.take() {
+                    h.abort();
+                }
+                cs.ready = false;
+                cs.started = false;
+                let first_sight = cs.exit_seen != Some(attempt);
+                cs.exit_seen = Some(attempt);
+                let restart = match policy {
+                    "Always" => true,
+                    "OnFailure" => exit_code != 0,
+                    _ => false,
+                };
+                if first_sight && reason == "ContainerStatusUnknown" {
+                    let msg = format!("container {name}: {}", message.clone().unwrap_or_default());
+                    self.ctx.api.event(pod, true, "ContainerLost", &msg).await;
+                }
+                let cs = self.containers.get_mut(&name)?;
+                if !restart {
+                    return Some(exit_code);
+                }
+                if cs.restart_at.is_none() {
+                    let ran = match (started_at.as_deref().and_then(time), time(&finished_at)) {
+                        (Some(s), Some(f)) => f.0.duration_since(s.0).unsigned_abs(),
+                        _ => Duration::ZERO,
+                    };
+                    if ran >= reset {
+                        cs.backoff_n = 0;
+                    }
+                    let delay = backoff_delay(cs.backoff_n, base, max);
+                    cs.restart_at = Some(Instant::now() + delay);
+                    if !delay.is_zero() {
+                        let msg = format!(
+                            "Back-off {delay:?} restarting failed container={name} pod={}",
+                            pod_ref(pod)
+                        );
+                        cs.waiting = Some(("CrashLoopBackOff".into(), msg.clone()));
+                        self.ctx.api.event(pod, true, "BackOff", &msg).await;
+                    }
+                }
+                let cs = self.containers.get_mut(&name)?;
+                if cs.restart_at.is_some_and(|t| Instant::now() >= t) {
+                    cs.restart_at = None;
+                    cs.backoff_n = cs.backoff_n.saturating_add(1);
+                    if let Some(reason) = cs.kill_reason.take() {
+                        tracing::info!(pod = %pod_ref(pod), container = %name, %reason, "restarting");
+                    }
+                    self.start_attempt(pod, c, &rt, attempt + 1, net).await;
+                    // Keep the previous attempt (its log is `previous`), drop older ones.
+                    if attempt >= 1 {
+                        let old = self.key(&name, attempt - 1);
+                        let _ = rt.remove(&old).await;
+                        let _ = std::fs::remove_file(rt.log_path(&old));
+                        for f in crate::cri_log::log_files(&rt.log_path(&old)) {
+                            let _ = std::fs::remove_file(f);
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    async fn start_attempt(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        rt: &Arc<dyn Runtime>,
+        attempt: u32,
+        net: &PodNet,
+    ) {
+        let key = self.key(&c.name, attempt);
+        let launch = match self.launch_for(pod, c, net).await {
+            Ok(l) => l,
+            Err(msg) => {
+                let cs = self.containers.entry(c.name.clone()).or_default();
+                let changed = cs.waiting.as_ref().map(|w| &w.1) != Some(&msg);
+                cs.waiting = Some(("CreateContainerConfigError".into(), msg.clone()));
+                if changed {
+                    self.ctx
+                        .api
+                        .event(pod, true, "Failed", &format!("Error: {msg}"))
+                        .await;
+                }
+                return;
+            }
+        };
+        if let Err(e) = rt.create(&key, &launch).await {
+            let msg = format!("{e:#}");
+            self.containers.entry(c.name.clone()).or_default().waiting =
+                Some(("CreateContainerError".into(), msg.clone()));
+            self.ctx
+                .api
+                .event(pod, true, "Failed", &format!("Error: {msg}"))
+                .await;
+            return;
+        }
+        {
+            let cs = self.containers.entry(c.name.clone()).or_default();
+            cs.attempt = Some(attempt);
+            cs.waiting = None;
+            cs.started = false;
+            cs.ready = false;
+        }
+        self.ctx
+            .api
+            .event(
+                pod,
+                false,
+                "Created",
+                &format!("Created container {}", c.name),
+            )
+            .await;
+        match rt.start(&key).await {
+            Ok(RuntimeState::Running { .. }) => {
+                self.ctx
+                    .api
+                    .event(
+                        pod,
+                        false,
+                        "Started",
+                        &format!("Started container {}", c.name),
+                    )
+                    .await;
+                if let Ok(RuntimeState::Running { .. }) = rt.status(&key).await {
+                    self.warn_state(pod, c, &key);
+                }
+            }
+            Ok(RuntimeState::Exited {
+                reason, message, ..
+            }) if reason == "StartError" => {
+                let msg = message.unwrap_or_default();
+                self.ctx
+                    .api
+                    .event(pod, true, "Failed", &format!("Error: {msg}"))
+                    .await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.ctx
+                    .api
+                    .event(pod, true, "Failed", &format!("Error: {e:#}"))
+                    .await;
+            }
+        }
+    }
+
+    /// Surfaces shim warnings (e.g. no mount namespace) as a log line.
+    fn warn_state(&self, pod: &Pod, c: &Container, key: &ContainerKey) {
+        let path = self
+            .ctx
+            .pods_dir
+            .join(&key.pod_uid)
+            .join("containers")
+            .join(&key.container)
+            .join(key.attempt.to_string())
+            .join("state.json");
+        if let Ok(st) = crate::shim::ShimState::read(&path) {
+            for w in st.warnings {
+                tracing::warn!(pod = %pod_ref(pod), container = %c.name, "{w}");
+            }
+        }
+    }
+
+    async fn launch_for(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        net: &PodNet,
+    ) -> Result<ContainerLaunch, String> {
+        let facts = PodFacts {
+            pod,
+            pod_ip: net.ip.to_string(),
+            host_ip: self.ctx.node_ip.to_string(),
+            node_name: &self.ctx.node_name,
+            node_cpu: self.ctx.node_cpu,
+            node_memory: self.ctx.node_memory,
+        };
+        let mut env = container_env(self.ctx.api.as_ref(), &facts, c)
+            .await
+            .map_err(|e| e.0)?;
+        let argv = process_argv(c, &env).map_err(|e| e.0)?;
+        let vols = crate::volumes::prepare(self.ctx.api.as_ref(), pod, &self.pod_dir())
+            .await
+            .map_err(|e| e.0)?;
+        let mounts = crate::volumes::mounts_for(c, &vols).map_err(|e| e.0)?;
+        // A host process needs a PATH to find its command, which Kubernetes images bring.
+        if env.get("PATH").is_none() {
+            env.set(
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            );
+        }
+        if env.get("HOSTNAME").is_none() {
+            env.set(
+                "HOSTNAME".into(),
+                pod.metadata.name.clone().unwrap_or_default(),
+            );
+        }
+        let working_dir = c
+            .working_dir
+            .as_deref()
+            .filter(|w| !w.is_empty())
+            .map(PathBuf::from);
+        Ok(ContainerLaunch {
+            argv,
+            env: env.into_vec(),
+            working_dir,
+            netns: net.netns.clone(),
+            mounts,
+        })
+    }
+
+    /// Stops every container: preStop hook, SIGTERM, grace period, SIGKILL.
+    async fn terminate(&mut self, pod: &Pod) {
+        self.stop_probes();
+        let grace = grace_period(pod);
+        let deadline = Instant::now() + grace;
+        let pod_ip = self.net.as_ref().map(|n| n.ip).unwrap_or(self.ctx.node_ip);
+        let mut stops = Vec::new();
+        let spec_containers: Vec<Container> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .cloned()
+            .collect();
+        for c in spec_containers {
+            let Some(attempt) = self.containers.get(&c.name).and_then(|cs| cs.attempt) else {
+                continue;
+            };
+            let Ok(rt) = self.runtime_for(pod, &c) else {
+                continue;
+            };
+            let key = self.key(&c.name, attempt);
+            if !matches!(rt.status(&key).await, Ok(RuntimeState::Running { .. })) {
+                continue;
+            }
+            let api = self.ctx.api.clone();
+            let pod = pod.clone();
+            stops.push(async move {
+                if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if let Err(msg) = run_hook(hook, &c, &key, &rt, pod_ip, left).await {
+                        api.event(
+                            &pod,
+                            true,
+                            "FailedPreStopHook",
+                            &format!("PreStopHook failed for container {}: {msg}", c.name),
+                        )
+                        .await;
+                    }
+                }
+                api.event(
+                    &pod,
+                    false,
+                    "Killing",
+                    &format!("Stopping container {}", c.name),
+                )
+                .await;
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Err(e) = rt.stop(&key, left).await {
+                    tracing::warn!(container = %c.name, error = %e, "stop failed");
+                }
+            });
+        }
+        futures::future::join_all(stops).await;
+        for cs in self.containers.values_mut() {
+            cs.restart_at = None;
+            cs.ready = false;
+        }
+    }
+
+    /// Removes the pod's containers, files and network.
+    async fn cleanup(&mut self) -> anyhow::Result<()> {
+        self.stop_probes();
+        self.ctx.process_runtime.remove_pod(&self.uid).await?;
+        if let Some(r) = &self.ctx.image_runtime {
+            r.remove_pod(&self.uid).await?;
+        }
+        self.ctx.network.teardown(&self.uid).await?;
+        self.net = None;
+        let _ = tokio::fs::remove_dir_all(self.pod_dir()).await;
+        Ok(())
+    }
+
+    /// Builds the status and writes it when it differs from what the API has.
+    async fn report(&mut self, pod: &Pod, want: Want) {
+        let status = self.build_status(pod, &want).await;
+        let phase = status.phase.clone();
+        let value = serde_json::to_value(&status).unwrap_or_default();
+        let api_value = pod
+            .status
+            .as_ref()
+            .map(|s| serde_json::to_value(s).unwrap_or_default());
+        if Some(&value) != self.last_status.as_ref() && Some(&value) != api_value.as_ref() {
+            match self.ctx.api.update_pod_status(pod, &status).await {
+                Ok(()) => self.last_status = Some(value),
+                Err(e) => tracing::warn!(pod = %pod_ref(pod), error = %e, "status update failed"),
+            }
+        }
+        if matches!(want, Want::Run)
+            && matches!(phase.as_deref(), Some("Succeeded" | "Failed"))
+            && !self.terminal
+        {
+            // A finished pod keeps its status and logs but gives back its network.
+            self.terminal = true;
+            self.stop_probes();
+            if let Err(e) = self.ctx.network.teardown(&self.uid).await {
+                tracing::warn!(pod = %pod_ref(pod), error = %e, "network teardown");
+            }
+        }
+    }
+
+    async fn container_status(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        terminating: bool,
+    ) -> ContainerStatus {
+        let cs = self.containers.get(&c.name);
+        let mut st = ContainerStatus {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            image_id: String::new(),
+            restart_count: cs.and_then(|c| c.attempt).unwrap_or(0) as i32,
+            ready: false,
+            started: Some(false),
+            ..Default::default()
+        };
+        let waiting = |reason: &str, message: Option<String>| ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(reason.into()),
+                message,
+            }),
+            ..Default::default()
+        };
+        let terminated =
+            |s: &RuntimeState, key: &ContainerKey| -> Option<ContainerStateTerminated> {
+                match s {
+                    RuntimeState::Exited {
+                        exit_code,
+                        signal,
+                        started_at,
+                        finished_at,
+                        reason,
+                        message,
+                    } => Some(ContainerStateTerminated {
+                        exit_code: *exit_code,
+                        signal: *signal,
+                        reason: Some(reason.clone()),
+                        message: message.clone(),
+                        started_at: started_at.as_deref().and_then(time),
+                        finished_at: time(finished_at),
+                        container_id: Some(container_id(key)),
+                    }),
+                    _ => None,
+                }
+            };
+        let Some(cs) = cs else {
+            st.state = Some(waiting("ContainerCreating", None));
+            return st;
+        };
+        let rt = match self.runtime_for(pod, c) {
+            Ok(rt) => rt,
+            Err((reason, msg)) => {
+                st.state = Some(waiting(&reason, Some(msg)));
+                return st;
+            }
+        };
+        let Some(attempt) = cs.attempt else {
+            let (reason, msg) = cs
+                .waiting
+                .clone()
+                .unwrap_or(("ContainerCreating".into(), String::new()));
+            st.state = Some(waiting(&reason, Some(msg).filter(|m| !m.is_empty())));
+            return st;
+        };
+        let key = self.key(&c.name, attempt);
+        st.container_id = Some(container_id(&key));
+        if attempt > 0 {
+            let prev = self.key(&c.name, attempt - 1);
+            if let Ok(s) = rt.status(&prev).await
+                && let Some(t) = terminated(&s, &prev) {
+                    st.last_state = Some(ContainerState {
+                        terminated: Some(t),
+                        ..Default::default()
+                    });
+                }
+        }
+        match rt.status(&key).await {
+            Ok(RuntimeState::Running { started_at, .. }) => {
+                st.state = Some(ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: started_at.as_deref().and_then(time),
+                    }),
+                    ..Default::default()
+                });
+                st.started = Some(cs.started);
+                st.ready = cs.ready && cs.started && !terminating;
+            }
+            Ok(s @ RuntimeState::Exited { .. }) => {
+                let t = terminated(&s, &key);
+                match (&cs.waiting, cs.restart_at, terminating) {
+                    // Waiting to restart: the exit becomes the last state.
+                    (Some((reason, msg)), Some(_), false) => {
+                        st.state = Some(waiting(reason, Some(msg.clone())));
+                        st.last_state = t.map(|t| ContainerState {
+                            terminated: Some(t),
+                            ..Default::default()
+                        });
+                    }
+                    _ => {
+                        st.state = Some(ContainerState {
+                            terminated: t,
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+            Ok(RuntimeState::Created) | Ok(RuntimeState::NotFound) | Err(_) => {
+                let (reason, msg) = cs
+                    .waiting
+                    .clone()
+                    .unwrap_or(("ContainerCreating".into(), String::new()));
+                st.state = Some(waiting(&reason, Some(msg).filter(|m| !m.is_empty())));
+            }
+        }
+        st
+    }
+
+    async fn build_status(&self, pod: &Pod, want: &Want) -> PodStatus {
+        let terminating = matches!(want, Want::Stop);
+        let spec = pod.spec.clone().unwrap_or_default();
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        let mut init_statuses = Vec::new();
+        let mut init_done = true;
+        let mut init_failed = false;
+        for c in spec.init_containers.iter().flatten() {
+            let s = self.container_status(pod, c, terminating).await;
+            let ok = s
+                .state
+                .as_ref()
+                .and_then(|st| st.terminated.as_ref())
+                .is_some_and(|t| t.exit_code == 0);
+            if !ok {
+                init_done = false;
+                if policy == "Never"
+                    && s.state
+                        .as_ref()
+                        .and_then(|st| st.terminated.as_ref())
+                        .is_some()
+                {
+                    init_failed = true;
+                }
+            }
+            init_statuses.push(s);
+        }
+        let mut statuses = Vec::new();
+        for c in &spec.containers {
+            statuses.push(self.container_status(pod, c, terminating).await);
+        }
+        let phase = if init_failed {
+            "Failed".to_string()
+        } else if !init_done {
+            "Pending".to_string()
+        } else {
+            phase_of(&statuses, &policy, terminating)
+        };
+        let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s.ready);
+        let unready: Vec<&str> = statuses
+            .iter()
+            .filter(|s| !s.ready)
+            .map(|s| s.name.as_str())
+            .collect();
+        let prev = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let cond = |ty: &str, ok: bool, reason: Option<&str>, message: Option<String>| {
+            let status = if ok { "True" } else { "False" };
+            let since = prev
+                .iter()
+                .find(|c| c.type_ == ty && c.status == status)
+                .and_then(|c| c.last_transition_time.clone())
+                .or_else(|| Some(now()));
+            PodCondition {
+                type_: ty.into(),
+                status: status.into(),
+                last_transition_time: since,
+                reason: if ok { None } else { reason.map(String::from) },
+                message: if ok { None } else { message },
+                ..Default::default()
+            }
+        };
+        let completed = matches!(phase.as_str(), "Succeeded" | "Failed");
+        let not_ready_reason = if completed {
+            "PodCompleted"
+        } else {
+            "ContainersNotReady"
+        };
+        let not_ready_msg = (!completed)
+            .then(|| format!("containers with unready status: [{}]", unready.join(" ")));
+        let conditions = vec![
+            cond(
+                "PodReadyToStartContainers",
+                self.net.is_some() || completed,
+                None,
+                None,
+            ),
+            cond(
+                "Initialized",
+                init_done,
+                Some("ContainersNotInitialized"),
+                Some("containers with incomplete status".into()),
+            ),
+            cond(
+                "Ready",
+                all_ready,
+                Some(not_ready_reason),
+                not_ready_msg.clone(),
+            ),
+            cond(
+                "ContainersReady",
+                all_ready,
+                Some(not_ready_reason),
+                not_ready_msg,
+            ),
+            cond("PodScheduled", true, None, None),
+        ];
+        let ip = self
+            .net
+            .as_ref()
+            .map(|n| n.ip.to_string())
+            .or_else(|| pod.status.as_ref().and_then(|s| s.pod_ip.clone()));
+        PodStatus {
+            phase: Some(phase),
+            conditions: Some(conditions),
+            host_ip: Some(self.ctx.node_ip.to_string()),
+            host_ips: Some(vec![HostIP {
+                ip: self.ctx.node_ip.to_string(),
+            }]),
+            pod_ip: ip.clone(),
+            pod_ips: ip.map(|ip| vec![PodIP { ip }]),
+            start_time: self.start_time.clone(),
+            qos_class: Some(qos_class(&spec)),
+            container_statuses: Some(statuses),
+            init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
+            ..Default::default()
+        }
+    }
+}
+
+fn container_id(key: &ContainerKey) -> String {
+    format!(
+        "process://{}/{}/{}",
+        key.pod_uid, key.container, key.attempt
+    )
+}
+
+fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == name)
+}
+
+/// The pod's grace period: the deletion's when deleting, else the spec's (default 30 s).
+pub fn grace_period(pod: &Pod) -> Duration {
+    let secs = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
+        .unwrap_or(30);
+    Duration::from_secs(secs.max(0) as u64)
+}
+
+async fn run_hook(
+    h: &LifecycleHandler,
+    c: &Container,
+    key: &ContainerKey,
+    rt: &Arc<dyn Runtime>,
+    pod_ip: IpAddr,
+    timeout: Duration,
+) -> Result<(), String> {
+    let timeout = timeout.max(Duration::from_secs(1));
+    if let Some(ex) = &h.exec {
+        let argv = ex.command.clone().unwrap_or_default();
+        if argv.is_empty() {
+            return Err("exec hook without command".into());
+        }
+        return match rt.exec(key, &argv, timeout).await {
+            Ok(o) if o.exit_code == 0 => Ok(()),
+            Ok(o) => Err(format!("exit code {}: {}", o.exit_code, o.output.trim())),
+            Err(e) => Err(format!("{e:#}")),
+        };
+    }
+    if let Some(hg) = &h.http_get {
+        return crate::probe::http_get(c, pod_ip, hg, timeout)
+            .await
+            .map(|_| ());
+    }
+    if let Some(s) = &h.sleep {
+        tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64).min(timeout)).await;
+        return Ok(());
+    }
+    Err("hook has no action".into())
+}
+
+/// The kubelet's phase rules.
+fn phase_of(statuses: &[ContainerStatus], policy: &str, terminating: bool) -> String {
+    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    for s in statuses {
+        let st = s.state.clone().unwrap_or_default();
+        if st.running.is_some() {
+            running += 1;
+        } else if let Some(t) = st.terminated {
+            stopped += 1;
+            if t.exit_code == 0 {
+                succeeded += 1;
+            }
+        } else if s
+            .last_state
+            .as_ref()
+            .and_then(|l| l.terminated.as_ref())
+            .is_some()
+        {
+            stopped += 1;
+        } else {
+            waiting += 1;
+        }
+    }
+    let policy = if terminating { "Never" } else { policy };
+    if waiting > 0 && !terminating {
+        "Pending"
+    } else if running > 0 {
+        "Running"
+    } else if stopped > 0 {
+        match policy {
+            "Always" => "Running",
+            "OnFailure" if stopped == succeeded => "Succeeded",
+            "OnFailure" => "Running",
+            _ if stopped == succeeded => "Succeeded",
+            _ => "Failed",
+        }
+    } else {
+        "Pending"
+    }
+    .to_string()
+}
+
+/// Kubernetes QoS class from the containers' requests and limits.
+pub fn qos_class(spec: &k8s_openapi::api::core::v1::PodSpec) -> String {
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        let r = c.resources.clone().unwrap_or_default();
+        let limits: BTreeMap<_, _> = r.limits.unwrap_or_default();
+        let requests: BTreeMap<_, _> = r.requests.unwrap_or_default();
+        if !limits.is_empty() || !requests.is_empty() {
+            any = true;
+        }
+        for res in ["cpu", "memory"] {
+            let l = limits.get(res);
+            let q = requests.get(res).or(l);
+            match (l, q) {
+                (Some(l), Some(q)) if l == q => {}
+                _ => guaranteed = false,
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+    .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let b = Duration::from_secs(10);
+        let m = Duration::from_secs(300);
+        let seq: Vec<u64> = (0..8).map(|n| backoff_delay(n, b, m).as_secs()).collect();
+        assert_eq!(seq, vec![0, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(backoff_delay(100, b, m), m);
+    }
+
+    #[test]
+    fn qos() {
+        let mut spec: k8s_openapi::api::core::v1::PodSpec =
+            serde_json::from_value(serde_json::json!({
+                "containers": [{"name": "a"}]
+            }))
+            .unwrap();
+        assert_eq!(qos_class(&spec), "BestEffort");
+        spec.containers[0].resources = serde_json::from_value(serde_json::json!({
+            "limits": {"cpu": "1", "memory": "1Gi"}
+        }))
+        .unwrap();
+        assert_eq!(qos_class(&spec), "Guaranteed");
+        spec.containers[0].resources = serde_json::from_value(serde_json::json!({
+            "requests": {"cpu": "1"}
+        }))
+        .unwrap();
+        assert_eq!(qos_class(&spec), "Burstable");
+    }
+}

@@ -1,0 +1,450 @@
+//! Container runtimes. `Runtime` is the seam between the pod worker and whatever runs the
+//! containers; `ProcessRuntime` runs each container as a host process under `bosun shim`.
+//! A Docker runtime implements the same trait.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+
+use crate::shim::{BindMount, ExecSpec, ShimSpec, ShimState, same_process};
+
+/// One run (attempt) of one container of one pod. `attempt` is the restart count.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContainerKey {
+    pub pod_uid: String,
+    pub container: String,
+    pub attempt: u32,
+}
+
+/// Everything needed to create a container.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerLaunch {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<PathBuf>,
+    pub netns: Option<PathBuf>,
+    pub mounts: Vec<BindMount>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuntimeState {
+    /// Created but its process is not (yet) running.
+    Created,
+    Running {
+        pid: Option<u32>,
+        started_at: Option<String>,
+    },
+    Exited {
+        exit_code: i32,
+        signal: Option<i32>,
+        started_at: Option<String>,
+        finished_at: String,
+        /// Kubernetes reason: Completed, Error, StartError, ContainerStatusUnknown.
+        reason: String,
+        message: Option<String>,
+    },
+    NotFound,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub output: String,
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Prepares the container; idempotent for the same key.
+    async fn create(&self, key: &ContainerKey, launch: &ContainerLaunch) -> Result<()>;
+    /// Starts a created container and returns once it runs (or failed to start).
+    async fn start(&self, key: &ContainerKey) -> Result<RuntimeState>;
+    /// Sends SIGTERM (`force` = false) or SIGKILL to the container.
+    async fn signal(&self, key: &ContainerKey, force: bool) -> Result<()>;
+    async fn status(&self, key: &ContainerKey) -> Result<RuntimeState>;
+    /// Runs a command in the container's namespaces.
+    async fn exec(
+        &self,
+        key: &ContainerKey,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput>;
+    /// Every container this runtime knows on this node (running or not): used on agent
+    /// start to re-adopt what survived it.
+    async fn adopt(&self) -> Result<Vec<ContainerKey>>;
+    /// Removes one container attempt (must not be running). Its log is kept until the pod
+    /// goes.
+    async fn remove(&self, key: &ContainerKey) -> Result<()>;
+    /// Removes everything of a pod, killing what still runs.
+    async fn remove_pod(&self, pod_uid: &str) -> Result<()>;
+    /// The CRI log file of an attempt.
+    fn log_path(&self, key: &ContainerKey) -> PathBuf;
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL; returns the final state.
+    async fn stop(&self, key: &ContainerKey, grace: Duration) -> Result<RuntimeState> {
+        match self.status(key).await? {
+            RuntimeState::Running { .. } | RuntimeState::Created => {}
+            other => return Ok(other),
+        }
+        self.signal(key, false).await?;
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            match self.status(key).await? {
+                RuntimeState::Running { .. } | RuntimeState::Created => {}
+                other => return Ok(other),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.signal(key, true).await?;
+        for _ in 0..100 {
+            match self.status(key).await? {
+                RuntimeState::Running { .. } | RuntimeState::Created => {}
+                other => return Ok(other),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("container {key:?} did not exit after SIGKILL")
+    }
+}
+
+/// Runs containers as host processes, each under its own `bosun shim`.
+pub struct ProcessRuntime {
+    pods_dir: PathBuf,
+    /// The executable and leading arguments that make up the shim command
+    /// (`[bosun, shim]`); `run SPEC` / `exec JSON` are appended.
+    shim_cmd: Vec<PathBuf>,
+    pub log_max_bytes: u64,
+    pub log_max_files: usize,
+}
+
+impl ProcessRuntime {
+    pub fn new(pods_dir: PathBuf, shim_exe: PathBuf) -> Self {
+        Self {
+            pods_dir,
+            shim_cmd: vec![shim_exe, "shim".into()],
+            log_max_bytes: 10 << 20,
+            log_max_files: 5,
+        }
+    }
+
+    fn container_dir(&self, key: &ContainerKey) -> PathBuf {
+        self.pods_dir
+            .join(&key.pod_uid)
+            .join("containers")
+            .join(&key.container)
+            .join(key.attempt.to_string())
+    }
+
+    fn state_path(&self, key: &ContainerKey) -> PathBuf {
+        self.container_dir(key).join("state.json")
+    }
+
+    fn read_state(&self, key: &ContainerKey) -> Result<Option<ShimState>> {
+        match ShimState::read(&self.state_path(key)) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("state of {key:?}")),
+        }
+    }
+
+    fn shim_command(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.shim_cmd[0]);
+        c.args(&self.shim_cmd[1..]);
+        c
+    }
+}
+
+fn exited_from(state: &ShimState, fallback_finish: &str) -> RuntimeState {
+    let exit_code = state.exit_code.unwrap_or(255);
+    let (reason, message) = if let Some(err) = &state.error {
+        if state.started_at.is_none() {
+            ("StartError".to_string(), Some(err.clone()))
+        } else {
+            ("ContainerStatusUnknown".to_string(), Some(err.clone()))
+        }
+    } else if exit_code == 0 {
+        ("Completed".to_string(), None)
+    } else {
+        ("Error".to_string(), None)
+    };
+    RuntimeState::Exited {
+        exit_code,
+        signal: state.signal,
+        started_at: state.started_at.clone(),
+        finished_at: state
+            .finished_at
+            .clone()
+            .unwrap_or_else(|| fallback_finish.to_string()),
+        reason,
+        message,
+    }
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn create(&self, key: &ContainerKey, launch: &ContainerLaunch) -> Result<()> {
+        if launch.argv.is_empty() {
+            bail!("container {} has no command", key.container);
+        }
+        let dir = self.container_dir(key);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .with_context(|| format!("create {}", dir.display()))?;
+        let spec = ShimSpec {
+            argv: launch.argv.clone(),
+            env: launch.env.clone(),
+            working_dir: launch.working_dir.clone(),
+            netns: launch.netns.clone(),
+            mounts: launch.mounts.clone(),
+            log_path: self.log_path(key),
+            log_max_bytes: self.log_max_bytes,
+            log_max_files: self.log_max_files,
+            state_path: self.state_path(key),
+        };
+        crate::shim::write_atomic(&dir.join("spec.json"), &serde_json::to_vec_pretty(&spec)?)?;
+        Ok(())
+    }
+
+    async fn start(&self, key: &ContainerKey) -> Result<RuntimeState> {
+        match self.status(key).await? {
+            RuntimeState::Created => {}
+            RuntimeState::NotFound => bail!("container {key:?} was not created"),
+            other => return Ok(other),
+        }
+        if self.state_path(key).exists() {
+            bail!("container {key:?} was already started");
+        }
+        let dir = self.container_dir(key);
+        let shim_log = std::fs::File::create(dir.join("shim.log"))?;
+        let mut child = self
+            .shim_command()
+            .arg("run")
+            .arg(dir.join("spec.json"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(shim_log)
+            .spawn()
+            .with_context(|| format!("spawn shim {}", self.shim_cmd[0].display()))?;
+        // Reap the shim when it ends; it is not killed when this handle goes away.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.read_state(key)?
+                && (st.pid.is_some() || st.exit_code.is_some()) {
+                    return self.status(key).await;
+                }
+            if tokio::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
+                bail!("shim for {key:?} did not start the container: {log}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn signal(&self, key: &ContainerKey, force: bool) -> Result<()> {
+        use nix::sys::signal::{Signal, kill, killpg};
+        use nix::unistd::Pid;
+        let Some(st) = self.read_state(key)? else {
+            return Ok(());
+        };
+        if st.exit_code.is_some() {
+            return Ok(());
+        }
+        if same_process(st.shim_pid, st.shim_start_ticks) {
+            let sig = if force {
+                Signal::SIGUSR1
+            } else {
+                Signal::SIGTERM
+            };
+            kill(Pid::from_raw(st.shim_pid as i32), sig)?;
+        } else if let (Some(pid), Some(ticks)) = (st.pid, st.pid_start_ticks) {
+            // Shim gone, container orphaned: signal it directly.
+            if same_process(pid, ticks) {
+                if force {
+                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                } else {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn status(&self, key: &ContainerKey) -> Result<RuntimeState> {
+        let dir = self.container_dir(key);
+        if !dir.join("spec.json").exists() {
+            return Ok(RuntimeState::NotFound);
+        }
+        let Some(mut st) = self.read_state(key)? else {
+            return Ok(RuntimeState::Created);
+        };
+        if st.exit_code.is_some() {
+            return Ok(exited_from(&st, ""));
+        }
+        if same_process(st.shim_pid, st.shim_start_ticks) {
+            return Ok(match st.pid {
+                Some(pid) => RuntimeState::Running {
+                    pid: Some(pid),
+                    started_at: st.started_at.clone(),
+                },
+                None => RuntimeState::Created,
+            });
+        }
+        // The shim died before recording an exit (killed): the container's fate is unknown.
+        // Kill what is left of it so it cannot run unsupervised, and record the loss.
+        if let (Some(pid), Some(ticks)) = (st.pid, st.pid_start_ticks)
+            && same_process(pid, ticks) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        // Re-read: the shim may have finished between the two reads.
+        if let Some(again) = self.read_state(key)?
+            && again.exit_code.is_some() {
+                return Ok(exited_from(&again, ""));
+            }
+        st.exit_code = Some(137);
+        st.error = Some(format!(
+            "the container's supervisor (shim pid {}) is gone; its process was killed",
+            st.shim_pid
+        ));
+        st.finished_at = Some(crate::shim::now_rfc3339());
+        st.write(&self.state_path(key))?;
+        Ok(exited_from(&st, ""))
+    }
+
+    async fn exec(
+        &self,
+        key: &ContainerKey,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
+        let spec: ShimSpec = serde_json::from_slice(
+            &tokio::fs::read(self.container_dir(key).join("spec.json")).await?,
+        )?;
+        let st = self.read_state(key)?;
+        let req = ExecSpec {
+            argv: argv.to_vec(),
+            env: spec.env.clone(),
+            working_dir: spec.working_dir.clone(),
+            netns: spec.netns.clone(),
+            mount_ns_pid: st
+                .filter(|s| s.mount_namespace && s.exit_code.is_none())
+                .and_then(|s| s.pid),
+        };
+        let child = self
+            .shim_command()
+            .arg("exec")
+            .arg(serde_json::to_string(&req)?)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(out) => {
+                let out = out?;
+                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&out.stderr));
+                text.truncate(10 * 1024);
+                use std::os::unix::process::ExitStatusExt;
+                let code = out
+                    .status
+                    .code()
+                    .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
+                Ok(ExecOutput {
+                    exit_code: code,
+                    output: text,
+                })
+            }
+            Err(_) => bail!("command timed out after {timeout:?}"),
+        }
+    }
+
+    async fn adopt(&self) -> Result<Vec<ContainerKey>> {
+        let mut out = Vec::new();
+        let Ok(pods) = std::fs::read_dir(&self.pods_dir) else {
+            return Ok(out);
+        };
+        for pod in pods.flatten() {
+            let uid = pod.file_name().to_string_lossy().into_owned();
+            let Ok(ctrs) = std::fs::read_dir(pod.path().join("containers")) else {
+                continue;
+            };
+            for c in ctrs.flatten() {
+                let name = c.file_name().to_string_lossy().into_owned();
+                let Ok(attempts) = std::fs::read_dir(c.path()) else {
+                    continue;
+                };
+                for a in attempts.flatten() {
+                    if let Ok(attempt) = a.file_name().to_string_lossy().parse::<u32>() {
+                        out.push(ContainerKey {
+                            pod_uid: uid.clone(),
+                            container: name.clone(),
+                            attempt,
+                        });
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn remove(&self, key: &ContainerKey) -> Result<()> {
+        if let RuntimeState::Running { .. } = self.status(key).await? {
+            bail!("container {key:?} is still running");
+        }
+        let dir = self.container_dir(key);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("remove {}", dir.display())),
+        }
+    }
+
+    async fn remove_pod(&self, pod_uid: &str) -> Result<()> {
+        for key in self.adopt().await? {
+            if key.pod_uid == pod_uid {
+                self.signal(&key, true).await?;
+                for _ in 0..50 {
+                    if !matches!(self.status(&key).await?, RuntimeState::Running { .. }) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let dir = self.pods_dir.join(pod_uid);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("remove {}", dir.display())),
+        }
+    }
+
+    fn log_path(&self, key: &ContainerKey) -> PathBuf {
+        log_path(&self.pods_dir, key)
+    }
+}
+
+/// `<pods>/<uid>/logs/<container>/<attempt>.log`, as the kubelet lays out /var/log/pods.
+pub fn log_path(pods_dir: &Path, key: &ContainerKey) -> PathBuf {
+    pods_dir
+        .join(&key.pod_uid)
+        .join("logs")
+        .join(&key.container)
+        .join(format!("{}.log", key.attempt))
+}

@@ -1,0 +1,268 @@
+//! The agent's HTTPS endpoint (the kubelet's port): container logs for `kubectl logs`
+//! (proxied by the API server) and a health check. Every route but `/healthz` requires
+//! `Authorization: Bearer <token>`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use crate::cri_log::{LogOptions, stream_log};
+use crate::runtime::{ContainerKey, log_path};
+use crate::shim::{ShimState, same_process};
+
+#[derive(Clone)]
+pub struct ServerState {
+    pub pods_dir: PathBuf,
+    pub token: Arc<String>,
+    pub node_name: String,
+    pub stats: Arc<crate::stats::RateCache>,
+}
+
+impl ServerState {
+    pub fn new(pods_dir: PathBuf, token: impl Into<String>, node_name: impl Into<String>) -> Self {
+        Self {
+            pods_dir,
+            token: Arc::new(token.into()),
+            node_name: node_name.into(),
+            stats: Arc::default(),
+        }
+    }
+}
+
+pub fn router(state: ServerState) -> Router {
+    let authed = Router::new()
+        .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .route("/stats/summary", get(stats_summary))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(authed)
+        .with_state(state)
+}
+
+/// Compares in time independent of where the strings differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(st): State<ServerState>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| {
+            !st.token.is_empty() && constant_time_eq(t.trim().as_bytes(), st.token.as_bytes())
+        });
+    if ok {
+        next.run(req).await
+    } else {
+        (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response()
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct LogQuery {
+    follow: Option<String>,
+    tail_lines: Option<String>,
+    previous: Option<String>,
+    timestamps: Option<String>,
+    since_seconds: Option<String>,
+    limit_bytes: Option<String>,
+}
+
+fn flag(v: &Option<String>) -> Result<bool, String> {
+    match v.as_deref() {
+        None | Some("") | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(format!("invalid boolean {other:?}")),
+    }
+}
+
+fn number<T: std::str::FromStr>(name: &str, v: &Option<String>) -> Result<Option<T>, String> {
+    match v.as_deref() {
+        None | Some("") => Ok(None),
+        Some(s) => s
+            .parse::<T>()
+            .map(Some)
+            .map_err(|_| format!("invalid {name} {s:?}")),
+    }
+}
+
+fn text(code: StatusCode, msg: String) -> Response {
+    (code, msg).into_response()
+}
+
+/// The pod directory of `ns/name`: the newest one when an old pod of the same name is still
+/// being torn down.
+fn find_pod(pods_dir: &Path, ns: &str, name: &str) -> Option<(String, PathBuf)> {
+    let mut best: Option<(std::time::SystemTime, String, PathBuf)> = None;
+    for e in std::fs::read_dir(pods_dir).ok()?.flatten() {
+        let meta = e.path().join("pod.json");
+        let Ok(data) = std::fs::read(&meta) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) else {
+            continue;
+        };
+        if v["namespace"] == ns && v["name"] == name {
+            let mtime = std::fs::metadata(&meta)
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            if best.as_ref().is_none_or(|b| mtime > b.0) {
+                let uid = e.file_name().to_string_lossy().into_owned();
+                best = Some((mtime, uid, e.path()));
+            }
+        }
+    }
+    best.map(|(_, uid, p)| (uid, p))
+}
+
+fn attempts(pod_dir: &Path, container: &str) -> Vec<u32> {
+    let mut out: Vec<u32> = std::fs::read_dir(pod_dir.join("logs").join(container))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_suffix(".log")
+                .and_then(|n| n.parse().ok())
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// Whether an attempt's process is done (exit recorded or supervisor gone).
+fn finished(pods_dir: &Path, key: &ContainerKey) -> bool {
+    let path = pods_dir
+        .join(&key.pod_uid)
+        .join("containers")
+        .join(&key.container)
+        .join(key.attempt.to_string())
+        .join("state.json");
+    match ShimState::read(&path) {
+        Ok(s) => s.exit_code.is_some() || !same_process(s.shim_pid, s.shim_start_ticks),
+        Err(_) => !path.parent().is_some_and(|p| p.exists()),
+    }
+}
+
+async fn container_logs(
+    State(st): State<ServerState>,
+    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    let opts = (|| -> Result<(LogOptions, bool), String> {
+        let o = LogOptions {
+            follow: flag(&q.follow)?,
+            timestamps: flag(&q.timestamps)?,
+            tail_lines: number::<i64>("tailLines", &q.tail_lines)?.map(|n| n.max(0) as usize),
+            since_seconds: number::<i64>("sinceSeconds", &q.since_seconds)?,
+            limit_bytes: number::<i64>("limitBytes", &q.limit_bytes)?.map(|n| n.max(0) as usize),
+        };
+        Ok((o, flag(&q.previous)?))
+    })();
+    let (opts, previous) = match opts {
+        Ok(o) => o,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let Some((uid, pod_dir)) = find_pod(&st.pods_dir, &ns, &pod) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod \"{pod}\" in namespace \"{ns}\" is not running on this node"),
+        );
+    };
+    let list = attempts(&pod_dir, &container);
+    let Some(&current) = list.last() else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "container \"{container}\" in pod \"{pod}\" is waiting to start or does not exist"
+            ),
+        );
+    };
+    let attempt = if previous {
+        match current.checked_sub(1).filter(|p| list.contains(p)) {
+            Some(p) => p,
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "previous terminated container \"{container}\" in pod \"{pod}\" not found"
+                    ),
+                );
+            }
+        }
+    } else {
+        current
+    };
+    let key = ContainerKey {
+        pod_uid: uid,
+        container,
+        attempt,
+    };
+    let path = log_path(&st.pods_dir, &key);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let pods_dir = st.pods_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let done = || {
+            finished(&pods_dir, &key)
+                || attempts(&pods_dir.join(&key.pod_uid), &key.container).last()
+                    != Some(&key.attempt)
+        };
+        if let Err(e) = stream_log(&path, &opts, tx, done) {
+            tracing::debug!(error = %e, "log stream ended");
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|chunk| Ok::<_, std::io::Error>(bytes::Bytes::from(chunk)));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+use tokio_stream::StreamExt as _;
+
+async fn stats_summary(State(st): State<ServerState>) -> Response {
+    let res = tokio::task::spawn_blocking(move || {
+        crate::stats::summary(&st.pods_dir, &st.node_name, &st.stats)
+    })
+    .await;
+    match res {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown`.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: ServerState,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let handle = axum_server::Handle::new();
+    let h2 = handle.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        h2.graceful_shutdown(Some(std::time::Duration::from_secs(1)));
+    });
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+    axum_server::from_tcp_rustls(listener, config)?
+        .handle(handle)
+        .serve(router(state).into_make_service())
+        .await?;
+    Ok(())
+}

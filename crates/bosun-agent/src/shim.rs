@@ -1,0 +1,471 @@
+//! The per-container supervisor (`bosun shim`).
+//!
+//! `bosun shim run SPEC.json` detaches into its own session (so it outlives the agent, even a
+//! `kill -9` of it), joins the pod's network namespace, gives the container a private mount
+//! namespace with its volumes bind-mounted at their mountPaths, starts the command, writes its
+//! output as CRI log records and, when it exits, its exit code and finish time to the state file.
+//! SIGTERM/SIGINT are forwarded to the container's main process; SIGUSR1 kills the whole
+//! container (its process group) with SIGKILL.
+//!
+//! `bosun shim exec JSON` runs a command inside a running container's namespaces (exec probes
+//! and preStop hooks).
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::cri_log::LogWriter;
+
+/// What the shim runs; written by the runtime next to the state file.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ShimSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<PathBuf>,
+    /// Network namespace to join (a bind-mounted netns file); none = host network.
+    pub netns: Option<PathBuf>,
+    /// Bind mounts made in the container's private mount namespace.
+    pub mounts: Vec<BindMount>,
+    pub log_path: PathBuf,
+    pub log_max_bytes: u64,
+    pub log_max_files: usize,
+    pub state_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+/// What the shim reports; rewritten atomically at each step.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct ShimState {
+    pub shim_pid: u32,
+    /// Start time of the shim (clock ticks since boot, /proc/PID/stat field 22): tells a live
+    /// shim from an unrelated process that reused its pid.
+    pub shim_start_ticks: u64,
+    pub pid: Option<u32>,
+    pub pid_start_ticks: Option<u64>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Set when the command could not be started at all.
+    pub error: Option<String>,
+    /// Whether the container got its own mount namespace (volumes at their mountPaths).
+    pub mount_namespace: bool,
+    pub warnings: Vec<String>,
+}
+
+impl ShimState {
+    pub fn read(path: &Path) -> std::io::Result<Self> {
+        let data = std::fs::read(path)?;
+        serde_json::from_slice(&data)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        write_atomic(
+            path,
+            &serde_json::to_vec_pretty(self).expect("serializable"),
+        )
+    }
+}
+
+/// Request of `bosun shim exec`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<PathBuf>,
+    pub netns: Option<PathBuf>,
+    /// A process whose mount namespace to join (the container's main process).
+    pub mount_ns_pid: Option<u32>,
+}
+
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Start time of a process in clock ticks since boot, or None when it is gone or a zombie.
+pub fn proc_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); starttime is field 22.
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Whether `pid` is alive and is the same process that had `ticks` as its start time.
+pub fn same_process(pid: u32, ticks: u64) -> bool {
+    proc_start_ticks(pid) == Some(ticks)
+}
+
+fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(1)
+}
+
+pub fn now_rfc3339() -> String {
+    format!("{:.9}", jiff::Timestamp::now())
+}
+
+/// Entry of `bosun shim ...`; `args` are the words after `shim`.
+///
+/// Must be called before the process starts any thread (in particular before a Tokio
+/// runtime): namespaces are joined and signals blocked for the calling thread only.
+pub fn shim_main(args: Vec<String>) -> ! {
+    if thread_count() > 1 {
+        eprintln!("bosun shim: must start single-threaded (dispatch before starting a runtime)");
+        std::process::exit(2);
+    }
+    let code = match args.first().map(String::as_str) {
+        Some("run") if args.len() == 2 => run(Path::new(&args[1])),
+        Some("exec") if args.len() == 2 => exec(&args[1]),
+        _ => {
+            eprintln!("usage: bosun shim run SPEC.json | bosun shim exec JSON");
+            2
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run(spec_path: &Path) -> i32 {
+    let spec: ShimSpec = match std::fs::read(spec_path)
+        .map_err(|e| e.to_string())
+        .and_then(|d| serde_json::from_slice(&d).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bosun shim: cannot read {}: {e}", spec_path.display());
+            return 2;
+        }
+    };
+    // Own session: no controlling terminal, not in the agent's process group, so signals
+    // aimed at the agent (Ctrl-C, kill of its group) do not reach the containers.
+    let _ = nix::unistd::setsid();
+    let me = std::process::id();
+    let mut state = ShimState {
+        shim_pid: me,
+        shim_start_ticks: proc_start_ticks(me).unwrap_or(0),
+        ..Default::default()
+    };
+    // Signals are taken synchronously by a dedicated thread (sigwait); blocking them must
+    // happen before any thread exists so that every thread inherits the mask. The child gets
+    // an empty mask again (std resets it before exec).
+    let mut sigs = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+    ] {
+        sigs.add(s);
+    }
+    if let Err(e) = sigs.thread_block() {
+        eprintln!("bosun shim: cannot block signals: {e}");
+    }
+    let fail = |mut state: ShimState, msg: String| -> i32 {
+        state.error = Some(msg);
+        state.exit_code = Some(128);
+        state.finished_at = Some(now_rfc3339());
+        let _ = state.write(&spec.state_path);
+        1
+    };
+    if let Err(e) = state.write(&spec.state_path) {
+        eprintln!("bosun shim: cannot write state: {e}");
+        return 1;
+    }
+    if let Some(ns) = &spec.netns
+        && let Err(e) = join_netns(ns) {
+            return fail(
+                state,
+                format!("cannot join network namespace {}: {e}", ns.display()),
+            );
+        }
+    match private_mounts(&spec.mounts) {
+        Ok(()) => state.mount_namespace = true,
+        // Without the privilege for a mount namespace the container runs in the host's, and
+        // its volumes are reachable only under the pod directory: said in the state so the
+        // agent can report it.
+        Err(MountError::Unsupported(e)) => {
+            state.warnings.push(format!(
+                "no private mount namespace ({e}); volumes are not mounted at their mountPaths"
+            ));
+        }
+        Err(MountError::Failed(e)) => {
+            return fail(state, format!("cannot mount volumes: {e}"));
+        }
+    }
+    let mut log = match LogWriter::open(&spec.log_path, spec.log_max_bytes, spec.log_max_files) {
+        Ok(l) => l,
+        Err(e) => {
+            return fail(
+                state,
+                format!("cannot open log {}: {e}", spec.log_path.display()),
+            );
+        }
+    };
+    let Some((prog, rest)) = spec.argv.split_first() else {
+        return fail(state, "no command given".into());
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(rest)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // The container is a process group: SIGKILL reaches everything it started.
+        .process_group(0);
+    if let Some(wd) = &spec.working_dir {
+        cmd.current_dir(wd);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("failed to start {prog:?}: {e}");
+            let _ = log.write_line("stderr", msg.as_bytes(), false);
+            return fail(state, msg);
+        }
+    };
+    let pid = child.id();
+    state.pid = Some(pid);
+    state.pid_start_ticks = proc_start_ticks(pid);
+    state.started_at = Some(now_rfc3339());
+    let _ = state.write(&spec.state_path);
+
+    let log = Arc::new(Mutex::new(log));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let mut pumps = 0;
+    if let Some(out) = child.stdout.take() {
+        pumps += 1;
+        spawn_pump(out, "stdout", log.clone(), done_tx.clone());
+    }
+    if let Some(err) = child.stderr.take() {
+        pumps += 1;
+        spawn_pump(err, "stderr", log.clone(), done_tx.clone());
+    }
+    drop(done_tx);
+    std::thread::spawn(move || {
+        loop {
+            match sigs.wait() {
+                Ok(Signal::SIGUSR1) => {
+                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+                Ok(_) => {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    });
+    let status = child.wait();
+    // The container ends with its main process: whatever it left behind goes too.
+    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    // Drain the pipes; a process that escaped the group may hold them, so do not wait forever.
+    for _ in 0..pumps {
+        if done_rx.recv_timeout(Duration::from_secs(2)).is_err() {
+            break;
+        }
+    }
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(st) => {
+            if let Some(sig) = st.signal() {
+                state.signal = Some(sig);
+                state.exit_code = Some(128 + sig);
+            } else {
+                state.exit_code = st.code();
+            }
+        }
+        Err(e) => {
+            state.error = Some(format!("wait failed: {e}"));
+            state.exit_code = Some(255);
+        }
+    }
+    state.finished_at = Some(now_rfc3339());
+    if let Err(e) = state.write(&spec.state_path) {
+        eprintln!("bosun shim: cannot write final state: {e}");
+        return 1;
+    }
+    0
+}
+
+fn spawn_pump(
+    src: impl Read + Send + 'static,
+    stream: &'static str,
+    log: Arc<Mutex<LogWriter>>,
+    done: std::sync::mpsc::Sender<()>,
+) {
+    std::thread::spawn(move || {
+        let mut r = BufReader::with_capacity(64 * 1024, src);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            // Bounded read of one line: a line without newline longer than the buffer
+            // limit is written in pieces as partial records.
+            let n = match (&mut r)
+                .take(crate::cri_log::MAX_RECORD as u64)
+                .read_until(b'\n', &mut buf)
+            {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let complete = buf[n - 1] == b'\n';
+            let line = if complete { &buf[..n - 1] } else { &buf[..] };
+            let mut w = log.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = w.write_line(stream, line, !complete);
+        }
+        let _ = done.send(());
+    });
+}
+
+fn join_netns(path: &Path) -> nix::Result<()> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)))?;
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+}
+
+/// Gives this process (and so the container) its own mount namespace, detached from the
+/// host's propagation, and bind-mounts the volumes. Missing mount points are created on the
+/// host file system (an empty directory or file), the only trace a container leaves there.
+enum MountError {
+    Unsupported(String),
+    Failed(String),
+}
+
+impl From<String> for MountError {
+    fn from(s: String) -> Self {
+        MountError::Failed(s)
+    }
+}
+
+fn private_mounts(mounts: &[BindMount]) -> Result<(), MountError> {
+    use nix::mount::{MsFlags, mount};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| MountError::Unsupported(format!("unshare(CLONE_NEWNS): {e}")))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| MountError::Unsupported(format!("make / private: {e}")))?;
+    for m in mounts {
+        let src_is_dir = std::fs::metadata(&m.source)
+            .map_err(|e| format!("volume source {}: {e}", m.source.display()))?
+            .is_dir();
+        if !m.target.exists() {
+            if src_is_dir {
+                std::fs::create_dir_all(&m.target)
+            } else {
+                if let Some(p) = m.target.parent() {
+                    std::fs::create_dir_all(p)
+                        .map_err(|e| format!("mount point {}: {e}", p.display()))?;
+                }
+                std::fs::File::create(&m.target).map(|_| ())
+            }
+            .map_err(|e| format!("mount point {}: {e}", m.target.display()))?;
+        }
+        mount(
+            Some(&m.source),
+            &m.target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| format!("bind {} at {}: {e}", m.source.display(), m.target.display()))?;
+        if m.read_only {
+            mount(
+                None::<&str>,
+                &m.target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| format!("read-only remount of {}: {e}", m.target.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn exec(json: &str) -> i32 {
+    let spec: ExecSpec = match serde_json::from_str(json) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bosun shim exec: bad request: {e}");
+            return 2;
+        }
+    };
+    // Open the netns file before switching mount namespaces: its path is the host's.
+    let netns = match &spec.netns {
+        Some(ns) => match std::fs::File::open(ns) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("bosun shim exec: {}: {e}", ns.display());
+                return 126;
+            }
+        },
+        None => None,
+    };
+    if let Some(pid) = spec.mount_ns_pid {
+        let path = format!("/proc/{pid}/ns/mnt");
+        match std::fs::File::open(&path) {
+            Ok(f) => {
+                if let Err(e) = nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNS) {
+                    eprintln!("bosun shim exec: cannot join mount namespace of {pid}: {e}");
+                    return 126;
+                }
+            }
+            Err(e) => {
+                eprintln!("bosun shim exec: {path}: {e}");
+                return 126;
+            }
+        }
+    }
+    if let Some(f) = netns
+        && let Err(e) = nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET) {
+            eprintln!("bosun shim exec: cannot join network namespace: {e}");
+            return 126;
+        }
+    let Some((prog, rest)) = spec.argv.split_first() else {
+        eprintln!("bosun shim exec: no command");
+        return 2;
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(rest)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
+    if let Some(wd) = &spec.working_dir {
+        cmd.current_dir(wd);
+    }
+    let err = cmd.exec();
+    eprintln!("bosun shim exec: {prog:?}: {err}");
+    if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
+}

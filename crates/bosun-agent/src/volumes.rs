@@ -1,0 +1,255 @@
+//! Pod volumes for the process runtime: configMap and secret volumes are written as files
+//! under the pod directory, emptyDir is a directory there, hostPath is the host path. Each
+//! container's volumeMounts become bind mounts in its private mount namespace.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, Volume};
+
+use crate::api::ClusterApi;
+use crate::env::ConfigError;
+use crate::shim::{BindMount, write_atomic};
+
+/// Directory of a volume of a pod.
+pub fn volume_dir(pod_dir: &Path, name: &str) -> PathBuf {
+    pod_dir.join("volumes").join(name)
+}
+
+fn relative_ok(p: &str) -> bool {
+    let path = Path::new(p);
+    !p.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+fn write_files(
+    dir: &Path,
+    data: &HashMap<String, Vec<u8>>,
+    items: Option<&Vec<KeyToPath>>,
+    default_mode: i32,
+    what: &str,
+) -> Result<(), ConfigError> {
+    let io = |e: std::io::Error| ConfigError(format!("write {what} volume: {e}"));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut wanted: Vec<(String, &[u8], i32)> = Vec::new();
+    match items {
+        Some(items) => {
+            for it in items {
+                let Some(v) = data.get(&it.key) else {
+                    return Err(ConfigError(format!(
+                        "couldn't find key {} in {what}",
+                        it.key
+                    )));
+                };
+                if !relative_ok(&it.path) {
+                    return Err(ConfigError(format!(
+                        "{what}: item path {:?} must be relative without '..'",
+                        it.path
+                    )));
+                }
+                wanted.push((it.path.clone(), v, it.mode.unwrap_or(default_mode)));
+            }
+        }
+        None => {
+            for (k, v) in data {
+                if relative_ok(k) {
+                    wanted.push((k.clone(), v, default_mode));
+                }
+            }
+        }
+    }
+    // Files of keys that went away are removed so the volume mirrors the object.
+    let keep: std::collections::HashSet<PathBuf> =
+        wanted.iter().map(|(p, _, _)| dir.join(p)).collect();
+    remove_stale(dir, &keep);
+    for (p, v, mode) in wanted {
+        let path = dir.join(&p);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        if std::fs::read(&path).ok().as_deref() != Some(v) {
+            write_atomic(&path, v).map_err(io)?;
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode as u32 & 0o7777))
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
+fn remove_stale(dir: &Path, keep: &std::collections::HashSet<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            remove_stale(&p, keep);
+            let _ = std::fs::remove_dir(&p);
+        } else if !keep.contains(&p) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Writes or refreshes the pod's volumes; returns the host path of each volume.
+pub async fn prepare(
+    api: &dyn ClusterApi,
+    pod: &Pod,
+    pod_dir: &Path,
+) -> Result<HashMap<String, PathBuf>, ConfigError> {
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let mut out = HashMap::new();
+    let vols: &[Volume] = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_deref())
+        .unwrap_or(&[]);
+    for v in vols {
+        let dir = volume_dir(pod_dir, &v.name);
+        if let Some(cm) = &v.config_map {
+            let obj = api
+                .config_map(&ns, &cm.name)
+                .await
+                .map_err(|e| ConfigError(format!("cannot get configmap {:?}: {e:#}", cm.name)))?;
+            let data: HashMap<String, Vec<u8>> = match obj {
+                Some(o) => {
+                    let mut m: HashMap<String, Vec<u8>> = o
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes()))
+                        .collect();
+                    for (k, v) in o.binary_data.unwrap_or_default() {
+                        m.insert(k, v.0);
+                    }
+                    m
+                }
+                None if cm.optional.unwrap_or(false) => HashMap::new(),
+                None => {
+                    return Err(ConfigError(format!(
+                        "configmap {:?} not found (volume {:?})",
+                        cm.name, v.name
+                    )));
+                }
+            };
+            write_files(
+                &dir,
+                &data,
+                cm.items.as_ref(),
+                cm.default_mode.unwrap_or(0o644),
+                &format!("ConfigMap {ns}/{}", cm.name),
+            )?;
+            out.insert(v.name.clone(), dir);
+        } else if let Some(sec) = &v.secret {
+            let name = sec.secret_name.clone().unwrap_or_default();
+            let obj = api
+                .secret(&ns, &name)
+                .await
+                .map_err(|e| ConfigError(format!("cannot get secret {name:?}: {e:#}")))?;
+            let data: HashMap<String, Vec<u8>> = match obj {
+                Some(o) => {
+                    let mut m: HashMap<String, Vec<u8>> = o
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect();
+                    for (k, v) in o.string_data.unwrap_or_default() {
+                        m.insert(k, v.into_bytes());
+                    }
+                    m
+                }
+                None if sec.optional.unwrap_or(false) => HashMap::new(),
+                None => {
+                    return Err(ConfigError(format!(
+                        "secret {name:?} not found (volume {:?})",
+                        v.name
+                    )));
+                }
+            };
+            write_files(
+                &dir,
+                &data,
+                sec.items.as_ref(),
+                sec.default_mode.unwrap_or(0o644),
+                &format!("Secret {ns}/{name}"),
+            )?;
+            out.insert(v.name.clone(), dir);
+        } else if v.empty_dir.is_some() {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| ConfigError(format!("emptyDir {:?}: {e}", v.name)))?;
+            out.insert(v.name.clone(), dir);
+        } else if let Some(hp) = &v.host_path {
+            let path = PathBuf::from(&hp.path);
+            let ty = hp.type_.as_deref().unwrap_or("");
+            let err = |m: &str| ConfigError(format!("hostPath {:?} ({}): {m}", v.name, hp.path));
+            match ty {
+                "DirectoryOrCreate" => {
+                    std::fs::create_dir_all(&path).map_err(|e| err(&e.to_string()))?
+                }
+                "FileOrCreate" => {
+                    if !path.exists() {
+                        std::fs::File::create(&path).map_err(|e| err(&e.to_string()))?;
+                    }
+                }
+                "Directory" if !path.is_dir() => return Err(err("is not a directory")),
+                "File" if !path.is_file() => return Err(err("is not a file")),
+                "" | "Directory" | "File" | "Socket" | "CharDevice" | "BlockDevice" => {}
+                other => return Err(err(&format!("unknown type {other:?}"))),
+            }
+            out.insert(v.name.clone(), path);
+        } else {
+            return Err(ConfigError(format!(
+                "volume {:?}: only configMap, secret, emptyDir and hostPath volumes are supported by the process runtime",
+                v.name
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// The bind mounts of one container.
+pub fn mounts_for(
+    c: &Container,
+    volumes: &HashMap<String, PathBuf>,
+) -> Result<Vec<BindMount>, ConfigError> {
+    let mut out = Vec::new();
+    for m in c.volume_mounts.iter().flatten() {
+        let Some(src) = volumes.get(&m.name) else {
+            return Err(ConfigError(format!(
+                "volumeMount {:?}: no volume with that name",
+                m.name
+            )));
+        };
+        let mut source = src.clone();
+        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            if !relative_ok(sub) {
+                return Err(ConfigError(format!(
+                    "volumeMount {:?}: subPath {sub:?} must be relative without '..'",
+                    m.name
+                )));
+            }
+            source = source.join(sub);
+            if !source.exists() {
+                std::fs::create_dir_all(&source)
+                    .map_err(|e| ConfigError(format!("subPath {sub:?}: {e}")))?;
+            }
+        }
+        if !m.mount_path.starts_with('/') {
+            return Err(ConfigError(format!(
+                "volumeMount {:?}: mountPath {:?} must be absolute",
+                m.name, m.mount_path
+            )));
+        }
+        out.push(BindMount {
+            source,
+            target: PathBuf::from(&m.mount_path),
+            read_only: m.read_only.unwrap_or(false),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,316 @@
+//! The process runtime and pod network against real processes and namespaces.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bosun_agent::network::{BridgeNetwork, PodNetwork};
+use bosun_agent::runtime::{ContainerKey, ContainerLaunch, ProcessRuntime, Runtime, RuntimeState};
+use bosun_agent::shim::BindMount;
+
+fn shim_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bosun-agent-shim"))
+}
+
+fn key(uid: &str, name: &str, attempt: u32) -> ContainerKey {
+    ContainerKey {
+        pod_uid: uid.into(),
+        container: name.into(),
+        attempt,
+    }
+}
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["/bin/sh".into(), "-c".into(), script.into()]
+}
+
+fn is_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("!!!!! SKIPPED: needs root for network/mount namespaces !!!!!");
+    }
+    root
+}
+
+async fn wait_exited(rt: &dyn Runtime, k: &ContainerKey) -> RuntimeState {
+    for _ in 0..200 {
+        let st = rt.status(k).await.unwrap();
+        if matches!(st, RuntimeState::Exited { .. }) {
+            return st;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("container {k:?} did not exit");
+}
+
+#[tokio::test]
+async fn runs_command_logs_and_records_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = ProcessRuntime::new(dir.path().join("pods"), shim_exe());
+    let k = key("u1", "main", 0);
+    let launch = ContainerLaunch {
+        argv: sh("echo out-$GREETING; echo err-line >&2; printf tail; exit 3"),
+        env: vec![("GREETING".into(), "hi".into())],
+        working_dir: Some(dir.path().to_owned()),
+        ..Default::default()
+    };
+    rt.create(&k, &launch).await.unwrap();
+    assert_eq!(rt.status(&k).await.unwrap(), RuntimeState::Created);
+    rt.start(&k).await.unwrap();
+    match wait_exited(&rt, &k).await {
+        RuntimeState::Exited {
+            exit_code, reason, ..
+        } => {
+            assert_eq!(exit_code, 3);
+            assert_eq!(reason, "Error");
+        }
+        other => panic!("{other:?}"),
+    }
+    let log = std::fs::read_to_string(rt.log_path(&k)).unwrap();
+    let recs: Vec<_> = log
+        .lines()
+        .map(|l| bosun_agent::cri_log::parse_record(l).unwrap())
+        .collect();
+    assert!(
+        recs.iter()
+            .any(|r| r.stream == "stdout" && r.content == "out-hi" && !r.partial)
+    );
+    assert!(
+        recs.iter()
+            .any(|r| r.stream == "stderr" && r.content == "err-line")
+    );
+    assert!(recs.iter().any(|r| r.content == "tail" && r.partial));
+    rt.remove_pod("u1").await.unwrap();
+    assert!(!dir.path().join("pods/u1").exists());
+}
+
+#[tokio::test]
+async fn missing_executable_is_a_start_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = ProcessRuntime::new(dir.path().join("pods"), shim_exe());
+    let k = key("u2", "main", 0);
+    let launch = ContainerLaunch {
+        argv: vec!["/nonexistent/bosun-test-binary".into()],
+        ..Default::default()
+    };
+    rt.create(&k, &launch).await.unwrap();
+    match rt.start(&k).await.unwrap() {
+        RuntimeState::Exited {
+            reason, message, ..
+        } => {
+            assert_eq!(reason, "StartError");
+            assert!(message.unwrap().contains("No such file"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        rt.create(&key("u2", "empty", 0), &ContainerLaunch::default())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn containers_survive_runtime_restart_and_stop_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = dir.path().join("pods");
+    let k = key("u3", "loop", 0);
+    {
+        let rt = ProcessRuntime::new(pods.clone(), shim_exe());
+        let launch = ContainerLaunch {
+            argv: sh("trap 'echo got-term; exit 0' TERM; while true; do sleep 0.1; done"),
+            ..Default::default()
+        };
+        rt.create(&k, &launch).await.unwrap();
+        assert!(matches!(
+            rt.start(&k).await.unwrap(),
+            RuntimeState::Running { .. }
+        ));
+    } // the runtime (the "agent") goes away; the shim and container keep running
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rt = ProcessRuntime::new(pods.clone(), shim_exe());
+    assert_eq!(rt.adopt().await.unwrap(), vec![k.clone()]);
+    let pid = match rt.status(&k).await.unwrap() {
+        RuntimeState::Running { pid, .. } => pid.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    match rt.stop(&k, Duration::from_secs(10)).await.unwrap() {
+        RuntimeState::Exited { exit_code, .. } => assert_eq!(exit_code, 0, "trap ran"),
+        other => panic!("{other:?}"),
+    }
+    let log = std::fs::read_to_string(rt.log_path(&k)).unwrap();
+    assert!(log.contains("got-term"));
+    rt.remove_pod("u3").await.unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_ignored_means_sigkill_after_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = ProcessRuntime::new(dir.path().join("pods"), shim_exe());
+    let k = key("u4", "stubborn", 0);
+    let launch = ContainerLaunch {
+        argv: sh("trap '' TERM; (sleep 60) & while true; do sleep 0.1; done"),
+        ..Default::default()
+    };
+    rt.create(&k, &launch).await.unwrap();
+    rt.start(&k).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    match rt.stop(&k, Duration::from_millis(500)).await.unwrap() {
+        RuntimeState::Exited {
+            exit_code, signal, ..
+        } => {
+            assert_eq!(signal, Some(9));
+            assert_eq!(exit_code, 137);
+        }
+        other => panic!("{other:?}"),
+    }
+    rt.remove_pod("u4").await.unwrap();
+}
+
+#[tokio::test]
+async fn killed_shim_is_reported_and_its_container_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = ProcessRuntime::new(dir.path().join("pods"), shim_exe());
+    let k = key("u5", "orphan", 0);
+    rt.create(
+        &k,
+        &ContainerLaunch {
+            argv: sh("while true; do sleep 0.1; done"),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    rt.start(&k).await.unwrap();
+    let state: bosun_agent::shim::ShimState = serde_json::from_slice(
+        &std::fs::read(dir.path().join("pods/u5/containers/orphan/0/state.json")).unwrap(),
+    )
+    .unwrap();
+    let pid = state.pid.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(state.shim_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match rt.status(&k).await.unwrap() {
+        RuntimeState::Exited {
+            reason, message, ..
+        } => {
+            assert_eq!(reason, "ContainerStatusUnknown");
+            assert!(message.unwrap().contains("supervisor"));
+        }
+        other => panic!("{other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        bosun_agent::shim::proc_start_ticks(pid).is_none(),
+        "orphaned container process was killed"
+    );
+    rt.remove_pod("u5").await.unwrap();
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{:06x}", rand::random::<u32>() & 0xffffff)
+}
+
+/// A free 10.x /24 for this test run (used only inside namespaces this test creates).
+fn unique_cidr() -> String {
+    let r: u32 = rand::random();
+    format!("10.{}.{}.0/24", 200 + (r % 50), (r >> 8) % 256)
+}
+
+#[tokio::test]
+async fn pods_get_own_network_namespaces_and_volumes() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = unique("bt");
+    let net = BridgeNetwork::new(&bridge, &unique_cidr(), dir.path()).unwrap();
+    let result = async {
+        net.init().await?;
+        let rt = ProcessRuntime::new(dir.path().join("pods"), shim_exe());
+        let vol = dir.path().join("vol");
+        std::fs::create_dir_all(&vol)?;
+        std::fs::write(vol.join("greeting"), "hello from volume")?;
+        let mount_target = dir.path().join("not-on-host").join("config");
+        let mut ips = Vec::new();
+        for uid in ["aaaaaaaa-1111", "bbbbbbbb-2222"] {
+            let pn = net.setup(uid).await?;
+            assert_eq!(net.setup(uid).await?, pn, "setup is idempotent");
+            let k = key(uid, "web", 0);
+            let launch = ContainerLaunch {
+                argv: vec![
+                    "python3".into(),
+                    "-m".into(),
+                    "http.server".into(),
+                    "8080".into(),
+                    "--bind".into(),
+                    "0.0.0.0".into(),
+                ],
+                env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
+                working_dir: Some(mount_target.clone()),
+                netns: pn.netns.clone(),
+                mounts: vec![BindMount {
+                    source: vol.clone(),
+                    target: mount_target.clone(),
+                    read_only: true,
+                }],
+            };
+            rt.create(&k, &launch).await?;
+            let st = rt.start(&k).await?;
+            assert!(matches!(st, RuntimeState::Running { .. }), "{st:?}");
+            ips.push(pn.ip);
+        }
+        assert_ne!(ips[0], ips[1]);
+        // The volume is visible only inside the containers' mount namespaces.
+        assert!(!mount_target.join("greeting").exists());
+        for ip in &ips {
+            let mut body = String::new();
+            for _ in 0..100 {
+                let out = tokio::process::Command::new("curl")
+                    .args(["-s", "-m", "2", &format!("http://{ip}:8080/greeting")])
+                    .output()
+                    .await?;
+                body = String::from_utf8_lossy(&out.stdout).into_owned();
+                if out.status.success() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(body, "hello from volume", "served by the pod at {ip}");
+        }
+        // exec runs in the pod's namespaces: it sees eth0 with the pod IP and the volume.
+        let k = key("aaaaaaaa-1111", "web", 0);
+        let out = rt
+            .exec(
+                &k,
+                &sh("cat greeting; cat /proc/net/fib_trie"),
+                Duration::from_secs(5),
+            )
+            .await?;
+        assert_eq!(out.exit_code, 0, "{}", out.output);
+        assert!(out.output.starts_with("hello from volume"));
+        assert!(out.output.contains(&ips[0].to_string()), "{}", out.output);
+        let denied = rt
+            .exec(&k, &sh("echo x > greeting"), Duration::from_secs(5))
+            .await?;
+        assert_ne!(denied.exit_code, 0, "volume is read-only");
+        for uid in ["aaaaaaaa-1111", "bbbbbbbb-2222"] {
+            rt.remove_pod(uid).await?;
+            net.teardown(uid).await?;
+            assert!(net.get(uid).await?.is_none());
+        }
+        assert!(net.list().await?.is_empty());
+        anyhow::Ok(())
+    }
+    .await;
+    net.cleanup().await.unwrap();
+    assert!(
+        !std::path::Path::new(&format!("/sys/class/net/{bridge}")).exists(),
+        "bridge removed"
+    );
+    let _ = std::fs::remove_dir(dir.path().join("not-on-host/config"));
+    result.unwrap();
+}

@@ -1,0 +1,197 @@
+//! `watch=true`: a chunked stream of JSON lines, one `WatchEvent` each.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use bosun_api::KindInfo;
+use bosun_store::{EventKind, StoreError, WatchEvent, WatchItem};
+use bytes::Bytes;
+use futures::{StreamExt, stream};
+use http::{HeaderValue, StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, ApiResult};
+use crate::objects::{ListQuery, decode_kv, list_objects, list_prefix, meta_str, parse_rv};
+use crate::request::Ctx;
+
+/// Watches without `timeoutSeconds` end after this long, as Kubernetes' do (clients re-watch).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+struct Filter {
+    kind: &'static KindInfo,
+    q: ListQuery,
+    name: Option<String>,
+    table: Option<String>,
+    bookmarks: bool,
+}
+
+impl Filter {
+    fn matches(&self, obj: &Value) -> bool {
+        if let Some(n) = &self.name
+            && meta_str(obj, "name") != Some(n.as_str())
+        {
+            return false;
+        }
+        self.q.matches(obj)
+    }
+
+    fn line(&self, ty: &str, obj: Value) -> Bytes {
+        let obj = match &self.table {
+            Some(include) => bosun_api::table::table(self.kind, std::slice::from_ref(&obj), include),
+            None => obj,
+        };
+        let mut s = serde_json::to_vec(&json!({"type": ty, "object": obj})).unwrap_or_default();
+        s.push(b'\n');
+        Bytes::from(s)
+    }
+
+    fn bookmark(&self, rev: i64, initial_end: bool) -> Bytes {
+        let mut meta = json!({"resourceVersion": rev.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let obj = json!({"kind": self.kind.kind, "apiVersion": self.kind.api_version, "metadata": meta});
+        let mut s = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).unwrap_or_default();
+        s.push(b'\n');
+        Bytes::from(s)
+    }
+
+    /// The watch event for one store change, as the selectors see it: an object that
+    /// starts matching is ADDED, one that stops matching is DELETED.
+    fn event(&self, ev: &WatchEvent) -> Option<Bytes> {
+        let obj = decode_kv(&ev.kv).ok()?;
+        match ev.kind {
+            EventKind::Delete => self.matches(&obj).then(|| self.line("DELETED", obj)),
+            EventKind::Put => {
+                let now = self.matches(&obj);
+                let before = ev
+                    .prev
+                    .as_ref()
+                    .and_then(|p| decode_kv(p).ok())
+                    .is_some_and(|p| self.matches(&p));
+                match (before, now) {
+                    (true, true) => Some(self.line("MODIFIED", obj)),
+                    (false, true) => Some(self.line("ADDED", obj)),
+                    (true, false) => Some(self.line("DELETED", obj)),
+                    (false, false) => None,
+                }
+            }
+        }
+    }
+}
+
+fn error_line(e: &ApiError) -> Bytes {
+    let mut s = serde_json::to_vec(&json!({"type": "ERROR", "object": e.status()})).unwrap_or_default();
+    s.push(b'\n');
+    Bytes::from(s)
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Compacted {
+            requested,
+            compacted,
+        } => ApiError::gone(format!(
+            "too old resource version: {requested} ({compacted})"
+        )),
+        other => ApiError::store(other),
+    }
+}
+
+pub(crate) async fn watch(ctx: Ctx) -> ApiResult<Response> {
+    let kind = ctx.kind();
+    let q = ListQuery::from_ctx(&ctx)?;
+    let timeout = match ctx.q("timeoutSeconds") {
+        Some(t) => Duration::from_secs(
+            t.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?,
+        ),
+        None => DEFAULT_TIMEOUT,
+    };
+    let rv = q.resource_version.clone();
+    let send_initial = match ctx.q("sendInitialEvents") {
+        Some("true") => true,
+        Some("false") => false,
+        _ => matches!(rv.as_deref(), None | Some("0")),
+    };
+    let explicit_initial = ctx.q("sendInitialEvents") == Some("true");
+    let filter = Filter {
+        kind,
+        name: ctx.target.name.clone(),
+        table: ctx
+            .wants_table()
+            .then(|| ctx.q("includeObject").unwrap_or("Metadata").to_string()),
+        bookmarks: ctx.flag("allowWatchBookmarks"),
+        q,
+    };
+    let ns = ctx.target.namespace.clone();
+    let store = ctx.inner.store.clone();
+    let prefix = list_prefix(kind, ns.as_deref());
+
+    let mut initial: Vec<Bytes> = Vec::new();
+    let start = if send_initial {
+        let list_q = ListQuery {
+            labels: filter.q.labels.clone(),
+            fields: filter.q.fields.clone(),
+            limit: None,
+            cont: None,
+            resource_version: None,
+            rv_match: None,
+        };
+        let out = list_objects(&ctx.inner, kind, ns.as_deref(), &list_q).await?;
+        for obj in out.items {
+            if filter.matches(&obj) {
+                initial.push(filter.line("ADDED", obj));
+            }
+        }
+        if explicit_initial && filter.bookmarks {
+            initial.push(filter.bookmark(out.revision, true));
+        }
+        out.revision
+    } else {
+        match rv.as_deref() {
+            Some(s) => parse_rv(s)?,
+            None => store.current_revision().await.map_err(ApiError::store)?,
+        }
+    };
+
+    let events: stream::BoxStream<'static, Bytes> = match store.watch(&prefix, start).await {
+        Err(e) => stream::iter(vec![error_line(&store_error(e))]).boxed(),
+        Ok(ws) => {
+            ws.filter_map(move |item| {
+                let out = match item {
+                    Ok(WatchItem::Event(ev)) => filter.event(&ev),
+                    Ok(WatchItem::Progress(rev)) => {
+                        filter.bookmarks.then(|| filter.bookmark(rev, false))
+                    }
+                    Err(e) => Some(error_line(&store_error(e))),
+                };
+                futures::future::ready(out)
+            })
+            .scan(false, |ended, line| {
+                // Stop after an ERROR event: the watch cannot go on.
+                if *ended {
+                    return futures::future::ready(None);
+                }
+                if line.starts_with(b"{\"type\":\"ERROR\"") {
+                    *ended = true;
+                }
+                futures::future::ready(Some(line))
+            })
+            .boxed()
+        }
+    };
+    let deadline = tokio::time::sleep(timeout);
+    let body = stream::iter(initial)
+        .chain(events)
+        .take_until(deadline)
+        .map(Ok::<Bytes, std::convert::Infallible>);
+    let mut resp = Response::new(Body::from_stream(body));
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}

@@ -1,0 +1,142 @@
+//! The cluster's credentials: a CA, serving certificates signed by it, a bearer token,
+//! and the kubeconfig that hands them to kubectl. Made once per data dir, reused after.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca_pem: String,
+    pub token: String,
+}
+
+/// A serving certificate and its key, PEM encoded.
+pub struct Serving {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Pki {
+    /// Loads the CA and token under `data_dir/pki`, creating them on first use.
+    pub fn load_or_create(data_dir: &Path) -> Result<Pki> {
+        let dir = data_dir.join("pki");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ca_crt = dir.join("ca.crt");
+        let ca_key = dir.join("ca.key");
+        let token_file = dir.join("token");
+        if !ca_crt.exists() || !ca_key.exists() {
+            let key = KeyPair::generate()?;
+            let mut params = CertificateParams::new(Vec::<String>::new())?;
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "bosun-ca");
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+            let cert = params.self_signed(&key)?;
+            write_private(&ca_key, key.serialize_pem().as_bytes())?;
+            std::fs::write(&ca_crt, cert.pem())?;
+        }
+        if !token_file.exists() {
+            let bytes: [u8; 32] = rand::random();
+            let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+            write_private(&token_file, token.as_bytes())?;
+        }
+        Ok(Pki {
+            ca_pem: std::fs::read_to_string(&ca_crt)?,
+            token: std::fs::read_to_string(&token_file)?.trim().to_string(),
+            dir,
+        })
+    }
+
+    /// Loads credentials copied from a server (for `bosun agent --join`).
+    pub fn load_existing(dir: &Path) -> Result<Pki> {
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .with_context(|| format!("reading {}", dir.join(f).display()))
+        };
+        Ok(Pki {
+            ca_pem: read("ca.crt")?,
+            token: read("token")?.trim().to_string(),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// A serving certificate for `names` and `ips`, signed by the CA. Made fresh at each
+    /// start so a changed address is always covered.
+    pub fn serving_cert(&self, common_name: &str, names: &[String], ips: &[IpAddr]) -> Result<Serving> {
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(self.dir.join("ca.key"))?)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, ca_key)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(Serving {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Writes a kubeconfig for `server` that trusts the CA and sends the token.
+    pub fn write_kubeconfig(&self, path: &Path, server: &str) -> Result<()> {
+        let ca = base64::engine::general_purpose::STANDARD.encode(self.ca_pem.as_bytes());
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: bosun\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: bosun\n  context:\n    cluster: bosun\n    user: admin\n    namespace: default\ncurrent-context: bosun\n",
+            token = self.token
+        );
+        write_private(path, text.as_bytes())
+    }
+}
+
+impl Serving {
+    /// A rustls server config offering HTTP/2 and HTTP/1.1.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
+        let certs = rustls_pemfile::certs(&mut self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes())?
+            .context("no private key in PEM")?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! Node lifecycle: a node whose Lease in `kube-node-lease` stops being renewed is marked
+//! Unknown after the grace period, and its pods are deleted after the eviction timeout so
+//! their ReplicaSets replace them on healthy nodes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::ControllerConfig;
+use crate::events::{NORMAL, Recorder};
+use crate::informer::Informer;
+use crate::runtime::{DEFAULT_CONCURRENCY, ReconcileError, drive};
+use crate::util::is_not_found;
+
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+pub const UNKNOWN_REASON: &str = "NodeStatusUnknown";
+pub const UNKNOWN_MESSAGE: &str = "Kubelet stopped posting node status.";
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Heard from recently; look again when the grace period would run out.
+    Healthy {
+        check_in: Duration,
+    },
+    /// Silent past the grace period; pods go once the eviction timeout also passes.
+    Unknown {
+        evict_in: Duration,
+    },
+    Evict,
+}
+
+/// Classifies a node by how long its lease has been silent.
+pub fn health(silence: Duration, grace: Duration, eviction: Duration) -> Health {
+    if silence <= grace {
+        Health::Healthy {
+            check_in: grace - silence,
+        }
+    } else if silence <= grace + eviction {
+        Health::Unknown {
+            evict_in: grace + eviction - silence,
+        }
+    } else {
+        Health::Evict
+    }
+}
+
+/// Sets every condition to Unknown (`NodeStatusUnknown`); returns whether anything changed.
+pub fn mark_unknown(node: &mut Node, now: jiff::Timestamp) -> bool {
+    let status = node.status.get_or_insert_with(Default::default);
+    let conds = status.conditions.get_or_insert_with(Vec::new);
+    if !conds.iter().any(|c| c.type_ == "Ready") {
+        conds.push(k8s_openapi::api::core::v1::NodeCondition {
+            type_: "Ready".into(),
+            status: "Unknown".into(),
+            ..Default::default()
+        });
+    }
+    let mut changed = false;
+    for c in conds.iter_mut() {
+        if c.status != "Unknown" || c.reason.as_deref() != Some(UNKNOWN_REASON) {
+            c.status = "Unknown".into();
+            c.reason = Some(UNKNOWN_REASON.into());
+            c.message = Some(UNKNOWN_MESSAGE.into());
+            c.last_transition_time = Some(Time(now));
+            changed = true;
+        }
+    }
+    changed
+}
+
+struct Ctx {
+    client: Client,
+    cfg: ControllerConfig,
+    leases: Store<Lease>,
+    pods: Store<Pod>,
+    recorder: Recorder,
+    /// When each node's lease was last seen to change, by this process's clock: comparing
+    /// against the agent's own timestamps would make clock skew look like an outage.
+    /// Restarting forgets it, which only grants every node a fresh grace period.
+    observed: Mutex<HashMap<String, (Option<String>, Instant)>>,
+}
+
+async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    let name = node.name_any();
+    let lease = ctx
+        .leases
+        .get(&ObjectRef::new(&name).within(LEASE_NAMESPACE));
+    let renew = lease
+        .as_ref()
+        .and_then(|l| l.spec.as_ref())
+        .and_then(|s| s.renew_time.as_ref())
+        .map(|t| t.0.to_string());
+    let silence = {
+        let mut obs = ctx.observed.lock().await;
+        let now = Instant::now();
+        let entry = obs.entry(name.clone()).or_insert((renew.clone(), now));
+        if entry.0 != renew {
+            *entry = (renew, now);
+        }
+        now.duration_since(entry.1)
+    };
+    let grace = ctx.cfg.node_monitor_grace_period;
+    match health(silence, grace, ctx.cfg.pod_eviction_timeout) {
+        Health::Healthy { check_in } => Ok(Action::requeue(check_in + Duration::from_millis(100))),
+        Health::Unknown { evict_in } => {
+            set_unknown(&ctx, &name).await?;
+            Ok(Action::requeue(evict_in + Duration::from_millis(100)))
+        }
+        Health::Evict => {
+            set_unknown(&ctx, &name).await?;
+            let pending = evict_pods(&ctx, &node).await?;
+            Ok(if pending {
+                Action::requeue(Duration::from_secs(5))
+            } else {
+                Action::requeue(grace)
+            })
+        }
+    }
+}
+
+async fn set_unknown(ctx: &Ctx, name: &str) -> Result<(), ReconcileError> {
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let Some(mut node) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let was_ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True");
+    if mark_unknown(&mut node, crate::util::now()) {
+        api.replace_status(name, &PostParams::default(), &node)
+            .await?;
+        if was_ready {
+            ctx.recorder
+                .record(
+                    &node,
+                    NORMAL,
+                    "NodeNotReady",
+                    &format!("Node {name} status is now: NodeNotReady"),
+                )
+                .await;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the pods bound to an unreachable node. Pods already past their grace period are
+/// removed outright: the node's agent, which would finish them, is gone. Returns whether
+/// pods remain.
+async fn evict_pods(ctx: &Ctx, node: &Node) -> Result<bool, ReconcileError> {
+    let name = node.name_any();
+    let now = crate::util::now();
+    let mut remaining = false;
+    let mut announced = false;
+    for pod in ctx.pods.state() {
+        if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(name.as_str()) {
+            continue;
+        }
+        remaining = true;
+        let api: Api<Pod> =
+            Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+        let mut dp = DeleteParams {
+            preconditions: pod.uid().map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match &pod.metadata.deletion_timestamp {
+            Some(t) if t.0 <= now => dp.grace_period_seconds = Some(0),
+            Some(_) => continue,
+            None => {
+                if !announced {
+                    ctx.recorder
+                        .record(
+                            node,
+                            NORMAL,
+                            "DeletingAllPods",
+                            &format!("Deleting all Pods from Node {name}."),
+                        )
+                        .await;
+                    announced = true;
+                }
+                ctx.recorder
+                    .record(
+                        pod.as_ref(),
+                        NORMAL,
+                        "NodeControllerEviction",
+                        &format!(
+                            "Marking for deletion Pod {} from Node {name}",
+                            pod.name_any()
+                        ),
+                    )
+                    .await;
+            }
+        }
+        match api.delete(&pod.name_any(), &dp).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) || crate::util::is_conflict(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(remaining)
+}
+
+pub(crate) async fn run(
+    client: Client,
+    cfg: ControllerConfig,
+    nodes: Informer<Node>,
+    leases: Informer<Lease>,
+    pods: Informer<Pod>,
+    shutdown: CancellationToken,
+) {
+    let controller = Controller::for_shared_stream(nodes.subscribe(), nodes.store())
+        .watches_shared_stream(leases.subscribe(), |l: Arc<Lease>| {
+            (l.namespace().as_deref() == Some(LEASE_NAMESPACE))
+                .then(|| ObjectRef::<Node>::new(&l.name_any()))
+        });
+    let ctx = Arc::new(Ctx {
+        recorder: Recorder::new(client.clone(), "node-controller"),
+        client,
+        cfg,
+        leases: leases.store(),
+        pods: pods.store(),
+        observed: Mutex::new(HashMap::new()),
+    });
+    drive(
+        "node-lifecycle",
+        controller,
+        ctx,
+        reconcile,
+        DEFAULT_CONCURRENCY,
+        shutdown,
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+
+    #[test]
+    fn health_by_silence() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            health(s(10), s(40), s(300)),
+            Health::Healthy { check_in: s(30) }
+        );
+        assert_eq!(
+            health(s(40), s(40), s(300)),
+            Health::Healthy { check_in: s(0) }
+        );
+        assert_eq!(
+            health(s(41), s(40), s(300)),
+            Health::Unknown { evict_in: s(299) }
+        );
+        assert_eq!(health(s(341), s(40), s(300)), Health::Evict);
+    }
+
+    #[test]
+    fn marks_conditions_unknown_once() {
+        let mut node = Node {
+            status: Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    reason: Some("KubeletReady".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let now = jiff::Timestamp::now();
+        assert!(mark_unknown(&mut node, now));
+        let c = &node.status.as_ref().unwrap().conditions.as_ref().unwrap()[0];
+        assert_eq!(c.status, "Unknown");
+        assert_eq!(c.reason.as_deref(), Some(UNKNOWN_REASON));
+        assert_eq!(c.message.as_deref(), Some(UNKNOWN_MESSAGE));
+        assert!(!mark_unknown(&mut node, now), "second pass changes nothing");
+        // A node without any condition gets a Ready=Unknown one.
+        let mut bare = Node::default();
+        assert!(mark_unknown(&mut bare, now));
+        assert_eq!(bare.status.unwrap().conditions.unwrap()[0].type_, "Ready");
+    }
+}

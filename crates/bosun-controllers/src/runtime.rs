@@ -1,0 +1,99 @@
+//! The one reconcile shape every controller uses: a kube-runtime `Controller` fed by shared
+//! informers, an idempotent `reconcile(object) -> Action`, and a common error policy.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::Resource;
+use kube::runtime::controller::{Action, Config, Controller};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+/// Parallel reconciles per controller unless a controller needs them serialised.
+pub const DEFAULT_CONCURRENCY: u16 = 8;
+
+/// Wraps `anyhow::Error` for kube-runtime, which wants `std::error::Error`.
+#[derive(Debug)]
+pub struct ReconcileError(pub anyhow::Error);
+
+impl std::fmt::Display for ReconcileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for ReconcileError {}
+
+impl From<anyhow::Error> for ReconcileError {
+    fn from(e: anyhow::Error) -> Self {
+        ReconcileError(e)
+    }
+}
+
+impl From<kube::Error> for ReconcileError {
+    fn from(e: kube::Error) -> Self {
+        ReconcileError(e.into())
+    }
+}
+
+/// Retry delay after a failed reconcile. Conflicts (someone else wrote first) retry at once
+/// because the next pass reads fresh state.
+fn retry_after(e: &ReconcileError) -> Duration {
+    let conflict =
+        e.0.downcast_ref::<kube::Error>()
+            .is_some_and(crate::util::is_conflict);
+    if conflict {
+        Duration::from_millis(50)
+    } else {
+        Duration::from_secs(2)
+    }
+}
+
+/// Runs `controller` until `shutdown`, logging failures. `name` identifies it in logs;
+/// `concurrency` bounds parallel reconciles (never two of the same object).
+pub async fn drive<K, Ctx, F, Fut>(
+    name: &'static str,
+    controller: Controller<K>,
+    ctx: Arc<Ctx>,
+    reconcile: F,
+    concurrency: u16,
+    shutdown: CancellationToken,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Debug + Unpin + Send + Sync,
+    Ctx: Send + Sync + 'static,
+    F: FnMut(Arc<K>, Arc<Ctx>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Action, ReconcileError>> + Send + 'static,
+{
+    let stop = shutdown.clone();
+    controller
+        .with_config(Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(
+            reconcile,
+            move |obj, err, _ctx| {
+                tracing::info!(controller = name, object = %obj_name(obj.as_ref()), error = %err, "reconcile failed");
+                Action::requeue(retry_after(err))
+            },
+            ctx,
+        )
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                // Missing objects (deleted between trigger and reconcile) are normal.
+                tracing::trace!(controller = name, error = %e, "controller event");
+            }
+        })
+        .await;
+}
+
+fn obj_name<K: Resource>(o: &K) -> String {
+    let m = o.meta();
+    match &m.namespace {
+        Some(ns) => format!("{ns}/{}", m.name.clone().unwrap_or_default()),
+        None => m.name.clone().unwrap_or_default(),
+    }
+}

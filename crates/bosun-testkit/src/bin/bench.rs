@@ -1,0 +1,251 @@
+//! bosun-bench: the figures in BENCHMARKS.md, measured against a real `bosun up`.
+//!
+//! `cargo build --release -p bosun-cli -p bosun-testkit && target/release/bosun-bench`
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bosun_testkit::{Cluster, bosun_bin};
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(about = "Measure bosun: apply-to-ready, pod replacement, API throughput, memory, size")]
+struct Opts {
+    /// Replica counts for the apply-to-ready measurement
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    replicas: Vec<usize>,
+    /// ConfigMaps created for the API throughput measurement
+    #[arg(long, default_value_t = 5000)]
+    creates: usize,
+    /// Concurrent clients for the API throughput measurement
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let opts = Opts::parse();
+    let bin = bosun_bin()?;
+    println!("binary: {} ({:.1} MB)", bin.display(), std::fs::metadata(&bin)?.len() as f64 / 1e6);
+    let cluster = Cluster::start("bench").await?;
+    let client = cluster.client().await?;
+    let pid = cluster.pid().context("no bosun pid")?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    println!("idle RSS, 0 pods: {:.1} MB", rss_mb(pid)?);
+
+    for &n in &opts.replicas {
+        let (total, per_pod) = apply_to_ready(&client, n).await?;
+        println!(
+            "apply-to-ready {n:>3} replicas: all ready in {:.0} ms; per pod p50 {:.0} ms, p99 {:.0} ms",
+            ms(total),
+            ms(percentile(&per_pod, 50.0)),
+            ms(percentile(&per_pod, 99.0))
+        );
+        if n == *opts.replicas.iter().max().unwrap_or(&0) {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            println!("idle RSS, {n} running pods: {:.1} MB", rss_mb(pid)?);
+        }
+        delete_deployment(&client, &format!("bench-{n}")).await?;
+    }
+
+    let replace = replace_killed_process(&client).await?;
+    println!("killed pod process running again after: {:.0} ms", ms(replace));
+
+    let (rate, p50, p99) = create_throughput(&client, opts.creates, opts.concurrency).await?;
+    println!(
+        "API create throughput: {rate:.0} objects/s ({} creates, {} clients); latency p50 {:.2} ms, p99 {:.2} ms",
+        opts.creates,
+        opts.concurrency,
+        ms(p50),
+        ms(p99)
+    );
+    drop(cluster);
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn rss_mb(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("no VmRSS")?
+        .parse()?;
+    Ok(kb / 1024.0)
+}
+
+fn deployment(name: &str, replicas: usize, command: &str) -> Result<Deployment> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"bench": name}},
+            "template": {
+                "metadata": {"labels": {"bench": name}},
+                "spec": {
+                    "runtimeClassName": "process",
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "main", "command": ["sh", "-c", command]}]
+                }
+            }
+        }
+    }))?)
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Creates a deployment and times, per pod, from the create call to the pod turning
+/// Ready (as seen by a watch); returns the time until all were ready and the sorted
+/// per-pod latencies.
+async fn apply_to_ready(client: &Client, n: usize) -> Result<(Duration, Vec<Duration>)> {
+    let name = format!("bench-{n}");
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let cfg = watcher::Config::default().labels(&format!("bench={name}"));
+    let mut events = watcher::watcher(pods, cfg).boxed();
+    // Let the watch establish before starting the clock.
+    while let Some(ev) = events.try_next().await? {
+        if matches!(ev, watcher::Event::InitDone) {
+            break;
+        }
+    }
+    let api: Api<Deployment> = Api::default_namespaced(client.clone());
+    let start = Instant::now();
+    api.create(&PostParams::default(), &deployment(&name, n, "exec sleep 3600")?)
+        .await?;
+    let mut ready: HashMap<String, Duration> = HashMap::new();
+    let deadline = Duration::from_secs(300);
+    while ready.len() < n {
+        let ev = tokio::time::timeout(deadline.saturating_sub(start.elapsed()), events.try_next())
+            .await
+            .context("timed out waiting for pods to become ready")??;
+        if let Some(watcher::Event::Apply(p)) = ev
+            && is_ready(&p)
+        {
+            ready.entry(p.metadata.name.clone().unwrap_or_default()).or_insert(start.elapsed());
+        }
+    }
+    let total = start.elapsed();
+    let mut per_pod: Vec<Duration> = ready.into_values().collect();
+    per_pod.sort();
+    Ok((total, per_pod))
+}
+
+async fn delete_deployment(client: &Client, name: &str) -> Result<()> {
+    let api: Api<Deployment> = Api::default_namespaced(client.clone());
+    api.delete(name, &DeleteParams::foreground()).await?;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let sel = ListParams::default().labels(&format!("bench={name}"));
+    let start = Instant::now();
+    while !pods.list(&sel).await?.items.is_empty() {
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("pods of {name} not deleted after 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Kills a pod's process with SIGKILL and times until the agent has it running again.
+async fn replace_killed_process(client: &Client) -> Result<Duration> {
+    let marker = format!("bench-kill-{}", std::process::id());
+    // The marker in argv lets us find exactly this process.
+    let cmd = format!("exec sleep 3600 # {marker}");
+    let api: Api<Deployment> = Api::default_namespaced(client.clone());
+    api.create(&PostParams::default(), &deployment("bench-kill", 1, &cmd)?)
+        .await?;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let sel = ListParams::default().labels("bench=bench-kill");
+    let restarts = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.first())
+            .map(|c| c.restart_count)
+            .unwrap_or(0)
+    };
+    let wait_ready = |min_restarts: i32| {
+        let pods = pods.clone();
+        let sel = sel.clone();
+        async move {
+            loop {
+                let list = pods.list(&sel).await?;
+                if list.items.iter().any(|p| is_ready(p) && restarts(p) >= min_restarts) {
+                    return anyhow::Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait_ready(0)).await??;
+    let start = Instant::now();
+    let status = std::process::Command::new("pkill").args(["-9", "-f", &marker]).status()?;
+    if !status.success() {
+        bail!("no process matched {marker}");
+    }
+    tokio::time::timeout(Duration::from_secs(60), wait_ready(1)).await??;
+    let took = start.elapsed();
+    delete_deployment(client, "bench-kill").await?;
+    Ok(took)
+}
+
+/// Creates `total` ConfigMaps from `concurrency` clients; returns objects/s, p50, p99.
+async fn create_throughput(client: &Client, total: usize, concurrency: usize) -> Result<(f64, Duration, Duration)> {
+    let api: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let api = api.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return anyhow::Ok(lat);
+                }
+                let cm: ConfigMap = serde_json::from_value(json!({
+                    "metadata": {"name": format!("bench-cm-{i}")},
+                    "data": {"i": i.to_string()}
+                }))?;
+                let t = Instant::now();
+                api.create(&PostParams::default(), &cm).await?;
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = start.elapsed();
+    all.sort();
+    Ok((total as f64 / elapsed.as_secs_f64(), percentile(&all, 50.0), percentile(&all, 99.0)))
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs bosun's whole test suite: lints, Rust unit and integration tests, and end-to-end
+# tests that drive a real `bosun up` with kubectl, the Python client and bosun's CLI.
+# Installs what the tests need when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/bosun-target}"
+
+apt_missing=()
+command -v ip >/dev/null || apt_missing+=(iproute2)
+command -v pkill >/dev/null || apt_missing+=(procps)
+command -v python3 >/dev/null || apt_missing+=(python3 python3-pip)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  echo "installing ${apt_missing[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}"
+fi
+if ! python3 -c 'import kubernetes, pytest' 2>/dev/null; then
+  echo "installing the Python kubernetes client and pytest"
+  python3 -m pip install -q kubernetes pytest
+fi
+if ! command -v kubectl >/dev/null; then
+  echo "FATAL: kubectl is not installed; the end-to-end tests need it" >&2
+  exit 1
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "WARNING: not root: pods fall back to host networking and network tests are skipped" >&2
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -q -- -D warnings
+cargo build --workspace -q
+if command -v cargo-nextest >/dev/null; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
+BOSUN_BIN="$CARGO_TARGET_DIR/debug/bosun" python3 -m pytest tests/e2e -v -p no:cacheprovider

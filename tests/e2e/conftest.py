@@ -1,0 +1,182 @@
+"""Starts real bosun clusters for end-to-end tests.
+
+Each cluster gets its own data dir, API and agent ports, bridge name and pod address
+range, so several test runs can share one machine; everything is removed afterwards.
+"""
+
+import os
+import random
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def bosun_bin():
+    path = os.environ.get("BOSUN_BIN")
+    if path:
+        return path
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+    return os.path.join(target, "debug", "bosun")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Bosun:
+    """One `bosun up` process with its own everything."""
+
+    def __init__(self, name):
+        self.name = name
+        self.data_dir = tempfile.mkdtemp(prefix=f"bosun-e2e-{name}-")
+        self.api_port = free_port()
+        self.kubelet_port = free_port()
+        tag = random.randrange(1, 250)
+        # Pod ranges inside 10.200-10.249 (only ever used inside this machine's own
+        # namespaces), bridge names unique per cluster.
+        self.pod_cidr = f"10.{200 + tag % 50}.{random.randrange(0, 255)}.0/24"
+        self.bridge = f"be{os.getpid() % 10000}{tag}"[:15]
+        self.node_name = f"node-{name}"
+        self.kubeconfig = os.path.join(self.data_dir, "kubeconfig")
+        self.proc = None
+        self.log_path = os.path.join(self.data_dir, "bosun.log")
+
+    def args(self):
+        return [
+            bosun_bin(), "up",
+            "--data-dir", self.data_dir,
+            "--listen", f"127.0.0.1:{self.api_port}",
+            "--kubelet-port", str(self.kubelet_port),
+            "--pod-cidr", self.pod_cidr,
+            "--bridge", self.bridge,
+            "--node-name", self.node_name,
+        ]
+
+    def start(self, timeout=60):
+        self.log = open(self.log_path, "ab")
+        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        self.proc = subprocess.Popen(self.args(), stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bosun exited with {self.proc.returncode}:\n{self.tail_log()}")
+            if os.path.exists(self.kubeconfig) and self.ready():
+                self.wait_node_ready(deadline)
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"bosun did not become ready:\n{self.tail_log()}")
+
+    def ready(self):
+        ctx = ssl.create_default_context(cafile=os.path.join(self.data_dir, "pki", "ca.crt"))
+        req = urllib.request.Request(
+            f"https://127.0.0.1:{self.api_port}/readyz",
+            headers={"Authorization": f"Bearer {self.token()}"},
+        )
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=2) as r:
+                return r.status == 200
+        except Exception:
+            return False
+
+    def wait_node_ready(self, deadline):
+        while time.time() < deadline:
+            r = self.kubectl("get", "node", self.node_name, "-o",
+                             "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False)
+            if r.returncode == 0 and r.stdout.strip() == "True":
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"node never became Ready:\n{self.tail_log()}")
+
+    def token(self):
+        with open(os.path.join(self.data_dir, "pki", "token")) as f:
+            return f.read().strip()
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+    def restart(self):
+        self.kill(signal.SIGKILL)
+        return self.start()
+
+    def kubectl(self, *args, check=True, input=None, timeout=120, binary="kubectl"):
+        env = dict(os.environ, KUBECONFIG=self.kubeconfig)
+        r = subprocess.run([binary, *args], capture_output=True, text=True, env=env,
+                           input=input, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def cli(self, *args, check=True, input=None, timeout=120):
+        env = dict(os.environ, KUBECONFIG=self.kubeconfig)
+        r = subprocess.run([bosun_bin(), *args], capture_output=True, text=True, env=env,
+                           input=input, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"bosun {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def tail_log(self, n=60):
+        try:
+            with open(self.log_path, "rb") as f:
+                return b"\n".join(f.read().splitlines()[-n:]).decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        """Stops bosun and removes every pod process, namespace and the bridge."""
+        try:
+            # Delete workloads first so the agent stops their processes gracefully.
+            if self.proc and self.proc.poll() is None:
+                self.kubectl("delete", "deployments,replicasets,pods", "--all", "--all-namespaces",
+                             "--wait=true", "--timeout=60s", check=False, timeout=90)
+        finally:
+            self.kill(signal.SIGTERM)
+            cleanup_host(self)
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def cleanup_host(b):
+    """Removes leftovers of a cluster: shims, netns and the bridge."""
+    subprocess.run(["pkill", "-9", "-f", f"shim.*{b.data_dir}"], check=False)
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        ns = line.split()[0] if line.split() else ""
+        if ns.startswith(b.bridge + "-"):
+            subprocess.run(["ip", "netns", "delete", ns], check=False)
+    subprocess.run(["ip", "link", "delete", b.bridge], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def cluster(request):
+    b = Bosun(request.module.__name__.split(".")[-1].replace("test_", "")[:10])
+    b.start()
+    yield b
+    if request.session.testsfailed:
+        print(f"--- bosun log ({b.name}) ---\n{b.tail_log(200)}")
+    b.stop()
+
+
+def wait_for(fn, timeout=60, interval=0.2, what="condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except AssertionError as e:
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}")
