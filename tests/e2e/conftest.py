@@ -154,13 +154,17 @@ def cleanup_host(b):
     for line in out.splitlines():
         ns = line.split()[0] if line.split() else ""
         if ns.startswith(b.bridge + "-"):
+            # Pod processes live in the pod's namespace: kill them before removing it.
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+            if pids:
+                subprocess.run(["kill", "-9", *pids], check=False)
             subprocess.run(["ip", "netns", "delete", ns], check=False)
     subprocess.run(["ip", "link", "delete", b.bridge], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="module")
 def cluster(request):
-    b = Bosun(request.module.__name__.split(".")[-1].replace("test_", "")[:10])
+    b = Bosun(request.module.__name__.split(".")[-1].replace("test_", "")[:10].replace("_", "-").strip("-"))
     b.start()
     yield b
     if request.session.testsfailed:

@@ -22,6 +22,7 @@ spec:
   template:
     metadata: {labels: {app: typo}}
     spec:
+      runtimeClassName: process
       containers: [{name: c, command: ["sleep", "60"]}]
 """
     r = cluster.kubectl("apply", "--validate=strict", "-f", "-", input=bad, check=False)
@@ -52,6 +53,7 @@ spec:
   template:
     metadata: {labels: {app: b}}
     spec:
+      runtimeClassName: process
       containers: [{name: c, command: ["sleep", "60"]}]
 """
     r = cluster.kubectl("create", "-f", "-", input=bad, check=False)

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import urllib.error
 import urllib.request
 
 from conftest import wait_for
@@ -17,6 +18,7 @@ spec:
   selector:
     matchLabels: {app: web}
   strategy:
+    type: RollingUpdate
     rollingUpdate: {maxSurge: 1, maxUnavailable: 0}
   template:
     metadata:
@@ -69,8 +71,13 @@ def test_apply_creates_running_pods_with_own_ips(cluster):
 
 
 def test_apply_twice_is_idempotent(cluster):
+    before = json.loads(cluster.kubectl("get", "deploy", "web", "-o", "json").stdout)["metadata"]
     r = cluster.kubectl("apply", "-f", "-", input=WEB)
     assert "deployment.apps/web unchanged" in r.stdout, r.stdout
+    # A patch that changes nothing writes nothing: same resourceVersion and generation.
+    cluster.kubectl("patch", "deploy", "web", "--type=merge", "-p", '{"spec":{"replicas":3}}')
+    after = json.loads(cluster.kubectl("get", "deploy", "web", "-o", "json").stdout)["metadata"]
+    assert (after["resourceVersion"], after["generation"]) == (before["resourceVersion"], before["generation"])
     rs = json.loads(cluster.kubectl("get", "rs", "-l", "app=web", "-o", "json").stdout)["items"]
     assert len(rs) == 1
 
@@ -123,8 +130,10 @@ def test_scale(cluster):
 def test_logs(cluster):
     p = running_ready(cluster, 2)[0]
     ip = p["status"]["podIP"]
-    with urllib.request.urlopen(f"http://{ip}:8080/hello-logs", timeout=5):
-        pass
+    try:
+        urllib.request.urlopen(f"http://{ip}:8080/hello-logs", timeout=5)
+    except urllib.error.HTTPError as e:
+        assert e.code == 404  # http.server has no such file; the request is logged all the same
     def logged():
         out = cluster.kubectl("logs", p["metadata"]["name"]).stdout
         return "hello-logs" in out

@@ -40,7 +40,7 @@ def apis(cluster):
 
 def ready_count(apps, name, ns="default"):
     d = apps.read_namespaced_deployment(name, ns)
-    return d.status.ready_replicas or 0
+    return (d.status and d.status.ready_replicas) or 0
 
 
 def test_create_watch_scale_patch_delete(cluster):
@@ -76,7 +76,7 @@ def test_create_watch_scale_patch_delete(cluster):
     def rolled():
         d = apps.read_namespaced_deployment("py", "default")
         s = d.status
-        return (s.observed_generation >= d.metadata.generation and s.updated_replicas == 3
+        return s and (s.observed_generation >= d.metadata.generation and s.updated_replicas == 3
                 and s.available_replicas == 3 and (s.replicas or 0) == 3)
     wait_for(rolled, timeout=120, what="rolling update finished")
     pods = core.list_namespaced_pod("default", label_selector="app=py").items

@@ -291,13 +291,15 @@ pub fn stream_log(
         }
         // At the end of the file we hold: has the live file been rotated away or (re)created?
         let current = std::fs::metadata(path).ok().map(|m| m.ino());
-        if current.is_some() && current != ino
-            && let Ok(f) = File::open(path) {
-                ino = current;
-                reader = Some(BufReader::new(f));
-                partial_line.clear();
-                continue;
-            }
+        if current.is_some()
+            && current != ino
+            && let Ok(f) = File::open(path)
+        {
+            ino = current;
+            reader = Some(BufReader::new(f));
+            partial_line.clear();
+            continue;
+        }
         if done() {
             return Ok(());
         }

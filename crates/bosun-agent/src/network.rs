@@ -118,6 +118,10 @@ impl BridgeNetwork {
         })
     }
 
+    pub fn name(&self) -> &str {
+        &self.bridge
+    }
+
     pub fn netns_name(&self, pod_uid: &str) -> String {
         format!("{}-{}", self.bridge, short_uid(pod_uid))
     }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::ClusterApi;
 use crate::env::{PodFacts, container_env, process_argv};
 use crate::network::{PodNet, PodNetwork};
-use crate::probe::{ProbeEvent, Target, run_container_probes};
+use crate::probe::{ProbeEvent, Resume, Target, run_container_probes};
 use crate::runtime::{ContainerKey, ContainerLaunch, Runtime, RuntimeState};
 
 /// Shared by all pod workers of a node.
@@ -70,6 +70,8 @@ struct CState {
     exit_seen: Option<u32>,
     /// Message explaining the next restart (liveness failure), for the event.
     kill_reason: Option<String>,
+    /// Probe state to resume from for an adopted, running attempt.
+    resume: Option<(u32, Resume)>,
 }
 
 pub struct PodWorker {
@@ -168,6 +170,38 @@ impl PodWorker {
                 cs.attempt = Some(k.attempt);
             }
         }
+        // What the pod's status says of adopted containers is where probing resumes.
+        let api_statuses: Vec<ContainerStatus> = pod
+            .status
+            .iter()
+            .flat_map(|s| {
+                s.container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.init_container_statuses.iter().flatten())
+            })
+            .cloned()
+            .collect();
+        for st in api_statuses {
+            let Some(cs) = self.containers.get_mut(&st.name) else {
+                continue;
+            };
+            let Some(attempt) = cs.attempt else { continue };
+            let key = ContainerKey {
+                pod_uid: self.uid.clone(),
+                container: st.name.clone(),
+                attempt,
+            };
+            if st.container_id.as_deref() == Some(container_id(&key).as_str()) {
+                cs.resume = Some((
+                    attempt,
+                    Resume {
+                        started: st.started.unwrap_or(false),
+                        ready: st.ready,
+                    },
+                ));
+            }
+        }
         // Lost supervisors are reported once, here, as the agent comes back.
         let names: Vec<(String, u32)> = self
             .containers
@@ -179,23 +213,24 @@ impl PodWorker {
             if let Ok(RuntimeState::Exited {
                 reason, message, ..
             }) = self.ctx.process_runtime.status(&key).await
-                && reason == "ContainerStatusUnknown" {
-                    self.ctx
-                        .api
-                        .event(
-                            pod,
-                            true,
-                            "ContainerLost",
-                            &format!(
-                                "container {name}: {}",
-                                message.unwrap_or_else(|| "supervisor gone".into())
-                            ),
-                        )
-                        .await;
-                    if let Some(cs) = self.containers.get_mut(&name) {
-                        cs.exit_seen = Some(attempt);
-                    }
+                && reason == "ContainerStatusUnknown"
+            {
+                self.ctx
+                    .api
+                    .event(
+                        pod,
+                        true,
+                        "ContainerLost",
+                        &format!(
+                            "container {name}: {}",
+                            message.unwrap_or_else(|| "supervisor gone".into())
+                        ),
+                    )
+                    .await;
+                if let Some(cs) = self.containers.get_mut(&name) {
+                    cs.exit_seen = Some(attempt);
                 }
+            }
         }
     }
 
@@ -510,14 +545,23 @@ impl PodWorker {
                     if let Some((_, h)) = cs.probes.take() {
                         h.abort();
                     }
-                    cs.started = false;
-                    cs.ready = false;
+                    let resume = match cs.resume.take() {
+                        Some((a, r)) if a == attempt => r,
+                        _ => Resume::default(),
+                    };
+                    cs.started = resume.started;
+                    cs.ready = resume.ready;
                     let t = Target {
                         pod_ip: net.ip,
                         key: key.clone(),
                         runtime: rt.clone(),
                     };
-                    let h = tokio::spawn(run_container_probes(c.clone(), t, self.probe_tx.clone()));
+                    let h = tokio::spawn(run_container_probes(
+                        c.clone(),
+                        t,
+                        self.probe_tx.clone(),
+                        resume,
+                    ));
                     cs.probes = Some((attempt, h.abort_handle()));
                 }
                 None
@@ -659,7 +703,7 @@ impl PodWorker {
                     )
                     .await;
                 if let Ok(RuntimeState::Running { .. }) = rt.status(&key).await {
-                    self.warn_state(pod, c, &key);
+                    self.warn_state(pod, c, &key).await;
                 }
             }
             Ok(RuntimeState::Exited {
@@ -681,8 +725,8 @@ impl PodWorker {
         }
     }
 
-    /// Surfaces shim warnings (e.g. no mount namespace) as a log line.
-    fn warn_state(&self, pod: &Pod, c: &Container, key: &ContainerKey) {
+    /// Surfaces shim warnings (e.g. volumes not mounted for lack of privileges) as Events.
+    async fn warn_state(&self, pod: &Pod, c: &Container, key: &ContainerKey) {
         let path = self
             .ctx
             .pods_dir
@@ -694,6 +738,15 @@ impl PodWorker {
         if let Ok(st) = crate::shim::ShimState::read(&path) {
             for w in st.warnings {
                 tracing::warn!(pod = %pod_ref(pod), container = %c.name, "{w}");
+                self.ctx
+                    .api
+                    .event(
+                        pod,
+                        true,
+                        "RuntimeWarning",
+                        &format!("container {}: {w}", c.name),
+                    )
+                    .await;
             }
         }
     }
@@ -916,12 +969,13 @@ impl PodWorker {
         if attempt > 0 {
             let prev = self.key(&c.name, attempt - 1);
             if let Ok(s) = rt.status(&prev).await
-                && let Some(t) = terminated(&s, &prev) {
-                    st.last_state = Some(ContainerState {
-                        terminated: Some(t),
-                        ..Default::default()
-                    });
-                }
+                && let Some(t) = terminated(&s, &prev)
+            {
+                st.last_state = Some(ContainerState {
+                    terminated: Some(t),
+                    ..Default::default()
+                });
+            }
         }
         match rt.status(&key).await {
             Ok(RuntimeState::Running { started_at, .. }) => {
@@ -998,6 +1052,16 @@ impl PodWorker {
         for c in &spec.containers {
             statuses.push(self.container_status(pod, c, terminating).await);
         }
+        if !init_done {
+            // App containers wait for the init containers, as the kubelet reports it.
+            for s in &mut statuses {
+                if let Some(w) = s.state.as_mut().and_then(|st| st.waiting.as_mut())
+                    && w.reason.as_deref() == Some("ContainerCreating")
+                {
+                    w.reason = Some("PodInitializing".into());
+                }
+            }
+        }
         let phase = if init_failed {
             "Failed".to_string()
         } else if !init_done {
@@ -1011,10 +1075,14 @@ impl PodWorker {
             .filter(|s| !s.ready)
             .map(|s| s.name.as_str())
             .collect();
-        let prev = pod
-            .status
+        // Transition times carry over from what this worker last wrote (newer than the
+        // pod object until the watch catches up), else from the pod's status.
+        let prev: Vec<PodCondition> = self
+            .last_status
             .as_ref()
-            .and_then(|s| s.conditions.clone())
+            .and_then(|v| v.get("conditions").cloned())
+            .and_then(|c| serde_json::from_value(c).ok())
+            .or_else(|| pod.status.as_ref().and_then(|s| s.conditions.clone()))
             .unwrap_or_default();
         let cond = |ty: &str, ok: bool, reason: Option<&str>, message: Option<String>| {
             let status = if ok { "True" } else { "False" };

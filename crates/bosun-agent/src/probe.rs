@@ -308,11 +308,24 @@ fn capitalize(s: &str) -> String {
     }
 }
 
+/// Where probing of a container starts: fresh, or resumed (after an agent restart) with the
+/// state the pod's status already shows, so a restart does not blip readiness.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resume {
+    pub started: bool,
+    pub ready: bool,
+}
+
 /// All probes of one running container: startup first; once started, liveness and
 /// readiness. Ends when liveness/startup fail (the container is then restarted) or when
 /// aborted by the pod worker.
-pub async fn run_container_probes(c: Container, t: Target, tx: mpsc::Sender<ProbeEvent>) {
-    if let Some(sp) = &c.startup_probe {
+pub async fn run_container_probes(
+    c: Container,
+    t: Target,
+    tx: mpsc::Sender<ProbeEvent>,
+    resume: Resume,
+) {
+    if let Some(sp) = c.startup_probe.as_ref().filter(|_| !resume.started) {
         let mut outcome = None;
         probe_loop(&c, sp, &t, "startup", None, &tx, |ok| {
             outcome = Some(ok);
@@ -335,7 +348,7 @@ pub async fn run_container_probes(c: Container, t: Target, tx: mpsc::Sender<Prob
         match &c.readiness_probe {
             Some(rp) => {
                 let tx2 = tx.clone();
-                probe_loop(&c, rp, &t, "readiness", Some(false), &tx, |ok| {
+                probe_loop(&c, rp, &t, "readiness", Some(resume.ready), &tx, |ok| {
                     let _ = tx2.try_send(ProbeEvent::Ready(t.key.clone(), ok));
                     true
                 })

@@ -241,9 +241,10 @@ impl Runtime for ProcessRuntime {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(st) = self.read_state(key)?
-                && (st.pid.is_some() || st.exit_code.is_some()) {
-                    return self.status(key).await;
-                }
+                && (st.pid.is_some() || st.exit_code.is_some())
+            {
+                return self.status(key).await;
+            }
             if tokio::time::Instant::now() > deadline {
                 let log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
                 bail!("shim for {key:?} did not start the container: {log}");
@@ -304,17 +305,19 @@ impl Runtime for ProcessRuntime {
         // The shim died before recording an exit (killed): the container's fate is unknown.
         // Kill what is left of it so it cannot run unsupervised, and record the loss.
         if let (Some(pid), Some(ticks)) = (st.pid, st.pid_start_ticks)
-            && same_process(pid, ticks) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            && same_process(pid, ticks)
+        {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         // Re-read: the shim may have finished between the two reads.
         if let Some(again) = self.read_state(key)?
-            && again.exit_code.is_some() {
-                return Ok(exited_from(&again, ""));
-            }
+            && again.exit_code.is_some()
+        {
+            return Ok(exited_from(&again, ""));
+        }
         st.exit_code = Some(137);
         st.error = Some(format!(
             "the container's supervisor (shim pid {}) is gone; its process was killed",

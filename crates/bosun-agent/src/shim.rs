@@ -197,13 +197,16 @@ fn run(spec_path: &Path) -> i32 {
         return 1;
     }
     if let Some(ns) = &spec.netns
-        && let Err(e) = join_netns(ns) {
-            return fail(
-                state,
-                format!("cannot join network namespace {}: {e}", ns.display()),
-            );
-        }
+        && let Err(e) = join_netns(ns)
+    {
+        return fail(
+            state,
+            format!("cannot join network namespace {}: {e}", ns.display()),
+        );
+    }
+    // Only volumes need a mount namespace; without any the container shares the host's.
     match private_mounts(&spec.mounts) {
+        _ if spec.mounts.is_empty() => {}
         Ok(()) => state.mount_namespace = true,
         // Without the privilege for a mount namespace the container runs in the host's, and
         // its volumes are reachable only under the pod directory: said in the state so the
@@ -363,6 +366,9 @@ impl From<String> for MountError {
 
 fn private_mounts(mounts: &[BindMount]) -> Result<(), MountError> {
     use nix::mount::{MsFlags, mount};
+    if mounts.is_empty() {
+        return Ok(());
+    }
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|e| MountError::Unsupported(format!("unshare(CLONE_NEWNS): {e}")))?;
     mount(
@@ -373,7 +379,11 @@ fn private_mounts(mounts: &[BindMount]) -> Result<(), MountError> {
         None::<&str>,
     )
     .map_err(|e| MountError::Unsupported(format!("make / private: {e}")))?;
-    for m in mounts {
+    // Parents before children, and every bind before any read-only remount, so mount
+    // points of nested volumes can still be created inside their parent volume.
+    let mut mounts: Vec<&BindMount> = mounts.iter().collect();
+    mounts.sort_by_key(|m| m.target.components().count());
+    for m in &mounts {
         let src_is_dir = std::fs::metadata(&m.source)
             .map_err(|e| format!("volume source {}: {e}", m.source.display()))?
             .is_dir();
@@ -397,6 +407,8 @@ fn private_mounts(mounts: &[BindMount]) -> Result<(), MountError> {
             None::<&str>,
         )
         .map_err(|e| format!("bind {} at {}: {e}", m.source.display(), m.target.display()))?;
+    }
+    for m in mounts.iter().rev() {
         if m.read_only {
             mount(
                 None::<&str>,
@@ -446,10 +458,11 @@ fn exec(json: &str) -> i32 {
         }
     }
     if let Some(f) = netns
-        && let Err(e) = nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET) {
-            eprintln!("bosun shim exec: cannot join network namespace: {e}");
-            return 126;
-        }
+        && let Err(e) = nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+    {
+        eprintln!("bosun shim exec: cannot join network namespace: {e}");
+        return 126;
+    }
     let Some((prog, rest)) = spec.argv.split_first() else {
         eprintln!("bosun shim exec: no command");
         return 2;

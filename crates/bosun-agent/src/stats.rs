@@ -60,7 +60,11 @@ pub fn usage_by_group(groups: &[u32]) -> HashMap<u32, Usage> {
         };
         // Fields from 3 (state) on; pgrp is field 5, utime 14, stime 15, rss 24.
         let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        let get = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let get = |i: usize| {
+            f.get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         let pgrp = get(5) as u32;
         if groups.contains(&pgrp) {
             let u = out.entry(pgrp).or_default();
@@ -115,7 +119,11 @@ pub fn summary(pods_dir: &Path, node_name: &str, cache: &RateCache) -> Value {
             continue;
         };
         let mut running = Vec::new();
-        for c in std::fs::read_dir(e.path().join("containers")).into_iter().flatten().flatten() {
+        for c in std::fs::read_dir(e.path().join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = c.file_name().to_string_lossy().into_owned();
             let latest = std::fs::read_dir(c.path())
                 .into_iter()
@@ -124,23 +132,27 @@ pub fn summary(pods_dir: &Path, node_name: &str, cache: &RateCache) -> Value {
                 .filter_map(|a| a.file_name().to_string_lossy().parse::<u32>().ok())
                 .max();
             let Some(latest) = latest else { continue };
-            let Ok(st) = ShimState::read(&c.path().join(latest.to_string()).join("state.json")) else {
+            let Ok(st) = ShimState::read(&c.path().join(latest.to_string()).join("state.json"))
+            else {
                 continue;
             };
-            if let (None, Some(pid), Some(ticks)) = (st.exit_code, st.pid, st.pid_start_ticks) {
-                if same_process(pid, ticks) {
-                    running.push(Running {
-                        container: name,
-                        pgrp: pid,
-                    });
-                }
+            if let (None, Some(pid), Some(ticks)) = (st.exit_code, st.pid, st.pid_start_ticks)
+                && same_process(pid, ticks)
+            {
+                running.push(Running {
+                    container: name,
+                    pgrp: pid,
+                });
             }
         }
         if !running.is_empty() {
             pods.push((meta, running));
         }
     }
-    let groups: Vec<u32> = pods.iter().flat_map(|(_, r)| r.iter().map(|c| c.pgrp)).collect();
+    let groups: Vec<u32> = pods
+        .iter()
+        .flat_map(|(_, r)| r.iter().map(|c| c.pgrp))
+        .collect();
     let usage = usage_by_group(&groups);
     let mut pod_values = Vec::new();
     let (mut node_cpu, mut node_mem, mut node_rate) = (0u64, 0u64, 0u64);
@@ -201,7 +213,11 @@ mod tests {
         let t = Instant::now();
         assert_eq!(c.rate("a", t, 1_000), 0);
         assert_eq!(
-            c.rate("a", t + std::time::Duration::from_secs(2), 1_000_000_000 + 1_000),
+            c.rate(
+                "a",
+                t + std::time::Duration::from_secs(2),
+                1_000_000_000 + 1_000
+            ),
             500_000_000,
             "one CPU second over two seconds is half a core"
         );

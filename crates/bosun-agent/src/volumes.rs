@@ -91,12 +91,20 @@ fn remove_stale(dir: &Path, keep: &std::collections::HashSet<PathBuf>) {
     }
 }
 
-/// Writes or refreshes the pod's volumes; returns the host path of each volume.
+/// A prepared volume: its host path, and whether Kubernetes mounts it read-only always
+/// (configMap and secret volumes).
+#[derive(Debug, Clone)]
+pub struct PreparedVolume {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// Writes or refreshes the pod's volumes.
 pub async fn prepare(
     api: &dyn ClusterApi,
     pod: &Pod,
     pod_dir: &Path,
-) -> Result<HashMap<String, PathBuf>, ConfigError> {
+) -> Result<HashMap<String, PreparedVolume>, ConfigError> {
     let ns = pod
         .metadata
         .namespace
@@ -143,7 +151,13 @@ pub async fn prepare(
                 cm.default_mode.unwrap_or(0o644),
                 &format!("ConfigMap {ns}/{}", cm.name),
             )?;
-            out.insert(v.name.clone(), dir);
+            out.insert(
+                v.name.clone(),
+                PreparedVolume {
+                    path: dir,
+                    read_only: true,
+                },
+            );
         } else if let Some(sec) = &v.secret {
             let name = sec.secret_name.clone().unwrap_or_default();
             let obj = api
@@ -178,11 +192,23 @@ pub async fn prepare(
                 sec.default_mode.unwrap_or(0o644),
                 &format!("Secret {ns}/{name}"),
             )?;
-            out.insert(v.name.clone(), dir);
+            out.insert(
+                v.name.clone(),
+                PreparedVolume {
+                    path: dir,
+                    read_only: true,
+                },
+            );
         } else if v.empty_dir.is_some() {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| ConfigError(format!("emptyDir {:?}: {e}", v.name)))?;
-            out.insert(v.name.clone(), dir);
+            out.insert(
+                v.name.clone(),
+                PreparedVolume {
+                    path: dir,
+                    read_only: false,
+                },
+            );
         } else if let Some(hp) = &v.host_path {
             let path = PathBuf::from(&hp.path);
             let ty = hp.type_.as_deref().unwrap_or("");
@@ -201,7 +227,13 @@ pub async fn prepare(
                 "" | "Directory" | "File" | "Socket" | "CharDevice" | "BlockDevice" => {}
                 other => return Err(err(&format!("unknown type {other:?}"))),
             }
-            out.insert(v.name.clone(), path);
+            out.insert(
+                v.name.clone(),
+                PreparedVolume {
+                    path,
+                    read_only: false,
+                },
+            );
         } else {
             return Err(ConfigError(format!(
                 "volume {:?}: only configMap, secret, emptyDir and hostPath volumes are supported by the process runtime",
@@ -215,7 +247,7 @@ pub async fn prepare(
 /// The bind mounts of one container.
 pub fn mounts_for(
     c: &Container,
-    volumes: &HashMap<String, PathBuf>,
+    volumes: &HashMap<String, PreparedVolume>,
 ) -> Result<Vec<BindMount>, ConfigError> {
     let mut out = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
@@ -225,7 +257,7 @@ pub fn mounts_for(
                 m.name
             )));
         };
-        let mut source = src.clone();
+        let mut source = src.path.clone();
         if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             if !relative_ok(sub) {
                 return Err(ConfigError(format!(
@@ -248,7 +280,7 @@ pub fn mounts_for(
         out.push(BindMount {
             source,
             target: PathBuf::from(&m.mount_path),
-            read_only: m.read_only.unwrap_or(false),
+            read_only: src.read_only || m.read_only.unwrap_or(false),
         });
     }
     Ok(out)

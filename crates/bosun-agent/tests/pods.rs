@@ -109,7 +109,11 @@ async fn restart_policies_and_phases() {
     let t = c.state.as_ref().unwrap().terminated.as_ref().unwrap();
     assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
     assert_eq!(condition(&s, "Ready"), "False");
-    assert_eq!(s.pod_ip.as_deref(), Some("127.0.0.1"), "host network: pod IP = node IP");
+    assert_eq!(
+        s.pod_ip.as_deref(),
+        Some("127.0.0.1"),
+        "host network: pod IP = node IP"
+    );
     assert_eq!(h.api.events_with("HostNetworkFallback").len(), 1);
     w.shutdown.cancel();
     w.handle.await.unwrap();
@@ -208,7 +212,7 @@ async fn environment_volumes_and_downward_api() {
     );
     let mount = h.dir.path().join("mnt-config");
     let script = "echo \"$GREETING|$CFG_LEVEL|$PASS|$NAME|$NS|$APP|$IP|$NODE|$COMBINED|$MEM|$OPT\"; \
-                  cat /proc/self/cwd/settings.ini; echo args:$0:$1; stat -c %a secret/pw";
+                  cat /proc/self/cwd/settings.ini; echo args:$0:$1; stat -c %a secret/pw; touch new 2>/dev/null && echo writable || echo read-only";
     let p = pod(json!({
         "restartPolicy": "Never",
         "volumes": [
@@ -260,6 +264,11 @@ async fn environment_volumes_and_downward_api() {
     assert_eq!(lines.next().unwrap(), "x=1");
     assert_eq!(lines.next().unwrap(), "args:hello-arg:$(GREETING)");
     assert_eq!(lines.next().unwrap(), "400", "defaultMode applied");
+    assert_eq!(
+        lines.next().unwrap(),
+        "read-only",
+        "configMap volumes are read-only"
+    );
     assert!(
         !mount.join("settings.ini").exists(),
         "mounted only inside the container"
@@ -410,6 +419,15 @@ async fn worker_restart_adopts_running_containers() {
         .running
         .unwrap()
         .started_at;
+    // Steady state: nothing changes, nothing is written.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writes = h.api.statuses.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        h.api.statuses.lock().unwrap().len(),
+        writes,
+        "status written only on change"
+    );
     // The agent goes away; the container does not.
     w.shutdown.cancel();
     w.handle.await.unwrap();
@@ -432,4 +450,75 @@ async fn worker_restart_adopts_running_containers() {
     );
     assert_eq!(log_of(&h, &p, "long", 0).await, "started\n");
     delete_and_wait(w2, p, 2).await;
+}
+
+#[tokio::test]
+async fn init_containers_run_first_in_order() {
+    let h = Harness::new(false).await;
+    let work = h.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let p = pod(json!({
+        "restartPolicy": "Never",
+        "initContainers": [
+            {"name": "one", "command": sh("sleep 0.5; echo one >> order"), "workingDir": work.to_str().unwrap()},
+            {"name": "two", "command": sh("echo two >> order"), "workingDir": work.to_str().unwrap()}
+        ],
+        "containers": [
+            {"name": "app", "command": sh("echo app >> order"), "workingDir": work.to_str().unwrap()}
+        ]
+    }));
+    let w = h.spawn(p.clone());
+    let early = wait_for(&h.api, 20, "first init running", |s| {
+        s.init_container_statuses.as_ref().is_some_and(|i| {
+            i[0].state
+                .as_ref()
+                .and_then(|st| st.running.as_ref())
+                .is_some()
+        })
+    })
+    .await;
+    assert_eq!(early.phase.as_deref(), Some("Pending"));
+    assert_eq!(condition(&early, "Initialized"), "False");
+    let app = cstatus(&early, "app")
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap();
+    assert_eq!(app.reason.as_deref(), Some("PodInitializing"));
+    let s = wait_for(&h.api, 20, "Succeeded", |s| {
+        s.phase.as_deref() == Some("Succeeded")
+    })
+    .await;
+    assert_eq!(condition(&s, "Initialized"), "True");
+    for i in s.init_container_statuses.as_ref().unwrap() {
+        let t = i.state.as_ref().unwrap().terminated.as_ref().unwrap();
+        assert_eq!(t.reason.as_deref(), Some("Completed"));
+    }
+    assert_eq!(
+        std::fs::read_to_string(work.join("order")).unwrap(),
+        "one\ntwo\napp\n"
+    );
+    delete_and_wait(w, p, 1).await;
+
+    // A failing init container with restartPolicy Never fails the pod; the app never runs.
+    let h2 = Harness::new(false).await;
+    let p2 = pod(json!({
+        "restartPolicy": "Never",
+        "initContainers": [{"name": "bad", "command": sh("exit 2")}],
+        "containers": [{"name": "app", "command": sh("echo must-not-run")}]
+    }));
+    let w2 = h2.spawn(p2.clone());
+    let s = wait_for(&h2.api, 20, "Failed", |s| {
+        s.phase.as_deref() == Some("Failed")
+    })
+    .await;
+    assert!(cstatus(&s, "app").state.as_ref().unwrap().waiting.is_some());
+    assert!(
+        h2.api
+            .events_with("Started")
+            .iter()
+            .all(|m| !m.contains("app"))
+    );
+    delete_and_wait(w2, p2, 1).await;
 }

@@ -1,15 +1,14 @@
 //! The process runtime and pod network against real processes and namespaces.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{is_root, shim_exe, unique, unique_cidr};
+
 use std::time::Duration;
 
 use bosun_agent::network::{BridgeNetwork, PodNetwork};
 use bosun_agent::runtime::{ContainerKey, ContainerLaunch, ProcessRuntime, Runtime, RuntimeState};
 use bosun_agent::shim::BindMount;
-
-fn shim_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_bosun-agent-shim"))
-}
 
 fn key(uid: &str, name: &str, attempt: u32) -> ContainerKey {
     ContainerKey {
@@ -21,14 +20,6 @@ fn key(uid: &str, name: &str, attempt: u32) -> ContainerKey {
 
 fn sh(script: &str) -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into(), script.into()]
-}
-
-fn is_root() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("!!!!! SKIPPED: needs root for network/mount namespaces !!!!!");
-    }
-    root
 }
 
 async fn wait_exited(rt: &dyn Runtime, k: &ContainerKey) -> RuntimeState {
@@ -210,16 +201,6 @@ async fn killed_shim_is_reported_and_its_container_killed() {
     rt.remove_pod("u5").await.unwrap();
 }
 
-fn unique(prefix: &str) -> String {
-    format!("{prefix}{:06x}", rand::random::<u32>() & 0xffffff)
-}
-
-/// A free 10.x /24 for this test run (used only inside namespaces this test creates).
-fn unique_cidr() -> String {
-    let r: u32 = rand::random();
-    format!("10.{}.{}.0/24", 200 + (r % 50), (r >> 8) % 256)
-}
-
 #[tokio::test]
 async fn pods_get_own_network_namespaces_and_volumes() {
     if !is_root() {
@@ -228,6 +209,10 @@ async fn pods_get_own_network_namespaces_and_volumes() {
     let dir = tempfile::tempdir().unwrap();
     let bridge = unique("bt");
     let net = BridgeNetwork::new(&bridge, &unique_cidr(), dir.path()).unwrap();
+    let _guard = common::Cleanup {
+        pods_dir: dir.path().join("pods"),
+        bridge: Some(bridge.clone()),
+    };
     let result = async {
         net.init().await?;
         let rt = ProcessRuntime::new(dir.path().join("pods"), shim_exe());
@@ -313,4 +298,41 @@ async fn pods_get_own_network_namespaces_and_volumes() {
     );
     let _ = std::fs::remove_dir(dir.path().join("not-on-host/config"));
     result.unwrap();
+}
+
+#[tokio::test]
+async fn shim_rotates_logs_by_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rt = ProcessRuntime::new(dir.path().join("pods"), shim_exe());
+    rt.log_max_bytes = 4096;
+    rt.log_max_files = 3;
+    let k = key("u6", "chatty", 0);
+    rt.create(
+        &k,
+        &ContainerLaunch {
+            argv: sh("i=0; while [ $i -lt 1000 ]; do echo \"line $i\"; i=$((i+1)); done"),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    rt.start(&k).await.unwrap();
+    wait_exited(&rt, &k).await;
+    let files = bosun_agent::cri_log::log_files(&rt.log_path(&k));
+    assert_eq!(files.len(), 3, "{files:?}");
+    for f in &files {
+        assert!(std::fs::metadata(f).unwrap().len() <= 4096);
+    }
+    let (out, _) = bosun_agent::cri_log::read_log(&rt.log_path(&k), &Default::default()).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(*lines.last().unwrap(), "line 999");
+    assert!(lines.len() < 1000, "oldest lines rotated out");
+    let first: u32 = lines[0].strip_prefix("line ").unwrap().parse().unwrap();
+    assert_eq!(
+        first as usize + lines.len(),
+        1000,
+        "what is kept is contiguous"
+    );
+    rt.remove_pod("u6").await.unwrap();
 }

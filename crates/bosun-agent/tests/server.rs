@@ -51,12 +51,18 @@ async fn container_logs_endpoint() {
     };
     rt.create(&key(0), &sh("echo a0; exit 1")).await.unwrap();
     rt.start(&key(0)).await.unwrap();
-    while !matches!(rt.status(&key(0)).await.unwrap(), RuntimeState::Exited { .. }) {
+    while !matches!(
+        rt.status(&key(0)).await.unwrap(),
+        RuntimeState::Exited { .. }
+    ) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    rt.create(&key(1), &sh("for i in 1 2 3 4 5; do echo line$i; sleep 0.2; done"))
-        .await
-        .unwrap();
+    rt.create(
+        &key(1),
+        &sh("for i in 1 2 3 4 5; do echo line$i; sleep 0.2; done"),
+    )
+    .await
+    .unwrap();
     rt.start(&key(1)).await.unwrap();
     let state = ServerState::new(pods.clone(), "tok", "node-a");
     let (code, stats) = get(&state, "/stats/summary", Some("tok")).await;
@@ -65,27 +71,63 @@ async fn container_logs_endpoint() {
     assert_eq!(stats["node"]["nodeName"], "node-a");
     assert_eq!(stats["pods"][0]["podRef"]["name"], "p");
     assert_eq!(stats["pods"][0]["containers"][0]["name"], "c");
-    assert!(stats["pods"][0]["memory"]["workingSetBytes"].as_u64().unwrap() > 0);
+    assert!(
+        stats["pods"][0]["memory"]["workingSetBytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     let base = "/containerLogs/default/p/c";
     // Follow streams until the container exits, then ends.
     let (code, body) = get(&state, &format!("{base}?follow=true"), Some("tok")).await;
     assert_eq!(code, 200);
     assert_eq!(body, "line1\nline2\nline3\nline4\nline5\n");
-    assert_eq!(get(&state, &format!("{base}?previous=true"), Some("tok")).await.1, "a0\n");
     assert_eq!(
-        get(&state, &format!("{base}?tailLines=2"), Some("tok")).await.1,
+        get(&state, &format!("{base}?previous=true"), Some("tok"))
+            .await
+            .1,
+        "a0\n"
+    );
+    assert_eq!(
+        get(&state, &format!("{base}?tailLines=2"), Some("tok"))
+            .await
+            .1,
         "line4\nline5\n"
     );
     assert_eq!(
-        get(&state, &format!("{base}?limitBytes=8"), Some("tok")).await.1,
+        get(&state, &format!("{base}?limitBytes=8"), Some("tok"))
+            .await
+            .1,
         "line1\nli"
     );
-    assert_eq!(get(&state, &format!("{base}?sinceSeconds=3600"), Some("tok")).await.1.lines().count(), 5);
-    assert_eq!(get(&state, &format!("{base}?follow=maybe"), Some("tok")).await.0, 400);
+    assert_eq!(
+        get(&state, &format!("{base}?sinceSeconds=3600"), Some("tok"))
+            .await
+            .1
+            .lines()
+            .count(),
+        5
+    );
+    assert_eq!(
+        get(&state, &format!("{base}?follow=maybe"), Some("tok"))
+            .await
+            .0,
+        400
+    );
     assert_eq!(get(&state, base, None).await.0, 401);
     assert_eq!(get(&state, base, Some("wrong")).await.0, 401);
-    assert_eq!(get(&state, "/containerLogs/default/p/other", Some("tok")).await.0, 400);
-    assert_eq!(get(&state, "/containerLogs/default/q/c", Some("tok")).await.0, 404);
+    assert_eq!(
+        get(&state, "/containerLogs/default/p/other", Some("tok"))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        get(&state, "/containerLogs/default/q/c", Some("tok"))
+            .await
+            .0,
+        404
+    );
     assert_eq!(get(&state, "/healthz", None).await, (200, "ok".into()));
     rt.remove_pod(&uid).await.unwrap();
 }

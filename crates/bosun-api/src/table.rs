@@ -66,7 +66,9 @@ type RowFn = fn(&Value, jiff::Timestamp) -> Vec<Value>;
 fn describe(name: &str) -> &'static str {
     match name {
         "Name" => "Name must be unique within a namespace.",
-        "Age" => "CreationTimestamp is a timestamp representing the server time when this object was created.",
+        "Age" => {
+            "CreationTimestamp is a timestamp representing the server time when this object was created."
+        }
         _ => "",
     }
 }
@@ -517,9 +519,9 @@ fn pod_row(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
         let true_count = gates
             .iter()
             .filter(|g| {
-                conds.iter().any(|c| {
-                    s(c, "/type") == s(g, "/conditionType") && s(c, "/status") == "True"
-                })
+                conds
+                    .iter()
+                    .any(|c| s(c, "/type") == s(g, "/conditionType") && s(c, "/status") == "True")
             })
             .count();
         format!("{true_count}/{}", gates.len())
@@ -699,7 +701,10 @@ fn node_row(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
         json!(addr("ExternalIP")),
         json!(or_none(s(o, "/status/nodeInfo/osImage")).replace("<none>", "<unknown>")),
         json!(or_none(s(o, "/status/nodeInfo/kernelVersion")).replace("<none>", "<unknown>")),
-        json!(or_none(s(o, "/status/nodeInfo/containerRuntimeVersion")).replace("<none>", "<unknown>")),
+        json!(
+            or_none(s(o, "/status/nodeInfo/containerRuntimeVersion"))
+                .replace("<none>", "<unknown>")
+        ),
     ]
 }
 
@@ -887,10 +892,39 @@ mod tests {
             "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 2}
         });
         let t = table_at(kind("deployments"), &[d], "Metadata", now());
-        let names: Vec<&str> = t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["Name", "Ready", "Up-to-date", "Available", "Age", "Containers", "Images", "Selector"]);
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Name",
+                "Ready",
+                "Up-to-date",
+                "Available",
+                "Age",
+                "Containers",
+                "Images",
+                "Selector"
+            ]
+        );
         assert_eq!(t["columnDefinitions"][5]["priority"], 1);
-        assert_eq!(t["rows"][0]["cells"], json!(["web", "2/3", 3, 2, "120m", "main,side", "nginx,envoy", "app=web"]));
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!([
+                "web",
+                "2/3",
+                3,
+                2,
+                "120m",
+                "main,side",
+                "nginx,envoy",
+                "app=web"
+            ])
+        );
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         assert_eq!(t["rows"][0]["object"]["metadata"]["name"], "web");
     }
@@ -900,7 +934,18 @@ mod tests {
         let svc = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "clusterIP": "10.0.0.5",
             "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}], "selector": {"b": "2", "a": "1"}}});
         let t = table_at(kind("services"), &[svc], "None", now());
-        assert_eq!(t["rows"][0]["cells"], json!(["s", "NodePort", "10.0.0.5", "<none>", "80:30080/TCP,53/UDP", "<unknown>", "a=1,b=2"]));
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!([
+                "s",
+                "NodePort",
+                "10.0.0.5",
+                "<none>",
+                "80:30080/TCP,53/UDP",
+                "<unknown>",
+                "a=1,b=2"
+            ])
+        );
         assert!(t["rows"][0].get("object").is_none());
 
         let node = json!({"metadata": {"name": "n", "labels": {"node-role.kubernetes.io/control-plane": ""}},
@@ -918,11 +963,31 @@ mod tests {
             "involvedObject": {"kind": "Pod", "name": "p"}, "firstTimestamp": "2026-01-01T11:59:00Z",
             "lastTimestamp": "2026-01-01T11:59:30Z", "count": 2, "source": {"component": "scheduler"}});
         let t = table_at(kind("events"), &[ev], "None", now());
-        assert_eq!(t["rows"][0]["cells"], json!(["30s", "Normal", "Scheduled", "pod/p", "", "scheduler", "ok", "60s", 2, "e1"]));
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!([
+                "30s",
+                "Normal",
+                "Scheduled",
+                "pod/p",
+                "",
+                "scheduler",
+                "ok",
+                "60s",
+                2,
+                "e1"
+            ])
+        );
 
         let cm = json!({"metadata": {"name": "c"}, "data": {"a": "1", "b": "2"}});
-        assert_eq!(table_at(kind("configmaps"), &[cm], "None", now())["rows"][0]["cells"][1], 2);
+        assert_eq!(
+            table_at(kind("configmaps"), &[cm], "None", now())["rows"][0]["cells"][1],
+            2
+        );
         let ep = json!({"metadata": {"name": "e"}, "subsets": [{"addresses": [{"ip": "1.1.1.1"}, {"ip": "2.2.2.2"}], "ports": [{"port": 80}, {"port": 81}]}]});
-        assert_eq!(table_at(kind("endpoints"), &[ep], "None", now())["rows"][0]["cells"][1], "1.1.1.1:80,1.1.1.1:81,2.2.2.2:80 + 1 more...");
+        assert_eq!(
+            table_at(kind("endpoints"), &[ep], "None", now())["rows"][0]["cells"][1],
+            "1.1.1.1:80,1.1.1.1:81,2.2.2.2:80 + 1 more..."
+        );
     }
 }

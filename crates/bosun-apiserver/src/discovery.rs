@@ -14,7 +14,8 @@ use crate::request::json_response;
 
 /// Content-Type of an aggregated discovery answer; kubectl uses the answer only when
 /// the header is exactly this.
-pub const AGGREGATED_CT: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_CT: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 /// The Kubernetes version bosun speaks; kubectl's dispatcher picks the matching client.
 pub(crate) async fn version() -> Response {
@@ -61,13 +62,23 @@ const RESOURCE_VERBS: [&str; 8] = [
 fn subresource_info(
     kind: &KindInfo,
     sub: &str,
-) -> (&'static str, &'static str, &'static str, &'static [&'static str]) {
+) -> (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+) {
     match sub {
         "scale" => ("autoscaling", "v1", "Scale", &["get", "patch", "update"]),
         "log" => ("", "v1", "Pod", &["get"]),
         "binding" => ("", "v1", "Binding", &["create"]),
         "finalize" => ("", "v1", "Namespace", &["update"]),
-        _ => (kind.group, kind.version, kind.kind, &["get", "patch", "update"]),
+        _ => (
+            kind.group,
+            kind.version,
+            kind.kind,
+            &["get", "patch", "update"],
+        ),
     }
 }
 
@@ -78,7 +89,9 @@ fn wants_aggregated(headers: &HeaderMap) -> bool {
         .is_some_and(|a| {
             a.split(',').any(|part| {
                 let p = part.replace(' ', "");
-                p.contains("g=apidiscovery.k8s.io") && p.contains("v=v2;") && p.contains("as=APIGroupDiscoveryList")
+                p.contains("g=apidiscovery.k8s.io")
+                    && p.contains("v=v2;")
+                    && p.contains("as=APIGroupDiscoveryList")
                     || p.contains("g=apidiscovery.k8s.io")
                         && p.ends_with("v=v2")
                         && p.contains("as=APIGroupDiscoveryList")
@@ -88,8 +101,10 @@ fn wants_aggregated(headers: &HeaderMap) -> bool {
 
 fn aggregated_response(v: &Value) -> ApiResult<Response> {
     let mut r = json_response(StatusCode::OK, v);
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(AGGREGATED_CT));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(AGGREGATED_CT),
+    );
     r.headers_mut()
         .insert(header::VARY, HeaderValue::from_static("Accept"));
     Ok(r)

@@ -73,8 +73,12 @@ impl ApiError {
 
     /// 404 for a URL that names no served resource.
     pub fn no_route() -> ApiError {
-        ApiError::new(404, "NotFound", "the server could not find the requested resource")
-            .with_details(json!({}))
+        ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .with_details(json!({}))
     }
 
     pub fn method_not_allowed(method: &http::Method) -> ApiError {
@@ -144,7 +148,12 @@ impl ApiError {
         ApiError::new(
             422,
             "Invalid",
-            format!("{} \"{}\" is invalid: {}", qualified_kind(kind), name, joined),
+            format!(
+                "{} \"{}\" is invalid: {}",
+                qualified_kind(kind),
+                name,
+                joined
+            ),
         )
         .with_details(details)
     }
@@ -153,7 +162,12 @@ impl ApiError {
         ApiError::new(
             403,
             "Forbidden",
-            format!("{} \"{}\" is forbidden: {}", qualified_resource(kind), name, msg),
+            format!(
+                "{} \"{}\" is forbidden: {}",
+                qualified_resource(kind),
+                name,
+                msg
+            ),
         )
         .with_details(resource_details(kind, name))
     }
@@ -178,7 +192,9 @@ impl ApiError {
         ApiError::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got {ct:?})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got {ct:?})"
+            ),
         )
     }
 
@@ -188,11 +204,9 @@ impl ApiError {
             StoreError::Compacted { .. } => {
                 ApiError::gone(format!("too old resource version: {e}"))
             }
-            StoreError::FutureRevision(r) => ApiError::new(
-                504,
-                "Timeout",
-                format!("Too large resource version: {r}"),
-            ),
+            StoreError::FutureRevision(r) => {
+                ApiError::new(504, "Timeout", format!("Too large resource version: {r}"))
+            }
             other => ApiError::internal(other.to_string()),
         }
     }

@@ -27,7 +27,8 @@ pub use error::ApiError;
 pub use selector::{FieldSelector, LabelSelector};
 
 /// Namespaces that always exist.
-pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// Default request body limit: 3 MiB, as Kubernetes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;

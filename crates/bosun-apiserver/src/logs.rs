@@ -98,7 +98,10 @@ pub(crate) async fn logs(ctx: Ctx) -> ApiResult<Response> {
                         many.join(" ")
                     );
                     if !inits.is_empty() {
-                        msg.push_str(&format!(" or one of the init containers: [{}]", inits.join(" ")));
+                        msg.push_str(&format!(
+                            " or one of the init containers: [{}]",
+                            inits.join(" ")
+                        ));
                     }
                     return Err(ApiError::bad_request(msg));
                 }
@@ -109,9 +112,7 @@ pub(crate) async fn logs(ctx: Ctx) -> ApiResult<Response> {
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
-        })?
+        .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))?
         .to_string();
     let node_kind = ctx
         .inner
@@ -134,9 +135,7 @@ pub(crate) async fn logs(ctx: Ctx) -> ApiResult<Response> {
                 .find(|x| x.get("type").and_then(Value::as_str) == Some("InternalIP"))
         })
         .and_then(|x| x.get("address").and_then(Value::as_str))
-        .ok_or_else(|| {
-            ApiError::internal(format!("node {node_name} has no InternalIP address"))
-        })?
+        .ok_or_else(|| ApiError::internal(format!("node {node_name} has no InternalIP address")))?
         .to_string();
     let port = node
         .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
@@ -183,8 +182,13 @@ async fn proxy(ctx: &Ctx, ip: &str, port: u16, path: &str) -> ApiResult<Response
     let addr: std::net::IpAddr = ip
         .parse()
         .map_err(|_| ApiError::internal(format!("bad node address {ip:?}")))?;
-    let unavailable =
-        |e: String| ApiError::new(502, "ServiceUnavailable", format!("node agent {ip}:{port}: {e}"));
+    let unavailable = |e: String| {
+        ApiError::new(
+            502,
+            "ServiceUnavailable",
+            format!("node agent {ip}:{port}: {e}"),
+        )
+    };
     let tcp = tokio::net::TcpStream::connect((addr, port))
         .await
         .map_err(|e| unavailable(e.to_string()))?;
@@ -226,10 +230,8 @@ async fn proxy(ctx: &Ctx, ip: &str, port: u16, path: &str) -> ApiResult<Response
         return Err(ApiError::new(code, reason, text));
     }
     let mut out = Response::new(Body::new(resp.into_body()));
-    out.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
-    );
+    out.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     *out.status_mut() = StatusCode::OK;
     Ok(out)
 }

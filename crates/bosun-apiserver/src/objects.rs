@@ -77,7 +77,12 @@ fn rv_of(obj: &Value) -> Option<&str> {
 fn finalizers(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -269,8 +274,7 @@ fn table_response(t: &Value) -> Response {
 }
 
 fn key_of(ctx: &Ctx) -> String {
-    ctx.kind()
-        .key(ctx.target.namespace.as_deref(), ctx.name())
+    ctx.kind().key(ctx.target.namespace.as_deref(), ctx.name())
 }
 
 // ---------------------------------------------------------------- create
@@ -1069,7 +1073,13 @@ async fn apply(ctx: Ctx, body: Bytes) -> ApiResult<Response> {
         .is_some();
     if !exists {
         let mut obj = config.clone();
-        set_managed(&mut obj, &manager, kind.api_version, fields.clone(), "Apply");
+        set_managed(
+            &mut obj,
+            &manager,
+            kind.api_version,
+            fields.clone(),
+            "Apply",
+        );
         match create_object(&ctx.inner, kind, ns, obj, ctx.dry_run()).await {
             Ok(created) => return Ok(respond(StatusCode::CREATED, &created, &warnings)),
             // Lost a race with another creator: fall through to the update path.
@@ -1103,7 +1113,13 @@ async fn apply(ctx: Ctx, body: Bytes) -> ApiResult<Response> {
             }
             let mut merged = patch::strategic_merge_patch(kind, &base, &applied)
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            set_managed(&mut merged, &manager, kind.api_version, fields.clone(), "Apply");
+            set_managed(
+                &mut merged,
+                &manager,
+                kind.api_version,
+                fields.clone(),
+                "Apply",
+            );
             // Apply has no optimistic lock unless the configuration carries one.
             match rv_of(&config) {
                 Some(rv) => {
@@ -1205,7 +1221,10 @@ where
             check_replicas(ctx, replicas)?;
             let mut obj = cur.clone();
             obj["spec"]["replicas"] = json!(replicas);
-            match scale.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            match scale
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+            {
                 Some(rv) if !rv.is_empty() => {
                     meta_mut(&mut obj).insert("resourceVersion".into(), json!(rv));
                 }
@@ -1262,7 +1281,10 @@ pub(crate) async fn bind(ctx: Ctx, body: Bytes) -> ApiResult<Response> {
             ApiError::new(
                 422,
                 "Invalid",
-                format!("Binding \"{}\" is invalid: target.name: Required value", ctx.name()),
+                format!(
+                    "Binding \"{}\" is invalid: target.name: Required value",
+                    ctx.name()
+                ),
             )
         })?
         .to_string();
@@ -1382,7 +1404,9 @@ fn delete_opts(ctx: &Ctx, body: &[u8]) -> ApiResult<DeleteOpts> {
         return Err(ApiError::new(
             422,
             "Invalid",
-            format!("DeleteOptions.meta.k8s.io is invalid: propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\""),
+            format!(
+                "DeleteOptions.meta.k8s.io is invalid: propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+            ),
         ));
     }
     if o.grace.is_some_and(|g| g < 0) {
@@ -1419,7 +1443,9 @@ pub(crate) async fn delete_object(
                 return Err(ApiError::conflict_msg(
                     kind,
                     name,
-                    &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {cur_uid}"),
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {cur_uid}"
+                    ),
                 ));
             }
         }
@@ -1429,7 +1455,9 @@ pub(crate) async fn delete_object(
                 return Err(ApiError::conflict_msg(
                     kind,
                     name,
-                    &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {cur_rv}"),
+                    &format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {cur_rv}"
+                    ),
                 ));
             }
         }
@@ -1491,9 +1519,7 @@ pub(crate) async fn delete_object(
                 let m = meta_mut(&mut new);
                 m.insert("deletionTimestamp".into(), json!(ts_rfc3339(now + grace)));
                 m.insert("deletionGracePeriodSeconds".into(), json!(grace));
-                if !already
-                    && let Some(g) = m.get("generation").and_then(Value::as_i64)
-                {
+                if !already && let Some(g) = m.get("generation").and_then(Value::as_i64) {
                     m.insert("generation".into(), json!(g + 1));
                 }
             }

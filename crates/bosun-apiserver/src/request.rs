@@ -41,7 +41,10 @@ impl Ctx {
     }
 
     pub fn q(&self, key: &str) -> Option<&str> {
-        self.query.get(key).map(String::as_str).filter(|s| !s.is_empty())
+        self.query
+            .get(key)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
     }
 
     pub fn flag(&self, key: &str) -> bool {
@@ -72,7 +75,13 @@ impl Ctx {
         self.headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|s| s.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+            .map(|s| {
+                s.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase()
+            })
             .unwrap_or_default()
     }
 }
@@ -84,12 +93,7 @@ fn parse_query(uri: &http::Uri) -> HashMap<String, String> {
 }
 
 /// Resolves the part of a path after `/api/v1` or `/apis/G/V`.
-fn resolve(
-    inner: &Inner,
-    group: &str,
-    version: &str,
-    rest: &[&str],
-) -> Option<Target> {
+fn resolve(inner: &Inner, group: &str, version: &str, rest: &[&str]) -> Option<Target> {
     let reg = inner.registry;
     let (watch_path, rest) = match rest.first() {
         Some(&"watch") => (true, &rest[1..]),
@@ -104,15 +108,18 @@ fn resolve(
             watch_path,
         })
     };
-    if rest.len() >= 3 && rest[0] == "namespaces" {
-        if let Some(kind) = reg.by_resource(group, version, rest[2]).filter(|k| k.namespaced) {
-            return match rest.len() {
-                3 => t(kind, Some(rest[1]), None, None),
-                4 => t(kind, Some(rest[1]), Some(rest[3]), None),
-                5 => t(kind, Some(rest[1]), Some(rest[3]), Some(rest[4])),
-                _ => None,
-            };
-        }
+    if rest.len() >= 3
+        && rest[0] == "namespaces"
+        && let Some(kind) = reg
+            .by_resource(group, version, rest[2])
+            .filter(|k| k.namespaced)
+    {
+        return match rest.len() {
+            3 => t(kind, Some(rest[1]), None, None),
+            4 => t(kind, Some(rest[1]), Some(rest[3]), None),
+            5 => t(kind, Some(rest[1]), Some(rest[3]), Some(rest[4])),
+            _ => None,
+        };
     }
     let kind = reg.by_resource(group, version, rest.first()?)?;
     if kind.namespaced && rest.len() > 1 {
@@ -249,16 +256,22 @@ pub(crate) fn parse_doc(content_type: &str, body: &[u8]) -> ApiResult<Value> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the request body is empty"));
     }
-    let yaml = matches!(
-        content_type,
-        "application/yaml" | "application/x-yaml" | "text/yaml" | "application/apply-patch+yaml"
-    );
+    let yaml = match content_type {
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "application/apply-patch+yaml" => {
+            true
+        }
+        "" | "application/json" | "text/json" => false,
+        // Patch bodies are JSON; their handlers pass the patch type here.
+        ct if ct.ends_with("patch+json") => false,
+        other => return Err(ApiError::unsupported_media_type(other)),
+    };
     let v: Value = if yaml {
         serde_saphyr::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}")))?
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
+        })?
     };
     Ok(v)
 }

@@ -49,15 +49,13 @@ fn split_terms(s: &str) -> Result<Vec<&str>, String> {
 fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 317
-        && k
-            .chars()
+        && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
 fn valid_value(v: &str) -> bool {
     v.len() <= 63
-        && v
-            .chars()
+        && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
@@ -228,7 +226,10 @@ pub fn label_selector_string(sel: &Value) -> String {
     if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
         for e in exprs {
             let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
-            let op = e.get("operator").and_then(Value::as_str).unwrap_or_default();
+            let op = e
+                .get("operator")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let mut vals: Vec<&str> = e
                 .get("values")
                 .and_then(Value::as_array)
@@ -282,7 +283,10 @@ mod tests {
         assert!(m("status.phase!=Running"));
         assert!(!m("spec.nodeName!=n1"));
         assert!(FieldSelector::parse("nonsense").is_err());
-        assert_eq!(FieldSelector::parse("metadata.name=x").unwrap().name(), Some("x"));
+        assert_eq!(
+            FieldSelector::parse("metadata.name=x").unwrap().name(),
+            Some("x")
+        );
     }
 
     #[test]

@@ -38,7 +38,9 @@ impl Filter {
 
     fn line(&self, ty: &str, obj: Value) -> Bytes {
         let obj = match &self.table {
-            Some(include) => bosun_api::table::table(self.kind, std::slice::from_ref(&obj), include),
+            Some(include) => {
+                bosun_api::table::table(self.kind, std::slice::from_ref(&obj), include)
+            }
             None => obj,
         };
         let mut s = serde_json::to_vec(&json!({"type": ty, "object": obj})).unwrap_or_default();
@@ -51,8 +53,10 @@ impl Filter {
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        let obj = json!({"kind": self.kind.kind, "apiVersion": self.kind.api_version, "metadata": meta});
-        let mut s = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).unwrap_or_default();
+        let obj =
+            json!({"kind": self.kind.kind, "apiVersion": self.kind.api_version, "metadata": meta});
+        let mut s =
+            serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).unwrap_or_default();
         s.push(b'\n');
         Bytes::from(s)
     }
@@ -82,7 +86,8 @@ impl Filter {
 }
 
 fn error_line(e: &ApiError) -> Bytes {
-    let mut s = serde_json::to_vec(&json!({"type": "ERROR", "object": e.status()})).unwrap_or_default();
+    let mut s =
+        serde_json::to_vec(&json!({"type": "ERROR", "object": e.status()})).unwrap_or_default();
     s.push(b'\n');
     Bytes::from(s)
 }

@@ -50,7 +50,10 @@ async fn create_get_list() {
     let dup = api.post(DEPLOYS, &deployment("web", 1)).await;
     assert_eq!(dup.status, StatusCode::CONFLICT);
     assert_eq!(dup.body["reason"], "AlreadyExists");
-    assert_eq!(dup.body["message"], "deployments.apps \"web\" already exists");
+    assert_eq!(
+        dup.body["message"],
+        "deployments.apps \"web\" already exists"
+    );
 
     let l = api.get(DEPLOYS).await;
     assert_eq!(l.body["kind"], "DeploymentList");
@@ -74,7 +77,12 @@ async fn generate_name_and_all_namespaces() {
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let name = a.body["metadata"]["name"].as_str().unwrap();
     assert!(name.starts_with("cfg-") && name.len() == 9, "{name}");
-    let b = api.post("/api/v1/namespaces/kube-system/configmaps", &configmap("x", json!({}))).await;
+    let b = api
+        .post(
+            "/api/v1/namespaces/kube-system/configmaps",
+            &configmap("x", json!({})),
+        )
+        .await;
     assert_eq!(b.status, StatusCode::CREATED);
     let all = api.get("/api/v1/configmaps").await;
     assert_eq!(all.body["items"].as_array().unwrap().len(), 2);
@@ -86,11 +94,18 @@ async fn generate_name_and_all_namespaces() {
 async fn create_errors_store_nothing() {
     let api = TestApi::new().await;
     let before = api.store.current_revision().await.unwrap();
-    let r = api.post("/api/v1/namespaces/missing/configmaps", &configmap("a", json!({}))).await;
+    let r = api
+        .post(
+            "/api/v1/namespaces/missing/configmaps",
+            &configmap("a", json!({})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.body["message"], "namespaces \"missing\" not found");
 
-    let r = api.call(Method::POST, CMS, "application/json", "{not json").await;
+    let r = api
+        .call(Method::POST, CMS, "application/json", "{not json")
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.body["reason"], "BadRequest");
 
@@ -109,7 +124,12 @@ async fn create_errors_store_nothing() {
     let r = api.post(DEPLOYS, &bad_type).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
 
-    let r = api.post(CMS, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}})).await;
+    let r = api
+        .post(
+            CMS,
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
     assert_eq!(r.body["reason"], "Invalid");
     assert_eq!(r.body["details"]["causes"][0]["field"], "metadata.name");
@@ -123,10 +143,22 @@ async fn create_errors_store_nothing() {
     let r = api.post(DEPLOYS, &deployment("dry", 1)).await;
     assert_eq!(r.status, StatusCode::CREATED);
     let after_real = api.store.current_revision().await.unwrap();
-    assert_eq!(after_real, before + 1, "only the one real create was stored");
-    let r = api.post(&format!("{CMS}?dryRun=All"), &configmap("dryrun", json!({}))).await;
+    assert_eq!(
+        after_real,
+        before + 1,
+        "only the one real create was stored"
+    );
+    let r = api
+        .post(
+            &format!("{CMS}?dryRun=All"),
+            &configmap("dryrun", json!({})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    assert_eq!(api.get(&format!("{CMS}/dryrun")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get(&format!("{CMS}/dryrun")).await.status,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(api.store.current_revision().await.unwrap(), after_real);
 }
 
@@ -152,7 +184,10 @@ async fn update_conflict_generation_and_status() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["metadata"]["generation"], 2);
     assert_eq!(r.body["spec"]["replicas"], 3);
-    assert!(r.body.get("status").is_none() || r.body["status"]["replicas"] != 99, "status ignored on main PUT");
+    assert!(
+        r.body.get("status").is_none() || r.body["status"]["replicas"] != 99,
+        "status ignored on main PUT"
+    );
 
     // Stale resourceVersion.
     let r = api.put(&url, &created).await;
@@ -181,7 +216,10 @@ async fn update_conflict_generation_and_status() {
 
     // Without resourceVersion the update is unconditional.
     let mut norv = r.body.clone();
-    norv["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+    norv["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
     norv["spec"]["replicas"] = json!(4);
     let r = api.put(&url, &norv).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -198,23 +236,47 @@ async fn merge_patch_and_status_patch() {
     let api = TestApi::new().await;
     api.post(DEPLOYS, &deployment("web", 1)).await;
     let url = format!("{DEPLOYS}/web");
-    let r = api.patch(&url, "application/merge-patch+json", &json!({"spec": {"replicas": 5}, "metadata": {"labels": {"x": "y"}}})).await;
+    let r = api
+        .patch(
+            &url,
+            "application/merge-patch+json",
+            &json!({"spec": {"replicas": 5}, "metadata": {"labels": {"x": "y"}}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["spec"]["replicas"], 5);
     assert_eq!(r.body["metadata"]["labels"]["x"], "y");
     assert_eq!(r.body["metadata"]["labels"]["app"], "web");
     assert_eq!(r.body["metadata"]["generation"], 2);
 
-    let r = api.patch(&format!("{url}/status"), "application/merge-patch+json", &json!({"status": {"readyReplicas": 2}, "spec": {"replicas": 0}})).await;
+    let r = api
+        .patch(
+            &format!("{url}/status"),
+            "application/merge-patch+json",
+            &json!({"status": {"readyReplicas": 2}, "spec": {"replicas": 0}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["status"]["readyReplicas"], 2);
     assert_eq!(r.body["spec"]["replicas"], 5);
 
     // A stale resourceVersion in a patch is a precondition.
-    let r = api.patch(&url, "application/merge-patch+json", &json!({"metadata": {"resourceVersion": "1"}, "spec": {"replicas": 1}})).await;
+    let r = api
+        .patch(
+            &url,
+            "application/merge-patch+json",
+            &json!({"metadata": {"resourceVersion": "1"}, "spec": {"replicas": 1}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
 
-    let r = api.patch(&format!("{DEPLOYS}/missing"), "application/merge-patch+json", &json!({})).await;
+    let r = api
+        .patch(
+            &format!("{DEPLOYS}/missing"),
+            "application/merge-patch+json",
+            &json!({}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let r = api.patch(&url, "text/plain", &json!({})).await;
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
@@ -230,15 +292,27 @@ async fn json_patch_and_strategic_merge_patch() {
     ]);
     api.post(DEPLOYS, &d).await;
     let url = format!("{DEPLOYS}/web");
-    let r = api.patch(&url, "application/json-patch+json", &json!([{"op": "replace", "path": "/spec/replicas", "value": 7}])).await;
+    let r = api
+        .patch(
+            &url,
+            "application/json-patch+json",
+            &json!([{"op": "replace", "path": "/spec/replicas", "value": 7}]),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["spec"]["replicas"], 7);
 
     // Containers merge by name: b's image changes, a keeps its env.
-    let smp = json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "b:2"}]}}}});
-    let r = api.patch(&url, "application/strategic-merge-patch+json", &smp).await;
+    let smp =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "b:2"}]}}}});
+    let r = api
+        .patch(&url, "application/strategic-merge-patch+json", &smp)
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let cs = r.body["spec"]["template"]["spec"]["containers"].as_array().unwrap().clone();
+    let cs = r.body["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(cs.len(), 2);
     let a = cs.iter().find(|c| c["name"] == "a").unwrap();
     let b = cs.iter().find(|c| c["name"] == "b").unwrap();
@@ -251,18 +325,42 @@ async fn server_side_apply_creates_then_updates() {
     let api = TestApi::new().await;
     let url = format!("{CMS}/applied?fieldManager=me");
     let y1 = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\n  labels:\n    a: \"1\"\ndata:\n  one: \"1\"\n  two: \"2\"\n";
-    let r = api.call(Method::PATCH, &url, "application/apply-patch+yaml", y1).await;
+    let r = api
+        .call(Method::PATCH, &url, "application/apply-patch+yaml", y1)
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.body["metadata"]["managedFields"][0]["manager"], "me");
     // Someone else adds a key; the manager drops "two".
-    api.patch(&format!("{CMS}/applied"), "application/merge-patch+json", &json!({"data": {"other": "x"}})).await;
+    api.patch(
+        &format!("{CMS}/applied"),
+        "application/merge-patch+json",
+        &json!({"data": {"other": "x"}}),
+    )
+    .await;
     let y2 = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\ndata:\n  one: \"11\"\n";
-    let r = api.call(Method::PATCH, &url, "application/apply-patch+yaml", y2).await;
+    let r = api
+        .call(Method::PATCH, &url, "application/apply-patch+yaml", y2)
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["data"], json!({"one": "11", "other": "x"}));
-    assert!(r.body["metadata"].get("labels").is_none_or(|l| l.get("a").is_none()));
-    let r = api.call(Method::PATCH, &format!("{CMS}/applied"), "application/apply-patch+yaml", y2).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "fieldManager is required");
+    assert!(
+        r.body["metadata"]
+            .get("labels")
+            .is_none_or(|l| l.get("a").is_none())
+    );
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("{CMS}/applied"),
+            "application/apply-patch+yaml",
+            y2,
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "fieldManager is required"
+    );
 }
 
 #[tokio::test]
@@ -274,26 +372,50 @@ async fn delete_returns_status_or_object() {
     assert_eq!(r.body["kind"], "Status");
     assert_eq!(r.body["status"], "Success");
     assert_eq!(r.body["details"]["name"], "c");
-    assert_eq!(api.get(&format!("{CMS}/c")).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(api.delete(&format!("{CMS}/c"), None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get(&format!("{CMS}/c")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.delete(&format!("{CMS}/c"), None).await.status,
+        StatusCode::NOT_FOUND
+    );
 
     // Unbound pods go at once and the answer is the pod.
     api.post(PODS, &pod("p")).await;
     let r = api.delete(&format!("{PODS}/p"), None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["kind"], "Pod");
-    assert_eq!(api.get(&format!("{PODS}/p")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get(&format!("{PODS}/p")).await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
 async fn delete_preconditions() {
     let api = TestApi::new().await;
     let c = api.post(CMS, &configmap("c", json!({}))).await.body;
-    let r = api.delete(&format!("{CMS}/c"), Some(&json!({"preconditions": {"uid": "other"}}))).await;
+    let r = api
+        .delete(
+            &format!("{CMS}/c"),
+            Some(&json!({"preconditions": {"uid": "other"}})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    let r = api.delete(&format!("{CMS}/c"), Some(&json!({"preconditions": {"resourceVersion": "1"}}))).await;
+    let r = api
+        .delete(
+            &format!("{CMS}/c"),
+            Some(&json!({"preconditions": {"resourceVersion": "1"}})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    let r = api.delete(&format!("{CMS}/c"), Some(&json!({"preconditions": {"uid": c["metadata"]["uid"]}}))).await;
+    let r = api
+        .delete(
+            &format!("{CMS}/c"),
+            Some(&json!({"preconditions": {"uid": c["metadata"]["uid"]}})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
 }
 
@@ -306,11 +428,25 @@ async fn finalizers_hold_deletion() {
     let url = format!("{CMS}/f");
     let r = api.delete(&url, None).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert!(r.body["metadata"]["deletionTimestamp"].is_string(), "{}", r.text);
+    assert!(
+        r.body["metadata"]["deletionTimestamp"].is_string(),
+        "{}",
+        r.text
+    );
     let g = api.get(&url).await;
-    assert_eq!(g.status, StatusCode::OK, "still there while the finalizer is");
+    assert_eq!(
+        g.status,
+        StatusCode::OK,
+        "still there while the finalizer is"
+    );
     // Removing the last finalizer removes the object.
-    let r = api.patch(&url, "application/merge-patch+json", &json!({"metadata": {"finalizers": null}})).await;
+    let r = api
+        .patch(
+            &url,
+            "application/merge-patch+json",
+            &json!({"metadata": {"finalizers": null}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(api.get(&url).await.status, StatusCode::NOT_FOUND);
 }
@@ -319,17 +455,32 @@ async fn finalizers_hold_deletion() {
 async fn propagation_policies_add_finalizers() {
     let api = TestApi::new().await;
     api.post(DEPLOYS, &deployment("fg", 1)).await;
-    let r = api.delete(&format!("{DEPLOYS}/fg"), Some(&json!({"propagationPolicy": "Foreground"}))).await;
+    let r = api
+        .delete(
+            &format!("{DEPLOYS}/fg"),
+            Some(&json!({"propagationPolicy": "Foreground"})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.body["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+    assert_eq!(
+        r.body["metadata"]["finalizers"],
+        json!(["foregroundDeletion"])
+    );
     assert!(r.body["metadata"]["deletionTimestamp"].is_string());
     assert_eq!(r.body["metadata"]["generation"], 2);
 
     api.post(DEPLOYS, &deployment("or", 1)).await;
-    let r = api.delete(&format!("{DEPLOYS}/or?propagationPolicy=Orphan"), None).await;
+    let r = api
+        .delete(&format!("{DEPLOYS}/or?propagationPolicy=Orphan"), None)
+        .await;
     assert_eq!(r.body["metadata"]["finalizers"], json!(["orphan"]));
 
-    let r = api.delete(&format!("{DEPLOYS}/or"), Some(&json!({"propagationPolicy": "Sideways"}))).await;
+    let r = api
+        .delete(
+            &format!("{DEPLOYS}/or"),
+            Some(&json!({"propagationPolicy": "Sideways"})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
@@ -344,7 +495,12 @@ async fn bound_pod_graceful_deletion() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let g = api.get(&url).await.body;
     assert_eq!(g["spec"]["nodeName"], "n1");
-    let r = api.post(&format!("{url}/binding"), &json!({"target": {"kind": "Node", "name": "n2"}})).await;
+    let r = api
+        .post(
+            &format!("{url}/binding"),
+            &json!({"target": {"kind": "Node", "name": "n2"}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
 
     let r = api.delete(&url, None).await;
@@ -353,12 +509,18 @@ async fn bound_pod_graceful_deletion() {
     assert!(r.body["metadata"]["deletionTimestamp"].is_string());
     assert_eq!(api.get(&url).await.status, StatusCode::OK);
     // A shorter grace period shortens; a longer one does not lengthen.
-    let r = api.delete(&format!("{url}?gracePeriodSeconds=5"), None).await;
+    let r = api
+        .delete(&format!("{url}?gracePeriodSeconds=5"), None)
+        .await;
     assert_eq!(r.body["metadata"]["deletionGracePeriodSeconds"], 5);
-    let r = api.delete(&format!("{url}?gracePeriodSeconds=50"), None).await;
+    let r = api
+        .delete(&format!("{url}?gracePeriodSeconds=50"), None)
+        .await;
     assert_eq!(r.body["metadata"]["deletionGracePeriodSeconds"], 5);
     // The node agent's final delete.
-    let r = api.delete(&url, Some(&json!({"gracePeriodSeconds": 0}))).await;
+    let r = api
+        .delete(&url, Some(&json!({"gracePeriodSeconds": 0})))
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(api.get(&url).await.status, StatusCode::NOT_FOUND);
 }
@@ -366,29 +528,54 @@ async fn bound_pod_graceful_deletion() {
 #[tokio::test]
 async fn namespace_termination_and_finalize() {
     let api = TestApi::new().await;
-    let r = api.post("/api/v1/namespaces", &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}})).await;
+    let r = api
+        .post(
+            "/api/v1/namespaces",
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    api.post("/api/v1/namespaces/team/configmaps", &configmap("c", json!({}))).await;
+    api.post(
+        "/api/v1/namespaces/team/configmaps",
+        &configmap("c", json!({})),
+    )
+    .await;
     let r = api.delete("/api/v1/namespaces/team", None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"]["phase"], "Terminating");
     assert!(r.body["metadata"]["deletionTimestamp"].is_string());
     assert_eq!(r.body["spec"]["finalizers"], json!(["kubernetes"]));
 
-    let r = api.post("/api/v1/namespaces/team/configmaps", &configmap("d", json!({}))).await;
+    let r = api
+        .post(
+            "/api/v1/namespaces/team/configmaps",
+            &configmap("d", json!({})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
     assert_eq!(r.body["reason"], "Forbidden");
-    assert!(r.body["message"].as_str().unwrap().contains("because it is being terminated"));
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("because it is being terminated")
+    );
 
     // A main-resource PUT cannot drop spec.finalizers; /finalize can.
     let mut ns = api.get("/api/v1/namespaces/team").await.body;
     ns["spec"]["finalizers"] = json!([]);
     let r = api.put("/api/v1/namespaces/team", &ns).await;
     assert_eq!(r.body["spec"]["finalizers"], json!(["kubernetes"]));
-    assert_eq!(api.get("/api/v1/namespaces/team").await.status, StatusCode::OK);
+    assert_eq!(
+        api.get("/api/v1/namespaces/team").await.status,
+        StatusCode::OK
+    );
     let r = api.put("/api/v1/namespaces/team/finalize", &ns).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(api.get("/api/v1/namespaces/team").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get("/api/v1/namespaces/team").await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
@@ -397,11 +584,18 @@ async fn delete_collection_with_selector() {
     api.post(CMS, &configmap("a", json!({"t": "x"}))).await;
     api.post(CMS, &configmap("b", json!({"t": "x"}))).await;
     api.post(CMS, &configmap("c", json!({"t": "y"}))).await;
-    let r = api.delete(&format!("{CMS}?labelSelector=t%3Dx"), None).await;
+    let r = api
+        .delete(&format!("{CMS}?labelSelector=t%3Dx"), None)
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["items"].as_array().unwrap().len(), 2);
     let l = api.get(CMS).await;
-    let names: Vec<_> = l.body["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].clone()).collect();
+    let names: Vec<_> = l.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].clone())
+        .collect();
     assert_eq!(names, vec![json!("c")]);
 }
 
@@ -416,11 +610,20 @@ async fn scale_subresource() {
     assert_eq!(s.body["apiVersion"], "autoscaling/v1");
     assert_eq!(s.body["spec"]["replicas"], 2);
     assert_eq!(s.body["status"]["selector"], "app=web");
-    let r = api.patch(&url, "application/merge-patch+json", &json!({"spec": {"replicas": 4}})).await;
+    let r = api
+        .patch(
+            &url,
+            "application/merge-patch+json",
+            &json!({"spec": {"replicas": 4}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["kind"], "Scale");
     assert_eq!(r.body["spec"]["replicas"], 4);
-    assert_eq!(api.get(&format!("{DEPLOYS}/web")).await.body["spec"]["replicas"], 4);
+    assert_eq!(
+        api.get(&format!("{DEPLOYS}/web")).await.body["spec"]["replicas"],
+        4
+    );
     let mut put = r.body.clone();
     put["spec"]["replicas"] = json!(1);
     let r = api.put(&url, &put).await;
@@ -428,7 +631,13 @@ async fn scale_subresource() {
     // Stale resourceVersion on the Scale.
     let r = api.put(&url, &put).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    let r = api.patch(&url, "application/merge-patch+json", &json!({"spec": {"replicas": -1}})).await;
+    let r = api
+        .patch(
+            &url,
+            "application/merge-patch+json",
+            &json!({"spec": {"replicas": -1}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
@@ -440,9 +649,13 @@ async fn routing_errors() {
     assert_eq!(r.body["kind"], "Status");
     let r = api.get("/apis/nope.io/v1/things").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let r = api.call(Method::POST, &format!("{CMS}/x"), "application/json", "{}").await;
+    let r = api
+        .call(Method::POST, &format!("{CMS}/x"), "application/json", "{}")
+        .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.body["reason"], "MethodNotAllowed");
-    let r = api.get("/api/v1/namespaces/default/configmaps/x/status").await;
+    let r = api
+        .get("/api/v1/namespaces/default/configmaps/x/status")
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }

@@ -30,15 +30,31 @@ async fn classic_discovery() {
     assert_eq!(r.body["versions"], json!(["v1"]));
     let r = api.get("/apis").await;
     assert_eq!(r.body["kind"], "APIGroupList");
-    let groups: Vec<&str> = r.body["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
-    assert!(groups.contains(&"apps") && groups.contains(&"coordination.k8s.io"), "{groups:?}");
-    assert_eq!(r.body["groups"][0]["preferredVersion"]["groupVersion"], "apps/v1");
+    let groups: Vec<&str> = r.body["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        groups.contains(&"apps") && groups.contains(&"coordination.k8s.io"),
+        "{groups:?}"
+    );
+    assert_eq!(
+        r.body["groups"][0]["preferredVersion"]["groupVersion"],
+        "apps/v1"
+    );
 
     let r = api.get("/api/v1").await;
     assert_eq!(r.body["kind"], "APIResourceList");
     assert_eq!(r.body["groupVersion"], "v1");
     let res = r.body["resources"].as_array().unwrap();
-    let find = |n: &str| res.iter().find(|x| x["name"] == n).unwrap_or_else(|| panic!("{n} missing")).clone();
+    let find = |n: &str| {
+        res.iter()
+            .find(|x| x["name"] == n)
+            .unwrap_or_else(|| panic!("{n} missing"))
+            .clone()
+    };
     let pods = find("pods");
     assert_eq!(pods["shortNames"], json!(["po"]));
     assert_eq!(pods["namespaced"], true);
@@ -52,8 +68,18 @@ async fn classic_discovery() {
 
     let r = api.get("/apis/apps/v1").await;
     let res = r.body["resources"].as_array().unwrap();
-    let scale = res.iter().find(|x| x["name"] == "deployments/scale").unwrap();
-    assert_eq!((scale["group"].as_str(), scale["version"].as_str(), scale["kind"].as_str()), (Some("autoscaling"), Some("v1"), Some("Scale")));
+    let scale = res
+        .iter()
+        .find(|x| x["name"] == "deployments/scale")
+        .unwrap();
+    assert_eq!(
+        (
+            scale["group"].as_str(),
+            scale["version"].as_str(),
+            scale["kind"].as_str()
+        ),
+        (Some("autoscaling"), Some("v1"), Some("Scale"))
+    );
     let d = res.iter().find(|x| x["name"] == "deployments").unwrap();
     assert_eq!(d["shortNames"], json!(["deploy"]));
     assert_eq!(d["categories"], json!(["all"]));
@@ -65,22 +91,42 @@ async fn classic_discovery() {
 async fn aggregated_discovery() {
     let api = TestApi::new().await;
     let r = api.get_accept("/apis", AGG).await;
-    assert_eq!(r.headers["content-type"], "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");
+    assert_eq!(
+        r.headers["content-type"],
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+    );
     assert_eq!(r.body["kind"], "APIGroupDiscoveryList");
-    let apps = r.body["items"].as_array().unwrap().iter().find(|g| g["metadata"]["name"] == "apps").unwrap().clone();
+    let apps = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["metadata"]["name"] == "apps")
+        .unwrap()
+        .clone();
     let res = apps["versions"][0]["resources"].as_array().unwrap();
     let d = res.iter().find(|x| x["resource"] == "deployments").unwrap();
     assert_eq!(d["scope"], "Namespaced");
     assert_eq!(d["responseKind"]["kind"], "Deployment");
     assert_eq!(d["shortNames"], json!(["deploy"]));
-    let scale = d["subresources"].as_array().unwrap().iter().find(|s| s["subresource"] == "scale").unwrap();
+    let scale = d["subresources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subresource"] == "scale")
+        .unwrap();
     assert_eq!(scale["responseKind"]["group"], "autoscaling");
 
     let r = api.get_accept("/api", AGG).await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
     let core = &r.body["items"][0]["versions"][0];
     assert_eq!(core["version"], "v1");
-    assert!(core["resources"].as_array().unwrap().iter().any(|x| x["resource"] == "pods" && x["shortNames"] == json!(["po"])));
+    assert!(
+        core["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["resource"] == "pods" && x["shortNames"] == json!(["po"]))
+    );
     // Plain JSON accept gets the classic answer.
     let r = api.get_accept("/api", "application/json").await;
     assert_eq!(r.body["kind"], "APIVersions");
@@ -91,15 +137,26 @@ async fn openapi_v3_documents() {
     let api = TestApi::new().await;
     let idx = api.get("/openapi/v3").await;
     assert_eq!(idx.status, StatusCode::OK);
-    let url = idx.body["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().expect("apps/v1 in index").to_string();
+    let url = idx.body["paths"]["apis/apps/v1"]["serverRelativeURL"]
+        .as_str()
+        .expect("apps/v1 in index")
+        .to_string();
     assert!(url.contains("?hash="));
     let doc = api.get(&url).await;
     assert_eq!(doc.status, StatusCode::OK);
-    assert!(doc.headers["cache-control"].to_str().unwrap().contains("immutable"));
+    assert!(
+        doc.headers["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
     assert!(doc.body["components"]["schemas"].is_object());
     let stale = api.get("/openapi/v3/apis/apps/v1?hash=0000").await;
     assert_eq!(stale.status, StatusCode::MOVED_PERMANENTLY);
-    assert_eq!(api.get("/openapi/v3/apis/nope/v1").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get("/openapi/v3/apis/nope/v1").await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
@@ -111,23 +168,56 @@ async fn strict_field_validation() {
     let r = api.post(&format!("{url}?fieldValidation=Strict"), &d).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
     assert_eq!(r.body["reason"], "BadRequest");
-    assert_eq!(r.body["message"], "strict decoding error: unknown field \"spec.foo\"");
-    assert_eq!(api.get(&format!("{url}/web")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        r.body["message"],
+        "strict decoding error: unknown field \"spec.foo\""
+    );
+    assert_eq!(
+        api.get(&format!("{url}/web")).await.status,
+        StatusCode::NOT_FOUND
+    );
 
     let r = api.post(&format!("{url}?fieldValidation=Warn"), &d).await;
     assert_eq!(r.status, StatusCode::CREATED);
-    let warn = r.headers.get("warning").expect("warning header").to_str().unwrap();
-    assert!(warn.starts_with("299 - ") && warn.contains("spec.foo"), "{warn}");
-    assert!(r.body["spec"].get("foo").is_none(), "unknown fields are dropped");
+    let warn = r
+        .headers
+        .get("warning")
+        .expect("warning header")
+        .to_str()
+        .unwrap();
+    assert!(
+        warn.starts_with("299 - ") && warn.contains("spec.foo"),
+        "{warn}"
+    );
+    assert!(
+        r.body["spec"].get("foo").is_none(),
+        "unknown fields are dropped"
+    );
 
-    let r = api.patch(&format!("{url}/web?fieldValidation=Strict"), "application/merge-patch+json", &json!({"spec": {"bar": 1}})).await;
+    let r = api
+        .patch(
+            &format!("{url}/web?fieldValidation=Strict"),
+            "application/merge-patch+json",
+            &json!({"spec": {"bar": 1}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(r.body["message"], "strict decoding error: unknown field \"spec.bar\"");
+    assert_eq!(
+        r.body["message"],
+        "strict decoding error: unknown field \"spec.bar\""
+    );
 
     let r = api.call(Method::POST, &format!("{url}?fieldValidation=Strict"), "application/json",
         r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"dup","name":"dup"},"spec":{}}"#).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
-    assert!(r.body["message"].as_str().unwrap().contains("duplicate field"), "{}", r.text);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate field"),
+        "{}",
+        r.text
+    );
 }
 
 #[tokio::test]
@@ -142,11 +232,31 @@ async fn validation_errors_are_422() {
     assert_eq!(r.body["details"]["kind"], "Deployment");
     assert_eq!(r.body["details"]["group"], "apps");
     let causes = r.body["details"]["causes"].as_array().unwrap();
-    assert!(causes.iter().any(|c| c["field"] == "spec.selector" && c["reason"] == "FieldValueRequired"), "{causes:?}");
-    assert!(r.body["message"].as_str().unwrap().starts_with("Deployment.apps \"web\" is invalid: "), "{}", r.text);
-    assert_eq!(api.get(&format!("{url}/web")).await.status, StatusCode::NOT_FOUND);
+    assert!(
+        causes
+            .iter()
+            .any(|c| c["field"] == "spec.selector" && c["reason"] == "FieldValueRequired"),
+        "{causes:?}"
+    );
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Deployment.apps \"web\" is invalid: "),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        api.get(&format!("{url}/web")).await.status,
+        StatusCode::NOT_FOUND
+    );
 
-    let r = api.post("/api/v1/namespaces/default/configmaps", &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Bad_Name"}})).await;
+    let r = api
+        .post(
+            "/api/v1/namespaces/default/configmaps",
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Bad_Name"}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
     assert_eq!(r.body["details"]["causes"][0]["field"], "metadata.name");
 }
@@ -154,20 +264,39 @@ async fn validation_errors_are_422() {
 #[tokio::test]
 async fn table_output() {
     let api = TestApi::new().await;
-    api.post("/apis/apps/v1/namespaces/default/deployments", &deployment("web", 2)).await;
-    let r = api.get_accept("/apis/apps/v1/namespaces/default/deployments", TABLE).await;
+    api.post(
+        "/apis/apps/v1/namespaces/default/deployments",
+        &deployment("web", 2),
+    )
+    .await;
+    let r = api
+        .get_accept("/apis/apps/v1/namespaces/default/deployments", TABLE)
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["kind"], "Table");
     assert_eq!(r.body["apiVersion"], "meta.k8s.io/v1");
     assert!(r.body["metadata"]["resourceVersion"].is_string());
-    let cols: Vec<&str> = r.body["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(&cols[..5], ["Name", "Ready", "Up-to-date", "Available", "Age"]);
+    let cols: Vec<&str> = r.body["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &cols[..5],
+        ["Name", "Ready", "Up-to-date", "Available", "Age"]
+    );
     assert_eq!(r.body["rows"][0]["cells"][0], "web");
     assert_eq!(r.body["rows"][0]["cells"][1], "0/2");
     assert_eq!(r.body["rows"][0]["object"]["kind"], "PartialObjectMetadata");
 
     api.post("/api/v1/namespaces/default/pods", &pod("p")).await;
-    let r = api.get_accept("/api/v1/namespaces/default/pods/p?includeObject=Object", TABLE).await;
+    let r = api
+        .get_accept(
+            "/api/v1/namespaces/default/pods/p?includeObject=Object",
+            TABLE,
+        )
+        .await;
     assert_eq!(r.body["kind"], "Table");
     assert_eq!(r.body["rows"][0]["cells"][2], "Pending");
     assert_eq!(r.body["rows"][0]["object"]["kind"], "Pod");

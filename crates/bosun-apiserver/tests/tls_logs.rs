@@ -32,7 +32,11 @@ fn pki() -> Pki {
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let key = KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
-    Pki { ca_pem: cert.pem(), ca_der: cert.der().clone(), issuer: Issuer::new(params, key) }
+    Pki {
+        ca_pem: cert.pem(),
+        ca_der: cert.der().clone(),
+        issuer: Issuer::new(params, key),
+    }
 }
 
 /// A rustls server config for 127.0.0.1 signed by the CA.
@@ -40,15 +44,17 @@ fn server_tls(pki: &Pki, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
     let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &pki.issuer).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
+    .unwrap();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(cfg)
 }
@@ -56,11 +62,13 @@ fn server_tls(pki: &Pki, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
 fn client_tls(pki: &Pki, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca_der.clone()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(cfg)
 }
@@ -78,7 +86,9 @@ fn kube_client(port: u16, pki: &Pki, token: Option<&str>) -> kube::Client {
 async fn https_with_bearer_token() {
     let pki = pki();
     let store = Arc::new(MemStore::new(Duration::from_millis(200)));
-    let server = ApiServer::new(ApiServerConfig::new(store, "s3cret", pki.ca_pem.clone())).await.unwrap();
+    let server = ApiServer::new(ApiServerConfig::new(store, "s3cret", pki.ca_pem.clone()))
+        .await
+        .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let shutdown = CancellationToken::new();
@@ -91,7 +101,13 @@ async fn https_with_bearer_token() {
 
     let good = kube_client(port, &pki, Some("s3cret"));
     let cms: Api<ConfigMap> = Api::default_namespaced(good.clone());
-    assert!(cms.list(&ListParams::default()).await.unwrap().items.is_empty());
+    assert!(
+        cms.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 
     for token in [None, Some("wrong")] {
         let bad: Api<ConfigMap> = Api::default_namespaced(kube_client(port, &pki, token));
@@ -104,28 +120,55 @@ async fn https_with_bearer_token() {
         }
     }
     // /version is public, as in Kubernetes.
-    let v = kube_client(port, &pki, None).apiserver_version().await.unwrap();
+    let v = kube_client(port, &pki, None)
+        .apiserver_version()
+        .await
+        .unwrap();
     assert_eq!(v.minor, "33");
 
     // HTTP/2 is negotiated by ALPN.
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let tls = tokio_rustls::TlsConnector::from(client_tls(&pki, &[b"h2"]))
-        .connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .connect(
+            rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+            tcp,
+        )
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
     tokio::spawn(conn);
     let resp = send
-        .send_request(Request::get(format!("https://127.0.0.1:{port}/api/v1/namespaces")).header("authorization", "Bearer s3cret").body(http_body_util::Empty::<Bytes>::new()).unwrap())
+        .send_request(
+            Request::get(format!("https://127.0.0.1:{port}/api/v1/namespaces"))
+                .header("authorization", "Bearer s3cret")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.version(), http::Version::HTTP_2);
 
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
-    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "listener closed");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "listener closed"
+    );
 }
 
 /// A node agent's log endpoint: checks the token, echoes the request, then streams lines.
@@ -138,23 +181,42 @@ async fn fake_agent(pki: &Pki) -> u16 {
             let (tcp, _) = listener.accept().await.unwrap();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-                    if auth != "Bearer tok" {
-                        return Ok::<_, std::convert::Infallible>(http::Response::builder().status(401).body(Body::from("denied")).unwrap());
-                    }
-                    let uri = req.uri().to_string();
-                    let lines = futures::stream::iter(0..3).then(move |i| {
-                        let uri = uri.clone();
-                        async move {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            Ok::<_, std::convert::Infallible>(Bytes::from(if i == 0 { format!("{uri}\n") } else { format!("line {i}\n") }))
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let auth = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string();
+                        if auth != "Bearer tok" {
+                            return Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(401)
+                                    .body(Body::from("denied"))
+                                    .unwrap(),
+                            );
                         }
+                        let uri = req.uri().to_string();
+                        let lines = futures::stream::iter(0..3).then(move |i| {
+                            let uri = uri.clone();
+                            async move {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                Ok::<_, std::convert::Infallible>(Bytes::from(if i == 0 {
+                                    format!("{uri}\n")
+                                } else {
+                                    format!("line {i}\n")
+                                }))
+                            }
+                        });
+                        Ok(http::Response::new(Body::from_stream(lines)))
                     });
-                    Ok(http::Response::new(Body::from_stream(lines)))
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
             });
         }
     });
@@ -170,8 +232,13 @@ async fn pod_logs_are_proxied_to_the_agent() {
     let store = Arc::new(MemStore::new(Duration::from_millis(200)));
     let mut cfg = ApiServerConfig::new(store.clone(), "tok", pki.ca_pem.clone());
     cfg.max_body_bytes = 1 << 20;
-    let api = TestApi { server: ApiServer::new(cfg).await.unwrap(), router: axum::Router::new(), store };
-    let api = TestApi { router: api.server.router(), ..api };
+    let server = ApiServer::new(cfg).await.unwrap();
+    let api = TestApi {
+        router: server.router(),
+        server,
+        store,
+        dir: None,
+    };
 
     let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
         "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
@@ -185,13 +252,20 @@ async fn pod_logs_are_proxied_to_the_agent() {
     let resp = api
         .router
         .clone()
-        .oneshot(Request::get("/api/v1/namespaces/default/pods/web/log?follow=true&tailLines=10").body(Body::empty()).unwrap())
+        .oneshot(
+            Request::get("/api/v1/namespaces/default/pods/web/log?follow=true&tailLines=10")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8_lossy(&body);
-    assert_eq!(text, "/containerLogs/default/web/main?follow=true&tailLines=10\nline 1\nline 2\n");
+    assert_eq!(
+        text,
+        "/containerLogs/default/web/main?follow=true&tailLines=10\nline 1\nline 2\n"
+    );
 
     // Two containers and no name: Kubernetes' 400.
     let mut two = pod("two");
@@ -200,15 +274,28 @@ async fn pod_logs_are_proxied_to_the_agent() {
     api.post("/api/v1/namespaces/default/pods", &two).await;
     let r = api.get("/api/v1/namespaces/default/pods/two/log").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(r.body["message"], "a container name must be specified for pod two, choose one of: [a b]");
-    let r = api.get("/api/v1/namespaces/default/pods/two/log?container=b").await;
+    assert_eq!(
+        r.body["message"],
+        "a container name must be specified for pod two, choose one of: [a b]"
+    );
+    let r = api
+        .get("/api/v1/namespaces/default/pods/two/log?container=b")
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.text.starts_with("/containerLogs/default/two/b"));
-    let r = api.get("/api/v1/namespaces/default/pods/two/log?container=zz").await;
+    let r = api
+        .get("/api/v1/namespaces/default/pods/two/log?container=zz")
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     // Unbound pods have no logs yet.
-    api.post("/api/v1/namespaces/default/pods", &pod("pending")).await;
+    api.post("/api/v1/namespaces/default/pods", &pod("pending"))
+        .await;
     let r = api.get("/api/v1/namespaces/default/pods/pending/log").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(api.get("/api/v1/namespaces/default/pods/none/log").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get("/api/v1/namespaces/default/pods/none/log")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
 }

@@ -14,20 +14,41 @@ const PODS: &str = "/api/v1/namespaces/default/pods";
 async fn list_paging_with_continue() {
     let api = TestApi::new().await;
     for i in 0..7 {
-        api.post(CMS, &configmap(&format!("c{i}"), json!({"i": i.to_string()}))).await;
+        api.post(
+            CMS,
+            &configmap(&format!("c{i}"), json!({"i": i.to_string()})),
+        )
+        .await;
     }
     let first = api.get(&format!("{CMS}?limit=3")).await;
     assert_eq!(first.status, StatusCode::OK);
-    let rv = first.body["metadata"]["resourceVersion"].as_str().unwrap().to_string();
-    let mut names: Vec<String> = first.body["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().into()).collect();
-    let mut cont = first.body["metadata"]["continue"].as_str().unwrap().to_string();
+    let rv = first.body["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut names: Vec<String> = first.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().into())
+        .collect();
+    let mut cont = first.body["metadata"]["continue"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // A write between pages does not show up: pages come from one snapshot.
     api.post(CMS, &configmap("c9", json!({}))).await;
     loop {
         let page = api.get(&format!("{CMS}?limit=3&continue={cont}")).await;
         assert_eq!(page.status, StatusCode::OK, "{}", page.text);
         assert_eq!(page.body["metadata"]["resourceVersion"], rv.as_str());
-        names.extend(page.body["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()));
+        names.extend(
+            page.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["metadata"]["name"].as_str().unwrap().to_string()),
+        );
         match page.body["metadata"]["continue"].as_str() {
             Some(c) if !c.is_empty() => cont = c.to_string(),
             _ => break,
@@ -41,30 +62,51 @@ async fn list_paging_with_continue() {
 #[tokio::test]
 async fn list_selectors() {
     let api = TestApi::new().await;
-    api.post(CMS, &configmap("a", json!({"app": "web", "tier": "fe"}))).await;
-    api.post(CMS, &configmap("b", json!({"app": "web", "tier": "be"}))).await;
+    api.post(CMS, &configmap("a", json!({"app": "web", "tier": "fe"})))
+        .await;
+    api.post(CMS, &configmap("b", json!({"app": "web", "tier": "be"})))
+        .await;
     api.post(CMS, &configmap("c", json!({"app": "db"}))).await;
     let names = |r: &common::Resp| -> Vec<String> {
-        r.body["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect()
+        r.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
     };
     let r = api.get(&format!("{CMS}?labelSelector=app%3Dweb")).await;
     assert_eq!(names(&r), ["a", "b"]);
-    let r = api.get(&format!("{CMS}?labelSelector=app%3D%3Dweb,tier!%3Dfe")).await;
+    let r = api
+        .get(&format!("{CMS}?labelSelector=app%3D%3Dweb,tier!%3Dfe"))
+        .await;
     assert_eq!(names(&r), ["b"]);
-    let r = api.get(&format!("{CMS}?labelSelector=tier%20in%20(fe,xx)")).await;
+    let r = api
+        .get(&format!("{CMS}?labelSelector=tier%20in%20(fe,xx)"))
+        .await;
     assert_eq!(names(&r), ["a"]);
-    let r = api.get(&format!("{CMS}?labelSelector=tier%20notin%20(fe)")).await;
+    let r = api
+        .get(&format!("{CMS}?labelSelector=tier%20notin%20(fe)"))
+        .await;
     assert_eq!(names(&r), ["b", "c"]);
     let r = api.get(&format!("{CMS}?labelSelector=!tier")).await;
     assert_eq!(names(&r), ["c"]);
     let r = api.get(&format!("{CMS}?labelSelector=tier")).await;
     assert_eq!(names(&r), ["a", "b"]);
-    let r = api.get(&format!("{CMS}?fieldSelector=metadata.name%3Db")).await;
+    let r = api
+        .get(&format!("{CMS}?fieldSelector=metadata.name%3Db"))
+        .await;
     assert_eq!(names(&r), ["b"]);
-    let r = api.get(&format!("{CMS}?fieldSelector=metadata.name!%3Db,metadata.namespace%3Ddefault")).await;
+    let r = api
+        .get(&format!(
+            "{CMS}?fieldSelector=metadata.name!%3Db,metadata.namespace%3Ddefault"
+        ))
+        .await;
     assert_eq!(names(&r), ["a", "c"]);
     // Limit counts matching items only.
-    let r = api.get(&format!("{CMS}?labelSelector=app%3Dweb&limit=1")).await;
+    let r = api
+        .get(&format!("{CMS}?labelSelector=app%3Dweb&limit=1"))
+        .await;
     assert_eq!(names(&r), ["a"]);
     assert!(r.body["metadata"]["continue"].is_string());
     let r = api.get(&format!("{CMS}?labelSelector=a%20b")).await;
@@ -74,9 +116,13 @@ async fn list_selectors() {
     p["spec"]["nodeName"] = json!("n1");
     api.post(PODS, &p).await;
     api.post(PODS, &pod("unbound")).await;
-    let r = api.get(&format!("{PODS}?fieldSelector=spec.nodeName%3Dn1")).await;
+    let r = api
+        .get(&format!("{PODS}?fieldSelector=spec.nodeName%3Dn1"))
+        .await;
     assert_eq!(names(&r), ["on-n1"]);
-    let r = api.get(&format!("{PODS}?fieldSelector=spec.nodeName%3D")).await;
+    let r = api
+        .get(&format!("{PODS}?fieldSelector=spec.nodeName%3D"))
+        .await;
     assert_eq!(names(&r), ["unbound"]);
 }
 
@@ -84,9 +130,16 @@ async fn list_selectors() {
 async fn list_at_exact_revision() {
     let api = TestApi::new().await;
     let a = api.post(CMS, &configmap("a", json!({}))).await.body;
-    let rv = a["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let rv = a["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
     api.post(CMS, &configmap("b", json!({}))).await;
-    let r = api.get(&format!("{CMS}?resourceVersion={rv}&resourceVersionMatch=Exact")).await;
+    let r = api
+        .get(&format!(
+            "{CMS}?resourceVersion={rv}&resourceVersionMatch=Exact"
+        ))
+        .await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
     let r = api.get(&format!("{CMS}?resourceVersion=0")).await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 2);
@@ -105,9 +158,17 @@ async fn watch_sends_state_then_changes() {
     let e = w.next_event().await.unwrap();
     assert_eq!(e["type"], "ADDED");
     assert_eq!(e["object"]["metadata"]["name"], "new");
-    assert_eq!(e["object"]["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
+    assert_eq!(
+        e["object"]["metadata"]["resourceVersion"],
+        created["metadata"]["resourceVersion"]
+    );
 
-    api.patch(&format!("{CMS}/new"), "application/merge-patch+json", &json!({"data": {"x": "y"}})).await;
+    api.patch(
+        &format!("{CMS}/new"),
+        "application/merge-patch+json",
+        &json!({"data": {"x": "y"}}),
+    )
+    .await;
     let e = w.next_event().await.unwrap();
     assert_eq!(e["type"], "MODIFIED");
     assert_eq!(e["object"]["data"]["x"], "y");
@@ -123,29 +184,69 @@ async fn watch_sends_state_then_changes() {
 async fn watch_replays_from_resource_version() {
     let api = TestApi::new().await;
     let a = api.post(CMS, &configmap("a", json!({}))).await.body;
-    let rv = a["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let rv = a["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
     api.post(CMS, &configmap("b", json!({}))).await;
     api.delete(&format!("{CMS}/a"), None).await;
-    let mut w = api.watch(&format!("{CMS}?watch=1&resourceVersion={rv}")).await;
+    let mut w = api
+        .watch(&format!("{CMS}?watch=1&resourceVersion={rv}"))
+        .await;
     let e1 = w.next_event().await.unwrap();
-    assert_eq!((e1["type"].as_str(), e1["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("b")));
+    assert_eq!(
+        (
+            e1["type"].as_str(),
+            e1["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("ADDED"), Some("b"))
+    );
     let e2 = w.next_event().await.unwrap();
-    assert_eq!((e2["type"].as_str(), e2["object"]["metadata"]["name"].as_str()), (Some("DELETED"), Some("a")));
+    assert_eq!(
+        (
+            e2["type"].as_str(),
+            e2["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("DELETED"), Some("a"))
+    );
 }
 
 #[tokio::test]
 async fn watch_label_selector_transitions() {
     let api = TestApi::new().await;
-    api.post(CMS, &configmap("x", json!({"app": "other"}))).await;
-    let rv = api.get(CMS).await.body["metadata"]["resourceVersion"].as_str().unwrap().to_string();
-    let mut w = api.watch(&format!("{CMS}?watch=true&labelSelector=app%3Dweb&resourceVersion={rv}")).await;
+    api.post(CMS, &configmap("x", json!({"app": "other"})))
+        .await;
+    let rv = api.get(CMS).await.body["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut w = api
+        .watch(&format!(
+            "{CMS}?watch=true&labelSelector=app%3Dweb&resourceVersion={rv}"
+        ))
+        .await;
     let url = format!("{CMS}/x");
-    api.patch(&url, "application/merge-patch+json", &json!({"metadata": {"labels": {"app": "web"}}})).await;
+    api.patch(
+        &url,
+        "application/merge-patch+json",
+        &json!({"metadata": {"labels": {"app": "web"}}}),
+    )
+    .await;
     let e = w.next_event().await.unwrap();
     assert_eq!(e["type"], "ADDED", "starts matching");
-    api.patch(&url, "application/merge-patch+json", &json!({"data": {"z": "1"}})).await;
+    api.patch(
+        &url,
+        "application/merge-patch+json",
+        &json!({"data": {"z": "1"}}),
+    )
+    .await;
     assert_eq!(w.next_event().await.unwrap()["type"], "MODIFIED");
-    api.patch(&url, "application/merge-patch+json", &json!({"metadata": {"labels": {"app": "gone"}}})).await;
+    api.patch(
+        &url,
+        "application/merge-patch+json",
+        &json!({"metadata": {"labels": {"app": "gone"}}}),
+    )
+    .await;
     let e = w.next_event().await.unwrap();
     assert_eq!(e["type"], "DELETED", "stops matching");
     assert_eq!(e["object"]["metadata"]["labels"]["app"], "gone");
@@ -159,12 +260,23 @@ async fn watch_label_selector_transitions() {
 #[tokio::test]
 async fn watch_bookmarks_and_timeout() {
     let api = TestApi::new().await;
-    let rv = api.get(CMS).await.body["metadata"]["resourceVersion"].as_str().unwrap().to_string();
-    let mut w = api.watch(&format!("{CMS}?watch=true&allowWatchBookmarks=true&resourceVersion={rv}&timeoutSeconds=2")).await;
+    let rv = api.get(CMS).await.body["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut w = api
+        .watch(&format!(
+            "{CMS}?watch=true&allowWatchBookmarks=true&resourceVersion={rv}&timeoutSeconds=2"
+        ))
+        .await;
     let e = w.next().await.unwrap();
     assert_eq!(e["type"], "BOOKMARK");
     assert_eq!(e["object"]["kind"], "ConfigMap");
-    let brv: i64 = e["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let brv: i64 = e["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(brv >= rv.parse::<i64>().unwrap());
     // The stream ends at timeoutSeconds.
     let mut n = 0;
@@ -173,7 +285,11 @@ async fn watch_bookmarks_and_timeout() {
         assert!(n < 100, "watch did not end");
     }
     // Without allowWatchBookmarks no bookmark is sent.
-    let mut w = api.watch(&format!("{CMS}?watch=true&resourceVersion={rv}&timeoutSeconds=1")).await;
+    let mut w = api
+        .watch(&format!(
+            "{CMS}?watch=true&resourceVersion={rv}&timeoutSeconds=1"
+        ))
+        .await;
     assert!(w.next().await.is_none());
 }
 
@@ -185,7 +301,10 @@ async fn watch_initial_events_end_bookmark() {
     assert_eq!(w.next().await.unwrap()["type"], "ADDED");
     let b = w.next().await.unwrap();
     assert_eq!(b["type"], "BOOKMARK");
-    assert_eq!(b["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+    assert_eq!(
+        b["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
 }
 
 #[tokio::test]
@@ -195,28 +314,50 @@ async fn watch_too_old_resource_version_is_gone() {
     api.post(CMS, &configmap("b", json!({}))).await;
     let cur = api.store.current_revision().await.unwrap();
     api.store.compact(cur).await.unwrap();
-    let mut w = api.watch(&format!("{CMS}?watch=true&resourceVersion=2")).await;
+    let mut w = api
+        .watch(&format!("{CMS}?watch=true&resourceVersion=2"))
+        .await;
     let e = w.next().await.unwrap();
     assert_eq!(e["type"], "ERROR");
     assert_eq!(e["object"]["kind"], "Status");
     assert_eq!(e["object"]["code"], 410);
-    assert!(e["object"]["message"].as_str().unwrap().starts_with("too old resource version"));
+    assert!(
+        e["object"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("too old resource version")
+    );
     assert!(w.next().await.is_none(), "stream ends after the error");
-    let r = api.get(&format!("{CMS}?resourceVersion=2&resourceVersionMatch=Exact")).await;
+    let r = api
+        .get(&format!(
+            "{CMS}?resourceVersion=2&resourceVersionMatch=Exact"
+        ))
+        .await;
     assert_eq!(r.status, StatusCode::GONE);
 }
 
 #[tokio::test]
 async fn watch_single_object_by_name() {
     let api = TestApi::new().await;
-    let rv = api.get(CMS).await.body["metadata"]["resourceVersion"].as_str().unwrap().to_string();
-    let mut w = api.watch(&format!("{CMS}?watch=true&fieldSelector=metadata.name%3Db&resourceVersion={rv}")).await;
+    let rv = api.get(CMS).await.body["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut w = api
+        .watch(&format!(
+            "{CMS}?watch=true&fieldSelector=metadata.name%3Db&resourceVersion={rv}"
+        ))
+        .await;
     api.post(CMS, &configmap("a", json!({}))).await;
     api.post(CMS, &configmap("b", json!({}))).await;
     let e = w.next_event().await.unwrap();
     assert_eq!(e["object"]["metadata"]["name"], "b");
     // Legacy /watch/ path for one object.
-    let mut w = api.watch(&format!("/api/v1/watch/namespaces/default/configmaps/a?resourceVersion={rv}")).await;
+    let mut w = api
+        .watch(&format!(
+            "/api/v1/watch/namespaces/default/configmaps/a?resourceVersion={rv}"
+        ))
+        .await;
     let e = w.next_event().await.unwrap();
     assert_eq!(e["object"]["metadata"]["name"], "a");
 }

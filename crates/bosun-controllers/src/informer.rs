@@ -120,12 +120,16 @@ where
         self.store.clone()
     }
 
-    /// Every object touched from now on (created, changed or deleted). Falling behind replays
+    /// Every cached object, then every object touched from now on (created, changed or
+    /// deleted), so a late subscriber still sees what already exists. Falling behind replays
     /// the whole cache rather than silently losing events.
     pub fn subscribe(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        // Subscribe before reading the cache: an event in between arrives twice, never zero
+        // times, and reconciling twice is harmless.
         let rx = self.tx.subscribe();
         let store = self.store.clone();
-        futures::stream::unfold((rx, store), |(mut rx, store)| async move {
+        let current = futures::stream::iter(store.state());
+        let live = futures::stream::unfold((rx, store), |(mut rx, store)| async move {
             match rx.recv().await {
                 Ok(o) => Some((vec![o], (rx, store))),
                 Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -135,7 +139,8 @@ where
                 Err(broadcast::error::RecvError::Closed) => None,
             }
         })
-        .flat_map(futures::stream::iter)
+        .flat_map(futures::stream::iter);
+        current.chain(live)
     }
 
     /// Waits for the first complete list.

@@ -118,11 +118,9 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ReconcileEr
         }
         Health::Evict => {
             set_unknown(&ctx, &name).await?;
-            let pending = evict_pods(&ctx, &node).await?;
-            Ok(if pending {
-                Action::requeue(Duration::from_secs(5))
-            } else {
-                Action::requeue(grace)
+            Ok(match evict_pods(&ctx, &node).await? {
+                Some(wait) => Action::requeue(wait),
+                None => Action::requeue(grace),
             })
         }
     }
@@ -157,18 +155,17 @@ async fn set_unknown(ctx: &Ctx, name: &str) -> Result<(), ReconcileError> {
 }
 
 /// Deletes the pods bound to an unreachable node. Pods already past their grace period are
-/// removed outright: the node's agent, which would finish them, is gone. Returns whether
-/// pods remain.
-async fn evict_pods(ctx: &Ctx, node: &Node) -> Result<bool, ReconcileError> {
+/// removed outright: the node's agent, which would finish them, is gone. Returns when to
+/// look again if pods remain.
+async fn evict_pods(ctx: &Ctx, node: &Node) -> Result<Option<Duration>, ReconcileError> {
     let name = node.name_any();
     let now = crate::util::now();
-    let mut remaining = false;
+    let mut next: Option<Duration> = None;
     let mut announced = false;
     for pod in ctx.pods.state() {
         if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(name.as_str()) {
             continue;
         }
-        remaining = true;
         let api: Api<Pod> =
             Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
         let mut dp = DeleteParams {
@@ -180,8 +177,21 @@ async fn evict_pods(ctx: &Ctx, node: &Node) -> Result<bool, ReconcileError> {
         };
         match &pod.metadata.deletion_timestamp {
             Some(t) if t.0 <= now => dp.grace_period_seconds = Some(0),
-            Some(_) => continue,
+            Some(t) => {
+                // Look again when its grace period runs out.
+                let wait = t.0.duration_since(now).unsigned_abs() + Duration::from_millis(100);
+                next = Some(next.map_or(wait, |n| n.min(wait)));
+                continue;
+            }
             None => {
+                let grace = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+                    .unwrap_or(30)
+                    .max(0) as u64;
+                let wait = Duration::from_secs(grace) + Duration::from_millis(100);
+                next = Some(next.map_or(wait, |n| n.min(wait)));
                 if !announced {
                     ctx.recorder
                         .record(
@@ -212,7 +222,7 @@ async fn evict_pods(ctx: &Ctx, node: &Node) -> Result<bool, ReconcileError> {
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(remaining)
+    Ok(next)
 }
 
 pub(crate) async fn run(

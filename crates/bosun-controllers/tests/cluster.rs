@@ -28,18 +28,32 @@ impl Drop for Cluster {
 }
 
 async fn cluster(cfg: ControllerConfig) -> Cluster {
+    let c = api_only().await;
+    start_controllers(&c.client, cfg, c.shutdown.child_token());
+    c
+}
+
+/// The API server without controllers.
+async fn api_only() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(&dir.path().join("state.redb"), RedbOptions::default()).unwrap();
-    let server = ApiServer::new(ApiServerConfig::new(store, "token", "")).await.unwrap();
-    let client = Client::new(server.router(), "default");
-    let shutdown = CancellationToken::new();
-    let (c, s) = (client.clone(), shutdown.clone());
-    tokio::spawn(async move { bosun_controllers::run_with(c, cfg, s).await.unwrap() });
+    let server = ApiServer::new(ApiServerConfig::new(store, "token", ""))
+        .await
+        .unwrap();
     Cluster {
-        client,
-        shutdown,
+        client: Client::new(server.router(), "default"),
+        shutdown: CancellationToken::new(),
         _dir: dir,
     }
+}
+
+fn start_controllers(
+    client: &Client,
+    cfg: ControllerConfig,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let c = client.clone();
+    tokio::spawn(async move { bosun_controllers::run_with(c, cfg, stop).await.unwrap() })
 }
 
 /// Polls `f` until it returns `Some`, failing the test after a generous limit.
@@ -62,7 +76,12 @@ fn fake_kubelet(client: Client, stop: CancellationToken) {
     tokio::spawn(async move {
         let pods: Api<Pod> = Api::all(client.clone());
         while !stop.is_cancelled() {
-            for p in pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+            for p in pods
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+            {
                 let ready = p
                     .status
                     .as_ref()
@@ -78,7 +97,11 @@ fn fake_kubelet(client: Client, stop: CancellationToken) {
                     {"type": "PodScheduled", "status": "True", "lastTransitionTime": now}
                 ]}});
                 let _ = api
-                    .patch_status(&p.name_any(), &PatchParams::default(), &Patch::Merge(&status))
+                    .patch_status(
+                        &p.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&status),
+                    )
                     .await;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -140,26 +163,47 @@ async fn deployment_rolls_out_updates_and_rolls_back() {
     fake_kubelet(c.client.clone(), c.shutdown.clone());
     let deps: Api<Deployment> = Api::default_namespaced(c.client.clone());
     let rss: Api<ReplicaSet> = Api::default_namespaced(c.client.clone());
-    deps.create(&PostParams::default(), &deployment("web", 3, "v1")).await.unwrap();
+    deps.create(&PostParams::default(), &deployment("web", 3, "v1"))
+        .await
+        .unwrap();
 
     let d = eventually("first rollout", || async {
         deps.get("web").await.ok().filter(rolled_out)
     })
     .await;
     let st = d.status.as_ref().unwrap();
-    assert_eq!((st.replicas, st.ready_replicas, st.available_replicas), (Some(3), Some(3), Some(3)));
+    assert_eq!(
+        (st.replicas, st.ready_replicas, st.available_replicas),
+        (Some(3), Some(3), Some(3))
+    );
     let conds = st.conditions.as_ref().unwrap();
-    assert!(conds.iter().any(|c| c.type_ == "Available" && c.status == "True" && c.reason.as_deref() == Some("MinimumReplicasAvailable")));
-    assert!(conds.iter().any(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("NewReplicaSetAvailable")));
+    assert!(conds.iter().any(|c| c.type_ == "Available"
+        && c.status == "True"
+        && c.reason.as_deref() == Some("MinimumReplicasAvailable")));
+    assert!(
+        conds
+            .iter()
+            .any(|c| c.type_ == "Progressing"
+                && c.reason.as_deref() == Some("NewReplicaSetAvailable"))
+    );
 
     let pods = owned_pods(&c.client, "web").await;
     assert_eq!(pods.len(), 3);
-    let rs1 = rss.list(&ListParams::default()).await.unwrap().items.remove(0);
+    let rs1 = rss
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .remove(0);
     for p in &pods {
         let owner = &p.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(owner.uid, rs1.uid().unwrap());
         assert_eq!(owner.block_owner_deletion, Some(true));
-        let suffix = p.name_any().strip_prefix(&format!("{}-", rs1.name_any())).unwrap().to_string();
+        let suffix = p
+            .name_any()
+            .strip_prefix(&format!("{}-", rs1.name_any()))
+            .unwrap()
+            .to_string();
         assert_eq!(suffix.len(), 5, "pod name {}", p.name_any());
     }
 
@@ -178,32 +222,62 @@ async fn deployment_rolls_out_updates_and_rolls_back() {
     // Update the template: a second RS takes over.
     let patch = json!({"metadata": {"annotations": {"kubernetes.io/change-cause": "v2"}},
         "spec": {"template": {"spec": {"containers": [{"name": "main", "command": ["/bin/sleep", "v2"]}]}}}});
-    deps.patch("web", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    deps.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     eventually("second rollout", || async {
         let d = deps.get("web").await.ok()?;
         let rs = rss.list(&ListParams::default()).await.ok()?.items;
-        (rolled_out(&d) && rs.len() == 2 && rs.iter().filter(|r| r.spec.as_ref().unwrap().replicas == Some(0)).count() == 1)
+        (rolled_out(&d)
+            && rs.len() == 2
+            && rs
+                .iter()
+                .filter(|r| r.spec.as_ref().unwrap().replicas == Some(0))
+                .count()
+                == 1)
             .then_some(())
     })
     .await;
     let rs = rss.list(&ListParams::default()).await.unwrap().items;
-    let rev = |r: &ReplicaSet| r.annotations().get("deployment.kubernetes.io/revision").cloned().unwrap_or_default();
+    let rev = |r: &ReplicaSet| {
+        r.annotations()
+            .get("deployment.kubernetes.io/revision")
+            .cloned()
+            .unwrap_or_default()
+    };
     let v2 = rs.iter().find(|r| rev(r) == "2").expect("revision 2");
-    assert_eq!(v2.annotations().get("kubernetes.io/change-cause").map(String::as_str), Some("v2"));
+    assert_eq!(
+        v2.annotations()
+            .get("kubernetes.io/change-cause")
+            .map(String::as_str),
+        Some("v2")
+    );
     assert_eq!(v2.spec.as_ref().unwrap().replicas, Some(3));
 
     // Undo (what `kubectl rollout undo` does): put revision 1's template back.
     let mut tmpl = rs1.spec.as_ref().unwrap().template.clone().unwrap();
-    tmpl.metadata.as_mut().unwrap().labels.as_mut().unwrap().remove("pod-template-hash");
+    tmpl.metadata
+        .as_mut()
+        .unwrap()
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove("pod-template-hash");
     let undo = json!({"spec": {"template": tmpl}});
-    deps.patch("web", &PatchParams::default(), &Patch::Merge(&undo)).await.unwrap();
+    deps.patch("web", &PatchParams::default(), &Patch::Merge(&undo))
+        .await
+        .unwrap();
     eventually("rollback", || async {
         let d = deps.get("web").await.ok()?;
         let back = rss.get(&rs1.name_any()).await.ok()?;
-        (rolled_out(&d) && rev(&back) == "3" && back.spec.as_ref()?.replicas == Some(3)).then_some(())
+        (rolled_out(&d) && rev(&back) == "3" && back.spec.as_ref()?.replicas == Some(3))
+            .then_some(())
     })
     .await;
-    assert_eq!(rss.list(&ListParams::default()).await.unwrap().items.len(), 2);
+    assert_eq!(
+        rss.list(&ListParams::default()).await.unwrap().items.len(),
+        2
+    );
 
     let events: Api<Event> = Api::default_namespaced(c.client.clone());
     let msgs: Vec<String> = events
@@ -214,29 +288,62 @@ async fn deployment_rolls_out_updates_and_rolls_back() {
         .into_iter()
         .filter_map(|e| e.message)
         .collect();
-    assert!(msgs.iter().any(|m| *m == format!("Scaled up replica set {} from 0 to 3", rs1.name_any())), "{msgs:?}");
-    assert!(msgs.iter().any(|m| m.starts_with(&format!("Created pod: {}-", rs1.name_any()))));
+    assert!(
+        msgs.iter()
+            .any(|m| *m == format!("Scaled up replica set {} from 0 to 3", rs1.name_any())),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with(&format!("Created pod: {}-", rs1.name_any())))
+    );
 }
 
 #[tokio::test]
 async fn scaling_creates_and_deletes_pods() {
     let c = cluster(ControllerConfig::default()).await;
     let deps: Api<Deployment> = Api::default_namespaced(c.client.clone());
-    deps.create(&PostParams::default(), &deployment("api", 2, "v1")).await.unwrap();
-    eventually("2 pods", || async { (owned_pods(&c.client, "api").await.len() == 2).then_some(()) }).await;
-    deps.patch("api", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 5}})))
+    deps.create(&PostParams::default(), &deployment("api", 2, "v1"))
         .await
         .unwrap();
-    eventually("5 pods", || async { (owned_pods(&c.client, "api").await.len() == 5).then_some(()) }).await;
-    deps.patch("api", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}})))
-        .await
-        .unwrap();
-    eventually("1 pod", || async { (owned_pods(&c.client, "api").await.len() == 1).then_some(()) }).await;
-    let d = eventually("status", || async {
-        deps.get("api").await.ok().filter(|d| d.status.as_ref().and_then(|s| s.replicas) == Some(1))
+    eventually("2 pods", || async {
+        (owned_pods(&c.client, "api").await.len() == 2).then_some(())
     })
     .await;
-    assert_eq!(d.status.unwrap().available_replicas, Some(0), "no kubelet: nothing is ready");
+    deps.patch(
+        "api",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 5}})),
+    )
+    .await
+    .unwrap();
+    eventually("5 pods", || async {
+        (owned_pods(&c.client, "api").await.len() == 5).then_some(())
+    })
+    .await;
+    deps.patch(
+        "api",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    eventually("1 pod", || async {
+        (owned_pods(&c.client, "api").await.len() == 1).then_some(())
+    })
+    .await;
+    let d = eventually("status", || async {
+        deps.get("api")
+            .await
+            .ok()
+            .filter(|d| d.status.as_ref().and_then(|s| s.replicas) == Some(1))
+    })
+    .await;
+    assert_eq!(
+        d.status.unwrap().available_replicas,
+        Some(0),
+        "no kubelet: nothing is ready"
+    );
 }
 
 async fn wait_gone<K>(api: &Api<K>, name: &str)
@@ -256,39 +363,89 @@ async fn garbage_collection_background_foreground_orphan() {
     let rss: Api<ReplicaSet> = Api::default_namespaced(c.client.clone());
 
     // Background: the deployment goes at once, its RS and pods follow.
-    deps.create(&PostParams::default(), &deployment("bg", 2, "v1")).await.unwrap();
-    eventually("bg pods", || async { (owned_pods(&c.client, "bg").await.len() == 2).then_some(()) }).await;
-    deps.delete("bg", &DeleteParams::background()).await.unwrap();
+    deps.create(&PostParams::default(), &deployment("bg", 2, "v1"))
+        .await
+        .unwrap();
+    eventually("bg pods", || async {
+        (owned_pods(&c.client, "bg").await.len() == 2).then_some(())
+    })
+    .await;
+    deps.delete("bg", &DeleteParams::background())
+        .await
+        .unwrap();
     eventually("bg dependents gone", || async {
-        let rs = rss.list(&ListParams::default().labels("app=bg")).await.ok()?.items;
+        let rs = rss
+            .list(&ListParams::default().labels("app=bg"))
+            .await
+            .ok()?
+            .items;
         (rs.is_empty() && owned_pods(&c.client, "bg").await.is_empty()).then_some(())
     })
     .await;
 
     // Foreground: the deployment stays (with the finalizer) until its dependents are gone.
-    deps.create(&PostParams::default(), &deployment("fg", 2, "v1")).await.unwrap();
-    eventually("fg pods", || async { (owned_pods(&c.client, "fg").await.len() == 2).then_some(()) }).await;
-    deps.delete("fg", &DeleteParams::foreground()).await.unwrap();
+    deps.create(&PostParams::default(), &deployment("fg", 2, "v1"))
+        .await
+        .unwrap();
+    eventually("fg pods", || async {
+        (owned_pods(&c.client, "fg").await.len() == 2).then_some(())
+    })
+    .await;
+    deps.delete("fg", &DeleteParams::foreground())
+        .await
+        .unwrap();
     wait_gone(&deps, "fg").await;
-    assert!(rss.list(&ListParams::default().labels("app=fg")).await.unwrap().items.is_empty());
+    assert!(
+        rss.list(&ListParams::default().labels("app=fg"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
     assert!(owned_pods(&c.client, "fg").await.is_empty());
 
     // Orphan: the RS goes, its pods stay without the owner reference.
-    deps.create(&PostParams::default(), &deployment("or", 2, "v1")).await.unwrap();
-    eventually("or pods", || async { (owned_pods(&c.client, "or").await.len() == 2).then_some(()) }).await;
-    deps.delete("or", &DeleteParams::orphan()).await.unwrap();
-    wait_gone(&deps, "or").await;
-    let rs = rss.list(&ListParams::default().labels("app=or")).await.unwrap().items;
-    assert_eq!(rs.len(), 1, "orphaned RS survives");
-    assert!(rs[0].metadata.owner_references.as_ref().is_none_or(|r| r.is_empty()));
-    let rs_name = rs[0].name_any();
-    rss.delete(&rs_name, &DeleteParams { propagation_policy: Some(PropagationPolicy::Orphan), ..Default::default() })
+    deps.create(&PostParams::default(), &deployment("or", 2, "v1"))
         .await
         .unwrap();
+    eventually("or pods", || async {
+        (owned_pods(&c.client, "or").await.len() == 2).then_some(())
+    })
+    .await;
+    deps.delete("or", &DeleteParams::orphan()).await.unwrap();
+    wait_gone(&deps, "or").await;
+    let rs = rss
+        .list(&ListParams::default().labels("app=or"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(rs.len(), 1, "orphaned RS survives");
+    assert!(
+        rs[0]
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_none_or(|r| r.is_empty())
+    );
+    let rs_name = rs[0].name_any();
+    rss.delete(
+        &rs_name,
+        &DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Orphan),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     wait_gone(&rss, &rs_name).await;
     let pods = owned_pods(&c.client, "or").await;
     assert_eq!(pods.len(), 2);
-    assert!(pods.iter().all(|p| p.metadata.owner_references.as_ref().is_none_or(|r| r.is_empty())));
+    assert!(pods.iter().all(|p| {
+        p.metadata
+            .owner_references
+            .as_ref()
+            .is_none_or(|r| r.is_empty())
+    }));
 
     // A dependent created for an owner that no longer exists is collected.
     let cms: Api<ConfigMap> = Api::default_namespaced(c.client.clone());
@@ -306,24 +463,46 @@ async fn garbage_collection_background_foreground_orphan() {
 async fn namespace_deletion_empties_and_finalizes() {
     let c = cluster(ControllerConfig::default()).await;
     let nss: Api<Namespace> = Api::all(c.client.clone());
-    nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "team-a"}})).unwrap())
-        .await
-        .unwrap();
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "team-a"}})).unwrap(),
+    )
+    .await
+    .unwrap();
     let deps: Api<Deployment> = Api::namespaced(c.client.clone(), "team-a");
-    deps.create(&PostParams::default(), &deployment("svc", 2, "v1")).await.unwrap();
-    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "team-a");
-    cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "cfg"}})).unwrap())
+    deps.create(&PostParams::default(), &deployment("svc", 2, "v1"))
         .await
         .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "team-a");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "cfg"}})).unwrap(),
+    )
+    .await
+    .unwrap();
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), "team-a");
     eventually("pods in team-a", || async {
         (pods.list(&ListParams::default()).await.ok()?.items.len() == 2).then_some(())
     })
     .await;
-    nss.delete("team-a", &DeleteParams::default()).await.unwrap();
+    nss.delete("team-a", &DeleteParams::default())
+        .await
+        .unwrap();
     wait_gone(&nss, "team-a").await;
-    assert!(cms.list(&ListParams::default()).await.unwrap().items.is_empty());
-    assert!(pods.list(&ListParams::default()).await.unwrap().items.is_empty());
+    assert!(
+        cms.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        pods.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -357,7 +536,13 @@ async fn silent_node_goes_unknown_and_loses_its_pods() {
     pods.create(&PostParams::default(), &pod).await.unwrap();
 
     let ready = |n: &Node| {
-        n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready").cloned()
+        n.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .cloned()
     };
     let cond = eventually("node Unknown", || async {
         let n = nodes.get("n1").await.ok()?;
@@ -365,6 +550,59 @@ async fn silent_node_goes_unknown_and_loses_its_pods() {
     })
     .await;
     assert_eq!(cond.reason.as_deref(), Some("NodeStatusUnknown"));
-    assert_eq!(cond.message.as_deref(), Some("Kubelet stopped posting node status."));
+    assert_eq!(
+        cond.message.as_deref(),
+        Some("Kubelet stopped posting node status.")
+    );
     wait_gone(&pods, "on-n1").await;
+}
+
+#[tokio::test]
+async fn restarted_controllers_pick_up_existing_state_without_duplicates() {
+    let c = api_only().await;
+    let deps: Api<Deployment> = Api::default_namespaced(c.client.clone());
+    let rss: Api<ReplicaSet> = Api::default_namespaced(c.client.clone());
+    // Created while no controller runs.
+    deps.create(&PostParams::default(), &deployment("early", 3, "v1"))
+        .await
+        .unwrap();
+    let first = c.shutdown.child_token();
+    let handle = start_controllers(&c.client, ControllerConfig::default(), first.clone());
+    eventually("3 pods", || async {
+        (owned_pods(&c.client, "early").await.len() == 3).then_some(())
+    })
+    .await;
+
+    // Stop the controllers, change things behind their back, start fresh ones.
+    first.cancel();
+    handle.await.unwrap();
+    deps.patch(
+        "early",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 4}})),
+    )
+    .await
+    .unwrap();
+    let victim = owned_pods(&c.client, "early").await[0].name_any();
+    Api::<Pod>::default_namespaced(c.client.clone())
+        .delete(&victim, &DeleteParams::default())
+        .await
+        .unwrap();
+    start_controllers(
+        &c.client,
+        ControllerConfig::default(),
+        c.shutdown.child_token(),
+    );
+    eventually("4 pods after restart", || async {
+        let pods = owned_pods(&c.client, "early").await;
+        (pods.len() == 4 && pods.iter().all(|p| p.name_any() != victim)).then_some(())
+    })
+    .await;
+    // Settled: still exactly one RS and four pods a moment later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        rss.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+    assert_eq!(owned_pods(&c.client, "early").await.len(), 4);
 }

@@ -58,7 +58,9 @@ fn node_of(p: &Pod) -> Option<String> {
 async fn binds_fitting_pods_and_reports_unschedulable_ones() {
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(&dir.path().join("s.redb"), RedbOptions::default()).unwrap();
-    let server = ApiServer::new(ApiServerConfig::new(store, "token", "")).await.unwrap();
+    let server = ApiServer::new(ApiServerConfig::new(store, "token", ""))
+        .await
+        .unwrap();
     let client = Client::new(server.router(), "default");
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
@@ -67,20 +69,33 @@ async fn binds_fitting_pods_and_reports_unschedulable_ones() {
     tokio::spawn(async move { bosun_scheduler::run(c, s).await.unwrap() });
 
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
-    pods.create(&PostParams::default(), &pod("fits", "600m")).await.unwrap();
-    let bound = eventually("binding", || async { node_of(&pods.get("fits").await.ok()?) }).await;
+    pods.create(&PostParams::default(), &pod("fits", "600m"))
+        .await
+        .unwrap();
+    let bound = eventually("binding", || async {
+        node_of(&pods.get("fits").await.ok()?)
+    })
+    .await;
     assert_eq!(bound, "small");
 
     // 600m of 1 CPU is taken: 600m more does not fit.
-    pods.create(&PostParams::default(), &pod("big", "600m")).await.unwrap();
+    pods.create(&PostParams::default(), &pod("big", "600m"))
+        .await
+        .unwrap();
     let cond = eventually("Unschedulable condition", || async {
         let p = pods.get("big").await.ok()?;
-        p.status?.conditions?.into_iter().find(|c| c.type_ == "PodScheduled")
+        p.status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled")
     })
     .await;
     assert_eq!(cond.status, "False");
     assert_eq!(cond.reason.as_deref(), Some("Unschedulable"));
-    assert_eq!(cond.message.as_deref(), Some("0/1 nodes are available: 1 Insufficient cpu."));
+    assert_eq!(
+        cond.message.as_deref(),
+        Some("0/1 nodes are available: 1 Insufficient cpu.")
+    );
     assert!(node_of(&pods.get("big").await.unwrap()).is_none());
     let events: Api<Event> = Api::default_namespaced(client.clone());
     let failed = eventually("FailedScheduling event", || async {
@@ -98,7 +113,10 @@ async fn binds_fitting_pods_and_reports_unschedulable_ones() {
 
     // A new node with room: the pending pod is retried without being touched.
     add_node(&client, "large", "4", "8Gi").await;
-    let bound = eventually("retry after node added", || async { node_of(&pods.get("big").await.ok()?) }).await;
+    let bound = eventually("retry after node added", || async {
+        node_of(&pods.get("big").await.ok()?)
+    })
+    .await;
     assert_eq!(bound, "large");
     let scheduled = events
         .list(&ListParams::default())
@@ -109,14 +127,22 @@ async fn binds_fitting_pods_and_reports_unschedulable_ones() {
         .filter(|e| e.reason.as_deref() == Some("Scheduled"))
         .filter_map(|e| e.message)
         .collect::<Vec<_>>();
-    assert!(scheduled.contains(&"Successfully assigned default/big to large".to_string()), "{scheduled:?}");
+    assert!(
+        scheduled.contains(&"Successfully assigned default/big to large".to_string()),
+        "{scheduled:?}"
+    );
 
     // Pods for another scheduler are left alone.
     let mut other = pod("other", "10m");
     other.spec.as_mut().unwrap().scheduler_name = Some("custom".into());
     pods.create(&PostParams::default(), &other).await.unwrap();
-    pods.create(&PostParams::default(), &pod("after", "10m")).await.unwrap();
-    eventually("later pod bound", || async { node_of(&pods.get("after").await.ok()?) }).await;
+    pods.create(&PostParams::default(), &pod("after", "10m"))
+        .await
+        .unwrap();
+    eventually("later pod bound", || async {
+        node_of(&pods.get("after").await.ok()?)
+    })
+    .await;
     assert!(node_of(&pods.get("other").await.unwrap()).is_none());
     assert_eq!(pods.get("other").await.unwrap().name_any(), "other");
 }
@@ -125,7 +151,9 @@ async fn binds_fitting_pods_and_reports_unschedulable_ones() {
 async fn back_to_back_pods_do_not_overcommit_a_node() {
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(&dir.path().join("s.redb"), RedbOptions::default()).unwrap();
-    let server = ApiServer::new(ApiServerConfig::new(store, "token", "")).await.unwrap();
+    let server = ApiServer::new(ApiServerConfig::new(store, "token", ""))
+        .await
+        .unwrap();
     let client = Client::new(server.router(), "default");
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
@@ -134,7 +162,9 @@ async fn back_to_back_pods_do_not_overcommit_a_node() {
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
     // Created before the scheduler starts, so they arrive together.
     for i in 0..4 {
-        pods.create(&PostParams::default(), &pod(&format!("p{i}"), "400m")).await.unwrap();
+        pods.create(&PostParams::default(), &pod(&format!("p{i}"), "400m"))
+            .await
+            .unwrap();
     }
     let (c, s) = (client.clone(), shutdown.clone());
     tokio::spawn(async move { bosun_scheduler::run(c, s).await.unwrap() });
@@ -147,10 +177,21 @@ async fn back_to_back_pods_do_not_overcommit_a_node() {
     // 2 x 400m per 1-CPU node: exactly two each.
     assert_eq!(placed.iter().filter(|n| *n == "a").count(), 2);
     assert_eq!(placed.iter().filter(|n| *n == "b").count(), 2);
-    pods.create(&PostParams::default(), &pod("p4", "400m")).await.unwrap();
+    pods.create(&PostParams::default(), &pod("p4", "400m"))
+        .await
+        .unwrap();
     let cond = eventually("fifth unschedulable", || async {
-        pods.get("p4").await.ok()?.status?.conditions?.into_iter().find(|c| c.type_ == "PodScheduled")
+        pods.get("p4")
+            .await
+            .ok()?
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled")
     })
     .await;
-    assert_eq!(cond.message.as_deref(), Some("0/2 nodes are available: 2 Insufficient cpu."));
+    assert_eq!(
+        cond.message.as_deref(),
+        Some("0/2 nodes are available: 2 Insufficient cpu.")
+    );
 }

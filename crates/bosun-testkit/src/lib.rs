@@ -163,6 +163,12 @@ pub fn cleanup_host(data_dir: &Path, bridge: &str) {
             if let Some(ns) = line.split_whitespace().next()
                 && ns.starts_with(&format!("{bridge}-"))
             {
+                // Pod processes live in the pod's namespace: kill them before removing it.
+                if let Ok(pids) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                        let _ = Command::new("kill").args(["-9", pid]).status();
+                    }
+                }
                 let _ = Command::new("ip").args(["netns", "delete", ns]).status();
             }
         }

@@ -151,6 +151,83 @@ impl Harness {
     }
 }
 
+impl Drop for Harness {
+    fn drop(&mut self) {
+        Cleanup {
+            pods_dir: self.dir.path().join("pods"),
+            bridge: self.bridge.as_ref().map(|b| b.name().to_string()),
+        }
+        .run();
+    }
+}
+
+/// Leaves nothing behind even when a test fails: kills the containers the test started
+/// and removes its bridge and pod namespaces (on drop).
+pub struct Cleanup {
+    pub pods_dir: PathBuf,
+    pub bridge: Option<String>,
+}
+
+impl Cleanup {
+    fn run(&self) {
+        kill_all(&self.pods_dir);
+        if let Some(b) = &self.bridge {
+            let prefix = format!("{b}-");
+            for e in std::fs::read_dir("/run/netns")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&prefix) {
+                    let _ = std::process::Command::new("ip")
+                        .args(["netns", "del", &n])
+                        .status();
+                }
+            }
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", b])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
+
+/// SIGKILLs every shim and container recorded under `pods_dir`.
+pub fn kill_all(pods_dir: &std::path::Path) {
+    use bosun_agent::shim::{ShimState, same_process};
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::Pid;
+    let states = std::fs::read_dir(pods_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|p| {
+            std::fs::read_dir(p.path().join("containers"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .flat_map(|c| std::fs::read_dir(c.path()).into_iter().flatten().flatten())
+        .filter_map(|a| ShimState::read(&a.path().join("state.json")).ok());
+    for st in states {
+        if same_process(st.shim_pid, st.shim_start_ticks) {
+            let _ = kill(Pid::from_raw(st.shim_pid as i32), Signal::SIGKILL);
+        }
+        if let (Some(pid), Some(t)) = (st.pid, st.pid_start_ticks)
+            && same_process(pid, t)
+        {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
 pub struct RunningWorker {
     pub tx: tokio::sync::watch::Sender<Option<Pod>>,
     pub shutdown: CancellationToken,
@@ -204,9 +281,10 @@ pub async fn wait_for(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(s) = api.last()
-            && f(&s) {
-                return s;
-            }
+            && f(&s)
+        {
+            return s;
+        }
         if tokio::time::Instant::now() > deadline {
             panic!(
                 "timed out waiting for {what}; last status: {}\nevents: {:?}",

@@ -69,7 +69,10 @@ impl Store for MemStore {
             return Err(StoreError::FutureRevision(at));
         }
         if at < st.compacted {
-            return Err(StoreError::Compacted { requested: at, compacted: st.compacted });
+            return Err(StoreError::Compacted {
+                requested: at,
+                compacted: st.compacted,
+            });
         }
         let mut view = st.kvs.clone();
         for ev in st.log.iter().rev().take_while(|e| event_rev(e) > at) {
@@ -92,7 +95,11 @@ impl Store for MemStore {
         let mut kvs: Vec<KeyValue> = view
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(k, _)| opts.start_after.as_ref().is_none_or(|s| k.as_str() > s.as_str()))
+            .filter(|(k, _)| {
+                opts.start_after
+                    .as_ref()
+                    .is_none_or(|s| k.as_str() > s.as_str())
+            })
             .map(|(_, v)| v.clone())
             .collect();
         let mut more = false;
@@ -102,7 +109,11 @@ impl Store for MemStore {
             kvs.truncate(l);
             more = true;
         }
-        Ok(ListResult { kvs, revision: at, more })
+        Ok(ListResult {
+            kvs,
+            revision: at,
+            more,
+        })
     }
 
     async fn create(&self, key: &str, value: Bytes, lease: Option<LeaseId>) -> Result<KeyValue> {
@@ -111,9 +122,22 @@ impl Store for MemStore {
             return Err(StoreError::AlreadyExists(key.into()));
         }
         st.rev += 1;
-        let kv = KeyValue { key: key.into(), value, create_revision: st.rev, mod_revision: st.rev, lease };
+        let kv = KeyValue {
+            key: key.into(),
+            value,
+            create_revision: st.rev,
+            mod_revision: st.rev,
+            lease,
+        };
         st.kvs.insert(key.into(), kv.clone());
-        self.record(&mut st, WatchEvent { kind: EventKind::Put, kv: kv.clone(), prev: None });
+        self.record(
+            &mut st,
+            WatchEvent {
+                kind: EventKind::Put,
+                kv: kv.clone(),
+                prev: None,
+            },
+        );
         Ok(kv)
     }
 
@@ -125,11 +149,18 @@ impl Store for MemStore {
         lease: Option<LeaseId>,
     ) -> Result<KeyValue> {
         let mut st = self.state.lock().unwrap();
-        let prev = st.kvs.get(key).cloned().ok_or_else(|| StoreError::NotFound(key.into()))?;
+        let prev = st
+            .kvs
+            .get(key)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(key.into()))?;
         if let Some(e) = expected
             && e != prev.mod_revision
         {
-            return Err(StoreError::Conflict { key: key.into(), current: prev.mod_revision });
+            return Err(StoreError::Conflict {
+                key: key.into(),
+                current: prev.mod_revision,
+            });
         }
         st.rev += 1;
         let kv = KeyValue {
@@ -140,30 +171,54 @@ impl Store for MemStore {
             lease,
         };
         st.kvs.insert(key.into(), kv.clone());
-        self.record(&mut st, WatchEvent { kind: EventKind::Put, kv: kv.clone(), prev: Some(prev) });
+        self.record(
+            &mut st,
+            WatchEvent {
+                kind: EventKind::Put,
+                kv: kv.clone(),
+                prev: Some(prev),
+            },
+        );
         Ok(kv)
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue> {
         let mut st = self.state.lock().unwrap();
-        let prev = st.kvs.get(key).cloned().ok_or_else(|| StoreError::NotFound(key.into()))?;
+        let prev = st
+            .kvs
+            .get(key)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(key.into()))?;
         if let Some(e) = expected
             && e != prev.mod_revision
         {
-            return Err(StoreError::Conflict { key: key.into(), current: prev.mod_revision });
+            return Err(StoreError::Conflict {
+                key: key.into(),
+                current: prev.mod_revision,
+            });
         }
         st.rev += 1;
         st.kvs.remove(key);
         let mut kv = prev.clone();
         kv.mod_revision = st.rev;
-        self.record(&mut st, WatchEvent { kind: EventKind::Delete, kv: kv.clone(), prev: Some(prev) });
+        self.record(
+            &mut st,
+            WatchEvent {
+                kind: EventKind::Delete,
+                kv: kv.clone(),
+                prev: Some(prev),
+            },
+        );
         Ok(kv)
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
         let st = self.state.lock().unwrap();
         if after < st.compacted {
-            return Err(StoreError::Compacted { requested: after, compacted: st.compacted });
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted: st.compacted,
+            });
         }
         let backlog: Vec<WatchEvent> = st
             .log
@@ -184,7 +239,13 @@ impl Store for MemStore {
             seen: Revision,
             every: Duration,
         }
-        let s = S { backlog: backlog.into(), rx, prefix, seen, every };
+        let s = S {
+            backlog: backlog.into(),
+            rx,
+            prefix,
+            seen,
+            every,
+        };
         let stream = futures::stream::unfold(s, |mut s| async move {
             if let Some(ev) = s.backlog.pop_front() {
                 s.seen = event_rev(&ev);

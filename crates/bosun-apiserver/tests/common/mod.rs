@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use bosun_apiserver::{ApiServer, ApiServerConfig};
-use bosun_store::Store;
+use bosun_store::{RedbOptions, RedbStore, Store};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -22,6 +22,8 @@ pub struct TestApi {
     pub server: ApiServer,
     pub router: Router,
     pub store: Arc<dyn Store>,
+    /// Holds the store's directory for the test's lifetime.
+    pub dir: Option<tempfile::TempDir>,
 }
 
 pub struct Resp {
@@ -32,15 +34,32 @@ pub struct Resp {
 }
 
 impl TestApi {
+    /// An API server over the embedded redb store in a fresh directory (or over the
+    /// in-memory store with `BOSUN_TEST_STORE=memory`).
     pub async fn new() -> TestApi {
-        TestApi::with_store(Arc::new(MemStore::new(Duration::from_millis(200)))).await
+        if std::env::var("BOSUN_TEST_STORE").as_deref() == Ok("memory") {
+            return TestApi::with_store(Arc::new(MemStore::new(Duration::from_millis(200))), None)
+                .await;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = RedbOptions {
+            progress_interval: Duration::from_millis(200),
+            ..RedbOptions::default()
+        };
+        let store = RedbStore::open(&dir.path().join("store.redb"), opts).expect("open redb");
+        TestApi::with_store(store, Some(dir)).await
     }
 
-    pub async fn with_store(store: Arc<dyn Store>) -> TestApi {
+    pub async fn with_store(store: Arc<dyn Store>, dir: Option<tempfile::TempDir>) -> TestApi {
         let mut cfg = ApiServerConfig::new(store.clone(), "secret-token", "");
         cfg.max_body_bytes = 64 * 1024;
         let server = ApiServer::new(cfg).await.expect("api server");
-        TestApi { router: server.router(), server, store }
+        TestApi {
+            router: server.router(),
+            server,
+            store,
+            dir,
+        }
     }
 
     pub async fn send(&self, req: Request<Body>) -> Resp {
@@ -50,7 +69,12 @@ impl TestApi {
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         let text = String::from_utf8_lossy(&bytes).to_string();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Resp { status, headers, body, text }
+        Resp {
+            status,
+            headers,
+            body,
+            text,
+        }
     }
 
     pub async fn call(&self, method: Method, uri: &str, ct: &str, body: impl Into<Body>) -> Resp {
@@ -66,15 +90,23 @@ impl TestApi {
     }
 
     pub async fn get_accept(&self, uri: &str, accept: &str) -> Resp {
-        self.send(Request::get(uri).header("accept", accept).body(Body::empty()).unwrap()).await
+        self.send(
+            Request::get(uri)
+                .header("accept", accept)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
     }
 
     pub async fn post(&self, uri: &str, v: &Value) -> Resp {
-        self.call(Method::POST, uri, "application/json", v.to_string()).await
+        self.call(Method::POST, uri, "application/json", v.to_string())
+            .await
     }
 
     pub async fn put(&self, uri: &str, v: &Value) -> Resp {
-        self.call(Method::PUT, uri, "application/json", v.to_string()).await
+        self.call(Method::PUT, uri, "application/json", v.to_string())
+            .await
     }
 
     pub async fn patch(&self, uri: &str, ct: &str, v: &Value) -> Resp {
@@ -83,7 +115,13 @@ impl TestApi {
 
     pub async fn delete(&self, uri: &str, v: Option<&Value>) -> Resp {
         let body = v.map(|v| v.to_string()).unwrap_or_default();
-        self.call(Method::DELETE, uri, if v.is_some() { "application/json" } else { "" }, body).await
+        self.call(
+            Method::DELETE,
+            uri,
+            if v.is_some() { "application/json" } else { "" },
+            body,
+        )
+        .await
     }
 
     /// Starts a watch and returns a reader of its events.
@@ -95,7 +133,10 @@ impl TestApi {
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "watch {uri}");
-        WatchReader { body: resp.into_body(), buf: Vec::new() }
+        WatchReader {
+            body: resp.into_body(),
+            buf: Vec::new(),
+        }
     }
 }
 
@@ -112,7 +153,9 @@ impl WatchReader {
                 let line: Vec<u8> = self.buf.drain(..=i).collect();
                 return Some(serde_json::from_slice(&line).expect("event json"));
             }
-            let frame = tokio::time::timeout(Duration::from_secs(5), self.body.frame()).await.ok()??;
+            let frame = tokio::time::timeout(Duration::from_secs(5), self.body.frame())
+                .await
+                .ok()??;
             if let Ok(data) = frame.expect("frame").into_data() {
                 self.buf.extend_from_slice(&data);
             }

@@ -106,7 +106,7 @@ impl DeploymentOps for KubeOps<'_> {
             .await?)
     }
 
-    async fn set_revision_annotation(&self, d: &Deployment, revision: &str) -> Result<()> {
+    async fn set_revision_annotation(&self, d: &Deployment, revision: &str) -> Result<Deployment> {
         let api: Api<Deployment> =
             Api::namespaced(self.client.clone(), &d.namespace().unwrap_or_default());
         let patch = serde_json::json!({
@@ -115,13 +115,13 @@ impl DeploymentOps for KubeOps<'_> {
                 "annotations": {logic::REVISION: revision}
             }
         });
-        api.patch(
-            &d.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
-        Ok(())
+        Ok(api
+            .patch(
+                &d.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?)
     }
 
     async fn event(&self, d: &Deployment, type_: &str, reason: &str, message: String) {

@@ -28,7 +28,8 @@ pub trait DeploymentOps: Send + Sync {
     async fn update_replica_set(&self, rs: &ReplicaSet) -> Result<ReplicaSet>;
     async fn delete_replica_set(&self, rs: &ReplicaSet) -> Result<()>;
     async fn update_status(&self, d: &Deployment) -> Result<Deployment>;
-    async fn set_revision_annotation(&self, d: &Deployment, revision: &str) -> Result<()>;
+    /// Sets the deployment's revision annotation; returns the updated deployment.
+    async fn set_revision_annotation(&self, d: &Deployment, revision: &str) -> Result<Deployment>;
     async fn event(&self, d: &Deployment, type_: &str, reason: &str, message: String);
     fn now(&self) -> jiff::Timestamp;
 }
@@ -85,7 +86,13 @@ impl<O: DeploymentOps> Syncer<'_, O> {
         let rs_list = Box::pin(self.claim_replica_sets(&matcher)).await?;
 
         if self.d.metadata.deletion_timestamp.is_some() {
-            Box::pin(self.sync_only(rs_list)).await?;
+            // Being deleted: report, but do not scale (`syncStatusOnly`).
+            let (new_rs, old) = Box::pin(self.new_and_old(&rs_list, false)).await?;
+            let mut all = old;
+            all.extend(new_rs.iter().cloned());
+            let status =
+                calculate_status(&all, new_rs.as_ref(), &self.d, self.ops.now()).map_err(err)?;
+            Box::pin(self.write_status(status)).await?;
             return Ok(None);
         }
         Box::pin(self.check_paused_conditions()).await?;
@@ -386,12 +393,7 @@ impl<O: DeploymentOps> Syncer<'_, O> {
             .as_ref()
             .and_then(|a| a.get(REVISION));
         if cur.map(String::as_str) != Some(rev) && !rev.is_empty() {
-            self.ops.set_revision_annotation(&self.d, rev).await?;
-            self.d
-                .metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(REVISION.into(), rev.into());
+            self.d = self.ops.set_revision_annotation(&self.d, rev).await?;
         }
         Ok(())
     }

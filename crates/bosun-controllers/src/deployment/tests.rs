@@ -145,13 +145,13 @@ impl DeploymentOps for Fake {
         s.d.status = d.status.clone();
         Ok(s.d.clone())
     }
-    async fn set_revision_annotation(&self, _d: &Deployment, revision: &str) -> Result<()> {
+    async fn set_revision_annotation(&self, _d: &Deployment, revision: &str) -> Result<Deployment> {
         let mut s = self.0.lock().unwrap();
         s.d.metadata
             .annotations
             .get_or_insert_with(Default::default)
             .insert(REVISION.into(), revision.into());
-        Ok(())
+        Ok(s.d.clone())
     }
     async fn event(&self, _d: &Deployment, type_: &str, reason: &str, message: String) {
         self.0
