@@ -148,18 +148,10 @@ class Bosun:
 
 
 def cleanup_host(b):
-    """Removes leftovers of a cluster: shims, netns and the bridge."""
-    subprocess.run(["pkill", "-9", "-f", f"shim.*{b.data_dir}"], check=False)
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        ns = line.split()[0] if line.split() else ""
-        if ns.startswith(b.bridge + "-"):
-            # Pod processes live in the pod's namespace: kill them before removing it.
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-            if pids:
-                subprocess.run(["kill", "-9", *pids], check=False)
-            subprocess.run(["ip", "netns", "delete", ns], check=False)
-    subprocess.run(["ip", "link", "delete", b.bridge], capture_output=True, check=False)
+    """Stops every pod of the cluster's node and removes its pod networks and bridge."""
+    subprocess.run([bosun_bin(), "reset", "--data-dir", b.data_dir, "--bridge", b.bridge,
+                    "--node-name", b.node_name, "--pod-cidr", b.pod_cidr],
+                   capture_output=True, check=False, timeout=120)
 
 
 @pytest.fixture(scope="module")

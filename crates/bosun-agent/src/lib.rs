@@ -1,9 +1,24 @@
 //! Node agent: pod lifecycle over runtimes (process), pod network, probes, logs, node status.
 //!
-//! Layout: `agent` (entry: node registration, pod watch, one `pod::PodWorker` per pod),
-//! `runtime` (the `Runtime` trait and the process runtime), `shim` (the per-container
-//! supervisor process), `network` (`PodNetwork`: bridge + netns, or host), `probe`, `env`,
-//! `volumes`, `cri_log` (log files), `server` (HTTPS logs endpoint), `node`, `api`.
+//! Map: `agent` is the entry (`run`): it registers the Node, renews its Lease, serves the
+//! HTTPS endpoint (`server`: logs, stats) and runs one `pod::PodWorker` per pod bound to the
+//! node. A worker converges its pod level-triggered: network (`network::PodNetwork`: bridge +
+//! netns, or host), volumes (`volumes`), environment (`env`), containers through a
+//! `runtime::Runtime`, probes (`probe`), and writes the pod status when it changes. The
+//! process runtime runs each container under `bosun shim` (`shim`), a supervisor in its own
+//! session that outlives the agent, writes CRI logs (`cri_log`) and the exit state.
+//!
+//! All state lives on disk, so a restarted agent adopts what runs:
+//! ```text
+//! <data_dir>/pods/<pod uid>/pod.json                       namespace, name, uid
+//! <data_dir>/pods/<pod uid>/containers/<name>/<attempt>/   spec.json, state.json, shim.log
+//! <data_dir>/pods/<pod uid>/logs/<name>/<attempt>.log[.N]  CRI log, rotated
+//! <data_dir>/pods/<pod uid>/volumes/<volume>/              configMap, secret, emptyDir
+//! <data_dir>/network/<bridge>/ips/<ip>                     IP allocation (holds the pod uid)
+//! /run/netns/<bridge>-<uid prefix>                         pod network namespace
+//! ```
+//! `attempt` is the container's restart count; the latest attempt is current, the one
+//! before it is `previous` for logs and `lastState`.
 
 pub mod agent;
 pub mod api;

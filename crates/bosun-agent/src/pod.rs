@@ -88,7 +88,12 @@ pub struct PodWorker {
     terminal: bool,
     unhealthy_events: HashMap<String, Instant>,
     last_pod: Option<Pod>,
+    /// When the configMap/secret volumes were last written.
+    volumes_at: Option<Instant>,
 }
+
+/// How often running pods' configMap and secret volumes are refreshed from the API.
+const VOLUME_REFRESH: Duration = Duration::from_secs(60);
 
 fn time(s: &str) -> Option<Time> {
     s.parse::<jiff::Timestamp>().ok().map(Time)
@@ -130,6 +135,7 @@ impl PodWorker {
             terminal: false,
             unhealthy_events: HashMap::new(),
             last_pod: None,
+            volumes_at: None,
         }
     }
 
@@ -161,13 +167,21 @@ impl PodWorker {
 
     /// Learns the attempts that exist on disk (after an agent restart).
     async fn adopt(&mut self, pod: &Pod) {
-        let Ok(keys) = self.ctx.process_runtime.adopt().await else {
-            return;
-        };
-        for k in keys.into_iter().filter(|k| k.pod_uid == self.uid) {
-            let cs = self.containers.entry(k.container.clone()).or_default();
-            if cs.attempt.is_none_or(|a| a < k.attempt) {
-                cs.attempt = Some(k.attempt);
+        let mut runtimes = vec![self.ctx.process_runtime.clone()];
+        runtimes.extend(self.ctx.image_runtime.clone());
+        for rt in runtimes {
+            let keys = match rt.adopt().await {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(runtime = rt.name(), error = %format!("{e:#}"), "cannot list containers");
+                    continue;
+                }
+            };
+            for k in keys.into_iter().filter(|k| k.pod_uid == self.uid) {
+                let cs = self.containers.entry(k.container.clone()).or_default();
+                if cs.attempt.is_none_or(|a| a < k.attempt) {
+                    cs.attempt = Some(k.attempt);
+                }
             }
         }
         // What the pod's status says of adopted containers is where probing resumes.
@@ -210,9 +224,13 @@ impl PodWorker {
             .collect();
         for (name, attempt) in names {
             let key = self.key(&name, attempt);
+            let Some(rt) = find_container(pod, &name).and_then(|c| self.runtime_for(pod, c).ok())
+            else {
+                continue;
+            };
             if let Ok(RuntimeState::Exited {
                 reason, message, ..
-            }) = self.ctx.process_runtime.status(&key).await
+            }) = rt.status(&key).await
                 && reason == "ContainerStatusUnknown"
             {
                 self.ctx
@@ -477,6 +495,20 @@ impl PodWorker {
                 return;
             }
         };
+        // Mounted configMaps and secrets follow their objects, as in Kubernetes.
+        let has_volumes = spec.volumes.as_ref().is_some_and(|v| !v.is_empty());
+        if has_volumes
+            && self
+                .volumes_at
+                .is_some_and(|t| t.elapsed() >= VOLUME_REFRESH)
+        {
+            self.volumes_at = Some(Instant::now());
+            if let Err(e) =
+                crate::volumes::prepare(self.ctx.api.as_ref(), pod, &self.pod_dir()).await
+            {
+                tracing::warn!(pod = %pod_ref(pod), error = %e, "volume refresh failed");
+            }
+        }
         let policy = spec
             .restart_policy
             .clone()
@@ -752,7 +784,7 @@ impl PodWorker {
     }
 
     async fn launch_for(
-        &self,
+        &mut self,
         pod: &Pod,
         c: &Container,
         net: &PodNet,
@@ -772,6 +804,7 @@ impl PodWorker {
         let vols = crate::volumes::prepare(self.ctx.api.as_ref(), pod, &self.pod_dir())
             .await
             .map_err(|e| e.0)?;
+        self.volumes_at = Some(Instant::now());
         let mounts = crate::volumes::mounts_for(c, &vols).map_err(|e| e.0)?;
         // A host process needs a PATH to find its command, which Kubernetes images bring.
         if env.get("PATH").is_none() {

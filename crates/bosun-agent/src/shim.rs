@@ -242,6 +242,14 @@ fn run(spec_path: &Path) -> i32 {
         // The container is a process group: SIGKILL reaches everything it started.
         .process_group(0);
     if let Some(wd) = &spec.working_dir {
+        if !wd.is_dir() {
+            let msg = format!(
+                "workingDir {} does not exist or is not a directory",
+                wd.display()
+            );
+            let _ = log.write_line("stderr", msg.as_bytes(), false);
+            return fail(state, msg);
+        }
         cmd.current_dir(wd);
     }
     let mut child = match cmd.spawn() {

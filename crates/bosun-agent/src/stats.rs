@@ -75,6 +75,37 @@ pub fn usage_by_group(groups: &[u32]) -> HashMap<u32, Usage> {
     out
 }
 
+/// CPU time the machine spent busy (all but idle and iowait), in nanoseconds.
+pub fn machine_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = v
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    Some(busy * (1_000_000_000 / clock_ticks()))
+}
+
+/// Memory in use on the machine (MemTotal - MemAvailable), in bytes.
+pub fn machine_memory_used() -> Option<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?) * 1024)
+}
+
 /// Remembers the previous CPU reading per container to turn totals into a rate.
 #[derive(Default)]
 pub struct RateCache {
@@ -182,6 +213,15 @@ pub fn summary(pods_dir: &Path, node_name: &str, cache: &RateCache) -> Value {
             "containers": containers,
         }));
     }
+    // The node's figures are the machine's (as the kubelet reports them), falling back to
+    // the sum over pods where /proc does not tell.
+    if let Some(busy) = machine_cpu_ns() {
+        node_cpu = busy;
+        node_rate = cache.rate("", now, busy);
+    }
+    if let Some(used) = machine_memory_used() {
+        node_mem = used;
+    }
     json!({
         "node": {
             "nodeName": node_name,
@@ -209,6 +249,8 @@ mod tests {
         let u = u[&me];
         assert!(u.cpu_ns > 0);
         assert!(u.rss_bytes > 1024 * 1024);
+        assert!(machine_cpu_ns().unwrap() >= u.cpu_ns);
+        assert!(machine_memory_used().unwrap() > u.rss_bytes);
         let c = RateCache::default();
         let t = Instant::now();
         assert_eq!(c.rate("a", t, 1_000), 0);

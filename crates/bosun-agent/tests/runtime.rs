@@ -93,6 +93,26 @@ async fn missing_executable_is_a_start_error() {
         }
         other => panic!("{other:?}"),
     }
+    let k2 = key("u2", "nowd", 0);
+    let launch = ContainerLaunch {
+        argv: sh("true"),
+        working_dir: Some("/nonexistent/bosun-wd".into()),
+        ..Default::default()
+    };
+    rt.create(&k2, &launch).await.unwrap();
+    match rt.start(&k2).await.unwrap() {
+        RuntimeState::Exited {
+            reason, message, ..
+        } => {
+            assert_eq!(reason, "StartError");
+            assert!(
+                message
+                    .unwrap()
+                    .contains("workingDir /nonexistent/bosun-wd")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     assert!(
         rt.create(&key("u2", "empty", 0), &ContainerLaunch::default())
             .await

@@ -7,23 +7,35 @@ use std::sync::Arc;
 
 use bosun_apiserver::{ApiServer, ApiServerConfig};
 use bosun_store::{RedbOptions, RedbStore};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let port: u16 = std::env::args().nth(1).map(|p| p.parse()).transpose()?.unwrap_or(0);
+    let port: u16 = std::env::args()
+        .nth(1)
+        .map(|p| p.parse())
+        .transpose()?
+        .unwrap_or(0);
     let dir = tempfile::tempdir()?;
     let store = RedbStore::open(&dir.path().join("store.redb"), RedbOptions::default())?;
 
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL (Python's client) takes a leaf whose subject equals its
+    // issuer for self-signed and refuses it.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "bosun dev CA");
     let ca_key = KeyPair::generate()?;
     let ca = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate()?;
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])?.signed_by(&key, &issuer)?;
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "bosun-apiserver");
+    let cert = leaf.signed_by(&key, &issuer)?;
     let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -8,8 +8,10 @@ mod discovery;
 mod error;
 mod logs;
 mod objects;
+mod protobuf;
 mod request;
 mod selector;
+mod services;
 mod tls;
 mod watch;
 
@@ -30,6 +32,12 @@ pub use selector::{FieldSelector, LabelSelector};
 pub const SYSTEM_NAMESPACES: [&str; 4] =
     ["default", "kube-system", "kube-public", "kube-node-lease"];
 
+/// Default Service ClusterIP range, as Kubernetes'.
+pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+
+/// Default node port range, as Kubernetes'.
+pub const DEFAULT_NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
+
 /// Default request body limit: 3 MiB, as Kubernetes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
@@ -42,6 +50,11 @@ pub struct ApiServerConfig {
     pub ca_pem: String,
     /// Request bodies above this size are refused with 413.
     pub max_body_bytes: usize,
+    /// Range Service ClusterIPs are allocated from (the first host is left out: in
+    /// Kubernetes it belongs to the API server's own Service).
+    pub service_cidr: String,
+    /// Range node ports are allocated from, inclusive.
+    pub node_port_range: (u16, u16),
 }
 
 impl ApiServerConfig {
@@ -51,6 +64,8 @@ impl ApiServerConfig {
             token: token.into(),
             ca_pem: ca_pem.into(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            service_cidr: DEFAULT_SERVICE_CIDR.to_string(),
+            node_port_range: DEFAULT_NODE_PORT_RANGE,
         }
     }
 }
@@ -62,6 +77,8 @@ pub(crate) struct Inner {
     pub max_body_bytes: usize,
     pub openapi: OpenApi,
     pub log_tls: Option<Arc<rustls::ClientConfig>>,
+    pub service_range: services::IpRange,
+    pub node_port_range: (u16, u16),
 }
 
 /// The API server. Cheap to clone.
@@ -79,7 +96,13 @@ impl ApiServer {
         } else {
             Some(logs::client_config(&cfg.ca_pem)?)
         };
+        let (lo, hi) = cfg.node_port_range;
+        if lo == 0 || lo > hi {
+            anyhow::bail!("invalid node port range {lo}-{hi}");
+        }
         let inner = Arc::new(Inner {
+            service_range: services::IpRange::parse(&cfg.service_cidr)?,
+            node_port_range: cfg.node_port_range,
             store: cfg.store,
             registry,
             token: cfg.token,

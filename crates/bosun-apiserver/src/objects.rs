@@ -15,6 +15,7 @@ use crate::Inner;
 use crate::error::{ApiError, ApiResult};
 use crate::request::{Ctx, json_response, parse_doc};
 use crate::selector::{FieldSelector, LabelSelector, label_selector_string};
+use crate::services;
 
 /// Retries of a read-modify-write that lost a race without a client precondition.
 const MAX_RETRIES: usize = 32;
@@ -88,6 +89,10 @@ fn finalizers(obj: &Value) -> Vec<String> {
 
 fn is_namespace(kind: &KindInfo) -> bool {
     kind.group.is_empty() && kind.kind == "Namespace"
+}
+
+fn is_service(kind: &KindInfo) -> bool {
+    kind.group.is_empty() && kind.kind == "Service"
 }
 
 fn is_pod(kind: &KindInfo) -> bool {
@@ -367,7 +372,30 @@ pub(crate) async fn create_object(
             return Ok(obj);
         }
         let key = kind.key(ns.as_deref(), &name);
-        match inner.store.create(&key, encode(&obj), None).await {
+        if is_service(kind)
+            && inner
+                .store
+                .get(&key)
+                .await
+                .map_err(ApiError::store)?
+                .is_some()
+        {
+            // Checked first so a duplicate does not briefly hold addresses.
+            if generate {
+                continue;
+            }
+            return Err(ApiError::already_exists(kind, &name));
+        }
+        let reserved = if is_service(kind) {
+            services::allocate(inner, &mut obj).await?
+        } else {
+            Vec::new()
+        };
+        let created = inner.store.create(&key, encode(&obj), None).await;
+        if created.is_err() && !reserved.is_empty() {
+            services::release(inner, &obj).await;
+        }
+        match created {
             Ok(kv) => {
                 set_rv(&mut obj, kv.mod_revision);
                 return Ok(obj);
@@ -689,6 +717,9 @@ fn merge_for_update(kind: &KindInfo, mode: Mode, cur: &Value, new: Value) -> Val
             if mode == Mode::Main && is_namespace(kind) {
                 n["spec"] = cur.get("spec").cloned().unwrap_or_else(|| json!({}));
             }
+            if mode == Mode::Main && is_service(kind) {
+                services::carry_over(cur, &mut n);
+            }
             n
         }
         Mode::Status => {
@@ -829,9 +860,15 @@ where
         {
             Ok(kv) => {
                 set_rv(&mut new, kv.mod_revision);
+                if is_service(kind) {
+                    services::release_dropped(inner, &cur, &new).await;
+                }
                 if ready_to_remove(kind, &new) {
                     match inner.store.delete(&key, Some(kv.mod_revision)).await {
                         Ok(_) => {
+                            if is_service(kind) {
+                                services::release(inner, &new).await;
+                            }
                             return Ok(Updated { obj: new });
                         }
                         // Someone wrote in between; that write decides.
@@ -1564,6 +1601,9 @@ pub(crate) async fn delete_object(
         match inner.store.delete(&key, Some(cur_kv.mod_revision)).await {
             Ok(kv) => {
                 let mut obj = cur;
+                if is_service(kind) {
+                    services::release(inner, &obj).await;
+                }
                 set_rv(&mut obj, kv.mod_revision);
                 return Ok(Deleted { obj, removed: true });
             }
@@ -1602,6 +1642,13 @@ fn delete_response(kind: &KindInfo, d: &Deleted) -> Response {
 
 pub(crate) async fn delete(ctx: Ctx, body: Bytes) -> ApiResult<Response> {
     let opts = delete_opts(&ctx, &body)?;
+    if is_namespace(ctx.kind()) && matches!(ctx.name(), "default" | "kube-system" | "kube-public") {
+        return Err(ApiError::forbidden(
+            ctx.kind(),
+            ctx.name(),
+            "this namespace may not be deleted",
+        ));
+    }
     let d = delete_object(
         &ctx.inner,
         ctx.kind(),

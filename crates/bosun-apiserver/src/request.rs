@@ -257,10 +257,15 @@ pub(crate) fn parse_doc(content_type: &str, body: &[u8]) -> ApiResult<Value> {
         return Err(ApiError::bad_request("the request body is empty"));
     }
     let yaml = match content_type {
-        "application/yaml" | "application/x-yaml" | "text/yaml" | "application/apply-patch+yaml" => {
-            true
-        }
+        "application/yaml"
+        | "application/x-yaml"
+        | "text/yaml"
+        | "application/apply-patch+yaml" => true,
         "" | "application/json" | "text/json" => false,
+        "application/vnd.kubernetes.protobuf" => {
+            return crate::protobuf::decode(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding protobuf body: {e}")));
+        }
         // Patch bodies are JSON; their handlers pass the patch type here.
         ct if ct.ends_with("patch+json") => false,
         other => return Err(ApiError::unsupported_media_type(other)),

@@ -659,3 +659,124 @@ async fn routing_errors() {
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
+
+/// Protobuf length-delimited field.
+fn pb_len(tag: u8, data: &[u8], out: &mut Vec<u8>) {
+    assert!(data.len() < 128);
+    out.push(tag << 3 | 2);
+    out.push(data.len() as u8);
+    out.extend_from_slice(data);
+}
+
+#[tokio::test]
+async fn protobuf_bodies_as_typed_clients_send_them() {
+    let api = TestApi::new().await;
+    let mut meta = Vec::new();
+    pb_len(1, b"pb", &mut meta);
+    let mut entry = Vec::new();
+    pb_len(1, b"k", &mut entry);
+    pb_len(2, b"v", &mut entry);
+    let mut cm = Vec::new();
+    pb_len(1, &meta, &mut cm);
+    pb_len(2, &entry, &mut cm);
+    let mut type_meta = Vec::new();
+    pb_len(1, b"v1", &mut type_meta);
+    pb_len(2, b"ConfigMap", &mut type_meta);
+    let mut body = b"k8s\0".to_vec();
+    pb_len(1, &type_meta, &mut body);
+    pb_len(2, &cm, &mut body);
+    let r = api
+        .call(
+            Method::POST,
+            CMS,
+            "application/vnd.kubernetes.protobuf",
+            body.clone(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(
+        api.get(&format!("{CMS}/pb")).await.body["data"],
+        json!({"k": "v"})
+    );
+    let r = api
+        .call(
+            Method::POST,
+            CMS,
+            "application/vnd.kubernetes.protobuf",
+            body[4..].to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = api.call(Method::POST, CMS, "application/xml", "<x/>").await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+#[tokio::test]
+async fn services_get_cluster_ips_and_node_ports() {
+    let api = TestApi::new().await;
+    let svcs = "/api/v1/namespaces/default/services";
+    let svc = |name: &str, ty: &str, extra: serde_json::Value| {
+        let mut s = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"type": ty, "selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}});
+        if let (Some(spec), Some(extra)) = (s["spec"].as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        s
+    };
+    let a = api.post(svcs, &svc("a", "ClusterIP", json!({}))).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let ip = a.body["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10."), "{ip}");
+    assert_eq!(a.body["spec"]["clusterIPs"], json!([ip]));
+
+    // An explicit address that is taken is refused, and nothing is stored.
+    let r = api
+        .post(svcs, &svc("b", "ClusterIP", json!({"clusterIP": ip})))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.body["details"]["causes"][0]["field"], "spec.clusterIP");
+    assert_eq!(
+        api.get(&format!("{svcs}/b")).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let h = api
+        .post(
+            svcs,
+            &svc("headless", "ClusterIP", json!({"clusterIP": "None"})),
+        )
+        .await;
+    assert_eq!(h.body["spec"]["clusterIP"], "None");
+
+    let np = api.post(svcs, &svc("np", "NodePort", json!({}))).await;
+    assert_eq!(np.status, StatusCode::CREATED, "{}", np.text);
+    let port = np.body["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    assert!((30000..=32767).contains(&port));
+    let mut taken = svc("np2", "NodePort", json!({}));
+    taken["spec"]["ports"][0]["nodePort"] = json!(port);
+    let r = api.post(svcs, &taken).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        r.body["details"]["causes"][0]["field"],
+        "spec.ports[0].nodePort"
+    );
+
+    // An update that leaves the ClusterIP and node port out keeps them.
+    let mut upd = svc("np", "NodePort", json!({}));
+    upd["spec"]["selector"] = json!({"app": "other"});
+    let r = api.put(&format!("{svcs}/np"), &upd).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["spec"]["clusterIP"], np.body["spec"]["clusterIP"]);
+    assert_eq!(r.body["spec"]["ports"][0]["nodePort"], port);
+
+    // Deleting frees both: another Service can take them.
+    api.delete(&format!("{svcs}/a"), None).await;
+    api.delete(&format!("{svcs}/np"), None).await;
+    let r = api
+        .post(svcs, &svc("c", "ClusterIP", json!({"clusterIP": ip})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = api.post(svcs, &taken).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["spec"]["ports"][0]["nodePort"], port);
+}

@@ -38,14 +38,21 @@ for root, _, files in os.walk(os.path.join(PB, "src")):
         module = os.path.relpath(root, os.path.join(PB, "src")).split(os.sep)
         src = open(path).read()
         for m in re.finditer(r"pub struct (\w+) \{(.*?)\n\}", src, re.S):
-            fields = re.findall(r"#\[prost\(([^\]]*)\)\]\s*pub (r#)?(\w+):\s*([^\n]+),\n", m.group(2) + "\n")
-            messages[".".join(module + [m.group(1)])] = (module, [(n, a, t) for a, _, n, t in fields])
+            body, fields = m.group(2), []
+            for fm in re.finditer(r"#\[prost\(([^\]]*)\)\]\s*pub (?:r#)?(\w+):", body):
+                # The type runs to the first comma outside angle brackets (it may span lines).
+                depth, i = 0, fm.end()
+                while depth or body[i] != ",":
+                    depth += {"<": 1, ">": -1}.get(body[i], 0)
+                    i += 1
+                fields.append((fm.group(2), fm.group(1), " ".join(body[fm.end():i].split())))
+            messages[".".join(module + [m.group(1)])] = (module, fields)
 
 
 def resolve(module, ty):
     """The full message name a Rust type path names, seen from `module`."""
     inner = re.sub(r"^(::core::option::Option|::prost::alloc::vec::Vec)<(.*)>$", r"\2", ty.strip())
-    inner = re.sub(r"^::std::collections::BTreeMap<::prost::alloc::string::String, (.*)>$", r"\1", inner)
+    inner = re.sub(r"^::(std|prost::alloc)::collections::BTreeMap< ?::prost::alloc::string::String, (.*?),? ?>$", r"\2", inner)
     parts = inner.split("::")
     mod = list(module)
     while parts and parts[0] == "super":
@@ -63,10 +70,6 @@ for root, _, files in os.walk(os.path.join(OPENAPI, "src", "v1_37")):
         keys = dict((r.replace("_", ""), j) for j, r in re.findall(r'"(\w+)" => Field::Key_(\w+),', src))
         if keys:
             json_names[(os.path.basename(root), f[:-3].replace("_", ""), os.path.basename(os.path.dirname(root)))] = keys
-
-
-def snake(name):
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def camel(name):
@@ -150,6 +153,7 @@ print("// protobuf field numbers of Kubernetes' built-in types. Do not edit by h
 print()
 print("use super::{F, Ty};")
 print()
+print("#[rustfmt::skip]")
 print("pub(super) static MESSAGES: &[(&str, &[F])] = &[")
 print("\n".join(sorted(out)))
 print("];")

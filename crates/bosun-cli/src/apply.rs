@@ -68,7 +68,9 @@ async fn apply_one(
     default_ns: &str,
     doc: Value,
 ) -> Result<(String, Option<(String, String)>)> {
-    let api_version = doc["apiVersion"].as_str().context("object without apiVersion")?;
+    let api_version = doc["apiVersion"]
+        .as_str()
+        .context("object without apiVersion")?;
     let kind = doc["kind"].as_str().context("object without kind")?;
     let name = doc["metadata"]["name"]
         .as_str()
@@ -79,7 +81,10 @@ async fn apply_one(
     let (ar, caps) = discovery::pinned_kind(client, &gvk)
         .await
         .with_context(|| format!("resource type {kind} ({api_version}) is not served"))?;
-    let ns = doc["metadata"]["namespace"].as_str().unwrap_or(default_ns).to_string();
+    let ns = doc["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or(default_ns)
+        .to_string();
     let api: Api<DynamicObject> = if caps.scope == Scope::Namespaced {
         Api::namespaced_with(client.clone(), &ns, &ar)
     } else {
@@ -120,7 +125,10 @@ fn read_manifests(sources: &[String]) -> Result<Vec<Value>> {
             let mut v: Vec<PathBuf> = std::fs::read_dir(path)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
-                    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+                    matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml" | "json")
+                    )
                 })
                 .collect();
             v.sort();
@@ -129,8 +137,8 @@ fn read_manifests(sources: &[String]) -> Result<Vec<Value>> {
             vec![path.to_path_buf()]
         };
         for f in files {
-            let text = std::fs::read_to_string(&f)
-                .with_context(|| format!("reading {}", f.display()))?;
+            let text =
+                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
             out.extend(parse_documents(&text).with_context(|| format!("parsing {}", f.display()))?);
         }
     }
@@ -145,7 +153,12 @@ fn parse_documents(text: &str) -> Result<Vec<Value>> {
         match doc {
             Value::Null => {}
             Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => {
-                out.extend(m.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+                out.extend(
+                    m.get("items")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default(),
+                );
             }
             Value::Object(_) => out.push(doc),
             other => bail!("expected an object, found {other}"),

@@ -62,10 +62,16 @@ pub async fn run(opts: GetOpts) -> Result<ExitCode> {
         "json" => println!("{}", serde_json::to_string_pretty(&body)?),
         "yaml" => print!("{}", serde_saphyr::to_string(&body)?),
         _ => {
-            let (headers, rows) = table_rows(&body, format == "wide", opts.all_namespaces && res.namespaced());
+            let (headers, rows) = table_rows(
+                &body,
+                format == "wide",
+                opts.all_namespaces && res.namespaced(),
+            );
             if rows.is_empty() {
                 match ns {
-                    Some(ns) if res.namespaced() => eprintln!("No resources found in {ns} namespace."),
+                    Some(ns) if res.namespaced() => {
+                        eprintln!("No resources found in {ns} namespace.")
+                    }
                     _ => eprintln!("No resources found"),
                 }
             } else {
@@ -78,7 +84,10 @@ pub async fn run(opts: GetOpts) -> Result<ExitCode> {
 
 /// Headers and cells from a meta.k8s.io Table; priority>0 columns only when wide.
 fn table_rows(table: &Value, wide: bool, with_namespace: bool) -> (Vec<String>, Vec<Vec<String>>) {
-    let cols = table["columnDefinitions"].as_array().cloned().unwrap_or_default();
+    let cols = table["columnDefinitions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let keep: Vec<usize> = cols
         .iter()
         .enumerate()
@@ -103,7 +112,9 @@ fn table_rows(table: &Value, wide: bool, with_namespace: bool) -> (Vec<String>, 
                         .map(|&i| cells.get(i).map(cell_text).unwrap_or_default())
                         .collect();
                     if with_namespace {
-                        let ns = row["object"]["metadata"]["namespace"].as_str().unwrap_or("");
+                        let ns = row["object"]["metadata"]["namespace"]
+                            .as_str()
+                            .unwrap_or("");
                         out.insert(0, ns.to_string());
                     }
                     out
@@ -126,7 +137,9 @@ pub fn urlencode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -144,7 +157,10 @@ mod tests {
             "columnDefinitions": [{"name": "Name", "priority": 0}, {"name": "IP", "priority": 1}],
             "rows": [{"cells": ["web", "10.0.0.2"], "object": {"metadata": {"namespace": "prod"}}}]
         });
-        assert_eq!(table_rows(&t, false, false), (vec!["NAME".to_string()], vec![vec!["web".to_string()]]));
+        assert_eq!(
+            table_rows(&t, false, false),
+            (vec!["NAME".to_string()], vec![vec!["web".to_string()]])
+        );
         let (h, r) = table_rows(&t, true, true);
         assert_eq!(h, ["NAMESPACE", "NAME", "IP"]);
         assert_eq!(r, [["prod", "web", "10.0.0.2"]]);

@@ -126,7 +126,13 @@ fn has_started(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.state.as_ref().is_some_and(|st| st.running.is_some() || st.terminated.is_some())))
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.state
+                    .as_ref()
+                    .is_some_and(|st| st.running.is_some() || st.terminated.is_some())
+            })
+        })
 }
 
 async fn stream_log(api: &Api<Pod>, pod: &str, params: &LogParams, prefix: &str) -> Result<()> {
@@ -156,11 +162,15 @@ async fn source(client: &Client, ns: &str, opts: &LogsOpts) -> Result<Source> {
         None => Source::Pod(target.clone()),
         Some(("pod" | "pods" | "po", n)) => Source::Pod(n.to_string()),
         Some(("deploy" | "deployment" | "deployments", n)) => {
-            let d = Api::<Deployment>::namespaced(client.clone(), ns).get(n).await?;
+            let d = Api::<Deployment>::namespaced(client.clone(), ns)
+                .get(n)
+                .await?;
             Source::Selector(selector_of(d.spec.and_then(|s| s.selector.match_labels)))
         }
         Some(("rs" | "replicaset" | "replicasets", n)) => {
-            let rs = Api::<ReplicaSet>::namespaced(client.clone(), ns).get(n).await?;
+            let rs = Api::<ReplicaSet>::namespaced(client.clone(), ns)
+                .get(n)
+                .await?;
             Source::Selector(selector_of(rs.spec.and_then(|s| s.selector.match_labels)))
         }
         Some((kind, _)) => bail!("cannot read logs of {kind}: use a pod, deploy/NAME or rs/NAME"),

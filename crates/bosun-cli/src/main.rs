@@ -50,6 +50,8 @@ enum Command {
     Server(up::ServerOpts),
     /// Run a node agent that joins an existing server
     Agent(up::AgentOpts),
+    /// Stop every pod of this node and remove its pod networks (run with bosun stopped)
+    Reset(up::ResetOpts),
     /// Create or update resources from manifests (files, directories or - for stdin)
     Apply(apply::ApplyOpts),
     /// Show resources as a table (like kubectl get)
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
             Command::Up(o) => up::up(o).await,
             Command::Server(o) => up::server(o).await,
             Command::Agent(o) => up::agent(o).await,
+            Command::Reset(o) => up::reset(o).await,
             Command::Apply(o) => apply::run(o).await,
             Command::Get(o) => get::run(o).await,
             Command::Logs(o) => logs::run(o).await,

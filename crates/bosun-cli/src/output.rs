@@ -72,7 +72,10 @@ mod tests {
     fn columns_line_up() {
         let out = render_table(
             &["NAME".into(), "READY".into()],
-            &[vec!["web-1".into(), "1/1".into()], vec!["a".into(), "0/1".into()]],
+            &[
+                vec!["web-1".into(), "1/1".into()],
+                vec!["a".into(), "0/1".into()],
+            ],
         );
         assert_eq!(out, "NAME    READY\nweb-1   1/1\na       0/1\n");
     }

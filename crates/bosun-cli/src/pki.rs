@@ -76,13 +76,22 @@ impl Pki {
 
     /// A serving certificate for `names` and `ips`, signed by the CA. Made fresh at each
     /// start so a changed address is always covered.
-    pub fn serving_cert(&self, common_name: &str, names: &[String], ips: &[IpAddr]) -> Result<Serving> {
+    pub fn serving_cert(
+        &self,
+        common_name: &str,
+        names: &[String],
+        ips: &[IpAddr],
+    ) -> Result<Serving> {
         let ca_key = KeyPair::from_pem(&std::fs::read_to_string(self.dir.join("ca.key"))?)?;
         let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, ca_key)?;
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(names.to_vec())?;
-        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -109,8 +118,8 @@ impl Pki {
 impl Serving {
     /// A rustls server config offering HTTP/2 and HTTP/1.1.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
-        let certs = rustls_pemfile::certs(&mut self.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()?;
+        let certs =
+            rustls_pemfile::certs(&mut self.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
         let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes())?
             .context("no private key in PEM")?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(

@@ -90,9 +90,10 @@ pub async fn run(opts: RolloutOpts) -> Result<ExitCode> {
 fn deployment_name(target: &str) -> Result<String> {
     match target.split_once('/') {
         None => Ok(target.to_string()),
-        Some(("deploy" | "deployment" | "deployments" | "deployment.apps" | "deployments.apps", n)) => {
-            Ok(n.to_string())
-        }
+        Some((
+            "deploy" | "deployment" | "deployments" | "deployment.apps" | "deployments.apps",
+            n,
+        )) => Ok(n.to_string()),
         Some((kind, _)) => bail!("rollout works on deployments, not {kind}"),
     }
 }
@@ -104,7 +105,9 @@ pub fn rollout_progress(d: &Deployment) -> Result<Option<String>> {
     let status = d.status.clone().unwrap_or_default();
     let generation = d.metadata.generation.unwrap_or(0);
     if generation > status.observed_generation.unwrap_or(0) {
-        return Ok(Some("Waiting for deployment spec update to be observed...".into()));
+        return Ok(Some(
+            "Waiting for deployment spec update to be observed...".into(),
+        ));
     }
     let failed = status.conditions.iter().flatten().any(|c| {
         c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
@@ -203,7 +206,9 @@ async fn owned_replicasets(
         .collect::<Vec<_>>()
         .join(",");
     let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
-    let list = rs_api.list(&ListParams::default().labels(&selector)).await?;
+    let list = rs_api
+        .list(&ListParams::default().labels(&selector))
+        .await?;
     let mut out = BTreeMap::new();
     for rs in list.items {
         let owned = rs
@@ -238,13 +243,19 @@ const SKIPPED_ANNOTATIONS: &[&str] = &[
     "deprecated.deployment.rollback.to",
 ];
 
-async fn undo(client: &Client, api: &Api<Deployment>, name: &str, to_revision: i64) -> Result<String> {
+async fn undo(
+    client: &Client,
+    api: &Api<Deployment>,
+    name: &str,
+    to_revision: i64,
+) -> Result<String> {
     let d = api.get(name).await?;
     let rss = owned_replicasets(client, api, name).await?;
     let current = revision_of(&d.metadata.annotations).unwrap_or(0);
     let (rev, rs) = if to_revision > 0 {
-        rss.get_key_value(&to_revision)
-            .with_context(|| format!("unable to find specified revision {to_revision} in history"))?
+        rss.get_key_value(&to_revision).with_context(|| {
+            format!("unable to find specified revision {to_revision} in history")
+        })?
     } else {
         rss.range(..current)
             .next_back()
@@ -300,16 +311,36 @@ mod tests {
         let base = json!({"metadata": {"name": "web", "generation": 2}, "spec": {"replicas": 3, "selector": {}, "template": {}}});
         let mut d = base.clone();
         d["status"] = json!({"observedGeneration": 1});
-        assert!(rollout_progress(&dep(d)).unwrap().unwrap().contains("spec update"));
+        assert!(
+            rollout_progress(&dep(d))
+                .unwrap()
+                .unwrap()
+                .contains("spec update")
+        );
         let mut d = base.clone();
         d["status"] = json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 2, "availableReplicas": 2});
-        assert!(rollout_progress(&dep(d)).unwrap().unwrap().contains("2 out of 3 new"));
+        assert!(
+            rollout_progress(&dep(d))
+                .unwrap()
+                .unwrap()
+                .contains("2 out of 3 new")
+        );
         let mut d = base.clone();
         d["status"] = json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 3, "availableReplicas": 3});
-        assert!(rollout_progress(&dep(d)).unwrap().unwrap().contains("1 old replicas"));
+        assert!(
+            rollout_progress(&dep(d))
+                .unwrap()
+                .unwrap()
+                .contains("1 old replicas")
+        );
         let mut d = base.clone();
         d["status"] = json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 2});
-        assert!(rollout_progress(&dep(d)).unwrap().unwrap().contains("2 of 3 updated"));
+        assert!(
+            rollout_progress(&dep(d))
+                .unwrap()
+                .unwrap()
+                .contains("2 of 3 updated")
+        );
         let mut d = base.clone();
         d["status"] = json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3});
         assert_eq!(rollout_progress(&dep(d)).unwrap(), None);

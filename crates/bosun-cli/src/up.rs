@@ -74,7 +74,14 @@ pub async fn up(opts: UpOpts) -> Result<ExitCode> {
     let shutdown = shutdown_on_signal();
     let mut tasks = JoinSet::new();
     let (client, pki) = start_control_plane(&opts.server, &shutdown, &mut tasks).await?;
-    start_agent(client, &pki, &opts.server.data_dir, &opts.node, &shutdown, &mut tasks)?;
+    start_agent(
+        client,
+        &pki,
+        &opts.server.data_dir,
+        &opts.node,
+        &shutdown,
+        &mut tasks,
+    )?;
     println!(
         "bosun is up. Use it with:\n  export KUBECONFIG={}",
         kubeconfig_path(&opts.server.data_dir).display()
@@ -102,9 +109,17 @@ pub async fn agent(opts: AgentOpts) -> Result<ExitCode> {
     pki.write_kubeconfig(&kubeconfig, &opts.join)?;
     let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
     let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
     let client = kube::Client::try_from(config)?;
-    start_agent(client, &pki, &opts.data_dir, &opts.node, &shutdown, &mut tasks)?;
+    start_agent(
+        client,
+        &pki,
+        &opts.data_dir,
+        &opts.node,
+        &shutdown,
+        &mut tasks,
+    )?;
     println!("bosun agent joined {}", opts.join);
     supervise(tasks, shutdown).await
 }
@@ -138,7 +153,9 @@ async fn start_control_plane(
     .await
     .context("starting the API server")?;
 
-    let advertise = opts.advertise_address.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let advertise = opts
+        .advertise_address
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let mut ips = vec![IpAddr::from([127, 0, 0, 1]), advertise];
     if !opts.listen.ip().is_unspecified() {
         ips.push(opts.listen.ip());
@@ -172,6 +189,14 @@ fn start_agent(
     shutdown: &CancellationToken,
     tasks: &mut Tasks,
 ) -> Result<()> {
+    let cfg = agent_config(pki, data_dir, node)?;
+    let sd = shutdown.clone();
+    tasks.spawn(async move { ("agent", bosun_agent::run(client, cfg, sd).await) });
+    Ok(())
+}
+
+/// The agent's configuration for this node; its state lives in `DATA_DIR/agent`.
+fn agent_config(pki: &Pki, data_dir: &Path, node: &NodeOpts) -> Result<bosun_agent::AgentConfig> {
     let node_name = match &node.node_name {
         Some(n) => n.clone(),
         None => nix::unistd::gethostname()?
@@ -194,13 +219,44 @@ fn start_agent(
     );
     cfg.kubelet_port = node.kubelet_port;
     cfg.bridge_name = node.bridge.clone();
-    let sd = shutdown.clone();
-    tasks.spawn(async move { ("agent", bosun_agent::run(client, cfg, sd).await) });
-    Ok(())
+    Ok(cfg)
+}
+
+#[derive(Args, Clone)]
+pub struct ResetOpts {
+    /// The data dir of the `bosun up` (or `bosun agent`) to reset
+    #[arg(long, default_value = "bosun-data", env = "BOSUN_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Also delete the data dir (the store, credentials and logs)
+    #[arg(long)]
+    pub purge: bool,
+    #[command(flatten)]
+    pub node: NodeOpts,
+}
+
+/// Stops every pod of this node and removes their network namespaces and the bridge.
+/// Run it with bosun stopped; pods otherwise outlive bosun on purpose.
+pub async fn reset(opts: ResetOpts) -> Result<ExitCode> {
+    let pki = Pki::load_existing(&opts.data_dir.join("pki"))?;
+    let cfg = agent_config(&pki, &opts.data_dir, &opts.node)?;
+    bosun_agent::cleanup_node(&cfg).await?;
+    if opts.purge {
+        std::fs::remove_dir_all(&opts.data_dir)
+            .with_context(|| format!("removing {}", opts.data_dir.display()))?;
+    }
+    println!(
+        "bosun: node reset: pods stopped, pod networks and bridge {} removed",
+        opts.node.bridge
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn server_names() -> Vec<String> {
-    let mut names = vec!["localhost".to_string(), "kubernetes".into(), "kubernetes.default".into()];
+    let mut names = vec![
+        "localhost".to_string(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+    ];
     if let Ok(h) = nix::unistd::gethostname() {
         names.push(h.to_string_lossy().into_owned());
     }
@@ -213,16 +269,19 @@ fn shutdown_on_signal() -> CancellationToken {
     let t = token.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-        else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        eprintln!("bosun: shutting down (pods keep running; they are re-adopted at the next start)");
+        eprintln!(
+            "bosun: shutting down (pods keep running; they are re-adopted at the next start)"
+        );
         t.cancel();
     });
     token

@@ -1,5 +1,5 @@
-//! Reconcilers (deployment, replicaset, garbage collector, namespace, node lifecycle) on one
-//! shared runtime.
+//! Reconcilers (deployment, replicaset, garbage collector, namespace, node lifecycle, pod
+//! garbage collection) on one shared runtime.
 //!
 //! Every controller is a kube-runtime `Controller` fed by shared [`informer::Informer`]s (one
 //! watch per kind) and runs an idempotent, level-triggered reconcile that reads what it decides
@@ -12,6 +12,7 @@ pub mod informer;
 pub mod kinds;
 pub mod namespace;
 pub mod nodelifecycle;
+mod podgc;
 pub mod replicaset;
 pub mod runtime;
 pub mod util;
@@ -31,7 +32,8 @@ pub use runtime::ReconcileError;
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
     /// A node whose lease was not renewed for this long is marked NotReady/Unknown
-    /// (`--node-monitor-grace-period`, 40s).
+    /// (`--node-monitor-grace-period`, 40s). Pods bound to a node that has been missing for
+    /// this long are removed.
     pub node_monitor_grace_period: Duration,
     /// Pods on a node that stayed unreachable this much longer are deleted so their
     /// ReplicaSets replace them elsewhere (the 300s default toleration of `unreachable`).
@@ -125,6 +127,13 @@ pub async fn run_with(
             namespaces,
             kinds,
             graph,
+            stop.clone(),
+        )),
+        tokio::spawn(podgc::run(
+            client.clone(),
+            cfg.node_monitor_grace_period,
+            nodes.clone(),
+            pods.clone(),
             stop.clone(),
         )),
         tokio::spawn(nodelifecycle::run(

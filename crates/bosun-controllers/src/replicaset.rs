@@ -55,10 +55,7 @@ fn restarts(p: &Pod) -> i32 {
 }
 
 fn node_name(p: &Pod) -> &str {
-    p.spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .unwrap_or("")
+    crate::util::pod_node(p).unwrap_or("")
 }
 
 /// Deletion preference (`ActivePodsWithRanks`): `Less` means delete first.

@@ -100,6 +100,15 @@ pub fn pod_is_terminating(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
 
+/// The node the pod is bound to, if any.
+pub fn pod_node(pod: &Pod) -> Option<&str> {
+    pod.spec
+        .as_ref()?
+        .node_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+}
+
 pub fn pod_phase(pod: &Pod) -> &str {
     pod.status
         .as_ref()

@@ -606,3 +606,71 @@ async fn restarted_controllers_pick_up_existing_state_without_duplicates() {
     );
     assert_eq!(owned_pods(&c.client, "early").await.len(), 4);
 }
+
+#[tokio::test]
+async fn repeated_events_are_aggregated() {
+    let c = api_only().await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(c.client.clone());
+    let cm = cms
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "subject"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let rec = bosun_controllers::events::Recorder::new(c.client.clone(), "test-controller");
+    rec.record(&cm, "Warning", "Flapping", "it flaps").await;
+    rec.record(&cm, "Warning", "Flapping", "it flaps").await;
+    rec.record(&cm, "Warning", "Flapping", "it flaps").await;
+    rec.record(&cm, "Normal", "Other", "something else").await;
+    let events: Vec<Event> = Api::<Event>::default_namespaced(c.client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(events.len(), 2, "{events:?}");
+    let flap = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Flapping"))
+        .unwrap();
+    assert_eq!(flap.count, Some(3));
+    assert!(flap.last_timestamp.as_ref().unwrap().0 >= flap.first_timestamp.as_ref().unwrap().0);
+    assert_eq!(
+        flap.source.as_ref().unwrap().component.as_deref(),
+        Some("test-controller")
+    );
+    assert_eq!(flap.reporting_component.as_deref(), Some("test-controller"));
+    assert_eq!(flap.involved_object.kind.as_deref(), Some("ConfigMap"));
+    assert_eq!(flap.involved_object.uid, cm.uid());
+}
+
+#[tokio::test]
+async fn pods_bound_to_a_missing_node_are_removed_and_replaced() {
+    let cfg = ControllerConfig {
+        node_monitor_grace_period: Duration::from_millis(300),
+        pod_eviction_timeout: Duration::from_secs(300),
+    };
+    let c = cluster(cfg).await;
+    let deps: Api<Deployment> = Api::default_namespaced(c.client.clone());
+    deps.create(&PostParams::default(), &deployment("orph", 1, "v1"))
+        .await
+        .unwrap();
+    let pod = eventually("pod", || async {
+        owned_pods(&c.client, "orph").await.into_iter().next()
+    })
+    .await;
+    // Bind it to a node that does not exist (as if the node had been deleted).
+    let pods: Api<Pod> = Api::default_namespaced(c.client.clone());
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod.name_any()},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": "ghost"}});
+    let _: serde_json::Value = pods
+        .create_subresource("binding", &pod.name_any(), &PostParams::default(), &binding)
+        .await
+        .unwrap();
+    wait_gone(&pods, &pod.name_any()).await;
+    eventually("replacement", || async {
+        let now = owned_pods(&c.client, "orph").await;
+        (now.len() == 1 && now[0].name_any() != pod.name_any()).then_some(())
+    })
+    .await;
+}

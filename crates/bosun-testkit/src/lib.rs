@@ -2,7 +2,7 @@
 //! data dir, API and agent ports, bridge name and pod range, so many can run at once.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,10 @@ pub fn bosun_bin() -> Result<PathBuf> {
     }
     let bin = dir.join("bosun");
     if !bin.exists() {
-        bail!("{} not found: build it with `cargo build -p bosun-cli` or set BOSUN_BIN", bin.display());
+        bail!(
+            "{} not found: build it with `cargo build -p bosun-cli` or set BOSUN_BIN",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -49,7 +52,9 @@ impl Cluster {
     pub async fn start(name: &str) -> Result<Cluster> {
         let tag: u16 = rand::random_range(0..10_000);
         let mut c = Cluster {
-            data_dir: tempfile::Builder::new().prefix(&format!("bosun-{name}-")).tempdir()?,
+            data_dir: tempfile::Builder::new()
+                .prefix(&format!("bosun-{name}-"))
+                .tempdir()?,
             api_port: free_port()?,
             kubelet_port: free_port()?,
             bridge: format!("bk{tag}{}", std::process::id() % 1000),
@@ -103,7 +108,11 @@ impl Cluster {
     async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!("bosun exited with {status}:\n{}", self.log_tail());
             }
             if self.kubeconfig().exists()
@@ -134,7 +143,8 @@ impl Cluster {
     }
 
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.data_dir.path().join("bosun.log")).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.data_dir.path().join("bosun.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
@@ -150,31 +160,16 @@ fn node_ready(node: &Node) -> bool {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill();
-        cleanup_host(self.data_dir.path(), &self.bridge);
-    }
-}
-
-/// Removes what a cluster leaves on the host: shim processes, pod netns, the bridge.
-pub fn cleanup_host(data_dir: &Path, bridge: &str) {
-    let pattern = format!("shim.*{}", data_dir.display());
-    let _ = Command::new("pkill").args(["-9", "-f", &pattern]).status();
-    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Some(ns) = line.split_whitespace().next()
-                && ns.starts_with(&format!("{bridge}-"))
-            {
-                // Pod processes live in the pod's namespace: kill them before removing it.
-                if let Ok(pids) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-                        let _ = Command::new("kill").args(["-9", pid]).status();
-                    }
-                }
-                let _ = Command::new("ip").args(["netns", "delete", ns]).status();
-            }
+        // Pods outlive bosun on purpose; `bosun reset` stops them and removes their networks.
+        if let Ok(bin) = bosun_bin() {
+            let _ = Command::new(bin)
+                .arg("reset")
+                .arg("--data-dir")
+                .arg(self.data_dir.path())
+                .args(["--bridge", &self.bridge, "--node-name", &self.node_name])
+                .args(["--pod-cidr", &self.pod_cidr])
+                .stdout(Stdio::null())
+                .status();
         }
     }
-    let _ = Command::new("ip")
-        .args(["link", "delete", bridge])
-        .stderr(Stdio::null())
-        .status();
 }

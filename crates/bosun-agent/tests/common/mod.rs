@@ -70,12 +70,19 @@ pub fn shim_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_bosun-agent-shim"))
 }
 
+/// Whether the test can create namespaces; says loudly (past the test harness' output
+/// capture) when it cannot.
 pub fn is_root() -> bool {
     let root = nix::unistd::geteuid().is_root();
     if !root {
-        eprintln!("!!!!! SKIPPED: needs root for network/mount namespaces !!!!!");
+        loud("SKIPPED: needs root for network/mount namespaces");
     }
     root
+}
+
+pub fn loud(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "!!!!! {msg} !!!!!");
 }
 
 pub fn unique(prefix: &str) -> String {

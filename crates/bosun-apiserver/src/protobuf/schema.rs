@@ -3,6 +3,7 @@
 
 use super::{F, Ty};
 
+#[rustfmt::skip]
 pub(super) static MESSAGES: &[(&str, &[F])] = &[
     ("api.apps.v1.Deployment", &[
         F(1, "metadata", Ty::Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"), false),
@@ -272,6 +273,7 @@ pub(super) static MESSAGES: &[(&str, &[F])] = &[
         F(7, "imageID", Ty::Str, false),
         F(8, "containerID", Ty::Str, false),
         F(9, "started", Ty::Bool, false),
+        F(10, "allocatedResources", Ty::MapMsg("apimachinery.pkg.api.resource.Quantity"), false),
         F(11, "resources", Ty::Msg("api.core.v1.ResourceRequirements"), false),
         F(12, "volumeMounts", Ty::Msg("api.core.v1.VolumeMountStatus"), true),
         F(13, "user", Ty::Msg("api.core.v1.ContainerUser"), false),
@@ -607,6 +609,8 @@ pub(super) static MESSAGES: &[(&str, &[F])] = &[
         F(2, "externalID", Ty::Str, false),
     ]),
     ("api.core.v1.NodeStatus", &[
+        F(1, "capacity", Ty::MapMsg("apimachinery.pkg.api.resource.Quantity"), false),
+        F(2, "allocatable", Ty::MapMsg("apimachinery.pkg.api.resource.Quantity"), false),
         F(3, "phase", Ty::Str, false),
         F(4, "conditions", Ty::Msg("api.core.v1.NodeCondition"), true),
         F(5, "addresses", Ty::Msg("api.core.v1.NodeAddress"), true),
@@ -793,6 +797,7 @@ pub(super) static MESSAGES: &[(&str, &[F])] = &[
         F(29, "runtimeClassName", Ty::Str, false),
         F(30, "enableServiceLinks", Ty::Bool, false),
         F(31, "preemptionPolicy", Ty::Str, false),
+        F(32, "overhead", Ty::MapMsg("apimachinery.pkg.api.resource.Quantity"), false),
         F(33, "topologySpreadConstraints", Ty::Msg("api.core.v1.TopologySpreadConstraint"), true),
         F(35, "setHostnameAsFQDN", Ty::Bool, false),
         F(36, "os", Ty::Msg("api.core.v1.PodOs"), false),
@@ -821,6 +826,7 @@ pub(super) static MESSAGES: &[(&str, &[F])] = &[
         F(14, "resize", Ty::Str, false),
         F(15, "resourceClaimStatuses", Ty::Msg("api.core.v1.PodResourceClaimStatus"), true),
         F(18, "extendedResourceClaimStatus", Ty::Msg("api.core.v1.PodExtendedResourceClaimStatus"), false),
+        F(19, "allocatedResources", Ty::MapMsg("apimachinery.pkg.api.resource.Quantity"), false),
         F(20, "resources", Ty::Msg("api.core.v1.ResourceRequirements"), false),
     ]),
     ("api.core.v1.PodTemplateSpec", &[
@@ -892,6 +898,8 @@ pub(super) static MESSAGES: &[(&str, &[F])] = &[
         F(2, "health", Ty::Str, false),
     ]),
     ("api.core.v1.ResourceRequirements", &[
+        F(1, "limits", Ty::MapMsg("apimachinery.pkg.api.resource.Quantity"), false),
+        F(2, "requests", Ty::MapMsg("apimachinery.pkg.api.resource.Quantity"), false),
         F(3, "claims", Ty::Msg("api.core.v1.ResourceClaim"), true),
     ]),
     ("api.core.v1.ResourceStatus", &[
@@ -1092,7 +1100,8 @@ pub(super) static MESSAGES: &[(&str, &[F])] = &[
         F(6, "podCertificate", Ty::Msg("api.core.v1.PodCertificateProjection"), false),
     ]),
     ("api.core.v1.VolumeResourceRequirements", &[
-
+        F(1, "limits", Ty::MapMsg("apimachinery.pkg.api.resource.Quantity"), false),
+        F(2, "requests", Ty::MapMsg("apimachinery.pkg.api.resource.Quantity"), false),
     ]),
     ("api.core.v1.VolumeSource", &[
         F(1, "hostPath", Ty::Msg("api.core.v1.HostPathVolumeSource"), false),

@@ -35,7 +35,11 @@ struct Opts {
 async fn main() -> Result<()> {
     let opts = Opts::parse();
     let bin = bosun_bin()?;
-    println!("binary: {} ({:.1} MB)", bin.display(), std::fs::metadata(&bin)?.len() as f64 / 1e6);
+    println!(
+        "binary: {} ({:.1} MB)",
+        bin.display(),
+        std::fs::metadata(&bin)?.len() as f64 / 1e6
+    );
     let cluster = Cluster::start("bench").await?;
     let client = cluster.client().await?;
     let pid = cluster.pid().context("no bosun pid")?;
@@ -58,7 +62,10 @@ async fn main() -> Result<()> {
     }
 
     let replace = replace_killed_process(&client).await?;
-    println!("killed pod process running again after: {:.0} ms", ms(replace));
+    println!(
+        "killed pod process running again after: {:.0} ms",
+        ms(replace)
+    );
 
     let (rate, p50, p99) = create_throughput(&client, opts.creates, opts.concurrency).await?;
     println!(
@@ -137,8 +144,11 @@ async fn apply_to_ready(client: &Client, n: usize) -> Result<(Duration, Vec<Dura
     }
     let api: Api<Deployment> = Api::default_namespaced(client.clone());
     let start = Instant::now();
-    api.create(&PostParams::default(), &deployment(&name, n, "exec sleep 3600")?)
-        .await?;
+    api.create(
+        &PostParams::default(),
+        &deployment(&name, n, "exec sleep 3600")?,
+    )
+    .await?;
     let mut ready: HashMap<String, Duration> = HashMap::new();
     let deadline = Duration::from_secs(300);
     while ready.len() < n {
@@ -148,7 +158,9 @@ async fn apply_to_ready(client: &Client, n: usize) -> Result<(Duration, Vec<Dura
         if let Some(watcher::Event::Apply(p)) = ev
             && is_ready(&p)
         {
-            ready.entry(p.metadata.name.clone().unwrap_or_default()).or_insert(start.elapsed());
+            ready
+                .entry(p.metadata.name.clone().unwrap_or_default())
+                .or_insert(start.elapsed());
         }
     }
     let total = start.elapsed();
@@ -196,7 +208,11 @@ async fn replace_killed_process(client: &Client) -> Result<Duration> {
         async move {
             loop {
                 let list = pods.list(&sel).await?;
-                if list.items.iter().any(|p| is_ready(p) && restarts(p) >= min_restarts) {
+                if list
+                    .items
+                    .iter()
+                    .any(|p| is_ready(p) && restarts(p) >= min_restarts)
+                {
                     return anyhow::Ok(());
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -205,7 +221,9 @@ async fn replace_killed_process(client: &Client) -> Result<Duration> {
     };
     tokio::time::timeout(Duration::from_secs(60), wait_ready(0)).await??;
     let start = Instant::now();
-    let status = std::process::Command::new("pkill").args(["-9", "-f", &marker]).status()?;
+    let status = std::process::Command::new("pkill")
+        .args(["-9", "-f", &marker])
+        .status()?;
     if !status.success() {
         bail!("no process matched {marker}");
     }
@@ -216,7 +234,11 @@ async fn replace_killed_process(client: &Client) -> Result<Duration> {
 }
 
 /// Creates `total` ConfigMaps from `concurrency` clients; returns objects/s, p50, p99.
-async fn create_throughput(client: &Client, total: usize, concurrency: usize) -> Result<(f64, Duration, Duration)> {
+async fn create_throughput(
+    client: &Client,
+    total: usize,
+    concurrency: usize,
+) -> Result<(f64, Duration, Duration)> {
     let api: Api<ConfigMap> = Api::default_namespaced(client.clone());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
@@ -247,5 +269,9 @@ async fn create_throughput(client: &Client, total: usize, concurrency: usize) ->
     }
     let elapsed = start.elapsed();
     all.sort();
-    Ok((total as f64 / elapsed.as_secs_f64(), percentile(&all, 50.0), percentile(&all, 99.0)))
+    Ok((
+        total as f64 / elapsed.as_secs_f64(),
+        percentile(&all, 50.0),
+        percentile(&all, 99.0),
+    ))
 }
