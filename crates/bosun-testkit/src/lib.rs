@@ -19,6 +19,10 @@ pub struct Cluster {
     pub bridge: String,
     pub pod_cidr: String,
     pub node_name: String,
+    pub service_cidr: String,
+    pub service_interface: String,
+    pub http_port: u16,
+    pub https_port: u16,
     child: Option<Child>,
 }
 
@@ -60,9 +64,14 @@ impl Cluster {
             bridge: format!("bk{tag}{}", std::process::id() % 1000),
             pod_cidr: format!("10.{}.{}.0/24", 200 + tag % 50, tag % 250),
             node_name: format!("node-{name}"),
+            service_cidr: format!("10.{}.{}.0/24", 150 + tag % 50, tag % 250),
+            service_interface: format!("bs{tag}{}", std::process::id() % 1000),
+            http_port: free_port()?,
+            https_port: free_port()?,
             child: None,
         };
         c.bridge.truncate(15);
+        c.service_interface.truncate(15);
         c.spawn()?;
         c.wait_ready(Duration::from_secs(60)).await?;
         Ok(c)
@@ -82,6 +91,10 @@ impl Cluster {
             .args(["--pod-cidr", &self.pod_cidr])
             .args(["--bridge", &self.bridge])
             .args(["--node-name", &self.node_name])
+            .args(["--service-cidr", &self.service_cidr])
+            .args(["--service-interface", &self.service_interface])
+            .args(["--http-port", &self.http_port.to_string()])
+            .args(["--https-port", &self.https_port.to_string()])
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())
@@ -168,6 +181,7 @@ impl Drop for Cluster {
                 .arg(self.data_dir.path())
                 .args(["--bridge", &self.bridge, "--node-name", &self.node_name])
                 .args(["--pod-cidr", &self.pod_cidr])
+                .args(["--service-interface", &self.service_interface])
                 .stdout(Stdio::null())
                 .status();
         }
