@@ -47,7 +47,7 @@ pub const MAGIC: [u8; 4] = *b"k8s\0";
 pub const CONTENT_TYPE: &str = "application/vnd.kubernetes.protobuf";
 
 /// Nesting limit, so that a hostile body cannot exhaust the stack through recursive messages.
-const MAX_DEPTH: usize = 64;
+const MAX_DEPTH: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
