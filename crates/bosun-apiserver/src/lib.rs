@@ -8,7 +8,6 @@ mod discovery;
 mod error;
 mod logs;
 mod objects;
-mod protobuf;
 mod request;
 mod selector;
 mod services;

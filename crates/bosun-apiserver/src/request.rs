@@ -263,7 +263,7 @@ pub(crate) fn parse_doc(content_type: &str, body: &[u8]) -> ApiResult<Value> {
         | "application/apply-patch+yaml" => true,
         "" | "application/json" | "text/json" => false,
         "application/vnd.kubernetes.protobuf" => {
-            return crate::protobuf::decode(body)
+            return bosun_proto::decode(body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding protobuf body: {e}")));
         }
         // Patch bodies are JSON; their handlers pass the patch type here.

@@ -1,8 +1,9 @@
 //! Decoding of Kubernetes protobuf bodies (`application/vnd.kubernetes.protobuf`) into the JSON
 //! form of the same object.
 //!
-//! kubectl and client-go send typed objects (`kubectl create namespace`, `create deployment`,
-//! `run`, `expose`, ...) as protobuf. The body is the 4-byte magic `k8s\0` followed by a
+//! kubectl 1.32 and later send the objects of its typed commands (`kubectl create namespace`,
+//! `create configmap|secret|deployment|service|job|cronjob|quota|ingress ...`) as protobuf;
+//! `run`, `expose`, `apply` and deletes send JSON. The body is the 4-byte magic `k8s\0` followed by a
 //! `runtime.Unknown` envelope whose `typeMeta` names the kind and whose `raw` bytes hold the object
 //! message. [`decode`] turns such a body into a [`serde_json::Value`] equal to what the JSON
 //! encoding of that object would be, so the API server handles both encodings the same way.
@@ -27,8 +28,11 @@
 //!   indistinguishable from an unset one; JSON omits those (`omitempty`), and keeping them would
 //!   defeat server-side defaulting (`imagePullPolicy: ""`). Empty strings are therefore omitted
 //!   unless the JSON field is required. Numbers and booleans are kept even when zero, because
-//!   optional ones are pointers whose zero is meaningful (`replicas: 0`).
+//!   optional ones are pointers whose zero is meaningful (`replicas: 0`); non-pointer ones
+//!   therefore show up as `0`/`false` where JSON would omit them (`metadata.generation`,
+//!   `hostPort`, `stdin`), values Kubernetes treats as unset anyway.
 //! - Empty repeated fields and maps are absent on the wire and so absent in JSON.
+//! - Fields the table does not know (newer API versions) are skipped, as Go's decoder does.
 
 use base64::Engine as _;
 use prost::encoding::{WireType, decode_key, decode_varint};
@@ -481,9 +485,10 @@ fn fill_object(
 ) -> Result<()> {
     while let Some((tag, val)) = next_field(&mut buf)? {
         // Unknown fields (newer API versions) are skipped, as Go's decoder does.
-        let Some(field) = msg.fields.iter().find(|f| f.tag == tag) else {
+        let Ok(at) = msg.fields.binary_search_by_key(&tag, |f| f.tag) else {
             continue;
         };
+        let field = &msg.fields[at];
         let at = |e: ProtoError| e.within(field.json);
         match field.label {
             Label::Map => {
@@ -667,6 +672,12 @@ mod tests {
         assert!(schema::MESSAGES.windows(2).all(|w| w[0].name < w[1].name));
         assert!(schema::GROUPS.windows(2).all(|w| w[0].0 < w[1].0));
         for m in schema::MESSAGES {
+            // Field lookup binary-searches by tag.
+            assert!(
+                m.fields.windows(2).all(|w| w[0].tag < w[1].tag),
+                "{}",
+                m.name
+            );
             for f in m.fields {
                 if let Ty::Msg(i) = f.ty {
                     assert!(

@@ -8183,7 +8183,7 @@ pub(crate) static MESSAGES: &[Message] = &[
         f(1, "name", Opt, String),
         f(2, "served", Opt, Bool),
         f(3, "storage", Opt, Bool),
-        f(4, "$schema", Opt, Msg(1157)),
+        f(4, "schema", Opt, Msg(1157)),
         f(5, "subresources", Opt, Msg(1156)),
         f(6, "additionalPrinterColumns", Rep, Msg(1145)),
         f(7, "deprecated", Opt, Bool),

@@ -469,14 +469,46 @@ fn generate() -> String {
         .collect();
     assert!(messages.len() < u16::MAX as usize);
 
-    // JSON spelling of every normalized field name k8s-openapi knows, for messages it lacks
-    // (List kinds, option kinds, newer fields): `podips` -> `podIPs`.
-    let mut global: HashMap<String, String> = HashMap::new();
+    // For messages or fields k8s-openapi lacks (older API versions, List kinds, option kinds,
+    // newer fields), the JSON spelling is taken from the same message in another version of the
+    // group (`apiextensions/v1beta1` -> `v1`), else from the most common spelling of that
+    // normalized name anywhere (`podips` -> `podIPs`), else from the field name.
+    let group_of = |module: &str| {
+        module
+            .rsplit_once('.')
+            .map_or(String::new(), |(g, _)| g.to_string())
+    };
+    let mut by_group: BTreeMap<(String, String, String), &HashMap<String, OaField>> =
+        BTreeMap::new();
+    for ((module, name), fields) in &oa {
+        by_group.insert((group_of(module), name.clone(), module.clone()), fields);
+    }
+    let mut counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     for fields in oa.values() {
         for (n, f) in fields {
-            global.entry(n.clone()).or_insert_with(|| f.json.clone());
+            *counts
+                .entry(n.clone())
+                .or_default()
+                .entry(f.json.clone())
+                .or_default() += 1;
         }
     }
+    let fallback_name = |m: &PbMessage, n: &str| -> Option<String> {
+        let (group, name) = (group_of(&m.module.join(".")), norm(&m.name));
+        let sibling = by_group
+            .range((group.clone(), name.clone(), String::new())..)
+            .take_while(|((g, s, _), _)| *g == group && *s == name)
+            .find_map(|(_, fields)| fields.get(n).map(|f| f.json.clone()));
+        // Most common spelling; ties go to the lexicographically first for a stable table.
+        sibling.or_else(|| {
+            let spellings = counts.get(n)?;
+            let best = spellings.values().max()?;
+            spellings
+                .iter()
+                .find(|(_, c)| *c == best)
+                .map(|(j, _)| j.clone())
+        })
+    };
     let oa_of = |m: &PbMessage| oa.get(&(m.module.join("."), norm(&m.name)));
     // An embedded Go struct (`json:",inline"`) is a message field in protobuf but has no JSON field
     // of its own: k8s-openapi lacks it while it has most of the embedded message's fields.
@@ -521,7 +553,7 @@ fn generate() -> String {
             let (json, required) = match oa_fields.and_then(|o| o.get(&n)) {
                 Some(o) => (o.json.clone(), o.required),
                 None => {
-                    let json = global.get(&n).cloned().unwrap_or_else(|| camel(&fl.rust));
+                    let json = fallback_name(m, &n).unwrap_or_else(|| camel(&fl.rust));
                     // Special messages render through their own code; their field names are unused.
                     if sp == "None" && oa_fields.is_some() {
                         let how = if inline {

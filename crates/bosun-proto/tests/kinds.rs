@@ -58,26 +58,38 @@ fn check(api_version: &str, kind: &str, pb: &impl prost::Message, want: Value) {
     assert_eq!(typed, want, "{kind} typed round trip");
 }
 
+/// API groups bosun serves that have no protobuf encoding: the Gateway API is defined by CRDs
+/// upstream, so clients always send it as JSON.
+const JSON_ONLY_GROUPS: &[&str] = &["gateway.networking.k8s.io"];
+
 #[test]
 fn every_builtin_kind_decodes() {
-    for k in &Registry::builtin().kinds {
-        let pb = pbcore::Namespace {
-            metadata: Some(pbmeta::ObjectMeta {
-                name: s("x"),
-                ..Default::default()
-            }),
+    let pb = pbcore::Namespace {
+        metadata: Some(pbmeta::ObjectMeta {
+            name: s("x"),
             ..Default::default()
-        };
+        }),
+        ..Default::default()
+    };
+    let mut decoded = 0;
+    for k in &Registry::builtin().kinds {
         // Every kind's field 1 is its ObjectMeta, so a Namespace's bytes are a valid minimal object.
-        let got = bosun_proto::decode(&body(k.api_version, k.kind, &pb))
-            .unwrap_or_else(|e| panic!("{}: {e}", k.kind));
+        let got = bosun_proto::decode(&body(k.api_version, k.kind, &pb));
+        if JSON_ONLY_GROUPS.contains(&k.group) {
+            let err = got.unwrap_err();
+            assert!(err.to_string().contains("no protobuf schema"), "{err}");
+            continue;
+        }
+        let got = got.unwrap_or_else(|e| panic!("{}: {e}", k.kind));
         assert_eq!(
             got,
             json!({"apiVersion": k.api_version, "kind": k.kind, "metadata": {"name": "x"}}),
             "{}",
             k.kind
         );
+        decoded += 1;
     }
+    assert!(decoded >= 14, "only {decoded} kinds decoded");
 }
 
 #[test]

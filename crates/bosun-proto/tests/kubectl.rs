@@ -95,6 +95,43 @@ fn captured_bodies_carry_the_expected_values() {
     assert!(deploy["metadata"].get("namespace").is_none());
 }
 
+/// Decoded bodies go through bosun's create pipeline (typed decode, unknown fields, defaults,
+/// validation) exactly like kubectl's JSON for the same object.
+#[test]
+fn captured_bodies_pass_bosuns_create_pipeline_like_json() {
+    use bosun_api::{Registry, defaults, strict, validation};
+    for name in FIXTURES {
+        let mut decoded = bosun_proto::decode(&fixture(&format!("{name}.pb"))).unwrap();
+        let mut json: Value = serde_json::from_slice(&fixture(&format!("{name}.json"))).unwrap();
+        let kind = Registry::builtin()
+            .by_kind(
+                json["apiVersion"].as_str().unwrap(),
+                json["kind"].as_str().unwrap(),
+            )
+            .unwrap_or_else(|| panic!("{name}: not a bosun kind"));
+        for obj in [&mut decoded, &mut json] {
+            if kind.namespaced {
+                obj["metadata"]["namespace"] = json!("default");
+            }
+            *obj = (kind.roundtrip)(obj).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                strict::unknown_fields(kind, obj),
+                Vec::<String>::new(),
+                "{name}"
+            );
+            defaults::apply_defaults(kind, obj);
+            let errors: Vec<String> = validation::validate_create(kind, obj)
+                .into_iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect();
+            assert_eq!(errors, Vec::<String>::new(), "{name}");
+        }
+        if let Err(e) = equivalent(&decoded, &json, "") {
+            panic!("{name} after defaulting: {e}\ndecoded: {decoded:#}\njson: {json:#}");
+        }
+    }
+}
+
 /// kubectl 1.33 without the version dispatcher, or the dispatcher (which picks 1.33 from /version).
 fn kubectl() -> Option<String> {
     if let Ok(k) = std::env::var("BOSUN_TEST_KUBECTL") {
