@@ -187,8 +187,8 @@ async fn delete_deployment(client: &Client, name: &str) -> Result<()> {
 /// Kills a pod's process with SIGKILL and times until the agent has it running again.
 async fn replace_killed_process(client: &Client) -> Result<Duration> {
     let marker = format!("bench-kill-{}", std::process::id());
-    // The marker in argv lets us find exactly this process.
-    let cmd = format!("exec sleep 3600 # {marker}");
+    // The marker in the shell's argv lets us find exactly this process (no exec, so it stays).
+    let cmd = format!("sleep 3600; echo {marker}");
     let api: Api<Deployment> = Api::default_namespaced(client.clone());
     api.create(&PostParams::default(), &deployment("bench-kill", 1, &cmd)?)
         .await?;
