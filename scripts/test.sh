@@ -10,6 +10,10 @@ apt_missing=()
 command -v ip >/dev/null || apt_missing+=(iproute2)
 command -v pkill >/dev/null || apt_missing+=(procps)
 command -v python3 >/dev/null || apt_missing+=(python3 python3-pip)
+command -v openssl >/dev/null || apt_missing+=(openssl)
+command -v iptables >/dev/null || apt_missing+=(iptables)
+# Container tests build their images from a static busybox (no registry is reachable).
+dpkg -s busybox-static >/dev/null 2>&1 || apt_missing+=(busybox-static)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "installing ${apt_missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}"
@@ -21,6 +25,9 @@ fi
 if ! command -v kubectl >/dev/null; then
   echo "FATAL: kubectl is not installed; the end-to-end tests need it" >&2
   exit 1
+fi
+if ! docker info >/dev/null 2>&1; then
+  echo "WARNING: no Docker engine answers: the container tests will be skipped" >&2
 fi
 if [ "$(id -u)" != 0 ]; then
   echo "WARNING: not root: pods fall back to host networking and network tests are skipped" >&2

@@ -57,6 +57,10 @@ pub struct AgentConfig {
     /// On shutdown, stop all pods and remove the bridge and pod networks (else pods keep
     /// running for the next agent to adopt).
     pub teardown_on_shutdown: bool,
+    /// Cluster DNS that pods with `dnsPolicy: ClusterFirst` get as their resolver.
+    pub cluster_dns: Option<crate::dns::ClusterDns>,
+    /// Run containers with an image on the local Docker engine when one answers.
+    pub docker: bool,
 }
 
 impl AgentConfig {
@@ -86,11 +90,39 @@ impl AgentConfig {
             backoff_max: Duration::from_secs(300),
             sync_interval: Duration::from_secs(1),
             teardown_on_shutdown: false,
+            cluster_dns: None,
+            docker: true,
         }
     }
 
     fn pods_dir(&self) -> PathBuf {
         self.data_dir.join("pods")
+    }
+
+    /// Value of the owner label on this agent's Docker containers: its data directory, so
+    /// agents sharing an engine never touch each other's containers.
+    fn docker_owner(&self) -> String {
+        std::fs::canonicalize(&self.data_dir)
+            .unwrap_or_else(|_| self.data_dir.clone())
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// The Docker runtime, or None (with the reason logged) when no engine answers.
+async fn make_docker(cfg: &AgentConfig) -> Option<Arc<dyn Runtime>> {
+    if !cfg.docker {
+        return None;
+    }
+    match crate::docker::DockerRuntime::connect(cfg.pods_dir(), cfg.docker_owner()).await {
+        Ok(d) => {
+            tracing::info!("Docker engine found: containers with an image run on it");
+            Some(Arc::new(d))
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no Docker engine: pods with images cannot run on this node");
+            None
+        }
     }
 }
 
@@ -139,17 +171,47 @@ pub async fn run(
 ) -> Result<()> {
     let pods_dir = cfg.pods_dir();
     std::fs::create_dir_all(&pods_dir).with_context(|| format!("create {}", pods_dir.display()))?;
+    let cgroups = crate::cgroup::Layout::detect();
+    match &cgroups {
+        Ok(l) => tracing::info!(version = l.version(), "container cgroups"),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no container cgroups: CPU and memory limits of process pods are not enforced")
+        }
+    }
     let runtime: Arc<dyn Runtime> =
-        Arc::new(ProcessRuntime::new(pods_dir.clone(), cfg.shim_exe.clone()));
+        Arc::new(ProcessRuntime::new(pods_dir.clone(), cfg.shim_exe.clone()).with_cgroups(cgroups));
+    let image_runtime = make_docker(&cfg).await;
     let network = make_network(&cfg).await?;
 
     let listener = std::net::TcpListener::bind(SocketAddr::new(cfg.node_ip, cfg.kubelet_port))
         .with_context(|| format!("bind agent endpoint {}:{}", cfg.node_ip, cfg.kubelet_port))?;
     let port = listener.local_addr()?.port();
+    let state =
+        crate::server::ServerState::new(pods_dir.clone(), cfg.token.clone(), cfg.node_name.clone());
+    // CPU rates are differences between readings: sample regularly so that a reader
+    // (`kubectl top`) gets a rate over the last window even on its first request.
+    {
+        let st = state.clone();
+        let sd = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = sd.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let st = st.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::stats::summary(&st.pods_dir, &st.node_name, &st.stats)
+                })
+                .await;
+            }
+        });
+    }
     let server = tokio::spawn(crate::server::serve(
         listener,
         cfg.tls.clone(),
-        crate::server::ServerState::new(pods_dir.clone(), cfg.token.clone(), cfg.node_name.clone()),
+        state,
         shutdown.clone(),
     ));
 
@@ -185,7 +247,7 @@ pub async fn run(
     let machine = Machine::probe(&cfg.data_dir);
     let ctx = Arc::new(PodContext {
         process_runtime: runtime.clone(),
-        image_runtime: None,
+        image_runtime: image_runtime.clone(),
         network: network.clone(),
         api: Arc::new(KubeApi {
             client: client.clone(),
@@ -210,6 +272,7 @@ pub async fn run(
             .as_deref()
             .and_then(crate::env::parse_quantity)
             .unwrap_or(machine.memory_bytes as f64),
+        cluster_dns: cfg.cluster_dns.clone(),
     });
 
     let result = watch_pods(
@@ -324,6 +387,15 @@ async fn watch_pods(
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .collect();
                 orphans.extend(network.list().await.unwrap_or_default());
+                if let Some(rt) = &ctx.image_runtime {
+                    orphans.extend(
+                        rt.adopt()
+                            .await
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|k| k.pod_uid),
+                    );
+                }
                 for uid in orphans {
                     if seen.contains(&uid) || workers.contains_key(&uid) {
                         continue;
@@ -331,6 +403,11 @@ async fn watch_pods(
                     tracing::info!(%uid, "removing pod that is no longer bound to this node");
                     if let Err(e) = runtime.remove_pod(&uid).await {
                         tracing::warn!(%uid, error = %format!("{e:#}"), "remove orphaned pod");
+                    }
+                    if let Some(rt) = &ctx.image_runtime
+                        && let Err(e) = rt.remove_pod(&uid).await
+                    {
+                        tracing::warn!(%uid, error = %format!("{e:#}"), "remove orphaned pod containers");
                     }
                     if let Err(e) = network.teardown(&uid).await {
                         tracing::warn!(%uid, error = %format!("{e:#}"), "remove orphaned pod network");
@@ -368,6 +445,17 @@ pub async fn cleanup_node(cfg: &AgentConfig) -> Result<()> {
     );
     for uid in &uids {
         runtime.remove_pod(uid).await?;
+    }
+    if cfg.docker
+        && let Ok(d) =
+            crate::docker::DockerRuntime::connect(cfg.pods_dir(), cfg.docker_owner()).await
+    {
+        d.remove_all().await?;
+    }
+    if let Ok(layout) = crate::cgroup::Layout::detect() {
+        for uid in &uids {
+            layout.remove_pod(uid);
+        }
     }
     if cfg.network != NetworkMode::Host && can_manage_network() {
         BridgeNetwork::new(&cfg.bridge_name, &cfg.pod_cidr, &cfg.data_dir)?

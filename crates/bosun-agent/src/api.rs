@@ -4,7 +4,7 @@
 use anyhow::Result;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Event, EventSource, ObjectReference, Pod, PodStatus, Secret,
+    ConfigMap, Event, EventSource, ObjectReference, Pod, PodStatus, Secret, Service,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -13,6 +13,10 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 pub trait ClusterApi: Send + Sync + 'static {
     async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>>;
     async fn secret(&self, ns: &str, name: &str) -> Result<Option<Secret>>;
+    /// The Services of a namespace (for the service environment variables).
+    async fn services(&self, _ns: &str) -> Result<Vec<Service>> {
+        Ok(Vec::new())
+    }
     /// Writes the pod's status (the `status` subresource).
     async fn update_pod_status(&self, pod: &Pod, status: &PodStatus) -> Result<()>;
     /// Confirms a graceful deletion: deletes the pod object for good (grace period 0), only
@@ -56,6 +60,11 @@ impl ClusterApi for KubeApi {
             Err(e) if not_found(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn services(&self, ns: &str) -> Result<Vec<Service>> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
+        Ok(api.list(&Default::default()).await?.items)
     }
 
     async fn update_pod_status(&self, pod: &Pod, status: &PodStatus) -> Result<()> {

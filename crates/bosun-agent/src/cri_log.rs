@@ -41,19 +41,35 @@ impl LogWriter {
     /// Writes one line (without its newline) of `stream` ("stdout"/"stderr"). `partial` marks
     /// a line that was cut before its newline (e.g. the process exited mid-line).
     pub fn write_line(&mut self, stream: &str, line: &[u8], partial: bool) -> io::Result<()> {
+        self.write_line_at(jiff::Timestamp::now(), stream, line, partial)
+    }
+
+    /// Like `write_line`, with the time the line was produced (copied from another log).
+    pub fn write_line_at(
+        &mut self,
+        ts: jiff::Timestamp,
+        stream: &str,
+        line: &[u8],
+        partial: bool,
+    ) -> io::Result<()> {
         let mut chunks = line.chunks(MAX_RECORD).peekable();
         if line.is_empty() {
-            return self.write_record(stream, b"", partial);
+            return self.write_record(ts, stream, b"", partial);
         }
         while let Some(chunk) = chunks.next() {
             let last = chunks.peek().is_none();
-            self.write_record(stream, chunk, partial || !last)?;
+            self.write_record(ts, stream, chunk, partial || !last)?;
         }
         Ok(())
     }
 
-    fn write_record(&mut self, stream: &str, content: &[u8], partial: bool) -> io::Result<()> {
-        let ts = jiff::Timestamp::now();
+    fn write_record(
+        &mut self,
+        ts: jiff::Timestamp,
+        stream: &str,
+        content: &[u8],
+        partial: bool,
+    ) -> io::Result<()> {
         let tag = if partial { "P" } else { "F" };
         let mut rec = format!("{ts:.9} {stream} {tag} ").into_bytes();
         rec.extend_from_slice(content);

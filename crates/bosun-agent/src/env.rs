@@ -284,6 +284,17 @@ pub async fn container_env(
     facts: &PodFacts<'_>,
     c: &Container,
 ) -> Result<Env, ConfigError> {
+    container_env_with(api, facts, c, Vec::new()).await
+}
+
+/// Builds the environment of `c` over `base` (the service variables): the container's own
+/// variables replace base ones of the same name, and `$(VAR)` may refer to either.
+pub async fn container_env_with(
+    api: &dyn ClusterApi,
+    facts: &PodFacts<'_>,
+    c: &Container,
+    base: Vec<(String, String)>,
+) -> Result<Env, ConfigError> {
     let mut src = Sources {
         api,
         ns: facts
@@ -296,6 +307,9 @@ pub async fn container_env(
         secrets: HashMap::new(),
     };
     let mut env = Env::default();
+    for (k, v) in base {
+        env.set(k, v);
+    }
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         if let Some(r) = &from.config_map_ref {

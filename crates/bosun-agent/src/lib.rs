@@ -7,6 +7,11 @@
 //! `runtime::Runtime`, probes (`probe`), and writes the pod status when it changes. The
 //! process runtime runs each container under `bosun shim` (`shim`), a supervisor in its own
 //! session that outlives the agent, writes CRI logs (`cri_log`) and the exit state.
+//! Containers with an image run on the Docker engine (`docker::DockerRuntime`: a sandbox
+//! container holds the pod's network namespace, Docker logs are copied into the same CRI
+//! files). CPU and memory limits: Docker's HostConfig, or for process containers the
+//! cgroups of `cgroup` (v2 or v1) that the shim places the process in; `stats` reads
+//! usage from those cgroups for `/stats/summary` (and so `kubectl top`).
 //!
 //! All state lives on disk, so a restarted agent adopts what runs:
 //! ```text
@@ -22,7 +27,10 @@
 
 pub mod agent;
 pub mod api;
+pub mod cgroup;
 pub mod cri_log;
+pub mod dns;
+pub mod docker;
 pub mod env;
 pub mod network;
 pub mod node;

@@ -81,6 +81,37 @@ pub struct BridgeNetwork {
     lock: tokio::sync::Mutex<()>,
 }
 
+/// Adds (or removes) the iptables rule that accepts traffic between this bridge's pods.
+/// With br_netfilter loaded, frames crossing the bridge pass the host's FORWARD chain, and a
+/// DROP policy there (Docker sets one) would cut pods off from each other. Without iptables
+/// nothing filters, so its absence is only logged.
+async fn bridge_forwarding(bridge: &str, add: bool) {
+    let rule = ["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"];
+    let run = |op: &'static str| async move {
+        tokio::process::Command::new("iptables")
+            .arg("-w")
+            .arg(op)
+            .args(rule)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await
+    };
+    let present = matches!(run("-C").await, Ok(s) if s.success());
+    let result = match (add, present) {
+        (true, false) => run("-I").await,
+        (false, true) => run("-D").await,
+        _ => return,
+    };
+    match result {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            tracing::warn!(bridge, status = %s, "iptables FORWARD rule for the pod bridge failed")
+        }
+        Err(e) => tracing::debug!(bridge, error = %e, "iptables not available"),
+    }
+}
+
 async fn ip(args: &[&str]) -> Result<String> {
     let out = tokio::process::Command::new("ip")
         .args(args)
@@ -237,6 +268,7 @@ impl BridgeNetwork {
         {
             ip(&["link", "del", &self.bridge]).await?;
         }
+        bridge_forwarding(&self.bridge, false).await;
         let _ = std::fs::remove_dir_all(&self.state_dir);
         Ok(())
     }
@@ -274,6 +306,7 @@ impl PodNetwork for BridgeNetwork {
             ip(&["addr", "add", &gw, "dev", &self.bridge]).await?;
         }
         ip(&["link", "set", &self.bridge, "up"]).await?;
+        bridge_forwarding(&self.bridge, true).await;
         // Pods reach beyond the node through the host's routing.
         tokio::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .await

@@ -19,10 +19,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ClusterApi;
-use crate::env::{PodFacts, container_env, process_argv};
+use crate::env::{PodFacts, container_env_with, process_argv};
 use crate::network::{PodNet, PodNetwork};
 use crate::probe::{ProbeEvent, Resume, Target, run_container_probes};
-use crate::runtime::{ContainerKey, ContainerLaunch, Runtime, RuntimeState};
+use crate::runtime::{
+    ContainerKey, ContainerLaunch, ImageLaunch, ImagePullError, Resources, Runtime, RuntimeState,
+};
 
 /// Shared by all pod workers of a node.
 pub struct PodContext {
@@ -43,6 +45,8 @@ pub struct PodContext {
     pub sync_interval: Duration,
     pub node_cpu: f64,
     pub node_memory: f64,
+    /// Cluster DNS for `dnsPolicy: ClusterFirst` pods; None keeps the host's resolver.
+    pub cluster_dns: Option<crate::dns::ClusterDns>,
 }
 
 /// Back-off before restart number `n` (0-based count of restarts already done in this
@@ -72,6 +76,12 @@ struct CState {
     kill_reason: Option<String>,
     /// Probe state to resume from for an adopted, running attempt.
     resume: Option<(u32, Resume)>,
+    /// Image pull back-off: no new pull before this, and how many pulls failed in a row.
+    pull_retry_at: Option<Instant>,
+    pull_failures: u32,
+    /// When and why the last pull failed (ErrImagePull shows for a moment, then the
+    /// back-off).
+    pull_failed: Option<(Instant, String)>,
 }
 
 pub struct PodWorker {
@@ -91,6 +101,9 @@ pub struct PodWorker {
     /// When the configMap/secret volumes were last written.
     volumes_at: Option<Instant>,
 }
+
+/// How long a failed image pull shows as ErrImagePull before ImagePullBackOff.
+const PULL_ERROR_SHOWN: Duration = Duration::from_secs(3);
 
 /// How often running pods' configMap and secret volumes are refreshed from the API.
 const VOLUME_REFRESH: Duration = Duration::from_secs(60);
@@ -197,6 +210,10 @@ impl PodWorker {
             .cloned()
             .collect();
         for st in api_statuses {
+            let runtime = find_container(pod, &st.name)
+                .and_then(|c| self.runtime_for(pod, c).ok())
+                .map(|r| r.name())
+                .unwrap_or("process");
             let Some(cs) = self.containers.get_mut(&st.name) else {
                 continue;
             };
@@ -206,7 +223,7 @@ impl PodWorker {
                 container: st.name.clone(),
                 attempt,
             };
-            if st.container_id.as_deref() == Some(container_id(&key).as_str()) {
+            if st.container_id.as_deref() == Some(container_id(runtime, &key).as_str()) {
                 cs.resume = Some((
                     attempt,
                     Resume {
@@ -440,6 +457,25 @@ impl PodWorker {
             }
             n
         };
+        // Image containers share the pod network through the image runtime's sandbox.
+        let spec = pod.spec.clone().unwrap_or_default();
+        let image_rt = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .find(|c| self.uses_image(pod, c))
+            .and_then(|c| self.runtime_for(pod, c).ok());
+        if let Some(rt) = image_rt {
+            rt.prepare_pod(
+                &self.uid,
+                pod.metadata.name.as_deref().unwrap_or(""),
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+                &net,
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        }
         self.net = Some(net.clone());
         Ok(net)
     }
@@ -682,6 +718,20 @@ impl PodWorker {
         net: &PodNet,
     ) {
         let key = self.key(&c.name, attempt);
+        if let Some(cs) = self.containers.get_mut(&c.name)
+            && cs.pull_retry_at.is_some_and(|t| Instant::now() < t)
+        {
+            if let Some((at, err)) = &cs.pull_failed
+                && at.elapsed() >= PULL_ERROR_SHOWN
+            {
+                let msg = format!(
+                    "Back-off pulling image \"{}\": {err}",
+                    c.image.as_deref().unwrap_or("")
+                );
+                cs.waiting = Some(("ImagePullBackOff".into(), msg));
+            }
+            return;
+        }
         let launch = match self.launch_for(pod, c, net).await {
             Ok(l) => l,
             Err(msg) => {
@@ -698,6 +748,32 @@ impl PodWorker {
             }
         };
         if let Err(e) = rt.create(&key, &launch).await {
+            if let Some(pe) = e.downcast_ref::<ImagePullError>() {
+                let (base, max) = (self.ctx.backoff_base, self.ctx.backoff_max);
+                let cs = self.containers.entry(c.name.clone()).or_default();
+                cs.pull_failures = cs.pull_failures.saturating_add(1);
+                let delay = backoff_delay(cs.pull_failures, base, max);
+                cs.pull_retry_at = Some(Instant::now() + delay.max(PULL_ERROR_SHOWN));
+                cs.pull_failed = Some((Instant::now(), pe.message.clone()));
+                cs.waiting = Some((pe.reason.to_string(), pe.message.clone()));
+                self.ctx
+                    .api
+                    .event(pod, true, "Failed", &format!("Error: {}", pe.message))
+                    .await;
+                self.ctx
+                    .api
+                    .event(
+                        pod,
+                        false,
+                        "BackOff",
+                        &format!(
+                            "Back-off pulling image \"{}\"",
+                            c.image.as_deref().unwrap_or("")
+                        ),
+                    )
+                    .await;
+                return;
+            }
             let msg = format!("{e:#}");
             self.containers.entry(c.name.clone()).or_default().waiting =
                 Some(("CreateContainerError".into(), msg.clone()));
@@ -711,6 +787,9 @@ impl PodWorker {
             let cs = self.containers.entry(c.name.clone()).or_default();
             cs.attempt = Some(attempt);
             cs.waiting = None;
+            cs.pull_retry_at = None;
+            cs.pull_failures = 0;
+            cs.pull_failed = None;
             cs.started = false;
             cs.ready = false;
         }
@@ -797,23 +876,40 @@ impl PodWorker {
             node_cpu: self.ctx.node_cpu,
             node_memory: self.ctx.node_memory,
         };
-        let mut env = container_env(self.ctx.api.as_ref(), &facts, c)
+        let services = crate::dns::service_env_for(self.ctx.api.as_ref(), pod)
+            .await
+            .map_err(|e| format!("listing services for the service variables: {e:#}"))?;
+        let mut env = container_env_with(self.ctx.api.as_ref(), &facts, c, services)
             .await
             .map_err(|e| e.0)?;
-        let argv = process_argv(c, &env).map_err(|e| e.0)?;
+        let image = self.uses_image(pod, c);
+        let argv = if image {
+            Vec::new()
+        } else {
+            process_argv(c, &env).map_err(|e| e.0)?
+        };
         let vols = crate::volumes::prepare(self.ctx.api.as_ref(), pod, &self.pod_dir())
             .await
             .map_err(|e| e.0)?;
         self.volumes_at = Some(Instant::now());
-        let mounts = crate::volumes::mounts_for(c, &vols).map_err(|e| e.0)?;
+        let mut mounts = crate::volumes::mounts_for(c, &vols).map_err(|e| e.0)?;
+        // Cluster DNS listens on the pod bridge, which host-network fallback nodes lack.
+        let cluster_dns = self
+            .ctx
+            .cluster_dns
+            .as_ref()
+            .filter(|_| self.ctx.network.isolated());
+        mounts.extend(
+            crate::dns::prepare_resolv_conf(pod, cluster_dns, &self.pod_dir()).map_err(|e| e.0)?,
+        );
         // A host process needs a PATH to find its command, which Kubernetes images bring.
-        if env.get("PATH").is_none() {
+        if !image && env.get("PATH").is_none() {
             env.set(
                 "PATH".into(),
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
             );
         }
-        if env.get("HOSTNAME").is_none() {
+        if !image && env.get("HOSTNAME").is_none() {
             env.set(
                 "HOSTNAME".into(),
                 pod.metadata.name.clone().unwrap_or_default(),
@@ -824,13 +920,55 @@ impl PodWorker {
             .as_deref()
             .filter(|w| !w.is_empty())
             .map(PathBuf::from);
+        let image = image.then(|| {
+            let expand = |v: &Option<Vec<String>>| {
+                v.as_ref()
+                    .map(|v| v.iter().map(|s| crate::env::expand(s, &env)).collect())
+            };
+            ImageLaunch {
+                image: c.image.clone().unwrap_or_default(),
+                pull_policy: c
+                    .image_pull_policy
+                    .clone()
+                    .unwrap_or_else(|| default_pull_policy(c.image.as_deref().unwrap_or(""))),
+                command: expand(&c.command).filter(|v: &Vec<String>| !v.is_empty()),
+                args: expand(&c.args),
+                ports: c
+                    .ports
+                    .iter()
+                    .flatten()
+                    .map(|p| {
+                        format!(
+                            "{}/{}",
+                            p.container_port,
+                            p.protocol.as_deref().unwrap_or("TCP").to_lowercase()
+                        )
+                    })
+                    .collect(),
+            }
+        });
         Ok(ContainerLaunch {
             argv,
             env: env.into_vec(),
             working_dir,
             netns: net.netns.clone(),
             mounts,
+            resources: resources_of(c),
+            image,
+            pod_name: pod.metadata.name.clone().unwrap_or_default(),
+            pod_namespace: pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
         })
+    }
+
+    /// Whether a container runs on the image runtime (one exists, it has an image, and the
+    /// pod does not ask for the process runtime).
+    fn uses_image(&self, pod: &Pod, c: &Container) -> bool {
+        self.runtime_for(pod, c)
+            .is_ok_and(|rt| !Arc::ptr_eq(&rt, &self.ctx.process_runtime))
     }
 
     /// Stops every container: preStop hook, SIGTERM, grace period, SIGKILL.
@@ -956,6 +1094,10 @@ impl PodWorker {
             }),
             ..Default::default()
         };
+        let rt_name = self
+            .runtime_for(pod, c)
+            .map(|r| r.name())
+            .unwrap_or("process");
         let terminated =
             |s: &RuntimeState, key: &ContainerKey| -> Option<ContainerStateTerminated> {
                 match s {
@@ -973,7 +1115,7 @@ impl PodWorker {
                         message: message.clone(),
                         started_at: started_at.as_deref().and_then(time),
                         finished_at: time(finished_at),
-                        container_id: Some(container_id(key)),
+                        container_id: Some(container_id(rt_name, key)),
                     }),
                     _ => None,
                 }
@@ -998,7 +1140,7 @@ impl PodWorker {
             return st;
         };
         let key = self.key(&c.name, attempt);
-        st.container_id = Some(container_id(&key));
+        st.container_id = Some(container_id(rt.name(), &key));
         if attempt > 0 {
             let prev = self.key(&c.name, attempt - 1);
             if let Ok(s) = rt.status(&prev).await
@@ -1191,11 +1333,41 @@ impl PodWorker {
     }
 }
 
-fn container_id(key: &ContainerKey) -> String {
+fn container_id(runtime: &str, key: &ContainerKey) -> String {
     format!(
-        "process://{}/{}/{}",
+        "{runtime}://{}/{}/{}",
         key.pod_uid, key.container, key.attempt
     )
+}
+
+/// Kubernetes' default pull policy: Always for `:latest` or no tag, else IfNotPresent.
+fn default_pull_policy(image: &str) -> String {
+    let name = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || name.split_once(':').is_some_and(|(_, t)| t != "latest") {
+        "IfNotPresent".into()
+    } else {
+        "Always".into()
+    }
+}
+
+/// A container's CPU and memory figures; the request defaults to the limit.
+fn resources_of(c: &Container) -> Resources {
+    let r = c.resources.clone().unwrap_or_default();
+    let get =
+        |m: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+         k: &str| {
+            m.as_ref()
+                .and_then(|m| m.get(k))
+                .and_then(|q| crate::env::parse_quantity(&q.0))
+        };
+    let cpu_limit = get(&r.limits, "cpu").filter(|v| *v > 0.0);
+    Resources {
+        cpu_limit,
+        cpu_request: get(&r.requests, "cpu").or(cpu_limit),
+        memory_limit: get(&r.limits, "memory")
+            .filter(|v| *v > 0.0)
+            .map(|v| v as u64),
+    }
 }
 
 fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {

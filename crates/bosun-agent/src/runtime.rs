@@ -26,6 +26,46 @@ pub struct ContainerLaunch {
     pub working_dir: Option<PathBuf>,
     pub netns: Option<PathBuf>,
     pub mounts: Vec<BindMount>,
+    /// CPU and memory limits (and the CPU request, for weights).
+    pub resources: Resources,
+    /// Set for containers with an image (image runtimes): `argv` is then unused.
+    pub image: Option<ImageLaunch>,
+    pub pod_name: String,
+    pub pod_namespace: String,
+}
+
+/// Resource figures of one container, from its `resources` (Kubernetes quantities parsed).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Resources {
+    /// limits.cpu in cores.
+    pub cpu_limit: Option<f64>,
+    /// requests.cpu in cores (defaults to the limit, as in Kubernetes).
+    pub cpu_request: Option<f64>,
+    /// limits.memory in bytes.
+    pub memory_limit: Option<u64>,
+}
+
+/// What an image runtime needs beyond the process runtime's fields.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageLaunch {
+    pub image: String,
+    /// Always, IfNotPresent or Never.
+    pub pull_policy: String,
+    /// Kubernetes semantics: `command` replaces the image's ENTRYPOINT, `args` its CMD.
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    /// containerPorts as "PORT/PROTOCOL".
+    pub ports: Vec<String>,
+}
+
+/// The image of a container cannot be had: reported as ErrImagePull / ImagePullBackOff
+/// (or ErrImageNeverPull) rather than as a container error.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ImagePullError {
+    /// ErrImagePull or ErrImageNeverPull.
+    pub reason: &'static str,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +122,29 @@ pub trait Runtime: Send + Sync + 'static {
     /// The CRI log file of an attempt.
     fn log_path(&self, key: &ContainerKey) -> PathBuf;
 
+    /// Prepares what a pod's containers share before any is created (an image runtime's
+    /// sandbox holding the pod's network namespace); idempotent.
+    async fn prepare_pod(
+        &self,
+        _pod_uid: &str,
+        _pod_name: &str,
+        _pod_namespace: &str,
+        _net: &crate::network::PodNet,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Identifier reported as `containerID` (`<runtime>://...`).
+    fn container_id(&self, key: &ContainerKey) -> String {
+        format!(
+            "{}://{}/{}/{}",
+            self.name(),
+            key.pod_uid,
+            key.container,
+            key.attempt
+        )
+    }
+
     /// SIGTERM, wait up to `grace`, then SIGKILL; returns the final state.
     async fn stop(&self, key: &ContainerKey, grace: Duration) -> Result<RuntimeState> {
         match self.status(key).await? {
@@ -120,6 +183,8 @@ pub struct ProcessRuntime {
     shim_cmd: Vec<PathBuf>,
     pub log_max_bytes: u64,
     pub log_max_files: usize,
+    /// Where containers' cgroups go, or why there are none (limits then not enforced).
+    cgroups: std::result::Result<crate::cgroup::Layout, String>,
 }
 
 impl ProcessRuntime {
@@ -129,7 +194,14 @@ impl ProcessRuntime {
             shim_cmd: vec![shim_exe, "shim".into()],
             log_max_bytes: 10 << 20,
             log_max_files: 5,
+            cgroups: Err("cgroups not set up".into()),
         }
+    }
+
+    /// Places containers in cgroups of `layout` (limits enforced, usage measured).
+    pub fn with_cgroups(mut self, layout: Result<crate::cgroup::Layout>) -> Self {
+        self.cgroups = layout.map_err(|e| format!("{e:#}"));
+        self
     }
 
     fn container_dir(&self, key: &ContainerKey) -> PathBuf {
@@ -167,6 +239,8 @@ fn exited_from(state: &ShimState, fallback_finish: &str) -> RuntimeState {
         } else {
             ("ContainerStatusUnknown".to_string(), Some(err.clone()))
         }
+    } else if state.oom_killed {
+        ("OOMKilled".to_string(), None)
     } else if exit_code == 0 {
         ("Completed".to_string(), None)
     } else {
@@ -199,7 +273,31 @@ impl Runtime for ProcessRuntime {
         tokio::fs::create_dir_all(&dir)
             .await
             .with_context(|| format!("create {}", dir.display()))?;
+        let r = &launch.resources;
+        let limited = r.cpu_limit.is_some() || r.memory_limit.is_some();
+        let mut warnings = Vec::new();
+        let cgroups = match &self.cgroups {
+            Ok(layout) => match layout.create(&key.pod_uid, &key.container, r) {
+                Ok(p) => Some(p),
+                Err(e) if limited => {
+                    warnings.push(format!(
+                        "cannot create the container's cgroup ({e:#}): CPU and memory limits are not enforced"
+                    ));
+                    None
+                }
+                Err(_) => None,
+            },
+            Err(why) if limited => {
+                warnings.push(format!(
+                    "no usable cgroups on this node ({why}): CPU and memory limits are not enforced"
+                ));
+                None
+            }
+            Err(_) => None,
+        };
         let spec = ShimSpec {
+            cgroups,
+            warnings,
             argv: launch.argv.clone(),
             env: launch.env.clone(),
             working_dir: launch.working_dir.clone(),
@@ -429,6 +527,9 @@ impl Runtime for ProcessRuntime {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+        }
+        if let Ok(layout) = &self.cgroups {
+            layout.remove_pod(pod_uid);
         }
         let dir = self.pods_dir.join(pod_uid);
         match tokio::fs::remove_dir_all(&dir).await {

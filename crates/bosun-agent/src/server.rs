@@ -145,6 +145,10 @@ fn attempts(pod_dir: &Path, container: &str) -> Vec<u32> {
 
 /// Whether an attempt's process is done (exit recorded or supervisor gone).
 fn finished(pods_dir: &Path, key: &ContainerKey) -> bool {
+    // A Docker container's log is complete once its copier saw the end of the output.
+    if let Some(r) = crate::docker::read_record(&crate::docker::record_path(pods_dir, key)) {
+        return r.log_complete;
+    }
     let path = pods_dir
         .join(&key.pod_uid)
         .join("containers")

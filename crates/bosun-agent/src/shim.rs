@@ -37,6 +37,12 @@ pub struct ShimSpec {
     pub log_max_bytes: u64,
     pub log_max_files: usize,
     pub state_path: PathBuf,
+    /// Cgroups the container's process is placed in (limits); none = the shim's own.
+    #[serde(default)]
+    pub cgroups: Option<crate::cgroup::Placement>,
+    /// Said by the runtime at creation, reported with the state (e.g. limits not enforced).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -64,6 +70,9 @@ pub struct ShimState {
     /// Whether the container got its own mount namespace (volumes at their mountPaths).
     pub mount_namespace: bool,
     pub warnings: Vec<String>,
+    /// The kernel's OOM killer ended the container (its cgroup's oom_kill count rose).
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 impl ShimState {
@@ -232,6 +241,19 @@ fn run(spec_path: &Path) -> i32 {
     let Some((prog, rest)) = spec.argv.split_first() else {
         return fail(state, "no command given".into());
     };
+    state.warnings.extend(spec.warnings.iter().cloned());
+    // The shim enters the container's cgroups only to spawn it (the child inherits them)
+    // and leaves right after, so the limits and the OOM killer apply to the container alone.
+    let mut oom_before = 0;
+    if let Some(cg) = &spec.cgroups {
+        match crate::cgroup::join(&cg.dirs) {
+            Ok(()) => oom_before = crate::cgroup::oom_kills(&cg.dirs),
+            Err(e) => state.warnings.push(format!(
+                "cannot enter cgroup {:?} ({e}): CPU and memory limits are not enforced",
+                cg.dirs
+            )),
+        }
+    }
     let mut cmd = Command::new(prog);
     cmd.args(rest)
         .env_clear()
@@ -260,6 +282,9 @@ fn run(spec_path: &Path) -> i32 {
             return fail(state, msg);
         }
     };
+    if let Some(cg) = &spec.cgroups {
+        let _ = crate::cgroup::join(&cg.restore);
+    }
     let pid = child.id();
     state.pid = Some(pid);
     state.pid_start_ticks = proc_start_ticks(pid);
@@ -314,6 +339,9 @@ fn run(spec_path: &Path) -> i32 {
             state.error = Some(format!("wait failed: {e}"));
             state.exit_code = Some(255);
         }
+    }
+    if let Some(cg) = &spec.cgroups {
+        state.oom_killed = crate::cgroup::oom_kills(&cg.dirs) > oom_before;
     }
     state.finished_at = Some(now_rfc3339());
     if let Err(e) = state.write(&spec.state_path) {

@@ -109,15 +109,21 @@ pub fn machine_memory_used() -> Option<u64> {
 /// Remembers the previous CPU reading per container to turn totals into a rate.
 #[derive(Default)]
 pub struct RateCache {
-    last: Mutex<HashMap<String, (Instant, u64)>>,
+    /// id -> (time of the reading, CPU total then, rate computed at that reading)
+    last: Mutex<HashMap<String, (Instant, u64, u64)>>,
 }
+
+/// Readings closer together than this return the previous rate (a rate over a few
+/// milliseconds says little), so frequent callers do not disturb the window.
+const MIN_RATE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl RateCache {
     /// Nano-cores used since the previous reading of `id` (0 on the first).
     fn rate(&self, id: &str, now: Instant, cpu_ns: u64) -> u64 {
         let mut m = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let r = match m.get(id) {
-            Some((t, prev)) if cpu_ns >= *prev => {
+            Some((t, _, rate)) if now.duration_since(*t) < MIN_RATE_INTERVAL => return *rate,
+            Some((t, prev, _)) if cpu_ns >= *prev => {
                 let dt = now.duration_since(*t).as_nanos() as u64;
                 if dt == 0 {
                     0
@@ -127,7 +133,7 @@ impl RateCache {
             }
             _ => 0,
         };
-        m.insert(id.to_string(), (now, cpu_ns));
+        m.insert(id.to_string(), (now, cpu_ns, r));
         r
     }
 }
@@ -163,8 +169,19 @@ pub fn summary(pods_dir: &Path, node_name: &str, cache: &RateCache) -> Value {
                 .filter_map(|a| a.file_name().to_string_lossy().parse::<u32>().ok())
                 .max();
             let Some(latest) = latest else { continue };
-            let Ok(st) = ShimState::read(&c.path().join(latest.to_string()).join("state.json"))
-            else {
+            let dir = c.path().join(latest.to_string());
+            if let Some(r) = crate::docker::read_record(&dir.join("docker.json")) {
+                if let (Some(pid), Some(ticks)) = (r.pid, r.pid_start_ticks)
+                    && same_process(pid, ticks)
+                {
+                    running.push(Running {
+                        container: name,
+                        pgrp: pid,
+                    });
+                }
+                continue;
+            }
+            let Ok(st) = ShimState::read(&dir.join("state.json")) else {
                 continue;
             };
             if let (None, Some(pid), Some(ticks)) = (st.exit_code, st.pid, st.pid_start_ticks)
@@ -192,7 +209,15 @@ pub fn summary(pods_dir: &Path, node_name: &str, cache: &RateCache) -> Value {
         let (mut pod_cpu, mut pod_mem, mut pod_rate) = (0u64, 0u64, 0u64);
         let mut containers = Vec::new();
         for r in running {
-            let u = usage.get(&r.pgrp).copied().unwrap_or_default();
+            // A container with a cgroup of its own (Docker, or a process container with
+            // cgroups) is measured by it: every process it started, page cache excluded.
+            let u = match crate::cgroup::usage_of_pid(r.pgrp) {
+                Some(cg) => Usage {
+                    cpu_ns: cg.cpu_ns,
+                    rss_bytes: cg.working_set,
+                },
+                None => usage.get(&r.pgrp).copied().unwrap_or_default(),
+            };
             let rate = cache.rate(&format!("{uid}/{}", r.container), now, u.cpu_ns);
             pod_cpu += u.cpu_ns;
             pod_mem += u.rss_bytes;

@@ -262,6 +262,7 @@ async fn pods_get_own_network_namespaces_and_volumes() {
                     target: mount_target.clone(),
                     read_only: true,
                 }],
+                ..Default::default()
             };
             rt.create(&k, &launch).await?;
             let st = rt.start(&k).await?;

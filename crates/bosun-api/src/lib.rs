@@ -5,6 +5,7 @@
 //! the CLI and tests share one definition of every rule.
 
 pub mod defaults;
+pub mod gateway;
 pub mod openapi;
 pub mod patch;
 pub mod registry;

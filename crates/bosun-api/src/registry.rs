@@ -126,6 +126,9 @@ impl Registry {
                 kind_of::<discovery::v1::EndpointSlice>(&[], &[], &[]),
                 kind_of::<networking::v1::Ingress>(&["ing"], &[], &["status"]),
                 kind_of::<networking::v1::IngressClass>(&[], &[], &[]),
+                kind_of::<crate::gateway::GatewayClass>(&["gc"], &[], &["status"]),
+                kind_of::<crate::gateway::Gateway>(&["gtw"], &[], &["status"]),
+                kind_of::<crate::gateway::HTTPRoute>(&[], &[], &["status"]),
             ],
         })
     }

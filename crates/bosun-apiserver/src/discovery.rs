@@ -211,16 +211,18 @@ fn api_group_obj(inner: &Inner, group: &str) -> Value {
 
 pub(crate) fn api_groups(inner: &Inner, headers: &HeaderMap) -> ApiResult<Response> {
     if wants_aggregated(headers) {
-        let items = groups(inner)
+        let mut items: Vec<Value> = groups(inner)
             .into_iter()
             .map(|g| aggregated_group(inner, g))
             .collect();
+        items.push(crate::metrics::aggregated_group());
         return aggregated_response(&aggregated_list(items));
     }
-    let gs: Vec<Value> = groups(inner)
+    let mut gs: Vec<Value> = groups(inner)
         .into_iter()
         .map(|g| api_group_obj(inner, g))
         .collect();
+    gs.push(crate::metrics::api_group());
     Ok(json_response(
         StatusCode::OK,
         &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs}),

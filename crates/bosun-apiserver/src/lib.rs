@@ -7,6 +7,7 @@
 mod discovery;
 mod error;
 mod logs;
+mod metrics;
 mod objects;
 mod request;
 mod selector;
@@ -142,6 +143,22 @@ impl ApiServer {
             .route("/swagger-2.0.0.pb-v1", get(discovery::openapi_v2))
             .route("/openapi/v3", get(discovery::openapi_index))
             .route("/openapi/v3/{*path}", get(discovery::openapi_doc))
+            .route("/apis/metrics.k8s.io", get(metrics::group))
+            .route("/apis/metrics.k8s.io/v1beta1", get(metrics::resources))
+            .route("/apis/metrics.k8s.io/v1beta1/pods", get(metrics::all_pods))
+            .route("/apis/metrics.k8s.io/v1beta1/nodes", get(metrics::nodes))
+            .route(
+                "/apis/metrics.k8s.io/v1beta1/nodes/{name}",
+                get(metrics::one_node),
+            )
+            .route(
+                "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods",
+                get(metrics::ns_pods),
+            )
+            .route(
+                "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}",
+                get(metrics::one_pod),
+            )
             .fallback(request::dispatch)
             .with_state(self.inner.clone())
     }

@@ -60,6 +60,12 @@ pub struct NodeOpts {
     /// Port of the gateway's TLS listener
     #[arg(long, default_value_t = 443)]
     pub https_port: u16,
+    /// Port on 127.0.0.1 for the gateway's /metrics and /healthz (off when unset)
+    #[arg(long)]
+    pub gateway_admin_port: Option<u16>,
+    /// Address for the node proxy's Prometheus /metrics (off when unset)
+    #[arg(long)]
+    pub proxy_metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Args, Clone)]
@@ -218,11 +224,48 @@ fn start_node_services(
     shutdown: &CancellationToken,
     tasks: &mut Tasks,
 ) -> Result<()> {
-    let _ = (&client, node, shutdown, &tasks);
-    // cluster DNS: started here
-    // node proxy: started here
-    // gateway: started here
+    {
+        let (c, sd) = (client.clone(), shutdown.clone());
+        let listen = vec![(cluster_dns_ip(node)?, 53).into()];
+        let upstreams = bosun_dns::host_upstreams(&listen);
+        let cfg = bosun_dns::DnsConfig {
+            listen,
+            cluster_domain: node.cluster_domain.clone(),
+            upstreams,
+        };
+        tasks.spawn(async move { ("cluster DNS", bosun_dns::run(c, cfg, sd).await) });
+    }
+    {
+        let (c, sd) = (client.clone(), shutdown.clone());
+        let mut cfg = bosun_proxy::ProxyConfig::new(&node.service_interface, node.node_ip);
+        cfg.metrics_listen = node.proxy_metrics_listen;
+        tasks.spawn(async move { ("node proxy", bosun_proxy::run(c, cfg, sd).await) });
+    }
+    {
+        let (c, sd) = (client.clone(), shutdown.clone());
+        let any = std::net::IpAddr::from([0, 0, 0, 0]);
+        let mut cfg = bosun_gateway::GatewayConfig::new(
+            (any, node.http_port).into(),
+            (any, node.https_port).into(),
+        );
+        cfg.admin_listen = node
+            .gateway_admin_port
+            .map(|p| (std::net::IpAddr::from([127, 0, 0, 1]), p).into());
+        cfg.address = Some(node.node_ip.to_string());
+        if std::env::var("BOSUN_GATEWAY_ACCESS_LOG").is_ok_and(|v| v == "json") {
+            cfg.access_log = bosun_gateway::AccessLog::Json;
+        }
+        tasks.spawn(async move { ("gateway", bosun_gateway::run(c, cfg, sd).await) });
+    }
     Ok(())
+}
+
+/// Cluster DNS listens on the pod bridge's gateway address (the .1 of the pod CIDR): every
+/// pod of the node reaches it, and it cannot clash with the host's own resolver.
+fn cluster_dns_ip(node: &NodeOpts) -> Result<IpAddr> {
+    Ok(bosun_agent::network::Cidr::parse(&node.pod_cidr)?
+        .gateway()
+        .into())
 }
 
 /// The agent's configuration for this node; its state lives in `DATA_DIR/agent`.
@@ -249,6 +292,10 @@ fn agent_config(pki: &Pki, data_dir: &Path, node: &NodeOpts) -> Result<bosun_age
     );
     cfg.kubelet_port = node.kubelet_port;
     cfg.bridge_name = node.bridge.clone();
+    cfg.cluster_dns = Some(bosun_agent::dns::ClusterDns {
+        nameserver: cluster_dns_ip(node)?,
+        domain: node.cluster_domain.clone(),
+    });
     Ok(cfg)
 }
 
@@ -260,6 +307,9 @@ pub struct ResetOpts {
     /// Also delete the data dir (the store, credentials and logs)
     #[arg(long)]
     pub purge: bool,
+    /// Where the cluster credentials are (default: DATA_DIR/pki; for `bosun agent`, its --pki-dir)
+    #[arg(long)]
+    pub pki_dir: Option<PathBuf>,
     #[command(flatten)]
     pub node: NodeOpts,
 }
@@ -267,9 +317,14 @@ pub struct ResetOpts {
 /// Stops every pod of this node and removes their network namespaces and the bridge.
 /// Run it with bosun stopped; pods otherwise outlive bosun on purpose.
 pub async fn reset(opts: ResetOpts) -> Result<ExitCode> {
-    let pki = Pki::load_existing(&opts.data_dir.join("pki"))?;
+    let pki_dir = opts
+        .pki_dir
+        .clone()
+        .unwrap_or_else(|| opts.data_dir.join("pki"));
+    let pki = Pki::load_existing(&pki_dir)?;
     let cfg = agent_config(&pki, &opts.data_dir, &opts.node)?;
     bosun_agent::cleanup_node(&cfg).await?;
+    bosun_proxy::vip::remove_interface(&opts.node.service_interface).await?;
     if opts.purge {
         std::fs::remove_dir_all(&opts.data_dir)
             .with_context(|| format!("removing {}", opts.data_dir.display()))?;

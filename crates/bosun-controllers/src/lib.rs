@@ -6,6 +6,7 @@
 //! on fresh from the API, so any controller can be restarted at any moment.
 
 pub mod deployment;
+pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod informer;
@@ -21,7 +22,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +68,8 @@ pub async fn run_with(
     let pods = Informer::start(Api::<Pod>::all(client.clone()), stop.clone());
     let namespaces = Informer::start(Api::<Namespace>::all(client.clone()), stop.clone());
     let nodes = Informer::start(Api::<Node>::all(client.clone()), stop.clone());
+    let services = Informer::start(Api::<Service>::all(client.clone()), stop.clone());
+    let slices = Informer::start(Api::<EndpointSlice>::all(client.clone()), stop.clone());
     let leases = Informer::start(
         Api::<Lease>::namespaced(client.clone(), nodelifecycle::LEASE_NAMESPACE),
         stop.clone(),
@@ -97,6 +101,8 @@ pub async fn run_with(
         namespaces.ready().await;
         nodes.ready().await;
         leases.ready().await;
+        services.ready().await;
+        slices.ready().await;
         for k in graph.kinds.iter() {
             k.informer.ready().await;
         }
@@ -119,6 +125,13 @@ pub async fn run_with(
             client.clone(),
             replica_sets.clone(),
             pods.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(endpoints::run(
+            client.clone(),
+            services,
+            pods.clone(),
+            slices,
             stop.clone(),
         )),
         tokio::spawn(gc::run(client.clone(), graph.clone(), stop.clone())),

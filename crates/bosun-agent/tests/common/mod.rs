@@ -144,6 +144,7 @@ impl Harness {
             sync_interval: Duration::from_millis(100),
             node_cpu: 2.0,
             node_memory: 1e9,
+            cluster_dns: None,
         }
     }
 

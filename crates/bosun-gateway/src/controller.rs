@@ -1,0 +1,316 @@
+//! Watches the routing objects, rebuilds the route table and certificates on every change
+//! (swapping them atomically through `watch` channels), and writes status conditions and
+//! Warning Events back through the API.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bosun_api::gateway::{Gateway, GatewayClass, HTTPRoute};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Secret, Service};
+use k8s_openapi::api::networking::v1::{
+    Ingress, IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::compile::{DesiredStatus, ObjectKey, RateLimiters, Report, Snapshot, compile};
+use crate::metrics::GatewayMetrics;
+use crate::routes::RouteTable;
+use crate::tls::CertStore;
+
+/// Coalesces bursts of watch events into one rebuild.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+fn reflect<K>(
+    api: Api<K>,
+    notify: Arc<Notify>,
+) -> (Store<K>, futures::future::BoxFuture<'static, ()>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Debug + Send + Sync + DeserializeOwned + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    let fut = async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => notify.notify_one(),
+                Err(e) => tracing::warn!(kind = K::kind(&()).as_ref(), "gateway watch: {e}"),
+            }
+        }
+    };
+    (reader, Box::pin(fut))
+}
+
+pub struct Outputs {
+    pub table: watch::Sender<Arc<RouteTable>>,
+    pub certs: watch::Sender<Arc<CertStore>>,
+}
+
+/// Runs the watchers and the rebuild loop until `shutdown`.
+pub async fn run(
+    client: Client,
+    outputs: Outputs,
+    metrics: GatewayMetrics,
+    address: Option<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let notify = Arc::new(Notify::new());
+    let (ingresses, f1) = reflect(Api::<Ingress>::all(client.clone()), notify.clone());
+    let (routes, f2) = reflect(Api::<HTTPRoute>::all(client.clone()), notify.clone());
+    let (gateways, f3) = reflect(Api::<Gateway>::all(client.clone()), notify.clone());
+    let (classes, f4) = reflect(Api::<GatewayClass>::all(client.clone()), notify.clone());
+    let (services, f5) = reflect(Api::<Service>::all(client.clone()), notify.clone());
+    let (secrets, f6) = reflect(Api::<Secret>::all(client.clone()), notify.clone());
+    let watchers = futures::future::join_all([f1, f2, f3, f4, f5, f6]);
+    let mut status = StatusWriter {
+        client,
+        address,
+        emitted: HashSet::new(),
+    };
+    let mut limiters = RateLimiters::default();
+    let rebuild = async {
+        let ready = async {
+            ingresses.wait_until_ready().await?;
+            routes.wait_until_ready().await?;
+            gateways.wait_until_ready().await?;
+            classes.wait_until_ready().await?;
+            services.wait_until_ready().await?;
+            secrets.wait_until_ready().await
+        };
+        if ready.await.is_err() {
+            return;
+        }
+        loop {
+            let snap = Snapshot {
+                ingresses: ingresses.state(),
+                routes: routes.state(),
+                gateways: gateways.state(),
+                classes: classes.state(),
+                services: services.state(),
+                secrets: secrets.state(),
+            };
+            let compiled = compile(&snap, &mut limiters);
+            metrics.table_builds.inc();
+            metrics.routes.set(compiled.table.len() as i64);
+            outputs.table.send_replace(Arc::new(compiled.table));
+            outputs.certs.send_replace(Arc::new(compiled.certs));
+            status.apply(&snap, &compiled.reports).await;
+            notify.notified().await;
+            tokio::time::sleep(DEBOUNCE).await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = watchers => anyhow::bail!("gateway watchers ended"),
+        _ = rebuild => anyhow::bail!("gateway route store closed"),
+    }
+    Ok(())
+}
+
+struct StatusWriter {
+    client: Client,
+    address: Option<String>,
+    /// Problems already reported as Events, so each is reported once while it lasts.
+    emitted: HashSet<(ObjectKey, String, String)>,
+}
+
+/// Keeps `lastTransitionTime` of conditions whose status did not change, so an unchanged
+/// state compares equal and is not written again.
+fn carry_times(new: &mut [Condition], old: &[Condition]) {
+    for c in new {
+        if let Some(o) = old.iter().find(|o| o.type_ == c.type_)
+            && o.status == c.status
+        {
+            c.last_transition_time = o.last_transition_time.clone();
+        }
+    }
+}
+
+fn find<'a, K: kube::Resource>(list: &'a [Arc<K>], key: &ObjectKey) -> Option<&'a Arc<K>> {
+    list.iter().find(|o| {
+        o.meta().name.as_deref() == Some(key.name.as_str()) && o.meta().namespace == key.namespace
+    })
+}
+
+impl StatusWriter {
+    async fn apply(&mut self, snap: &Snapshot, reports: &[Report]) {
+        let mut live = HashSet::new();
+        for r in reports {
+            if let Err(e) = self.write_status(snap, r).await {
+                tracing::warn!(kind = r.key.kind, name = %r.key.name, "writing status: {e}");
+            }
+            for p in &r.problems {
+                let k = (r.key.clone(), p.reason.clone(), p.message.clone());
+                live.insert(k.clone());
+                if self.emitted.contains(&k) {
+                    continue;
+                }
+                tracing::warn!(kind = r.key.kind, namespace = ?r.key.namespace, name = %r.key.name, reason = %p.reason, "{}", p.message);
+                match self.event(r, &p.reason, &p.message).await {
+                    Ok(()) => {
+                        self.emitted.insert(k);
+                    }
+                    Err(e) => tracing::warn!("creating event: {e}"),
+                }
+            }
+        }
+        self.emitted.retain(|k| live.contains(k));
+    }
+
+    async fn patch<K>(api: Api<K>, name: &str, status: impl Serialize) -> kube::Result<()>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    {
+        let body = serde_json::json!({ "status": status });
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .map(|_| ())
+    }
+
+    fn ns_api<K>(&self, key: &ObjectKey) -> Api<K>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        Api::namespaced(
+            self.client.clone(),
+            key.namespace.as_deref().unwrap_or("default"),
+        )
+    }
+
+    async fn write_status(&self, snap: &Snapshot, r: &Report) -> kube::Result<()> {
+        match &r.status {
+            DesiredStatus::HTTPRoute(want) => {
+                let Some(cur) = find(&snap.routes, &r.key) else {
+                    return Ok(());
+                };
+                let old = cur.status.clone().unwrap_or_default();
+                let mut want = want.clone();
+                for p in &mut want.parents {
+                    if let Some(o) = old.parents.iter().find(|o| {
+                        o.parent_ref == p.parent_ref && o.controller_name == p.controller_name
+                    }) {
+                        carry_times(&mut p.conditions, &o.conditions);
+                    }
+                }
+                if want != old {
+                    Self::patch(self.ns_api::<HTTPRoute>(&r.key), &r.key.name, &want).await?;
+                }
+            }
+            DesiredStatus::Gateway(want) => {
+                let Some(cur) = find(&snap.gateways, &r.key) else {
+                    return Ok(());
+                };
+                let old = cur.status.clone().unwrap_or_default();
+                let mut want = want.clone();
+                carry_times(&mut want.conditions, &old.conditions);
+                for l in &mut want.listeners {
+                    if let Some(o) = old.listeners.iter().find(|o| o.name == l.name) {
+                        carry_times(&mut l.conditions, &o.conditions);
+                    }
+                }
+                if let Some(a) = &self.address {
+                    want.addresses = vec![bosun_api::gateway::GatewayStatusAddress {
+                        type_: Some("IPAddress".into()),
+                        value: a.clone(),
+                    }];
+                }
+                if want != old {
+                    Self::patch(self.ns_api::<Gateway>(&r.key), &r.key.name, &want).await?;
+                }
+            }
+            DesiredStatus::GatewayClass(want) => {
+                let Some(cur) = find(&snap.classes, &r.key) else {
+                    return Ok(());
+                };
+                let old = cur.status.clone().unwrap_or_default();
+                let mut want = want.clone();
+                carry_times(&mut want.conditions, &old.conditions);
+                if want != old {
+                    Self::patch(
+                        Api::<GatewayClass>::all(self.client.clone()),
+                        &r.key.name,
+                        &want,
+                    )
+                    .await?;
+                }
+            }
+            DesiredStatus::Ingress => {
+                let Some(addr) = &self.address else {
+                    return Ok(());
+                };
+                let Some(cur) = find(&snap.ingresses, &r.key) else {
+                    return Ok(());
+                };
+                let want = IngressStatus {
+                    load_balancer: Some(IngressLoadBalancerStatus {
+                        ingress: Some(vec![IngressLoadBalancerIngress {
+                            ip: Some(addr.clone()),
+                            ..Default::default()
+                        }]),
+                    }),
+                };
+                if cur.status.as_ref() != Some(&want) {
+                    Self::patch(self.ns_api::<Ingress>(&r.key), &r.key.name, &want).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn event(&self, r: &Report, reason: &str, message: &str) -> kube::Result<()> {
+        let ns = r.key.namespace.clone().unwrap_or_else(|| "default".into());
+        let api_version = match r.key.kind {
+            "Ingress" => "networking.k8s.io/v1",
+            _ => "gateway.networking.k8s.io/v1",
+        };
+        let now = jiff::Timestamp::now();
+        let suffix: u64 = rand::random();
+        let ev = Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{}.{suffix:016x}", r.key.name)),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some(api_version.into()),
+                kind: Some(r.key.kind.into()),
+                name: Some(r.key.name.clone()),
+                namespace: r.key.namespace.clone(),
+                uid: r.uid.clone(),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some("Warning".into()),
+            source: Some(EventSource {
+                component: Some("bosun-gateway".into()),
+                host: None,
+            }),
+            reporting_component: Some("bosun.dev/gateway".into()),
+            reporting_instance: Some("bosun-gateway".into()),
+            action: Some("Route".into()),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            event_time: Some(MicroTime(now)),
+            count: Some(1),
+            ..Default::default()
+        };
+        Api::<Event>::namespaced(self.client.clone(), &ns)
+            .create(&PostParams::default(), &ev)
+            .await
+            .map(|_| ())
+    }
+}

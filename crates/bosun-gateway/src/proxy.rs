@@ -1,0 +1,511 @@
+//! Request handling: route lookup, rate limit, redirect, header and URL rewriting,
+//! weighted backend choice, mirroring, timeouts, WebSocket upgrades, metrics and access
+//! logs. Backends are reached through the [`Backends`] trait.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bosun_proxy::upstream::{self, Body, Policy, Target, UpstreamProtocol, Upstreams, full};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+
+use crate::metrics::{GatewayMetrics, RequestLabels, RouteLabels};
+use crate::routes::{BackendTarget, RequestView, RouteTable, request_host};
+
+/// Largest request body buffered to copy it to mirrors; larger ones are not mirrored.
+const MAX_MIRROR_BODY: usize = 1024 * 1024;
+const WS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where requests to a backend Service go.
+pub trait Backends: Send + Sync + 'static {
+    /// Sends `req` to an endpoint of `target`, answering errors as responses
+    /// (503 no endpoints, 502 upstream failure, 504 timeout). `backend_timeout` bounds
+    /// one attempt, `request_timeout` all of them.
+    fn call(
+        &self,
+        target: &BackendTarget,
+        req: Request<Body>,
+        backend_timeout: Option<Duration>,
+        request_timeout: Option<Duration>,
+    ) -> BoxFuture<'static, Response<Body>>;
+
+    /// One endpoint address for a connection-level exchange (WebSocket).
+    fn endpoint(&self, target: &BackendTarget) -> Result<SocketAddr, (StatusCode, String)>;
+}
+
+fn to_target(t: &BackendTarget) -> Target {
+    Target::new(&t.namespace, &t.service, t.port)
+}
+
+impl Backends for Upstreams {
+    fn call(
+        &self,
+        target: &BackendTarget,
+        req: Request<Body>,
+        backend_timeout: Option<Duration>,
+        request_timeout: Option<Duration>,
+    ) -> BoxFuture<'static, Response<Body>> {
+        let this = self.clone();
+        let t = to_target(target);
+        let mut policy: Policy = self
+            .service(&target.namespace, &target.service)
+            .map(|s| s.policy.clone())
+            .unwrap_or_default();
+        // Clients may speak HTTP/2 to the gateway while the Service speaks HTTP/1.1; only a
+        // Service that says so gets HTTP/2.
+        if policy.protocol == UpstreamProtocol::SameAsDownstream {
+            policy.protocol = UpstreamProtocol::Http1;
+        }
+        if backend_timeout.is_some() {
+            policy.per_try_timeout = backend_timeout;
+        }
+        if request_timeout.is_some() {
+            policy.timeout = request_timeout;
+        }
+        Box::pin(async move { this.http_call(&t, req, Some(&policy)).await })
+    }
+
+    fn endpoint(&self, target: &BackendTarget) -> Result<SocketAddr, (StatusCode, String)> {
+        match self.pick(&to_target(target), None, None) {
+            Ok(p) => {
+                let addr = p.endpoint.addr;
+                p.success();
+                Ok(addr)
+            }
+            Err(e) => Err((e.status(), e.to_string())),
+        }
+    }
+}
+
+/// Access log format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AccessLog {
+    #[default]
+    Off,
+    /// One JSON object per request on standard output.
+    Json,
+}
+
+/// How a request reached the gateway.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// "http" or "https".
+    pub scheme: &'static str,
+    pub listener_port: u16,
+}
+
+/// The shared request handler.
+pub struct Handler {
+    pub table: watch::Receiver<Arc<RouteTable>>,
+    pub backends: Arc<dyn Backends>,
+    pub metrics: GatewayMetrics,
+    pub access_log: AccessLog,
+}
+
+pub fn text(status: StatusCode, msg: &str) -> Response<Body> {
+    upstream::error_response(status, msg)
+}
+
+fn is_upgrade(req: &Request<hyper::body::Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+struct Outcome {
+    route: String,
+    service: String,
+    trace: Option<String>,
+}
+
+impl Handler {
+    pub async fn handle(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        conn: ConnInfo,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let host_header = req.headers().get(header::HOST).cloned();
+        let ua = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut out = Outcome {
+            route: String::new(),
+            service: String::new(),
+            trace: None,
+        };
+        let resp = self.route(req, conn, &mut out).await;
+        let status = resp.status();
+        let elapsed = started.elapsed();
+        let route_labels = RouteLabels {
+            route: out.route.clone(),
+        };
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: out.route.clone(),
+                service: out.service.clone(),
+                code: status.as_u16(),
+            })
+            .inc();
+        self.metrics
+            .duration
+            .get_or_create(&route_labels)
+            .observe(elapsed.as_secs_f64());
+        if self.access_log == AccessLog::Json {
+            let line = serde_json::json!({
+                "time": jiff::Timestamp::now().to_string(),
+                "remote": conn.peer.to_string(),
+                "scheme": conn.scheme,
+                "method": method.as_str(),
+                "host": host_header.as_ref().and_then(|h| h.to_str().ok()),
+                "path": path,
+                "status": status.as_u16(),
+                "route": out.route,
+                "service": out.service,
+                "duration_seconds": elapsed.as_secs_f64(),
+                "trace_id": out.trace.as_deref().and_then(|t| t.split('-').nth(1)),
+                "user_agent": ua,
+            });
+            println!("{line}");
+        }
+        let bytes = self
+            .metrics
+            .response_bytes
+            .get_or_create(&route_labels)
+            .clone();
+        resp.map(|b| {
+            b.map_frame(move |f| {
+                if let Some(d) = f.data_ref() {
+                    bytes.inc_by(d.len() as u64);
+                }
+                f
+            })
+            .boxed()
+        })
+    }
+
+    async fn route(
+        &self,
+        mut req: Request<hyper::body::Incoming>,
+        conn: ConnInfo,
+        out: &mut Outcome,
+    ) -> Response<Body> {
+        let Some(host) = request_host(req.uri(), req.headers()) else {
+            return text(StatusCode::BAD_REQUEST, "missing or invalid Host header");
+        };
+        let table = self.table.borrow().clone();
+        let query = req.uri().query().map(str::to_string);
+        let path = req.uri().path().to_string();
+        let found = {
+            let view = RequestView::new(req.method(), &path, query.as_deref(), req.headers());
+            table
+                .lookup(&host, &view)
+                .map(|e| (e.action.clone(), e.matcher.path.clone()))
+        };
+        let Some((action, matched)) = found else {
+            return text(StatusCode::NOT_FOUND, &format!("no route for {host}{path}"));
+        };
+        out.route = action.route.to_string();
+        let route_labels = RouteLabels {
+            route: out.route.clone(),
+        };
+
+        if let Some(rl) = &action.rate_limit
+            && let Err(wait) = rl.try_acquire()
+        {
+            self.metrics.rate_limited.get_or_create(&route_labels).inc();
+            let mut r = text(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::ratelimit::retry_after_secs(wait)),
+            );
+            return r;
+        }
+
+        if let Some(redirect) = &action.redirect {
+            let loc = redirect.location(
+                conn.scheme,
+                &host,
+                conn.listener_port,
+                &path,
+                query.as_deref(),
+                &matched,
+            );
+            let mut r = Response::new(full(""));
+            *r.status_mut() = redirect.status;
+            match HeaderValue::from_str(&loc) {
+                Ok(v) => {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                Err(_) => {
+                    return text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "redirect target is not a valid header",
+                    );
+                }
+            }
+            if let Some(m) = &action.response_headers {
+                m.apply(r.headers_mut());
+            }
+            return r;
+        }
+
+        let Some(backend) = action.pick_backend(rand::random::<f64>()) else {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "route has no backends with weight",
+            );
+        };
+        let Some(target) = backend.target.clone() else {
+            out.service = backend.name.clone();
+            return text(
+                action.unresolved_status,
+                &format!("backend {} is not available", backend.name),
+            );
+        };
+        out.service = format!("{}/{}", target.namespace, target.service);
+
+        // Rewrite the request for the backend.
+        let upgrade = is_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let new_path = match action.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
+            Some(m) => m.apply(&path, &matched),
+            None => path.clone(),
+        };
+        let pq = match &query {
+            Some(q) => format!("{new_path}?{q}"),
+            None => new_path,
+        };
+        parts.uri = match pq.parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "request target is invalid after rewrite",
+                );
+            }
+        };
+        let authority = action
+            .rewrite
+            .as_ref()
+            .and_then(|r| r.hostname.clone())
+            .map(|h| HeaderValue::from_str(&h))
+            .or_else(|| parts.headers.get(header::HOST).cloned().map(Ok))
+            .unwrap_or_else(|| HeaderValue::from_str(&host));
+        let Ok(authority) = authority else {
+            return text(StatusCode::BAD_REQUEST, "invalid Host");
+        };
+        let orig_host = parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .unwrap_or_else(|| authority.clone());
+        parts.headers.insert(header::HOST, authority);
+        parts.headers.insert("x-forwarded-host", orig_host);
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static(conn.scheme));
+        let xff = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {}", conn.peer.ip()),
+            None => conn.peer.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+        // Start a trace here when the client did not, so the access log can name it.
+        let tp = upstream::trace::next_traceparent(
+            parts
+                .headers
+                .get(upstream::trace::TRACEPARENT)
+                .and_then(|v| v.to_str().ok()),
+        );
+        if let Ok(v) = HeaderValue::from_str(&tp) {
+            parts.headers.insert(upstream::trace::TRACEPARENT, v);
+        }
+        out.trace = Some(tp);
+        if let Some(m) = &action.request_headers {
+            m.apply(&mut parts.headers);
+        }
+        if let Some(m) = &backend.request_headers {
+            m.apply(&mut parts.headers);
+        }
+        parts.extensions.insert(upstream::ClientAddr(conn.peer));
+
+        let req_bytes = self
+            .metrics
+            .request_bytes
+            .get_or_create(&route_labels)
+            .clone();
+        let counted = body.map_frame(move |f| {
+            if let Some(d) = f.data_ref() {
+                req_bytes.inc_by(d.len() as u64);
+            }
+            f
+        });
+
+        let mut resp = if let Some(on_client) = client_upgrade {
+            self.websocket(&target, parts, upstream::boxed(counted), on_client)
+                .await
+        } else {
+            let body: Body = if action.mirrors.is_empty() {
+                upstream::boxed(counted)
+            } else {
+                let mirrors: Vec<_> = action
+                    .mirrors
+                    .iter()
+                    .filter(|m| rand::random::<f64>() < m.fraction)
+                    .cloned()
+                    .collect();
+                let limited = http_body_util::Limited::new(counted, MAX_MIRROR_BODY);
+                match limited.collect().await {
+                    Ok(c) => {
+                        let bytes = c.to_bytes();
+                        for m in mirrors {
+                            self.metrics.mirrored.get_or_create(&route_labels).inc();
+                            let mut b = Request::builder()
+                                .method(parts.method.clone())
+                                .uri(parts.uri.clone());
+                            if let Some(h) = b.headers_mut() {
+                                *h = parts.headers.clone();
+                            }
+                            if let Ok(mreq) = b.body(full(bytes.clone())) {
+                                // Fire and forget: the mirror's answer and failures are ignored.
+                                let call = self.backends.call(
+                                    &m.target,
+                                    mreq,
+                                    action.backend_timeout,
+                                    action.request_timeout,
+                                );
+                                tokio::spawn(async move {
+                                    let resp = call.await;
+                                    let _ = resp.into_body().collect().await;
+                                });
+                            }
+                        }
+                        full(bytes)
+                    }
+                    Err(e) => {
+                        let too_big = e
+                            .downcast_ref::<http_body_util::LengthLimitError>()
+                            .is_some();
+                        return if too_big {
+                            text(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "request body too large to mirror",
+                            )
+                        } else {
+                            text(
+                                StatusCode::BAD_REQUEST,
+                                &format!("reading request body: {e}"),
+                            )
+                        };
+                    }
+                }
+            };
+            let req = Request::from_parts(parts, body);
+            let call =
+                self.backends
+                    .call(&target, req, action.backend_timeout, action.request_timeout);
+            match action.request_timeout {
+                Some(t) => match tokio::time::timeout(t, call).await {
+                    Ok(r) => r,
+                    Err(_) => text(StatusCode::GATEWAY_TIMEOUT, "request timed out"),
+                },
+                None => call.await,
+            }
+        };
+        if let Some(m) = &action.response_headers {
+            m.apply(resp.headers_mut());
+        }
+        if let Some(m) = &backend.response_headers {
+            m.apply(resp.headers_mut());
+        }
+        resp
+    }
+
+    /// Relays an HTTP/1.1 upgrade (WebSocket): forwards the handshake to one endpoint and,
+    /// on 101, splices the two connections.
+    async fn websocket(
+        &self,
+        target: &BackendTarget,
+        parts: http::request::Parts,
+        body: Body,
+        on_client: hyper::upgrade::OnUpgrade,
+    ) -> Response<Body> {
+        let addr = match self.backends.endpoint(target) {
+            Ok(a) => a,
+            Err((status, msg)) => return text(status, &msg),
+        };
+        let stream =
+            match tokio::time::timeout(WS_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return text(StatusCode::BAD_GATEWAY, &format!("connect to {addr}: {e}"));
+                }
+                Err(_) => {
+                    return text(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!("connect to {addr} timed out"),
+                    );
+                }
+            };
+        let (mut sender, conn) =
+            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                Ok(x) => x,
+                Err(e) => return text(StatusCode::BAD_GATEWAY, &format!("upstream {addr}: {e}")),
+            };
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, "upgraded upstream connection: {e}");
+            }
+        });
+        let req = Request::from_parts(parts, body);
+        let mut resp = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => return text(StatusCode::BAD_GATEWAY, &format!("upstream {addr}: {e}")),
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return resp.map(upstream::boxed);
+        }
+        let on_server = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(on_client, on_server) {
+                Ok((c, s)) => {
+                    let mut c = TokioIo::new(c);
+                    let mut s = TokioIo::new(s);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
+                        tracing::debug!(%addr, "upgraded connection ended: {e}");
+                    }
+                }
+                Err(e) => tracing::debug!(%addr, "upgrade failed: {e}"),
+            }
+        });
+        let (parts, _) = resp.into_parts();
+        Response::from_parts(parts, full(Bytes::new()))
+    }
+}

@@ -1,0 +1,385 @@
+//! Latency added by the node proxy at a fixed request rate, and maximum throughput,
+//! compared with direct access and with nginx as an equivalent reverse proxy.
+//!
+//! `proxy-bench [--rate 1000] [--seconds 5] [--concurrency 32]`
+//!
+//! The proxy runs in a child process (this binary with `serve-proxy`) so its RSS can be
+//! read from /proc. nginx is used when `nginx` is on PATH.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bosun_proxy::upstream::{Body, Upstreams, full};
+use bosun_proxy::{ProxyConfig, serve};
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{name} needs a value")),
+        None => Ok(default),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("serve-proxy") {
+        let listen: SocketAddr = arg(&args, "--listen", "127.0.0.1:0".parse()?)?;
+        let backend: SocketAddr = arg(&args, "--backend", "127.0.0.1:0".parse()?)?;
+        return serve_proxy(listen, backend).await;
+    }
+    let rate: u32 = arg(&args, "--rate", 1000)?;
+    let seconds: u64 = arg(&args, "--seconds", 5)?;
+    let concurrency: usize = arg(&args, "--concurrency", 32)?;
+
+    let backend = start_backend().await?;
+    let proxy_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), free_port()?);
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "serve-proxy",
+            "--listen",
+            &proxy_addr.to_string(),
+            "--backend",
+            &backend.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start proxy child")?;
+    let proxy_pid = child.id().context("proxy pid")?;
+    wait_up(proxy_addr).await?;
+
+    let nginx = match start_nginx(backend).await {
+        Ok(n) => Some(n),
+        Err(e) => {
+            eprintln!("nginx skipped: {e:#}");
+            None
+        }
+    };
+
+    println!("fixed rate {rate} req/s for {seconds}s, GET with a 3-byte answer, keep-alive");
+    println!(
+        "{:<8} {:>10} {:>10} {:>10} {:>8}",
+        "path", "p50 us", "p99 us", "max us", "errors"
+    );
+    let mut targets = vec![("direct", backend), ("bosun", proxy_addr)];
+    if let Some(n) = &nginx {
+        targets.push(("nginx", n.addr));
+    }
+    for (name, addr) in &targets {
+        // Warm up connections and EWMA state.
+        let _ = closed_loop(*addr, 8, Duration::from_millis(500)).await;
+        let r = fixed_rate(*addr, rate, Duration::from_secs(seconds)).await;
+        println!(
+            "{:<8} {:>10} {:>10} {:>10} {:>8}",
+            name, r.p50_us, r.p99_us, r.max_us, r.errors
+        );
+    }
+    println!("max throughput, {concurrency} concurrent keep-alive clients, {seconds}s");
+    for (name, addr) in &targets {
+        let (n, errors) = closed_loop(*addr, concurrency, Duration::from_secs(seconds)).await;
+        println!(
+            "{:<8} {:>10.0} req/s  errors {}",
+            name,
+            n as f64 / seconds as f64,
+            errors
+        );
+    }
+    println!("bosun proxy RSS: {} KiB", rss_kib(proxy_pid)?);
+    if let Some(n) = &nginx {
+        println!("nginx RSS (master + workers): {} KiB", n.rss_kib());
+    }
+    child.kill().await.ok();
+    drop(nginx);
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_up(addr: SocketAddr) -> Result<()> {
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("{addr} did not come up")
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")
+}
+
+async fn start_backend() -> Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(http::Response::new(full("ok\n")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn serve_proxy(listen: SocketAddr, backend: SocketAddr) -> Result<()> {
+    let mut registry = Registry::default();
+    let ups = Upstreams::detached(registry.sub_registry_with_prefix("bosun_proxy"));
+    ups.apply_service(&Service {
+        metadata: ObjectMeta {
+            name: Some("bench".into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(listen.ip().to_string()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: listen.port().into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    ups.apply_endpoint_slice(&EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some("bench-1".into()),
+            namespace: Some("default".into()),
+            labels: Some(
+                [(
+                    "kubernetes.io/service-name".to_string(),
+                    "bench".to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: vec![Endpoint {
+            addresses: vec![backend.ip().to_string()],
+            ..Default::default()
+        }],
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(backend.port().into()),
+            ..Default::default()
+        }]),
+    });
+    let mut cfg = ProxyConfig::new("unused0", listen.ip());
+    cfg.manage_vips = false;
+    cfg.node_port_addresses = vec![];
+    serve(ups, cfg, Arc::new(registry), CancellationToken::new()).await
+}
+
+struct Nginx {
+    addr: SocketAddr,
+    child: tokio::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn rss_kib(&self) -> u64 {
+        // Master plus its worker children.
+        let Some(master) = self.child.id() else {
+            return 0;
+        };
+        let mut total = rss_kib(master).unwrap_or(0);
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let ppid = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().nth(1))
+                    .and_then(|p| p.parse::<u32>().ok());
+                if ppid == Some(master) {
+                    total += rss_kib(pid).unwrap_or(0);
+                }
+            }
+        }
+        total
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// nginx as the same kind of reverse proxy: one upstream, keep-alive on both sides,
+/// one worker per core.
+async fn start_nginx(backend: SocketAddr) -> Result<Nginx> {
+    let bin = which("nginx").context("nginx not found (apt-get install nginx)")?;
+    let port = free_port()?;
+    let dir = std::env::temp_dir().join(format!("proxy-bench-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let conf = format!(
+        "worker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           upstream backend {{ server {backend}; keepalive 64; }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://backend;\n\
+               proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf)?;
+    let child = tokio::process::Command::new(bin)
+        .args([
+            "-p",
+            &dir.to_string_lossy(),
+            "-c",
+            &dir.join("nginx.conf").to_string_lossy(),
+            "-g",
+            "daemon off;",
+        ])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    wait_up(addr).await?;
+    Ok(Nginx { addr, child, dir })
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn client() -> Client<HttpConnector, Body> {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build(c)
+}
+
+struct RateResult {
+    p50_us: u64,
+    p99_us: u64,
+    max_us: u64,
+    errors: u64,
+}
+
+/// Open loop: requests start on schedule whether or not earlier ones finished, so a slow
+/// path shows up as latency instead of a lower rate.
+async fn fixed_rate(addr: SocketAddr, rate: u32, dur: Duration) -> RateResult {
+    let c = client();
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let total = (dur.as_secs_f64() * f64::from(rate)) as usize;
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        tokio::time::sleep_until(start + interval * i as u32).await;
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let ok = one(&c, addr).await;
+            (t.elapsed(), ok)
+        }));
+    }
+    let mut lat = Vec::with_capacity(total);
+    let mut errors = 0;
+    for t in tasks {
+        match t.await {
+            Ok((d, true)) => lat.push(d.as_micros() as u64),
+            _ => errors += 1,
+        }
+    }
+    lat.sort_unstable();
+    let q = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    RateResult {
+        p50_us: q(0.50),
+        p99_us: q(0.99),
+        max_us: lat.last().copied().unwrap_or(0),
+        errors,
+    }
+}
+
+async fn closed_loop(addr: SocketAddr, concurrency: usize, dur: Duration) -> (u64, u64) {
+    let c = client();
+    let end = Instant::now() + dur;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut n, mut e) = (0u64, 0u64);
+            while Instant::now() < end {
+                if one(&c, addr).await {
+                    n += 1;
+                } else {
+                    e += 1;
+                }
+            }
+            (n, e)
+        }));
+    }
+    let mut total = (0, 0);
+    for t in tasks {
+        if let Ok((n, e)) = t.await {
+            total.0 += n;
+            total.1 += e;
+        }
+    }
+    total
+}
+
+async fn one(c: &Client<HttpConnector, Body>, addr: SocketAddr) -> bool {
+    let req = match Request::get(format!("http://{addr}/")).body(full("")) {
+        Ok(r) => r,
+        Err(_) => return false,
+    };
+    match c.request(req).await {
+        Ok(r) if r.status().is_success() => r.into_body().collect().await.is_ok(),
+        _ => false,
+    }
+}

@@ -1,0 +1,671 @@
+//! The node proxy: listens on every Service VIP port and NodePort and balances traffic over
+//! the Service's ready endpoints, per request for HTTP/1.1 and HTTP/2 (h2c, gRPC), per
+//! connection for anything else.
+
+use std::collections::{BTreeSet, HashMap};
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use bytes::{Buf, Bytes};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::upstream::metrics::{DirLabels, SvcLabels};
+use crate::upstream::{
+    Body, ClientAddr, HashKey, LbAlgorithm, PortRef, Protocol, ServiceInfo, Target, Upstreams,
+};
+use crate::vip;
+
+/// Node proxy settings.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Dummy interface that carries the Service VIPs (created if missing).
+    pub service_interface: String,
+    /// This node's address (reported in logs; NodePorts listen on `node_port_addresses`).
+    pub node_ip: IpAddr,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Addresses NodePorts listen on (default: all, `0.0.0.0`).
+    pub node_port_addresses: Vec<IpAddr>,
+    /// Put VIPs on `service_interface`. Off only where VIPs are already local (tests on
+    /// 127.0.0.0/8).
+    pub manage_vips: bool,
+    /// How long to wait for a client's first bytes before treating a connection as
+    /// opaque TCP (server-first protocols send nothing until the server speaks).
+    pub sniff_timeout: Duration,
+    /// How long open connections may finish after their listener closes.
+    pub drain_timeout: Duration,
+}
+
+impl ProxyConfig {
+    pub fn new(service_interface: &str, node_ip: IpAddr) -> ProxyConfig {
+        ProxyConfig {
+            service_interface: service_interface.to_string(),
+            node_ip,
+            metrics_listen: None,
+            node_port_addresses: vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+            manage_vips: true,
+            sniff_timeout: Duration::from_millis(300),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs the node proxy until `shutdown`: watches Services and EndpointSlices through
+/// `client`, keeps the VIPs on `cfg.service_interface`, and serves every VIP port and
+/// NodePort.
+pub async fn run(
+    client: kube::Client,
+    cfg: ProxyConfig,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let mut registry = Registry::default();
+    let (upstreams, watchers) =
+        Upstreams::new(client, registry.sub_registry_with_prefix("bosun_proxy"));
+    let watch_task = tokio::spawn(watchers);
+    let res = serve(upstreams, cfg, Arc::new(registry), shutdown).await;
+    watch_task.abort();
+    res
+}
+
+/// How a listener treats new connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Sniff the first bytes.
+    Auto,
+    /// Declared HTTP (`appProtocol` http/h2c/grpc or port name http*/grpc*): still sniffed
+    /// to tell HTTP/1 from HTTP/2, but without waiting for a server-first protocol.
+    Http,
+    /// Declared opaque TCP (`appProtocol: tcp`): never sniffed.
+    Tcp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ListenSpec {
+    addr: SocketAddr,
+    target: Target,
+    mode: Mode,
+}
+
+/// `graceful`: the listener closed, finish what is in flight; `hard`: stop now.
+#[derive(Clone)]
+struct Tokens {
+    graceful: CancellationToken,
+    hard: CancellationToken,
+}
+
+struct Listener {
+    spec: ListenSpec,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Serves Services from an existing endpoint cache (`run` without the watchers; tests
+/// feed a detached [`Upstreams`]). `registry` is served on `cfg.metrics_listen`.
+pub async fn serve(
+    upstreams: Upstreams,
+    cfg: ProxyConfig,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let cfg = Arc::new(cfg);
+    if cfg.manage_vips {
+        vip::ensure_interface(&cfg.service_interface)
+            .await
+            .with_context(|| format!("service interface {}", cfg.service_interface))?;
+    }
+    if let Some(addr) = cfg.metrics_listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics listener {addr}"))?;
+        tokio::spawn(serve_metrics(l, registry, shutdown.clone()));
+    }
+    tracing::info!(node_ip = %cfg.node_ip, interface = %cfg.service_interface, "node proxy started");
+    let conns = TaskTracker::new();
+    // Cancelled when the drain deadline passes: cuts what is still open.
+    let hard = CancellationToken::new();
+    let mut listeners: HashMap<SocketAddr, Listener> = HashMap::new();
+    let mut changes = upstreams.subscribe();
+    loop {
+        let services = upstreams.services();
+        let mut failed = false;
+        if cfg.manage_vips {
+            let vips: BTreeSet<IpAddr> = services
+                .iter()
+                .flat_map(|s| s.cluster_ips.iter().copied())
+                .collect();
+            if let Err(e) = vip::reconcile(&cfg.service_interface, &vips).await {
+                tracing::warn!("service VIPs: {e:#}");
+                failed = true;
+            }
+        }
+        let want = desired_listeners(&services, &cfg);
+        // Stop listeners that went away or changed, before binding their replacements.
+        let stale: Vec<SocketAddr> = listeners
+            .iter()
+            .filter(|(a, l)| want.get(*a) != Some(&l.spec))
+            .map(|(a, _)| *a)
+            .collect();
+        for a in stale {
+            if let Some(l) = listeners.remove(&a) {
+                l.cancel.cancel();
+                let _ = l.task.await;
+                tracing::debug!(addr = %a, "listener closed");
+            }
+        }
+        for (addr, spec) in want {
+            if listeners.contains_key(&addr) {
+                continue;
+            }
+            match bind(addr) {
+                Ok(tcp) => {
+                    let cancel = shutdown.child_token();
+                    let task = tokio::spawn(accept_loop(
+                        tcp,
+                        spec.clone(),
+                        upstreams.clone(),
+                        cfg.clone(),
+                        Tokens {
+                            graceful: cancel.clone(),
+                            hard: hard.clone(),
+                        },
+                        conns.clone(),
+                    ));
+                    listeners.insert(addr, Listener { spec, cancel, task });
+                }
+                Err(e) => {
+                    tracing::warn!(%addr, service = %format!("{}/{}", spec.target.namespace, spec.target.service), "listen: {e}");
+                    failed = true;
+                }
+            }
+        }
+        // Failed binds/VIP changes are retried on a timer as well as on the next change.
+        let retry = async {
+            if failed {
+                tokio::time::sleep(Duration::from_secs(2)).await
+            } else {
+                std::future::pending::<()>().await
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = changes.changed() => if r.is_err() { break },
+            _ = retry => {}
+        }
+    }
+    for (_, l) in listeners.drain() {
+        l.cancel.cancel();
+        let _ = l.task.await;
+    }
+    conns.close();
+    if tokio::time::timeout(cfg.drain_timeout, conns.wait())
+        .await
+        .is_err()
+    {
+        tracing::info!("node proxy: drain timeout, closing remaining connections");
+        hard.cancel();
+        conns.wait().await;
+    }
+    Ok(())
+}
+
+fn desired_listeners(
+    services: &[Arc<ServiceInfo>],
+    cfg: &ProxyConfig,
+) -> HashMap<SocketAddr, ListenSpec> {
+    let mut want = HashMap::new();
+    for s in services {
+        if s.type_ == "ExternalName" {
+            continue;
+        }
+        for p in &s.ports {
+            if p.protocol != Protocol::Tcp {
+                continue;
+            }
+            let target = Target {
+                namespace: s.namespace.clone(),
+                service: s.name.clone(),
+                port: PortRef::Number(p.port),
+            };
+            let mode = mode_for(&p.name, p.app_protocol.as_deref());
+            let mut add = |addr: SocketAddr| {
+                want.entry(addr).or_insert_with(|| ListenSpec {
+                    addr,
+                    target: target.clone(),
+                    mode,
+                });
+            };
+            for ip in &s.cluster_ips {
+                add(SocketAddr::new(*ip, p.port));
+            }
+            if let Some(np) = p.node_port
+                && np != 0
+            {
+                for ip in &cfg.node_port_addresses {
+                    add(SocketAddr::new(*ip, np));
+                }
+            }
+        }
+    }
+    want
+}
+
+fn mode_for(port_name: &str, app_protocol: Option<&str>) -> Mode {
+    match app_protocol.map(str::to_ascii_lowercase).as_deref() {
+        Some("tcp") => return Mode::Tcp,
+        Some("http" | "http2" | "h2c" | "grpc" | "kubernetes.io/h2c") => return Mode::Http,
+        _ => {}
+    }
+    let n = port_name.to_ascii_lowercase();
+    if n == "tcp" || n.starts_with("tcp-") {
+        Mode::Tcp
+    } else if n.starts_with("http") || n.starts_with("grpc") || n.starts_with("h2c") {
+        Mode::Http
+    } else {
+        Mode::Auto
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // Rebinding right after a Service is recreated must not wait for TIME_WAIT.
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(1024)
+}
+
+async fn accept_loop(
+    l: TcpListener,
+    spec: ListenSpec,
+    upstreams: Upstreams,
+    cfg: Arc<ProxyConfig>,
+    tokens: Tokens,
+    conns: TaskTracker,
+) {
+    let spec = Arc::new(spec);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = tokens.graceful.cancelled() => return,
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(addr = %spec.addr, "accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (spec, upstreams, cfg, tokens) =
+            (spec.clone(), upstreams.clone(), cfg.clone(), tokens.clone());
+        conns.spawn(async move {
+            handle_connection(stream, peer, spec, upstreams, cfg, tokens).await;
+        });
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const METHODS: &[&[u8]] = &[
+    b"GET ",
+    b"HEAD ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"TRACE ",
+    b"CONNECT ",
+];
+
+#[derive(Debug, PartialEq, Eq)]
+enum Sniffed {
+    Http1,
+    Http2,
+    Opaque,
+    NeedMore,
+}
+
+fn sniff(buf: &[u8]) -> Sniffed {
+    if buf.is_empty() {
+        return Sniffed::NeedMore;
+    }
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return if n == H2_PREFACE.len() {
+            Sniffed::Http2
+        } else {
+            Sniffed::NeedMore
+        };
+    }
+    for m in METHODS {
+        let k = buf.len().min(m.len());
+        if buf[..k] == m[..k] {
+            return if k == m.len() {
+                Sniffed::Http1
+            } else {
+                Sniffed::NeedMore
+            };
+        }
+    }
+    Sniffed::Opaque
+}
+
+async fn handle_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    spec: Arc<ListenSpec>,
+    upstreams: Upstreams,
+    cfg: Arc<ProxyConfig>,
+    tokens: Tokens,
+) {
+    let mut buf = Vec::with_capacity(64);
+    let kind = if spec.mode == Mode::Tcp {
+        Sniffed::Opaque
+    } else {
+        let deadline = tokio::time::Instant::now()
+            + if spec.mode == Mode::Http {
+                Duration::from_secs(10)
+            } else {
+                cfg.sniff_timeout
+            };
+        loop {
+            let s = sniff(&buf);
+            if s != Sniffed::NeedMore {
+                break s;
+            }
+            let mut chunk = [0u8; 64];
+            match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                // Client closed before sending anything useful.
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                // Silent client: server-first protocol, relay as TCP.
+                Err(_) => break Sniffed::Opaque,
+            }
+        }
+    };
+    let io = Prefixed {
+        prefix: Bytes::from(buf),
+        inner: stream,
+    };
+    match kind {
+        Sniffed::Http1 | Sniffed::Http2 => {
+            serve_http(io, peer, kind == Sniffed::Http2, spec, upstreams, tokens).await
+        }
+        _ => relay_tcp(io, peer, &spec, &upstreams, &tokens.hard).await,
+    }
+}
+
+async fn serve_http(
+    io: Prefixed,
+    peer: SocketAddr,
+    h2: bool,
+    spec: Arc<ListenSpec>,
+    upstreams: Upstreams,
+    tokens: Tokens,
+) {
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let upstreams = upstreams.clone();
+        let spec = spec.clone();
+        async move {
+            req.extensions_mut().insert(ClientAddr(peer));
+            let resp: Response<Body> = upstreams.http_call(&spec.target, req, None).await;
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let io = TokioIo::new(io);
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => log_conn_end(r),
+            _ = tokens.graceful.cancelled() => {
+                // GOAWAY; streams in flight finish.
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    r = conn.as_mut() => log_conn_end(r),
+                    _ = tokens.hard.cancelled() => {}
+                }
+            }
+        }
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .serve_connection(io, svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => log_conn_end(r),
+            _ = tokens.graceful.cancelled() => {
+                // Idle connections close now; a request in flight gets `Connection: close`.
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    r = conn.as_mut() => log_conn_end(r),
+                    _ = tokens.hard.cancelled() => {}
+                }
+            }
+        }
+    }
+}
+
+fn log_conn_end(r: Result<(), hyper::Error>) {
+    if let Err(e) = r
+        && !e.is_incomplete_message()
+    {
+        tracing::debug!("http connection: {e}");
+    }
+}
+
+async fn relay_tcp(
+    mut io: Prefixed,
+    peer: SocketAddr,
+    spec: &ListenSpec,
+    upstreams: &Upstreams,
+    hard: &CancellationToken,
+) {
+    let target = &spec.target;
+    let labels = SvcLabels {
+        namespace: target.namespace.clone(),
+        service: target.service.clone(),
+    };
+    let m = upstreams.metrics();
+    let info = upstreams.service(&target.namespace, &target.service);
+    let policy = info.as_ref().map(|i| i.policy.clone()).unwrap_or_default();
+    let key = peer.ip().to_string();
+    let hash_key = (policy.balancer == LbAlgorithm::ConsistentHash
+        && matches!(policy.hash_key, HashKey::SourceIp | HashKey::Header(_)))
+    .then_some(key.as_bytes());
+    let mut tried = Vec::new();
+    let mut upstream = None;
+    for _ in 0..=policy.retries {
+        let mut picked = match upstreams.pick_excluding(target, Some(&policy), hash_key, &tried) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(%peer, "tcp: {e}");
+                return;
+            }
+        };
+        let addr = picked.endpoint.addr;
+        tried.push(addr);
+        match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                picked.finish_latency();
+                picked.success();
+                upstream = Some(s);
+                break;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%addr, "tcp connect: {e}");
+                m.connect_errors.get_or_create(&labels).inc();
+                picked.failure();
+            }
+            Err(_) => {
+                m.connect_errors.get_or_create(&labels).inc();
+                picked.failure();
+            }
+        }
+    }
+    let Some(mut up) = upstream else { return };
+    let _ = up.set_nodelay(true);
+    m.tcp_connections.get_or_create(&labels).inc();
+    // Open connections outlive their listener until the proxy's drain deadline.
+    let res = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut io, &mut up) => r.ok(),
+        _ = hard.cancelled() => None,
+    };
+    if let Some((rx, tx)) = res {
+        m.bytes
+            .get_or_create(&DirLabels {
+                namespace: labels.namespace.clone(),
+                service: labels.service.clone(),
+                direction: "rx",
+            })
+            .inc_by(rx);
+        m.bytes
+            .get_or_create(&DirLabels {
+                namespace: labels.namespace,
+                service: labels.service,
+                direction: "tx",
+            })
+            .inc_by(tx);
+    }
+    let _ = up.shutdown().await;
+}
+
+/// A stream whose first bytes (read while sniffing) are replayed before the rest.
+struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.prefix.has_remaining() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+async fn serve_metrics(l: TcpListener, registry: Arc<Registry>, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = l.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let registry = registry.clone();
+                async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        let mut out = String::new();
+                        match prometheus_client::encoding::text::encode(&mut out, &registry) {
+                            Ok(()) => {
+                                let mut r = Response::new(crate::upstream::full(out));
+                                r.headers_mut().insert(
+                                    http::header::CONTENT_TYPE,
+                                    http::HeaderValue::from_static(
+                                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                    ),
+                                );
+                                r
+                            }
+                            Err(e) => crate::upstream::error_response(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                &e.to_string(),
+                            ),
+                        }
+                    } else {
+                        crate::upstream::error_response(StatusCode::NOT_FOUND, "not found")
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffing() {
+        assert_eq!(sniff(b""), Sniffed::NeedMore);
+        assert_eq!(sniff(b"GE"), Sniffed::NeedMore);
+        assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Sniffed::Http1);
+        assert_eq!(sniff(b"POST "), Sniffed::Http1);
+        assert_eq!(sniff(b"PRI * HTTP/2.0\r\n"), Sniffed::NeedMore);
+        assert_eq!(sniff(H2_PREFACE), Sniffed::Http2);
+        assert_eq!(sniff(b"\x16\x03\x01\x02\x00"), Sniffed::Opaque);
+        assert_eq!(sniff(b"hello\n"), Sniffed::Opaque);
+        assert_eq!(sniff(b"GETX"), Sniffed::Opaque);
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(mode_for("http", None), Mode::Http);
+        assert_eq!(mode_for("grpc-api", None), Mode::Http);
+        assert_eq!(mode_for("db", Some("tcp")), Mode::Tcp);
+        assert_eq!(mode_for("tcp-redis", None), Mode::Tcp);
+        assert_eq!(mode_for("", None), Mode::Auto);
+        assert_eq!(mode_for("", Some("kubernetes.io/h2c")), Mode::Http);
+    }
+}

@@ -1,0 +1,1352 @@
+//! Upstream library shared by the node proxy and the gateway: where a Service's traffic may
+//! go, which endpoint takes the next request, and how a request is sent there.
+//!
+//! * **Endpoint cache** fed by watchers on Services and EndpointSlices
+//!   (`discovery.k8s.io/v1`). Only endpoints that are ready and not terminating are used;
+//!   a terminating endpoint is dropped at once. Idle keep-alive connections to a removed
+//!   endpoint close when its last in-flight request finishes (each endpoint owns its
+//!   connection pool, which is dropped with it).
+//! * **Balancing** per Service port: P2C over peak-EWMA latency (tower's
+//!   [`tower::load::PeakEwma`], the default), round robin, or a consistent-hash ring on a
+//!   header or the client IP. See [`balance`].
+//! * **Calls** ([`Upstreams::http_call`]): HTTP/1.1 or HTTP/2 (h2c prior knowledge) to the
+//!   endpoint, retries of idempotent failures under a retry budget (20% of requests plus
+//!   10/s, tower's [`TpsBudget`]), overall and per-try timeouts, outlier ejection, W3C
+//!   `traceparent` (a new span id per hop), and Prometheus metrics.
+//!
+//! ```no_run
+//! # async fn demo(client: kube::Client) {
+//! use bosun_proxy::upstream::{Target, Upstreams, full};
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! let (upstreams, run) = Upstreams::new(client, &mut registry);
+//! tokio::spawn(run);
+//! let target = Target::new("default", "web", 80);
+//! let req = http::Request::get("/").body(full("")).unwrap();
+//! let resp = upstreams.http_call(&target, req, None).await; // 503 when no endpoints
+//! # }
+//! ```
+//!
+//! Errors never surface as Rust errors from `http_call`: no endpoints -> 503, connect
+//! failure -> 502, timeout -> 504 (see [`UpstreamError::status`]).
+
+pub mod balance;
+pub mod metrics;
+pub mod policy;
+pub mod trace;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
+
+use balance::{Balancer, Candidate, LoadTracker, OutlierState, max_ejected};
+pub use metrics::Metrics;
+use metrics::{DirLabels, StatusLabels, SvcLabels};
+pub use policy::{HashKey, LbAlgorithm, OutlierConfig, Policy, UpstreamProtocol};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type of requests and responses passing through the upstream layer.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// A complete body.
+pub fn full(b: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Boxes any body (e.g. `hyper::body::Incoming`).
+pub fn boxed<B>(b: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    b.map_err(Into::into).boxed()
+}
+
+/// Request extension carrying the downstream client's address (for `source-ip` hashing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Largest request body buffered so the request can be retried; bigger or unsized
+/// (streaming) bodies are sent once.
+const MAX_REPLAY_BODY: u64 = 64 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A Service port: by number (the Service's `port`) or by name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+/// Where a request goes: a Service port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub namespace: String,
+    pub service: String,
+    pub port: PortRef,
+}
+
+impl Target {
+    pub fn new(namespace: &str, service: &str, port: u16) -> Target {
+        Target {
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+            port: PortRef::Number(port),
+        }
+    }
+    pub fn named(namespace: &str, service: &str, port_name: &str) -> Target {
+        Target {
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+            port: PortRef::Name(port_name.to_string()),
+        }
+    }
+}
+
+/// Transport protocol of a Service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+/// One port of a Service as seen by the proxy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServicePortInfo {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub node_port: Option<u16>,
+    pub app_protocol: Option<String>,
+}
+
+/// A Service as seen by the proxy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceInfo {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.type` (ClusterIP, NodePort, LoadBalancer, ExternalName).
+    pub type_: String,
+    /// Virtual IPs (empty for headless Services).
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePortInfo>,
+    /// Policy from annotations (defaults where they are invalid).
+    pub policy: Policy,
+    /// Why the annotations were rejected, if they were.
+    pub policy_error: Option<String>,
+}
+
+impl ServiceInfo {
+    pub fn from_service(svc: &Service) -> Option<ServiceInfo> {
+        let namespace = svc
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = svc.metadata.name.clone()?;
+        let spec = svc.spec.as_ref()?;
+        let mut cluster_ips: Vec<IpAddr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        cluster_ips.sort();
+        cluster_ips.dedup();
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                Some(ServicePortInfo {
+                    name: p.name.clone().unwrap_or_default(),
+                    port: u16::try_from(p.port).ok()?,
+                    protocol: match p.protocol.as_deref() {
+                        Some("UDP") => Protocol::Udp,
+                        Some("SCTP") => Protocol::Sctp,
+                        _ => Protocol::Tcp,
+                    },
+                    node_port: p.node_port.and_then(|n| u16::try_from(n).ok()),
+                    app_protocol: p.app_protocol.clone(),
+                })
+            })
+            .collect();
+        let empty = BTreeMap::new();
+        let ann = svc.metadata.annotations.as_ref().unwrap_or(&empty);
+        let (policy, policy_error) = match Policy::from_annotations(ann) {
+            Ok(p) => (p, None),
+            Err(e) => (Policy::default(), Some(e)),
+        };
+        Some(ServiceInfo {
+            namespace,
+            name,
+            type_: spec.type_.clone().unwrap_or_else(|| "ClusterIP".into()),
+            cluster_ips,
+            ports,
+            policy,
+            policy_error,
+        })
+    }
+}
+
+/// A chosen endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// `targetRef.name` of the endpoint (normally the pod).
+    pub pod: Option<String>,
+}
+
+/// Why a call could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("service {0} not found")]
+    UnknownService(String),
+    #[error("service {0} has no ready endpoints")]
+    NoEndpoints(String),
+    #[error("connect to {0}: {1}")]
+    Connect(SocketAddr, String),
+    #[error("upstream {0}: {1}")]
+    Upstream(SocketAddr, String),
+    #[error("upstream timed out")]
+    Timeout,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+impl UpstreamError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpstreamError::UnknownService(_) | UpstreamError::NoEndpoints(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            UpstreamError::Connect(..) | UpstreamError::Upstream(..) => StatusCode::BAD_GATEWAY,
+            UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// A plain-text error response.
+    pub fn into_response(self) -> Response<Body> {
+        error_response(self.status(), &self.to_string())
+    }
+}
+
+pub fn error_response(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut r = Response::new(full(format!("{msg}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-endpoint state
+
+/// Connects every pooled connection of an endpoint's client to that endpoint, whatever the
+/// request URI says, so requests keep their original Host / `:authority`.
+#[derive(Clone)]
+struct EndpointConnector {
+    addr: SocketAddr,
+}
+
+impl tower::Service<Uri> for EndpointConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<TokioIo<TcpStream>>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let addr = self.addr;
+        Box::pin(async move {
+            let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout")
+                })??;
+            s.set_nodelay(true)?;
+            Ok(TokioIo::new(s))
+        })
+    }
+}
+
+type HttpClient = Client<EndpointConnector, Body>;
+
+struct EndpointState {
+    ep: Endpoint,
+    load: LoadTracker,
+    outlier: Mutex<OutlierState>,
+    h1: HttpClient,
+    h2: HttpClient,
+}
+
+impl EndpointState {
+    fn new(ep: Endpoint) -> EndpointState {
+        let conn = EndpointConnector { addr: ep.addr };
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(conn.clone());
+        let h2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(conn);
+        EndpointState {
+            ep,
+            load: LoadTracker::default(),
+            outlier: Mutex::new(OutlierState::default()),
+            h1,
+            h2,
+        }
+    }
+
+    fn is_ejected(&self, now: Instant) -> bool {
+        self.outlier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_ejected(now)
+    }
+}
+
+impl Candidate for Arc<EndpointState> {
+    fn addr(&self) -> SocketAddr {
+        self.ep.addr
+    }
+    fn load(&self) -> tower::load::peak_ewma::Cost {
+        self.load.cost()
+    }
+}
+
+/// The ready endpoints of one Service port.
+struct PortSet {
+    endpoints: Vec<Arc<EndpointState>>,
+    balancer: Balancer,
+}
+
+type SvcKey = (String, String);
+
+#[derive(Clone, Debug)]
+struct SliceData {
+    service: String,
+    /// (port name, target port number)
+    ports: Vec<(String, u16)>,
+    /// Ready, non-terminating addresses.
+    addrs: Vec<(IpAddr, Option<String>)>,
+}
+
+#[derive(Default)]
+struct State {
+    services: HashMap<SvcKey, Arc<ServiceInfo>>,
+    slices: HashMap<SvcKey, SliceData>,
+    sets: HashMap<SvcKey, HashMap<String, Arc<PortSet>>>,
+    budgets: HashMap<SvcKey, Arc<TpsBudget>>,
+}
+
+struct Inner {
+    state: RwLock<State>,
+    metrics: Metrics,
+    changed: watch::Sender<u64>,
+}
+
+/// The endpoint cache and HTTP client. Cheap to clone.
+#[derive(Clone)]
+pub struct Upstreams {
+    inner: Arc<Inner>,
+}
+
+/// Result of [`Upstreams::pick`]: an endpoint plus the bookkeeping of one use of it.
+/// Report the outcome with [`Picked::success`] / [`Picked::failure`]; dropping it without
+/// a report only records the latency.
+pub struct Picked {
+    pub endpoint: Endpoint,
+    state: Arc<EndpointState>,
+    set: Arc<PortSet>,
+    handle: Option<tower::load::peak_ewma::Handle>,
+    outlier: OutlierConfig,
+    metrics: Metrics,
+    labels: SvcLabels,
+}
+
+impl Picked {
+    /// The request/connection succeeded (clears the consecutive-error count).
+    pub fn success(mut self) {
+        self.handle.take();
+        self.state
+            .outlier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .success(Instant::now(), &self.outlier);
+    }
+
+    /// The endpoint failed (5xx, reset, connect error); may eject it.
+    pub fn failure(mut self) {
+        self.handle.take();
+        let now = Instant::now();
+        let ejected_now = self
+            .set
+            .endpoints
+            .iter()
+            .filter(|e| !Arc::ptr_eq(e, &self.state) && e.is_ejected(now))
+            .count();
+        let may =
+            ejected_now < max_ejected(self.set.endpoints.len(), self.outlier.max_ejection_percent);
+        let ejected = self
+            .state
+            .outlier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .failure(now, &self.outlier, may);
+        if let Some(d) = ejected {
+            tracing::info!(
+                namespace = %self.labels.namespace, service = %self.labels.service,
+                endpoint = %self.endpoint.addr, seconds = d.as_secs_f64(),
+                "endpoint ejected after consecutive errors"
+            );
+            self.metrics.ejections.get_or_create(&self.labels).inc();
+        }
+    }
+
+    /// Marks the end of the measured latency (e.g. when a TCP connection is established)
+    /// without reporting an outcome yet.
+    pub fn finish_latency(&mut self) {
+        self.handle.take();
+    }
+}
+
+impl Upstreams {
+    /// An endpoint cache fed by watchers on `client`. The returned future runs the watchers
+    /// until dropped (spawn it); metrics are registered in `registry`.
+    pub fn new(
+        client: kube::Client,
+        registry: &mut Registry,
+    ) -> (
+        Upstreams,
+        impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let u = Upstreams::detached(registry);
+        let run = u.clone().run_watchers(client);
+        (u, run)
+    }
+
+    /// An endpoint cache without watchers; fill it with [`Upstreams::apply_service`] and
+    /// [`Upstreams::apply_endpoint_slice`] (tests, static configurations).
+    pub fn detached(registry: &mut Registry) -> Upstreams {
+        Upstreams {
+            inner: Arc::new(Inner {
+                state: RwLock::new(State::default()),
+                metrics: Metrics::new(registry),
+                changed: watch::channel(0).0,
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Notified (value = change counter) whenever the set of Services changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    /// All known Services.
+    pub fn services(&self) -> Vec<Arc<ServiceInfo>> {
+        let st = self.read();
+        let mut v: Vec<_> = st.services.values().cloned().collect();
+        v.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        v
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<Arc<ServiceInfo>> {
+        self.read()
+            .services
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Ready endpoints of a target (ejected ones included).
+    pub fn endpoints(&self, target: &Target) -> Vec<Endpoint> {
+        self.port_set(target)
+            .map(|(_, set)| set.endpoints.iter().map(|e| e.ep.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.inner.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.inner.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.inner.changed.send_modify(|v| *v += 1);
+    }
+
+    // ---- cache updates ----------------------------------------------------------------
+
+    pub fn apply_service(&self, svc: &Service) {
+        let Some(info) = ServiceInfo::from_service(svc) else {
+            return;
+        };
+        if let Some(e) = &info.policy_error {
+            tracing::warn!(namespace = %info.namespace, service = %info.name, "{e}; using defaults");
+        }
+        let key = (info.namespace.clone(), info.name.clone());
+        let mut st = self.write();
+        if st.services.get(&key).is_some_and(|old| **old == info) {
+            return;
+        }
+        st.services.insert(key, Arc::new(info));
+        drop(st);
+        self.bump();
+    }
+
+    pub fn delete_service(&self, namespace: &str, name: &str) {
+        let key = (namespace.to_string(), name.to_string());
+        let mut st = self.write();
+        let removed = st.services.remove(&key).is_some();
+        st.budgets.remove(&key);
+        drop(st);
+        if removed {
+            self.bump();
+        }
+    }
+
+    pub fn apply_endpoint_slice(&self, slice: &EndpointSlice) {
+        let ns = slice
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let Some(name) = slice.metadata.name.clone() else {
+            return;
+        };
+        let Some(data) = slice_data(slice) else {
+            // Not owned by a Service: drop whatever we had under that name.
+            self.delete_endpoint_slice(&ns, &name);
+            return;
+        };
+        let mut st = self.write();
+        let old_service = st
+            .slices
+            .insert((ns.clone(), name), data.clone())
+            .map(|d| d.service);
+        rebuild(&mut st, &ns, &data.service);
+        if let Some(old) = old_service
+            && old != data.service
+        {
+            rebuild(&mut st, &ns, &old);
+        }
+    }
+
+    pub fn delete_endpoint_slice(&self, namespace: &str, name: &str) {
+        let mut st = self.write();
+        if let Some(d) = st.slices.remove(&(namespace.to_string(), name.to_string())) {
+            rebuild(&mut st, namespace, &d.service);
+        }
+    }
+
+    fn replace_services(&self, all: Vec<Service>) {
+        let infos: HashMap<SvcKey, Arc<ServiceInfo>> = all
+            .iter()
+            .filter_map(ServiceInfo::from_service)
+            .map(|i| ((i.namespace.clone(), i.name.clone()), Arc::new(i)))
+            .collect();
+        let mut st = self.write();
+        st.budgets.retain(|k, _| infos.contains_key(k));
+        st.services = infos;
+        drop(st);
+        self.bump();
+    }
+
+    fn replace_slices(&self, all: Vec<EndpointSlice>) {
+        let mut st = self.write();
+        let mut affected: HashSet<SvcKey> = st
+            .slices
+            .iter()
+            .map(|((ns, _), d)| (ns.clone(), d.service.clone()))
+            .collect();
+        st.slices.clear();
+        for s in &all {
+            let ns = s
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            if let (Some(name), Some(d)) = (s.metadata.name.clone(), slice_data(s)) {
+                affected.insert((ns.clone(), d.service.clone()));
+                st.slices.insert((ns, name), d);
+            }
+        }
+        for (ns, svc) in affected {
+            rebuild(&mut st, &ns, &svc);
+        }
+    }
+
+    async fn run_watchers(self, client: kube::Client) -> anyhow::Result<()> {
+        // One event at a time flows through here; the size difference does not matter.
+        #[allow(clippy::large_enum_variant)]
+        enum Ev {
+            Svc(watcher::Event<Service>),
+            Slice(watcher::Event<EndpointSlice>),
+        }
+        let svcs = watcher(
+            kube::Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map(|r| r.map(Ev::Svc))
+        .boxed();
+        let slices = watcher(
+            kube::Api::<EndpointSlice>::all(client),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map(|r| r.map(Ev::Slice))
+        .boxed();
+        let mut events = futures::stream::select(svcs, slices);
+        let mut svc_buf = Vec::new();
+        let mut slice_buf = Vec::new();
+        while let Some(ev) = events.next().await {
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    // The backoff retries; keep serving from the last known state.
+                    tracing::warn!("upstream watch: {e}");
+                    continue;
+                }
+            };
+            match ev {
+                Ev::Svc(watcher::Event::Apply(s)) => self.apply_service(&s),
+                Ev::Svc(watcher::Event::Delete(s)) => self.delete_service(
+                    s.metadata.namespace.as_deref().unwrap_or("default"),
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                ),
+                Ev::Svc(watcher::Event::Init) => svc_buf.clear(),
+                Ev::Svc(watcher::Event::InitApply(s)) => svc_buf.push(s),
+                Ev::Svc(watcher::Event::InitDone) => {
+                    self.replace_services(std::mem::take(&mut svc_buf))
+                }
+                Ev::Slice(watcher::Event::Apply(s)) => self.apply_endpoint_slice(&s),
+                Ev::Slice(watcher::Event::Delete(s)) => self.delete_endpoint_slice(
+                    s.metadata.namespace.as_deref().unwrap_or("default"),
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                ),
+                Ev::Slice(watcher::Event::Init) => slice_buf.clear(),
+                Ev::Slice(watcher::Event::InitApply(s)) => slice_buf.push(s),
+                Ev::Slice(watcher::Event::InitDone) => {
+                    self.replace_slices(std::mem::take(&mut slice_buf))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- picking ------------------------------------------------------------------------
+
+    fn port_set(&self, target: &Target) -> Option<(Arc<ServiceInfo>, Arc<PortSet>)> {
+        let st = self.read();
+        let key = (target.namespace.clone(), target.service.clone());
+        let info = st.services.get(&key).cloned();
+        let sets = st.sets.get(&key);
+        let port_name = match (&target.port, &info) {
+            (PortRef::Name(n), _) => Some(n.clone()),
+            (PortRef::Number(n), Some(i)) => i
+                .ports
+                .iter()
+                .find(|p| p.port == *n)
+                .map(|p| p.name.clone()),
+            // Service object not seen (yet): a single-port slice set is unambiguous.
+            (PortRef::Number(_), None) => match sets {
+                Some(s) if s.len() == 1 => s.keys().next().cloned(),
+                _ => None,
+            },
+        };
+        let set = port_name
+            .and_then(|n| sets.and_then(|s| s.get(&n)).cloned())
+            .unwrap_or_else(|| {
+                Arc::new(PortSet {
+                    endpoints: Vec::new(),
+                    balancer: Balancer::default(),
+                })
+            });
+        let info = info.unwrap_or_else(|| {
+            Arc::new(ServiceInfo {
+                namespace: target.namespace.clone(),
+                name: target.service.clone(),
+                type_: "ClusterIP".into(),
+                cluster_ips: Vec::new(),
+                ports: Vec::new(),
+                policy: Policy::default(),
+                policy_error: None,
+            })
+        });
+        Some((info, set))
+    }
+
+    fn budget(&self, ns: &str, svc: &str) -> Arc<TpsBudget> {
+        let key = (ns.to_string(), svc.to_string());
+        if let Some(b) = self.read().budgets.get(&key) {
+            return b.clone();
+        }
+        self.write()
+            .budgets
+            .entry(key)
+            .or_insert_with(|| Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)))
+            .clone()
+    }
+
+    /// Chooses an endpoint of `target` with the Service's policy (or `policy`), hashing
+    /// `hash_key` for consistent hashing. Ejected endpoints are skipped while others remain.
+    pub fn pick(
+        &self,
+        target: &Target,
+        policy: Option<&Policy>,
+        hash_key: Option<&[u8]>,
+    ) -> Result<Picked, UpstreamError> {
+        self.pick_excluding(target, policy, hash_key, &[])
+    }
+
+    /// Like [`Upstreams::pick`], avoiding `tried` endpoints when others are available.
+    pub fn pick_excluding(
+        &self,
+        target: &Target,
+        policy: Option<&Policy>,
+        hash_key: Option<&[u8]>,
+        tried: &[SocketAddr],
+    ) -> Result<Picked, UpstreamError> {
+        let (info, set) = self
+            .port_set(target)
+            .ok_or_else(|| UpstreamError::UnknownService(svc_name(target)))?;
+        let policy = policy.unwrap_or(&info.policy);
+        let now = Instant::now();
+        let healthy: Vec<Arc<EndpointState>> = set
+            .endpoints
+            .iter()
+            .filter(|e| !e.is_ejected(now))
+            .cloned()
+            .collect();
+        let fresh: Vec<Arc<EndpointState>> = healthy
+            .iter()
+            .filter(|e| !tried.contains(&e.ep.addr))
+            .cloned()
+            .collect();
+        let candidates = if !fresh.is_empty() {
+            fresh
+        } else if !healthy.is_empty() {
+            healthy
+        } else {
+            set.endpoints.clone()
+        };
+        let i = set
+            .balancer
+            .pick(policy.balancer, &candidates, hash_key)
+            .ok_or_else(|| UpstreamError::NoEndpoints(svc_name(target)))?;
+        let state = candidates[i].clone();
+        let handle = Some(state.load.start());
+        Ok(Picked {
+            endpoint: state.ep.clone(),
+            state,
+            set,
+            handle,
+            outlier: policy.outlier.clone(),
+            metrics: self.inner.metrics.clone(),
+            labels: SvcLabels {
+                namespace: target.namespace.clone(),
+                service: target.service.clone(),
+            },
+        })
+    }
+
+    // ---- HTTP ---------------------------------------------------------------------------
+
+    /// Sends `req` to an endpoint of `target` with `policy` (the Service's annotations when
+    /// None) and returns the response, or an error response (400/502/503/504). Put a
+    /// [`ClientAddr`] in the request extensions for `source-ip` hashing.
+    pub async fn http_call<B>(
+        &self,
+        target: &Target,
+        req: Request<B>,
+        policy: Option<&Policy>,
+    ) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let labels = SvcLabels {
+            namespace: target.namespace.clone(),
+            service: target.service.clone(),
+        };
+        let m = &self.inner.metrics;
+        let resp = match self.port_set(target) {
+            None => UpstreamError::UnknownService(svc_name(target)).into_response(),
+            Some((info, _)) => {
+                let policy = policy.cloned().unwrap_or_else(|| info.policy.clone());
+                let call = self.call_inner(target, req, &policy, &labels);
+                match policy.timeout {
+                    Some(t) => match tokio::time::timeout(t, call).await {
+                        Ok(r) => r,
+                        Err(_) => UpstreamError::Timeout.into_response(),
+                    },
+                    None => call.await,
+                }
+            }
+        };
+        m.duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        m.requests
+            .get_or_create(&StatusLabels {
+                namespace: labels.namespace.clone(),
+                service: labels.service.clone(),
+                status: resp.status().as_u16(),
+            })
+            .inc();
+        let tx = m
+            .bytes
+            .get_or_create(&DirLabels {
+                namespace: labels.namespace,
+                service: labels.service,
+                direction: "tx",
+            })
+            .clone();
+        resp.map(|b| {
+            b.map_frame(move |f| {
+                if let Some(d) = f.data_ref() {
+                    tx.inc_by(d.len() as u64);
+                }
+                f
+            })
+            .boxed()
+        })
+    }
+
+    async fn call_inner<B>(
+        &self,
+        target: &Target,
+        req: Request<B>,
+        policy: &Policy,
+        labels: &SvcLabels,
+    ) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let m = &self.inner.metrics;
+        let (mut parts, body) = req.into_parts();
+        let client_addr = parts.extensions.get::<ClientAddr>().map(|c| c.0);
+        let hash_key: Option<Vec<u8>> = match &policy.hash_key {
+            HashKey::Header(h) => parts
+                .headers
+                .get(h)
+                .map(|v| v.as_bytes().to_vec())
+                .or_else(|| client_addr.map(|a| a.ip().to_string().into_bytes())),
+            HashKey::SourceIp => client_addr.map(|a| a.ip().to_string().into_bytes()),
+        };
+        let downstream_version = parts.version;
+        if is_upgrade(&parts) {
+            return self
+                .upgrade_call(
+                    target,
+                    parts,
+                    boxed(body),
+                    policy,
+                    hash_key.as_deref(),
+                    labels,
+                )
+                .await;
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        let tp = trace::next_traceparent(
+            parts
+                .headers
+                .get(trace::TRACEPARENT)
+                .and_then(|v| v.to_str().ok()),
+        );
+        if let Ok(v) = HeaderValue::from_str(&tp) {
+            parts.headers.insert(trace::TRACEPARENT, v);
+        }
+        let rx = m
+            .bytes
+            .get_or_create(&DirLabels {
+                namespace: labels.namespace.clone(),
+                service: labels.service.clone(),
+                direction: "rx",
+            })
+            .clone();
+        // Small sized bodies are buffered so that the request can be replayed.
+        let replayable = body.is_end_stream()
+            || body
+                .size_hint()
+                .exact()
+                .is_some_and(|n| n <= MAX_REPLAY_BODY);
+        let mut stream_body: Option<Body> = None;
+        let buffered: Option<Bytes> = if replayable {
+            match body.collect().await {
+                Ok(c) => {
+                    let b = c.to_bytes();
+                    rx.inc_by(b.len() as u64);
+                    Some(b)
+                }
+                Err(e) => {
+                    return UpstreamError::BadRequest(format!(
+                        "reading request body: {}",
+                        e.into()
+                    ))
+                    .into_response();
+                }
+            }
+        } else {
+            let rx = rx.clone();
+            stream_body = Some(
+                body.map_err(Into::into)
+                    .map_frame(move |f| {
+                        if let Some(d) = f.data_ref() {
+                            rx.inc_by(d.len() as u64);
+                        }
+                        f
+                    })
+                    .boxed(),
+            );
+            None
+        };
+        let idempotent = policy.retry_non_idempotent
+            || matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let budget = self.budget(&target.namespace, &target.service);
+        budget.deposit();
+        let use_h2 = match policy.protocol {
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::SameAsDownstream => downstream_version == Version::HTTP_2,
+        };
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut attempt = 0u32;
+        loop {
+            let picked =
+                match self.pick_excluding(target, Some(policy), hash_key.as_deref(), &tried) {
+                    Ok(p) => p,
+                    Err(e) => return e.into_response(),
+                };
+            let addr = picked.endpoint.addr;
+            tried.push(addr);
+            let body = match (&buffered, stream_body.take()) {
+                (Some(b), _) => full(b.clone()),
+                (None, Some(s)) => s,
+                // A streamed body was consumed by an earlier attempt; we never retry those.
+                (None, None) => {
+                    return UpstreamError::Upstream(addr, "request body already sent".into())
+                        .into_response();
+                }
+            };
+            let req = match build_upstream_request(&parts, body, use_h2, addr) {
+                Ok(r) => r,
+                Err(e) => return e.into_response(),
+            };
+            let client = if use_h2 {
+                &picked.state.h2
+            } else {
+                &picked.state.h1
+            };
+            let fut = client.request(req);
+            let res = match policy.per_try_timeout {
+                Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| ()),
+                None => Ok(fut.await),
+            };
+            let can_retry = |idem: bool| attempt < policy.retries && buffered.is_some() && idem;
+            let (err, retry_ok) = match res {
+                Ok(Ok(resp)) => {
+                    let status = resp.status();
+                    if status.is_server_error() {
+                        picked.failure();
+                    } else {
+                        picked.success();
+                    }
+                    let retryable_status = matches!(
+                        status,
+                        StatusCode::BAD_GATEWAY
+                            | StatusCode::SERVICE_UNAVAILABLE
+                            | StatusCode::GATEWAY_TIMEOUT
+                    );
+                    if !(retryable_status && can_retry(idempotent)) {
+                        return finish_response(resp);
+                    }
+                    if !budget.withdraw() {
+                        m.retries_exhausted_budget.get_or_create(labels).inc();
+                        return finish_response(resp);
+                    }
+                    m.retries.get_or_create(labels).inc();
+                    attempt += 1;
+                    continue;
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    m.connect_errors.get_or_create(labels).inc();
+                    picked.failure();
+                    // Nothing was sent: safe to retry whatever the method.
+                    (
+                        UpstreamError::Connect(addr, error_chain(&e)),
+                        can_retry(true),
+                    )
+                }
+                Ok(Err(e)) => {
+                    picked.failure();
+                    (
+                        UpstreamError::Upstream(addr, error_chain(&e)),
+                        can_retry(idempotent),
+                    )
+                }
+                Err(_) => {
+                    picked.failure();
+                    (UpstreamError::Timeout, can_retry(idempotent))
+                }
+            };
+            if !retry_ok {
+                return err.into_response();
+            }
+            if !budget.withdraw() {
+                m.retries_exhausted_budget.get_or_create(labels).inc();
+                return err.into_response();
+            }
+            tracing::debug!(%addr, "retrying after: {err}");
+            m.retries.get_or_create(labels).inc();
+            attempt += 1;
+        }
+    }
+}
+
+impl Upstreams {
+    /// HTTP/1.1 `Upgrade` (WebSocket and the like): relayed on a dedicated connection to
+    /// one endpoint; after `101 Switching Protocols` both sides are spliced. Not retried.
+    async fn upgrade_call(
+        &self,
+        target: &Target,
+        mut parts: http::request::Parts,
+        body: Body,
+        policy: &Policy,
+        hash_key: Option<&[u8]>,
+        labels: &SvcLabels,
+    ) -> Response<Body> {
+        let downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let picked = match self.pick(target, Some(policy), hash_key) {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
+        let addr = picked.endpoint.addr;
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.inner
+                    .metrics
+                    .connect_errors
+                    .get_or_create(labels)
+                    .inc();
+                picked.failure();
+                return UpstreamError::Connect(addr, e.to_string()).into_response();
+            }
+            Err(_) => {
+                self.inner
+                    .metrics
+                    .connect_errors
+                    .get_or_create(labels)
+                    .inc();
+                picked.failure();
+                return UpstreamError::Connect(addr, "timeout".into()).into_response();
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) =
+            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                Ok(x) => x,
+                Err(e) => {
+                    picked.failure();
+                    return UpstreamError::Upstream(addr, e.to_string()).into_response();
+                }
+            };
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        // Keep Connection/Upgrade (they are the point); drop other hop-by-hop headers.
+        let conn_hdr = parts.headers.get(header::CONNECTION).cloned();
+        let upgrade_hdr = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        if let (Some(c), Some(u)) = (conn_hdr, upgrade_hdr) {
+            parts.headers.insert(header::CONNECTION, c);
+            parts.headers.insert(header::UPGRADE, u);
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri: Uri = match pq.parse() {
+            Ok(u) => u,
+            Err(e) => return UpstreamError::BadRequest(e.to_string()).into_response(),
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = parts.headers;
+        let mut resp = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                picked.failure();
+                return UpstreamError::Upstream(addr, e.to_string()).into_response();
+            }
+        };
+        picked.success();
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return finish_response(resp);
+        }
+        let upstream = hyper::upgrade::on(&mut resp);
+        if let Some(downstream) = downstream {
+            tokio::spawn(async move {
+                if let (Ok(d), Ok(u)) = (downstream.await, upstream.await) {
+                    let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                }
+            });
+        }
+        let (parts, body) = resp.into_parts();
+        Response::from_parts(parts, boxed(body))
+    }
+}
+
+fn is_upgrade(parts: &http::request::Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.headers.contains_key(header::UPGRADE)
+        && parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+fn svc_name(t: &Target) -> String {
+    format!("{}/{}", t.namespace, t.service)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+fn finish_response(resp: Response<hyper::body::Incoming>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, boxed(body))
+}
+
+fn build_upstream_request(
+    parts: &http::request::Parts,
+    body: Body,
+    h2: bool,
+    addr: SocketAddr,
+) -> Result<Request<Body>, UpstreamError> {
+    // Keep the client's authority (Host / :authority); the connector ignores it.
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| addr.to_string());
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let uri: Uri = format!("http://{authority}{pq}")
+        .parse()
+        .map_err(|e| UpstreamError::BadRequest(format!("request target: {e}")))?;
+    let mut b = Request::builder()
+        .method(parts.method.clone())
+        .uri(uri)
+        .version(if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        });
+    if let Some(h) = b.headers_mut() {
+        *h = parts.headers.clone();
+        if h2 {
+            // HTTP/2 carries the authority in :authority.
+            h.remove(header::HOST);
+        }
+    }
+    b.body(body)
+        .map_err(|e| UpstreamError::BadRequest(e.to_string()))
+}
+
+/// Removes connection-specific headers (RFC 9110 7.6.1); `te: trailers` survives for gRPC.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::TRAILER,
+    ] {
+        h.remove(n);
+    }
+    let te_trailers = h
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
+        });
+    h.remove(header::TE);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn slice_data(slice: &EndpointSlice) -> Option<SliceData> {
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get("kubernetes.io/service-name")?
+        .clone();
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") != "SCTP")
+        .filter_map(|p| {
+            Some((
+                p.name.clone().unwrap_or_default(),
+                u16::try_from(p.port?).ok()?,
+            ))
+        })
+        .collect();
+    let addrs = slice
+        .endpoints
+        .iter()
+        .filter(|e| {
+            let c = e.conditions.as_ref();
+            // Unknown readiness counts as ready (API convention); terminating never does.
+            c.and_then(|c| c.ready).unwrap_or(true)
+                && !c.and_then(|c| c.terminating).unwrap_or(false)
+        })
+        .filter_map(|e| {
+            let ip: IpAddr = e.addresses.first()?.parse().ok()?;
+            Some((ip, e.target_ref.as_ref().and_then(|r| r.name.clone())))
+        })
+        .collect();
+    Some(SliceData {
+        service,
+        ports,
+        addrs,
+    })
+}
+
+/// Recomputes the endpoint sets of one Service from its slices, keeping the state
+/// (latency, ejection, connection pools) of endpoints that stay.
+fn rebuild(st: &mut State, ns: &str, svc: &str) {
+    let key = (ns.to_string(), svc.to_string());
+    let mut by_port: BTreeMap<String, Vec<(SocketAddr, Option<String>)>> = BTreeMap::new();
+    for ((sns, _), d) in &st.slices {
+        if sns != ns || d.service != svc {
+            continue;
+        }
+        for (pname, pnum) in &d.ports {
+            let v = by_port.entry(pname.clone()).or_default();
+            for (ip, pod) in &d.addrs {
+                v.push((SocketAddr::new(*ip, *pnum), pod.clone()));
+            }
+        }
+    }
+    let old = st.sets.remove(&key).unwrap_or_default();
+    let mut new = HashMap::new();
+    for (pname, mut addrs) in by_port {
+        addrs.sort();
+        addrs.dedup_by(|a, b| a.0 == b.0);
+        let prev = old.get(&pname);
+        let endpoints: Vec<Arc<EndpointState>> = addrs
+            .into_iter()
+            .map(|(addr, pod)| {
+                prev.and_then(|p| {
+                    p.endpoints
+                        .iter()
+                        .find(|e| e.ep.addr == addr && e.ep.pod == pod)
+                })
+                .cloned()
+                .unwrap_or_else(|| Arc::new(EndpointState::new(Endpoint { addr, pod })))
+            })
+            .collect();
+        if endpoints.is_empty() {
+            continue;
+        }
+        let balancer = Balancer::new(endpoints.iter().map(|e| e.ep.addr));
+        new.insert(
+            pname,
+            Arc::new(PortSet {
+                endpoints,
+                balancer,
+            }),
+        );
+    }
+    if !new.is_empty() {
+        st.sets.insert(key, new);
+    }
+}
