@@ -458,21 +458,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-async fn ip(args: &[&str]) -> Result<String> {
-    let out = tokio::process::Command::new("ip")
-        .args(args)
-        .output()
-        .await
-        .context("run ip (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use crate::network::ip;
 
 /// Timestamp of the last record of a CRI log file.
 fn last_logged(path: &Path) -> Option<jiff::Timestamp> {

@@ -112,7 +112,8 @@ async fn bridge_forwarding(bridge: &str, add: bool) {
     }
 }
 
-async fn ip(args: &[&str]) -> Result<String> {
+/// Runs `ip ARGS` (iproute2) and returns its output; its stderr becomes the error.
+pub(crate) async fn ip(args: &[&str]) -> Result<String> {
     let out = tokio::process::Command::new("ip")
         .args(args)
         .output()

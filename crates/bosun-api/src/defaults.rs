@@ -245,7 +245,8 @@ fn image_tag(image: &str) -> Option<&str> {
     }
 }
 
-const SOURCES: &[&str] = &[
+/// The volume source fields of a pod volume (exactly one is set).
+pub(crate) const VOLUME_SOURCES: &[&str] = &[
     "hostPath",
     "emptyDir",
     "gcePersistentDisk",
@@ -279,7 +280,7 @@ const SOURCES: &[&str] = &[
 ];
 
 fn volume(v: &mut Map<String, Value>) {
-    if !SOURCES.iter().any(|s| v.contains_key(*s)) {
+    if !VOLUME_SOURCES.iter().any(|s| v.contains_key(*s)) {
         v.insert("emptyDir".into(), json!({}));
     }
     for source in ["secret", "configMap", "downwardAPI", "projected"] {

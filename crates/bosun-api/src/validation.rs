@@ -752,38 +752,6 @@ impl Validator {
 
     /// Validates the pod's volumes and returns their names.
     fn volumes(&mut self, spec: &Value, path: &str) -> HashSet<String> {
-        const SOURCES: &[&str] = &[
-            "hostPath",
-            "emptyDir",
-            "gcePersistentDisk",
-            "awsElasticBlockStore",
-            "gitRepo",
-            "secret",
-            "nfs",
-            "iscsi",
-            "glusterfs",
-            "persistentVolumeClaim",
-            "rbd",
-            "flexVolume",
-            "cinder",
-            "cephfs",
-            "flocker",
-            "downwardAPI",
-            "fc",
-            "azureFile",
-            "configMap",
-            "vsphereVolume",
-            "quobyte",
-            "azureDisk",
-            "photonPersistentDisk",
-            "projected",
-            "portworxVolume",
-            "scaleIO",
-            "storageos",
-            "csi",
-            "ephemeral",
-            "image",
-        ];
         let mut names = HashSet::new();
         for (i, v) in list(spec, "volumes").iter().enumerate() {
             let vp = index(&child(path, "volumes"), i);
@@ -796,7 +764,11 @@ impl Validator {
                     }
                 }
             }
-            let sources: Vec<&str> = SOURCES.iter().copied().filter(|s| present(v, s)).collect();
+            let sources: Vec<&str> = crate::defaults::VOLUME_SOURCES
+                .iter()
+                .copied()
+                .filter(|s| present(v, s))
+                .collect();
             match sources.as_slice() {
                 [] => self.required(vp.clone(), "must specify a volume type"),
                 [_] => {}
