@@ -334,16 +334,43 @@ def latencies(url, n=300):
     return out
 
 
-def pod_containers(cluster, *names):
-    ids = []
-    for n in names:
-        ids += subprocess.run(["docker", "ps", "-q", "--filter", f"label=io.bosun.owner={owner(cluster)}",
-                               "--filter", f"label=io.bosun.pod.name={n}"],
-                              capture_output=True, text=True).stdout.split()
-    return ids
+def container_ids(cluster, pod_name):
+    """Full ids of a pod's running containers, without the sandbox."""
+    out = subprocess.run(["docker", "ps", "-q", "--no-trunc",
+                          "--filter", f"label=io.bosun.owner={owner(cluster)}",
+                          "--filter", f"label=io.bosun.pod.name={pod_name}",
+                          "--filter", "label=io.bosun.attempt"],
+                         capture_output=True, text=True).stdout.split()
+    return out
 
 
+def cpuset_of(container_id):
+    r = subprocess.run(["docker", "inspect", "-f", "{{.HostConfig.CpusetCpus}}", container_id],
+                       capture_output=True, text=True, check=True)
+    return cpu_list(r.stdout.strip())
+
+
+def cpu_list(text):
+    cpus = set()
+    for part in filter(None, text.split(",")):
+        a, _, b = part.partition("-")
+        cpus.update(range(int(a), int(b or a) + 1))
+    return cpus
+
+
+def oom_killed(p):
+    """Whether the pod's first container was (last) OOM-killed."""
+    s = (p["status"].get("containerStatuses") or [{}])[0]
+    for state in (s.get("state") or {}, s.get("lastState") or {}):
+        if (state.get("terminated") or {}).get("reason") == "OOMKilled":
+            return True
+    return False
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2,
+                    reason="exclusive CPUs need a node with at least 2 CPUs (one stays shared)")
 def test_noisy_neighbours_do_not_hurt_a_latency_sensitive_service(cluster, images):
+    # Guaranteed with a whole core: the CPU manager gives the service a CPU of its own.
     cluster.kubectl("apply", "-f", "-", input=f"""
 apiVersion: v1
 kind: Pod
@@ -353,7 +380,7 @@ spec:
   containers:
   - name: svc
     image: {images}:v1
-    resources: {{requests: {{cpu: 500m, memory: 32Mi}}, limits: {{cpu: "1", memory: 64Mi}}}}
+    resources: {{requests: {{cpu: "1", memory: 64Mi}}, limits: {{cpu: "1", memory: 64Mi}}}}
     readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
 """)
     try:
@@ -361,13 +388,21 @@ spec:
     finally:
         cluster.kubectl("delete", "pod", "quiet", "noisy-cpu", "noisy-mem", "--ignore-not-found",
                         "--wait=true", "--timeout=30s")
+    # Its CPU goes back to the shared pool: the other pods may use it again.
+    web1 = container_ids(cluster, "web1")
+    if web1:
+        wait_for(lambda: len(cpuset_of(web1[0])) == os.cpu_count(), timeout=30,
+                 what="web1 back on every CPU")
 
 
 def noisy_neighbours(cluster, images):
     ip = wait_ready(cluster, "quiet")["status"]["podIP"]
     url = f"http://{ip}:8080/"
     latencies(url, 50)  # warm up
-    # A CPU burner and a memory hog, each bounded in time (they stop by themselves).
+    # A burner with a busy loop per CPU and no CPU limit, and a memory hog: one process
+    # that allocates without end until its limit gets it OOM-killed, restarted, and held
+    # back by CrashLoopBackOff. The burner stops by itself.
+    burners = " & ".join(["timeout 90 sh -c 'while :; do :; done'"] * (os.cpu_count() or 2))
     cluster.kubectl("apply", "-f", "-", input=f"""
 apiVersion: v1
 kind: Pod
@@ -378,46 +413,103 @@ spec:
   containers:
   - name: burn
     image: {images}:v1
-    command: ["/bin/sh", "-c", "timeout 60 sh -c 'while :; do :; done'"]
-    resources: {{requests: {{cpu: 100m}}, limits: {{cpu: 300m}}}}
+    command: ["/bin/sh", "-c", "{burners}; wait"]
+    resources: {{requests: {{cpu: 100m}}}}
 ---
 apiVersion: v1
 kind: Pod
 metadata: {{name: noisy-mem}}
 spec:
-  restartPolicy: Never
   terminationGracePeriodSeconds: 1
   containers:
   - name: hog
     image: {images}:v1
-    command: ["/bin/sh", "-c", "timeout 90 sh -c 'while :; do (x=$(head -c 200000000 /dev/zero | tr \\\\0 a)); done'; true"]
-    resources: {{limits: {{cpu: 200m, memory: 48Mi}}}}
+    command: ["/bin/awk", "BEGIN {{ s = \\"x\\"; while (1) s = s s }}"]
+    resources: {{requests: {{cpu: 100m}}, limits: {{memory: 48Mi}}}}
 """)
-    wait_for(lambda: top_pods(cluster).get("noisy-cpu", (0, 0))[0] > 100, timeout=60,
+    # They share what the service leaves: the burner gets at least a third of a CPU.
+    wait_for(lambda: top_pods(cluster).get("noisy-cpu", (0, 0))[0] > 300, timeout=60,
              what="the CPU burner running")
+    wait_for(lambda: oom_killed(pod(cluster, "noisy-mem")), timeout=60,
+             what="the memory hog OOM-killed at its limit")
+    # The service's CPU is its own: no other container may run there.
+    def noisy_ids():
+        # The hog's container changes with each restart, and is gone during back-off.
+        return container_ids(cluster, "noisy-cpu") + container_ids(cluster, "noisy-mem")
+
+    quiet_ids = container_ids(cluster, "quiet")
+    assert len(quiet_ids) == 1 and noisy_ids(), (quiet_ids, noisy_ids())
+    own = cpuset_of(quiet_ids[0])
+    assert len(own) == 1, f"quiet runs on CPUs {own}, not one of its own"
+    for i in noisy_ids():
+        assert not (cpuset_of(i) & own), f"a noisy container shares the quiet pod's CPU {own}"
     # The machine is shared, so its background load drifts: quiet and noisy rounds
     # alternate (the neighbours frozen with `docker pause`, then thawed) and the medians of
-    # the rounds' p99 are compared.
-    noisy_ids = pod_containers(cluster, "noisy-cpu", "noisy-mem")
-    assert len(noisy_ids) >= 2, noisy_ids  # with their sandboxes
+    # the rounds' p99 are compared. The client runs on the service's CPU: it stands for a
+    # caller that has its own CPU too, so what is measured is the service, not this test
+    # process queueing behind the burner on the shared CPU.
     quiet_rounds, noisy_rounds = [], []
-    for _ in range(3):
-        subprocess.run(["docker", "pause", *noisy_ids], capture_output=True, check=True)
-        try:
-            quiet_rounds.append(p99(latencies(url, 200)))
-        finally:
-            subprocess.run(["docker", "unpause", *noisy_ids], capture_output=True, check=True)
-        noisy_rounds.append(p99(latencies(url, 200)))
-    quiet, noisy = sorted(quiet_rounds)[1], sorted(noisy_rounds)[1]
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, own)
+    try:
+        for _ in range(5):
+            ids = noisy_ids()
+            subprocess.run(["docker", "pause", *ids], capture_output=True)
+            try:
+                quiet_rounds.append(p99(latencies(url, 300)))
+            finally:
+                subprocess.run(["docker", "unpause", *ids], capture_output=True)
+            noisy_rounds.append(p99(latencies(url, 300)))
+    finally:
+        os.sched_setaffinity(0, mine)
+    quiet, noisy = sorted(quiet_rounds)[2], sorted(noisy_rounds)[2]
     print(f"p99 per round (ms): quiet {[round(x * 1e3, 2) for x in quiet_rounds]}, "
           f"noisy {[round(x * 1e3, 2) for x in noisy_rounds]}")
-    # 2x the quiet p99, with 2 ms of slack for timer and scheduler granularity at sub-ms
-    # baselines.
-    assert noisy <= max(2 * quiet, quiet + 0.002), f"p99 quiet {quiet_rounds}, noisy {noisy_rounds}"
+    assert noisy <= 2 * quiet, f"p99 quiet {quiet_rounds}, noisy {noisy_rounds}"
     s = status_of(pod(cluster, "quiet"), "svc")
-    assert s["restartCount"] == 0 and s["ready"]
-    top = top_pods(cluster)
-    assert top["noisy-cpu"][0] <= 400, top
+    assert s["restartCount"] == 0 and s["ready"], s
+    hog = status_of(pod(cluster, "noisy-mem"), "hog")
+    assert hog["restartCount"] >= 1, hog
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2,
+                    reason="exclusive CPUs need a node with at least 2 CPUs (one stays shared)")
+def test_guaranteed_process_pod_gets_a_cpu_of_its_own(cluster):
+    marker = f"bosun-e2e-pinned-{os.getpid()}"
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pinned"},
+        "spec": {"runtimeClassName": "process", "terminationGracePeriodSeconds": 1,
+                 "containers": [{
+                     "name": "app",
+                     "command": ["python3", "-c", f"import time; time.sleep(300)  # {marker}"],
+                     "resources": {"requests": {"cpu": "1", "memory": "64Mi"},
+                                   "limits": {"cpu": "1", "memory": "64Mi"}}}]}}))
+    try:
+        wait_for(lambda: pod(cluster, "pinned")["status"].get("phase") == "Running", timeout=60,
+                 what="pinned running")
+
+        def allowed():
+            pids = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("Cpus_allowed_list:"):
+                            return cpu_list(line.split(":", 1)[1].strip())
+            return None
+        own = wait_for(lambda: (lambda c: c if c and len(c) == 1 else None)(allowed()),
+                       timeout=30, what="the process on one CPU")
+        # The image pods from the tests before move off it.
+        for name in ("web1",):
+            for cid in container_ids(cluster, name):
+                wait_for(lambda: not (cpuset_of(cid) & own), timeout=30,
+                         what=f"{name} off the pinned CPU {own}")
+        # So does bosun itself.
+        bosun_cpus = os.sched_getaffinity(cluster.proc.pid)
+        assert not (bosun_cpus & own), f"bosun runs on {bosun_cpus}, the pod owns {own}"
+    finally:
+        cluster.kubectl("delete", "pod", "pinned", "--wait=true", "--timeout=30s")
+    wait_for(lambda: len(os.sched_getaffinity(cluster.proc.pid)) == os.cpu_count(), timeout=30,
+             what="bosun back on every CPU")
 
 
 def test_kubectl_top_nodes_and_metrics_api(cluster, images):

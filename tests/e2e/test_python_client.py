@@ -84,8 +84,9 @@ def test_create_watch_scale_patch_delete(cluster):
     assert all(p.spec.containers[0].env[0].value == "bonjour" for p in live)
 
     def logged():
+        # Old pods may still be listed while they terminate; the new ones are not deleting.
         p = [p for p in core.list_namespaced_pod("default", label_selector="app=py").items
-             if p.status.phase == "Running"][0]
+             if p.status.phase == "Running" and not p.metadata.deletion_timestamp][0]
         return "started bonjour" in core.read_namespaced_pod_log(p.metadata.name, "default")
     wait_for(logged, what="log line from the new pods")
 

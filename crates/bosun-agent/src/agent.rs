@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::KubeApi;
+use crate::cpus::{CpuManager, CpuSet};
 use crate::network::{BridgeNetwork, HostNetwork, PodNetwork, can_manage_network};
 use crate::node::{CapacityOverrides, Machine, NodeFacts};
 use crate::pod::{PodContext, PodWorker};
@@ -61,6 +62,10 @@ pub struct AgentConfig {
     pub cluster_dns: Option<crate::dns::ClusterDns>,
     /// Run containers with an image on the local Docker engine when one answers.
     pub docker: bool,
+    /// How containers get CPUs (`static`: Guaranteed whole-core containers get their own).
+    pub cpu_manager_policy: crate::cpus::Policy,
+    /// CPUs never given to one container alone (default: the first CPU).
+    pub reserved_cpus: Option<crate::cpus::CpuSet>,
 }
 
 impl AgentConfig {
@@ -92,6 +97,8 @@ impl AgentConfig {
             teardown_on_shutdown: false,
             cluster_dns: None,
             docker: true,
+            cpu_manager_policy: crate::cpus::Policy::Static,
+            reserved_cpus: None,
         }
     }
 
@@ -124,6 +131,25 @@ async fn make_docker(cfg: &AgentConfig) -> Option<Arc<dyn Runtime>> {
             None
         }
     }
+}
+
+fn make_cpu_manager(cfg: &AgentConfig, pods_dir: &std::path::Path) -> CpuManager {
+    let all = match CpuSet::of_this_process() {
+        Ok(all) => all,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot read the node's CPUs: containers are not pinned");
+            return CpuManager::none();
+        }
+    };
+    let m = CpuManager::new(
+        cfg.cpu_manager_policy,
+        all.clone(),
+        cfg.reserved_cpus.clone(),
+        pods_dir,
+    )
+    .confining();
+    tracing::info!(policy = ?m.policy(), cpus = %all, shared = %m.shared_pool(), "CPU manager");
+    m
 }
 
 async fn make_network(cfg: &AgentConfig) -> Result<Arc<dyn PodNetwork>> {
@@ -245,6 +271,7 @@ pub async fn run(
     ));
 
     let machine = Machine::probe(&cfg.data_dir);
+    let cpus = Arc::new(make_cpu_manager(&cfg, &pods_dir));
     let ctx = Arc::new(PodContext {
         process_runtime: runtime.clone(),
         image_runtime: image_runtime.clone(),
@@ -273,6 +300,7 @@ pub async fn run(
             .and_then(crate::env::parse_quantity)
             .unwrap_or(machine.memory_bytes as f64),
         cluster_dns: cfg.cluster_dns.clone(),
+        cpus,
     });
 
     let result = watch_pods(
@@ -412,6 +440,7 @@ async fn watch_pods(
                     if let Err(e) = network.teardown(&uid).await {
                         tracing::warn!(%uid, error = %format!("{e:#}"), "remove orphaned pod network");
                     }
+                    ctx.cpus.release(&uid);
                 }
             }
             Ok(None) => break,

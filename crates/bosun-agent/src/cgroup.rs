@@ -3,12 +3,15 @@
 //! (process or Docker containers) from the cgroups it is in.
 //!
 //! cgroup v2 (one unified hierarchy) is used when mounted at /sys/fs/cgroup; otherwise the
-//! v1 `cpu`, `cpuacct` and `memory` hierarchies under /sys/fs/cgroup/<controller>.
+//! v1 `cpu`, `cpuacct`, `memory` (and, when mounted, `cpuset`) hierarchies under
+//! /sys/fs/cgroup/<controller>. The `cpuset` controller pins containers to the CPUs the CPU
+//! manager (`cpus`) gives them.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::cpus::CpuSet;
 use crate::runtime::Resources;
 
 const ROOT: &str = "/sys/fs/cgroup";
@@ -20,8 +23,8 @@ const CPU_PERIOD_US: u64 = 100_000;
 pub enum Layout {
     /// Unified hierarchy; `base` = the agent's cgroup + "/bosun".
     V2 { base: PathBuf },
-    /// One `bosun` directory per controller hierarchy (cpu, cpuacct, memory; one entry when
-    /// controllers share a hierarchy).
+    /// One `bosun` directory per controller hierarchy (cpu, cpuacct, memory, cpuset; one
+    /// entry when controllers share a hierarchy).
     V1 { bases: Vec<(String, PathBuf)> },
 }
 
@@ -67,18 +70,23 @@ impl Layout {
     pub fn detect() -> Result<Self> {
         if is_v2() {
             let own = own_path("").context("no cgroup v2 entry in /proc/self/cgroup")?;
-            let base = join_root(Path::new(ROOT), &own).join("bosun");
+            let top = v2_top(Path::new(ROOT), &own)?;
+            let base = top.join("bosun");
             std::fs::create_dir_all(&base).with_context(|| format!("create {}", base.display()))?;
             // Controllers must be enabled along the path down to the containers.
-            enable_controllers(base.parent().unwrap_or(Path::new(ROOT)))?;
+            enable_controllers(&top)?;
             enable_controllers(&base)?;
             return Ok(Layout::V2 { base });
         }
         let mut bases: Vec<(String, PathBuf)> = Vec::new();
         let mut mounts: Vec<PathBuf> = Vec::new();
-        for ctrl in ["cpu", "cpuacct", "memory"] {
+        for ctrl in ["cpu", "cpuacct", "memory", "cpuset"] {
             let mount = Path::new(ROOT).join(ctrl);
             if !mount.exists() {
+                if ctrl == "cpuset" {
+                    // Pinning is then not possible; limits still are.
+                    continue;
+                }
                 bail!(
                     "cgroup v1 controller {ctrl} is not mounted at {}",
                     mount.display()
@@ -93,6 +101,9 @@ impl Layout {
             let own = own_path(ctrl).with_context(|| format!("no {ctrl} cgroup of the agent"))?;
             let base = join_root(&real, &own).join("bosun");
             std::fs::create_dir_all(&base).with_context(|| format!("create {}", base.display()))?;
+            if ctrl == "cpuset" {
+                init_cpuset(&base)?;
+            }
             bases.push((ctrl.to_string(), base));
         }
         Ok(Layout::V1 { bases })
@@ -105,24 +116,37 @@ impl Layout {
         }
     }
 
-    /// Creates (fresh) the cgroup of a container and writes its limits.
-    pub fn create(&self, pod_uid: &str, container: &str, r: &Resources) -> Result<Placement> {
+    /// Creates (fresh) the cgroup of a container and writes its limits and, when given, the
+    /// CPUs it may run on.
+    pub fn create(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        r: &Resources,
+        cpus: Option<&CpuSet>,
+    ) -> Result<Placement> {
         let mut p = Placement::default();
-        let bases: Vec<PathBuf> = match self {
-            Layout::V2 { base } => vec![base.clone()],
-            Layout::V1 { bases } => bases.iter().map(|(_, b)| b.clone()).collect(),
-        };
-        for base in bases {
+        for base in self.bases() {
             let pod = base.join(pod_uid);
             std::fs::create_dir_all(&pod).with_context(|| format!("create {}", pod.display()))?;
             if let Layout::V2 { .. } = self {
                 enable_controllers(&pod)?;
             }
+            let cpuset = has_cpuset(&base);
+            if cpuset {
+                init_cpuset(&pod)?;
+            }
             let dir = pod.join(container);
             // A previous attempt's empty cgroup goes, so counters (oom_kill) start at 0.
             let _ = std::fs::remove_dir(&dir);
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            if cpuset {
+                init_cpuset(&dir)?;
+            }
             self.write_limits(&dir, r)?;
+            if let Some(cpus) = cpus {
+                write_cpus(&dir, cpus)?;
+            }
             p.restore.push(base.parent().unwrap_or(&base).to_path_buf());
             p.dirs.push(dir);
         }
@@ -142,14 +166,13 @@ impl Layout {
                 if let Some(cpu) = r.cpu_limit {
                     w("cpu.max", format!("{} {CPU_PERIOD_US}", quota_us(cpu)))?;
                 }
-                if let Some(req) = r.cpu_request.or(r.cpu_limit) {
-                    // cpu.weight 1..10000; the kubelet's mapping of shares to weight.
-                    let shares = shares(req);
-                    w(
-                        "cpu.weight",
-                        (1 + ((shares - 2) * 9999) / 262142).to_string(),
-                    )?;
-                }
+                // cpu.weight 1..10000; the kubelet's mapping of shares to weight. No
+                // request is the least weight, as the kubelet sets it.
+                let shares = shares(r.cpu_request.unwrap_or(0.0));
+                w(
+                    "cpu.weight",
+                    (1 + ((shares - 2) * 9999) / 262142).to_string(),
+                )?;
                 if let Some(mem) = r.memory_limit {
                     w("memory.max", mem.to_string())?;
                     w("memory.swap.max", "0".into())?;
@@ -160,9 +183,10 @@ impl Layout {
                     w("cpu.cfs_period_us", CPU_PERIOD_US.to_string())?;
                     w("cpu.cfs_quota_us", quota_us(cpu).to_string())?;
                 }
-                if let Some(req) = r.cpu_request.or(r.cpu_limit) {
-                    w("cpu.shares", shares(req).to_string())?;
-                }
+                w(
+                    "cpu.shares",
+                    shares(r.cpu_request.unwrap_or(0.0)).to_string(),
+                )?;
                 if let Some(mem) = r.memory_limit {
                     w("memory.limit_in_bytes", mem.to_string())?;
                     // memsw = memory: no swap beyond the limit (absent without swap accounting).
@@ -174,13 +198,27 @@ impl Layout {
         Ok(())
     }
 
-    /// Removes a pod's cgroups (they must be empty: the containers are gone).
-    pub fn remove_pod(&self, pod_uid: &str) {
-        let bases: Vec<PathBuf> = match self {
+    /// Moves a running container to other CPUs (the shared pool changed).
+    pub fn set_cpus(&self, pod_uid: &str, container: &str, cpus: &CpuSet) -> Result<()> {
+        for base in self.bases() {
+            let dir = base.join(pod_uid).join(container);
+            if has_cpuset(&base) && dir.exists() {
+                write_cpus(&dir, cpus)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn bases(&self) -> Vec<PathBuf> {
+        match self {
             Layout::V2 { base } => vec![base.clone()],
             Layout::V1 { bases } => bases.iter().map(|(_, b)| b.clone()).collect(),
-        };
-        for base in bases {
+        }
+    }
+
+    /// Removes a pod's cgroups (they must be empty: the containers are gone).
+    pub fn remove_pod(&self, pod_uid: &str) {
+        for base in self.bases() {
             let pod = base.join(pod_uid);
             for e in std::fs::read_dir(&pod).into_iter().flatten().flatten() {
                 if e.path().is_dir() {
@@ -197,21 +235,94 @@ fn quota_us(cpu: f64) -> u64 {
     ((cpu * CPU_PERIOD_US as f64).round() as u64).max(1000)
 }
 
-fn shares(cpu: f64) -> u64 {
+/// cpu.shares for a CPU request in cores (the kubelet's: at least 2).
+pub fn shares(cpu: f64) -> u64 {
     ((cpu * 1024.0).round() as u64).clamp(2, 262144)
+}
+
+/// The leaf the agent's own processes move to under cgroup v2, so that its cgroup can hand
+/// controllers down to the containers' (the kernel refuses that to a cgroup with processes).
+const V2_AGENT_LEAF: &str = "bosun-agent";
+
+/// The v2 cgroup under which `bosun/` goes: the agent's own, emptied of processes into a
+/// leaf beside it (or, after a restart, the parent of that leaf).
+fn v2_top(root: &Path, own: &str) -> Result<PathBuf> {
+    let dir = join_root(root, own);
+    if dir.file_name().is_some_and(|n| n == V2_AGENT_LEAF)
+        && let Some(parent) = dir.parent()
+    {
+        return Ok(parent.to_path_buf());
+    }
+    if dir == root {
+        return Ok(dir);
+    }
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    if !procs.trim().is_empty() {
+        let leaf = dir.join(V2_AGENT_LEAF);
+        std::fs::create_dir_all(&leaf).with_context(|| format!("create {}", leaf.display()))?;
+        // Every process of the group (the agent and whatever its unit runs beside it).
+        for pid in procs.split_whitespace() {
+            let _ = std::fs::write(leaf.join("cgroup.procs"), pid);
+        }
+    }
+    Ok(dir)
 }
 
 fn enable_controllers(dir: &Path) -> Result<()> {
     let file = dir.join("cgroup.subtree_control");
     let current = std::fs::read_to_string(&file).unwrap_or_default();
-    for c in ["cpu", "memory"] {
+    let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    for c in ["cpu", "memory", "cpuset"] {
         if current.split_whitespace().any(|x| x == c) {
+            continue;
+        }
+        if c == "cpuset" && !available.split_whitespace().any(|x| x == c) {
+            // Optional: without it containers are not pinned, limits still hold.
             continue;
         }
         std::fs::write(&file, format!("+{c}"))
             .with_context(|| format!("enable {c} in {}", file.display()))?;
     }
     Ok(())
+}
+
+/// Whether `base` is in a hierarchy with the cpuset controller.
+fn has_cpuset(base: &Path) -> bool {
+    base.join("cpuset.cpus").exists()
+}
+
+/// cgroup v1 cpusets start empty (no process can join): inherit the parent's CPUs and
+/// memory nodes. v2 cpusets inherit by themselves (the files may be empty).
+fn init_cpuset(dir: &Path) -> Result<()> {
+    let Some(parent) = dir.parent() else {
+        return Ok(());
+    };
+    if is_v2() {
+        return Ok(());
+    }
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let path = dir.join(file);
+        if std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .trim()
+            .is_empty()
+        {
+            let v = std::fs::read_to_string(parent.join(file))
+                .with_context(|| format!("read {}", parent.join(file).display()))?;
+            std::fs::write(&path, v.trim())
+                .with_context(|| format!("write {} to {}", v.trim(), path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_cpus(dir: &Path, cpus: &CpuSet) -> Result<()> {
+    let path = dir.join("cpuset.cpus");
+    if !path.exists() || cpus.is_empty() {
+        return Ok(());
+    }
+    std::fs::write(&path, cpus.to_string())
+        .with_context(|| format!("write {cpus} to {}", path.display()))
 }
 
 /// Moves the calling process into `dirs` (its children inherit them).

@@ -623,13 +623,12 @@ impl Runtime for DockerRuntime {
             network_mode: Some(network_mode),
             mounts: Some(mounts),
             nano_cpus: r.cpu_limit.map(|c| (c * 1e9).round() as i64),
-            cpu_shares: r
-                .cpu_request
-                .or(r.cpu_limit)
-                .map(|c| ((c * 1024.0).round() as i64).clamp(2, 262144)),
+            // As the kubelet: no CPU request is the least weight, not Docker's default.
+            cpu_shares: Some(crate::cgroup::shares(r.cpu_request.unwrap_or(0.0)) as i64),
             memory,
             // No swap beyond the memory limit, as the kubelet sets it.
             memory_swap: memory,
+            cpuset_cpus: launch.cpus.as_ref().map(|c| c.to_string()),
             ..Default::default()
         };
         let body = ContainerCreateBody {
@@ -878,6 +877,17 @@ impl Runtime for DockerRuntime {
 
     fn log_path(&self, key: &ContainerKey) -> PathBuf {
         crate::runtime::log_path(&self.pods_dir, key)
+    }
+
+    async fn set_cpus(&self, key: &ContainerKey, cpus: &crate::cpus::CpuSet) -> Result<()> {
+        let body = bollard::models::ContainerUpdateBody {
+            cpuset_cpus: Some(cpus.to_string()),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(&container_name(key), body)
+            .await
+            .with_context(|| format!("move container {} to CPUs {cpus}", key.container))
     }
 }
 

@@ -11,7 +11,9 @@
 //! container holds the pod's network namespace, Docker logs are copied into the same CRI
 //! files). CPU and memory limits: Docker's HostConfig, or for process containers the
 //! cgroups of `cgroup` (v2 or v1) that the shim places the process in; `stats` reads
-//! usage from those cgroups for `/stats/summary` (and so `kubectl top`).
+//! usage from those cgroups for `/stats/summary` (and so `kubectl top`). `cpus` is the CPU
+//! manager: Guaranteed containers asking for whole cores get CPUs of their own (a cpuset),
+//! the others share the rest.
 //!
 //! All state lives on disk, so a restarted agent adopts what runs:
 //! ```text
@@ -19,6 +21,7 @@
 //! <data_dir>/pods/<pod uid>/containers/<name>/<attempt>/   spec.json, state.json, shim.log
 //! <data_dir>/pods/<pod uid>/logs/<name>/<attempt>.log[.N]  CRI log, rotated
 //! <data_dir>/pods/<pod uid>/volumes/<volume>/              configMap, secret, emptyDir
+//! <data_dir>/pods/<pod uid>/cpus.json                      exclusive CPUs of its containers
 //! <data_dir>/network/<bridge>/ips/<ip>                     IP allocation (holds the pod uid)
 //! /run/netns/<bridge>-<uid prefix>                         pod network namespace
 //! ```
@@ -28,6 +31,7 @@
 pub mod agent;
 pub mod api;
 pub mod cgroup;
+pub mod cpus;
 pub mod cri_log;
 pub mod dns;
 pub mod docker;

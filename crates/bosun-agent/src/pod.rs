@@ -47,6 +47,8 @@ pub struct PodContext {
     pub node_memory: f64,
     /// Cluster DNS for `dnsPolicy: ClusterFirst` pods; None keeps the host's resolver.
     pub cluster_dns: Option<crate::dns::ClusterDns>,
+    /// Which CPUs each container runs on.
+    pub cpus: Arc<crate::cpus::CpuManager>,
 }
 
 /// Back-off before restart number `n` (0-based count of restarts already done in this
@@ -82,6 +84,10 @@ struct CState {
     /// When and why the last pull failed (ErrImagePull shows for a moment, then the
     /// back-off).
     pull_failed: Option<(Instant, String)>,
+    /// The CPUs the current attempt was put on (None: not known, e.g. adopted).
+    cpus: Option<(u32, crate::cpus::CpuSet)>,
+    /// Why the container did not get the exclusive CPUs it asked for (reported once).
+    cpus_short: Option<String>,
 }
 
 pub struct PodWorker {
@@ -564,6 +570,7 @@ impl PodWorker {
         for c in &spec.containers {
             self.sync_container(pod, c, &policy, &net).await;
         }
+        self.apply_cpus(pod).await;
     }
 
     /// Converges one container; returns its exit code when it has exited for good.
@@ -786,6 +793,7 @@ impl PodWorker {
         {
             let cs = self.containers.entry(c.name.clone()).or_default();
             cs.attempt = Some(attempt);
+            cs.cpus = launch.cpus.clone().map(|cpus| (attempt, cpus));
             cs.waiting = None;
             cs.pull_retry_at = None;
             cs.pull_failures = 0;
@@ -947,13 +955,16 @@ impl PodWorker {
                     .collect(),
             }
         });
+        let resources = resources_of(c);
+        let cpus = self.place_cpus(pod, c, &resources).await;
         Ok(ContainerLaunch {
             argv,
             env: env.into_vec(),
             working_dir,
             netns: net.netns.clone(),
             mounts,
-            resources: resources_of(c),
+            resources,
+            cpus,
             image,
             pod_name: pod.metadata.name.clone().unwrap_or_default(),
             pod_namespace: pod
@@ -962,6 +973,76 @@ impl PodWorker {
                 .clone()
                 .unwrap_or_else(|| "default".into()),
         })
+    }
+
+    /// The CPUs a container runs on, from the CPU manager: its own CPUs when it is a
+    /// Guaranteed app container asking for whole cores, else the shared pool.
+    async fn place_cpus(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        r: &Resources,
+    ) -> Option<crate::cpus::CpuSet> {
+        let spec = pod.spec.as_ref()?;
+        let app = spec.containers.iter().any(|x| x.name == c.name);
+        let demand = crate::cpus::Demand {
+            guaranteed: app && qos_class(spec) == "Guaranteed",
+            cpu_request: r.cpu_request,
+        };
+        let placement = self.ctx.cpus.place(&self.uid, &c.name, demand)?;
+        if let crate::cpus::Placement::SharedShort { why, .. } = &placement {
+            let cs = self.containers.entry(c.name.clone()).or_default();
+            if cs.cpus_short.as_ref() != Some(why) {
+                cs.cpus_short = Some(why.clone());
+                self.ctx
+                    .api
+                    .event(
+                        pod,
+                        true,
+                        "CPUsShared",
+                        &format!("container {}: {why}", c.name),
+                    )
+                    .await;
+            }
+        }
+        Some(placement.cpus().clone())
+    }
+
+    /// Keeps running containers on the CPUs the CPU manager has for them now: the shared
+    /// pool shrinks and grows as pods with exclusive CPUs come and go.
+    async fn apply_cpus(&mut self, pod: &Pod) {
+        let Some(spec) = pod.spec.clone() else {
+            return;
+        };
+        for c in &spec.containers {
+            let Some(attempt) = self.containers.get(&c.name).and_then(|cs| cs.attempt) else {
+                continue;
+            };
+            let Some(want) = self.place_cpus(pod, c, &resources_of(c)).await else {
+                return;
+            };
+            let applied = self.containers.get(&c.name).and_then(|cs| cs.cpus.clone());
+            if applied.as_ref() == Some(&(attempt, want.clone())) {
+                continue;
+            }
+            let Ok(rt) = self.runtime_for(pod, c) else {
+                continue;
+            };
+            let key = self.key(&c.name, attempt);
+            if !matches!(rt.status(&key).await, Ok(RuntimeState::Running { .. })) {
+                continue;
+            }
+            match rt.set_cpus(&key, &want).await {
+                Ok(()) => {
+                    if let Some(cs) = self.containers.get_mut(&c.name) {
+                        cs.cpus = Some((attempt, want));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %pod_ref(pod), container = %c.name, error = %format!("{e:#}"), "cannot move container to its CPUs")
+                }
+            }
+        }
     }
 
     /// Whether a container runs on the image runtime (one exists, it has an image, and the
@@ -1039,6 +1120,7 @@ impl PodWorker {
         }
         self.ctx.network.teardown(&self.uid).await?;
         self.net = None;
+        self.ctx.cpus.release(&self.uid);
         let _ = tokio::fs::remove_dir_all(self.pod_dir()).await;
         Ok(())
     }

@@ -28,6 +28,8 @@ pub struct ContainerLaunch {
     pub mounts: Vec<BindMount>,
     /// CPU and memory limits (and the CPU request, for weights).
     pub resources: Resources,
+    /// The CPUs the container may run on (the CPU manager's choice); None = any.
+    pub cpus: Option<crate::cpus::CpuSet>,
     /// Set for containers with an image (image runtimes): `argv` is then unused.
     pub image: Option<ImageLaunch>,
     pub pod_name: String,
@@ -121,6 +123,9 @@ pub trait Runtime: Send + Sync + 'static {
     async fn remove_pod(&self, pod_uid: &str) -> Result<()>;
     /// The CRI log file of an attempt.
     fn log_path(&self, key: &ContainerKey) -> PathBuf;
+
+    /// Moves a running container to other CPUs (the CPU manager's shared pool changed).
+    async fn set_cpus(&self, key: &ContainerKey, cpus: &crate::cpus::CpuSet) -> Result<()>;
 
     /// Prepares what a pod's containers share before any is created (an image runtime's
     /// sandbox holding the pod's network namespace); idempotent.
@@ -277,16 +282,18 @@ impl Runtime for ProcessRuntime {
         let limited = r.cpu_limit.is_some() || r.memory_limit.is_some();
         let mut warnings = Vec::new();
         let cgroups = match &self.cgroups {
-            Ok(layout) => match layout.create(&key.pod_uid, &key.container, r) {
-                Ok(p) => Some(p),
-                Err(e) if limited => {
-                    warnings.push(format!(
+            Ok(layout) => {
+                match layout.create(&key.pod_uid, &key.container, r, launch.cpus.as_ref()) {
+                    Ok(p) => Some(p),
+                    Err(e) if limited => {
+                        warnings.push(format!(
                         "cannot create the container's cgroup ({e:#}): CPU and memory limits are not enforced"
                     ));
-                    None
+                        None
+                    }
+                    Err(_) => None,
                 }
-                Err(_) => None,
-            },
+            }
             Err(why) if limited => {
                 warnings.push(format!(
                     "no usable cgroups on this node ({why}): CPU and memory limits are not enforced"
@@ -541,6 +548,13 @@ impl Runtime for ProcessRuntime {
 
     fn log_path(&self, key: &ContainerKey) -> PathBuf {
         log_path(&self.pods_dir, key)
+    }
+
+    async fn set_cpus(&self, key: &ContainerKey, cpus: &crate::cpus::CpuSet) -> Result<()> {
+        match &self.cgroups {
+            Ok(layout) => layout.set_cpus(&key.pod_uid, &key.container, cpus),
+            Err(_) => Ok(()),
+        }
     }
 }
 

@@ -66,6 +66,15 @@ pub struct NodeOpts {
     /// Address for the node proxy's Prometheus /metrics (off when unset)
     #[arg(long)]
     pub proxy_metrics_listen: Option<SocketAddr>,
+    /// How containers get CPUs: `static` gives each container of a Guaranteed pod that
+    /// requests whole cores (e.g. cpu: "2" in requests and limits) CPUs of its own, and
+    /// keeps every other container off them; `none` lets every container use every CPU
+    #[arg(long, default_value = "static", value_parser = clap::value_parser!(bosun_agent::cpus::Policy))]
+    pub cpu_manager_policy: bosun_agent::cpus::Policy,
+    /// CPUs that are never given to one container, as a list like `0` or `0-1,4`; they
+    /// stay with the node's own processes and the shared pool (default: the first CPU)
+    #[arg(long, value_parser = clap::value_parser!(bosun_agent::cpus::CpuSet))]
+    pub reserved_cpus: Option<bosun_agent::cpus::CpuSet>,
 }
 
 #[derive(Args, Clone)]
@@ -292,6 +301,8 @@ fn agent_config(pki: &Pki, data_dir: &Path, node: &NodeOpts) -> Result<bosun_age
     );
     cfg.kubelet_port = node.kubelet_port;
     cfg.bridge_name = node.bridge.clone();
+    cfg.cpu_manager_policy = node.cpu_manager_policy;
+    cfg.reserved_cpus = node.reserved_cpus.clone();
     cfg.cluster_dns = Some(bosun_agent::dns::ClusterDns {
         nameserver: cluster_dns_ip(node)?,
         domain: node.cluster_domain.clone(),

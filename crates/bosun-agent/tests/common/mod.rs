@@ -145,6 +145,7 @@ impl Harness {
             node_cpu: 2.0,
             node_memory: 1e9,
             cluster_dns: None,
+            cpus: Arc::new(bosun_agent::cpus::CpuManager::none()),
         }
     }
 
