@@ -18,9 +18,9 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "installing ${apt_missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}"
 fi
-if ! python3 -c 'import kubernetes, pytest' 2>/dev/null; then
-  echo "installing the Python kubernetes client and pytest"
-  python3 -m pip install -q kubernetes pytest
+if ! python3 -c 'import kubernetes, pytest, grpc' 2>/dev/null; then
+  echo "installing the Python kubernetes client, grpcio and pytest"
+  python3 -m pip install -q kubernetes pytest grpcio
 fi
 if ! command -v kubectl >/dev/null; then
   echo "FATAL: kubectl is not installed; the end-to-end tests need it" >&2

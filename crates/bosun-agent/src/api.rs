@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Event, EventSource, ObjectReference, Pod, PodStatus, Secret, Service,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 
@@ -16,6 +17,11 @@ pub trait ClusterApi: Send + Sync + 'static {
     /// The Services of a namespace (for the service environment variables).
     async fn services(&self, _ns: &str) -> Result<Vec<Service>> {
         Ok(Vec::new())
+    }
+    /// Whether an EndpointSlice still lists the pod as a ready endpoint (traffic may still
+    /// be sent to it).
+    async fn in_ready_endpoints(&self, _pod: &Pod) -> Result<bool> {
+        Ok(false)
     }
     /// Writes the pod's status (the `status` subresource).
     async fn update_pod_status(&self, pod: &Pod, status: &PodStatus) -> Result<()>;
@@ -65,6 +71,17 @@ impl ClusterApi for KubeApi {
     async fn services(&self, ns: &str) -> Result<Vec<Service>> {
         let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
         Ok(api.list(&Default::default()).await?.items)
+    }
+
+    async fn in_ready_endpoints(&self, pod: &Pod) -> Result<bool> {
+        let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &ns_of(pod));
+        let uid = pod.metadata.uid.as_deref();
+        Ok(api.list(&Default::default()).await?.items.iter().any(|s| {
+            s.endpoints.iter().any(|e| {
+                e.target_ref.as_ref().and_then(|r| r.uid.as_deref()) == uid
+                    && e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
+            })
+        }))
     }
 
     async fn update_pod_status(&self, pod: &Pod, status: &PodStatus) -> Result<()> {

@@ -108,6 +108,9 @@ pub struct PodWorker {
     volumes_at: Option<Instant>,
 }
 
+/// The longest a stopping pod waits to leave the endpoints before its SIGTERM.
+const ENDPOINTS_WAIT_MAX: Duration = Duration::from_secs(5);
+
 /// How long a failed image pull shows as ErrImagePull before ImagePullBackOff.
 const PULL_ERROR_SHOWN: Duration = Duration::from_secs(3);
 
@@ -1045,6 +1048,31 @@ impl PodWorker {
         }
     }
 
+    /// Waits until no EndpointSlice lists the pod as ready, for at most half the grace
+    /// period and `ENDPOINTS_WAIT_MAX`; the endpoints controller takes a deleting pod out
+    /// at once, so this is the time its update takes to be written.
+    async fn leave_endpoints(&self, pod: &Pod, grace: Duration) {
+        if !self.containers.values().any(|c| c.attempt.is_some()) {
+            return;
+        }
+        let until = Instant::now() + (grace / 2).min(ENDPOINTS_WAIT_MAX);
+        loop {
+            match self.ctx.api.in_ready_endpoints(pod).await {
+                Ok(false) => return,
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::debug!(pod = %pod_ref(pod), error = %format!("{e:#}"), "cannot read endpoints");
+                    return;
+                }
+            }
+            if Instant::now() >= until {
+                tracing::info!(pod = %pod_ref(pod), "still a ready endpoint; stopping anyway");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Whether a container runs on the image runtime (one exists, it has an image, and the
     /// pod does not ask for the process runtime).
     fn uses_image(&self, pod: &Pod, c: &Container) -> bool {
@@ -1052,11 +1080,14 @@ impl PodWorker {
             .is_ok_and(|rt| !Arc::ptr_eq(&rt, &self.ctx.process_runtime))
     }
 
-    /// Stops every container: preStop hook, SIGTERM, grace period, SIGKILL.
+    /// Stops every container: preStop hook, SIGTERM, grace period, SIGKILL. Traffic
+    /// leaves first: no container is told to stop while an EndpointSlice still lists the
+    /// pod as ready (waited for up to a bounded part of the grace period).
     async fn terminate(&mut self, pod: &Pod) {
         self.stop_probes();
         let grace = grace_period(pod);
         let deadline = Instant::now() + grace;
+        self.leave_endpoints(pod, grace).await;
         let pod_ip = self.net.as_ref().map(|n| n.ip).unwrap_or(self.ctx.node_ip);
         let mut stops = Vec::new();
         let spec_containers: Vec<Container> = pod

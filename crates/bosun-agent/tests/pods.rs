@@ -405,6 +405,43 @@ async fn graceful_deletion_runs_prestop_then_sigterm() {
 }
 
 #[tokio::test]
+async fn sigterm_waits_until_the_pod_left_its_endpoints() {
+    let h = Harness::new(false).await;
+    let marker = h.dir.path().join("term-at");
+    let p = pod(json!({
+        "containers": [{
+            "name": "svc",
+            "command": sh(&format!("trap 'date +%s.%N > {}; exit 0' TERM; while true; do sleep 0.05; done", marker.display())),
+        }]
+    }));
+    let w = h.spawn(p.clone());
+    wait_for(&h.api, 20, "ready", |s| cstatus(s, "svc").ready).await;
+    // The endpoints still list the pod for a moment after its deletion starts.
+    *h.api.ready_endpoint_until.lock().unwrap() =
+        Some(std::time::SystemTime::now() + Duration::from_millis(800));
+    delete_and_wait(w, p.clone(), 5).await;
+    let left = h
+        .api
+        .left_endpoints_at
+        .lock()
+        .unwrap()
+        .expect("endpoints never asked");
+    let left = left
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let term: f64 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        term >= left,
+        "SIGTERM at {term}, but the pod left its endpoints at {left}"
+    );
+}
+
+#[tokio::test]
 async fn worker_restart_adopts_running_containers() {
     let h = Harness::new(false).await;
     let p = pod(json!({

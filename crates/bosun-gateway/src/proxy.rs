@@ -53,14 +53,20 @@ impl Backends for Upstreams {
     ) -> BoxFuture<'static, Response<Body>> {
         let this = self.clone();
         let t = to_target(target);
-        let mut policy: Policy = self
-            .service(&target.namespace, &target.service)
-            .map(|s| s.policy.clone())
-            .unwrap_or_default();
+        let svc = self.service(&target.namespace, &target.service);
+        let mut policy: Policy = svc.as_ref().map(|s| s.policy.clone()).unwrap_or_default();
         // Clients may speak HTTP/2 to the gateway while the Service speaks HTTP/1.1; only a
-        // Service that says so gets HTTP/2.
+        // Service port that says so (appProtocol h2c/grpc, or its name) gets HTTP/2.
         if policy.protocol == UpstreamProtocol::SameAsDownstream {
-            policy.protocol = UpstreamProtocol::Http1;
+            let h2c = svc
+                .iter()
+                .flat_map(|s| &s.ports)
+                .any(|p| p.port == target.port && p.speaks_h2c());
+            policy.protocol = if h2c {
+                UpstreamProtocol::Http2
+            } else {
+                UpstreamProtocol::Http1
+            };
         }
         if backend_timeout.is_some() {
             policy.per_try_timeout = backend_timeout;

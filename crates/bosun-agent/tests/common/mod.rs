@@ -22,6 +22,9 @@ pub struct FakeApi {
     pub statuses: Mutex<Vec<PodStatus>>,
     pub events: Mutex<Vec<(bool, String, String)>>,
     pub finalized: Mutex<Vec<String>>,
+    /// The pod counts as a ready endpoint until then; when it first did not.
+    pub ready_endpoint_until: Mutex<Option<std::time::SystemTime>>,
+    pub left_endpoints_at: Mutex<Option<std::time::SystemTime>>,
 }
 
 #[async_trait]
@@ -31,6 +34,18 @@ impl ClusterApi for FakeApi {
     }
     async fn secret(&self, _ns: &str, name: &str) -> anyhow::Result<Option<Secret>> {
         Ok(self.secrets.lock().unwrap().get(name).cloned())
+    }
+    async fn in_ready_endpoints(&self, _pod: &Pod) -> anyhow::Result<bool> {
+        let now = std::time::SystemTime::now();
+        let ready = self
+            .ready_endpoint_until
+            .lock()
+            .unwrap()
+            .is_some_and(|t| now < t);
+        if !ready {
+            self.left_endpoints_at.lock().unwrap().get_or_insert(now);
+        }
+        Ok(ready)
     }
     async fn update_pod_status(&self, _pod: &Pod, status: &PodStatus) -> anyhow::Result<()> {
         self.statuses.lock().unwrap().push(status.clone());

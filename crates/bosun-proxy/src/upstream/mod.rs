@@ -142,6 +142,23 @@ pub struct ServicePortInfo {
     pub app_protocol: Option<String>,
 }
 
+impl ServicePortInfo {
+    /// Whether the port says it speaks HTTP/2 without TLS (gRPC included): `appProtocol`
+    /// `kubernetes.io/h2c`, `h2c`, `http2` or `grpc`, or, without one, a name that starts
+    /// with `grpc`, `h2c` or `http2` (the mesh convention).
+    pub fn speaks_h2c(&self) -> bool {
+        match self.app_protocol.as_deref() {
+            Some(p) => matches!(
+                p.to_ascii_lowercase().as_str(),
+                "kubernetes.io/h2c" | "h2c" | "http2" | "grpc"
+            ),
+            None => ["grpc", "h2c", "http2"]
+                .iter()
+                .any(|p| self.name == *p || self.name.starts_with(&format!("{p}-"))),
+        }
+    }
+}
+
 /// A Service as seen by the proxy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceInfo {
@@ -1348,5 +1365,31 @@ fn rebuild(st: &mut State, ns: &str, svc: &str) {
     }
     if !new.is_empty() {
         st.sets.insert(key, new);
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    fn port(name: &str, app: Option<&str>) -> ServicePortInfo {
+        ServicePortInfo {
+            name: name.into(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            node_port: None,
+            app_protocol: app.map(String::from),
+        }
+    }
+
+    #[test]
+    fn h2c_ports_by_app_protocol_or_name() {
+        assert!(port("", Some("kubernetes.io/h2c")).speaks_h2c());
+        assert!(port("web", Some("grpc")).speaks_h2c());
+        assert!(!port("grpc", Some("http")).speaks_h2c());
+        assert!(port("grpc", None).speaks_h2c());
+        assert!(port("grpc-api", None).speaks_h2c());
+        assert!(!port("grpcx", None).speaks_h2c());
+        assert!(!port("http", None).speaks_h2c());
     }
 }
