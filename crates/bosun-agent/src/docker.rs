@@ -40,6 +40,9 @@ use crate::runtime::{
     ContainerKey, ContainerLaunch, ExecOutput, ImagePullError, Runtime, RuntimeState,
 };
 
+/// The longest an image pull may take before it counts as failed.
+const PULL_TIMEOUT: Duration = Duration::from_secs(300);
+
 pub const LABEL_OWNER: &str = "io.bosun.owner";
 pub const LABEL_POD_UID: &str = "io.bosun.pod.uid";
 pub const LABEL_POD_NAME: &str = "io.bosun.pod.name";
@@ -280,13 +283,18 @@ impl DockerRuntime {
             ..Default::default()
         };
         let mut s = self.docker.create_image(Some(opts), None, None);
-        let mut failure = None;
-        while let Some(r) = s.next().await {
-            if let Err(e) = r {
-                failure = Some(e);
-                break;
+        let pull = async {
+            while let Some(r) = s.next().await {
+                if let Err(e) = r {
+                    return Some(e.to_string());
+                }
             }
-        }
+            None
+        };
+        // A registry that never answers must not hold the pod's worker for ever.
+        let failure = tokio::time::timeout(PULL_TIMEOUT, pull)
+            .await
+            .unwrap_or_else(|_| Some(format!("no answer within {}s", PULL_TIMEOUT.as_secs())));
         match failure {
             None => Ok(()),
             Some(e) => Err(ImagePullError {

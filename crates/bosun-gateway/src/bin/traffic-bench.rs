@@ -1,10 +1,11 @@
-//! Latency added by the node proxy at a fixed request rate, and maximum throughput,
-//! compared with direct access and with nginx as an equivalent reverse proxy.
+//! Latency added by the node proxy and by the gateway at a fixed request rate, and maximum
+//! throughput, compared with direct access and with nginx as an equivalent reverse proxy.
 //!
-//! `proxy-bench [--rate 1000] [--seconds 5] [--concurrency 32]`
+//! `traffic-bench [--rate 1000] [--seconds 5] [--concurrency 32]`
 //!
-//! The proxy runs in a child process (this binary with `serve-proxy`) so its RSS can be
-//! read from /proc. nginx is used when `nginx` is on PATH.
+//! The node proxy and the gateway each run in a child process (this binary with
+//! `serve-proxy` / `serve-gateway`) so their RSS can be read from /proc. nginx is used when
+//! `nginx` is on PATH.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -13,6 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bosun_gateway::compile::{RateLimiters, Snapshot, compile};
+use bosun_gateway::metrics::GatewayMetrics;
+use bosun_gateway::proxy::{AccessLog, Handler};
 use bosun_proxy::upstream::{Body, Upstreams, full};
 use bosun_proxy::{ProxyConfig, serve};
 use http::Request;
@@ -23,9 +27,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T> {
@@ -41,9 +47,13 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("serve-proxy") {
+    let mode = args.get(1).map(String::as_str);
+    if matches!(mode, Some("serve-proxy" | "serve-gateway")) {
         let listen: SocketAddr = arg(&args, "--listen", "127.0.0.1:0".parse()?)?;
         let backend: SocketAddr = arg(&args, "--backend", "127.0.0.1:0".parse()?)?;
+        if mode == Some("serve-gateway") {
+            return serve_gateway(listen, backend).await;
+        }
         return serve_proxy(listen, backend).await;
     }
     let rate: u32 = arg(&args, "--rate", 1000)?;
@@ -51,21 +61,8 @@ async fn main() -> Result<()> {
     let concurrency: usize = arg(&args, "--concurrency", 32)?;
 
     let backend = start_backend().await?;
-    let proxy_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), free_port()?);
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args([
-            "serve-proxy",
-            "--listen",
-            &proxy_addr.to_string(),
-            "--backend",
-            &backend.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("start proxy child")?;
-    let proxy_pid = child.id().context("proxy pid")?;
-    wait_up(proxy_addr).await?;
+    let (mut proxy, proxy_addr) = start_child("serve-proxy", backend).await?;
+    let (mut gateway, gateway_addr) = start_child("serve-gateway", backend).await?;
 
     let nginx = match start_nginx(backend).await {
         Ok(n) => Some(n),
@@ -80,7 +77,11 @@ async fn main() -> Result<()> {
         "{:<8} {:>10} {:>10} {:>10} {:>8}",
         "path", "p50 us", "p99 us", "max us", "errors"
     );
-    let mut targets = vec![("direct", backend), ("bosun", proxy_addr)];
+    let mut targets = vec![
+        ("direct", backend),
+        ("proxy", proxy_addr),
+        ("gateway", gateway_addr),
+    ];
     if let Some(n) = &nginx {
         targets.push(("nginx", n.addr));
     }
@@ -103,13 +104,39 @@ async fn main() -> Result<()> {
             errors
         );
     }
-    println!("bosun proxy RSS: {} KiB", rss_kib(proxy_pid)?);
+    for (name, child) in [("node proxy", &proxy), ("gateway", &gateway)] {
+        let pid = child.id().context("child pid")?;
+        println!("bosun {name} RSS: {} KiB", rss_kib(pid)?);
+    }
     if let Some(n) = &nginx {
         println!("nginx RSS (master + workers): {} KiB", n.rss_kib());
     }
-    child.kill().await.ok();
+    proxy.kill().await.ok();
+    gateway.kill().await.ok();
     drop(nginx);
     Ok(())
+}
+
+/// This binary in a serving mode, on a free loopback port, sending to `backend`.
+async fn start_child(
+    mode: &str,
+    backend: SocketAddr,
+) -> Result<(tokio::process::Child, SocketAddr)> {
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), free_port()?);
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            mode,
+            "--listen",
+            &addr.to_string(),
+            "--backend",
+            &backend.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start {mode} child"))?;
+    wait_up(addr).await?;
+    Ok((child, addr))
 }
 
 fn free_port() -> Result<u16> {
@@ -158,27 +185,27 @@ async fn start_backend() -> Result<SocketAddr> {
     Ok(addr)
 }
 
-async fn serve_proxy(listen: SocketAddr, backend: SocketAddr) -> Result<()> {
-    let mut registry = Registry::default();
-    let ups = Upstreams::detached(registry.sub_registry_with_prefix("bosun_proxy"));
-    ups.apply_service(&Service {
+/// The benchmark's Service (`default/bench`, port `port` on `cluster_ip`) and its one
+/// endpoint, the backend.
+fn bench_service(cluster_ip: IpAddr, port: u16, backend: SocketAddr) -> (Service, EndpointSlice) {
+    let svc = Service {
         metadata: ObjectMeta {
             name: Some("bench".into()),
             namespace: Some("default".into()),
             ..Default::default()
         },
         spec: Some(ServiceSpec {
-            cluster_ip: Some(listen.ip().to_string()),
+            cluster_ip: Some(cluster_ip.to_string()),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
-                port: listen.port().into(),
+                port: port.into(),
                 ..Default::default()
             }]),
             ..Default::default()
         }),
         ..Default::default()
-    });
-    ups.apply_endpoint_slice(&EndpointSlice {
+    };
+    let slice = EndpointSlice {
         metadata: ObjectMeta {
             name: Some("bench-1".into()),
             namespace: Some("default".into()),
@@ -201,11 +228,58 @@ async fn serve_proxy(listen: SocketAddr, backend: SocketAddr) -> Result<()> {
             port: Some(backend.port().into()),
             ..Default::default()
         }]),
-    });
+    };
+    (svc, slice)
+}
+
+async fn serve_proxy(listen: SocketAddr, backend: SocketAddr) -> Result<()> {
+    let mut registry = Registry::default();
+    let ups = Upstreams::detached(registry.sub_registry_with_prefix("bosun_proxy"));
+    let (svc, slice) = bench_service(listen.ip(), listen.port(), backend);
+    ups.apply_service(&svc);
+    ups.apply_endpoint_slice(&slice);
     let mut cfg = ProxyConfig::new("unused0", listen.ip());
     cfg.manage_vips = false;
     cfg.node_port_addresses = vec![];
     serve(ups, cfg, Arc::new(registry), CancellationToken::new()).await
+}
+
+/// The gateway with one Ingress (any host, prefix `/`) to the benchmark's Service.
+async fn serve_gateway(listen: SocketAddr, backend: SocketAddr) -> Result<()> {
+    let mut registry = Registry::default();
+    let metrics = GatewayMetrics::new(&mut registry);
+    let ups = Upstreams::detached(registry.sub_registry_with_prefix("bosun_gateway"));
+    let (svc, slice) = bench_service(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 80, backend);
+    ups.apply_service(&svc);
+    ups.apply_endpoint_slice(&slice);
+    let ingress: Ingress = serde_json::from_value(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "bench", "namespace": "default"},
+        "spec": {"rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": "bench", "port": {"number": 80}}}}]}}]},
+    }))?;
+    let snap = Snapshot {
+        ingresses: vec![Arc::new(ingress)],
+        services: vec![Arc::new(svc)],
+        ..Default::default()
+    };
+    let compiled = compile(&snap, &mut RateLimiters::default());
+    let (_table_tx, table) = watch::channel(Arc::new(compiled.table));
+    let handler = Arc::new(Handler {
+        table,
+        backends: Arc::new(ups),
+        metrics,
+        access_log: AccessLog::Off,
+    });
+    let listener = TcpListener::bind(listen).await?;
+    bosun_gateway::server::serve(
+        listener,
+        None,
+        handler,
+        CancellationToken::new(),
+        Duration::from_secs(5),
+    )
+    .await
 }
 
 struct Nginx {
@@ -243,6 +317,17 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // SIGTERM: the master stops its workers too (SIGKILL would leave them behind).
+        if let Some(pid) = self.child.id() {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            for _ in 0..50 {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(40));
+            }
+        }
         let _ = self.child.start_kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -253,7 +338,7 @@ impl Drop for Nginx {
 async fn start_nginx(backend: SocketAddr) -> Result<Nginx> {
     let bin = which("nginx").context("nginx not found (apt-get install nginx)")?;
     let port = free_port()?;
-    let dir = std::env::temp_dir().join(format!("proxy-bench-nginx-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("traffic-bench-nginx-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("logs"))?;
     let conf = format!(
         "worker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
