@@ -20,6 +20,23 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+# A pod that answers every GET on :8080 with its HOSTNAME (the pod name), keep-alive.
+HOSTNAME_SERVER = r'''
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        b = (os.environ.get("HOSTNAME", "?") + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("", 8080), H).serve_forever()
+'''
+
+
 def bosun_bin():
     path = os.environ.get("BOSUN_BIN")
     if path:

@@ -4,22 +4,7 @@ services), the pod's resolv.conf, and the service environment variables."""
 import ipaddress
 import json
 
-from conftest import wait_for
-
-SERVER = r'''
-import http.server, os
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        b = (os.environ.get("HOSTNAME", "?") + "\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(b)))
-        self.end_headers()
-        self.wfile.write(b)
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(("", 8080), H).serve_forever()
-'''
+from conftest import HOSTNAME_SERVER, wait_for
 
 # Runs in the client pod: prints its resolver file and environment once, then resolves names
 # with the system resolver (getaddrinfo reads /etc/resolv.conf) and fetches every address of
@@ -103,7 +88,7 @@ def client_lines(cluster, prefix):
 
 def test_pods_resolve_services_and_get_service_variables(cluster):
     # Services first: the variables are those existing when the container starts.
-    apply(cluster, services() + [deployment("web", ["python3", "-c", SERVER], {"app": "web"}, probe=True)])
+    apply(cluster, services() + [deployment("web", ["python3", "-c", HOSTNAME_SERVER], {"app": "web"}, probe=True)])
     wait_for(lambda: len(ready_pod_ips(cluster, "web")) == 2, timeout=90, what="two ready web pods")
     svc = json.loads(cluster.kubectl("get", "svc", "web", "-o", "json").stdout)
     vip = svc["spec"]["clusterIP"]

@@ -6,22 +6,7 @@ import threading
 import time
 import urllib.request
 
-from conftest import wait_for
-
-SERVER = r'''
-import http.server, os
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        b = (os.environ.get("HOSTNAME", "?") + "\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(b)))
-        self.end_headers()
-        self.wfile.write(b)
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(("", 8080), H).serve_forever()
-'''
+from conftest import HOSTNAME_SERVER, wait_for
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -39,7 +24,7 @@ def manifest(replicas):
                     "runtimeClassName": "process",
                     "containers": [{
                         "name": "web",
-                        "command": ["python3", "-c", SERVER],
+                        "command": ["python3", "-c", HOSTNAME_SERVER],
                         "ports": [{"containerPort": 8080}],
                         "readinessProbe": {"httpGet": {"path": "/", "port": 8080},
                                            "periodSeconds": 1},

@@ -347,6 +347,13 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn demand(guaranteed: bool, cpu: f64) -> Demand {
+        Demand {
+            guaranteed,
+            cpu_request: Some(cpu),
+        }
+    }
+
     const G1: Demand = Demand {
         guaranteed: true,
         cpu_request: Some(1.0),
@@ -372,29 +379,17 @@ mod tests {
         assert_eq!(m.place("a", "c", G1).unwrap(), p);
         assert_eq!(m.shared_pool(), set("0-2"));
         // Fractional, or not Guaranteed: shared.
-        let half = Demand {
-            guaranteed: true,
-            cpu_request: Some(1.5),
-        };
         assert_eq!(
-            m.place("b", "c", half).unwrap(),
+            m.place("b", "c", demand(true, 1.5)).unwrap(),
             Placement::Shared(set("0-2"))
         );
-        let burst = Demand {
-            guaranteed: false,
-            cpu_request: Some(2.0),
-        };
         assert_eq!(
-            m.place("b", "c", burst).unwrap(),
+            m.place("b", "c", demand(false, 2.0)).unwrap(),
             Placement::Shared(set("0-2"))
         );
         // Two more: CPUs 1-2; the reserved CPU 0 is never handed out.
-        let two = Demand {
-            guaranteed: true,
-            cpu_request: Some(2.0),
-        };
         assert_eq!(
-            m.place("d", "c", two).unwrap(),
+            m.place("d", "c", demand(true, 2.0)).unwrap(),
             Placement::Exclusive(set("1-2"))
         );
         assert!(matches!(

@@ -785,9 +785,18 @@ fn merge_for_update(kind: &KindInfo, mode: Mode, cur: &Value, new: Value) -> Val
     out
 }
 
-fn strip_rv(v: &Value) -> Value {
+/// The object as far as a write would change it: without its resourceVersion, and
+/// without the times of its managedFields entries (a write that changes nothing else
+/// must not happen only to move a timestamp, as in Kubernetes).
+fn comparable(v: &Value) -> Value {
     let mut o = v.clone();
-    meta_mut(&mut o).remove("resourceVersion");
+    let m = meta_mut(&mut o);
+    m.remove("resourceVersion");
+    if let Some(entries) = m.get_mut("managedFields").and_then(Value::as_array_mut) {
+        for e in entries.iter_mut().filter_map(Value::as_object_mut) {
+            e.remove("time");
+        }
+    }
     o
 }
 
@@ -847,7 +856,7 @@ where
             }
         }
         set_rv(&mut new, cur_kv.mod_revision);
-        if strip_rv(&new) == strip_rv(&cur) && !ready_to_remove(kind, &cur) {
+        if comparable(&new) == comparable(&cur) && !ready_to_remove(kind, &cur) {
             return Ok(Updated { obj: cur });
         }
         if dry_run {

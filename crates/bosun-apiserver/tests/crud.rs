@@ -348,6 +348,15 @@ async fn server_side_apply_creates_then_updates() {
             .get("labels")
             .is_none_or(|l| l.get("a").is_none())
     );
+    // The same configuration again, a second later: nothing is written, not even a new
+    // managedFields time, so the resourceVersion stays.
+    let rv = r.body["metadata"]["resourceVersion"].clone();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let again = api
+        .call(Method::PATCH, &url, "application/apply-patch+yaml", y2)
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(again.body["metadata"]["resourceVersion"], rv);
     let r = api
         .call(
             Method::PATCH,
