@@ -31,6 +31,12 @@ for _ in range(600):
         except Exception as e:
             fetched[ip] = "error: %s" % e
     out["_fetched"] = fetched
+    # Through the Service name, its cluster IP and the node proxy, from inside the pod.
+    try:
+        with opener.open("http://web/", timeout=3) as r:
+            out["_via_service"] = r.read().decode().strip()
+    except Exception as e:
+        out["_via_service"] = "error: %s" % e
     print("ROUND " + json.dumps(out), flush=True)
     time.sleep(1)
 '''
@@ -131,6 +137,8 @@ def test_pods_resolve_services_and_get_service_variables(cluster):
         if r["web-headless"] != want or r["web-headless.default.svc.cluster.local"] != want:
             return None
         if r["_fetched"] != pods:
+            return None
+        if r["_via_service"] not in pods.values():
             return None
         return r
 
