@@ -2,6 +2,7 @@
 weights, TLS with SNI from a kubernetes.io/tls Secret, and status conditions for a bad
 route while the others keep serving."""
 
+import base64
 import json
 import subprocess
 
@@ -168,6 +169,36 @@ def test_tls_with_sni(cluster, tmp_path):
     code, err = curl("--cacert", crt, "--resolve", f"other.local:{cluster.https_port}:127.0.0.1",
                      f"https://other.local:{cluster.https_port}/")
     assert code is None, err
+
+
+def test_bad_tls_secret_is_reported_while_others_serve(cluster):
+    # Runs after test_tls_with_sni: secure.local keeps its certificate.
+    junk = base64.b64encode(b"not a certificate").decode()
+    apply(cluster, {
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "broken-tls"},
+        "data": {"tls.crt": junk, "tls.key": junk},
+    }, {
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "broken-tls"},
+        "spec": {"tls": [{"hosts": ["broken.local"], "secretName": "broken-tls"}],
+                 "rules": [{"host": "broken.local", "http": {"paths": [
+                     {"path": "/", "pathType": "Prefix",
+                      "backend": {"service": {"name": "secure", "port": {"number": 80}}}}]}}]},
+    })
+
+    def warned():
+        events = json.loads(cluster.kubectl("get", "events", "-o", "json").stdout)["items"]
+        return [e for e in events
+                if e["involvedObject"].get("name") == "broken-tls" and e.get("type") == "Warning"
+                and "broken-tls" in e.get("message", "")]
+    ev = wait_for(warned, timeout=60, what="a Warning Event about the bad TLS Secret")
+    assert ev[0]["involvedObject"]["kind"] == "Ingress", ev
+    # The other TLS host keeps serving with its own certificate.
+    code, body = curl("-k", "--resolve", f"secure.local:{cluster.https_port}:127.0.0.1",
+                      f"https://secure.local:{cluster.https_port}/still")
+    assert code == 200 and json.loads(body)["path"] == "/still", body
+    cluster.kubectl("delete", "ingress,secret", "broken-tls")
 
 
 def test_invalid_regex_reported_while_others_serve(cluster):
