@@ -24,10 +24,6 @@ use anyhow::{Context, Result, bail};
 pub struct CpuSet(pub BTreeSet<u32>);
 
 impl CpuSet {
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

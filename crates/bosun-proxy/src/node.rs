@@ -25,7 +25,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::upstream::metrics::{DirLabels, SvcLabels};
 use crate::upstream::{
-    Body, ClientAddr, HashKey, LbAlgorithm, PortRef, Protocol, ServiceInfo, Target, Upstreams,
+    Body, ClientAddr, Declared, HashKey, LbAlgorithm, PortRef, Protocol, ServiceInfo, Target,
+    Upstreams,
 };
 use crate::vip;
 
@@ -264,18 +265,10 @@ fn desired_listeners(
 }
 
 fn mode_for(port_name: &str, app_protocol: Option<&str>) -> Mode {
-    match app_protocol.map(str::to_ascii_lowercase).as_deref() {
-        Some("tcp") => return Mode::Tcp,
-        Some("http" | "http2" | "h2c" | "grpc" | "kubernetes.io/h2c") => return Mode::Http,
-        _ => {}
-    }
-    let n = port_name.to_ascii_lowercase();
-    if n == "tcp" || n.starts_with("tcp-") {
-        Mode::Tcp
-    } else if n.starts_with("http") || n.starts_with("grpc") || n.starts_with("h2c") {
-        Mode::Http
-    } else {
-        Mode::Auto
+    match crate::upstream::declared_protocol(port_name, app_protocol) {
+        Declared::Tcp => Mode::Tcp,
+        Declared::Http | Declared::H2c => Mode::Http,
+        Declared::Unknown => Mode::Auto,
     }
 }
 

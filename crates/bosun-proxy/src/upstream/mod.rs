@@ -142,20 +142,48 @@ pub struct ServicePortInfo {
     pub app_protocol: Option<String>,
 }
 
+/// What a Service port says it speaks, by `appProtocol` or else by its name (the mesh
+/// convention: `tcp`, `http`, `grpc-api`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Declared {
+    /// Opaque TCP: never sniffed.
+    Tcp,
+    /// HTTP of some version.
+    Http,
+    /// HTTP/2 without TLS (gRPC included).
+    H2c,
+    /// Nothing said.
+    Unknown,
+}
+
+/// `appProtocol` `tcp`, `http`, or `kubernetes.io/h2c`/`h2c`/`http2`/`grpc` decide; any
+/// other (or none) leaves it to the name: `tcp`/`tcp-*` is TCP, `grpc`/`h2c`/`http2`
+/// (alone or with a `-suffix`) is h2c, and any other name starting with `http`, `grpc` or
+/// `h2c` is HTTP.
+pub fn declared_protocol(port_name: &str, app_protocol: Option<&str>) -> Declared {
+    match app_protocol.map(str::to_ascii_lowercase).as_deref() {
+        Some("tcp") => return Declared::Tcp,
+        Some("http") => return Declared::Http,
+        Some("kubernetes.io/h2c" | "h2c" | "http2" | "grpc") => return Declared::H2c,
+        _ => {}
+    }
+    let n = port_name.to_ascii_lowercase();
+    let named = |p: &str| n == p || n.starts_with(&format!("{p}-"));
+    if named("tcp") {
+        Declared::Tcp
+    } else if ["grpc", "h2c", "http2"].into_iter().any(named) {
+        Declared::H2c
+    } else if ["http", "grpc", "h2c"].iter().any(|p| n.starts_with(p)) {
+        Declared::Http
+    } else {
+        Declared::Unknown
+    }
+}
+
 impl ServicePortInfo {
-    /// Whether the port says it speaks HTTP/2 without TLS (gRPC included): `appProtocol`
-    /// `kubernetes.io/h2c`, `h2c`, `http2` or `grpc`, or, without one, a name that starts
-    /// with `grpc`, `h2c` or `http2` (the mesh convention).
+    /// Whether the port says it speaks HTTP/2 without TLS (gRPC included).
     pub fn speaks_h2c(&self) -> bool {
-        match self.app_protocol.as_deref() {
-            Some(p) => matches!(
-                p.to_ascii_lowercase().as_str(),
-                "kubernetes.io/h2c" | "h2c" | "http2" | "grpc"
-            ),
-            None => ["grpc", "h2c", "http2"]
-                .iter()
-                .any(|p| self.name == *p || self.name.starts_with(&format!("{p}-"))),
-        }
+        declared_protocol(&self.name, self.app_protocol.as_deref()) == Declared::H2c
     }
 }
 
