@@ -119,6 +119,14 @@ impl ClusterApi for KubeApi {
 
     async fn event(&self, pod: &Pod, warning: bool, reason: &str, message: &str) {
         let ns = ns_of(pod);
+        // What the agent tells the API about a pod (Started, Killing, BackOff, Failed,
+        // Unhealthy ...) is what an operator reads in the log too.
+        let pod_name = pod.metadata.name.as_deref().unwrap_or("");
+        if warning {
+            tracing::warn!(pod = %format!("{ns}/{pod_name}"), reason, "{message}");
+        } else {
+            tracing::info!(pod = %format!("{ns}/{pod_name}"), reason, "{message}");
+        }
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         let now = jiff::Timestamp::now();
         let name = format!(

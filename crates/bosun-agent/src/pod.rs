@@ -664,6 +664,13 @@ impl PodWorker {
                 cs.started = false;
                 let first_sight = cs.exit_seen != Some(attempt);
                 cs.exit_seen = Some(attempt);
+                if first_sight {
+                    if reason == "OOMKilled" {
+                        tracing::warn!(pod = %pod_ref(pod), container = %name, exit_code, "container killed by the kernel's OOM killer (memory limit reached)");
+                    } else {
+                        tracing::info!(pod = %pod_ref(pod), container = %name, exit_code, %reason, "container exited");
+                    }
+                }
                 let restart = match policy {
                     "Always" => true,
                     "OnFailure" => exit_code != 0,

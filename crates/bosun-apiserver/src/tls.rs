@@ -56,6 +56,9 @@ pub(crate) async fn serve(
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listen = %addr, "API server listening");
+    }
     let tls = if tls.alpn_protocols.is_empty() {
         let mut c = (*tls).clone();
         c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

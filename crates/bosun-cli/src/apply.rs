@@ -9,13 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{DynamicObject, Patch, PatchParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::{self, Scope};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, ValidationDirective};
 use kube::{Api, Client};
 use serde_json::Value;
 
-use crate::{ClientOpts, client, rollout};
+use crate::{ClientOpts, client, output, rollout};
 
 #[derive(Args)]
 pub struct ApplyOpts {
@@ -34,18 +32,39 @@ pub struct ApplyOpts {
 
 const FIELD_MANAGER: &str = "bosun";
 
+/// One object read from a manifest, with where it came from (a path or `STDIN`).
+struct Manifest {
+    source: String,
+    doc: Value,
+}
+
+/// As kubectl: every object that can be read is applied even when others fail; each
+/// failure is reported, and any failure makes the exit code 1.
 pub async fn run(opts: ApplyOpts) -> Result<ExitCode> {
-    let docs = read_manifests(&opts.files)?;
-    if docs.is_empty() {
-        bail!("no objects found in {}", opts.files.join(", "));
+    let (manifests, read_errors) = read_manifests(&opts.files);
+    for e in &read_errors {
+        eprintln!("{}", output::error_message(e));
+    }
+    if manifests.is_empty() {
+        if read_errors.is_empty() {
+            bail!("no objects passed to apply");
+        }
+        return Ok(ExitCode::FAILURE);
     }
     let conn = client::connect(&opts.conn).await?;
+    let types = client::discover(&conn.client).await?;
+    let mut failed = !read_errors.is_empty();
     let mut deployments = Vec::new();
-    for doc in docs {
-        let (label, deployment) = apply_one(&conn.client, &conn.namespace, doc).await?;
-        println!("{label}");
-        if let Some(d) = deployment {
-            deployments.push(d);
+    for m in manifests {
+        match apply_one(&conn.client, &types, &conn.namespace, &m).await {
+            Ok((label, deployment)) => {
+                println!("{label}");
+                deployments.extend(deployment);
+            }
+            Err(e) => {
+                eprintln!("{}", output::error_message(&e));
+                failed = true;
+            }
         }
     }
     if opts.wait {
@@ -58,113 +77,234 @@ pub async fn run(opts: ApplyOpts) -> Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
-/// Applies one object; returns kubectl's one-line summary and, for a Deployment, its
-/// namespace and name.
+/// Applies one object (server-side apply, unknown fields rejected by the server);
+/// returns kubectl's one-line summary and, for a Deployment, its namespace and name.
 async fn apply_one(
     client: &Client,
+    types: &[client::ApiType],
     default_ns: &str,
-    doc: Value,
+    m: &Manifest,
 ) -> Result<(String, Option<(String, String)>)> {
-    let api_version = doc["apiVersion"]
-        .as_str()
-        .context("object without apiVersion")?;
-    let kind = doc["kind"].as_str().context("object without kind")?;
-    let name = doc["metadata"]["name"]
-        .as_str()
-        .with_context(|| format!("{kind} without metadata.name"))?
-        .to_string();
+    let doc = &m.doc;
+    let source = &m.source;
+    let api_version = doc["apiVersion"].as_str().unwrap_or("");
+    let kind = doc["kind"].as_str().unwrap_or("");
+    let mut missing = Vec::new();
+    if api_version.is_empty() {
+        missing.push("apiVersion not set");
+    }
+    if kind.is_empty() {
+        missing.push("kind not set");
+    }
+    if !missing.is_empty() {
+        bail!(
+            "error validating {source:?}: error validating data: [{}]",
+            missing.join(", ")
+        );
+    }
+    let Some(name) = doc["metadata"]["name"].as_str().filter(|n| !n.is_empty()) else {
+        bail!(
+            "error validating {source:?}: {kind} has no metadata.name: resource name may not be empty"
+        );
+    };
+    let name = name.to_string();
+    let ns_field = doc["metadata"]["namespace"].as_str();
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    let (ar, caps) = discovery::pinned_kind(client, &gvk)
-        .await
-        .with_context(|| format!("resource type {kind} ({api_version}) is not served"))?;
-    let ns = doc["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or(default_ns)
-        .to_string();
-    let api: Api<DynamicObject> = if caps.scope == Scope::Namespaced {
+    let Some(t) = types
+        .iter()
+        .find(|t| t.group == group && t.version == version && t.kind == kind)
+    else {
+        bail!(
+            "resource mapping not found for name: {name:?} namespace: {:?} from {source:?}: \
+             no matches for kind {kind:?} in version {api_version:?}",
+            ns_field.unwrap_or("")
+        );
+    };
+    let ar = ApiResource {
+        group: t.group.clone(),
+        version: t.version.clone(),
+        api_version: t.api_version(),
+        kind: t.kind.clone(),
+        plural: t.plural.clone(),
+    };
+    let ns = ns_field.unwrap_or(default_ns).to_string();
+    let api: Api<DynamicObject> = if t.namespaced {
         Api::namespaced_with(client.clone(), &ns, &ar)
     } else {
         Api::all_with(client.clone(), &ar)
     };
-    let before = api.get_opt(&name).await?;
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let before = api.get_opt(&name).await.with_context(|| {
+        format!("error when retrieving current configuration of {kind} {name:?} from {source:?}")
+    })?;
+    let params = PatchParams::apply(FIELD_MANAGER)
+        .force()
+        .validation(ValidationDirective::Strict);
     let after = api
-        .patch(&name, &params, &Patch::Apply(&doc))
+        .patch(&name, &params, &Patch::Apply(doc))
         .await
-        .with_context(|| format!("applying {kind} {name:?}"))?;
+        .with_context(|| {
+            let verb = if before.is_none() {
+                "creating"
+            } else {
+                "applying"
+            };
+            format!("error when {verb} {source:?}")
+        })?;
     let verb = match before {
         None => "created",
         Some(b) if b.metadata.resource_version == after.metadata.resource_version => "unchanged",
         Some(_) => "configured",
     };
     let prefix = if group.is_empty() {
-        ar.kind.to_ascii_lowercase()
+        t.kind.to_ascii_lowercase()
     } else {
-        format!("{}.{group}", ar.kind.to_ascii_lowercase())
+        format!("{}.{group}", t.kind.to_ascii_lowercase())
     };
     let deployment = (kind == "Deployment" && group == "apps").then(|| (ns, name.clone()));
     Ok((format!("{prefix}/{name} {verb}"), deployment))
 }
 
-/// Every object in the given files, directories and stdin, in order.
-fn read_manifests(sources: &[String]) -> Result<Vec<Value>> {
+/// Every object in the given files, directories and stdin, in order, and what could
+/// not be read. As kubectl, a file is read up to its first bad document.
+fn read_manifests(sources: &[String]) -> (Vec<Manifest>, Vec<anyhow::Error>) {
     let mut out = Vec::new();
+    let mut errors = Vec::new();
+    let mut take = |source: String, text: Result<String>| {
+        let text = match text {
+            Ok(text) => text,
+            Err(e) => return errors.push(e),
+        };
+        let (docs, err) = parse_documents(&text);
+        out.extend(docs.into_iter().map(|doc| Manifest {
+            source: source.clone(),
+            doc,
+        }));
+        if let Some(e) = err {
+            errors.push(e.context(format!("error parsing {source}")));
+        }
+    };
     for src in sources {
         if src == "-" {
             let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text)?;
-            out.extend(parse_documents(&text).context("parsing stdin")?);
+            let read = std::io::stdin()
+                .read_to_string(&mut text)
+                .map(|_| text)
+                .context("reading stdin");
+            take("STDIN".into(), read);
             continue;
         }
         let path = Path::new(src);
         let files: Vec<PathBuf> = if path.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(path)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    matches!(
-                        p.extension().and_then(|e| e.to_str()),
-                        Some("yaml" | "yml" | "json")
-                    )
-                })
-                .collect();
-            v.sort();
-            v
+            match std::fs::read_dir(path) {
+                Ok(entries) => {
+                    let mut v: Vec<PathBuf> = entries
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| {
+                            matches!(
+                                p.extension().and_then(|e| e.to_str()),
+                                Some("yaml" | "yml" | "json")
+                            )
+                        })
+                        .collect();
+                    v.sort();
+                    v
+                }
+                Err(e) => {
+                    take(
+                        src.clone(),
+                        Err(anyhow::Error::new(e).context(format!("reading {src}"))),
+                    );
+                    continue;
+                }
+            }
         } else {
             vec![path.to_path_buf()]
         };
         for f in files {
-            let text =
-                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-            out.extend(parse_documents(&text).with_context(|| format!("parsing {}", f.display()))?);
+            let read = std::fs::read_to_string(&f).map_err(|e| {
+                anyhow::Error::new(e).context(format!("the path {:?} cannot be read", f.display()))
+            });
+            take(f.display().to_string(), read);
         }
     }
-    Ok(out)
+    (out, errors)
 }
 
-/// Splits a YAML stream into objects, unpacking `kind: List`.
-fn parse_documents(text: &str) -> Result<Vec<Value>> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text)?;
+/// Splits a YAML stream into objects, unpacking `kind: List`. Documents are split at
+/// `---` lines first, as kubectl does, so the objects before a malformed document are
+/// still returned with the error. Line numbers in errors are those of the whole text.
+fn parse_documents(text: &str) -> (Vec<Value>, Option<anyhow::Error>) {
     let mut out = Vec::new();
-    for doc in docs {
-        match doc {
-            Value::Null => {}
-            Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => {
-                out.extend(
-                    m.get("items")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default(),
-                );
+    for (first_line, chunk) in split_documents(text) {
+        // Blank lines in front keep the parser's line numbers those of the file.
+        let padded = format!("{}{chunk}", "\n".repeat(first_line));
+        let docs: Vec<Value> = match serde_saphyr::from_multiple(&padded) {
+            Ok(docs) => docs,
+            Err(e) => return (out, Some(anyhow::anyhow!("{e}"))),
+        };
+        for doc in docs {
+            match doc {
+                Value::Null => {}
+                Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => {
+                    out.extend(
+                        m.get("items")
+                            .and_then(Value::as_array)
+                            .cloned()
+                            .unwrap_or_default(),
+                    );
+                }
+                Value::Object(_) => out.push(doc),
+                other => {
+                    let line = first_line + 1;
+                    let what = match other {
+                        Value::Array(_) => "a list".to_string(),
+                        v => format!("{v}"),
+                    };
+                    return (
+                        out,
+                        Some(anyhow::anyhow!(
+                            "the document starting at line {line} is {what}, not an object"
+                        )),
+                    );
+                }
             }
-            Value::Object(_) => out.push(doc),
-            other => bail!("expected an object, found {other}"),
         }
     }
-    Ok(out)
+    (out, None)
+}
+
+/// The documents of a YAML stream with the (0-based) line each starts on. A separator
+/// line (`---`, maybe followed by content) belongs to the document it opens, with the
+/// marker blanked so columns stay right.
+fn split_documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut start = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let is_marker =
+            line.starts_with("---") && line[3..].chars().next().is_none_or(char::is_whitespace);
+        if is_marker {
+            docs.push((start, std::mem::take(&mut current)));
+            start = i;
+            current.push_str("   ");
+            current.push_str(&line[3..]);
+        } else {
+            current.push_str(line);
+        }
+    }
+    docs.push((start, current));
+    docs.retain(|(_, d)| {
+        d.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
+    docs
 }
 
 #[cfg(test)]
@@ -174,15 +314,34 @@ mod tests {
     #[test]
     fn multi_document_yaml_and_lists() {
         let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Secret\n  metadata: {name: b}\n";
-        let docs = parse_documents(text).unwrap();
+        let (docs, err) = parse_documents(text);
+        assert!(err.is_none(), "{err:?}");
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0]["metadata"]["name"], "a");
         assert_eq!(docs[1]["kind"], "Secret");
     }
 
     #[test]
-    fn malformed_yaml_is_an_error() {
-        assert!(parse_documents("kind: [unclosed").is_err());
-        assert!(parse_documents("- just\n- a list\n").is_err());
+    fn malformed_yaml_is_an_error_with_its_line() {
+        let (docs, err) = parse_documents("kind: [unclosed");
+        assert!(docs.is_empty());
+        assert!(err.is_some());
+        let (_, err) = parse_documents("- just\n- a list\n");
+        assert!(err.unwrap().to_string().contains("not an object"));
+        // The documents before the bad one are kept; the error names the file's line.
+        let text = "kind: A\nmetadata: {name: a}\n---\nkind: B\nmetadata:\n  name: b\n   bad: indent\n---\nkind: C\n";
+        let (docs, err) = parse_documents(text);
+        assert_eq!(docs.len(), 1);
+        let msg = err.unwrap().to_string();
+        assert!(msg.contains("line 7"), "{msg}");
+    }
+
+    #[test]
+    fn documents_split_at_markers_only() {
+        let docs = split_documents("a: 1\n--- # c\nb: '---'\n---x: 1\n# only a comment\n---\n");
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0], (0, "a: 1\n".to_string()));
+        assert_eq!(docs[1].0, 1);
+        assert!(docs[1].1.contains("---x: 1"));
     }
 }

@@ -5,10 +5,12 @@
 mod apply;
 mod client;
 mod get;
+mod logging;
 mod logs;
 mod output;
 mod pki;
 mod rollout;
+mod size;
 mod up;
 
 use std::path::PathBuf;
@@ -29,6 +31,10 @@ use clap::{Args, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr as `text` (coloured on a terminal) or `json` (one object per
+    /// line); which ones by RUST_LOG (default: info for bosun, warn for libraries)
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
 }
 
 /// Where client verbs find the cluster.
@@ -73,6 +79,11 @@ fn main() -> ExitCode {
     if let Command::Shim { args } = cli.command {
         bosun_agent::shim_main(args);
     }
+    // Not for the shim above: it must stay single-threaded and small.
+    if let Err(e) = logging::init(cli.log_format) {
+        eprintln!("{} {e:#}", output::error_label());
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -96,7 +107,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("{} {e:#}", output::error_label());
+            logging::fatal(&output::error_message(&e));
             ExitCode::FAILURE
         }
     }

@@ -29,6 +29,10 @@ pub struct ServerOpts {
     /// Address range Service cluster IPs are allocated from
     #[arg(long, default_value = bosun_apiserver::DEFAULT_SERVICE_CIDR)]
     pub service_cidr: String,
+    /// Memory the store may use to cache its file (e.g. 64Mi, 1Gi); bosun's memory grows
+    /// by up to this much beyond its working set, however large the store is
+    #[arg(long, default_value = "64Mi", value_parser = crate::size::parse_bytes)]
+    pub store_cache_size: usize,
 }
 
 #[derive(Args, Clone)]
@@ -170,11 +174,12 @@ async fn start_control_plane(
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
     let pki = Pki::load_or_create(&opts.data_dir)?;
-    let store = bosun_store::RedbStore::open(
-        &opts.data_dir.join("store.redb"),
-        bosun_store::RedbOptions::default(),
-    )
-    .context("opening the store")?;
+    let store_opts = bosun_store::RedbOptions {
+        cache_size: Some(opts.store_cache_size),
+        ..Default::default()
+    };
+    let store = bosun_store::RedbStore::open(&opts.data_dir.join("store.redb"), store_opts)
+        .context("opening the store")?;
     let mut api_cfg =
         bosun_apiserver::ApiServerConfig::new(store, pki.token.clone(), pki.ca_pem.clone());
     api_cfg.service_cidr = opts.service_cidr.clone();
@@ -390,8 +395,8 @@ async fn supervise(mut tasks: Tasks, shutdown: CancellationToken) -> Result<Exit
         let (name, result) = done.context("a component panicked")?;
         if !shutdown.is_cancelled() {
             match result {
-                Ok(()) => eprintln!("bosun: {name} stopped unexpectedly"),
-                Err(e) => eprintln!("bosun: {name} failed: {e:#}"),
+                Ok(()) => crate::logging::fatal(&format!("bosun: {name} stopped unexpectedly")),
+                Err(e) => crate::logging::fatal(&format!("bosun: {name} failed: {e:#}")),
             }
             code = ExitCode::FAILURE;
             shutdown.cancel();

@@ -138,6 +138,9 @@ async fn set_unknown(ctx: &Ctx, name: &str) -> Result<(), ReconcileError> {
         .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
         .is_some_and(|c| c.status == "True");
     if mark_unknown(&mut node, crate::util::now()) {
+        if was_ready {
+            tracing::warn!(node = %name, "node stopped reporting; its Ready condition is now Unknown");
+        }
         api.replace_status(name, &PostParams::default(), &node)
             .await?;
         if was_ready {
@@ -193,6 +196,7 @@ async fn evict_pods(ctx: &Ctx, node: &Node) -> Result<Option<Duration>, Reconcil
                 let wait = Duration::from_secs(grace) + Duration::from_millis(100);
                 next = Some(next.map_or(wait, |n| n.min(wait)));
                 if !announced {
+                    tracing::warn!(node = %name, "node unreachable past the eviction timeout; evicting its pods");
                     ctx.recorder
                         .record(
                             node,
@@ -203,6 +207,7 @@ async fn evict_pods(ctx: &Ctx, node: &Node) -> Result<Option<Duration>, Reconcil
                         .await;
                     announced = true;
                 }
+                tracing::info!(node = %name, pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), "evicting pod");
                 ctx.recorder
                     .record(
                         pod.as_ref(),

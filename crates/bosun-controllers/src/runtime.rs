@@ -76,8 +76,14 @@ pub async fn drive<K, Ctx, F, Fut>(
         .run(
             reconcile,
             move |obj, err, _ctx| {
-                tracing::info!(controller = name, object = %obj_name(obj.as_ref()), error = %err, "reconcile failed");
-                Action::requeue(retry_after(err))
+                let retry = retry_after(err);
+                // A conflict is an ordinary race with another writer: retried at once.
+                if retry < Duration::from_secs(1) {
+                    tracing::debug!(controller = name, object = %obj_name(obj.as_ref()), error = %err, "reconcile conflict; retrying");
+                } else {
+                    tracing::warn!(controller = name, object = %obj_name(obj.as_ref()), error = %err, "reconcile failed");
+                }
+                Action::requeue(retry)
             },
             ctx,
         )

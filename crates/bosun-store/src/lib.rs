@@ -16,7 +16,7 @@ mod codec;
 pub mod conformance;
 pub mod redb_store;
 
-pub use redb_store::{RedbOptions, RedbStore};
+pub use redb_store::{DEFAULT_CACHE_SIZE, RedbOptions, RedbStore};
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -44,6 +44,10 @@ const LEASE_KEYS: TableDefinition<(u64, &str), ()> = TableDefinition::new("lease
 /// Floor for the configurable timer periods, so a zero cannot turn them into busy loops.
 const MIN_TICK: Duration = Duration::from_millis(10);
 
+/// The default page cache: 64 MiB, not redb's 1 GiB, so memory stays small with a
+/// large store.
+pub const DEFAULT_CACHE_SIZE: usize = 64 << 20;
+
 const META_REVISION: &str = "revision";
 const META_COMPACTED: &str = "compacted";
 const META_NEXT_LEASE: &str = "next_lease";
@@ -68,7 +72,8 @@ pub struct RedbOptions {
     /// Committed batches buffered for watchers; a watcher further behind catches up
     /// from the log instead. Bounds the memory a slow watcher can pin.
     pub watch_buffer: usize,
-    /// Page cache size in bytes (`None`: redb's default).
+    /// Page cache size in bytes (`None`: redb's default of 1 GiB). Pages read or
+    /// written stay cached up to this bound, so it bounds the store's memory.
     pub cache_size: Option<usize>,
 }
 
@@ -82,7 +87,7 @@ impl Default for RedbOptions {
             lease_check_interval: Duration::from_millis(500),
             max_batch: 1024,
             watch_buffer: 128,
-            cache_size: None,
+            cache_size: Some(DEFAULT_CACHE_SIZE),
         }
     }
 }
@@ -144,13 +149,14 @@ impl RedbStore {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| {
             StoreError::Backend("RedbStore::open must run inside a Tokio runtime".into())
         })?;
-        let mut builder = redb::Database::builder();
-        if let Some(bytes) = opts.cache_size {
-            builder.set_cache_size(bytes);
-        }
-        let db = builder
+        let started = Instant::now();
+        let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let db = builder(&opts, &repaired)
             .create(path)
             .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+        if repaired.load(Ordering::Relaxed) {
+            tracing::warn!(path = %path.display(), took = ?started.elapsed(), "store repaired after an unclean shutdown");
+        }
 
         // Create the tables and counters of a new file; read them back for an old one.
         let txn = db.begin_write().map_err(backend)?;
@@ -188,6 +194,13 @@ impl RedbStore {
             )
         };
         txn.commit().map_err(backend)?;
+        tracing::info!(
+            path = %path.display(),
+            revision,
+            compacted,
+            cache_bytes = opts.cache_size,
+            "store opened"
+        );
 
         let (events, _) = broadcast::channel(opts.watch_buffer.max(1));
         let inner = Arc::new(Inner {
@@ -240,6 +253,23 @@ impl RedbStore {
             .await
             .map_err(backend)?
     }
+}
+
+/// redb's settings for `opts`. Its cache also bounds what a repair after a crash
+/// (which reads the whole file) keeps in memory; `repaired` is set when one runs.
+fn builder(opts: &RedbOptions, repaired: &Arc<std::sync::atomic::AtomicBool>) -> redb::Builder {
+    let mut builder = redb::Database::builder();
+    if let Some(bytes) = opts.cache_size {
+        builder.set_cache_size(bytes);
+    }
+    let flag = repaired.clone();
+    builder.set_repair_callback(move |session| {
+        if !flag.swap(true, Ordering::Relaxed) {
+            tracing::warn!("store was not closed cleanly; checking and repairing it");
+        }
+        tracing::debug!(progress = session.progress(), "store repair");
+    });
+    builder
 }
 
 impl Drop for RedbStore {
@@ -315,7 +345,7 @@ async fn compactor(store: Weak<RedbStore>) {
         }
         match store.compact(target).await {
             Ok(()) | Err(StoreError::Compacted { .. }) => {
-                tracing::debug!(revision = target, "compacted store history");
+                tracing::info!(revision = target, "compacted store history");
             }
             Err(e) => tracing::warn!(revision = target, error = %e, "compaction failed"),
         }
