@@ -3,6 +3,8 @@
 //! strategy defaults that show up in `kubectl get -o yaml` on a real cluster (pod
 //! priority, default tolerations, service IP families, the namespace finalizer).
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value, json};
 
 use crate::KindInfo;
@@ -16,9 +18,7 @@ pub fn apply_defaults(kind: &KindInfo, obj: &mut Value) {
         ("", "Pod") => pod(obj),
         ("", "Service") => service(obj),
         ("", "Namespace") => namespace(obj),
-        ("", "Secret") => {
-            set_str(obj, "type", "Opaque");
-        }
+        ("", "Secret") => secret(obj),
         ("", "Node") => node(obj),
         ("", "Endpoints") => {
             for subset in list_mut(obj, "subsets") {
@@ -34,6 +34,32 @@ pub fn apply_defaults(kind: &KindInfo, obj: &mut Value) {
             pod_template(spec);
         }
         _ => {}
+    }
+}
+
+/// `type` defaults to Opaque; `stringData` is write-only, as in Kubernetes: its keys are
+/// base64-encoded into `data` (overriding keys already there) and it is never stored.
+fn secret(obj: &mut Map<String, Value>) {
+    set_str(obj, "type", "Opaque");
+    merge_string_data(obj);
+}
+
+/// Moves a Secret's `stringData` into `data` (base64-encoded, overriding).
+pub fn merge_string_data(obj: &mut Map<String, Value>) {
+    let Some(Value::Object(plain)) = obj.remove("stringData") else {
+        return;
+    };
+    if plain.is_empty() {
+        return;
+    }
+    let data = object(obj, "data");
+    for (k, v) in plain {
+        let text = match v {
+            Value::String(s) => s,
+            // The typed roundtrip admits only strings; anything else is kept as its JSON.
+            other => other.to_string(),
+        };
+        data.insert(k, Value::String(BASE64.encode(text.as_bytes())));
     }
 }
 
@@ -554,6 +580,15 @@ mod tests {
         );
 
         assert_eq!(defaulted("Secret", json!({"data": {}}))["type"], "Opaque");
+        // stringData lands base64-encoded in data, wins over data, and is not kept.
+        let s = defaulted(
+            "Secret",
+            json!({"data": {"a": "b2xk", "keep": "eA=="}, "stringData": {"a": "new", "b": "x y"}}),
+        );
+        assert_eq!(s["data"], json!({"a": "bmV3", "keep": "eA==", "b": "eCB5"}));
+        assert!(s.get("stringData").is_none());
+        let s = defaulted("Secret", json!({"stringData": {}}));
+        assert!(s.get("stringData").is_none());
         assert_eq!(
             defaulted("Secret", json!({"type": "kubernetes.io/tls"}))["type"],
             "kubernetes.io/tls"

@@ -1108,6 +1108,14 @@ async fn apply(ctx: Ctx, body: Bytes) -> ApiResult<Response> {
             m.remove(f);
         }
     }
+    if kind.group.is_empty()
+        && kind.kind == "Secret"
+        && let Some(m) = applied.as_object_mut()
+    {
+        // stringData is stored as data: the manager owns the data keys it sets that way,
+        // so dropping one from a later configuration removes it.
+        defaults::merge_string_data(m);
+    }
     let fields = field_set(&applied);
     let ns = ctx.target.namespace.as_deref();
     let exists = ctx
