@@ -14,6 +14,9 @@ command -v openssl >/dev/null || apt_missing+=(openssl)
 command -v iptables >/dev/null || apt_missing+=(iptables)
 # Container tests build their images from a static busybox (no registry is reachable).
 dpkg -s busybox-static >/dev/null 2>&1 || apt_missing+=(busybox-static)
+# etcd for the etcd backend's tests (a real 3-member cluster); protoc builds the etcd client.
+command -v etcd >/dev/null || apt_missing+=(etcd-server)
+command -v protoc >/dev/null || apt_missing+=(protobuf-compiler)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "installing ${apt_missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}"

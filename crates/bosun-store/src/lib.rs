@@ -5,7 +5,7 @@
 //! conditional on a key's `mod_revision`, and watches replay every change after a
 //! revision (or fail with [`StoreError::Compacted`] when that history is gone).
 //!
-//! Backends: [`RedbStore`] (embedded, one file). The `conformance` feature exposes
+//! Backends: [`RedbStore`] (embedded, one file) and [`EtcdStore`] (an etcd v3 cluster). The `conformance` feature exposes
 //! the backend-independent test suite (`conformance::run_all`) that every backend
 //! must pass.
 
@@ -14,8 +14,12 @@ use std::pin::Pin;
 mod codec;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "etcd-cluster")]
+pub mod etcd_cluster;
+pub mod etcd_store;
 pub mod redb_store;
 
+pub use etcd_store::{EtcdOptions, EtcdStore, EtcdTls};
 pub use redb_store::{DEFAULT_CACHE_SIZE, RedbOptions, RedbStore};
 
 use async_trait::async_trait;
