@@ -19,6 +19,20 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Under CI (scripts/test.sh sets it) every test must run: a skip for a missing component
+# is reported as a failure instead.
+REQUIRE_ALL = os.environ.get("BOSUN_REQUIRE_ALL", "").lower() in ("1", "true")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if REQUIRE_ALL and rep.skipped and not hasattr(rep, "wasxfail"):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped, but BOSUN_REQUIRE_ALL=1 requires every test to run: {reason}"
+
 
 # A pod that answers every GET on :8080 with its HOSTNAME (the pod name), keep-alive.
 HOSTNAME_SERVER = r'''

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +21,9 @@ pub struct LogWriter {
     size: u64,
     max_bytes: u64,
     max_files: usize,
+    /// Time of the last record: records never go back in time, so sorting by timestamp
+    /// keeps the order they were written in.
+    last: Option<jiff::Timestamp>,
 }
 
 impl LogWriter {
@@ -35,6 +39,7 @@ impl LogWriter {
             size,
             max_bytes: max_bytes.max(1024),
             max_files: max_files.max(1),
+            last: None,
         })
     }
 
@@ -70,6 +75,13 @@ impl LogWriter {
         content: &[u8],
         partial: bool,
     ) -> io::Result<()> {
+        let ts = match self.last {
+            Some(last) if ts <= last => last
+                .checked_add(jiff::SignedDuration::from_nanos(1))
+                .unwrap_or(last),
+            _ => ts,
+        };
+        self.last = Some(ts);
         let tag = if partial { "P" } else { "F" };
         let mut rec = format!("{ts:.9} {stream} {tag} ").into_bytes();
         rec.extend_from_slice(content);
@@ -103,6 +115,85 @@ impl LogWriter {
             .open(&self.path)?;
         self.size = 0;
         Ok(())
+    }
+}
+
+/// Copies a container's output pipes (`(stream name, read end)`, stdout first) into `log`
+/// from one thread, until every pipe reaches end of file.
+///
+/// The pipes are polled together and each read is logged, stamped with the time of the
+/// read, before the next one is made, so a stream's lines cannot overtake lines written
+/// earlier on the other one (as with a reader thread per stream racing for the log). What
+/// waits on both pipes at once is taken in the order given. A line longer than
+/// `MAX_RECORD` without its newline is logged in partial records as it arrives; an
+/// unfinished last line is logged as partial at end of file.
+pub fn pump(streams: Vec<(&'static str, OwnedFd)>, log: &mut LogWriter) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    struct Pipe {
+        name: &'static str,
+        file: File,
+        pending: Vec<u8>,
+        open: bool,
+    }
+    let mut pipes: Vec<Pipe> = streams
+        .into_iter()
+        .map(|(name, fd)| Pipe {
+            name,
+            file: File::from(fd),
+            pending: Vec::new(),
+            open: true,
+        })
+        .collect();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let open: Vec<usize> = (0..pipes.len()).filter(|&i| pipes[i].open).collect();
+        if open.is_empty() {
+            return;
+        }
+        let ready: Vec<bool> = {
+            let mut fds: Vec<PollFd<'_>> = open
+                .iter()
+                .map(|&i| PollFd::new(&pipes[i].file, PollFlags::IN))
+                .collect();
+            match poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return,
+            }
+            fds.iter().map(|f| !f.revents().is_empty()).collect()
+        };
+        for (&i, ready) in open.iter().zip(ready) {
+            if !ready {
+                continue;
+            }
+            let p = &mut pipes[i];
+            let n = match p.file.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            };
+            let ts = jiff::Timestamp::now();
+            if n == 0 {
+                p.open = false;
+                if !p.pending.is_empty() {
+                    let _ = log.write_line_at(ts, p.name, &p.pending, true);
+                    p.pending.clear();
+                }
+                continue;
+            }
+            p.pending.extend_from_slice(&buf[..n]);
+            let mut start = 0;
+            while let Some(nl) = p.pending[start..].iter().position(|&b| b == b'\n') {
+                let _ = log.write_line_at(ts, p.name, &p.pending[start..start + nl], false);
+                start += nl + 1;
+            }
+            // An endless line is written as it comes, in partial records.
+            while p.pending.len() - start >= MAX_RECORD {
+                let _ = log.write_line_at(ts, p.name, &p.pending[start..start + MAX_RECORD], true);
+                start += MAX_RECORD;
+            }
+            p.pending.drain(..start);
+        }
     }
 }
 

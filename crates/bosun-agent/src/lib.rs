@@ -43,6 +43,7 @@ pub mod probe;
 pub mod runtime;
 pub mod server;
 pub mod shim;
+pub mod signals;
 pub mod stats;
 pub mod volumes;
 

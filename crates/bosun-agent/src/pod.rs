@@ -68,6 +68,8 @@ struct CState {
     started: bool,
     ready: bool,
     probes: Option<(u32, tokio::task::AbortHandle)>,
+    /// Waits for the exit of this attempt and wakes the worker the moment it happens.
+    exit_watch: Option<(u32, tokio::task::AbortHandle)>,
     restart_at: Option<Instant>,
     backoff_n: u32,
     /// Why the container is not running when that is not an exit (config error, ...).
@@ -96,6 +98,9 @@ pub struct PodWorker {
     pod_rx: watch::Receiver<Option<Pod>>,
     probe_tx: mpsc::Sender<ProbeEvent>,
     probe_rx: mpsc::Receiver<ProbeEvent>,
+    /// Exits of running attempts, as the runtime reports them.
+    exit_tx: mpsc::Sender<ContainerKey>,
+    exit_rx: mpsc::Receiver<ContainerKey>,
     containers: HashMap<String, CState>,
     net: Option<PodNet>,
     last_status: Option<serde_json::Value>,
@@ -143,12 +148,15 @@ enum Want {
 impl PodWorker {
     pub fn new(ctx: Arc<PodContext>, uid: String, pod_rx: watch::Receiver<Option<Pod>>) -> Self {
         let (probe_tx, probe_rx) = mpsc::channel(64);
+        let (exit_tx, exit_rx) = mpsc::channel(16);
         Self {
             ctx,
             uid,
             pod_rx,
             probe_tx,
             probe_rx,
+            exit_tx,
+            exit_rx,
             containers: HashMap::new(),
             net: None,
             last_status: None,
@@ -339,6 +347,8 @@ impl PodWorker {
                     }
                 }
                 Some(ev) = self.probe_rx.recv() => self.on_probe(ev).await,
+                // A container exited: sync now (restart, status) instead of at the next tick.
+                Some(_) = self.exit_rx.recv() => {}
                 _ = tokio::time::sleep(self.ctx.sync_interval) => {}
             }
             // Take every queued probe result before syncing again.
@@ -351,6 +361,9 @@ impl PodWorker {
     fn stop_probes(&mut self) {
         for cs in self.containers.values_mut() {
             if let Some((_, h)) = cs.probes.take() {
+                h.abort();
+            }
+            if let Some((_, h)) = cs.exit_watch.take() {
                 h.abort();
             }
         }
@@ -617,31 +630,8 @@ impl PodWorker {
                 None
             }
             RuntimeState::Running { .. } => {
-                let cs = self.containers.get_mut(&c.name)?;
-                cs.waiting = None;
-                if cs.probes.as_ref().map(|p| p.0) != Some(attempt) {
-                    if let Some((_, h)) = cs.probes.take() {
-                        h.abort();
-                    }
-                    let resume = match cs.resume.take() {
-                        Some((a, r)) if a == attempt => r,
-                        _ => Resume::default(),
-                    };
-                    cs.started = resume.started;
-                    cs.ready = resume.ready;
-                    let t = Target {
-                        pod_ip: net.ip,
-                        key: key.clone(),
-                        runtime: rt.clone(),
-                    };
-                    let h = tokio::spawn(run_container_probes(
-                        c.clone(),
-                        t,
-                        self.probe_tx.clone(),
-                        resume,
-                    ));
-                    cs.probes = Some((attempt, h.abort_handle()));
-                }
+                self.containers.get_mut(&c.name)?.waiting = None;
+                self.watch_running(c, &key, &rt, net);
                 None
             }
             RuntimeState::Exited {
@@ -658,6 +648,9 @@ impl PodWorker {
                 let reset = self.ctx.backoff_reset;
                 let cs = self.containers.get_mut(&name)?;
                 if let Some((_, h)) = cs.probes.take() {
+                    h.abort();
+                }
+                if let Some((_, h)) = cs.exit_watch.take() {
                     h.abort();
                 }
                 cs.ready = false;
@@ -723,6 +716,52 @@ impl PodWorker {
                 }
                 None
             }
+        }
+    }
+
+    /// Starts what follows a running attempt, once per attempt: its probes (resumed from
+    /// the pod's status for an adopted attempt) and the wait for its exit.
+    fn watch_running(
+        &mut self,
+        c: &Container,
+        key: &ContainerKey,
+        rt: &Arc<dyn Runtime>,
+        net: &PodNet,
+    ) {
+        let exit_tx = self.exit_tx.clone();
+        let probe_tx = self.probe_tx.clone();
+        let Some(cs) = self.containers.get_mut(&c.name) else {
+            return;
+        };
+        let attempt = key.attempt;
+        if cs.probes.as_ref().map(|p| p.0) != Some(attempt) {
+            if let Some((_, h)) = cs.probes.take() {
+                h.abort();
+            }
+            let resume = match cs.resume.take() {
+                Some((a, r)) if a == attempt => r,
+                _ => Resume::default(),
+            };
+            cs.started = resume.started;
+            cs.ready = resume.ready;
+            let t = Target {
+                pod_ip: net.ip,
+                key: key.clone(),
+                runtime: rt.clone(),
+            };
+            let h = tokio::spawn(run_container_probes(c.clone(), t, probe_tx, resume));
+            cs.probes = Some((attempt, h.abort_handle()));
+        }
+        if rt.reports_exits() && cs.exit_watch.as_ref().map(|w| w.0) != Some(attempt) {
+            if let Some((_, h)) = cs.exit_watch.take() {
+                h.abort();
+            }
+            let (rt, key) = (rt.clone(), key.clone());
+            let h = tokio::spawn(async move {
+                rt.wait_exit(&key).await;
+                let _ = exit_tx.send(key).await;
+            });
+            cs.exit_watch = Some((attempt, h.abort_handle()));
         }
     }
 
@@ -833,6 +872,8 @@ impl PodWorker {
                     .await;
                 if let Ok(RuntimeState::Running { .. }) = rt.status(&key).await {
                     self.warn_state(pod, c, &key).await;
+                    // Probe from the start (after initialDelaySeconds), not a sync later.
+                    self.watch_running(c, &key, rt, net);
                 }
             }
             Ok(RuntimeState::Exited {

@@ -150,6 +150,21 @@ pub trait Runtime: Send + Sync + 'static {
         )
     }
 
+    /// Whether `wait_exit` learns of an exit the moment it happens (rather than by asking
+    /// `status` again and again); the pod worker then waits on it for every running attempt.
+    fn reports_exits(&self) -> bool {
+        false
+    }
+
+    /// Returns once the attempt no longer runs (or cannot be found). This default asks
+    /// `status` every 100 ms.
+    async fn wait_exit(&self, key: &ContainerKey) {
+        while let Ok(RuntimeState::Running { .. } | RuntimeState::Created) = self.status(key).await
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// SIGTERM, wait up to `grace`, then SIGKILL; returns the final state.
     async fn stop(&self, key: &ContainerKey, grace: Duration) -> Result<RuntimeState> {
         match self.status(key).await? {
@@ -157,16 +172,10 @@ pub trait Runtime: Send + Sync + 'static {
             other => return Ok(other),
         }
         self.signal(key, false).await?;
-        let deadline = tokio::time::Instant::now() + grace;
-        loop {
-            match self.status(key).await? {
-                RuntimeState::Running { .. } | RuntimeState::Created => {}
-                other => return Ok(other),
-            }
-            if tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = tokio::time::timeout(grace, self.wait_exit(key)).await;
+        match self.status(key).await? {
+            RuntimeState::Running { .. } | RuntimeState::Created => {}
+            other => return Ok(other),
         }
         self.signal(key, true).await?;
         for _ in 0..100 {
@@ -355,6 +364,36 @@ impl Runtime for ProcessRuntime {
                 bail!("shim for {key:?} did not start the container: {log}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn reports_exits(&self) -> bool {
+        true
+    }
+
+    /// The shim records the exit in its state file and then exits itself, so the end of
+    /// the shim process (a pidfd turning readable) is the moment to look. This works for a
+    /// shim started by an earlier agent as well, and a shim that dies without recording an
+    /// exit wakes the waiter the same way (`status` then reports the container lost).
+    async fn wait_exit(&self, key: &ContainerKey) {
+        loop {
+            let st = match self.read_state(key) {
+                Ok(Some(st)) => st,
+                _ => return,
+            };
+            if st.exit_code.is_some() {
+                return;
+            }
+            match process_exit(st.shim_pid, st.shim_start_ticks).await {
+                Ok(()) => {
+                    // The shim is gone: its exit is recorded, or the status check finds it lost.
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "no pidfd for the shim; polling its state");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
         }
     }
 
@@ -556,6 +595,34 @@ impl Runtime for ProcessRuntime {
             Err(_) => Ok(()),
         }
     }
+}
+
+/// Returns when the process `pid` (started at `ticks`) has ended; at once when it is
+/// already gone or the pid now belongs to another process.
+async fn process_exit(pid: u32, ticks: u64) -> std::io::Result<()> {
+    use rustix::process::{Pid, PidfdFlags, pidfd_open};
+    let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return Ok(());
+    };
+    let fd = match pidfd_open(p, PidfdFlags::NONBLOCK) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    // Opened after the pid was read: make sure it still names the shim, not a newcomer.
+    if !same_process(pid, ticks) {
+        return Ok(());
+    }
+    // SAFETY: the AsyncFd takes ownership of the OwnedFd, which is open (just returned by
+    // pidfd_open), is closed only when the AsyncFd drops it, and always reports the same
+    // descriptor: what `register_with_interest` requires.
+    #[allow(unsafe_code)]
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }
+    .map_err(std::io::Error::from)?;
+    let _ready = fd.readable().await?;
+    Ok(())
 }
 
 /// `<pods>/<uid>/logs/<container>/<attempt>.log`, as the kubelet lays out /var/log/pods.

@@ -10,11 +10,10 @@
 //! `bosun shim exec JSON` runs a command inside a running container's namespaces (exec probes
 //! and preStop hooks).
 
-use std::io::{BufRead, BufReader, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal, kill, killpg};
@@ -180,8 +179,8 @@ fn run(spec_path: &Path) -> i32 {
         ..Default::default()
     };
     // Signals are taken synchronously by a dedicated thread (sigwait); blocking them must
-    // happen before any thread exists so that every thread inherits the mask. The child gets
-    // an empty mask again (std resets it before exec).
+    // happen before any thread exists so that every thread inherits the mask. The child
+    // starts with an empty mask and default dispositions (`signals::reset_in_child`).
     let mut sigs = SigSet::empty();
     for s in [
         Signal::SIGTERM,
@@ -263,6 +262,7 @@ fn run(spec_path: &Path) -> i32 {
         .stderr(Stdio::piped())
         // The container is a process group: SIGKILL reaches everything it started.
         .process_group(0);
+    crate::signals::reset_in_child(&mut cmd);
     if let Some(wd) = &spec.working_dir {
         if !wd.is_dir() {
             let msg = format!(
@@ -291,18 +291,19 @@ fn run(spec_path: &Path) -> i32 {
     state.started_at = Some(now_rfc3339());
     let _ = state.write(&spec.state_path);
 
-    let log = Arc::new(Mutex::new(log));
+    let pipes: Vec<(&'static str, OwnedFd)> = [
+        ("stdout", child.stdout.take().map(OwnedFd::from)),
+        ("stderr", child.stderr.take().map(OwnedFd::from)),
+    ]
+    .into_iter()
+    .filter_map(|(name, fd)| Some((name, fd?)))
+    .collect();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let mut pumps = 0;
-    if let Some(out) = child.stdout.take() {
-        pumps += 1;
-        spawn_pump(out, "stdout", log.clone(), done_tx.clone());
-    }
-    if let Some(err) = child.stderr.take() {
-        pumps += 1;
-        spawn_pump(err, "stderr", log.clone(), done_tx.clone());
-    }
-    drop(done_tx);
+    std::thread::spawn(move || {
+        let mut log = log;
+        crate::cri_log::pump(pipes, &mut log);
+        let _ = done_tx.send(());
+    });
     std::thread::spawn(move || {
         loop {
             match sigs.wait() {
@@ -320,11 +321,7 @@ fn run(spec_path: &Path) -> i32 {
     // The container ends with its main process: whatever it left behind goes too.
     let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
     // Drain the pipes; a process that escaped the group may hold them, so do not wait forever.
-    for _ in 0..pumps {
-        if done_rx.recv_timeout(Duration::from_secs(2)).is_err() {
-            break;
-        }
-    }
+    let _ = done_rx.recv_timeout(Duration::from_secs(2));
     use std::os::unix::process::ExitStatusExt;
     match status {
         Ok(st) => {
@@ -349,35 +346,6 @@ fn run(spec_path: &Path) -> i32 {
         return 1;
     }
     0
-}
-
-fn spawn_pump(
-    src: impl Read + Send + 'static,
-    stream: &'static str,
-    log: Arc<Mutex<LogWriter>>,
-    done: std::sync::mpsc::Sender<()>,
-) {
-    std::thread::spawn(move || {
-        let mut r = BufReader::with_capacity(64 * 1024, src);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            // Bounded read of one line: a line without newline longer than the buffer
-            // limit is written in pieces as partial records.
-            let n = match (&mut r)
-                .take(crate::cri_log::MAX_RECORD as u64)
-                .read_until(b'\n', &mut buf)
-            {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let complete = buf[n - 1] == b'\n';
-            let line = if complete { &buf[..n - 1] } else { &buf[..] };
-            let mut w = log.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = w.write_line(stream, line, !complete);
-        }
-        let _ = done.send(());
-    });
 }
 
 fn join_netns(path: &Path) -> nix::Result<()> {

@@ -81,7 +81,9 @@ fn web_pod(name: &str, port: u16) -> Pod {
 async fn agent_runs_pods_through_the_api() {
     let root = nix::unistd::geteuid().is_root();
     if !root {
-        loud("not root: running with host networking; the two-replica part is skipped");
+        bosun_testkit::skip(
+            "not root: running with host networking; the two-replica part is skipped",
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let store =

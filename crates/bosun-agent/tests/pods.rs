@@ -559,3 +559,65 @@ async fn init_containers_run_first_in_order() {
     );
     delete_and_wait(w2, p2, 1).await;
 }
+
+/// The pid of a container attempt's process, from its shim's state file.
+fn workload_pid(h: &Harness, pod: &k8s_openapi::api::core::v1::Pod, c: &str, attempt: u32) -> u32 {
+    let path = h
+        .dir
+        .path()
+        .join("pods")
+        .join(pod.metadata.uid.as_ref().unwrap())
+        .join("containers")
+        .join(c)
+        .join(attempt.to_string())
+        .join("state.json");
+    bosun_agent::shim::ShimState::read(&path)
+        .unwrap()
+        .pid
+        .unwrap()
+}
+
+#[tokio::test]
+async fn killed_process_restarts_and_turns_ready_on_its_exit_not_on_a_resync() {
+    let h = Harness::new(false).await;
+    // The periodic resync is effectively off and the readiness probe runs once an hour: the
+    // restart must come from the exit itself and the probe must run as the container starts.
+    let mut ctx = Harness::context(h.dir.path().into(), h.api.clone(), h.ctx.network.clone());
+    ctx.sync_interval = Duration::from_secs(3600);
+    let p = pod(json!({
+        "restartPolicy": "Always",
+        "containers": [{
+            "name": "main",
+            "command": ["sleep", "300"],
+            "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 3600}
+        }]
+    }));
+    let w = spawn_worker(std::sync::Arc::new(ctx), p.clone());
+    wait_for(&h.api, 30, "ready", |s| condition(s, "Ready") == "True").await;
+    let first = workload_pid(&h, &p, "main", 0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let s = wait_for(&h.api, 30, "restarted and ready again", |s| {
+        let c = cstatus(s, "main");
+        c.restart_count == 1
+            && c.state.as_ref().is_some_and(|st| st.running.is_some())
+            && condition(s, "Ready") == "True"
+    })
+    .await;
+    let last = cstatus(&s, "main")
+        .last_state
+        .clone()
+        .and_then(|l| l.terminated)
+        .expect("the killed run is the last state");
+    assert_eq!((last.exit_code, last.signal), (137, Some(9)));
+    let second = workload_pid(&h, &p, "main", 1);
+    assert_ne!(first, second);
+    assert!(
+        bosun_agent::shim::proc_start_ticks(second).is_some(),
+        "new process runs"
+    );
+    delete_and_wait(w, p, 5).await;
+}

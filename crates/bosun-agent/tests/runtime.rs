@@ -357,3 +357,104 @@ async fn shim_rotates_logs_by_size() {
     );
     rt.remove_pod("u6").await.unwrap();
 }
+
+/// `SigBlk:`/`SigIgn:` of a process, as the kernel reports them.
+fn signal_masks(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        let v = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} missing in {status}"));
+        u64::from_str_radix(v.trim(), 16).unwrap()
+    };
+    (field("SigBlk:"), field("SigIgn:"))
+}
+
+#[tokio::test]
+async fn workload_starts_with_no_blocked_or_ignored_signals() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = ProcessRuntime::new(dir.path().join("pods"), shim_exe());
+    let k = key("u7", "sleeper", 0);
+    // A program that installs no handler: it must die of SIGTERM's default action.
+    rt.create(
+        &k,
+        &ContainerLaunch {
+            argv: vec!["/bin/sleep".into(), "300".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let pid = match rt.start(&k).await.unwrap() {
+        RuntimeState::Running { pid, .. } => pid.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let (blocked, ignored) = signal_masks(pid);
+    // Signals 32 and 33 belong to the C library (thread cancellation, setxid), which leaves
+    // them ignored in what posix_spawn starts; no program can use them.
+    let ignored = ignored & !(0b11 << 31);
+    assert_eq!(blocked, 0, "blocked signals of the workload: {blocked:#x}");
+    assert_eq!(ignored, 0, "ignored signals of the workload: {ignored:#x}");
+    match rt.stop(&k, Duration::from_secs(60)).await.unwrap() {
+        RuntimeState::Exited {
+            signal, exit_code, ..
+        } => {
+            assert_eq!(
+                signal,
+                Some(15),
+                "ended by SIGTERM, not the SIGKILL after grace"
+            );
+            assert_eq!(exit_code, 143);
+        }
+        other => panic!("{other:?}"),
+    }
+    rt.remove_pod("u7").await.unwrap();
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_are_logged_in_the_order_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = ProcessRuntime::new(dir.path().join("pods"), shim_exe());
+    let k = key("u8", "both", 0);
+    // Each round: a burst of numbered lines on stdout (one write), then one on stderr.
+    let script = r#"
+import sys, time
+n = 0
+for _ in range(30):
+    for stream in (sys.stdout, sys.stderr):
+        stream.write("".join(f"{n + i}\n" for i in range(20)))
+        stream.flush()
+        n += 20
+    time.sleep(0.05)
+"#;
+    rt.create(
+        &k,
+        &ContainerLaunch {
+            argv: vec!["python3".into(), "-c".into(), script.into()],
+            env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    rt.start(&k).await.unwrap();
+    match wait_exited(&rt, &k).await {
+        RuntimeState::Exited { exit_code, .. } => assert_eq!(exit_code, 0),
+        other => panic!("{other:?}"),
+    }
+    let log = std::fs::read_to_string(rt.log_path(&k)).unwrap();
+    let recs: Vec<_> = log
+        .lines()
+        .map(|l| bosun_agent::cri_log::parse_record(l).unwrap())
+        .collect();
+    let nums: Vec<u32> = recs.iter().map(|r| r.content.parse().unwrap()).collect();
+    assert_eq!(nums, (0..1200).collect::<Vec<_>>(), "log:\n{log}");
+    assert!(recs.iter().any(|r| r.stream == "stderr"));
+    let stamps: Vec<jiff::Timestamp> = recs.iter().map(|r| r.timestamp.parse().unwrap()).collect();
+    assert!(
+        stamps.windows(2).all(|w| w[0] < w[1]),
+        "timestamps increase with the order of the records"
+    );
+    rt.remove_pod("u8").await.unwrap();
+}

@@ -143,7 +143,7 @@ fn applied() -> Value {
 fn apply_with(minor: &'static str) -> Option<(Request, Value)> {
     let bin = format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{minor}");
     if !Path::new(&bin).exists() {
-        eprintln!("{bin} not installed; skipping");
+        bosun_testkit::skip(&format!("{bin} is not installed"));
         return None;
     }
     let mut live = applied();

@@ -187,3 +187,27 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Whether every test must run in full (`BOSUN_REQUIRE_ALL=1`, set by `scripts/test.sh`
+/// under CI): a test that would skip for lack of a component fails instead.
+pub fn require_all() -> bool {
+    std::env::var("BOSUN_REQUIRE_ALL").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// Reports that a test, or a part of it, does not run because this machine lacks what it
+/// needs. Rust's test harness has no "skipped", so this says it on stderr, past the
+/// harness's output capture, in a line no one can miss; with `BOSUN_REQUIRE_ALL=1` it
+/// panics instead, so CI cannot pass on a test that did not run. Call it before returning
+/// early from a test.
+#[track_caller]
+pub fn skip(reason: &str) {
+    if require_all() {
+        panic!("SKIPPED but required (BOSUN_REQUIRE_ALL=1): {reason}");
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "!!!!! SKIPPED ({}): {reason} !!!!!",
+        std::panic::Location::caller()
+    );
+}

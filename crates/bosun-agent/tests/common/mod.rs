@@ -90,14 +90,9 @@ pub fn shim_exe() -> PathBuf {
 pub fn is_root() -> bool {
     let root = nix::unistd::geteuid().is_root();
     if !root {
-        loud("SKIPPED: needs root for network/mount namespaces");
+        bosun_testkit::skip("needs root for network and mount namespaces");
     }
     root
-}
-
-pub fn loud(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "!!!!! {msg} !!!!!");
 }
 
 pub fn unique(prefix: &str) -> String {
