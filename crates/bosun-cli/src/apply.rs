@@ -247,7 +247,7 @@ fn parse_documents(text: &str) -> (Vec<Value>, Option<anyhow::Error>) {
         let padded = format!("{}{chunk}", "\n".repeat(first_line));
         let docs: Vec<Value> = match serde_saphyr::from_multiple(&padded) {
             Ok(docs) => docs,
-            Err(e) => return (out, Some(anyhow::anyhow!("{e}"))),
+            Err(e) => return (out, Some(anyhow::anyhow!(yaml_error(&e)))),
         };
         for doc in docs {
             match doc {
@@ -278,6 +278,17 @@ fn parse_documents(text: &str) -> (Vec<Value>, Option<anyhow::Error>) {
         }
     }
     (out, None)
+}
+
+/// The parser's message without its own `error:` prefix and its hint about parser
+/// options, which mean nothing to a user.
+fn yaml_error(e: &serde_saphyr::Error) -> String {
+    let text = e.to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    match text.split_once(", set DuplicateKeyPolicy") {
+        Some((head, _)) => head.to_string(),
+        None => text.to_string(),
+    }
 }
 
 /// The documents of a YAML stream with the (0-based) line each starts on. A separator
@@ -334,6 +345,12 @@ mod tests {
         assert_eq!(docs.len(), 1);
         let msg = err.unwrap().to_string();
         assert!(msg.contains("line 7"), "{msg}");
+        // A key given twice is an error, not silently the last value.
+        let (_, err) = parse_documents("kind: A\nmetadata: {name: a}\nkind: B\n");
+        assert_eq!(
+            err.unwrap().to_string(),
+            "line 3 column 1: duplicate mapping key: kind"
+        );
     }
 
     #[test]
