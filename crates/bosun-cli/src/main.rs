@@ -9,6 +9,7 @@ mod logs;
 mod output;
 mod pki;
 mod rollout;
+mod store;
 mod up;
 
 use std::path::PathBuf;
