@@ -11,6 +11,7 @@ mod output;
 mod pki;
 mod rollout;
 mod size;
+mod store;
 mod up;
 
 use std::path::PathBuf;

@@ -29,10 +29,8 @@ pub struct ServerOpts {
     /// Address range Service cluster IPs are allocated from
     #[arg(long, default_value = bosun_apiserver::DEFAULT_SERVICE_CIDR)]
     pub service_cidr: String,
-    /// Memory the store may use to cache its file (e.g. 64Mi, 1Gi); bosun's memory grows
-    /// by up to this much beyond its working set, however large the store is
-    #[arg(long, default_value = "64Mi", value_parser = crate::size::parse_bytes)]
-    pub store_cache_size: usize,
+    #[command(flatten)]
+    pub store: crate::store::StoreOpts,
 }
 
 #[derive(Args, Clone)]
@@ -174,12 +172,7 @@ async fn start_control_plane(
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
     let pki = Pki::load_or_create(&opts.data_dir)?;
-    let store_opts = bosun_store::RedbOptions {
-        cache_size: Some(opts.store_cache_size),
-        ..Default::default()
-    };
-    let store = bosun_store::RedbStore::open(&opts.data_dir.join("store.redb"), store_opts)
-        .context("opening the store")?;
+    let store = crate::store::open(&opts.store, &opts.data_dir).await?;
     let mut api_cfg =
         bosun_apiserver::ApiServerConfig::new(store, pki.token.clone(), pki.ca_pem.clone());
     api_cfg.service_cidr = opts.service_cidr.clone();
@@ -208,6 +201,12 @@ async fn start_control_plane(
     tasks.spawn(async move { ("api server", server.serve_tls(listener, tls, sd).await) });
 
     let client = kube::Client::new(api.router(), "default");
+    if opts.store.kind()? != crate::store::StoreKind::Redb {
+        // Servers sharing an etcd store elect the one that runs the singleton loops.
+        let (c, sd) = (client.clone(), shutdown.clone());
+        tasks.spawn(async move { ("leader", crate::store::elected_singletons(c, sd).await) });
+        return Ok((client, pki));
+    }
     let (c, sd) = (client.clone(), shutdown.clone());
     tasks.spawn(async move { ("controllers", bosun_controllers::run(c, sd).await) });
     let (c, sd) = (client.clone(), shutdown.clone());

@@ -11,6 +11,7 @@ pub mod events;
 pub mod gc;
 pub mod informer;
 pub mod kinds;
+pub mod leader;
 pub mod namespace;
 pub mod nodelifecycle;
 mod podgc;

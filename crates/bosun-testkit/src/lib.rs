@@ -23,6 +23,7 @@ pub struct Cluster {
     pub service_interface: String,
     pub http_port: u16,
     pub https_port: u16,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -54,6 +55,11 @@ fn free_port() -> Result<u16> {
 impl Cluster {
     /// Starts a cluster and waits until its node is Ready.
     pub async fn start(name: &str) -> Result<Cluster> {
+        Self::start_with(name, &[]).await
+    }
+
+    /// Starts a cluster with extra `bosun up` flags (e.g. `--store etcd://...`).
+    pub async fn start_with(name: &str, extra: &[String]) -> Result<Cluster> {
         let tag: u16 = rand::random_range(0..10_000);
         let mut c = Cluster {
             data_dir: tempfile::Builder::new()
@@ -68,6 +74,7 @@ impl Cluster {
             service_interface: format!("bs{tag}{}", std::process::id() % 1000),
             http_port: free_port()?,
             https_port: free_port()?,
+            extra: extra.to_vec(),
             child: None,
         };
         c.bridge.truncate(15);
@@ -95,6 +102,7 @@ impl Cluster {
             .args(["--service-interface", &self.service_interface])
             .args(["--http-port", &self.http_port.to_string()])
             .args(["--https-port", &self.https_port.to_string()])
+            .args(&self.extra)
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())

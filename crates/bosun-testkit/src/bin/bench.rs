@@ -29,6 +29,10 @@ struct Opts {
     /// Concurrent clients for the API throughput measurement
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Only measure API create throughput, once per store: the embedded store, then
+    /// `bosun up --store etcd://...` on a 3-member etcd cluster started for the run
+    #[arg(long)]
+    compare_stores: bool,
 }
 
 #[tokio::main]
@@ -40,6 +44,9 @@ async fn main() -> Result<()> {
         bin.display(),
         std::fs::metadata(&bin)?.len() as f64 / 1e6
     );
+    if opts.compare_stores {
+        return compare_stores(&opts).await;
+    }
     let cluster = Cluster::start("bench").await?;
     let client = cluster.client().await?;
     let pid = cluster.pid().context("no bosun pid")?;
@@ -77,6 +84,38 @@ async fn main() -> Result<()> {
         ms(p99)
     );
     drop(cluster);
+    Ok(())
+}
+
+/// API create throughput on redb and on a 3-member etcd, one after the other.
+async fn compare_stores(opts: &Opts) -> Result<()> {
+    let etcd = bosun_store::etcd_cluster::EtcdCluster::start(3)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting etcd: {e}"))?;
+    let store = format!(
+        "etcd://{}",
+        etcd.endpoints()
+            .iter()
+            .map(|e| e.trim_start_matches("http://"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for (label, extra) in [
+        ("redb", vec![]),
+        ("etcd (3 members)", vec!["--store".to_string(), store]),
+    ] {
+        let cluster = Cluster::start_with("bench", &extra).await?;
+        let client = cluster.client().await?;
+        let (rate, p50, p99) = create_throughput(&client, opts.creates, opts.concurrency).await?;
+        println!(
+            "API create throughput on {label}: {rate:.0} objects/s ({} creates, {} clients); latency p50 {:.2} ms, p99 {:.2} ms",
+            opts.creates,
+            opts.concurrency,
+            ms(p50),
+            ms(p99)
+        );
+        drop(cluster);
+    }
     Ok(())
 }
 

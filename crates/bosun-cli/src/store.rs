@@ -1,0 +1,170 @@
+//! `--store`: which store the control plane keeps its state in.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+#[derive(Args, Clone, Debug)]
+pub struct StoreOpts {
+    /// Where the control plane keeps its state: `redb` (DATA_DIR/store.redb, one
+    /// server) or `etcd://HOST:PORT,HOST:PORT,...` (an etcd v3 cluster, every member;
+    /// several servers may share it)
+    #[arg(long, default_value = "redb", env = "BOSUN_STORE")]
+    pub store: String,
+    /// CA certificate (PEM) that signed the etcd members' certificates; turns on TLS
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd clusters that require one
+    #[arg(long, requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Key (PEM) of --etcd-cert
+    #[arg(long, requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// Memory the embedded store may use to cache its file (e.g. 64Mi, 1Gi); bosun's
+    /// memory grows by up to this much beyond its working set, however large the store is
+    #[arg(long, default_value = "64Mi", value_parser = crate::size::parse_bytes)]
+    pub store_cache_size: usize,
+}
+
+/// What `--store` names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Redb,
+    Etcd(Vec<String>),
+}
+
+impl StoreOpts {
+    pub fn kind(&self) -> Result<StoreKind> {
+        parse(&self.store)
+    }
+}
+
+pub fn parse(s: &str) -> Result<StoreKind> {
+    if s == "redb" {
+        return Ok(StoreKind::Redb);
+    }
+    let Some(list) = s.strip_prefix("etcd://") else {
+        bail!("--store {s:?}: expected `redb` or `etcd://HOST:PORT[,HOST:PORT...]`");
+    };
+    let endpoints: Vec<String> = list
+        .split(',')
+        .map(|e| e.trim().trim_end_matches('/').to_string())
+        .collect();
+    for e in &endpoints {
+        let ok = e
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !ok {
+            bail!("--store {s:?}: endpoint {e:?} is not HOST:PORT");
+        }
+    }
+    Ok(StoreKind::Etcd(endpoints))
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
+}
+
+/// Opens the store `opts` names. An etcd cluster that does not answer within ten
+/// seconds is an error, so a wrong address or a cluster that is down shows at once.
+pub async fn open(opts: &StoreOpts, data_dir: &Path) -> Result<Arc<dyn bosun_store::Store>> {
+    match opts.kind()? {
+        StoreKind::Redb => {
+            if opts.etcd_ca.is_some() || opts.etcd_cert.is_some() {
+                bail!("--etcd-ca/--etcd-cert/--etcd-key need --store etcd://...");
+            }
+            let store = bosun_store::RedbStore::open(
+                &data_dir.join("store.redb"),
+                bosun_store::RedbOptions {
+                    cache_size: Some(opts.store_cache_size),
+                    ..Default::default()
+                },
+            )
+            .context("opening the store")?;
+            Ok(store)
+        }
+        StoreKind::Etcd(endpoints) => {
+            let tls = match &opts.etcd_ca {
+                Some(ca) => Some(bosun_store::EtcdTls {
+                    ca_pem: read(ca, "--etcd-ca")?,
+                    client_cert_pem: opts
+                        .etcd_cert
+                        .as_deref()
+                        .map(|p| read(p, "--etcd-cert"))
+                        .transpose()?,
+                    client_key_pem: opts
+                        .etcd_key
+                        .as_deref()
+                        .map(|p| read(p, "--etcd-key"))
+                        .transpose()?,
+                }),
+                None if opts.etcd_cert.is_some() => {
+                    bail!("--etcd-cert needs --etcd-ca (client certificates are sent over TLS)")
+                }
+                None => None,
+            };
+            let store = bosun_store::EtcdStore::connect(bosun_store::EtcdOptions {
+                endpoints,
+                tls,
+                ..Default::default()
+            })
+            .await
+            .context("opening the etcd store")?;
+            Ok(store)
+        }
+    }
+}
+
+/// Name of the Lease in kube-system that elects the server running the singleton
+/// loops (controllers and scheduler) when several servers share an etcd store.
+pub const LEADER_LEASE: &str = "bosun-controller-manager";
+
+/// Runs the controllers and the scheduler on whichever server holds the leader lease.
+pub async fn elected_singletons(
+    client: kube::Client,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "bosun".into());
+    let identity = format!("{host}_{:016x}", rand::random::<u64>());
+    let cfg = bosun_controllers::leader::ElectionConfig::new(LEADER_LEASE, &identity);
+    bosun_controllers::leader::run_elected(client.clone(), cfg, shutdown, move |term| {
+        let c = client.clone();
+        async move {
+            tokio::try_join!(
+                bosun_controllers::run(c.clone(), term.clone()),
+                bosun_scheduler::run(c, term),
+            )?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_store_urls() {
+        assert_eq!(parse("redb").unwrap(), StoreKind::Redb);
+        assert_eq!(
+            parse("etcd://127.0.0.1:2379,10.0.0.2:2379/").unwrap(),
+            StoreKind::Etcd(vec!["127.0.0.1:2379".into(), "10.0.0.2:2379".into()])
+        );
+        for bad in [
+            "etcd://",
+            "etcd://host",
+            "etcd://:2379",
+            "mysql://x",
+            "etcd://h:99999",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("--store"), "{bad}: {e}");
+        }
+    }
+}

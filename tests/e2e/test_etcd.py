@@ -1,0 +1,266 @@
+"""bosun on an etcd cluster: `bosun up --store etcd://...` runs workloads, a server
+whose etcd is unreachable says so and exits, and two `bosun server` processes on one
+etcd elect one leader for the controllers and scheduler, which moves when it dies.
+
+Each test starts its own 3-member etcd (Debian's etcd-server) on free loopback ports
+with data dirs in a temporary directory, and kills it by PID at the end.
+"""
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+from conftest import Bosun, bosun_bin, free_port, wait_for
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+class Etcd:
+    """A real etcd cluster of `n` members on loopback."""
+
+    def __init__(self, n=3):
+        if not os.path.exists(ETCD):
+            raise AssertionError("etcd is not installed (Debian package etcd-server; scripts/test.sh installs it)")
+        self.dir = tempfile.mkdtemp(prefix="bosun-e2e-etcd-")
+        self.members = [dict(name=f"m{i}", client=free_port(), peer=free_port(), proc=None) for i in range(n)]
+        initial = ",".join(f"{m['name']}=http://127.0.0.1:{m['peer']}" for m in self.members)
+        for m in self.members:
+            log = open(os.path.join(self.dir, f"{m['name']}.log"), "ab")
+            m["proc"] = subprocess.Popen([
+                ETCD, "--name", m["name"], "--data-dir", os.path.join(self.dir, m["name"]),
+                "--listen-client-urls", f"http://127.0.0.1:{m['client']}",
+                "--advertise-client-urls", f"http://127.0.0.1:{m['client']}",
+                "--listen-peer-urls", f"http://127.0.0.1:{m['peer']}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{m['peer']}",
+                "--initial-cluster", initial, "--initial-cluster-token", os.path.basename(self.dir),
+                "--initial-cluster-state", "new",
+                "--experimental-watch-progress-notify-interval", "5s",
+            ], stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: all(self.healthy(i) for i in range(n)) and self.leader() is not None,
+                 timeout=60, what="etcd cluster healthy")
+
+    def url(self, i):
+        return f"http://127.0.0.1:{self.members[i]['client']}"
+
+    def store_flag(self):
+        return "etcd://" + ",".join(f"127.0.0.1:{m['client']}" for m in self.members)
+
+    def healthy(self, i):
+        try:
+            with urllib.request.urlopen(self.url(i) + "/health", timeout=2) as r:
+                return json.load(r).get("health") == "true"
+        except Exception:
+            return False
+
+    def call(self, i, path, body):
+        """etcd's JSON gateway (v3 API over HTTP)."""
+        req = urllib.request.Request(self.url(i) + path, data=json.dumps(body).encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.load(r)
+
+    def leader(self):
+        """Index of the leading member, as the live members report it."""
+        ids, leader = {}, None
+        for i, m in enumerate(self.members):
+            if m["proc"].poll() is not None:
+                continue
+            try:
+                s = self.call(i, "/v3/maintenance/status", {})
+            except Exception:
+                continue
+            ids[s["header"]["member_id"]] = i
+            leader = s.get("leader") or leader
+        return ids.get(leader)
+
+    def keys(self, prefix):
+        live = next(i for i, m in enumerate(self.members) if m["proc"].poll() is None)
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        b64 = lambda s: base64.b64encode(s.encode()).decode()
+        r = self.call(live, "/v3/kv/range", {"key": b64(prefix), "range_end": b64(end), "keys_only": True})
+        return [base64.b64decode(kv["key"]).decode() for kv in r.get("kvs", [])]
+
+    def kill(self, i):
+        p = self.members[i]["proc"]
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=30)
+
+    def stop(self):
+        for i in range(len(self.members)):
+            self.kill(i)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class EtcdBosun(Bosun):
+    def __init__(self, name, etcd):
+        super().__init__(name)
+        self.etcd = etcd
+
+    def args(self):
+        return super().args() + ["--store", self.etcd.store_flag()]
+
+
+@pytest.fixture
+def etcd():
+    e = Etcd(3)
+    yield e
+    e.stop()
+
+
+DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      runtimeClassName: process
+      containers:
+      - name: web
+        image: unused
+        command: ["sh", "-c", "echo serving; sleep 3600"]
+"""
+
+
+def running_pods(b, selector="app=web"):
+    out = b.kubectl("get", "pods", "-l", selector, "-o",
+                    "jsonpath={range .items[*]}{.status.phase}{'\\n'}{end}", check=False).stdout
+    return out.split().count("Running")
+
+
+def test_up_on_etcd_runs_a_deployment_and_survives_an_etcd_member(etcd):
+    b = EtcdBosun("etcd-up", etcd)
+    try:
+        b.start(timeout=90)
+        b.kubectl("apply", "-f", "-", input=DEPLOYMENT)
+        wait_for(lambda: running_pods(b) == 2, timeout=90, what="2 pods Running")
+        # The objects live in etcd, laid out as Kubernetes lays them out.
+        assert "/registry/deployments/default/web" in etcd.keys("/registry/deployments/")
+        assert any(k.startswith("/registry/pods/default/web-") for k in etcd.keys("/registry/pods/"))
+        assert f"/registry/minions/{b.node_name}" in etcd.keys("/registry/minions/")
+
+        # Losing the etcd leader costs a pause, not the control plane.
+        etcd.kill(etcd.leader())
+        wait_for(lambda: etcd.leader() is not None, timeout=30, what="a new etcd leader")
+        b.kubectl("scale", "deployment", "web", "--replicas=3", timeout=60)
+        wait_for(lambda: running_pods(b) == 3, timeout=90, what="3 pods Running after the etcd leader died")
+        assert "Running" in b.kubectl("get", "pods", "-l", "app=web").stdout
+    except Exception:
+        print(f"--- bosun log ---\n{b.tail_log(120)}")
+        raise
+    finally:
+        b.stop()
+
+
+def test_server_exits_clearly_when_etcd_is_unreachable():
+    data_dir = tempfile.mkdtemp(prefix="bosun-e2e-noetcd-")
+    port = free_port()
+    try:
+        r = subprocess.run([bosun_bin(), "server", "--data-dir", data_dir,
+                            "--listen", f"127.0.0.1:{free_port()}",
+                            "--store", f"etcd://127.0.0.1:{port}"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0
+        assert f"127.0.0.1:{port}" in r.stderr and "did not answer" in r.stderr, r.stderr
+        assert not os.path.exists(os.path.join(data_dir, "kubeconfig")), "a kubeconfig for a server that never ran"
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_bad_store_flag_is_refused():
+    r = subprocess.run([bosun_bin(), "server", "--data-dir", "/nonexistent/never-created",
+                        "--store", "etcd://no-port-here"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "--store" in r.stderr and "HOST:PORT" in r.stderr, r.stderr
+
+
+class Server:
+    """One `bosun server` process on the shared etcd."""
+
+    def __init__(self, name, etcd):
+        self.b = Bosun(name)  # only for its unique data dir and ports
+        self.log_path = os.path.join(self.b.data_dir, "server.log")
+        self.proc = subprocess.Popen(
+            [bosun_bin(), "server", "--data-dir", self.b.data_dir,
+             "--listen", f"127.0.0.1:{self.b.api_port}", "--service-cidr", "10.96.77.0/24",
+             "--store", etcd.store_flag()],
+            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
+
+    def log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def identity(self):
+        """The identity this server campaigns with, once it has led."""
+        for line in self.log().splitlines():
+            if "is now the leader" in line:
+                return line.split("bosun: ", 1)[1].split(" is now the leader")[0]
+        return None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        shutil.rmtree(self.b.data_dir, ignore_errors=True)
+
+
+def lease(b):
+    r = b.kubectl("get", "lease", "-n", "kube-system", "bosun-controller-manager", "-o", "json")
+    return json.loads(r.stdout)["spec"]
+
+
+def test_two_servers_elect_one_leader_and_fail_over(etcd):
+    servers = [Server("etcd-s1", etcd), Server("etcd-s2", etcd)]
+    try:
+        for s in servers:
+            wait_for(lambda: os.path.exists(s.b.kubeconfig) and s.b.ready(), timeout=90, what="server ready")
+        # Every server serves the API; exactly one leads.
+        wait_for(lambda: sum(1 for s in servers if s.identity()) == 1, timeout=30, what="one leader")
+        time.sleep(3)  # a second leader would show up within a lease duration
+        leaders = [s for s in servers if s.identity()]
+        assert len(leaders) == 1, [s.log() for s in servers]
+        leader = leaders[0]
+        other = next(s for s in servers if s is not leader)
+        spec = lease(other.b)
+        assert spec["holderIdentity"] == leader.identity()
+        assert spec["leaseDurationSeconds"] == 4
+        transitions = spec.get("leaseTransitions", 0)
+
+        # The controllers run on the leader: a Deployment created through the other
+        # server gets its ReplicaSet and pods (Pending: no node joined).
+        other.b.kubectl("apply", "-f", "-", input=DEPLOYMENT)
+        wait_for(lambda: len(other.b.kubectl("get", "pods", "-l", "app=web", "-o", "name").stdout.split()) == 2,
+                 timeout=60, what="pods of the first deployment")
+
+        leader.proc.send_signal(signal.SIGKILL)
+        leader.proc.wait(timeout=30)
+        killed = time.time()
+        wait_for(lambda: other.identity() is not None, timeout=30, what="the other server taking over")
+        took_over = time.time() - killed
+        spec = lease(other.b)
+        assert spec["holderIdentity"] == other.identity()
+        assert spec["leaseTransitions"] == transitions + 1
+
+        # A Deployment created after the failover gets its pods from the new leader.
+        other.b.kubectl("apply", "-f", "-", input=DEPLOYMENT.replace("web", "api"))
+        wait_for(lambda: len(other.b.kubectl("get", "pods", "-l", "app=api", "-o", "name").stdout.split()) == 2,
+                 timeout=60, what="pods of a deployment created after the failover")
+        print(f"new leader after {took_over:.1f}s")
+    except Exception:
+        for s in servers:
+            print(f"--- {s.b.name} log ---\n{s.log()[-4000:]}")
+        raise
+    finally:
+        for s in servers:
+            s.stop()
