@@ -6,10 +6,12 @@ mod apply;
 mod client;
 mod get;
 mod logs;
+mod node_record;
 mod output;
 mod pki;
 mod rollout;
 mod up;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
