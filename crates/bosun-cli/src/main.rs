@@ -7,12 +7,14 @@ mod client;
 mod get;
 mod logging;
 mod logs;
+mod node_record;
 mod output;
 mod pki;
 mod rollout;
 mod size;
 mod store;
 mod up;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -75,15 +75,25 @@ pub async fn open(opts: &StoreOpts, data_dir: &Path) -> Result<Arc<dyn bosun_sto
             if opts.etcd_ca.is_some() || opts.etcd_cert.is_some() {
                 bail!("--etcd-ca/--etcd-cert/--etcd-key need --store etcd://...");
             }
-            let store = bosun_store::RedbStore::open(
-                &data_dir.join("store.redb"),
-                bosun_store::RedbOptions {
-                    cache_size: Some(opts.store_cache_size),
-                    ..Default::default()
-                },
-            )
-            .context("opening the store")?;
-            Ok(store)
+            let path = data_dir.join("store.redb");
+            let options = bosun_store::RedbOptions {
+                cache_size: Some(opts.store_cache_size),
+                ..Default::default()
+            };
+            // During an in-place upgrade the old process holds the file until it has
+            // drained: wait for it (up to 5 s) rather than fail.
+            let mut tries = 0;
+            loop {
+                match bosun_store::RedbStore::open(&path, options.clone()) {
+                    Ok(s) => return Ok(s),
+                    Err(e) if tries < 20 => {
+                        tracing::debug!("opening the store: {e}; retrying");
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    }
+                    Err(e) => return Err(e).context("opening the store"),
+                }
+            }
         }
         StoreKind::Etcd(endpoints) => {
             let tls = match &opts.etcd_ca {

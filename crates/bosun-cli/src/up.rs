@@ -105,15 +105,19 @@ pub struct AgentOpts {
 pub async fn up(opts: UpOpts) -> Result<ExitCode> {
     let shutdown = shutdown_on_signal();
     let mut tasks = JoinSet::new();
-    let (client, pki) = start_control_plane(&opts.server, &shutdown, &mut tasks).await?;
-    start_agent(
-        client,
-        &pki,
-        &opts.server.data_dir,
-        &opts.node,
-        &shutdown,
-        &mut tasks,
-    )?;
+    // A bosun already running on this data dir hands over its sockets (upgrade in place).
+    if !crate::upgrade::take_over(&opts, &shutdown, &mut tasks).await? {
+        let (client, pki) = start_control_plane(&opts.server, &shutdown, &mut tasks).await?;
+        start_agent(
+            client,
+            &pki,
+            &opts.server.data_dir,
+            &opts.node,
+            &shutdown,
+            &mut tasks,
+        )?;
+    }
+    crate::upgrade::serve_handoff(&opts.server.data_dir, &shutdown, &mut tasks);
     println!(
         "bosun is up. Use it with:\n  export KUBECONFIG={}",
         kubeconfig_path(&opts.server.data_dir).display()
@@ -156,15 +160,15 @@ pub async fn agent(opts: AgentOpts) -> Result<ExitCode> {
     supervise(tasks, shutdown).await
 }
 
-fn kubeconfig_path(data_dir: &Path) -> PathBuf {
+pub(crate) fn kubeconfig_path(data_dir: &Path) -> PathBuf {
     data_dir.join("kubeconfig")
 }
 
-type Tasks = JoinSet<(&'static str, Result<()>)>;
+pub(crate) type Tasks = JoinSet<(&'static str, Result<()>)>;
 
 /// Opens the store, starts the API server, controllers and scheduler; returns an
 /// in-process client for the agent.
-async fn start_control_plane(
+pub(crate) async fn start_control_plane(
     opts: &ServerOpts,
     shutdown: &CancellationToken,
     tasks: &mut Tasks,
@@ -188,9 +192,9 @@ async fn start_control_plane(
         ips.push(opts.listen.ip());
     }
     let serving = pki.serving_cert("bosun-apiserver", &server_names(), &ips)?;
-    let listener = std::net::TcpListener::bind(opts.listen)
+    // Through `listen`: an upgrade in place hands this socket over too.
+    let listener = bosun_proxy::listen::tcp_std(opts.listen)
         .with_context(|| format!("listening on {}", opts.listen))?;
-    listener.set_nonblocking(true)?;
     let port = listener.local_addr()?.port();
     let url = format!("https://{}", SocketAddr::new(advertise, port));
     pki.write_kubeconfig(&kubeconfig_path(&opts.data_dir), &url)?;
@@ -214,6 +218,7 @@ async fn start_control_plane(
     Ok((client, pki))
 }
 
+/// Opens the store; a process handing over to this one may take a moment to let go of it.
 fn start_agent(
     client: kube::Client,
     pki: &Pki,
@@ -222,16 +227,36 @@ fn start_agent(
     shutdown: &CancellationToken,
     tasks: &mut Tasks,
 ) -> Result<()> {
-    let cfg = agent_config(pki, data_dir, node)?;
-    let sd = shutdown.clone();
-    let agent_client = client.clone();
-    tasks.spawn(async move { ("agent", bosun_agent::run(agent_client, cfg, sd).await) });
+    start_agent_only(client.clone(), pki, data_dir, node, shutdown, tasks)?;
     start_node_services(client, node, shutdown, tasks)
+}
+
+/// The node agent without the traffic components.
+pub(crate) fn start_agent_only(
+    client: kube::Client,
+    pki: &Pki,
+    data_dir: &Path,
+    node: &NodeOpts,
+    shutdown: &CancellationToken,
+    tasks: &mut Tasks,
+) -> Result<()> {
+    let cfg = agent_config(pki, data_dir, node)?;
+    // Before anything is created: `bosun reset` removes what this record names.
+    crate::node_record::NodeRecord::new(
+        &cfg.node_name,
+        &node.bridge,
+        &node.service_interface,
+        &node.pod_cidr,
+    )
+    .save(data_dir)?;
+    let sd = shutdown.clone();
+    tasks.spawn(async move { ("agent", bosun_agent::run(client, cfg, sd).await) });
+    Ok(())
 }
 
 /// The per-node traffic components: cluster DNS, the node proxy (Service virtual IPs)
 /// and the gateway (Ingress / HTTPRoute). Each takes its own `kube::Client`.
-fn start_node_services(
+pub(crate) fn start_node_services(
     client: kube::Client,
     node: &NodeOpts,
     shutdown: &CancellationToken,
@@ -325,28 +350,94 @@ pub struct ResetOpts {
     /// Where the cluster credentials are (default: DATA_DIR/pki; for `bosun agent`, its --pki-dir)
     #[arg(long)]
     pub pki_dir: Option<PathBuf>,
-    #[command(flatten)]
-    pub node: NodeOpts,
+    /// Node name (default: the one recorded in DATA_DIR, else the host name)
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Pod address range (default: the one recorded in DATA_DIR)
+    #[arg(long)]
+    pub pod_cidr: Option<String>,
+    /// Pod bridge to remove (default: the one recorded in DATA_DIR; a different value
+    /// overrides the record, with a warning)
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// Service interface to remove (default: the one recorded in DATA_DIR)
+    #[arg(long)]
+    pub service_interface: Option<String>,
 }
 
-/// Stops every pod of this node and removes their network namespaces and the bridge.
+/// Stops every pod of this node and removes what its start-up created on the host: the
+/// pod network namespaces, the bridge, the service interface and the iptables rules, as
+/// recorded in DATA_DIR (flags override the record, and stand in for it, with a warning).
 /// Run it with bosun stopped; pods otherwise outlive bosun on purpose.
 pub async fn reset(opts: ResetOpts) -> Result<ExitCode> {
+    use crate::node_record::{NodeRecord, remove_iptables_rules};
     let pki_dir = opts
         .pki_dir
         .clone()
         .unwrap_or_else(|| opts.data_dir.join("pki"));
     let pki = Pki::load_existing(&pki_dir)?;
-    let cfg = agent_config(&pki, &opts.data_dir, &opts.node)?;
+    let record = NodeRecord::load(&opts.data_dir)?;
+    if record.is_none() {
+        eprintln!(
+            "bosun: warning: {} has no record of the node's network; removing the names from \
+             the flags (or their defaults)",
+            NodeRecord::path(&opts.data_dir).display()
+        );
+    }
+    // NodeOpts with every default, then the record, then the flags on top.
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        node: NodeOpts,
+    }
+    let mut node = <Defaults as clap::Parser>::try_parse_from(["bosun"])?.node;
+    let pick =
+        |what: &str, flag: &Option<String>, recorded: Option<&String>, default: String| match (
+            flag, recorded,
+        ) {
+            (Some(f), Some(r)) if f != r => {
+                eprintln!(
+                    "bosun: warning: --{what} {f} overrides the recorded {what} {r}, which stays"
+                );
+                f.clone()
+            }
+            (Some(f), _) => f.clone(),
+            (None, Some(r)) => r.clone(),
+            (None, None) => default,
+        };
+    let r = record.as_ref();
+    node.bridge = pick("bridge", &opts.bridge, r.map(|r| &r.bridge), node.bridge);
+    node.service_interface = pick(
+        "service-interface",
+        &opts.service_interface,
+        r.map(|r| &r.service_interface),
+        node.service_interface,
+    );
+    node.pod_cidr = pick(
+        "pod-cidr",
+        &opts.pod_cidr,
+        r.map(|r| &r.pod_cidr),
+        node.pod_cidr,
+    );
+    node.node_name = opts
+        .node_name
+        .clone()
+        .or_else(|| r.map(|r| r.node_name.clone()));
+    let cfg = agent_config(&pki, &opts.data_dir, &node)?;
     bosun_agent::cleanup_node(&cfg).await?;
-    bosun_proxy::vip::remove_interface(&opts.node.service_interface).await?;
+    bosun_proxy::vip::remove_interface(&node.service_interface).await?;
+    if let Some(r) = r
+        && r.bridge == node.bridge
+    {
+        remove_iptables_rules(&r.iptables).await;
+    }
     if opts.purge {
         std::fs::remove_dir_all(&opts.data_dir)
             .with_context(|| format!("removing {}", opts.data_dir.display()))?;
     }
     println!(
-        "bosun: node reset: pods stopped, pod networks and bridge {} removed",
-        opts.node.bridge
+        "bosun: node reset: pods stopped, pod networks, bridge {} and service interface {} removed",
+        node.bridge, node.service_interface
     );
     Ok(ExitCode::SUCCESS)
 }

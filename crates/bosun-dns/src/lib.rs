@@ -89,14 +89,31 @@ pub async fn run(
         .to_lowercase();
     let index = Arc::new(RwLock::new(Index::default()));
     let stop = shutdown.child_token();
+    // Counts the kinds listed once; answering starts when both are.
+    let (listed, mut listed_rx) = tokio::sync::watch::channel(0u8);
     let watches = [
         tokio::spawn(watch_services(
             Api::all(client.clone()),
             index.clone(),
             stop.clone(),
+            listed.clone(),
         )),
-        tokio::spawn(watch_slices(Api::all(client), index.clone(), stop.clone())),
+        tokio::spawn(watch_slices(
+            Api::all(client),
+            index.clone(),
+            stop.clone(),
+            listed,
+        )),
     ];
+    // Queries wait in the socket queues until the index is loaded, rather than getting
+    // NXDOMAIN for names that exist.
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = listed_rx.wait_for(|n| *n >= 2) => {}
+        _ = tokio::time::sleep(Duration::from_secs(30)) => {
+            tracing::warn!("cluster DNS: Services not listed after 30s; answering anyway")
+        }
+    }
     let handler = Handler {
         index,
         domain,
@@ -147,6 +164,7 @@ async fn serve(
         server.register_socket(udp);
         server.register_listener(tcp, TCP_TIMEOUT, 64);
     }
+    bosun_proxy::listen::serving("cluster DNS");
     tokio::select! {
         _ = shutdown.cancelled() => {
             server.shutdown_gracefully().await.context("stopping DNS server")?;
@@ -156,11 +174,12 @@ async fn serve(
     }
 }
 
+/// Through `bosun_proxy::listen`, so an upgrade hands these sockets to the next process.
 async fn bind(
     addr: SocketAddr,
 ) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
-    let udp = tokio::net::UdpSocket::bind(addr).await?;
-    let tcp = tokio::net::TcpListener::bind(addr).await?;
+    let udp = tokio::net::UdpSocket::from_std(bosun_proxy::listen::udp(addr)?)?;
+    let tcp = bosun_proxy::listen::tcp(addr)?;
     Ok((udp, tcp))
 }
 
@@ -173,6 +192,7 @@ async fn watch_into<K, V>(
     key: fn(&K) -> Option<(String, String)>,
     value: fn(&K) -> Option<V>,
     map: fn(&mut Index) -> &mut std::collections::HashMap<(String, String), V>,
+    listed: tokio::sync::watch::Sender<u8>,
 ) where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     K::DynamicType: Default,
@@ -181,6 +201,7 @@ async fn watch_into<K, V>(
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
     let mut relist: Option<std::collections::HashMap<(String, String), V>> = None;
+    let mut first_list = true;
     loop {
         let ev = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -205,6 +226,10 @@ async fn watch_into<K, V>(
                 if let Some(m) = relist.take() {
                     *map(&mut index.write().unwrap_or_else(|e| e.into_inner())) = m;
                 }
+                if first_list {
+                    first_list = false;
+                    listed.send_modify(|n| *n += 1);
+                }
             }
             Event::Apply(o) => {
                 let Some(k) = key(&o) else { continue };
@@ -223,7 +248,12 @@ async fn watch_into<K, V>(
     }
 }
 
-async fn watch_services(api: Api<Service>, index: Arc<RwLock<Index>>, stop: CancellationToken) {
+async fn watch_services(
+    api: Api<Service>,
+    index: Arc<RwLock<Index>>,
+    stop: CancellationToken,
+    listed: tokio::sync::watch::Sender<u8>,
+) {
     watch_into(
         api,
         index,
@@ -231,14 +261,26 @@ async fn watch_services(api: Api<Service>, index: Arc<RwLock<Index>>, stop: Canc
         index::service_key,
         |s| Some(index::service_info(s)),
         |i| &mut i.services,
+        listed,
     )
     .await
 }
 
-async fn watch_slices(api: Api<EndpointSlice>, index: Arc<RwLock<Index>>, stop: CancellationToken) {
-    watch_into(api, index, stop, index::slice_key, index::slice_info, |i| {
-        &mut i.slices
-    })
+async fn watch_slices(
+    api: Api<EndpointSlice>,
+    index: Arc<RwLock<Index>>,
+    stop: CancellationToken,
+    listed: tokio::sync::watch::Sender<u8>,
+) {
+    watch_into(
+        api,
+        index,
+        stop,
+        index::slice_key,
+        index::slice_info,
+        |i| &mut i.slices,
+        listed,
+    )
     .await
 }
 

@@ -98,16 +98,15 @@ pub async fn run(
     cfg: GatewayConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let http = TcpListener::bind(cfg.http_listen)
-        .await
+    // Shares its port with Service VIP listeners of the node proxy (SO_REUSEPORT; the more
+    // specific VIP address wins its connections).
+    let http = bosun_proxy::listen::tcp(cfg.http_listen)
         .with_context(|| format!("gateway: binding HTTP listener {}", cfg.http_listen))?;
-    let https = TcpListener::bind(cfg.https_listen)
-        .await
+    let https = bosun_proxy::listen::tcp(cfg.https_listen)
         .with_context(|| format!("gateway: binding HTTPS listener {}", cfg.https_listen))?;
     let admin = match cfg.admin_listen {
         Some(a) => Some(
-            TcpListener::bind(a)
-                .await
+            bosun_proxy::listen::tcp(a)
                 .with_context(|| format!("gateway: binding admin listener {a}"))?,
         ),
         None => None,
@@ -120,8 +119,10 @@ pub async fn run(
         registry.sub_registry_with_prefix("bosun_gateway"),
     );
     let registry = Arc::new(registry);
+    let synced = upstreams.clone();
 
     let (table_tx, table_rx) = watch::channel(Arc::new(routes::RouteTable::default()));
+    let table_rx_ready = table_rx.clone();
     let (certs_tx, certs_rx) = watch::channel(Arc::new(tls::CertStore::default()));
     let tls_cfg = tls::server_config(certs_rx)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_cfg));
@@ -166,7 +167,27 @@ pub async fn run(
             r = ctrl => r.context("gateway controller"),
         }
     };
-    let servers = async { tokio::try_join!(http_srv, https_srv, admin_srv) };
+    // Connections wait in the listen queue until routes and endpoints are loaded, rather
+    // than getting "no route" or "no endpoints" answers.
+    let mut first_table = table_rx_ready;
+    let ready = async {
+        let loaded = async {
+            synced.wait_synced().await;
+            let _ = first_table.changed().await;
+        };
+        tokio::select! {
+            _ = loaded => {}
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                tracing::warn!("gateway: routes not loaded after 30s; serving anyway")
+            }
+        }
+        bosun_proxy::listen::serving("gateway");
+    };
+    let servers = async {
+        ready.await;
+        tokio::try_join!(http_srv, https_srv, admin_srv)
+    };
     tokio::pin!(servers, background);
     tokio::select! {
         r = &mut servers => {

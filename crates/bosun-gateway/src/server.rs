@@ -19,6 +19,11 @@ use crate::proxy::{ConnInfo, Handler};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the listener closes, how long HTTP/1.1 keep-alive connections get to send their
+/// next request (answered with `Connection: close`) before idle ones are closed. Closing
+/// an idle connection races with a request the client may be sending on it at that very
+/// moment; a client that keeps sending gets a clean close instead.
+pub const KEEPALIVE_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves `listener` until `shutdown`, then stops accepting and waits up to `drain` for
 /// open connections to finish their requests (idle keep-alive connections are closed,
@@ -62,6 +67,7 @@ pub async fn serve(
             listener_port: local.port(),
         };
         let watcher = graceful.watcher();
+        let closing = shutdown.clone();
         let handler = handler.clone();
         let builder = builder.clone();
         let tls = tls.clone();
@@ -77,7 +83,7 @@ pub async fn serve(
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(s)) => serve_conn(s, conn, handler, &builder, watcher).await,
+                        Ok(Ok(s)) => serve_conn(s, conn, handler, &builder, watcher, closing).await,
                         Ok(Err(e)) => {
                             handler.metrics.tls_handshake_errors.inc();
                             tracing::debug!(%peer, "TLS handshake: {e}");
@@ -88,16 +94,21 @@ pub async fn serve(
                         }
                     }
                 }
-                None => serve_conn(stream, conn, handler, &builder, watcher).await,
+                None => serve_conn(stream, conn, handler, &builder, watcher, closing).await,
             }
             open.dec();
         });
     }
     drop(listener);
     tracing::info!(%local, open = graceful.count(), "gateway listener draining");
+    let deadline = tokio::time::Instant::now() + drain;
+    let grace = tokio::time::Instant::now() + KEEPALIVE_GRACE.min(drain);
+    while graceful.count() > 0 && tokio::time::Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(drain) => tracing::warn!(%local, "drain timeout; closing remaining connections"),
+        _ = tokio::time::sleep_until(deadline) => tracing::warn!(%local, "drain timeout; closing remaining connections"),
     }
     Ok(())
 }
@@ -108,12 +119,25 @@ async fn serve_conn<I>(
     handler: Arc<Handler>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
+    closing: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.handle(req, conn).await) }
+        let closing = closing.clone();
+        async move {
+            let h1 = req.version() < http::Version::HTTP_2;
+            let mut resp = handler.handle(req, conn).await;
+            if h1 && closing.is_cancelled() {
+                // Draining: this connection ends after this response, cleanly.
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(c.into_owned()).await {

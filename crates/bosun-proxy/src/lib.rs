@@ -40,8 +40,9 @@
 //!
 //! Draining: a removed or terminating endpoint takes no new requests; its in-flight
 //! requests finish and its idle connections close. When a listener closes (Service
-//! deleted, proxy stopping), HTTP/1.1 connections answer in-flight requests with
-//! `Connection: close`, HTTP/2 connections get GOAWAY, and open TCP relays continue until
+//! deleted, proxy stopping), HTTP/1.1 connections answer in-flight requests, and requests
+//! arriving within a second, with `Connection: close` (idle ones close after that second),
+//! HTTP/2 connections get GOAWAY, and open TCP relays continue until
 //! [`ProxyConfig::drain_timeout`] at shutdown.
 //!
 //! Metrics (prefix `bosun_proxy_`): `upstream_requests_total{namespace,service,status}`,
@@ -50,6 +51,8 @@
 //! `upstream_ejections_total`, `upstream_bytes_total{direction}`,
 //! `upstream_tcp_connections_total`.
 
+pub mod handoff;
+pub mod listen;
 mod node;
 pub mod upstream;
 pub mod vip;

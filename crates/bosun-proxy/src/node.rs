@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -129,9 +129,7 @@ pub async fn serve(
             .with_context(|| format!("service interface {}", cfg.service_interface))?;
     }
     if let Some(addr) = cfg.metrics_listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("metrics listener {addr}"))?;
+        let l = crate::listen::tcp(addr).with_context(|| format!("metrics listener {addr}"))?;
         tokio::spawn(serve_metrics(l, registry, shutdown.clone()));
     }
     tracing::info!(node_ip = %cfg.node_ip, interface = %cfg.service_interface, "node proxy started");
@@ -140,6 +138,13 @@ pub async fn serve(
     let hard = CancellationToken::new();
     let mut listeners: HashMap<SocketAddr, Listener> = HashMap::new();
     let mut changes = upstreams.subscribe();
+    // The first pass must see every Service: it removes the VIPs of the others (which
+    // would cut a process that is handing over to this one off its traffic).
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        _ = upstreams.wait_synced() => {}
+    }
+    let mut first_pass = true;
     loop {
         let services = upstreams.services();
         let mut failed = false;
@@ -164,6 +169,10 @@ pub async fn serve(
             if let Some(l) = listeners.remove(&a) {
                 l.cancel.cancel();
                 let _ = l.task.await;
+                crate::listen::forget(crate::listen::Key {
+                    proto: crate::listen::Proto::Tcp,
+                    addr: a,
+                });
                 tracing::debug!(addr = %a, "listener closed");
             }
         }
@@ -192,6 +201,10 @@ pub async fn serve(
                     failed = true;
                 }
             }
+        }
+        if first_pass {
+            first_pass = false;
+            crate::listen::serving("node proxy");
         }
         // Failed binds/VIP changes are retried on a timer as well as on the next change.
         let retry = async {
@@ -273,15 +286,8 @@ fn mode_for(port_name: &str, app_protocol: Option<&str>) -> Mode {
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let s = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    // Rebinding right after a Service is recreated must not wait for TIME_WAIT.
-    s.set_reuseaddr(true)?;
-    s.bind(addr)?;
-    s.listen(1024)
+    // SO_REUSEPORT: a VIP port may also be the gateway's port on 0.0.0.0 (see `listen`).
+    crate::listen::tcp(addr)
 }
 
 async fn accept_loop(
@@ -314,6 +320,10 @@ async fn accept_loop(
         });
     }
 }
+
+/// After a listener closes, how long HTTP/1.1 keep-alive connections get to send their next
+/// request (answered with `Connection: close`) before idle ones are closed.
+const KEEPALIVE_GRACE: Duration = Duration::from_secs(1);
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const METHODS: &[&[u8]] = &[
@@ -414,12 +424,22 @@ async fn serve_http(
     upstreams: Upstreams,
     tokens: Tokens,
 ) {
+    let closing = tokens.graceful.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let upstreams = upstreams.clone();
         let spec = spec.clone();
+        let closing = closing.clone();
         async move {
+            let h1 = req.version() < http::Version::HTTP_2;
             req.extensions_mut().insert(ClientAddr(peer));
-            let resp: Response<Body> = upstreams.http_call(&spec.target, req, None).await;
+            let mut resp: Response<Body> = upstreams.http_call(&spec.target, req, None).await;
+            if h1 && closing.is_cancelled() {
+                // The listener closed: this connection ends after this response, cleanly.
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             Ok::<_, Infallible>(resp)
         }
     });
@@ -450,7 +470,15 @@ async fn serve_http(
         tokio::select! {
             r = conn.as_mut() => log_conn_end(r),
             _ = tokens.graceful.cancelled() => {
-                // Idle connections close now; a request in flight gets `Connection: close`.
+                // A client that keeps sending gets its next answer with `Connection: close`
+                // (see above); closing an idle connection could race with its next request,
+                // so that only happens after a grace period. In-flight requests finish.
+                let grace = tokio::time::sleep(KEEPALIVE_GRACE);
+                tokio::select! {
+                    r = conn.as_mut() => return log_conn_end(r),
+                    _ = grace => {}
+                    _ = tokens.hard.cancelled() => return,
+                }
                 conn.as_mut().graceful_shutdown();
                 tokio::select! {
                     r = conn.as_mut() => log_conn_end(r),

@@ -112,6 +112,44 @@ async fn failures_are_retried_and_outliers_ejected() {
     );
 }
 
+/// An endpoint that dies after sending a response's headers (a pod stopped while a request
+/// raced its removal from the endpoints): a GET is retried on another endpoint instead of
+/// reaching the client with its body cut short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_cut_short_is_retried() {
+    let good = Backend::start("good", Behaviour::Ok).await;
+    let cut = Backend::start("cut", Behaviour::CutShort).await;
+    let p = Proxy::start().await;
+    p.add_service(
+        "dying",
+        &[
+            ("bosun.dev/load-balancer", "round-robin"),
+            ("bosun.dev/outlier-consecutive-errors", "0"),
+        ],
+        &[&good, &cut],
+    )
+    .await;
+    let c = h1_client();
+    for i in 0..20 {
+        let resp = c
+            .request(
+                Request::get(format!("http://{}/", p.addr()))
+                    .body(full(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        let body = resp.into_body().collect().await;
+        let body = body.unwrap_or_else(|e| panic!("request {i}: body cut short: {e}"));
+        assert_eq!(
+            served_by(&String::from_utf8_lossy(&body.to_bytes())),
+            "good"
+        );
+    }
+    assert!(cut.hits.load(std::sync::atomic::Ordering::SeqCst) >= 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_budget_limits_retry_storms() {
     let bad = Backend::start("bad", Behaviour::Status(503)).await;

@@ -421,6 +421,8 @@ struct Inner {
     state: RwLock<State>,
     metrics: Metrics,
     changed: watch::Sender<u64>,
+    /// True once the watchers listed Services and EndpointSlices (always, when detached).
+    synced: watch::Sender<bool>,
 }
 
 /// The endpoint cache and HTTP client. Cheap to clone.
@@ -499,6 +501,7 @@ impl Upstreams {
         impl Future<Output = anyhow::Result<()>> + Send + 'static,
     ) {
         let u = Upstreams::detached(registry);
+        u.inner.synced.send_replace(false);
         let run = u.clone().run_watchers(client);
         (u, run)
     }
@@ -511,6 +514,7 @@ impl Upstreams {
                 state: RwLock::new(State::default()),
                 metrics: Metrics::new(registry),
                 changed: watch::channel(0).0,
+                synced: watch::channel(true).0,
             }),
         }
     }
@@ -522,6 +526,13 @@ impl Upstreams {
     /// Notified (value = change counter) whenever the set of Services changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changed.subscribe()
+    }
+
+    /// Waits until the cache holds the API's Services and EndpointSlices, so that serving
+    /// starts with every endpoint known (not with "no endpoints" answers).
+    pub async fn wait_synced(&self) {
+        let mut rx = self.inner.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     /// All known Services.
@@ -683,6 +694,7 @@ impl Upstreams {
         let mut events = futures::stream::select(svcs, slices);
         let mut svc_buf = Vec::new();
         let mut slice_buf = Vec::new();
+        let (mut svcs_listed, mut slices_listed) = (false, false);
         while let Some(ev) = events.next().await {
             let ev = match ev {
                 Ok(ev) => ev,
@@ -701,7 +713,8 @@ impl Upstreams {
                 Ev::Svc(watcher::Event::Init) => svc_buf.clear(),
                 Ev::Svc(watcher::Event::InitApply(s)) => svc_buf.push(s),
                 Ev::Svc(watcher::Event::InitDone) => {
-                    self.replace_services(std::mem::take(&mut svc_buf))
+                    self.replace_services(std::mem::take(&mut svc_buf));
+                    svcs_listed = true;
                 }
                 Ev::Slice(watcher::Event::Apply(s)) => self.apply_endpoint_slice(&s),
                 Ev::Slice(watcher::Event::Delete(s)) => self.delete_endpoint_slice(
@@ -711,8 +724,12 @@ impl Upstreams {
                 Ev::Slice(watcher::Event::Init) => slice_buf.clear(),
                 Ev::Slice(watcher::Event::InitApply(s)) => slice_buf.push(s),
                 Ev::Slice(watcher::Event::InitDone) => {
-                    self.replace_slices(std::mem::take(&mut slice_buf))
+                    self.replace_slices(std::mem::take(&mut slice_buf));
+                    slices_listed = true;
                 }
+            }
+            if svcs_listed && slices_listed && !*self.inner.synced.borrow() {
+                self.inner.synced.send_replace(true);
             }
         }
         Ok(())
@@ -1033,6 +1050,41 @@ impl Upstreams {
             let (err, retry_ok) = match res {
                 Ok(Ok(resp)) => {
                     let status = resp.status();
+                    // While a retry is possible, a small response is read whole before it
+                    // is passed on: an endpoint that dies mid-body (a pod stopping while a
+                    // request raced its removal from the endpoints) then costs a retry
+                    // instead of a client getting a truncated answer.
+                    let whole = can_retry(idempotent)
+                        && parts.method != Method::HEAD
+                        && http_body::Body::size_hint(resp.body())
+                            .exact()
+                            .is_some_and(|n| n > 0 && n <= MAX_REPLAY_BODY);
+                    let resp = if whole {
+                        let (mut rparts, rbody) = resp.into_parts();
+                        match rbody.collect().await {
+                            Ok(c) => {
+                                strip_hop_by_hop(&mut rparts.headers);
+                                Response::from_parts(rparts, full(c.to_bytes()))
+                            }
+                            Err(e) => {
+                                picked.failure();
+                                let err = UpstreamError::Upstream(
+                                    addr,
+                                    format!("response cut short: {}", error_chain(&e)),
+                                );
+                                if !budget.withdraw() {
+                                    m.retries_exhausted_budget.get_or_create(labels).inc();
+                                    return err.into_response();
+                                }
+                                tracing::debug!(%addr, "retrying after: {err}");
+                                m.retries.get_or_create(labels).inc();
+                                attempt += 1;
+                                continue;
+                            }
+                        }
+                    } else {
+                        finish_response(resp)
+                    };
                     if status.is_server_error() {
                         picked.failure();
                     } else {
@@ -1045,11 +1097,11 @@ impl Upstreams {
                             | StatusCode::GATEWAY_TIMEOUT
                     );
                     if !(retryable_status && can_retry(idempotent)) {
-                        return finish_response(resp);
+                        return resp;
                     }
                     if !budget.withdraw() {
                         m.retries_exhausted_budget.get_or_create(labels).inc();
-                        return finish_response(resp);
+                        return resp;
                     }
                     m.retries.get_or_create(labels).inc();
                     attempt += 1;

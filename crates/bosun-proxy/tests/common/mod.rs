@@ -32,6 +32,9 @@ pub enum Behaviour {
     Status(u16),
     /// Accepts, reads the request and closes the connection without answering.
     Reset,
+    /// Answers the headers of a 100-byte response, 3 bytes of it, and closes: a process
+    /// killed mid-response.
+    CutShort,
 }
 
 /// An HTTP/1.1 + HTTP/2 test server answering `NAME version=... traceparent=...`.
@@ -62,11 +65,17 @@ impl Backend {
                     r = l.accept() => match r { Ok(x) => x, Err(_) => continue },
                 };
                 let (n, h) = (n.clone(), h.clone());
-                if let Behaviour::Reset = behaviour {
+                if let Behaviour::Reset | Behaviour::CutShort = behaviour {
                     tokio::spawn(async move {
                         let mut buf = [0u8; 1024];
                         let _ = stream.read(&mut buf).await;
                         h.fetch_add(1, Ordering::SeqCst);
+                        if let Behaviour::CutShort = behaviour {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc")
+                                .await;
+                            let _ = stream.flush().await;
+                        }
                         drop(stream);
                     });
                     continue;
