@@ -169,12 +169,13 @@ async fn start_control_plane(
 ) -> Result<(kube::Client, Pki)> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
+    // The store holds every Secret and the keys sign for the whole cluster: root only.
+    crate::pki::chmod(&opts.data_dir, 0o700)?;
     let pki = Pki::load_or_create(&opts.data_dir)?;
-    let store = bosun_store::RedbStore::open(
-        &opts.data_dir.join("store.redb"),
-        bosun_store::RedbOptions::default(),
-    )
-    .context("opening the store")?;
+    let store_path = opts.data_dir.join("store.redb");
+    let store = bosun_store::RedbStore::open(&store_path, bosun_store::RedbOptions::default())
+        .context("opening the store")?;
+    crate::pki::chmod(&store_path, 0o600)?;
     let mut api_cfg =
         bosun_apiserver::ApiServerConfig::new(store, pki.token.clone(), pki.ca_pem.clone());
     api_cfg.service_cidr = opts.service_cidr.clone();
@@ -299,6 +300,8 @@ fn agent_config(pki: &Pki, data_dir: &Path, node: &NodeOpts) -> Result<bosun_age
         pki.token.clone(),
         std::env::current_exe().context("finding the bosun executable")?,
     );
+    // Process pods see neither the cluster's state nor its credentials.
+    cfg.hidden_paths = vec![data_dir.to_path_buf(), pki.dir.clone()];
     cfg.kubelet_port = node.kubelet_port;
     cfg.bridge_name = node.bridge.clone();
     cfg.cpu_manager_policy = node.cpu_manager_policy;
