@@ -66,6 +66,8 @@ pub struct AgentConfig {
     pub cpu_manager_policy: crate::cpus::Policy,
     /// CPUs never given to one container alone (default: the first CPU).
     pub reserved_cpus: Option<crate::cpus::CpuSet>,
+    /// Host paths process pods never see besides `data_dir` (e.g. the cluster's credentials).
+    pub hidden_paths: Vec<PathBuf>,
 }
 
 impl AgentConfig {
@@ -99,6 +101,7 @@ impl AgentConfig {
             docker: true,
             cpu_manager_policy: crate::cpus::Policy::Static,
             reserved_cpus: None,
+            hidden_paths: Vec::new(),
         }
     }
 
@@ -197,6 +200,12 @@ pub async fn run(
 ) -> Result<()> {
     let pods_dir = cfg.pods_dir();
     std::fs::create_dir_all(&pods_dir).with_context(|| format!("create {}", pods_dir.display()))?;
+    // Pods' files (Secret volumes, logs) are for root and the pods themselves only.
+    for d in [&cfg.data_dir, &pods_dir] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod 0700 {}", d.display()))?;
+    }
     let cgroups = crate::cgroup::Layout::detect();
     match &cgroups {
         Ok(l) => tracing::info!(version = l.version(), "container cgroups"),
@@ -204,8 +213,13 @@ pub async fn run(
             tracing::warn!(error = %format!("{e:#}"), "no container cgroups: CPU and memory limits of process pods are not enforced")
         }
     }
-    let runtime: Arc<dyn Runtime> =
-        Arc::new(ProcessRuntime::new(pods_dir.clone(), cfg.shim_exe.clone()).with_cgroups(cgroups));
+    let runtime: Arc<dyn Runtime> = Arc::new(
+        ProcessRuntime::new(pods_dir.clone(), cfg.shim_exe.clone())
+            .with_cgroups(cgroups)
+            .with_hidden_paths(
+                std::iter::once(cfg.data_dir.clone()).chain(cfg.hidden_paths.iter().cloned()),
+            ),
+    );
     let image_runtime = make_docker(&cfg).await;
     let network = make_network(&cfg).await?;
 

@@ -256,6 +256,55 @@ impl DockerRuntime {
     }
 
     /// Makes the image present per the pull policy.
+    /// Docker's `User` for the container's runAsUser/runAsGroup (None: the image's), after
+    /// the runAsNonRoot check against the user the image would run as.
+    async fn user_for(
+        &self,
+        image: &str,
+        sec: &crate::isolation::Security,
+    ) -> Result<Option<String>> {
+        let image_user =
+            if sec.run_as_user.is_none() && (sec.run_as_non_root || sec.run_as_group.is_some()) {
+                let cfg = self
+                    .docker
+                    .inspect_image(image)
+                    .await
+                    .context("inspect image")?
+                    .config
+                    .and_then(|c| c.user)
+                    .unwrap_or_default();
+                Some(cfg.split(':').next().unwrap_or("").to_string())
+            } else {
+                None
+            };
+        if sec.run_as_non_root {
+            let uid = match image_user.as_deref() {
+                None => None,
+                Some("" | "root") => Some(0),
+                Some(u) => match u.parse::<u32>() {
+                    Ok(n) => Some(n),
+                    Err(_) => {
+                        return Err(crate::runtime::ContainerConfigError(format!(
+                            "container has runAsNonRoot and image has non-numeric user ({u}), cannot verify user is non-root"
+                        ))
+                        .into());
+                    }
+                },
+            };
+            sec.check_non_root(uid)
+                .map_err(crate::runtime::ContainerConfigError)?;
+        }
+        Ok(match (sec.run_as_user, sec.run_as_group) {
+            (None, None) => None,
+            (Some(u), None) => Some(u.to_string()),
+            (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+            (None, Some(g)) => {
+                let u = image_user.filter(|u| !u.is_empty());
+                Some(format!("{}:{g}", u.as_deref().unwrap_or("0")))
+            }
+        })
+    }
+
     async fn ensure_image(&self, image: &str, policy: &str) -> Result<()> {
         let present = match self.docker.inspect_image(image).await {
             Ok(_) => true,
@@ -596,6 +645,8 @@ impl Runtime for DockerRuntime {
             Err(e) => return Err(e).context("inspect container"),
         }
         self.ensure_image(&img.image, &img.pull_policy).await?;
+        let sec = &launch.security;
+        let user = self.user_for(&img.image, sec).await?;
         let network_mode = match &launch.netns {
             None => "host".to_string(),
             Some(_) => {
@@ -637,9 +688,20 @@ impl Runtime for DockerRuntime {
             // No swap beyond the memory limit, as the kubelet sets it.
             memory_swap: memory,
             cpuset_cpus: launch.cpus.as_ref().map(|c| c.to_string()),
+            privileged: Some(sec.privileged),
+            cap_add: (!sec.cap_add.is_empty()).then(|| sec.cap_add.clone()),
+            cap_drop: (!sec.cap_drop.is_empty()).then(|| sec.cap_drop.clone()),
+            group_add: (!sec.groups().is_empty())
+                .then(|| sec.groups().iter().map(u32::to_string).collect()),
+            readonly_rootfs: Some(sec.read_only_root_filesystem),
+            security_opt: sec
+                .no_new_privs()
+                .then(|| vec!["no-new-privileges".to_string()]),
+            pid_mode: sec.host_pid.then(|| "host".to_string()),
             ..Default::default()
         };
         let body = ContainerCreateBody {
+            user,
             image: Some(img.image.clone()),
             entrypoint: img.command.clone(),
             cmd: img.args.clone(),

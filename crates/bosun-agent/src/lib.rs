@@ -36,6 +36,7 @@ pub mod cri_log;
 pub mod dns;
 pub mod docker;
 pub mod env;
+pub mod isolation;
 pub mod network;
 pub mod node;
 pub mod pod;

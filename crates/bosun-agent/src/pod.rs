@@ -831,8 +831,17 @@ impl PodWorker {
                 return;
             }
             let msg = format!("{e:#}");
+            let reason = match e.downcast_ref::<crate::runtime::ContainerConfigError>() {
+                Some(ce) => non_root_message(&ce.0, pod, c),
+                None => msg.clone(),
+            };
+            let (why, msg) = if e.is::<crate::runtime::ContainerConfigError>() {
+                ("CreateContainerConfigError", reason)
+            } else {
+                ("CreateContainerError", msg)
+            };
             self.containers.entry(c.name.clone()).or_default().waiting =
-                Some(("CreateContainerError".into(), msg.clone()));
+                Some((why.into(), msg.clone()));
             self.ctx
                 .api
                 .event(pod, true, "Failed", &format!("Error: {msg}"))
@@ -942,6 +951,19 @@ impl PodWorker {
             .await
             .map_err(|e| e.0)?;
         let image = self.uses_image(pod, c);
+        let security = crate::isolation::Security::of(pod, c);
+        // A process has no image user: without runAsUser it runs as root.
+        let isolation = if image {
+            None
+        } else {
+            security
+                .check_non_root(None)
+                .map_err(|m| non_root_message(&m, pod, c))?;
+            Some(crate::isolation::Isolation::for_process(
+                &security,
+                crate::isolation::pod_hostname(pod),
+            ))
+        };
         let argv = if image {
             Vec::new()
         } else {
@@ -969,10 +991,7 @@ impl PodWorker {
             );
         }
         if !image && env.get("HOSTNAME").is_none() {
-            env.set(
-                "HOSTNAME".into(),
-                pod.metadata.name.clone().unwrap_or_default(),
-            );
+            env.set("HOSTNAME".into(), crate::isolation::pod_hostname(pod));
         }
         let working_dir = c
             .working_dir
@@ -1023,6 +1042,8 @@ impl PodWorker {
                 .namespace
                 .clone()
                 .unwrap_or_else(|| "default".into()),
+            security,
+            isolation,
         })
     }
 
@@ -1492,6 +1513,17 @@ impl PodWorker {
             ..Default::default()
         }
     }
+}
+
+/// A refusal of the container's security settings, worded as the kubelet words it.
+fn non_root_message(m: &str, pod: &Pod, c: &Container) -> String {
+    format!(
+        "{m} (pod: \"{}_{}({})\", container: {})",
+        pod.metadata.name.as_deref().unwrap_or(""),
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.uid.as_deref().unwrap_or(""),
+        c.name
+    )
 }
 
 fn container_id(runtime: &str, key: &ContainerKey) -> String {

@@ -34,6 +34,10 @@ pub struct ContainerLaunch {
     pub image: Option<ImageLaunch>,
     pub pod_name: String,
     pub pod_namespace: String,
+    /// The container's securityContext (merged with the pod's).
+    pub security: crate::isolation::Security,
+    /// How a process container is isolated; None runs it in the host's namespaces as root.
+    pub isolation: Option<crate::isolation::Isolation>,
 }
 
 /// Resource figures of one container, from its `resources` (Kubernetes quantities parsed).
@@ -69,6 +73,12 @@ pub struct ImagePullError {
     pub reason: &'static str,
     pub message: String,
 }
+
+/// The container's settings cannot be honoured (e.g. runAsNonRoot with an image that runs
+/// as root): reported as CreateContainerConfigError.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ContainerConfigError(pub String);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RuntimeState {
@@ -199,17 +209,26 @@ pub struct ProcessRuntime {
     pub log_max_files: usize,
     /// Where containers' cgroups go, or why there are none (limits then not enforced).
     cgroups: std::result::Result<crate::cgroup::Layout, String>,
+    /// Host paths isolated containers never see (bosun's data dir and credentials).
+    hidden: Vec<PathBuf>,
 }
 
 impl ProcessRuntime {
     pub fn new(pods_dir: PathBuf, shim_exe: PathBuf) -> Self {
         Self {
-            pods_dir,
             shim_cmd: vec![shim_exe, "shim".into()],
             log_max_bytes: 10 << 20,
             log_max_files: 5,
             cgroups: Err("cgroups not set up".into()),
+            hidden: vec![pods_dir.clone()],
+            pods_dir,
         }
+    }
+
+    /// Hides `paths` (besides the pods' directory) from isolated containers.
+    pub fn with_hidden_paths(mut self, paths: impl IntoIterator<Item = PathBuf>) -> Self {
+        self.hidden.extend(paths);
+        self
     }
 
     /// Places containers in cgroups of `layout` (limits enforced, usage measured).
@@ -311,7 +330,29 @@ impl Runtime for ProcessRuntime {
             }
             Err(_) => None,
         };
+        let isolation = match &launch.isolation {
+            Some(iso) if nix::unistd::geteuid().is_root() => {
+                let mut iso = iso.clone();
+                iso.hidden.extend(self.hidden.iter().cloned());
+                Some(iso)
+            }
+            Some(iso) => {
+                if iso.uid != nix::unistd::geteuid().as_raw() {
+                    bail!(
+                        "cannot run container {} as user {}: bosun runs without root privileges",
+                        key.container,
+                        iso.uid
+                    );
+                }
+                warnings.push(
+                    "not isolated (own PID and mount namespaces, capabilities): bosun runs without root privileges".into(),
+                );
+                None
+            }
+            None => None,
+        };
         let spec = ShimSpec {
+            isolation,
             cgroups,
             warnings,
             argv: launch.argv.clone(),
@@ -490,6 +531,7 @@ impl Runtime for ProcessRuntime {
             mount_ns_pid: st
                 .filter(|s| s.mount_namespace && s.exit_code.is_none())
                 .and_then(|s| s.pid),
+            isolation: spec.isolation.clone(),
         };
         let child = self
             .shim_command()

@@ -42,6 +42,9 @@ pub struct ShimSpec {
     /// Said by the runtime at creation, reported with the state (e.g. limits not enforced).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Own PID, mount, UTS and IPC namespaces, user and capabilities (`isolation.rs`).
+    #[serde(default)]
+    pub isolation: Option<crate::isolation::Isolation>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -98,6 +101,9 @@ pub struct ExecSpec {
     pub netns: Option<PathBuf>,
     /// A process whose mount namespace to join (the container's main process).
     pub mount_ns_pid: Option<u32>,
+    /// The container's isolation: the command joins all its namespaces and takes its user.
+    #[serde(default)]
+    pub isolation: Option<crate::isolation::Isolation>,
 }
 
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -150,6 +156,8 @@ pub fn shim_main(args: Vec<String>) -> ! {
     let code = match args.first().map(String::as_str) {
         Some("run") if args.len() == 2 => run(Path::new(&args[1])),
         Some("exec") if args.len() == 2 => exec(&args[1]),
+        Some("init") if args.len() == 2 => crate::isolation::init_main(Path::new(&args[1])),
+        Some("enter") if args.len() == 2 => crate::isolation::enter_main(&args[1]),
         _ => {
             eprintln!("usage: bosun shim run SPEC.json | bosun shim exec JSON");
             2
@@ -213,7 +221,14 @@ fn run(spec_path: &Path) -> i32 {
         );
     }
     // Only volumes need a mount namespace; without any the container shares the host's.
-    match private_mounts(&spec.mounts) {
+    // An isolated container's mounts are made by its init, in its own namespaces.
+    let own_mounts: &[BindMount] = if spec.isolation.is_some() {
+        &[]
+    } else {
+        &spec.mounts
+    };
+    match private_mounts(own_mounts) {
+        _ if spec.isolation.is_some() => state.mount_namespace = true,
         _ if spec.mounts.is_empty() => {}
         Ok(()) => state.mount_namespace = true,
         // Without the privilege for a mount namespace the container runs in the host's, and
@@ -253,9 +268,22 @@ fn run(spec_path: &Path) -> i32 {
             )),
         }
     }
-    let mut cmd = Command::new(prog);
-    cmd.args(rest)
-        .env_clear()
+    let mut child_pid_ns = None;
+    let mut cmd = match &spec.isolation {
+        Some(iso) => match crate::isolation::init_command(iso, spec_path) {
+            Ok((c, ns)) => {
+                child_pid_ns = Some(ns);
+                c
+            }
+            Err(e) => return fail(state, e),
+        },
+        None => {
+            let mut c = Command::new(prog);
+            c.args(rest);
+            c
+        }
+    };
+    cmd.env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -263,7 +291,12 @@ fn run(spec_path: &Path) -> i32 {
         // The container is a process group: SIGKILL reaches everything it started.
         .process_group(0);
     crate::signals::reset_in_child(&mut cmd);
-    if let Some(wd) = &spec.working_dir {
+    // An isolated container's workingDir is checked in its own view, by `shim enter`.
+    if let Some(wd) = spec
+        .working_dir
+        .as_ref()
+        .filter(|_| spec.isolation.is_none())
+    {
         if !wd.is_dir() {
             let msg = format!(
                 "workingDir {} does not exist or is not a directory",
@@ -274,7 +307,9 @@ fn run(spec_path: &Path) -> i32 {
         }
         cmd.current_dir(wd);
     }
-    let mut child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    drop(child_pid_ns);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let msg = format!("failed to start {prog:?}: {e}");
@@ -435,6 +470,9 @@ fn exec(json: &str) -> i32 {
             return 2;
         }
     };
+    if let (Some(iso), Some(pid)) = (&spec.isolation, spec.mount_ns_pid) {
+        return crate::isolation::exec_in(&spec, iso, pid);
+    }
     // Open the netns file before switching mount namespaces: its path is the host's.
     let netns = match &spec.netns {
         Some(ns) => match std::fs::File::open(ns) {

@@ -111,6 +111,23 @@ pub async fn prepare(
         .clone()
         .unwrap_or_else(|| "default".into());
     let mut out = HashMap::new();
+    // Only root and the pod's own mounts reach what is below the pod's directory.
+    let private = |e: std::io::Error| ConfigError(format!("pod directory: {e}"));
+    std::fs::create_dir_all(pod_dir).map_err(private)?;
+    std::fs::set_permissions(pod_dir, std::fs::Permissions::from_mode(0o700)).map_err(private)?;
+    let fs_group = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|s| s.fs_group)
+        .and_then(|g| u32::try_from(g).ok());
+    let own = |dir: &Path, read_only: bool| -> Result<(), ConfigError> {
+        match fs_group {
+            Some(g) => crate::isolation::give_to_fs_group(dir, g, read_only)
+                .map_err(|e| ConfigError(format!("fsGroup {g} on {}: {e}", dir.display()))),
+            None => Ok(()),
+        }
+    };
     let vols: &[Volume] = pod
         .spec
         .as_ref()
@@ -151,6 +168,7 @@ pub async fn prepare(
                 cm.default_mode.unwrap_or(0o644),
                 &format!("ConfigMap {ns}/{}", cm.name),
             )?;
+            own(&dir, true)?;
             out.insert(
                 v.name.clone(),
                 PreparedVolume {
@@ -192,6 +210,7 @@ pub async fn prepare(
                 sec.default_mode.unwrap_or(0o644),
                 &format!("Secret {ns}/{name}"),
             )?;
+            own(&dir, true)?;
             out.insert(
                 v.name.clone(),
                 PreparedVolume {
@@ -200,8 +219,16 @@ pub async fn prepare(
                 },
             );
         } else if v.empty_dir.is_some() {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| ConfigError(format!("emptyDir {:?}: {e}", v.name)))?;
+            // World-writable as the kubelet makes it (only the pod reaches it), given to the
+            // fsGroup once, when made: later files are the workload's own business.
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir)
+                    .and_then(|()| {
+                        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+                    })
+                    .map_err(|e| ConfigError(format!("emptyDir {:?}: {e}", v.name)))?;
+                own(&dir, false)?;
+            }
             out.insert(
                 v.name.clone(),
                 PreparedVolume {

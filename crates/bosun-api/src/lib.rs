@@ -8,6 +8,7 @@ pub mod defaults;
 pub mod gateway;
 pub mod openapi;
 pub mod patch;
+pub mod pod_security;
 pub mod registry;
 pub mod strict;
 pub mod table;

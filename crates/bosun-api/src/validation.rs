@@ -661,6 +661,8 @@ impl Validator {
 
     fn pod_spec(&mut self, spec: &Value, path: &str, restart_policies: &[&str]) {
         let volumes = self.volumes(spec, path);
+        self.errors
+            .extend(crate::pod_security::validate(spec, path));
         let process = str_of(spec, "runtimeClassName") == Some("process");
         let containers = list(spec, "containers");
         if containers.is_empty() {

@@ -29,6 +29,7 @@ impl Pki {
     pub fn load_or_create(data_dir: &Path) -> Result<Pki> {
         let dir = data_dir.join("pki");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        chmod(&dir, 0o700)?;
         let ca_crt = dir.join("ca.crt");
         let ca_key = dir.join("ca.key");
         let token_file = dir.join("token");
@@ -54,6 +55,9 @@ impl Pki {
             let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
             write_private(&token_file, token.as_bytes())?;
         }
+        // Also for files written by older versions.
+        chmod(&ca_key, 0o600)?;
+        chmod(&token_file, 0o600)?;
         Ok(Pki {
             ca_pem: std::fs::read_to_string(&ca_crt)?,
             token: std::fs::read_to_string(&token_file)?.trim().to_string(),
@@ -131,6 +135,13 @@ impl Serving {
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }
+}
+
+/// Sets the permission bits of `path`.
+pub fn chmod(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {

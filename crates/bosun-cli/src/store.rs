@@ -85,7 +85,11 @@ pub async fn open(opts: &StoreOpts, data_dir: &Path) -> Result<Arc<dyn bosun_sto
             let mut tries = 0;
             loop {
                 match bosun_store::RedbStore::open(&path, options.clone()) {
-                    Ok(s) => return Ok(s),
+                    Ok(s) => {
+                        // The store holds every Secret: root only.
+                        crate::pki::chmod(&path, 0o600)?;
+                        return Ok(s);
+                    }
                     Err(e) if tries < 20 => {
                         tracing::debug!("opening the store: {e}; retrying");
                         tries += 1;

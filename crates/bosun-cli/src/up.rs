@@ -175,6 +175,8 @@ pub(crate) async fn start_control_plane(
 ) -> Result<(kube::Client, Pki)> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
+    // The store holds every Secret and the keys sign for the whole cluster: root only.
+    crate::pki::chmod(&opts.data_dir, 0o700)?;
     let pki = Pki::load_or_create(&opts.data_dir)?;
     let store = crate::store::open(&opts.store, &opts.data_dir).await?;
     let mut api_cfg =
@@ -328,6 +330,8 @@ fn agent_config(pki: &Pki, data_dir: &Path, node: &NodeOpts) -> Result<bosun_age
         pki.token.clone(),
         std::env::current_exe().context("finding the bosun executable")?,
     );
+    // Process pods see neither the cluster's state nor its credentials.
+    cfg.hidden_paths = vec![data_dir.to_path_buf(), pki.dir.clone()];
     cfg.kubelet_port = node.kubelet_port;
     cfg.bridge_name = node.bridge.clone();
     cfg.cpu_manager_policy = node.cpu_manager_policy;
