@@ -29,6 +29,13 @@ pub struct ServerOpts {
     /// Address range Service cluster IPs are allocated from
     #[arg(long, default_value = bosun_apiserver::DEFAULT_SERVICE_CIDR)]
     pub service_cidr: String,
+    /// A node whose Lease (renewed every second) is this old is NotReady and tainted
+    /// unreachable; its pods leave after their toleration (default 5 s), e.g. 3s, 40s
+    #[arg(long, default_value = "3s", value_parser = crate::join::parse_ttl)]
+    pub node_monitor_grace_period: std::time::Duration,
+    /// Range nodes' pod CIDRs (/24 each) are allocated from
+    #[arg(long, default_value = bosun_controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
+    pub cluster_cidr: String,
 }
 
 #[derive(Args, Clone)]
@@ -42,9 +49,20 @@ pub struct NodeOpts {
     /// Port of the node agent's HTTPS endpoint (logs, stats)
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
-    /// Address range for this node's pods
-    #[arg(long, default_value = "10.42.0.0/24")]
-    pub pod_cidr: String,
+    /// Address range for this node's pods (default: a /24 the server assigns from its
+    /// --cluster-cidr)
+    #[arg(long)]
+    pub pod_cidr: Option<String>,
+    /// Zone of this node (label topology.kubernetes.io/zone)
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Taints the node registers with, KEY[=VALUE]:EFFECT, comma-separated
+    #[arg(long, value_delimiter = ',')]
+    pub register_with_taints: Vec<String>,
+    /// How pods reach pods on other nodes: `host-gw` (routes via the nodes' addresses, one
+    /// L2 network) or `vxlan` (encapsulated in UDP 8472, across routers)
+    #[arg(long, default_value = "host-gw", value_parser = clap::value_parser!(bosun_agent::routes::Backend))]
+    pub flannel_backend: bosun_agent::routes::Backend,
     /// Name of the bridge pods attach to
     #[arg(long, default_value = "bosun0")]
     pub bridge: String,
@@ -87,12 +105,21 @@ pub struct UpOpts {
 
 #[derive(Args, Clone)]
 pub struct AgentOpts {
-    /// URL of the API server to join, e.g. https://10.0.0.1:6443
+    /// URL of an API server to join, e.g. https://10.0.0.1:6443; give it once per server,
+    /// the first that answers is used
+    #[arg(long = "server", alias = "join", required = true)]
+    pub servers: Vec<String>,
+    /// Join token: the contents of the server's DATA_DIR/node-token, or one from
+    /// `bosun token create` (only needed until the node has its certificate)
+    #[arg(long, env = "BOSUN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The CA pin (sha256:...) when the token does not carry it
     #[arg(long)]
-    pub join: String,
-    /// Directory holding the cluster's ca.crt, ca.key and token (copied from the server's DATA_DIR/pki)
+    pub ca_cert_hash: Option<String>,
+    /// Instead of a token: a directory holding the cluster's ca.crt, ca.key and token copied
+    /// from the server's DATA_DIR/pki (gives this node the cluster's admin rights)
     #[arg(long)]
-    pub pki_dir: PathBuf,
+    pub pki_dir: Option<PathBuf>,
     /// Where pod state and logs live on this node
     #[arg(long, default_value = "bosun-agent-data", env = "BOSUN_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -104,18 +131,22 @@ pub async fn up(opts: UpOpts) -> Result<ExitCode> {
     let shutdown = shutdown_on_signal();
     let mut tasks = JoinSet::new();
     let (client, pki) = start_control_plane(&opts.server, &shutdown, &mut tasks).await?;
+    let serving = node_serving_cert(&pki, &opts.node)?;
     start_agent(
         client,
-        &pki,
+        serving,
+        &pki.kubelet_token,
         &opts.server.data_dir,
         &opts.node,
         &shutdown,
         &mut tasks,
-    )?;
+    )
+    .await?;
     println!(
         "bosun is up. Use it with:\n  export KUBECONFIG={}",
         kubeconfig_path(&opts.server.data_dir).display()
     );
+    print_join_hint(&opts.server);
     supervise(tasks, shutdown).await
 }
 
@@ -127,38 +158,95 @@ pub async fn server(opts: ServerOpts) -> Result<ExitCode> {
         "bosun server is up. Use it with:\n  export KUBECONFIG={}",
         kubeconfig_path(&opts.data_dir).display()
     );
+    print_join_hint(&opts);
     supervise(tasks, shutdown).await
 }
 
 pub async fn agent(opts: AgentOpts) -> Result<ExitCode> {
     let shutdown = shutdown_on_signal();
     let mut tasks = JoinSet::new();
-    let pki = Pki::load_existing(&opts.pki_dir)?;
-    let kubeconfig = opts.data_dir.join("kubeconfig");
     std::fs::create_dir_all(&opts.data_dir)?;
-    pki.write_kubeconfig(&kubeconfig, &opts.join)?;
-    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+    let server = opts.servers.first().cloned().unwrap_or_default();
+    let (client, serving, kubelet_token, joined) = match &opts.pki_dir {
+        Some(dir) => {
+            let pki = Pki::load_existing(dir)?;
+            let kubeconfig = opts.data_dir.join("kubeconfig");
+            pki.write_kubeconfig(&kubeconfig, &server)?;
+            let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+            let config = kube::Config::from_custom_kubeconfig(
+                kc,
+                &kube::config::KubeConfigOptions::default(),
+            )
             .await?;
-    let client = kube::Client::try_from(config)?;
+            let serving = node_serving_cert(&pki, &opts.node)?;
+            (
+                kube::Client::try_from(config)?,
+                serving,
+                pki.kubelet_token,
+                server,
+            )
+        }
+        None => {
+            let name = node_name(&opts.node)?;
+            let creds = crate::nodecert::obtain(
+                &opts.servers,
+                opts.token.as_deref(),
+                opts.ca_cert_hash.as_deref(),
+                &opts.data_dir,
+                &name,
+                opts.node.node_ip,
+            )
+            .await?;
+            let creds = std::sync::Arc::new(creds);
+            let (c, sd) = (creds.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                c.renew_loop(name, sd).await;
+                ("certificate renewal", Ok(()))
+            });
+            let serving = crate::pki::Serving {
+                cert_pem: creds.serving.cert_pem.clone(),
+                key_pem: creds.serving.key_pem.clone(),
+            };
+            (
+                creds.client.clone(),
+                serving,
+                creds.kubelet_token.clone(),
+                creds.server.clone(),
+            )
+        }
+    };
     start_agent(
         client,
-        &pki,
+        serving,
+        &kubelet_token,
         &opts.data_dir,
         &opts.node,
         &shutdown,
         &mut tasks,
-    )?;
-    println!("bosun agent joined {}", opts.join);
+    )
+    .await?;
+    println!("bosun agent joined {joined}");
     supervise(tasks, shutdown).await
+}
+
+/// Tells how other machines join this server.
+fn print_join_hint(opts: &ServerOpts) {
+    let host = opts
+        .advertise_address
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "THIS_HOST".into());
+    println!(
+        "Join another machine with:\n  bosun agent --server https://{host}:{} --token \"$(cat {})\" --node-ip ITS_IP",
+        opts.listen.port(),
+        opts.data_dir.join(crate::join::TOKEN_FILE).display()
+    );
 }
 
 fn kubeconfig_path(data_dir: &Path) -> PathBuf {
     data_dir.join("kubeconfig")
 }
 
-type Tasks = JoinSet<(&'static str, Result<()>)>;
+pub(crate) type Tasks = JoinSet<(&'static str, Result<()>)>;
 
 /// Opens the store, starts the API server, controllers and scheduler; returns an
 /// in-process client for the agent.
@@ -178,6 +266,7 @@ async fn start_control_plane(
     let mut api_cfg =
         bosun_apiserver::ApiServerConfig::new(store, pki.token.clone(), pki.ca_pem.clone());
     api_cfg.service_cidr = opts.service_cidr.clone();
+    api_cfg.kubelet_token = Some(pki.kubelet_token.clone());
     let api = bosun_apiserver::ApiServer::new(api_cfg)
         .await
         .context("starting the API server")?;
@@ -197,31 +286,59 @@ async fn start_control_plane(
     let url = format!("https://{}", SocketAddr::new(advertise, port));
     pki.write_kubeconfig(&kubeconfig_path(&opts.data_dir), &url)?;
 
-    let tls = serving.server_config()?;
+    let tls = serving.server_config_with_client_ca(&pki.ca_pem)?;
     let sd = shutdown.clone();
     let server = api.clone();
     tasks.spawn(async move { ("api server", server.serve_tls(listener, tls, sd).await) });
 
     let client = kube::Client::new(api.router(), "default");
     let (c, sd) = (client.clone(), shutdown.clone());
-    tasks.spawn(async move { ("controllers", bosun_controllers::run(c, sd).await) });
+    let ctl = bosun_controllers::ControllerConfig {
+        node_monitor_grace_period: opts.node_monitor_grace_period,
+        ..Default::default()
+    };
+    tasks.spawn(async move { ("controllers", bosun_controllers::run_with(c, ctl, sd).await) });
     let (c, sd) = (client.clone(), shutdown.clone());
     tasks.spawn(async move { ("scheduler", bosun_scheduler::run(c, sd).await) });
+    bosun_controllers::nodeipam::Range::parse(&opts.cluster_cidr).context("--cluster-cidr")?;
+    let (c, sd, cidr) = (client.clone(), shutdown.clone(), opts.cluster_cidr.clone());
+    tasks.spawn(async move {
+        (
+            "pod CIDR allocator",
+            bosun_controllers::nodeipam::run(c, &cidr, sd).await,
+        )
+    });
+    crate::join::serve_joins(&client, &pki, &opts.data_dir, &url, shutdown, tasks).await?;
     Ok((client, pki))
 }
 
-fn start_agent(
+async fn start_agent(
     client: kube::Client,
-    pki: &Pki,
+    serving: crate::pki::Serving,
+    kubelet_token: &str,
     data_dir: &Path,
     node: &NodeOpts,
     shutdown: &CancellationToken,
     tasks: &mut Tasks,
 ) -> Result<()> {
-    let cfg = agent_config(pki, data_dir, node)?;
+    let mut node = node.clone();
+    let cidr = crate::cluster::register_node(&client, &node_name(&node)?, &node).await?;
+    node.pod_cidr = Some(cidr);
+    let node = &node;
+    let cfg = agent_config(&serving, kubelet_token, data_dir, node)?;
     let sd = shutdown.clone();
     let agent_client = client.clone();
     tasks.spawn(async move { ("agent", bosun_agent::run(agent_client, cfg, sd).await) });
+    if bosun_agent::network::can_manage_network() {
+        let rc = bosun_agent::routes::RouteConfig {
+            node_name: node_name(node)?,
+            node_ip: node.node_ip.to_string(),
+            pod_cidr: pod_cidr(node).to_string(),
+            backend: node.flannel_backend,
+        };
+        let (c, sd) = (client.clone(), shutdown.clone());
+        tasks.spawn(async move { ("pod routes", bosun_agent::routes::run(c, rc, sd).await) });
+    }
     start_node_services(client, node, shutdown, tasks)
 }
 
@@ -272,31 +389,51 @@ fn start_node_services(
 /// Cluster DNS listens on the pod bridge's gateway address (the .1 of the pod CIDR): every
 /// pod of the node reaches it, and it cannot clash with the host's own resolver.
 fn cluster_dns_ip(node: &NodeOpts) -> Result<IpAddr> {
-    Ok(bosun_agent::network::Cidr::parse(&node.pod_cidr)?
+    Ok(bosun_agent::network::Cidr::parse(pod_cidr(node))?
         .gateway()
         .into())
 }
 
-/// The agent's configuration for this node; its state lives in `DATA_DIR/agent`.
-fn agent_config(pki: &Pki, data_dir: &Path, node: &NodeOpts) -> Result<bosun_agent::AgentConfig> {
-    let node_name = match &node.node_name {
+/// The node's pod CIDR; resolved before the agent starts (a placeholder for `reset`, which
+/// finds what to remove by bridge name).
+fn pod_cidr(node: &NodeOpts) -> &str {
+    node.pod_cidr.as_deref().unwrap_or("10.42.0.0/24")
+}
+
+fn node_name(node: &NodeOpts) -> Result<String> {
+    Ok(match &node.node_name {
         Some(n) => n.clone(),
         None => nix::unistd::gethostname()?
             .to_string_lossy()
             .to_ascii_lowercase(),
-    };
-    let serving = pki.serving_cert(
-        &node_name,
-        &[node_name.clone(), "localhost".into()],
+    })
+}
+
+/// The node's serving certificate signed with the local CA key (`up`, `agent --pki-dir`).
+fn node_serving_cert(pki: &Pki, node: &NodeOpts) -> Result<crate::pki::Serving> {
+    let name = node_name(node)?;
+    pki.serving_cert(
+        &name,
+        &[name.clone(), "localhost".into()],
         &[node.node_ip, IpAddr::from([127, 0, 0, 1])],
-    )?;
+    )
+}
+
+/// The agent's configuration for this node; its state lives in `DATA_DIR/agent`.
+fn agent_config(
+    serving: &crate::pki::Serving,
+    kubelet_token: &str,
+    data_dir: &Path,
+    node: &NodeOpts,
+) -> Result<bosun_agent::AgentConfig> {
+    let node_name = node_name(node)?;
     let mut cfg = bosun_agent::AgentConfig::new(
         node_name,
         data_dir.join("agent"),
         node.node_ip,
-        node.pod_cidr.clone(),
+        pod_cidr(node),
         serving.server_config()?,
-        pki.token.clone(),
+        kubelet_token,
         std::env::current_exe().context("finding the bosun executable")?,
     );
     cfg.kubelet_port = node.kubelet_port;
@@ -318,8 +455,8 @@ pub struct ResetOpts {
     /// Also delete the data dir (the store, credentials and logs)
     #[arg(long)]
     pub purge: bool,
-    /// Where the cluster credentials are (default: DATA_DIR/pki; for `bosun agent`, its --pki-dir)
-    #[arg(long)]
+    /// Accepted for compatibility; reset needs no credentials
+    #[arg(long, hide = true)]
     pub pki_dir: Option<PathBuf>,
     #[command(flatten)]
     pub node: NodeOpts,
@@ -328,13 +465,11 @@ pub struct ResetOpts {
 /// Stops every pod of this node and removes their network namespaces and the bridge.
 /// Run it with bosun stopped; pods otherwise outlive bosun on purpose.
 pub async fn reset(opts: ResetOpts) -> Result<ExitCode> {
-    let pki_dir = opts
-        .pki_dir
-        .clone()
-        .unwrap_or_else(|| opts.data_dir.join("pki"));
-    let pki = Pki::load_existing(&pki_dir)?;
-    let cfg = agent_config(&pki, &opts.data_dir, &opts.node)?;
+    // The configuration is only used to find what to remove: no credentials are needed.
+    let serving = crate::pki::Serving::self_signed("reset")?;
+    let cfg = agent_config(&serving, "", &opts.data_dir, &opts.node)?;
     bosun_agent::cleanup_node(&cfg).await?;
+    bosun_agent::routes::cleanup().await;
     bosun_proxy::vip::remove_interface(&opts.node.service_interface).await?;
     if opts.purge {
         std::fs::remove_dir_all(&opts.data_dir)
