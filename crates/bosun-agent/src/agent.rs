@@ -341,7 +341,9 @@ async fn heartbeat(
     node_uid: String,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    // The Lease every second: the control plane notices a lost node within seconds.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
     loop {
         tokio::select! {
@@ -352,11 +354,19 @@ async fn heartbeat(
             tracing::warn!(error = %format!("{e:#}"), "lease renewal failed");
         }
         n += 1;
-        // The full status (with conditions' heartbeat times) every minute; the lease is the
-        // frequent liveness signal.
-        if n.is_multiple_of(6) {
+        // The full status (with conditions' heartbeat times) every minute, and at once when
+        // the node lifecycle controller has marked the node not Ready (a late heartbeat); the
+        // lease is the frequent liveness signal.
+        if n.is_multiple_of(10) {
             let api: Api<Node> = Api::all(client.clone());
             let prev = api.get(&facts.name).await.ok().and_then(|n| n.status);
+            let ready = prev
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready && !n.is_multiple_of(60) {
+                continue;
+            }
             let res = match prev {
                 Some(_) => crate::node::update_status(&client, &facts, prev.as_ref()).await,
                 None => crate::node::register(&client, &facts).await.map(|_| ()),

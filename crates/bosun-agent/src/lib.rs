@@ -41,6 +41,7 @@ pub mod network;
 pub mod node;
 pub mod pod;
 pub mod probe;
+pub mod routes;
 pub mod runtime;
 pub mod server;
 pub mod shim;

@@ -107,6 +107,9 @@ fn existing<'a>(obj: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Ma
     obj.get_mut(key).and_then(Value::as_object_mut)
 }
 
+/// tolerationSeconds of the default not-ready / unreachable tolerations.
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 5;
+
 fn pod(obj: &mut Map<String, Value>) {
     let spec = object(obj, "spec");
     pod_spec(spec);
@@ -116,7 +119,8 @@ fn pod(obj: &mut Map<String, Value>) {
         set(spec, "priority", json!(0));
     }
     set_str(spec, "preemptionPolicy", "PreemptLowerPriority");
-    // DefaultTolerationSeconds admission: evict after 5 minutes on a lost node.
+    // DefaultTolerationSeconds admission (Kubernetes: 300 s): pods leave a lost node after
+    // a few seconds so that their replacements run elsewhere quickly.
     for taint in [
         "node.kubernetes.io/not-ready",
         "node.kubernetes.io/unreachable",
@@ -131,7 +135,7 @@ fn pod(obj: &mut Map<String, Value>) {
                 && (t["effect"] == "NoExecute" || t["effect"].is_null() || t["effect"] == "")
         });
         if !covered {
-            list.push(json!({"key": taint, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            list.push(json!({"key": taint, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": DEFAULT_TOLERATION_SECONDS}));
         }
     }
     // Requests default to limits (SetDefaults_Pod).
@@ -522,7 +526,10 @@ mod tests {
         assert_eq!(spec["priority"], 0);
         assert_eq!(spec["preemptionPolicy"], "PreemptLowerPriority");
         assert_eq!(spec["tolerations"].as_array().unwrap().len(), 2);
-        assert_eq!(spec["tolerations"][0]["tolerationSeconds"], 300);
+        assert_eq!(
+            spec["tolerations"][0]["tolerationSeconds"],
+            DEFAULT_TOLERATION_SECONDS
+        );
         assert_eq!(
             spec["containers"][0]["resources"]["requests"],
             json!({"cpu": "1", "memory": "64Mi"})

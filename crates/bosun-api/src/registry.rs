@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use k8s_openapi::api::{apps, coordination, core, discovery, networking};
+use k8s_openapi::api::{apps, certificates, coordination, core, discovery, networking};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
@@ -129,6 +129,11 @@ impl Registry {
                 kind_of::<crate::gateway::GatewayClass>(&["gc"], &[], &["status"]),
                 kind_of::<crate::gateway::Gateway>(&["gtw"], &[], &["status"]),
                 kind_of::<crate::gateway::HTTPRoute>(&[], &[], &["status"]),
+                kind_of::<certificates::v1::CertificateSigningRequest>(
+                    &["csr"],
+                    &[],
+                    &["status", "approval"],
+                ),
             ],
         })
     }

@@ -4,6 +4,7 @@
 //! stored but filled in from the key's `mod_revision` on every read, so it always equals
 //! the store revision of the object's last write.
 
+pub mod auth;
 mod discovery;
 mod error;
 mod logs;
@@ -55,6 +56,9 @@ pub struct ApiServerConfig {
     pub service_cidr: String,
     /// Range node ports are allocated from, inclusive.
     pub node_port_range: (u16, u16),
+    /// Bearer token presented to node agents (logs, stats); the admin token when unset, so
+    /// joined nodes need not hold the admin token.
+    pub kubelet_token: Option<String>,
 }
 
 impl ApiServerConfig {
@@ -66,6 +70,7 @@ impl ApiServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             service_cidr: DEFAULT_SERVICE_CIDR.to_string(),
             node_port_range: DEFAULT_NODE_PORT_RANGE,
+            kubelet_token: None,
         }
     }
 }
@@ -74,6 +79,7 @@ pub(crate) struct Inner {
     pub store: Arc<dyn Store>,
     pub registry: &'static Registry,
     pub token: String,
+    pub kubelet_token: String,
     pub max_body_bytes: usize,
     pub openapi: OpenApi,
     pub log_tls: Option<Arc<rustls::ClientConfig>>,
@@ -105,6 +111,7 @@ impl ApiServer {
             node_port_range: cfg.node_port_range,
             store: cfg.store,
             registry,
+            kubelet_token: cfg.kubelet_token.unwrap_or_else(|| cfg.token.clone()),
             token: cfg.token,
             max_body_bytes: cfg.max_body_bytes,
             openapi: OpenApi::build(registry),

@@ -205,7 +205,10 @@ async fn proxy(ctx: &Ctx, ip: &str, port: u16, path: &str) -> ApiResult<Response
     });
     let req = http::Request::get(path)
         .header(header::HOST, format!("{ip}:{port}"))
-        .header(header::AUTHORIZATION, format!("Bearer {}", ctx.inner.token))
+        .header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", ctx.inner.kubelet_token),
+        )
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let resp = sender

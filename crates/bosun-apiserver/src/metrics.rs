@@ -137,7 +137,10 @@ async fn summary(inner: &Inner, node: &Value) -> anyhow::Result<Value> {
         });
         let req = http::Request::get("/stats/summary")
             .header(header::HOST, format!("{ip}:{port}"))
-            .header(header::AUTHORIZATION, format!("Bearer {}", inner.token))
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", inner.kubelet_token),
+            )
             .body(http_body_util::Empty::<bytes::Bytes>::new())?;
         let resp = sender.send_request(req).await?;
         let status = resp.status();

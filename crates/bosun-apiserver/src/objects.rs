@@ -691,7 +691,8 @@ pub(crate) enum Mode {
 
 fn mode_for(ctx: &Ctx) -> Mode {
     match ctx.target.sub.as_deref() {
-        Some("status") => Mode::Status,
+        // A CSR's approval is a condition in its status (`kubectl certificate approve`).
+        Some("status") | Some("approval") => Mode::Status,
         Some("finalize") => Mode::Finalize,
         _ => Mode::Main,
     }

@@ -198,7 +198,7 @@ async fn dispatch_inner(inner: Arc<Inner>, req: Request) -> ApiResult<Response> 
             let body = read_body(&ctx, body).await?;
             objects::bind(ctx, body).await
         }
-        (&Method::PUT, true, None | Some("status") | Some("finalize")) => {
+        (&Method::PUT, true, None | Some("status") | Some("finalize") | Some("approval")) => {
             let body = read_body(&ctx, body).await?;
             objects::update(ctx, body).await
         }

@@ -1,52 +1,17 @@
-//! HTTPS serving (HTTP/2 and HTTP/1.1) with bearer-token authentication.
+//! HTTPS serving (HTTP/2 and HTTP/1.1) with authentication (`auth.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::ApiServer;
-use crate::error::ApiError;
 
 /// How long in-flight requests may run on after shutdown before connections are cut.
 const DRAIN: Duration = Duration::from_secs(5);
-
-/// Paths Kubernetes serves to anyone (`system:public-info-viewer`).
-fn public_path(path: &str) -> bool {
-    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
-}
-
-/// Compares in time independent of where the first difference is.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn auth(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
-    if public_path(req.uri().path()) {
-        return next.run(req).await;
-    }
-    let presented = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(t) if !token.is_empty() && same_secret(t.as_bytes(), token.as_bytes()) => {
-            next.run(req).await
-        }
-        _ => ApiError::new(401, "Unauthorized", "Unauthorized").into_response(),
-    }
-}
 
 pub(crate) async fn serve(
     server: ApiServer,
@@ -67,10 +32,14 @@ pub(crate) async fn serve(
         tls
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let token = Arc::new(server.inner().token.clone());
-    let app = server
-        .router()
-        .layer(axum::middleware::from_fn_with_state(token, auth));
+    let auth_state = crate::auth::AuthState {
+        admin_token: Arc::new(server.inner().token.clone()),
+        api: server.router(),
+    };
+    let app = server.router().layer(axum::middleware::from_fn_with_state(
+        auth_state,
+        crate::auth::middleware,
+    ));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut conns = JoinSet::new();
     loop {
@@ -89,7 +58,7 @@ pub(crate) async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let svc = TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let watcher = graceful.watcher();
         conns.spawn(async move {
             let stream =
@@ -101,6 +70,23 @@ pub(crate) async fn serve(
                     }
                     Err(_) => return,
                 };
+            // A client certificate, when presented, was verified against the cluster CA by
+            // the TLS config; the auth middleware reads who it names.
+            let client_cert = crate::auth::PeerCert(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| Arc::new(c.to_vec())),
+            );
+            let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
+                app,
+                move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(client_cert.clone());
+                    req
+                },
+            ));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {

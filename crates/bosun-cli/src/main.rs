@@ -4,10 +4,14 @@
 
 mod apply;
 mod client;
+mod cluster;
+mod csrsign;
 mod get;
+mod join;
 mod logging;
 mod logs;
 mod node_record;
+mod nodecert;
 mod output;
 mod pki;
 mod rollout;
@@ -69,6 +73,8 @@ enum Command {
     Logs(logs::LogsOpts),
     /// Watch, list or undo a deployment's rollouts
     Rollout(rollout::RolloutOpts),
+    /// Manage join tokens for new machines (`bosun token create --ttl 24h`)
+    Token(join::TokenOpts),
     /// Supervise one container process (started by the agent)
     #[command(hide = true)]
     Shim {
@@ -104,6 +110,7 @@ fn main() -> ExitCode {
             Command::Get(o) => get::run(o).await,
             Command::Logs(o) => logs::run(o).await,
             Command::Rollout(o) => rollout::run(o).await,
+            Command::Token(o) => join::token(o).await,
             Command::Shim { .. } => unreachable!("handled before the runtime starts"),
         }
     });

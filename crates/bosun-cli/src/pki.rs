@@ -16,6 +16,14 @@ pub struct Pki {
     pub dir: PathBuf,
     pub ca_pem: String,
     pub token: String,
+    /// What the API server presents to node agents: not the admin token, so that joined
+    /// nodes can check it without holding admin rights.
+    pub kubelet_token: String,
+}
+
+fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// A serving certificate and its key, PEM encoded.
@@ -51,9 +59,11 @@ impl Pki {
             std::fs::write(&ca_crt, cert.pem())?;
         }
         if !token_file.exists() {
-            let bytes: [u8; 32] = rand::random();
-            let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-            write_private(&token_file, token.as_bytes())?;
+            write_private(&token_file, random_token().as_bytes())?;
+        }
+        let kubelet_file = dir.join("kubelet-token");
+        if !kubelet_file.exists() {
+            write_private(&kubelet_file, random_token().as_bytes())?;
         }
         // Also for files written by older versions.
         chmod(&ca_key, 0o600)?;
@@ -61,6 +71,7 @@ impl Pki {
         Ok(Pki {
             ca_pem: std::fs::read_to_string(&ca_crt)?,
             token: std::fs::read_to_string(&token_file)?.trim().to_string(),
+            kubelet_token: std::fs::read_to_string(&kubelet_file)?.trim().to_string(),
             dir,
         })
     }
@@ -71,9 +82,13 @@ impl Pki {
             std::fs::read_to_string(dir.join(f))
                 .with_context(|| format!("reading {}", dir.join(f).display()))
         };
+        let token = read("token")?.trim().to_string();
         Ok(Pki {
             ca_pem: read("ca.crt")?,
-            token: read("token")?.trim().to_string(),
+            kubelet_token: read("kubelet-token")
+                .map(|t| t.trim().to_string())
+                .unwrap_or_else(|_| token.clone()),
+            token,
             dir: dir.to_path_buf(),
         })
     }
@@ -108,6 +123,11 @@ impl Pki {
         })
     }
 
+    /// The CA's private key (PEM), for the certificate signer.
+    pub fn ca_key_pem(&self) -> Result<String> {
+        std::fs::read_to_string(self.dir.join("ca.key")).context("reading the CA key")
+    }
+
     /// Writes a kubeconfig for `server` that trusts the CA and sends the token.
     pub fn write_kubeconfig(&self, path: &Path, server: &str) -> Result<()> {
         let ca = base64::engine::general_purpose::STANDARD.encode(self.ca_pem.as_bytes());
@@ -120,6 +140,45 @@ impl Pki {
 }
 
 impl Serving {
+    /// A throwaway self-signed certificate, for configurations that never serve.
+    pub fn self_signed(name: &str) -> Result<Serving> {
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(vec![name.to_string()])?.self_signed(&key)?;
+        Ok(Serving {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Like [`Self::server_config`], also asking clients for a certificate signed by
+    /// `client_ca` (nodes' `system:node:NAME`); clients without one may still use a token.
+    pub fn server_config_with_client_ca(
+        &self,
+        client_ca: &str,
+    ) -> Result<Arc<rustls::ServerConfig>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut client_ca.as_bytes()) {
+            roots.add(c?)?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()?;
+        let certs =
+            rustls_pemfile::certs(&mut self.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+        let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes())?
+            .context("no private key in PEM")?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
     /// A rustls server config offering HTTP/2 and HTTP/1.1.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
         let certs =
@@ -144,7 +203,7 @@ pub fn chmod(path: &Path, mode: u32) -> Result<()> {
         .with_context(|| format!("chmod {mode:o} {}", path.display()))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");

@@ -31,6 +31,13 @@ pub struct ServerOpts {
     pub service_cidr: String,
     #[command(flatten)]
     pub store: crate::store::StoreOpts,
+    /// A node whose Lease (renewed every second) is this old is NotReady and tainted
+    /// unreachable; its pods leave after their toleration (default 5 s), e.g. 3s, 40s
+    #[arg(long, default_value = "3s", value_parser = crate::join::parse_ttl)]
+    pub node_monitor_grace_period: std::time::Duration,
+    /// Range nodes' pod CIDRs (/24 each) are allocated from
+    #[arg(long, default_value = bosun_controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
+    pub cluster_cidr: String,
 }
 
 #[derive(Args, Clone)]
@@ -44,9 +51,20 @@ pub struct NodeOpts {
     /// Port of the node agent's HTTPS endpoint (logs, stats)
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
-    /// Address range for this node's pods
-    #[arg(long, default_value = "10.42.0.0/24")]
-    pub pod_cidr: String,
+    /// Address range for this node's pods (default: a /24 the server assigns from its
+    /// --cluster-cidr)
+    #[arg(long)]
+    pub pod_cidr: Option<String>,
+    /// Zone of this node (label topology.kubernetes.io/zone)
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Taints the node registers with, KEY[=VALUE]:EFFECT, comma-separated
+    #[arg(long, value_delimiter = ',')]
+    pub register_with_taints: Vec<String>,
+    /// How pods reach pods on other nodes: `host-gw` (routes via the nodes' addresses, one
+    /// L2 network) or `vxlan` (encapsulated in UDP 8472, across routers)
+    #[arg(long, default_value = "host-gw", value_parser = clap::value_parser!(bosun_agent::routes::Backend))]
+    pub flannel_backend: bosun_agent::routes::Backend,
     /// Name of the bridge pods attach to
     #[arg(long, default_value = "bosun0")]
     pub bridge: String,
@@ -89,12 +107,21 @@ pub struct UpOpts {
 
 #[derive(Args, Clone)]
 pub struct AgentOpts {
-    /// URL of the API server to join, e.g. https://10.0.0.1:6443
+    /// URL of an API server to join, e.g. https://10.0.0.1:6443; give it once per server,
+    /// the first that answers is used
+    #[arg(long = "server", alias = "join", required = true)]
+    pub servers: Vec<String>,
+    /// Join token: the contents of the server's DATA_DIR/node-token, or one from
+    /// `bosun token create` (only needed until the node has its certificate)
+    #[arg(long, env = "BOSUN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The CA pin (sha256:...) when the token does not carry it
     #[arg(long)]
-    pub join: String,
-    /// Directory holding the cluster's ca.crt, ca.key and token (copied from the server's DATA_DIR/pki)
+    pub ca_cert_hash: Option<String>,
+    /// Instead of a token: a directory holding the cluster's ca.crt, ca.key and token copied
+    /// from the server's DATA_DIR/pki (gives this node the cluster's admin rights)
     #[arg(long)]
-    pub pki_dir: PathBuf,
+    pub pki_dir: Option<PathBuf>,
     /// Where pod state and logs live on this node
     #[arg(long, default_value = "bosun-agent-data", env = "BOSUN_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -108,20 +135,25 @@ pub async fn up(opts: UpOpts) -> Result<ExitCode> {
     // A bosun already running on this data dir hands over its sockets (upgrade in place).
     if !crate::upgrade::take_over(&opts, &shutdown, &mut tasks).await? {
         let (client, pki) = start_control_plane(&opts.server, &shutdown, &mut tasks).await?;
-        start_agent(
-            client,
-            &pki,
+        let node = assigned_node(&client, &opts.node).await?;
+        start_agent_only(
+            client.clone(),
+            node_serving_cert(&pki, &node)?,
+            &pki.kubelet_token,
             &opts.server.data_dir,
-            &opts.node,
+            &node,
+            Some(&pki.dir),
             &shutdown,
             &mut tasks,
         )?;
+        start_node_services(client, &node, &shutdown, &mut tasks)?;
     }
     crate::upgrade::serve_handoff(&opts.server.data_dir, &shutdown, &mut tasks);
     println!(
         "bosun is up. Use it with:\n  export KUBECONFIG={}",
         kubeconfig_path(&opts.server.data_dir).display()
     );
+    print_join_hint(&opts.server);
     supervise(tasks, shutdown).await
 }
 
@@ -133,31 +165,89 @@ pub async fn server(opts: ServerOpts) -> Result<ExitCode> {
         "bosun server is up. Use it with:\n  export KUBECONFIG={}",
         kubeconfig_path(&opts.data_dir).display()
     );
+    print_join_hint(&opts);
     supervise(tasks, shutdown).await
 }
 
 pub async fn agent(opts: AgentOpts) -> Result<ExitCode> {
     let shutdown = shutdown_on_signal();
     let mut tasks = JoinSet::new();
-    let pki = Pki::load_existing(&opts.pki_dir)?;
-    let kubeconfig = opts.data_dir.join("kubeconfig");
     std::fs::create_dir_all(&opts.data_dir)?;
-    pki.write_kubeconfig(&kubeconfig, &opts.join)?;
-    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+    let server = opts.servers.first().cloned().unwrap_or_default();
+    let (client, serving, kubelet_token, joined) = match &opts.pki_dir {
+        Some(dir) => {
+            let pki = Pki::load_existing(dir)?;
+            let kubeconfig = opts.data_dir.join("kubeconfig");
+            pki.write_kubeconfig(&kubeconfig, &server)?;
+            let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+            let config = kube::Config::from_custom_kubeconfig(
+                kc,
+                &kube::config::KubeConfigOptions::default(),
+            )
             .await?;
-    let client = kube::Client::try_from(config)?;
+            let serving = node_serving_cert(&pki, &opts.node)?;
+            (
+                kube::Client::try_from(config)?,
+                serving,
+                pki.kubelet_token,
+                server,
+            )
+        }
+        None => {
+            let name = node_name(&opts.node)?;
+            let creds = crate::nodecert::obtain(
+                &opts.servers,
+                opts.token.as_deref(),
+                opts.ca_cert_hash.as_deref(),
+                &opts.data_dir,
+                &name,
+                opts.node.node_ip,
+            )
+            .await?;
+            let creds = std::sync::Arc::new(creds);
+            let (c, sd) = (creds.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                c.renew_loop(name, sd).await;
+                ("certificate renewal", Ok(()))
+            });
+            let serving = crate::pki::Serving {
+                cert_pem: creds.serving.cert_pem.clone(),
+                key_pem: creds.serving.key_pem.clone(),
+            };
+            (
+                creds.client.clone(),
+                serving,
+                creds.kubelet_token.clone(),
+                creds.server.clone(),
+            )
+        }
+    };
     start_agent(
         client,
-        &pki,
+        serving,
+        &kubelet_token,
         &opts.data_dir,
         &opts.node,
+        opts.pki_dir.as_deref(),
         &shutdown,
         &mut tasks,
-    )?;
-    println!("bosun agent joined {}", opts.join);
+    )
+    .await?;
+    println!("bosun agent joined {joined}");
     supervise(tasks, shutdown).await
+}
+
+/// Tells how other machines join this server.
+fn print_join_hint(opts: &ServerOpts) {
+    let host = opts
+        .advertise_address
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "THIS_HOST".into());
+    println!(
+        "Join another machine with:\n  bosun agent --server https://{host}:{} --token \"$(cat {})\" --node-ip ITS_IP",
+        opts.listen.port(),
+        opts.data_dir.join(crate::join::TOKEN_FILE).display()
+    );
 }
 
 pub(crate) fn kubeconfig_path(data_dir: &Path) -> PathBuf {
@@ -182,6 +272,7 @@ pub(crate) async fn start_control_plane(
     let mut api_cfg =
         bosun_apiserver::ApiServerConfig::new(store, pki.token.clone(), pki.ca_pem.clone());
     api_cfg.service_cidr = opts.service_cidr.clone();
+    api_cfg.kubelet_token = Some(pki.kubelet_token.clone());
     let api = bosun_apiserver::ApiServer::new(api_cfg)
         .await
         .context("starting the API server")?;
@@ -201,7 +292,7 @@ pub(crate) async fn start_control_plane(
     let url = format!("https://{}", SocketAddr::new(advertise, port));
     pki.write_kubeconfig(&kubeconfig_path(&opts.data_dir), &url)?;
 
-    let tls = serving.server_config()?;
+    let tls = serving.server_config_with_client_ca(&pki.ca_pem)?;
     let sd = shutdown.clone();
     let server = api.clone();
     tasks.spawn(async move { ("api server", server.serve_tls(listener, tls, sd).await) });
@@ -214,45 +305,95 @@ pub(crate) async fn start_control_plane(
         return Ok((client, pki));
     }
     let (c, sd) = (client.clone(), shutdown.clone());
-    tasks.spawn(async move { ("controllers", bosun_controllers::run(c, sd).await) });
+    let ctl = bosun_controllers::ControllerConfig {
+        node_monitor_grace_period: opts.node_monitor_grace_period,
+        ..Default::default()
+    };
+    tasks.spawn(async move { ("controllers", bosun_controllers::run_with(c, ctl, sd).await) });
     let (c, sd) = (client.clone(), shutdown.clone());
     tasks.spawn(async move { ("scheduler", bosun_scheduler::run(c, sd).await) });
+    bosun_controllers::nodeipam::Range::parse(&opts.cluster_cidr).context("--cluster-cidr")?;
+    let (c, sd, cidr) = (client.clone(), shutdown.clone(), opts.cluster_cidr.clone());
+    tasks.spawn(async move {
+        (
+            "pod CIDR allocator",
+            bosun_controllers::nodeipam::run(c, &cidr, sd).await,
+        )
+    });
+    crate::join::serve_joins(&client, &pki, &opts.data_dir, &url, shutdown, tasks).await?;
     Ok((client, pki))
 }
 
-/// Opens the store; a process handing over to this one may take a moment to let go of it.
-fn start_agent(
+#[allow(clippy::too_many_arguments)]
+async fn start_agent(
     client: kube::Client,
-    pki: &Pki,
+    serving: crate::pki::Serving,
+    kubelet_token: &str,
     data_dir: &Path,
     node: &NodeOpts,
+    pki_dir: Option<&Path>,
     shutdown: &CancellationToken,
     tasks: &mut Tasks,
 ) -> Result<()> {
-    start_agent_only(client.clone(), pki, data_dir, node, shutdown, tasks)?;
-    start_node_services(client, node, shutdown, tasks)
+    let node = assigned_node(&client, node).await?;
+    start_agent_only(
+        client.clone(),
+        serving,
+        kubelet_token,
+        data_dir,
+        &node,
+        pki_dir,
+        shutdown,
+        tasks,
+    )?;
+    start_node_services(client, &node, shutdown, tasks)
 }
 
-/// The node agent without the traffic components.
+/// Registers the node (or finds it registered) and returns its options with the pod CIDR
+/// the server assigned.
+pub(crate) async fn assigned_node(client: &kube::Client, node: &NodeOpts) -> Result<NodeOpts> {
+    let mut node = node.clone();
+    let cidr = crate::cluster::register_node(client, &node_name(&node)?, &node).await?;
+    node.pod_cidr = Some(cidr);
+    Ok(node)
+}
+
+/// The node agent and its pod routes, without the traffic components. `pki_dir`: where
+/// the cluster's credentials are when this machine holds them (hidden from pods).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn start_agent_only(
     client: kube::Client,
-    pki: &Pki,
+    serving: crate::pki::Serving,
+    kubelet_token: &str,
     data_dir: &Path,
     node: &NodeOpts,
+    pki_dir: Option<&Path>,
     shutdown: &CancellationToken,
     tasks: &mut Tasks,
 ) -> Result<()> {
-    let cfg = agent_config(pki, data_dir, node)?;
+    let mut cfg = agent_config(&serving, kubelet_token, data_dir, node)?;
+    cfg.hidden_paths.extend(pki_dir.map(Path::to_path_buf));
     // Before anything is created: `bosun reset` removes what this record names.
     crate::node_record::NodeRecord::new(
         &cfg.node_name,
         &node.bridge,
         &node.service_interface,
-        &node.pod_cidr,
+        pod_cidr(node),
     )
     .save(data_dir)?;
     let sd = shutdown.clone();
-    tasks.spawn(async move { ("agent", bosun_agent::run(client, cfg, sd).await) });
+    let agent_client = client.clone();
+    tasks.spawn(async move { ("agent", bosun_agent::run(agent_client, cfg, sd).await) });
+    if bosun_agent::network::can_manage_network() {
+        let rc = bosun_agent::routes::RouteConfig {
+            node_name: node_name(node)?,
+            node_ip: node.node_ip.to_string(),
+            pod_cidr: pod_cidr(node).to_string(),
+            backend: node.flannel_backend,
+        };
+        let sd = shutdown.clone();
+        tasks.spawn(async move { ("pod routes", bosun_agent::routes::run(client, rc, sd).await) });
+    }
     Ok(())
 }
 
@@ -303,35 +444,55 @@ pub(crate) fn start_node_services(
 /// Cluster DNS listens on the pod bridge's gateway address (the .1 of the pod CIDR): every
 /// pod of the node reaches it, and it cannot clash with the host's own resolver.
 fn cluster_dns_ip(node: &NodeOpts) -> Result<IpAddr> {
-    Ok(bosun_agent::network::Cidr::parse(&node.pod_cidr)?
+    Ok(bosun_agent::network::Cidr::parse(pod_cidr(node))?
         .gateway()
         .into())
 }
 
-/// The agent's configuration for this node; its state lives in `DATA_DIR/agent`.
-fn agent_config(pki: &Pki, data_dir: &Path, node: &NodeOpts) -> Result<bosun_agent::AgentConfig> {
-    let node_name = match &node.node_name {
+/// The node's pod CIDR; resolved before the agent starts (a placeholder for `reset`, which
+/// finds what to remove by bridge name).
+fn pod_cidr(node: &NodeOpts) -> &str {
+    node.pod_cidr.as_deref().unwrap_or("10.42.0.0/24")
+}
+
+fn node_name(node: &NodeOpts) -> Result<String> {
+    Ok(match &node.node_name {
         Some(n) => n.clone(),
         None => nix::unistd::gethostname()?
             .to_string_lossy()
             .to_ascii_lowercase(),
-    };
-    let serving = pki.serving_cert(
-        &node_name,
-        &[node_name.clone(), "localhost".into()],
+    })
+}
+
+/// The node's serving certificate signed with the local CA key (`up`, `agent --pki-dir`).
+pub(crate) fn node_serving_cert(pki: &Pki, node: &NodeOpts) -> Result<crate::pki::Serving> {
+    let name = node_name(node)?;
+    pki.serving_cert(
+        &name,
+        &[name.clone(), "localhost".into()],
         &[node.node_ip, IpAddr::from([127, 0, 0, 1])],
-    )?;
+    )
+}
+
+/// The agent's configuration for this node; its state lives in `DATA_DIR/agent`.
+fn agent_config(
+    serving: &crate::pki::Serving,
+    kubelet_token: &str,
+    data_dir: &Path,
+    node: &NodeOpts,
+) -> Result<bosun_agent::AgentConfig> {
+    let node_name = node_name(node)?;
     let mut cfg = bosun_agent::AgentConfig::new(
         node_name,
         data_dir.join("agent"),
         node.node_ip,
-        node.pod_cidr.clone(),
+        pod_cidr(node),
         serving.server_config()?,
-        pki.token.clone(),
+        kubelet_token,
         std::env::current_exe().context("finding the bosun executable")?,
     );
     // Process pods see neither the cluster's state nor its credentials.
-    cfg.hidden_paths = vec![data_dir.to_path_buf(), pki.dir.clone()];
+    cfg.hidden_paths = vec![data_dir.to_path_buf()];
     cfg.kubelet_port = node.kubelet_port;
     cfg.bridge_name = node.bridge.clone();
     cfg.cpu_manager_policy = node.cpu_manager_policy;
@@ -351,8 +512,8 @@ pub struct ResetOpts {
     /// Also delete the data dir (the store, credentials and logs)
     #[arg(long)]
     pub purge: bool,
-    /// Where the cluster credentials are (default: DATA_DIR/pki; for `bosun agent`, its --pki-dir)
-    #[arg(long)]
+    /// Accepted for compatibility; reset needs no credentials
+    #[arg(long, hide = true)]
     pub pki_dir: Option<PathBuf>,
     /// Node name (default: the one recorded in DATA_DIR, else the host name)
     #[arg(long)]
@@ -375,11 +536,6 @@ pub struct ResetOpts {
 /// Run it with bosun stopped; pods otherwise outlive bosun on purpose.
 pub async fn reset(opts: ResetOpts) -> Result<ExitCode> {
     use crate::node_record::{NodeRecord, remove_iptables_rules};
-    let pki_dir = opts
-        .pki_dir
-        .clone()
-        .unwrap_or_else(|| opts.data_dir.join("pki"));
-    let pki = Pki::load_existing(&pki_dir)?;
     let record = NodeRecord::load(&opts.data_dir)?;
     if record.is_none() {
         eprintln!(
@@ -417,18 +573,21 @@ pub async fn reset(opts: ResetOpts) -> Result<ExitCode> {
         r.map(|r| &r.service_interface),
         node.service_interface,
     );
-    node.pod_cidr = pick(
+    node.pod_cidr = Some(pick(
         "pod-cidr",
         &opts.pod_cidr,
         r.map(|r| &r.pod_cidr),
-        node.pod_cidr,
-    );
+        pod_cidr(&node).to_string(),
+    ));
     node.node_name = opts
         .node_name
         .clone()
         .or_else(|| r.map(|r| r.node_name.clone()));
-    let cfg = agent_config(&pki, &opts.data_dir, &node)?;
+    // The configuration is only used to find what to remove: no credentials are needed.
+    let serving = crate::pki::Serving::self_signed("reset")?;
+    let cfg = agent_config(&serving, "", &opts.data_dir, &node)?;
     bosun_agent::cleanup_node(&cfg).await?;
+    bosun_agent::routes::cleanup().await;
     bosun_proxy::vip::remove_interface(&node.service_interface).await?;
     if let Some(r) = r
         && r.bridge == node.bridge

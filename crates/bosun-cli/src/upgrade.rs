@@ -43,7 +43,8 @@ pub async fn take_over(
     // Until the old process is gone, its API server (on the same address, later on the
     // same socket) is the source; watches reconnect to this process's own afterwards.
     let remote = remote_client(&up::kubeconfig_path(data_dir)).await?;
-    up::start_node_services(remote, &opts.node, shutdown, tasks)?;
+    let node = up::assigned_node(&remote, &opts.node).await?;
+    up::start_node_services(remote, &node, shutdown, tasks)?;
     tokio::select! {
         _ = listen::wait_serving(TRAFFIC_PLANE) => {}
         _ = tokio::time::sleep(LOAD_TIMEOUT) => bail!(
@@ -58,7 +59,16 @@ pub async fn take_over(
         .await
         .with_context(|| format!("waiting for process {pid} to exit"))?;
     let (client, pki) = up::start_control_plane(&opts.server, shutdown, tasks).await?;
-    up::start_agent_only(client, &pki, data_dir, &opts.node, shutdown, tasks)?;
+    up::start_agent_only(
+        client,
+        up::node_serving_cert(&pki, &node)?,
+        &pki.kubelet_token,
+        data_dir,
+        &node,
+        Some(&pki.dir),
+        shutdown,
+        tasks,
+    )?;
     for key in listen::release_inherited() {
         tracing::info!(%key, "upgrade: socket no longer used, closed");
     }

@@ -13,6 +13,7 @@ pub mod informer;
 pub mod kinds;
 pub mod leader;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 mod podgc;
 pub mod replicaset;
@@ -38,8 +39,8 @@ pub struct ControllerConfig {
     /// (`--node-monitor-grace-period`, 40s). Pods bound to a node that has been missing for
     /// this long are removed.
     pub node_monitor_grace_period: Duration,
-    /// Pods on a node that stayed unreachable this much longer are deleted so their
-    /// ReplicaSets replace them elsewhere (the 300s default toleration of `unreachable`).
+    /// Not used any more: pods leave an unreachable node when their own toleration of the
+    /// `node.kubernetes.io/unreachable` taint runs out. Kept so configurations still build.
     pub pod_eviction_timeout: Duration,
 }
 

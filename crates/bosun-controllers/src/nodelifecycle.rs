@@ -1,6 +1,8 @@
 //! Node lifecycle: a node whose Lease in `kube-node-lease` stops being renewed is marked
-//! Unknown after the grace period, and its pods are deleted after the eviction timeout so
-//! their ReplicaSets replace them on healthy nodes.
+//! Unknown after the grace period and tainted `node.kubernetes.io/unreachable:NoExecute`;
+//! each of its pods is deleted once its toleration of that taint runs out (taint-based
+//! eviction; admission gives pods a default toleration, see `bosun_api::defaults`), so
+//! their ReplicaSets replace them on healthy nodes. A node heard from again loses the taint.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,33 +27,38 @@ use crate::util::is_not_found;
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 pub const UNKNOWN_REASON: &str = "NodeStatusUnknown";
 pub const UNKNOWN_MESSAGE: &str = "Kubelet stopped posting node status.";
+pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum Health {
-    /// Heard from recently; look again when the grace period would run out.
-    Healthy {
-        check_in: Duration,
-    },
-    /// Silent past the grace period; pods go once the eviction timeout also passes.
-    Unknown {
-        evict_in: Duration,
-    },
-    Evict,
-}
-
-/// Classifies a node by how long its lease has been silent.
-pub fn health(silence: Duration, grace: Duration, eviction: Duration) -> Health {
-    if silence <= grace {
-        Health::Healthy {
-            check_in: grace - silence,
+/// How long a pod stays on an unreachable node: `None` = for ever (a toleration without
+/// seconds), `Some(0)` = not tolerated at all.
+pub fn unreachable_toleration(pod: &Pod) -> Option<Duration> {
+    let tols = pod.spec.as_ref().and_then(|s| s.tolerations.as_ref());
+    let mut best: Option<Option<Duration>> = None;
+    for t in tols.into_iter().flatten() {
+        let key_ok = match t.operator.as_deref() {
+            Some("Exists") => t
+                .key
+                .as_deref()
+                .is_none_or(|k| k.is_empty() || k == UNREACHABLE_TAINT),
+            _ => t.key.as_deref() == Some(UNREACHABLE_TAINT),
+        };
+        let effect_ok = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == "NoExecute");
+        if !(key_ok && effect_ok) {
+            continue;
         }
-    } else if silence <= grace + eviction {
-        Health::Unknown {
-            evict_in: grace + eviction - silence,
-        }
-    } else {
-        Health::Evict
+        let this = t
+            .toleration_seconds
+            .map(|s| Duration::from_secs(s.max(0) as u64));
+        best = Some(match (best, this) {
+            (Some(None), _) | (_, None) => None,
+            (Some(Some(a)), Some(b)) => Some(a.max(b)),
+            (None, Some(b)) => Some(b),
+        });
     }
+    best.unwrap_or(Some(Duration::ZERO))
 }
 
 /// Sets every condition to Unknown (`NodeStatusUnknown`); returns whether anything changed.
@@ -110,19 +117,60 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ReconcileEr
         now.duration_since(entry.1)
     };
     let grace = ctx.cfg.node_monitor_grace_period;
-    match health(silence, grace, ctx.cfg.pod_eviction_timeout) {
-        Health::Healthy { check_in } => Ok(Action::requeue(check_in + Duration::from_millis(100))),
-        Health::Unknown { evict_in } => {
-            set_unknown(&ctx, &name).await?;
-            Ok(Action::requeue(evict_in + Duration::from_millis(100)))
+    if silence <= grace {
+        if has_unreachable_taint(&node) {
+            set_taint(&ctx, &name, false).await?;
         }
-        Health::Evict => {
-            set_unknown(&ctx, &name).await?;
-            Ok(match evict_pods(&ctx, &node).await? {
-                Some(wait) => Action::requeue(wait),
-                None => Action::requeue(grace),
-            })
-        }
+        return Ok(Action::requeue(
+            grace - silence + Duration::from_millis(100),
+        ));
+    }
+    set_unknown(&ctx, &name).await?;
+    if !has_unreachable_taint(&node) {
+        set_taint(&ctx, &name, true).await?;
+    }
+    Ok(match evict_pods(&ctx, &node, silence - grace).await? {
+        Some(wait) => Action::requeue(wait),
+        None => Action::requeue(grace),
+    })
+}
+
+fn has_unreachable_taint(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == UNREACHABLE_TAINT))
+}
+
+/// Adds or removes the `unreachable:NoExecute` taint, keeping every other taint.
+async fn set_taint(ctx: &Ctx, name: &str, on: bool) -> Result<(), ReconcileError> {
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let Some(mut node) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let taints = node
+        .spec
+        .get_or_insert_with(Default::default)
+        .taints
+        .get_or_insert_with(Vec::new);
+    let had = taints.iter().any(|t| t.key == UNREACHABLE_TAINT);
+    if had == on {
+        return Ok(());
+    }
+    taints.retain(|t| t.key != UNREACHABLE_TAINT);
+    if on {
+        taints.push(k8s_openapi::api::core::v1::Taint {
+            key: UNREACHABLE_TAINT.into(),
+            effect: "NoExecute".into(),
+            time_added: Some(Time(crate::util::now())),
+            value: None,
+        });
+    }
+    match api.replace(name, &PostParams::default(), &node).await {
+        Ok(_) => Ok(()),
+        // Someone else wrote the node meanwhile: the next pass sees the new version.
+        Err(e) if crate::util::is_conflict(&e) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -157,10 +205,15 @@ async fn set_unknown(ctx: &Ctx, name: &str) -> Result<(), ReconcileError> {
     Ok(())
 }
 
-/// Deletes the pods bound to an unreachable node. Pods already past their grace period are
-/// removed outright: the node's agent, which would finish them, is gone. Returns when to
-/// look again if pods remain.
-async fn evict_pods(ctx: &Ctx, node: &Node) -> Result<Option<Duration>, ReconcileError> {
+/// Deletes the pods bound to an unreachable node whose toleration of the taint has run out
+/// (`unreachable_for` is how long the node has been unreachable). Pods already past their
+/// grace period are removed outright: the node's agent, which would finish them, is gone.
+/// Returns when to look again if pods remain.
+async fn evict_pods(
+    ctx: &Ctx,
+    node: &Node,
+    unreachable_for: Duration,
+) -> Result<Option<Duration>, ReconcileError> {
     let name = node.name_any();
     let now = crate::util::now();
     let mut next: Option<Duration> = None;
@@ -187,6 +240,15 @@ async fn evict_pods(ctx: &Ctx, node: &Node) -> Result<Option<Duration>, Reconcil
                 continue;
             }
             None => {
+                match unreachable_toleration(&pod) {
+                    None => continue,
+                    Some(tol) if tol > unreachable_for => {
+                        let wait = tol - unreachable_for + Duration::from_millis(100);
+                        next = Some(next.map_or(wait, |n| n.min(wait)));
+                        continue;
+                    }
+                    Some(_) => {}
+                }
                 let grace = pod
                     .spec
                     .as_ref()
@@ -268,21 +330,33 @@ mod tests {
     use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
 
     #[test]
-    fn health_by_silence() {
+    fn toleration_of_unreachable() {
+        let pod = |tols: serde_json::Value| -> Pod {
+            serde_json::from_value(
+                serde_json::json!({"spec": {"containers": [], "tolerations": tols}}),
+            )
+            .unwrap()
+        };
         let s = Duration::from_secs;
         assert_eq!(
-            health(s(10), s(40), s(300)),
-            Health::Healthy { check_in: s(30) }
+            unreachable_toleration(&pod(serde_json::json!([]))),
+            Some(s(0))
         );
+        let default = serde_json::json!([{"key": UNREACHABLE_TAINT, "operator": "Exists",
+            "effect": "NoExecute", "tolerationSeconds": 5}]);
+        assert_eq!(unreachable_toleration(&pod(default)), Some(s(5)));
+        // A toleration without seconds keeps the pod for ever; so does a bare Exists.
+        let forever = serde_json::json!([{"key": UNREACHABLE_TAINT, "operator": "Exists", "effect": "NoExecute"}]);
+        assert_eq!(unreachable_toleration(&pod(forever)), None);
         assert_eq!(
-            health(s(40), s(40), s(300)),
-            Health::Healthy { check_in: s(0) }
+            unreachable_toleration(&pod(serde_json::json!([{"operator": "Exists"}]))),
+            None
         );
-        assert_eq!(
-            health(s(41), s(40), s(300)),
-            Health::Unknown { evict_in: s(299) }
-        );
-        assert_eq!(health(s(341), s(40), s(300)), Health::Evict);
+        // Other taints and effects do not count.
+        let other = serde_json::json!([{"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+            "effect": "NoExecute", "tolerationSeconds": 100},
+            {"key": UNREACHABLE_TAINT, "operator": "Exists", "effect": "NoSchedule"}]);
+        assert_eq!(unreachable_toleration(&pod(other)), Some(s(0)));
     }
 
     #[test]

@@ -1,0 +1,331 @@
+//! Pod routing across nodes, as flannel's backends, learned by watching Nodes:
+//! - `host-gw`: for every other Node with a pod CIDR, a route to that CIDR via the node's
+//!   InternalIP (the nodes share an L2 network);
+//! - `vxlan`: a kernel VXLAN device (VNI 1, UDP 8472) whose MAC each node publishes in its
+//!   `bosun.dev/vtep-mac` annotation; the route to a node's pod CIDR goes via that node's
+//!   VTEP address (the CIDR's network address) on the device, with a permanent ARP entry and
+//!   a forwarding entry sending its MAC to the node's InternalIP.
+//!
+//! The routes carry their own protocol number so that they can be told apart and removed
+//! when a node goes away (or at the next start).
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use tokio_util::sync::CancellationToken;
+
+use crate::network::ip;
+
+/// `proto` of bosun's pod routes (an unassigned number in /etc/iproute2/rt_protos).
+pub const ROUTE_PROTO: &str = "98";
+pub const VXLAN_DEVICE: &str = "bosun-vxlan";
+pub const VTEP_MAC_ANNOTATION: &str = "bosun.dev/vtep-mac";
+
+/// How pods reach pods on other nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Plain routes via the other nodes' addresses (one L2 network).
+    HostGw,
+    /// VXLAN encapsulation (UDP 8472), for nodes that only reach each other through routers.
+    Vxlan,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "host-gw" => Ok(Backend::HostGw),
+            "vxlan" => Ok(Backend::Vxlan),
+            _ => Err(format!("{s:?}: the backend is host-gw or vxlan")),
+        }
+    }
+}
+
+/// One remote node's pod CIDR and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Peer {
+    pub node_ip: String,
+    /// VTEP MAC (vxlan only).
+    pub mac: Option<String>,
+}
+
+/// The network address of a CIDR (`10.42.1.0/24` -> `10.42.1.0`): a node's VTEP address.
+fn network_addr(cidr: &str) -> &str {
+    cidr.split('/').next().unwrap_or(cidr)
+}
+
+/// The routes this node wants: other nodes' pod CIDR -> their InternalIP.
+pub fn wanted(nodes: &[Node], me: &str) -> BTreeMap<String, String> {
+    peers(nodes, me)
+        .into_iter()
+        .map(|(c, p)| (c, p.node_ip))
+        .collect()
+}
+
+/// Other nodes' pod CIDRs with their addresses and VTEP MACs.
+pub fn peers(nodes: &[Node], me: &str) -> BTreeMap<String, Peer> {
+    let mut out = BTreeMap::new();
+    for n in nodes {
+        if n.metadata.name.as_deref() == Some(me) {
+            continue;
+        }
+        let Some(cidr) = n.spec.as_ref().and_then(|s| s.pod_cidr.clone()) else {
+            continue;
+        };
+        let ip = n
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .map(|a| a.address.clone());
+        let mac = n
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(VTEP_MAC_ANNOTATION))
+            .cloned();
+        if let Some(ip) = ip
+            && !cidr.is_empty()
+        {
+            out.insert(cidr, Peer { node_ip: ip, mac });
+        }
+    }
+    out
+}
+
+/// Our routes now in the kernel: CIDR -> gateway.
+async fn current() -> BTreeMap<String, String> {
+    let out = ip(&["-4", "route", "show", "proto", ROUTE_PROTO])
+        .await
+        .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let dst = w.next()?.to_string();
+            let via = l.split_whitespace().skip_while(|x| *x != "via").nth(1)?;
+            Some((dst, via.to_string()))
+        })
+        .collect()
+}
+
+/// Creates the VXLAN device (idempotent) with the node's VTEP address; returns its MAC.
+pub async fn vxlan_up(node_ip: &str, pod_cidr: &str) -> Result<String> {
+    if ip(&["link", "show", "dev", VXLAN_DEVICE]).await.is_err() {
+        ip(&[
+            "link",
+            "add",
+            VXLAN_DEVICE,
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            node_ip,
+            "dstport",
+            "8472",
+            "nolearning",
+        ])
+        .await?;
+    }
+    let vtep = format!("{}/32", network_addr(pod_cidr));
+    let addrs = ip(&["-4", "-o", "addr", "show", "dev", VXLAN_DEVICE]).await?;
+    if !addrs.contains(&format!(" {vtep} ")) {
+        ip(&["addr", "add", &vtep, "dev", VXLAN_DEVICE]).await?;
+    }
+    ip(&["link", "set", VXLAN_DEVICE, "up"]).await?;
+    let show = ip(&["-o", "link", "show", "dev", VXLAN_DEVICE]).await?;
+    show.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .map(String::from)
+        .ok_or_else(|| anyhow::anyhow!("{VXLAN_DEVICE} has no MAC address"))
+}
+
+async fn converge_vxlan(want: &BTreeMap<String, Peer>) {
+    let have = current().await;
+    for (cidr, peer) in want {
+        let Some(mac) = &peer.mac else {
+            continue;
+        };
+        let vtep = network_addr(cidr);
+        if have.get(cidr).map(String::as_str) == Some(vtep) {
+            continue;
+        }
+        let steps = [
+            ip(&[
+                "neigh",
+                "replace",
+                vtep,
+                "lladdr",
+                mac,
+                "dev",
+                VXLAN_DEVICE,
+                "nud",
+                "permanent",
+            ])
+            .await,
+            tokio::process::Command::new("bridge")
+                .args([
+                    "fdb",
+                    "replace",
+                    mac,
+                    "dev",
+                    VXLAN_DEVICE,
+                    "dst",
+                    &peer.node_ip,
+                    "self",
+                    "permanent",
+                ])
+                .status()
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|s| {
+                    if s.success() {
+                        Ok(String::new())
+                    } else {
+                        Err(anyhow::anyhow!("bridge fdb replace: {s}"))
+                    }
+                }),
+            ip(&[
+                "route",
+                "replace",
+                cidr,
+                "via",
+                vtep,
+                "dev",
+                VXLAN_DEVICE,
+                "onlink",
+                "proto",
+                ROUTE_PROTO,
+            ])
+            .await,
+        ];
+        match steps.into_iter().find_map(Result::err) {
+            None => tracing::info!(%cidr, node = %peer.node_ip, "pod route (vxlan)"),
+            Some(e) => tracing::warn!(%cidr, error = %format!("{e:#}"), "adding a vxlan pod route"),
+        }
+    }
+    for cidr in have.keys().filter(|c| !want.contains_key(*c)) {
+        let _ = ip(&["route", "del", cidr, "proto", ROUTE_PROTO]).await;
+    }
+}
+
+async fn converge(want: &BTreeMap<String, String>) {
+    let have = current().await;
+    for (cidr, gw) in want {
+        if have.get(cidr) == Some(gw) {
+            continue;
+        }
+        match ip(&["route", "replace", cidr, "via", gw, "proto", ROUTE_PROTO]).await {
+            Ok(_) => tracing::info!(%cidr, via = %gw, "pod route"),
+            Err(e) => {
+                tracing::warn!(%cidr, via = %gw, error = %format!("{e:#}"), "adding a pod route")
+            }
+        }
+    }
+    for cidr in have.keys().filter(|c| !want.contains_key(*c)) {
+        let _ = ip(&["route", "del", cidr, "proto", ROUTE_PROTO]).await;
+    }
+}
+
+/// Removes bosun's pod routes and the VXLAN device (`bosun reset`).
+pub async fn cleanup() {
+    for cidr in current().await.keys() {
+        let _ = ip(&["route", "del", cidr, "proto", ROUTE_PROTO]).await;
+    }
+    if ip(&["link", "show", "dev", VXLAN_DEVICE]).await.is_ok() {
+        let _ = ip(&["link", "del", VXLAN_DEVICE]).await;
+    }
+}
+
+/// Where this node is, for the routes.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub node_name: String,
+    pub node_ip: String,
+    pub pod_cidr: String,
+    pub backend: Backend,
+}
+
+/// Keeps the routes to other nodes' pods until `shutdown`.
+pub async fn run(
+    client: kube::Client,
+    cfg: RouteConfig,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let node_name = cfg.node_name.clone();
+    if cfg.backend == Backend::Vxlan {
+        let mac = vxlan_up(&cfg.node_ip, &cfg.pod_cidr).await?;
+        let patch = serde_json::json!({"metadata": {"annotations": {VTEP_MAC_ANNOTATION: mac}}});
+        Api::<Node>::all(client.clone())
+            .patch(
+                &node_name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await?;
+    }
+    let api: Api<Node> = Api::all(client);
+    let (store, writer) = reflector::store();
+    let mut stream = Box::pin(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .touched_objects(),
+    );
+    let mut last: Option<BTreeMap<String, Peer>> = None;
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            ev = stream.try_next() => ev,
+        };
+        match ev {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "node watch (pod routes)");
+                continue;
+            }
+        }
+        let nodes: Vec<Node> = store.state().iter().map(|n| (**n).clone()).collect();
+        let want = peers(&nodes, &node_name);
+        if last.as_ref() != Some(&want) {
+            match cfg.backend {
+                Backend::HostGw => converge(&wanted(&nodes, &node_name)).await,
+                Backend::Vxlan => converge_vxlan(&want).await,
+            }
+            last = Some(want);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, cidr: Option<&str>, ip: Option<&str>) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"podCIDR": cidr},
+            "status": {"addresses": ip.map(|ip| vec![serde_json::json!({"type": "InternalIP", "address": ip})]).unwrap_or_default()},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn routes_to_other_nodes_only() {
+        let nodes = [
+            node("a", Some("10.42.0.0/24"), Some("192.168.1.1")),
+            node("b", Some("10.42.1.0/24"), Some("192.168.1.2")),
+            node("c", None, Some("192.168.1.3")),
+            node("d", Some("10.42.3.0/24"), None),
+        ];
+        let w = wanted(&nodes, "a");
+        assert_eq!(w.len(), 1);
+        assert_eq!(w["10.42.1.0/24"], "192.168.1.2");
+    }
+}
