@@ -328,6 +328,10 @@ impl PodNetwork for BridgeNetwork {
         }
         // Half-built leftovers (e.g. the agent died mid-setup) are rebuilt from scratch.
         self.remove_links(pod_uid).await;
+        // The address may have just belonged to a pod that stopped: the node's neighbour
+        // entry would still send its packets to that pod's MAC (and stay fresh for as long
+        // as traffic flows), so probes and proxied requests to the new pod would vanish.
+        let _ = ip(&["neigh", "del", &addr.to_string(), "dev", &self.bridge]).await;
         if let Err(e) = self.build(pod_uid, addr).await {
             self.remove_links(pod_uid).await;
             self.release(pod_uid);

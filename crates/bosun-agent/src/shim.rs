@@ -513,6 +513,7 @@ fn exec(json: &str) -> i32 {
     cmd.args(rest)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)));
+    crate::signals::reset_in_child(&mut cmd);
     if let Some(wd) = &spec.working_dir {
         cmd.current_dir(wd);
     }

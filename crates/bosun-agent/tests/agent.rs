@@ -125,8 +125,13 @@ async fn agent_runs_pods_through_the_api() {
 
     let result = async {
         let nodes: Api<Node> = Api::all(client.clone());
+        // Registered, with the status the agent writes right after creating the Node.
         let node = eventually(20, "node registered", async || {
-            nodes.get("node-t").await.ok()
+            nodes.get("node-t").await.ok().filter(|n| {
+                n.status
+                    .as_ref()
+                    .is_some_and(|s| s.conditions.is_some() && s.daemon_endpoints.is_some())
+            })
         })
         .await;
         let status = node.status.clone().unwrap();

@@ -373,6 +373,10 @@ fn signal_masks(pid: u32) -> (u64, u64) {
 
 #[tokio::test]
 async fn workload_starts_with_no_blocked_or_ignored_signals() {
+    // The agent's own signal state must not leak into containers: block SIGHUP in this
+    // thread, which spawns the shims (spawning passes the mask on).
+    let hup = nix::sys::signal::SigSet::from(nix::sys::signal::Signal::SIGHUP);
+    hup.thread_block().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let rt = ProcessRuntime::new(dir.path().join("pods"), shim_exe());
     let k = key("u7", "sleeper", 0);
@@ -396,6 +400,21 @@ async fn workload_starts_with_no_blocked_or_ignored_signals() {
     let ignored = ignored & !(0b11 << 31);
     assert_eq!(blocked, 0, "blocked signals of the workload: {blocked:#x}");
     assert_eq!(ignored, 0, "ignored signals of the workload: {ignored:#x}");
+    // Commands run in the container (exec probes, preStop hooks) start clean too.
+    let out = rt
+        .exec(
+            &k,
+            &[
+                "/bin/grep".into(),
+                "SigBlk".into(),
+                "/proc/self/status".into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.output.trim(), "SigBlk:\t0000000000000000");
+    hup.thread_unblock().unwrap();
     match rt.stop(&k, Duration::from_secs(60)).await.unwrap() {
         RuntimeState::Exited {
             signal, exit_code, ..
