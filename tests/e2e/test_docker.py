@@ -588,3 +588,41 @@ def test_pod_that_does_not_fit_stays_pending_with_reason(cluster, images):
     p = pod(cluster, "huge")
     assert p["status"]["phase"] == "Pending" and not p["spec"].get("nodeName")
     cluster.kubectl("delete", "pod", "huge", "--wait=true", "--timeout=30s")
+
+
+def test_image_pod_runs_as_its_security_context(cluster, images):
+    """runAsUser/runAsGroup/supplementalGroups/capabilities map to Docker's options, and an
+    image that runs as root is refused under runAsNonRoot."""
+    script = "echo uid=$(id -u) gid=$(id -g) groups=$(id -G); grep -E '^(CapBnd|NoNewPrivs)' /proc/self/status; sleep 3600"
+    spec = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "asuser"},
+            "spec": {"terminationGracePeriodSeconds": 1,
+                     "securityContext": {"runAsUser": 65534, "runAsGroup": 65534,
+                                         "supplementalGroups": [3000]},
+                     "containers": [{"name": "c", "image": f"{images}:v1", "imagePullPolicy": "Never",
+                                     "command": ["/bin/sh", "-c", script],
+                                     "securityContext": {"capabilities": {"drop": ["ALL"]}}}]}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(spec))
+
+    def out():
+        r = cluster.kubectl("logs", "asuser", check=False)
+        return r.stdout if "NoNewPrivs" in r.stdout else None
+    text = wait_for(out, timeout=90, what="asuser output")
+    assert "uid=65534 gid=65534" in text, text
+    assert "3000" in text.split("groups=")[1].splitlines()[0], text
+    fields = dict(l.split(":\t") for l in text.splitlines() if ":\t" in l)
+    assert int(fields["CapBnd"], 16) == 0, text
+    assert fields["NoNewPrivs"].strip() == "1", text
+
+    refused = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "rootimage"},
+               "spec": {"securityContext": {"runAsNonRoot": True},
+                        "containers": [{"name": "c", "image": f"{images}:v1",
+                                        "imagePullPolicy": "Never"}]}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(refused))
+
+    def waiting():
+        s = status_of(pod(cluster, "rootimage"), "c")
+        w = ((s or {}).get("state") or {}).get("waiting") or {}
+        return w if w.get("reason") == "CreateContainerConfigError" else None
+    w = wait_for(waiting, timeout=60, what="CreateContainerConfigError")
+    assert "container has runAsNonRoot and image will run as root" in w["message"], w
+    cluster.kubectl("delete", "pod", "asuser", "rootimage", "--wait=true", "--timeout=60s")

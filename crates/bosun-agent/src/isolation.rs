@@ -270,6 +270,49 @@ pub fn pod_hostname(pod: &Pod) -> String {
     h
 }
 
+/// The pod's /etc/hosts, as the kubelet writes it: localhost, and the pod's own hostname
+/// (with its FQDN under spec.subdomain) at its IP, so resolving its own name (as many
+/// servers do at start) never waits for DNS. Only for pods with their own network.
+pub fn hosts_file(pod: &Pod, pod_ip: &str, cluster_domain: &str) -> String {
+    let host = pod_hostname(pod);
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut out = String::from(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
+    );
+    match pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.subdomain.as_deref())
+        .filter(|s| !s.is_empty())
+    {
+        Some(sub) => out.push_str(&format!(
+            "{pod_ip}\t{host}.{sub}.{ns}.svc.{cluster_domain}\t{host}\n"
+        )),
+        None => out.push_str(&format!("{pod_ip}\t{host}\n")),
+    }
+    out
+}
+
+/// Writes the pod's hosts file in its directory and returns its mount at /etc/hosts.
+pub fn prepare_hosts_file(
+    pod: &Pod,
+    pod_ip: &str,
+    cluster_domain: &str,
+    pod_dir: &Path,
+) -> std::io::Result<BindMount> {
+    let path = pod_dir.join("etc-hosts");
+    std::fs::create_dir_all(pod_dir)?;
+    let text = hosts_file(pod, pod_ip, cluster_domain);
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        crate::shim::write_atomic(&path, text.as_bytes())?;
+    }
+    Ok(BindMount {
+        source: path,
+        target: "/etc/hosts".into(),
+        read_only: false,
+    })
+}
+
 /// What `bosun shim enter` does: become the container's user and exec its command.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct EnterSpec {
@@ -1024,6 +1067,20 @@ mod tests {
         let (p, _) = pod(serde_json::json!({"metadata": {"name": "web-1"},
             "spec": {"containers": [{"name": "a"}]}}));
         assert_eq!(pod_hostname(&p), "web-1");
+    }
+
+    #[test]
+    fn hosts_file_names_the_pod() {
+        let (p, _) = pod(
+            serde_json::json!({"metadata": {"name": "web-1", "namespace": "shop"},
+            "spec": {"hostname": "db", "subdomain": "s", "containers": [{"name": "a"}]}}),
+        );
+        let h = hosts_file(&p, "10.0.0.7", "cluster.local");
+        assert!(h.contains("127.0.0.1\tlocalhost\n"), "{h}");
+        assert!(
+            h.ends_with("10.0.0.7\tdb.s.shop.svc.cluster.local\tdb\n"),
+            "{h}"
+        );
     }
 
     #[test]

@@ -983,6 +983,24 @@ impl PodWorker {
         mounts.extend(
             crate::dns::prepare_resolv_conf(pod, cluster_dns, &self.pod_dir()).map_err(|e| e.0)?,
         );
+        // An isolated process with a network of its own gets the pod's hosts file.
+        if isolation.is_some()
+            && net.netns.is_some()
+            && !mounts
+                .iter()
+                .any(|m| m.target == std::path::Path::new("/etc/hosts"))
+        {
+            let domain = cluster_dns.map_or("cluster.local", |d| d.domain.as_str());
+            mounts.push(
+                crate::isolation::prepare_hosts_file(
+                    pod,
+                    &net.ip.to_string(),
+                    domain,
+                    &self.pod_dir(),
+                )
+                .map_err(|e| format!("writing the pod's hosts file: {e}"))?,
+            );
+        }
         // A host process needs a PATH to find its command, which Kubernetes images bring.
         if !image && env.get("PATH").is_none() {
             env.set(

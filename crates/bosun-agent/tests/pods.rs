@@ -289,18 +289,21 @@ async fn readiness_liveness_and_startup_probes() {
     let script = "mkdir -p www; cd www; \
         if [ -e ../first-done ]; then touch alive; else touch ../first-done; touch alive; (sleep 3; rm -f alive) & fi; \
         sleep 1; exec python3 -m http.server 8080 --bind 0.0.0.0";
-    let p = pod(json!({
-        "containers": [{
-            "name": "web",
-            "command": sh(script),
-            "workingDir": h.dir.path().to_str().unwrap(),
-            "ports": [{"name": "http", "containerPort": 8080}],
-            "startupProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1, "failureThreshold": 30},
-            "readinessProbe": {"httpGet": {"path": "/alive", "port": 8080}, "periodSeconds": 1},
-            "livenessProbe": {"exec": {"command": ["test", "-e", "www/alive"]}, "periodSeconds": 1, "failureThreshold": 2}
-        }],
-        "terminationGracePeriodSeconds": 2
-    }));
+    let p = pod(with_host_dir(
+        json!({
+            "containers": [{
+                "name": "web",
+                "command": sh(script),
+                "workingDir": h.dir.path().to_str().unwrap(),
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "startupProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1, "failureThreshold": 30},
+                "readinessProbe": {"httpGet": {"path": "/alive", "port": 8080}, "periodSeconds": 1},
+                "livenessProbe": {"exec": {"command": ["test", "-e", "www/alive"]}, "periodSeconds": 1, "failureThreshold": 2}
+            }],
+            "terminationGracePeriodSeconds": 2
+        }),
+        h.dir.path(),
+    ));
     let w = h.spawn(p.clone());
     // Not started and not ready before the server listens.
     let s0 = wait_for(&h.api, 20, "running", |s| {
@@ -367,13 +370,16 @@ async fn readiness_liveness_and_startup_probes() {
 async fn graceful_deletion_runs_prestop_then_sigterm() {
     let h = Harness::new(false).await;
     let marker = h.dir.path().join("prestop-ran");
-    let p = pod(json!({
-        "containers": [{
-            "name": "svc",
-            "command": sh("trap 'echo term; exit 0' TERM; while true; do sleep 0.1; done"),
-            "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", format!("echo hook > {}", marker.display())]}}}
-        }]
-    }));
+    let p = pod(with_host_dir(
+        json!({
+            "containers": [{
+                "name": "svc",
+                "command": sh("trap 'echo term; exit 0' TERM; while true; do sleep 0.1; done"),
+                "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", format!("echo hook > {}", marker.display())]}}}
+            }]
+        }),
+        h.dir.path(),
+    ));
     let w = h.spawn(p.clone());
     wait_for(&h.api, 20, "ready", |s| cstatus(s, "svc").ready).await;
     let log_path = h
@@ -408,12 +414,15 @@ async fn graceful_deletion_runs_prestop_then_sigterm() {
 async fn sigterm_waits_until_the_pod_left_its_endpoints() {
     let h = Harness::new(false).await;
     let marker = h.dir.path().join("term-at");
-    let p = pod(json!({
-        "containers": [{
-            "name": "svc",
-            "command": sh(&format!("trap 'date +%s.%N > {}; exit 0' TERM; while true; do sleep 0.05; done", marker.display())),
-        }]
-    }));
+    let p = pod(with_host_dir(
+        json!({
+            "containers": [{
+                "name": "svc",
+                "command": sh(&format!("trap 'date +%s.%N > {}; exit 0' TERM; while true; do sleep 0.05; done", marker.display())),
+            }]
+        }),
+        h.dir.path(),
+    ));
     let w = h.spawn(p.clone());
     wait_for(&h.api, 20, "ready", |s| cstatus(s, "svc").ready).await;
     // The endpoints still list the pod for a moment after its deletion starts.
@@ -494,16 +503,19 @@ async fn init_containers_run_first_in_order() {
     let h = Harness::new(false).await;
     let work = h.dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let p = pod(json!({
-        "restartPolicy": "Never",
-        "initContainers": [
-            {"name": "one", "command": sh("sleep 0.5; echo one >> order"), "workingDir": work.to_str().unwrap()},
-            {"name": "two", "command": sh("echo two >> order"), "workingDir": work.to_str().unwrap()}
-        ],
-        "containers": [
-            {"name": "app", "command": sh("echo app >> order"), "workingDir": work.to_str().unwrap()}
-        ]
-    }));
+    let p = pod(with_host_dir(
+        json!({
+            "restartPolicy": "Never",
+            "initContainers": [
+                {"name": "one", "command": sh("sleep 0.5; echo one >> order"), "workingDir": work.to_str().unwrap()},
+                {"name": "two", "command": sh("echo two >> order"), "workingDir": work.to_str().unwrap()}
+            ],
+            "containers": [
+                {"name": "app", "command": sh("echo app >> order"), "workingDir": work.to_str().unwrap()}
+            ]
+        }),
+        h.dir.path(),
+    ));
     let w = h.spawn(p.clone());
     let early = wait_for(&h.api, 20, "first init running", |s| {
         s.init_container_statuses.as_ref().is_some_and(|i| {

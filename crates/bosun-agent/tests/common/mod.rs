@@ -348,3 +348,34 @@ pub async fn delete_and_wait(w: RunningWorker, mut pod: Pod, grace: i64) {
         .expect("worker finished")
         .unwrap();
 }
+
+/// Gives every container of the pod spec `spec` the host directory `dir` at the same path
+/// (a hostPath volume): process pods see the host read-only and /tmp as their own, so a
+/// test that shares files with its pod says so.
+pub fn with_host_dir(mut spec: serde_json::Value, dir: &std::path::Path) -> serde_json::Value {
+    let path = dir.to_str().unwrap().to_string();
+    spec.as_object_mut()
+        .unwrap()
+        .entry("volumes")
+        .or_insert_with(|| serde_json::json!([]))
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "host-dir", "hostPath": {"path": path}}));
+    for field in ["initContainers", "containers"] {
+        for c in spec
+            .get_mut(field)
+            .and_then(|v| v.as_array_mut())
+            .into_iter()
+            .flatten()
+        {
+            c.as_object_mut()
+                .unwrap()
+                .entry("volumeMounts")
+                .or_insert_with(|| serde_json::json!([]))
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({"name": "host-dir", "mountPath": path}));
+        }
+    }
+    spec
+}
