@@ -149,6 +149,8 @@ async fn serve(
                 // (no pod bridge either), where cluster DNS has no address to serve on.
                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                     tracing::warn!(%addr, error = %e, "cluster DNS disabled: cannot bind");
+                    // Nothing to wait for in an upgrade either.
+                    bosun_proxy::listen::serving("cluster DNS");
                     shutdown.cancelled().await;
                     return Ok(());
                 }

@@ -232,7 +232,13 @@ pub async fn take_over(path: &Path) -> io::Result<Option<Takeover>> {
     match rustix::net::connect(&fd, &addr) {
         Ok(()) => {}
         Err(Errno::NOENT) | Err(Errno::CONNREFUSED) => return Ok(None),
-        Err(Errno::INPROGRESS) | Err(Errno::AGAIN) => {}
+        // Unix sockets connect at once or not at all: a full queue means someone else is
+        // taking over right now.
+        Err(Errno::AGAIN) => {
+            return Err(io::Error::other(
+                "another process is taking over from the running bosun",
+            ));
+        }
         Err(e) => return Err(e.into()),
     }
     let conn = stream(fd)?;
@@ -274,5 +280,59 @@ impl Takeover {
         // Nothing more is sent; end of stream means the old process is gone.
         while recv(&self.conn).await?.is_some() {}
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("bosun-handoff-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(SOCKET_NAME)
+    }
+
+    #[tokio::test]
+    async fn nothing_to_take_over_without_a_live_server() {
+        let path = temp_path("none");
+        assert!(take_over(&path).await.unwrap().is_none());
+        // A file left by a killed process.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        assert!(take_over(&path).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn sockets_are_handed_over_and_a_failed_takeover_changes_nothing() {
+        let path = temp_path("live");
+        let l = crate::listen::tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = Server::bind(&path).unwrap();
+        let serving = tokio::spawn(async move { server.wait_for_takeover().await });
+
+        let mut t = take_over(&path).await.unwrap().expect("a server answers");
+        assert_eq!(t.pid, std::process::id());
+        let i = t
+            .sockets
+            .iter()
+            .position(|(k, _)| k.addr == addr && k.proto == crate::listen::Proto::Tcp)
+            .expect("the listener was handed over");
+        // The received descriptor is the same listening socket.
+        let (_, fd) = t.sockets.swap_remove(i);
+        let received = std::net::TcpListener::from(fd);
+        received.set_nonblocking(false).unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let (_, peer) = received.accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+
+        // The new process gives up before `drain`: the old one keeps serving requests.
+        drop(t);
+        let again = take_over(&path).await.unwrap().expect("still serving");
+        drop(again);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!serving.is_finished());
+        serving.abort();
+        drop(l);
     }
 }
