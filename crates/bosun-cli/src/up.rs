@@ -29,8 +29,8 @@ pub struct ServerOpts {
     /// Address range Service cluster IPs are allocated from
     #[arg(long, default_value = bosun_apiserver::DEFAULT_SERVICE_CIDR)]
     pub service_cidr: String,
-    /// Memory the store may use to cache its file (e.g. 64Mi, 1Gi); bosun's memory grows
-    /// by up to this much beyond its working set, however large the store is
+    /// Memory the store may use to cache its file (e.g. 64Mi, 1Gi), however large the
+    /// file grows; also bounds its repair after a crash
     #[arg(long, default_value = "64Mi", value_parser = crate::size::parse_bytes)]
     pub store_cache_size: usize,
 }
