@@ -22,8 +22,8 @@ pub struct StoreOpts {
     /// Key (PEM) of --etcd-cert
     #[arg(long, requires = "etcd_cert")]
     pub etcd_key: Option<PathBuf>,
-    /// Memory the embedded store may use to cache its file (e.g. 64Mi, 1Gi); bosun's
-    /// memory grows by up to this much beyond its working set, however large the store is
+    /// Memory the embedded store may use to cache its file (e.g. 64Mi, 1Gi), however
+    /// large the file grows; also bounds its repair after a crash
     #[arg(long, default_value = "64Mi", value_parser = crate::size::parse_bytes)]
     pub store_cache_size: usize,
 }
