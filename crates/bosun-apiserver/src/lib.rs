@@ -5,6 +5,7 @@
 //! the store revision of the object's last write.
 
 mod discovery;
+pub mod encryption;
 mod error;
 mod logs;
 mod metrics;
@@ -15,10 +16,11 @@ mod services;
 mod tls;
 mod watch;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use bosun_api::Registry;
 use bosun_api::openapi::OpenApi;
 use bosun_store::Store;
@@ -55,6 +57,9 @@ pub struct ApiServerConfig {
     pub service_cidr: String,
     /// Range node ports are allocated from, inclusive.
     pub node_port_range: (u16, u16),
+    /// EncryptionConfiguration file for encryption at rest (created with a fresh key
+    /// when missing); `None` stores everything as plaintext.
+    pub encryption_config: Option<PathBuf>,
 }
 
 impl ApiServerConfig {
@@ -66,12 +71,15 @@ impl ApiServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             service_cidr: DEFAULT_SERVICE_CIDR.to_string(),
             node_port_range: DEFAULT_NODE_PORT_RANGE,
+            encryption_config: None,
         }
     }
 }
 
 pub(crate) struct Inner {
+    /// The backend behind the encryption transformer: every value passes through it.
     pub store: Arc<dyn Store>,
+    pub encryption: Arc<encryption::EncryptedStore>,
     pub registry: &'static Registry,
     pub token: String,
     pub max_body_bytes: usize,
@@ -100,10 +108,15 @@ impl ApiServer {
         if lo == 0 || lo > hi {
             anyhow::bail!("invalid node port range {lo}-{hi}");
         }
+        let encryption = Arc::new(encryption::EncryptedStore::open(
+            cfg.store,
+            cfg.encryption_config,
+        )?);
         let inner = Arc::new(Inner {
             service_range: services::IpRange::parse(&cfg.service_cidr)?,
             node_port_range: cfg.node_port_range,
-            store: cfg.store,
+            store: encryption.clone(),
+            encryption,
             registry,
             token: cfg.token,
             max_body_bytes: cfg.max_body_bytes,
@@ -159,6 +172,8 @@ impl ApiServer {
                 "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}",
                 get(metrics::one_pod),
             )
+            .route("/bosun/v1/encryption", get(encryption_status))
+            .route("/bosun/v1/encryption/reload", post(encryption_reload))
             .fallback(request::dispatch)
             .with_state(self.inner.clone())
     }
@@ -176,5 +191,24 @@ impl ApiServer {
 
     pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.inner
+    }
+}
+
+/// The providers and keys in use, by name (never the keys themselves).
+async fn encryption_status(
+    axum::extract::State(inner): axum::extract::State<Arc<Inner>>,
+) -> axum::response::Response {
+    request::json_response(http::StatusCode::OK, &inner.encryption.status())
+}
+
+/// Re-reads the EncryptionConfiguration file (after `bosun secrets rotate-key` changed it).
+async fn encryption_reload(
+    axum::extract::State(inner): axum::extract::State<Arc<Inner>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match inner.encryption.reload() {
+        Ok(()) => request::json_response(http::StatusCode::OK, &inner.encryption.status()),
+        Err(e) => ApiError::bad_request(format!("reloading the encryption configuration: {e:#}"))
+            .into_response(),
     }
 }

@@ -9,6 +9,7 @@ mod logs;
 mod output;
 mod pki;
 mod rollout;
+mod secrets;
 mod up;
 
 use std::path::PathBuf;
@@ -60,6 +61,8 @@ enum Command {
     Logs(logs::LogsOpts),
     /// Watch, list or undo a deployment's rollouts
     Rollout(rollout::RolloutOpts),
+    /// Manage Secrets' encryption at rest (rotate-key)
+    Secrets(secrets::SecretsOpts),
     /// Supervise one container process (started by the agent)
     #[command(hide = true)]
     Shim {
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
             Command::Get(o) => get::run(o).await,
             Command::Logs(o) => logs::run(o).await,
             Command::Rollout(o) => rollout::run(o).await,
+            Command::Secrets(o) => secrets::run(o).await,
             Command::Shim { .. } => unreachable!("handled before the runtime starts"),
         }
     });
