@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod discovery;
+pub mod encryption;
 mod error;
 mod logs;
 mod metrics;
@@ -16,10 +17,11 @@ mod services;
 mod tls;
 mod watch;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use bosun_api::Registry;
 use bosun_api::openapi::OpenApi;
 use bosun_store::Store;
@@ -59,6 +61,9 @@ pub struct ApiServerConfig {
     /// Bearer token presented to node agents (logs, stats); the admin token when unset, so
     /// joined nodes need not hold the admin token.
     pub kubelet_token: Option<String>,
+    /// EncryptionConfiguration file for encryption at rest (created with a fresh key
+    /// when missing); `None` stores everything as plaintext.
+    pub encryption_config: Option<PathBuf>,
 }
 
 impl ApiServerConfig {
@@ -71,12 +76,15 @@ impl ApiServerConfig {
             service_cidr: DEFAULT_SERVICE_CIDR.to_string(),
             node_port_range: DEFAULT_NODE_PORT_RANGE,
             kubelet_token: None,
+            encryption_config: None,
         }
     }
 }
 
 pub(crate) struct Inner {
+    /// The backend behind the encryption transformer: every value passes through it.
     pub store: Arc<dyn Store>,
+    pub encryption: Arc<encryption::EncryptedStore>,
     pub registry: &'static Registry,
     pub token: String,
     pub kubelet_token: String,
@@ -106,10 +114,15 @@ impl ApiServer {
         if lo == 0 || lo > hi {
             anyhow::bail!("invalid node port range {lo}-{hi}");
         }
+        let encryption = Arc::new(encryption::EncryptedStore::open(
+            cfg.store,
+            cfg.encryption_config,
+        )?);
         let inner = Arc::new(Inner {
             service_range: services::IpRange::parse(&cfg.service_cidr)?,
             node_port_range: cfg.node_port_range,
-            store: cfg.store,
+            store: encryption.clone(),
+            encryption,
             registry,
             kubelet_token: cfg.kubelet_token.unwrap_or_else(|| cfg.token.clone()),
             token: cfg.token,
@@ -166,6 +179,8 @@ impl ApiServer {
                 "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}",
                 get(metrics::one_pod),
             )
+            .route("/bosun/v1/encryption", get(encryption_status))
+            .route("/bosun/v1/encryption/reload", post(encryption_reload))
             .fallback(request::dispatch)
             .with_state(self.inner.clone())
     }
@@ -183,5 +198,24 @@ impl ApiServer {
 
     pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.inner
+    }
+}
+
+/// The providers and keys in use, by name (never the keys themselves).
+async fn encryption_status(
+    axum::extract::State(inner): axum::extract::State<Arc<Inner>>,
+) -> axum::response::Response {
+    request::json_response(http::StatusCode::OK, &inner.encryption.status())
+}
+
+/// Re-reads the EncryptionConfiguration file (after `bosun secrets rotate-key` changed it).
+async fn encryption_reload(
+    axum::extract::State(inner): axum::extract::State<Arc<Inner>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match inner.encryption.reload() {
+        Ok(()) => request::json_response(http::StatusCode::OK, &inner.encryption.status()),
+        Err(e) => ApiError::bad_request(format!("reloading the encryption configuration: {e:#}"))
+            .into_response(),
     }
 }

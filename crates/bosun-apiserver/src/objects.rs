@@ -857,7 +857,12 @@ where
             }
         }
         set_rv(&mut new, cur_kv.mod_revision);
-        if comparable(&new) == comparable(&cur) && !ready_to_remove(kind, &cur) {
+        if comparable(&new) == comparable(&cur)
+            && !ready_to_remove(kind, &cur)
+            // A value under an old key (or plaintext) is written again: that is how
+            // read + update re-encrypts with the current key, as in Kubernetes.
+            && !inner.encryption.stale(&key).await.map_err(ApiError::store)?
+        {
             return Ok(Updated { obj: cur });
         }
         if dry_run {

@@ -17,6 +17,7 @@ mod pki;
 mod rollout;
 mod size;
 mod store;
+mod secrets;
 mod up;
 mod upgrade;
 
@@ -75,6 +76,8 @@ enum Command {
     Rollout(rollout::RolloutOpts),
     /// Manage join tokens for new machines (`bosun token create --ttl 24h`)
     Token(join::TokenOpts),
+    /// Manage Secrets' encryption at rest (rotate-key)
+    Secrets(secrets::SecretsOpts),
     /// Supervise one container process (started by the agent)
     #[command(hide = true)]
     Shim {
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
             Command::Logs(o) => logs::run(o).await,
             Command::Rollout(o) => rollout::run(o).await,
             Command::Token(o) => join::token(o).await,
+            Command::Secrets(o) => secrets::run(o).await,
             Command::Shim { .. } => unreachable!("handled before the runtime starts"),
         }
     });

@@ -273,6 +273,7 @@ pub(crate) async fn start_control_plane(
         bosun_apiserver::ApiServerConfig::new(store, pki.token.clone(), pki.ca_pem.clone());
     api_cfg.service_cidr = opts.service_cidr.clone();
     api_cfg.kubelet_token = Some(pki.kubelet_token.clone());
+    api_cfg.encryption_config = Some(opts.data_dir.join(bosun_apiserver::encryption::CONFIG_FILE));
     let api = bosun_apiserver::ApiServer::new(api_cfg)
         .await
         .context("starting the API server")?;
