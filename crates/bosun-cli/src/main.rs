@@ -61,6 +61,8 @@ enum Command {
     Logs(logs::LogsOpts),
     /// Watch, list or undo a deployment's rollouts
     Rollout(rollout::RolloutOpts),
+    /// Move the control plane's state between stores (`bosun store migrate --help`)
+    Store(store::StoreCmd),
     /// Supervise one container process (started by the agent)
     #[command(hide = true)]
     Shim {
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
             Command::Get(o) => get::run(o).await,
             Command::Logs(o) => logs::run(o).await,
             Command::Rollout(o) => rollout::run(o).await,
+            Command::Store(o) => store::run(o).await,
             Command::Shim { .. } => unreachable!("handled before the runtime starts"),
         }
     });
