@@ -103,9 +103,10 @@ class EtcdBosun(Bosun):
     def __init__(self, name, etcd):
         super().__init__(name)
         self.etcd = etcd
+        self.on_etcd = True
 
     def args(self):
-        return super().args() + ["--store", self.etcd.store_flag()]
+        return super().args() + (["--store", self.etcd.store_flag()] if self.on_etcd else [])
 
 
 @pytest.fixture
@@ -264,3 +265,42 @@ def test_two_servers_elect_one_leader_and_fail_over(etcd):
     finally:
         for s in servers:
             s.stop()
+
+
+def test_migrate_from_the_embedded_store_to_etcd(etcd):
+    b = EtcdBosun("etcd-mig", etcd)
+    b.on_etcd = False
+    try:
+        b.start(timeout=90)
+        b.kubectl("apply", "-f", "-", input=DEPLOYMENT)
+        wait_for(lambda: running_pods(b) == 2, timeout=90, what="2 pods Running on redb")
+        uids = b.kubectl("get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.uid}").stdout.split()
+
+        # Refused while bosun holds the store file.
+        r = b.cli("store", "migrate", "--from", os.path.join(b.data_dir, "store.redb"),
+                  "--to", etcd.store_flag(), check=False)
+        assert r.returncode != 0 and "still running" in r.stderr, r.stderr
+
+        b.kill(signal.SIGTERM)
+        r = b.cli("store", "migrate", "--from", os.path.join(b.data_dir, "store.redb"), "--to", etcd.store_flag())
+        assert "copied" in r.stdout, r.stdout
+        assert "/registry/deployments/default/web" in etcd.keys("/registry/deployments/")
+
+        # The same server on etcd has every object; its pods kept running throughout.
+        b.on_etcd = True
+        b.start(timeout=90)
+        wait_for(lambda: running_pods(b) == 2, timeout=90, what="the migrated pods Running on etcd")
+        after = b.kubectl("get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.uid}").stdout.split()
+        assert sorted(after) == sorted(uids)
+        b.kubectl("scale", "deployment", "web", "--replicas=3", timeout=60)
+        wait_for(lambda: running_pods(b) == 3, timeout=90, what="3 pods Running after the migration")
+
+        # A second migration into the now-used cluster is refused.
+        r = b.cli("store", "migrate", "--from", os.path.join(b.data_dir, "store.redb"),
+                  "--to", etcd.store_flag(), check=False)
+        assert r.returncode != 0 and "already holds bosun data" in r.stderr, r.stderr
+    except Exception:
+        print(f"--- bosun log ---\n{b.tail_log(120)}")
+        raise
+    finally:
+        b.stop()

@@ -78,6 +78,8 @@ enum Command {
     Token(join::TokenOpts),
     /// Manage Secrets' encryption at rest (rotate-key)
     Secrets(secrets::SecretsOpts),
+    /// Move the control plane's state between stores (`bosun store migrate --help`)
+    Store(store::StoreCmd),
     /// Supervise one container process (started by the agent)
     #[command(hide = true)]
     Shim {
@@ -115,6 +117,7 @@ fn main() -> ExitCode {
             Command::Rollout(o) => rollout::run(o).await,
             Command::Token(o) => join::token(o).await,
             Command::Secrets(o) => secrets::run(o).await,
+            Command::Store(o) => store::run(o).await,
             Command::Shim { .. } => unreachable!("handled before the runtime starts"),
         }
     });

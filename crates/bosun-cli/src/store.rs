@@ -3,8 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::process::ExitCode;
+
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{Args, Subcommand};
 
 #[derive(Args, Clone, Debug)]
 pub struct StoreOpts {
@@ -157,6 +159,102 @@ pub async fn elected_singletons(
         }
     })
     .await
+}
+
+#[derive(Args, Debug)]
+pub struct StoreCmd {
+    #[command(subcommand)]
+    cmd: StoreVerb,
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreVerb {
+    /// Copy every object of an embedded store (stopped) into an empty etcd cluster, oldest
+    /// change first; then start the servers with `--store etcd://...`
+    Migrate(MigrateOpts),
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateOpts {
+    /// The embedded store file, DATA_DIR/store.redb (bosun must not be running on it)
+    #[arg(long)]
+    from: PathBuf,
+    /// The etcd cluster: `etcd://HOST:PORT[,HOST:PORT...]`
+    #[arg(long)]
+    to: String,
+    /// CA certificate (PEM) that signed the etcd members' certificates; turns on TLS
+    #[arg(long)]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd clusters that require one
+    #[arg(long, requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// Key (PEM) of --etcd-cert
+    #[arg(long, requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+}
+
+pub async fn run(cmd: StoreCmd) -> Result<ExitCode> {
+    match cmd.cmd {
+        StoreVerb::Migrate(o) => migrate(o).await,
+    }
+}
+
+async fn migrate(o: MigrateOpts) -> Result<ExitCode> {
+    if !matches!(parse(&o.to)?, StoreKind::Etcd(_)) {
+        bail!("--to {:?}: expected etcd://HOST:PORT[,HOST:PORT...]", o.to);
+    }
+    if !o.from.is_file() {
+        bail!("--from {}: no such store file", o.from.display());
+    }
+    let src = bosun_store::RedbStore::open(&o.from, bosun_store::RedbOptions::default())
+        .with_context(|| {
+            format!(
+                "opening {} (is bosun still running on it?)",
+                o.from.display()
+            )
+        })?;
+    let dst_opts = StoreOpts {
+        store: o.to.clone(),
+        etcd_ca: o.etcd_ca,
+        etcd_cert: o.etcd_cert,
+        etcd_key: o.etcd_key,
+    };
+    let dst = open(&dst_opts, Path::new(".")).await?;
+    let n = copy_all(src.as_ref(), dst.as_ref()).await?;
+    println!("copied {n} keys from {} to {}", o.from.display(), o.to);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copies every key of `src` into `dst`, which must hold no bosun data, in the order
+/// the source changed them (so the destination's revisions keep that order).
+pub async fn copy_all(src: &dyn bosun_store::Store, dst: &dyn bosun_store::Store) -> Result<usize> {
+    let existing = dst
+        .list(
+            "/registry/",
+            bosun_store::ListOptions {
+                limit: Some(1),
+                ..Default::default()
+            },
+        )
+        .await?;
+    if let Some(kv) = existing.kvs.first() {
+        bail!(
+            "the destination already holds bosun data ({} ...); migrate into an empty store",
+            kv.key
+        );
+    }
+    let mut all = src.list("", bosun_store::ListOptions::default()).await?.kvs;
+    all.sort_by_key(|kv| kv.mod_revision);
+    for kv in &all {
+        // Store leases are process-bound; what hangs on one is recreated by its owner.
+        if kv.lease.is_some() {
+            continue;
+        }
+        dst.create(&kv.key, kv.value.clone(), None)
+            .await
+            .with_context(|| format!("copying {}", kv.key))?;
+    }
+    Ok(all.iter().filter(|kv| kv.lease.is_none()).count())
 }
 
 #[cfg(test)]

@@ -125,6 +125,12 @@ async fn kubernetes_key_layout() {
 async fn leader_killed_under_write_load() {
     let mut c = cluster(3).await;
     let store = EtcdStore::connect(c.store_options()).await.unwrap();
+    // A watch started before the load must deliver every change once, in order,
+    // across the kill (it reopens on another member from where it was).
+    let mut watch = store
+        .watch("/load/", store.current_revision().await.unwrap())
+        .await
+        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for t in 0..8 {
@@ -207,6 +213,30 @@ async fn leader_killed_under_write_load() {
         lost.len(),
         &lost[..lost.len().min(5)]
     );
+    let mut seen = BTreeMap::new();
+    let mut last = 0;
+    while seen.len() < stored.len() {
+        match tokio::time::timeout(Duration::from_secs(30), watch.next()).await {
+            Ok(Some(Ok(WatchItem::Event(e)))) => {
+                assert!(e.kv.mod_revision > last, "watch events out of order");
+                last = e.kv.mod_revision;
+                assert!(
+                    seen.insert(e.kv.key.clone(), e.kv.mod_revision).is_none(),
+                    "{} delivered twice",
+                    e.kv.key
+                );
+            }
+            Ok(Some(Ok(WatchItem::Progress(_)))) => {}
+            other => panic!(
+                "watch stopped after {} of {} changes: {other:?}",
+                seen.len(),
+                stored.len()
+            ),
+        }
+    }
+    for (key, (_, rev)) in &stored {
+        assert_eq!(seen.get(key), Some(rev), "watch missed {key}");
+    }
     eprintln!(
         "{} writes acknowledged ({} before the kill), {failed} failed",
         acked.len(),
