@@ -31,7 +31,7 @@ pub struct ServerOpts {
     pub service_cidr: String,
     /// A node whose Lease (renewed every second) is this old is NotReady and tainted
     /// unreachable; its pods leave after their toleration (default 5 s), e.g. 3s, 40s
-    #[arg(long, default_value = "3s", value_parser = crate::join::parse_ttl)]
+    #[arg(long, default_value = "2s", value_parser = crate::join::parse_ttl)]
     pub node_monitor_grace_period: std::time::Duration,
     /// Range nodes' pod CIDRs (/24 each) are allocated from
     #[arg(long, default_value = bosun_controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
