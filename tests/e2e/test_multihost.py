@@ -62,6 +62,12 @@ def test_every_host_is_a_ready_node_that_runs_pods(hosts):
         assert cidr.startswith("172.30.") and cidr.endswith(".0/24"), cidr
         cidrs.add(cidr)
         assert node["metadata"]["labels"]["kubernetes.io/hostname"] == h.node_name
+        if h is not hosts.server:
+            # Agents join with --zone and --system-reserved (see multihost.py).
+            assert node["metadata"]["labels"]["topology.kubernetes.io/zone"] == f"zone-{h.index}"
+            cap, alloc = node["status"]["capacity"], node["status"]["allocatable"]
+            assert alloc["cpu"] == f"{int(cap['cpu']) * 1000 - 250}m", (cap, alloc)
+            assert alloc["memory"] == f"{int(cap['memory'][:-2]) - 64 * 1024}Ki", (cap, alloc)
     assert len(cidrs) == len(hosts.hosts), cidrs
     for h in hosts.hosts:
         hosts.kubectl("apply", "-f", "-", input=pinned_pod(
