@@ -210,7 +210,8 @@ class MultiHost:
     def join(self, h, extra=()):
         """Starts `bosun agent` on host `h`, joined to the server with the node-token alone."""
         h.run(["agent", "--server", self.api_url, "--token", self.node_token(),
-               "--data-dir", h.data_dir, *h.node_args(), *extra])
+               "--data-dir", h.data_dir, *h.node_args(), "--zone", f"zone-{h.index}",
+               "--system-reserved", "cpu=250m,memory=64Mi", *extra])
 
     def alive(self, h):
         if h.proc.poll() is not None:

@@ -62,6 +62,12 @@ def test_every_host_is_a_ready_node_that_runs_pods(hosts):
         assert cidr.startswith("172.30.") and cidr.endswith(".0/24"), cidr
         cidrs.add(cidr)
         assert node["metadata"]["labels"]["kubernetes.io/hostname"] == h.node_name
+        if h is not hosts.server:
+            # Agents join with --zone and --system-reserved (see multihost.py).
+            assert node["metadata"]["labels"]["topology.kubernetes.io/zone"] == f"zone-{h.index}"
+            cap, alloc = node["status"]["capacity"], node["status"]["allocatable"]
+            assert alloc["cpu"] == f"{int(cap['cpu']) * 1000 - 250}m", (cap, alloc)
+            assert alloc["memory"] == f"{int(cap['memory'][:-2]) - 64 * 1024}Ki", (cap, alloc)
     assert len(cidrs) == len(hosts.hosts), cidrs
     for h in hosts.hosts:
         hosts.kubectl("apply", "-f", "-", input=pinned_pod(
@@ -219,13 +225,23 @@ def measure_failover(hosts, victim, app="failover", replicas=4, timeout=120):
     on_victim = [p for p in ready_pods(hosts, app) if p["spec"]["nodeName"] == victim.node_name]
     assert on_victim, "nothing runs on the host to kill"
     t0 = time.monotonic()
+    wall0 = time.time()
     victim.power_off()
 
     def replaced():
         ok = [p for p in ready_pods(hosts, app) if p["spec"]["nodeName"] != victim.node_name]
         return len(ok) >= replicas
     wait_for(replaced, timeout=timeout, interval=0.1, what="replacements ready on the other hosts")
-    return time.monotonic() - t0
+    took = time.monotonic() - t0
+    if os.environ.get("FAILOVER_DETAIL"):
+        # When the replacements were created (whole seconds, from the API) after the kill.
+        import datetime
+        for p in ready_pods(hosts, app):
+            created = datetime.datetime.fromisoformat(
+                p["metadata"]["creationTimestamp"].replace("Z", "+00:00")).timestamp()
+            if created > wall0 - 1:
+                print(f"  {p['metadata']['name']} created +{created - wall0:.0f}s")
+    return took
 
 
 def test_partitioned_host_heals_and_stops_its_replaced_pods(hosts):

@@ -24,6 +24,33 @@ pub struct CapacityOverrides {
     pub memory: Option<String>,
     pub ephemeral_storage: Option<String>,
     pub pods: Option<u32>,
+    /// Kept back for the system and bosun itself (`--system-reserved`): allocatable is
+    /// capacity minus this, per resource (cpu, memory, ephemeral-storage).
+    pub reserved: BTreeMap<String, String>,
+}
+
+/// Capacity minus what is reserved, never below zero.
+pub fn allocatable(
+    cap: &BTreeMap<String, Quantity>,
+    reserved: &BTreeMap<String, String>,
+) -> BTreeMap<String, Quantity> {
+    let mut out = cap.clone();
+    for (res, r) in reserved {
+        let (Some(c), Some(r)) = (
+            cap.get(res).and_then(|q| crate::env::parse_quantity(&q.0)),
+            crate::env::parse_quantity(r),
+        ) else {
+            continue;
+        };
+        let left = (c - r).max(0.0);
+        let q = if res == "cpu" {
+            format!("{}m", (left * 1000.0).round() as u64)
+        } else {
+            format!("{}Ki", (left / 1024.0).floor() as u64)
+        };
+        out.insert(res.clone(), Quantity(q));
+    }
+    out
 }
 
 /// The machine's resources.
@@ -176,8 +203,8 @@ pub fn node_status(f: &NodeFacts, m: &Machine, prev: Option<&NodeStatus>) -> Nod
         .unwrap_or_else(|| f.name.clone());
     let cap = capacity(m, &f.overrides);
     NodeStatus {
-        capacity: Some(cap.clone()),
-        allocatable: Some(cap),
+        allocatable: Some(allocatable(&cap, &f.overrides.reserved)),
+        capacity: Some(cap),
         conditions: Some(vec![
             cond(
                 "MemoryPressure",
@@ -408,6 +435,27 @@ pub async fn renew_lease(client: &kube::Client, f: &NodeFacts, node_uid: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allocatable_is_capacity_minus_reserve() {
+        let cap: BTreeMap<String, Quantity> = [
+            ("cpu".to_string(), Quantity("4".into())),
+            ("memory".to_string(), Quantity("8Gi".into())),
+            ("pods".to_string(), Quantity("110".into())),
+        ]
+        .into();
+        let reserved = [
+            ("cpu".to_string(), "500m".to_string()),
+            ("memory".to_string(), "1Gi".to_string()),
+        ]
+        .into();
+        let a = allocatable(&cap, &reserved);
+        assert_eq!(a["cpu"].0, "3500m");
+        assert_eq!(a["memory"].0, format!("{}Ki", 7 * 1024 * 1024));
+        assert_eq!(a["pods"].0, "110");
+        let too_much = [("cpu".to_string(), "9".to_string())].into();
+        assert_eq!(allocatable(&cap, &too_much)["cpu"].0, "0m");
+    }
 
     #[test]
     fn status_reports_machine() {

@@ -33,7 +33,7 @@ pub struct ServerOpts {
     pub store: crate::store::StoreOpts,
     /// A node whose Lease (renewed every second) is this old is NotReady and tainted
     /// unreachable; its pods leave after their toleration (default 5 s), e.g. 3s, 40s
-    #[arg(long, default_value = "3s", value_parser = crate::join::parse_ttl)]
+    #[arg(long, default_value = "2s", value_parser = crate::join::parse_ttl)]
     pub node_monitor_grace_period: std::time::Duration,
     /// Range nodes' pod CIDRs (/24 each) are allocated from
     #[arg(long, default_value = bosun_controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
@@ -61,6 +61,10 @@ pub struct NodeOpts {
     /// Taints the node registers with, KEY[=VALUE]:EFFECT, comma-separated
     #[arg(long, value_delimiter = ',')]
     pub register_with_taints: Vec<String>,
+    /// Resources kept back from pods, e.g. cpu=500m,memory=512Mi: the Node's allocatable is
+    /// its capacity minus these
+    #[arg(long, value_delimiter = ',', value_parser = parse_reserved)]
+    pub system_reserved: Vec<(String, String)>,
     /// How pods reach pods on other nodes: `host-gw` (routes via the nodes' addresses, one
     /// L2 network) or `vxlan` (encapsulated in UDP 8472, across routers)
     #[arg(long, default_value = "host-gw", value_parser = clap::value_parser!(bosun_agent::routes::Backend))]
@@ -450,6 +454,22 @@ fn cluster_dns_ip(node: &NodeOpts) -> Result<IpAddr> {
         .into())
 }
 
+/// `RESOURCE=QUANTITY` for --system-reserved.
+fn parse_reserved(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not RESOURCE=QUANTITY, e.g. cpu=500m"))?;
+    if !matches!(k, "cpu" | "memory" | "ephemeral-storage") {
+        return Err(format!(
+            "{k:?}: only cpu, memory and ephemeral-storage can be reserved"
+        ));
+    }
+    if bosun_agent::env::parse_quantity(v).is_none() {
+        return Err(format!("{v:?} is not a quantity like 500m or 512Mi"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
 /// The node's pod CIDR; resolved before the agent starts (a placeholder for `reset`, which
 /// finds what to remove by bridge name).
 fn pod_cidr(node: &NodeOpts) -> &str {
@@ -495,6 +515,7 @@ fn agent_config(
     // Process pods see neither the cluster's state nor its credentials.
     cfg.hidden_paths = vec![data_dir.to_path_buf()];
     cfg.kubelet_port = node.kubelet_port;
+    cfg.capacity.reserved = node.system_reserved.iter().cloned().collect();
     cfg.bridge_name = node.bridge.clone();
     cfg.cpu_manager_policy = node.cpu_manager_policy;
     cfg.reserved_cpus = node.reserved_cpus.clone();
