@@ -1,8 +1,9 @@
-"""Process pods end the way programs expect: SIGTERM first, with the default signal state.
+"""Process pods behave the way programs expect: SIGTERM first, with the default signal
+state, and their stdout and stderr logged in the order written.
 
-Each test gives its pod a long grace period, so a program that does not see SIGTERM would
-be SIGKILLed only much later; the tests assert what the program itself did on SIGTERM
-(a marker it writes, its exit code, its own log line), not how long it took.
+The stop tests give their pod a long grace period, so a program that does not see SIGTERM
+would be SIGKILLed only much later; they assert what the program itself did on SIGTERM (a
+marker it writes, its exit code, its own log line), not how long it took.
 """
 
 import json

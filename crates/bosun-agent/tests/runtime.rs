@@ -477,3 +477,64 @@ for _ in range(30):
     );
     rt.remove_pod("u8").await.unwrap();
 }
+
+#[tokio::test]
+async fn reused_pod_address_drops_the_stale_neighbour_entry() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = unique("bt");
+    let net = BridgeNetwork::new(&bridge, &unique_cidr(), dir.path()).unwrap();
+    let _guard = common::Cleanup {
+        pods_dir: dir.path().join("pods"),
+        bridge: Some(bridge.clone()),
+    };
+    let ip_cmd = |args: Vec<String>| {
+        let out = std::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let result = async {
+        net.init().await?;
+        // Another pod keeps the bridge up (its first port coming up would flush the table).
+        net.setup("eeeeeeee-5555").await?;
+        let first = net.setup("cccccccc-3333").await?;
+        let addr = first.ip.to_string();
+        // The node knew the first pod's MAC (as after any traffic to it).
+        ip_cmd(
+            [
+                "neigh",
+                "replace",
+                &addr,
+                "lladdr",
+                "02:00:00:00:00:01",
+                "dev",
+                &bridge,
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        net.teardown("cccccccc-3333").await?;
+        let second = net.setup("dddddddd-4444").await?;
+        assert_eq!(second.ip, first.ip, "the address is reused");
+        let neigh = ip_cmd(
+            ["neigh", "show", &addr, "dev", &bridge]
+                .map(String::from)
+                .to_vec(),
+        );
+        assert!(
+            !neigh.contains("02:00:00:00:00:01"),
+            "the stopped pod's MAC is forgotten: {neigh}"
+        );
+        net.teardown("dddddddd-4444").await?;
+        net.teardown("eeeeeeee-5555").await?;
+        anyhow::Ok(())
+    }
+    .await;
+    net.cleanup().await.unwrap();
+    result.unwrap();
+}
