@@ -35,7 +35,9 @@
 //!
 //! Retried: connect failures (any method), and resets / 502 / 503 / 504 of GET, HEAD and
 //! OPTIONS, while the retry budget (20% of requests + 10/s) allows; bodies above 64 KiB or
-//! without a length are streamed and not retried. Errors: no endpoints 503, connect
+//! without a length are streamed and not retried. While a retry is possible, a response of
+//! up to 64 KiB with a length is read whole before it is passed on, so one cut short (an
+//! endpoint dying mid-answer) is retried too. Errors: no endpoints 503, connect
 //! failure 502, timeout 504, malformed request 400.
 //!
 //! Draining: a removed or terminating endpoint takes no new requests; its in-flight
