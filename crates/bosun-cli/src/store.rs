@@ -218,6 +218,7 @@ async fn migrate(o: MigrateOpts) -> Result<ExitCode> {
         etcd_ca: o.etcd_ca,
         etcd_cert: o.etcd_cert,
         etcd_key: o.etcd_key,
+        store_cache_size: bosun_store::DEFAULT_CACHE_SIZE,
     };
     let dst = open(&dst_opts, Path::new(".")).await?;
     let n = copy_all(src.as_ref(), dst.as_ref()).await?;
