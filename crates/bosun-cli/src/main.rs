@@ -15,9 +15,9 @@ mod nodecert;
 mod output;
 mod pki;
 mod rollout;
+mod secrets;
 mod size;
 mod store;
-mod secrets;
 mod up;
 mod upgrade;
 
