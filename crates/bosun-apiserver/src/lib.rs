@@ -60,6 +60,8 @@ pub struct ApiServerConfig {
     /// EncryptionConfiguration file for encryption at rest (created with a fresh key
     /// when missing); `None` stores everything as plaintext.
     pub encryption_config: Option<PathBuf>,
+    /// Timeouts and connection caps of the HTTPS listener.
+    pub limits: bosun_serve::Limits,
 }
 
 impl ApiServerConfig {
@@ -72,6 +74,7 @@ impl ApiServerConfig {
             service_cidr: DEFAULT_SERVICE_CIDR.to_string(),
             node_port_range: DEFAULT_NODE_PORT_RANGE,
             encryption_config: None,
+            limits: bosun_serve::Limits::default(),
         }
     }
 }
@@ -80,6 +83,7 @@ pub(crate) struct Inner {
     /// The backend behind the encryption transformer: every value passes through it.
     pub store: Arc<dyn Store>,
     pub encryption: Arc<encryption::EncryptedStore>,
+    pub limits: bosun_serve::Limits,
     pub registry: &'static Registry,
     pub token: String,
     pub max_body_bytes: usize,
@@ -117,6 +121,7 @@ impl ApiServer {
             node_port_range: cfg.node_port_range,
             store: encryption.clone(),
             encryption,
+            limits: cfg.limits,
             registry,
             token: cfg.token,
             max_body_bytes: cfg.max_body_bytes,
