@@ -12,6 +12,8 @@ command -v pkill >/dev/null || apt_missing+=(procps)
 command -v python3 >/dev/null || apt_missing+=(python3 python3-pip)
 command -v openssl >/dev/null || apt_missing+=(openssl)
 command -v iptables >/dev/null || apt_missing+=(iptables)
+command -v curl >/dev/null || apt_missing+=(curl)
+command -v prlimit >/dev/null || apt_missing+=(util-linux)
 # Container tests build their images from a static busybox (no registry is reachable).
 dpkg -s busybox-static >/dev/null 2>&1 || apt_missing+=(busybox-static)
 # etcd for the etcd backend's tests (a real 3-member cluster); protoc builds the etcd client.

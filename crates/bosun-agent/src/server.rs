@@ -48,21 +48,14 @@ pub fn router(state: ServerState) -> Router {
         .with_state(state)
 }
 
-/// Compares in time independent of where the strings differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn auth(State(st): State<ServerState>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| {
-            !st.token.is_empty() && constant_time_eq(t.trim().as_bytes(), st.token.as_bytes())
-        });
+    let ok = bosun_serve::bearer_token(req.headers()).is_some_and(|t| {
+        !st.token.is_empty() && bosun_serve::same_secret(t.as_bytes(), st.token.as_bytes())
+    });
     if ok {
+        if let Some(conn) = req.extensions().get::<bosun_serve::ConnInfo>() {
+            conn.mark_authenticated();
+        }
         next.run(req).await
     } else {
         (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response()
@@ -257,16 +250,13 @@ pub async fn serve(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
-    let handle = axum_server::Handle::new();
-    let h2 = handle.clone();
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        h2.graceful_shutdown(Some(std::time::Duration::from_secs(1)));
-    });
-    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-    axum_server::from_tcp_rustls(listener, config)?
-        .handle(handle)
-        .serve(router(state).into_make_service())
-        .await?;
-    Ok(())
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    bosun_serve::serve_tls(
+        listener,
+        tls,
+        router(state),
+        bosun_serve::Limits::default(),
+        shutdown,
+    )
+    .await
 }

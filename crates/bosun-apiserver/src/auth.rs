@@ -42,10 +42,6 @@ impl User {
     }
 }
 
-/// The verified client certificate chain of a connection (leaf first), if one was presented.
-#[derive(Clone, Default)]
-pub(crate) struct PeerCert(pub Option<Arc<Vec<u8>>>);
-
 #[derive(Clone)]
 pub(crate) struct AuthState {
     pub admin_token: Arc<String>,
@@ -59,14 +55,6 @@ pub(crate) struct AuthState {
 fn public(method: &Method, path: &str) -> bool {
     matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
         || (method == Method::GET && path == CLUSTER_INFO_PATH)
-}
-
-/// Compares in time independent of where the first difference is.
-pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Splits a bootstrap token into id and secret when it has Kubernetes' shape
@@ -99,7 +87,7 @@ pub fn check_bootstrap_secret(
         return Err("not a bootstrap token");
     }
     let stored = b64(obj, "token-secret").ok_or("no token-secret")?;
-    if !same_secret(stored.as_bytes(), secret.as_bytes()) {
+    if !bosun_serve::same_secret(stored.as_bytes(), secret.as_bytes()) {
         return Err("wrong secret");
     }
     if b64(obj, "usage-bootstrap-authentication").as_deref() != Some("true") {
@@ -168,13 +156,11 @@ pub fn cert_user(der: &[u8]) -> Option<User> {
 /// The bearer token and client certificate of a request, taken out before any await (a
 /// request body is not Sync).
 fn credentials(req: &Request) -> (Option<String>, Option<Arc<Vec<u8>>>) {
-    let bearer = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string());
-    let cert = req.extensions().get::<PeerCert>().and_then(|c| c.0.clone());
+    let bearer = bosun_serve::bearer_token(req.headers()).map(str::to_string);
+    let cert = req
+        .extensions()
+        .get::<bosun_serve::ConnInfo>()
+        .and_then(|c| c.peer_certificate().cloned());
     (bearer, cert)
 }
 
@@ -184,7 +170,9 @@ async fn authenticate(
     cert: Option<Arc<Vec<u8>>>,
 ) -> Option<User> {
     if let Some(t) = bearer.as_deref() {
-        if !st.admin_token.is_empty() && same_secret(t.as_bytes(), st.admin_token.as_bytes()) {
+        if !st.admin_token.is_empty()
+            && bosun_serve::same_secret(t.as_bytes(), st.admin_token.as_bytes())
+        {
             return Some(User {
                 name: "admin".into(),
                 groups: vec![MASTERS.into()],
@@ -262,9 +250,14 @@ pub(crate) async fn middleware(State(st): State<AuthState>, req: Request, next: 
         return next.run(req).await;
     }
     let (bearer, cert) = credentials(&req);
+    let conn = req.extensions().get::<bosun_serve::ConnInfo>().cloned();
     let Some(user) = authenticate(&st, bearer, cert).await else {
         return ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
     };
+    // A client that proved who it is keeps its connection when the caps make room.
+    if let Some(conn) = conn {
+        conn.mark_authenticated();
+    }
     if let Some(msg) = authorize(&user, req.method(), &path) {
         return ApiError::new(403, "Forbidden", msg).into_response();
     }

@@ -64,6 +64,8 @@ pub struct ApiServerConfig {
     /// EncryptionConfiguration file for encryption at rest (created with a fresh key
     /// when missing); `None` stores everything as plaintext.
     pub encryption_config: Option<PathBuf>,
+    /// Timeouts and connection caps of the HTTPS listener.
+    pub limits: bosun_serve::Limits,
 }
 
 impl ApiServerConfig {
@@ -77,6 +79,7 @@ impl ApiServerConfig {
             node_port_range: DEFAULT_NODE_PORT_RANGE,
             kubelet_token: None,
             encryption_config: None,
+            limits: bosun_serve::Limits::default(),
         }
     }
 }
@@ -85,6 +88,7 @@ pub(crate) struct Inner {
     /// The backend behind the encryption transformer: every value passes through it.
     pub store: Arc<dyn Store>,
     pub encryption: Arc<encryption::EncryptedStore>,
+    pub limits: bosun_serve::Limits,
     pub registry: &'static Registry,
     pub token: String,
     pub kubelet_token: String,
@@ -123,6 +127,7 @@ impl ApiServer {
             node_port_range: cfg.node_port_range,
             store: encryption.clone(),
             encryption,
+            limits: cfg.limits,
             registry,
             kubelet_token: cfg.kubelet_token.unwrap_or_else(|| cfg.token.clone()),
             token: cfg.token,

@@ -26,6 +26,13 @@ pub struct ServerOpts {
     /// Address written into the kubeconfig (default: 127.0.0.1)
     #[arg(long)]
     pub advertise_address: Option<IpAddr>,
+    /// Most client connections the API server holds at once; at the cap, the oldest
+    /// connection that has not presented a valid token makes room
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Most client connections from one IP address
+    #[arg(long, default_value_t = 512)]
+    pub max_connections_per_ip: usize,
     /// Address range Service cluster IPs are allocated from
     #[arg(long, default_value = bosun_apiserver::DEFAULT_SERVICE_CIDR)]
     pub service_cidr: String,
@@ -277,6 +284,8 @@ pub(crate) async fn start_control_plane(
         bosun_apiserver::ApiServerConfig::new(store, pki.token.clone(), pki.ca_pem.clone());
     api_cfg.service_cidr = opts.service_cidr.clone();
     api_cfg.kubelet_token = Some(pki.kubelet_token.clone());
+    api_cfg.limits.max_connections = opts.max_connections;
+    api_cfg.limits.max_connections_per_ip = opts.max_connections_per_ip;
     api_cfg.encryption_config = Some(opts.data_dir.join(bosun_apiserver::encryption::CONFIG_FILE));
     let api = bosun_apiserver::ApiServer::new(api_cfg)
         .await
