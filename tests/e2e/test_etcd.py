@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -134,6 +135,14 @@ spec:
 """
 
 
+def watch_first_line(b, path):
+    ctx = ssl.create_default_context(cafile=os.path.join(b.data_dir, "pki", "ca.crt"))
+    req = urllib.request.Request(f"https://127.0.0.1:{b.api_port}{path}",
+                                 headers={"Authorization": f"Bearer {b.token()}"})
+    with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+        return json.loads(r.readline())
+
+
 def running_pods(b, selector="app=web"):
     out = b.kubectl("get", "pods", "-l", selector, "-o",
                     "jsonpath={range .items[*]}{.status.phase}{'\\n'}{end}", check=False).stdout
@@ -150,6 +159,12 @@ def test_up_on_etcd_runs_a_deployment_and_survives_an_etcd_member(etcd):
         assert "/registry/deployments/default/web" in etcd.keys("/registry/deployments/")
         assert any(k.startswith("/registry/pods/default/web-") for k in etcd.keys("/registry/pods/"))
         assert f"/registry/minions/{b.node_name}" in etcd.keys("/registry/minions/")
+
+        # A watch from history etcd has compacted away is 410 Gone, as from Kubernetes.
+        rev = int(etcd.call(0, "/v3/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"])
+        etcd.call(0, "/v3/kv/compaction", {"revision": str(rev)})
+        gone = watch_first_line(b, "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=2")
+        assert gone["type"] == "ERROR" and gone["object"]["code"] == 410, gone
 
         # Losing the etcd leader costs a pause, not the control plane.
         etcd.kill(etcd.leader())

@@ -291,3 +291,41 @@ async fn unreachable_cluster_fails_clearly() {
         Ok(_) => panic!("connected to nothing"),
     }
 }
+
+/// The background compaction keeps one interval of history and drops the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_compaction() {
+    let c = cluster(1).await;
+    let s = EtcdStore::connect(EtcdOptions {
+        compaction_interval: Duration::from_secs(1),
+        ..c.store_options()
+    })
+    .await
+    .unwrap();
+    let first = s
+        .create("/compact/k", Bytes::from("0"), None)
+        .await
+        .unwrap();
+    let mut compacted = 0;
+    for i in 1..40 {
+        s.update("/compact/k", Bytes::from(i.to_string()), None, None)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        compacted = s.compacted_revision().await.unwrap();
+        if compacted > first.mod_revision {
+            break;
+        }
+    }
+    assert!(
+        compacted > first.mod_revision,
+        "no compaction past {}",
+        first.mod_revision
+    );
+    // History before the compaction point is gone; the data is not.
+    assert!(matches!(
+        s.watch("/compact/", first.mod_revision).await.err(),
+        Some(StoreError::Compacted { .. })
+    ));
+    assert!(s.get("/compact/k").await.unwrap().is_some());
+}
