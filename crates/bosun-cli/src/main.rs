@@ -63,6 +63,10 @@ enum Command {
     Rollout(rollout::RolloutOpts),
     /// Move the control plane's state between stores (`bosun store migrate --help`)
     Store(store::StoreCmd),
+    /// Write every object of the store to a file (etcd: live; embedded store: stopped)
+    Backup(store::BackupOpts),
+    /// Load a `bosun backup` file into an empty store
+    Restore(store::RestoreOpts),
     /// Supervise one container process (started by the agent)
     #[command(hide = true)]
     Shim {
@@ -94,6 +98,8 @@ fn main() -> ExitCode {
             Command::Logs(o) => logs::run(o).await,
             Command::Rollout(o) => rollout::run(o).await,
             Command::Store(o) => store::run(o).await,
+            Command::Backup(o) => store::backup(o).await,
+            Command::Restore(o) => store::restore(o).await,
             Command::Shim { .. } => unreachable!("handled before the runtime starts"),
         }
     });
