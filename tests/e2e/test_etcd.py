@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -134,6 +135,14 @@ spec:
 """
 
 
+def watch_first_line(b, path):
+    ctx = ssl.create_default_context(cafile=os.path.join(b.data_dir, "pki", "ca.crt"))
+    req = urllib.request.Request(f"https://127.0.0.1:{b.api_port}{path}",
+                                 headers={"Authorization": f"Bearer {b.token()}"})
+    with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+        return json.loads(r.readline())
+
+
 def running_pods(b, selector="app=web"):
     out = b.kubectl("get", "pods", "-l", selector, "-o",
                     "jsonpath={range .items[*]}{.status.phase}{'\\n'}{end}", check=False).stdout
@@ -150,6 +159,12 @@ def test_up_on_etcd_runs_a_deployment_and_survives_an_etcd_member(etcd):
         assert "/registry/deployments/default/web" in etcd.keys("/registry/deployments/")
         assert any(k.startswith("/registry/pods/default/web-") for k in etcd.keys("/registry/pods/"))
         assert f"/registry/minions/{b.node_name}" in etcd.keys("/registry/minions/")
+
+        # A watch from history etcd has compacted away is 410 Gone, as from Kubernetes.
+        rev = int(etcd.call(0, "/v3/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"])
+        etcd.call(0, "/v3/kv/compaction", {"revision": str(rev)})
+        gone = watch_first_line(b, "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=2")
+        assert gone["type"] == "ERROR" and gone["object"]["code"] == 410, gone
 
         # Losing the etcd leader costs a pause, not the control plane.
         etcd.kill(etcd.leader())
@@ -304,3 +319,42 @@ def test_migrate_from_the_embedded_store_to_etcd(etcd):
         raise
     finally:
         b.stop()
+
+
+def test_backup_of_a_live_etcd_cluster_restores_into_a_new_embedded_store(etcd):
+    b = EtcdBosun("etcd-bk", etcd)
+    restored = Bosun("etcd-rs")
+    backup = os.path.join(restored.data_dir, "..", os.path.basename(restored.data_dir) + ".backup")
+    try:
+        b.start(timeout=90)
+        b.kubectl("apply", "-f", "-", input=DEPLOYMENT)
+        wait_for(lambda: running_pods(b) == 2, timeout=90, what="2 pods Running")
+        uid = b.kubectl("get", "deployment", "web", "-o", "jsonpath={.metadata.uid}").stdout
+        # Live: the etcd-backed cluster keeps running while it is backed up.
+        r = b.cli("backup", "--out", backup, "--store", etcd.store_flag())
+        assert "backed up" in r.stdout, r.stdout
+        b.stop()
+
+        r = restored.cli("restore", "--from", backup, "--data-dir", restored.data_dir)
+        assert "restored" in r.stdout, r.stdout
+        r = restored.cli("restore", "--from", backup, "--data-dir", restored.data_dir, check=False)
+        assert r.returncode != 0 and "already holds bosun data" in r.stderr, r.stderr
+        with open(backup, "a") as f:
+            f.write("not json\n")
+        other = tempfile.mkdtemp(prefix="bosun-e2e-restore-")
+        r = restored.cli("restore", "--from", backup, "--data-dir", other, check=False)
+        assert r.returncode != 0 and "damaged" in r.stderr, r.stderr
+        assert not os.path.exists(os.path.join(other, "store.redb")), "a damaged backup was half-restored"
+        shutil.rmtree(other, ignore_errors=True)
+
+        restored.start(timeout=90)
+        got = restored.kubectl("get", "deployment", "web", "-o", "jsonpath={.metadata.uid}").stdout
+        assert got == uid
+    except Exception:
+        print(f"--- bosun log ---\n{b.tail_log(80)}\n--- restored ---\n{restored.tail_log(80)}")
+        raise
+    finally:
+        b.stop()
+        restored.stop()
+        if os.path.exists(backup):
+            os.remove(backup)

@@ -80,6 +80,10 @@ enum Command {
     Secrets(secrets::SecretsOpts),
     /// Move the control plane's state between stores (`bosun store migrate --help`)
     Store(store::StoreCmd),
+    /// Write every object of the store to a file (etcd: live; embedded store: stopped)
+    Backup(store::BackupOpts),
+    /// Load a `bosun backup` file into an empty store
+    Restore(store::RestoreOpts),
     /// Supervise one container process (started by the agent)
     #[command(hide = true)]
     Shim {
@@ -118,6 +122,8 @@ fn main() -> ExitCode {
             Command::Token(o) => join::token(o).await,
             Command::Secrets(o) => secrets::run(o).await,
             Command::Store(o) => store::run(o).await,
+            Command::Backup(o) => store::backup(o).await,
+            Command::Restore(o) => store::restore(o).await,
             Command::Shim { .. } => unreachable!("handled before the runtime starts"),
         }
     });

@@ -226,9 +226,136 @@ async fn migrate(o: MigrateOpts) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Copies every key of `src` into `dst`, which must hold no bosun data, in the order
-/// the source changed them (so the destination's revisions keep that order).
-pub async fn copy_all(src: &dyn bosun_store::Store, dst: &dyn bosun_store::Store) -> Result<usize> {
+#[derive(Args, Debug)]
+pub struct BackupOpts {
+    /// File to write (JSON lines: a header, then one key and value per line)
+    #[arg(long)]
+    out: PathBuf,
+    /// Data dir of the server (its store.redb, for `--store redb`)
+    #[arg(long, default_value = "bosun-data", env = "BOSUN_DATA_DIR")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreOpts,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreOpts {
+    /// A file written by `bosun backup`
+    #[arg(long)]
+    from: PathBuf,
+    /// Data dir of the server (its store.redb, for `--store redb`)
+    #[arg(long, default_value = "bosun-data", env = "BOSUN_DATA_DIR")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreOpts,
+}
+
+const BACKUP_FORMAT: u64 = 1;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BackupHeader {
+    bosun_backup: u64,
+    revision: i64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BackupEntry {
+    key: String,
+    /// Base64 of the stored value.
+    value: String,
+}
+
+/// Writes every key of the store, read at one revision, oldest change first. Works on
+/// a running etcd-backed cluster; an embedded store must be stopped first.
+pub async fn backup(o: BackupOpts) -> Result<ExitCode> {
+    use base64::Engine;
+    use std::io::Write;
+    if matches!(o.store.kind()?, StoreKind::Redb) && !o.data_dir.join("store.redb").is_file() {
+        bail!("no store at {}", o.data_dir.join("store.redb").display());
+    }
+    let store = open(&o.store, &o.data_dir)
+        .await
+        .context("(an embedded store can only be backed up while bosun is stopped)")?;
+    let list = store.list("", bosun_store::ListOptions::default()).await?;
+    let mut kvs = list.kvs;
+    kvs.retain(|kv| kv.lease.is_none());
+    kvs.sort_by_key(|kv| kv.mod_revision);
+    let tmp = o.out.with_extension("partial");
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
+    let header = BackupHeader {
+        bosun_backup: BACKUP_FORMAT,
+        revision: list.revision,
+    };
+    writeln!(f, "{}", serde_json::to_string(&header)?)?;
+    for kv in &kvs {
+        let e = BackupEntry {
+            key: kv.key.clone(),
+            value: base64::engine::general_purpose::STANDARD.encode(&kv.value),
+        };
+        writeln!(f, "{}", serde_json::to_string(&e)?)?;
+    }
+    let f = f.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &o.out)?;
+    println!(
+        "backed up {} keys at revision {} to {}",
+        kvs.len(),
+        list.revision,
+        o.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a backup into an empty store (a new data dir, or an etcd cluster without
+/// bosun data), in the order the keys were backed up.
+pub async fn restore(o: RestoreOpts) -> Result<ExitCode> {
+    use base64::Engine;
+    use std::io::BufRead;
+    let f =
+        std::fs::File::open(&o.from).with_context(|| format!("opening {}", o.from.display()))?;
+    let mut lines = std::io::BufReader::new(f).lines();
+    let first = lines.next().transpose()?.unwrap_or_default();
+    let header: BackupHeader = serde_json::from_str(&first)
+        .with_context(|| format!("{}: not a bosun backup", o.from.display()))?;
+    if header.bosun_backup != BACKUP_FORMAT {
+        bail!(
+            "{}: backup format {} is not supported (this bosun reads {BACKUP_FORMAT})",
+            o.from.display(),
+            header.bosun_backup
+        );
+    }
+    // Read it all before writing anything: a damaged file restores nothing.
+    let mut entries = Vec::new();
+    for (i, line) in lines.enumerate() {
+        let e: BackupEntry = serde_json::from_str(&line?)
+            .with_context(|| format!("{}: line {} is damaged", o.from.display(), i + 2))?;
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(&e.value)
+            .with_context(|| format!("{}: line {} is damaged", o.from.display(), i + 2))?;
+        entries.push((e.key, value));
+    }
+    std::fs::create_dir_all(&o.data_dir)
+        .with_context(|| format!("creating {}", o.data_dir.display()))?;
+    let store = open(&o.store, &o.data_dir).await?;
+    ensure_empty(store.as_ref()).await?;
+    for (key, value) in &entries {
+        store
+            .create(key, value.clone().into(), None)
+            .await
+            .with_context(|| format!("restoring {key}"))?;
+    }
+    println!(
+        "restored {} keys (backed up at revision {})",
+        entries.len(),
+        header.revision
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ensure_empty(dst: &dyn bosun_store::Store) -> Result<()> {
     let existing = dst
         .list(
             "/registry/",
@@ -240,10 +367,17 @@ pub async fn copy_all(src: &dyn bosun_store::Store, dst: &dyn bosun_store::Store
         .await?;
     if let Some(kv) = existing.kvs.first() {
         bail!(
-            "the destination already holds bosun data ({} ...); migrate into an empty store",
+            "the destination already holds bosun data ({} ...); use an empty store",
             kv.key
         );
     }
+    Ok(())
+}
+
+/// Copies every key of `src` into `dst`, which must hold no bosun data, in the order
+/// the source changed them (so the destination's revisions keep that order).
+pub async fn copy_all(src: &dyn bosun_store::Store, dst: &dyn bosun_store::Store) -> Result<usize> {
+    ensure_empty(dst).await?;
     let mut all = src.list("", bosun_store::ListOptions::default()).await?.kvs;
     all.sort_by_key(|kv| kv.mod_revision);
     for kv in &all {

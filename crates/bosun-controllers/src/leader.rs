@@ -217,16 +217,20 @@ where
             if shutdown.is_cancelled() {
                 break None;
             }
-            match e.try_acquire_or_renew().await {
-                Ok(true) => last_renew = Instant::now(),
-                Ok(false) => {
+            // A renewal must not outlast the deadline: the store may retry a request
+            // for longer than a lease lasts, and others take over after it.
+            let left = e.cfg.renew_deadline.saturating_sub(last_renew.elapsed());
+            match tokio::time::timeout(left, e.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => last_renew = Instant::now(),
+                Ok(Ok(false)) => {
                     eprintln!(
                         "bosun: {} lost the leader lease to another server",
                         e.cfg.identity
                     );
                     break None;
                 }
-                Err(err) => tracing::warn!(error = %err, "leader election: renewing failed"),
+                Ok(Err(err)) => tracing::warn!(error = %err, "leader election: renewing failed"),
+                Err(_) => tracing::warn!("leader election: renewing timed out"),
             }
             if last_renew.elapsed() >= e.cfg.renew_deadline {
                 eprintln!(

@@ -5,9 +5,10 @@
 //! conditional on a key's `mod_revision`, and watches replay every change after a
 //! revision (or fail with [`StoreError::Compacted`] when that history is gone).
 //!
-//! Backends: [`RedbStore`] (embedded, one file) and [`EtcdStore`] (an etcd v3 cluster). The `conformance` feature exposes
-//! the backend-independent test suite (`conformance::run_all`) that every backend
-//! must pass.
+//! Backends: [`RedbStore`] (embedded, one file) and [`EtcdStore`] (an etcd v3
+//! cluster). The `conformance` feature exposes the backend-independent test suite
+//! (`conformance::run_all`) that every backend must pass; `etcd-cluster` starts real
+//! etcd clusters for tests.
 
 use std::pin::Pin;
 

@@ -117,6 +117,9 @@ impl Store for MemStore {
     }
 
     async fn create(&self, key: &str, value: Bytes, lease: Option<LeaseId>) -> Result<KeyValue> {
+        if key.is_empty() {
+            return Err(StoreError::InvalidArgument("empty key".into()));
+        }
         let mut st = self.state.lock().unwrap();
         if st.kvs.contains_key(key) {
             return Err(StoreError::AlreadyExists(key.into()));
@@ -280,7 +283,16 @@ impl Store for MemStore {
 
     async fn compact(&self, revision: Revision) -> Result<()> {
         let mut st = self.state.lock().unwrap();
-        st.compacted = st.compacted.max(revision);
+        if revision <= st.compacted {
+            return Err(StoreError::Compacted {
+                requested: revision,
+                compacted: st.compacted,
+            });
+        }
+        if revision > st.rev {
+            return Err(StoreError::FutureRevision(revision));
+        }
+        st.compacted = revision;
         let c = st.compacted;
         st.log.retain(|e| event_rev(e) > c);
         Ok(())
