@@ -244,6 +244,37 @@ def measure_failover(hosts, victim, app="failover", replicas=4, timeout=120):
     return took
 
 
+def pdb(name, min_available):
+    return json.dumps({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                       "metadata": {"name": name},
+                       "spec": {"minAvailable": min_available,
+                                "selector": {"matchLabels": {"app": name}}}})
+
+
+def test_drain_respects_the_disruption_budget_and_uncordon_undoes_it(hosts):
+    node = hosts.hosts[1].node_name
+    hosts.kubectl("apply", "-f", "-", input=web_deployment("drn", 3))
+    hosts.kubectl("rollout", "status", "deploy/drn", "--timeout=120s")
+    assert any(p["spec"]["nodeName"] == node for p in ready_pods(hosts, "drn"))
+    # A budget that allows no disruption: the eviction is refused (429) and drain gives up.
+    hosts.kubectl("apply", "-f", "-", input=pdb("drn", 3))
+    r = hosts.kubectl("drain", node, "--ignore-daemonsets", "--timeout=8s", check=False)
+    assert r.returncode != 0, r.stdout
+    assert "disruption budget" in (r.stdout + r.stderr), r.stderr
+    assert any(p["spec"]["nodeName"] == node for p in ready_pods(hosts, "drn"))
+    # One disruption allowed: drain evicts the pods one by one as replacements get ready.
+    hosts.kubectl("apply", "-f", "-", input=pdb("drn", 2))
+    hosts.kubectl("drain", node, "--ignore-daemonsets", "--timeout=120s")
+    spec = json.loads(hosts.kubectl("get", "node", node, "-o", "json").stdout)["spec"]
+    assert spec.get("unschedulable") is True, spec
+    wait_for(lambda: len(ready_pods(hosts, "drn")) == 3, timeout=90, what="3 ready replicas")
+    assert all(p["spec"]["nodeName"] != node for p in ready_pods(hosts, "drn"))
+    hosts.kubectl("uncordon", node)
+    spec = json.loads(hosts.kubectl("get", "node", node, "-o", "json").stdout)["spec"]
+    assert not spec.get("unschedulable"), spec
+    hosts.kubectl("delete", "deploy,svc,pdb", "drn", "--wait=true", "--timeout=60s")
+
+
 def test_partitioned_host_heals_and_stops_its_replaced_pods(hosts):
     victim = hosts.hosts[1]
     hosts.kubectl("apply", "-f", "-", input=web_deployment("part", 3))

@@ -7,6 +7,7 @@
 pub mod auth;
 mod discovery;
 mod error;
+mod eviction;
 mod logs;
 mod metrics;
 mod objects;
