@@ -258,12 +258,15 @@ def test_drain_respects_the_disruption_budget_and_uncordon_undoes_it(hosts):
     assert any(p["spec"]["nodeName"] == node for p in ready_pods(hosts, "drn"))
     # A budget that allows no disruption: the eviction is refused (429) and drain gives up.
     hosts.kubectl("apply", "-f", "-", input=pdb("drn", 3))
+    allowed = lambda: hosts.kubectl("get", "pdb", "drn", "-o", "jsonpath={.status.disruptionsAllowed}/{.status.currentHealthy}").stdout
+    wait_for(lambda: allowed() == "0/3", what="budget status: no disruption allowed")
     r = hosts.kubectl("drain", node, "--ignore-daemonsets", "--timeout=8s", check=False)
     assert r.returncode != 0, r.stdout
     assert "disruption budget" in (r.stdout + r.stderr), r.stderr
     assert any(p["spec"]["nodeName"] == node for p in ready_pods(hosts, "drn"))
     # One disruption allowed: drain evicts the pods one by one as replacements get ready.
     hosts.kubectl("apply", "-f", "-", input=pdb("drn", 2))
+    wait_for(lambda: allowed() == "1/3", what="budget status: one disruption allowed")
     hosts.kubectl("drain", node, "--ignore-daemonsets", "--timeout=120s")
     spec = json.loads(hosts.kubectl("get", "node", node, "-o", "json").stdout)["spec"]
     assert spec.get("unschedulable") is True, spec
