@@ -149,6 +149,28 @@ def test_created_token_joins_and_nodes_hold_no_cluster_secrets(hosts):
         subj = subprocess.run(["openssl", "x509", "-in", crt, "-noout", "-subject"],
                               capture_output=True, text=True).stdout
         assert f"system:node:{h.node_name}" in subj and "system:nodes" in subj, subj
+    # The node's certificate is its identity at the API: it may read the cluster's Nodes but
+    # not the bootstrap tokens, nor sign certificates.
+    import ssl
+    import urllib.error
+    import urllib.request
+    pki = os.path.join(hosts.hosts[1].data_dir, "pki")
+    ctx = ssl.create_default_context(cafile=os.path.join(pki, "ca.crt"))
+    ctx.load_cert_chain(os.path.join(pki, "node.crt"), os.path.join(pki, "node.key"))
+
+    def status(path, method="GET"):
+        req = urllib.request.Request(hosts.api_url + path, method=method,
+                                     data=b"{}" if method != "GET" else None)
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+    assert status("/api/v1/nodes") == 200
+    tid = token.split("::")[1].split(".")[0]
+    assert status(f"/api/v1/namespaces/kube-system/secrets/bootstrap-token-{tid}") == 403
+    assert status("/api/v1/secrets") == 403
+    assert status("/apis/certificates.k8s.io/v1/certificatesigningrequests/x/approval", "PUT") == 403
     csrs = json.loads(hosts.kubectl("get", "csr", "-o", "json").stdout)["items"]
     issued = [c for c in csrs if c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
               and c.get("status", {}).get("certificate")]
