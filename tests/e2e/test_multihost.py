@@ -149,6 +149,28 @@ def test_created_token_joins_and_nodes_hold_no_cluster_secrets(hosts):
         subj = subprocess.run(["openssl", "x509", "-in", crt, "-noout", "-subject"],
                               capture_output=True, text=True).stdout
         assert f"system:node:{h.node_name}" in subj and "system:nodes" in subj, subj
+    # The node's certificate is its identity at the API: it may read the cluster's Nodes but
+    # not the bootstrap tokens, nor sign certificates.
+    import ssl
+    import urllib.error
+    import urllib.request
+    pki = os.path.join(hosts.hosts[1].data_dir, "pki")
+    ctx = ssl.create_default_context(cafile=os.path.join(pki, "ca.crt"))
+    ctx.load_cert_chain(os.path.join(pki, "node.crt"), os.path.join(pki, "node.key"))
+
+    def status(path, method="GET"):
+        req = urllib.request.Request(hosts.api_url + path, method=method,
+                                     data=b"{}" if method != "GET" else None)
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+    assert status("/api/v1/nodes") == 200
+    tid = token.split("::")[1].split(".")[0]
+    assert status(f"/api/v1/namespaces/kube-system/secrets/bootstrap-token-{tid}") == 403
+    assert status("/api/v1/secrets") == 403
+    assert status("/apis/certificates.k8s.io/v1/certificatesigningrequests/x/approval", "PUT") == 403
     csrs = json.loads(hosts.kubectl("get", "csr", "-o", "json").stdout)["items"]
     issued = [c for c in csrs if c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
               and c.get("status", {}).get("certificate")]
@@ -242,6 +264,40 @@ def measure_failover(hosts, victim, app="failover", replicas=4, timeout=120):
             if created > wall0 - 1:
                 print(f"  {p['metadata']['name']} created +{created - wall0:.0f}s")
     return took
+
+
+def pdb(name, min_available):
+    return json.dumps({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                       "metadata": {"name": name},
+                       "spec": {"minAvailable": min_available,
+                                "selector": {"matchLabels": {"app": name}}}})
+
+
+def test_drain_respects_the_disruption_budget_and_uncordon_undoes_it(hosts):
+    node = hosts.hosts[1].node_name
+    hosts.kubectl("apply", "-f", "-", input=web_deployment("drn", 3))
+    hosts.kubectl("rollout", "status", "deploy/drn", "--timeout=120s")
+    assert any(p["spec"]["nodeName"] == node for p in ready_pods(hosts, "drn"))
+    # A budget that allows no disruption: the eviction is refused (429) and drain gives up.
+    hosts.kubectl("apply", "-f", "-", input=pdb("drn", 3))
+    allowed = lambda: hosts.kubectl("get", "pdb", "drn", "-o", "jsonpath={.status.disruptionsAllowed}/{.status.currentHealthy}").stdout
+    wait_for(lambda: allowed() == "0/3", what="budget status: no disruption allowed")
+    r = hosts.kubectl("drain", node, "--ignore-daemonsets", "--timeout=8s", check=False)
+    assert r.returncode != 0, r.stdout
+    assert "disruption budget" in (r.stdout + r.stderr), r.stderr
+    assert any(p["spec"]["nodeName"] == node for p in ready_pods(hosts, "drn"))
+    # One disruption allowed: drain evicts the pods one by one as replacements get ready.
+    hosts.kubectl("apply", "-f", "-", input=pdb("drn", 2))
+    wait_for(lambda: allowed() == "1/3", what="budget status: one disruption allowed")
+    hosts.kubectl("drain", node, "--ignore-daemonsets", "--timeout=120s")
+    spec = json.loads(hosts.kubectl("get", "node", node, "-o", "json").stdout)["spec"]
+    assert spec.get("unschedulable") is True, spec
+    wait_for(lambda: len(ready_pods(hosts, "drn")) == 3, timeout=90, what="3 ready replicas")
+    assert all(p["spec"]["nodeName"] != node for p in ready_pods(hosts, "drn"))
+    hosts.kubectl("uncordon", node)
+    spec = json.loads(hosts.kubectl("get", "node", node, "-o", "json").stdout)["spec"]
+    assert not spec.get("unschedulable"), spec
+    hosts.kubectl("delete", "deploy,svc,pdb", "drn", "--wait=true", "--timeout=60s")
 
 
 def test_partitioned_host_heals_and_stops_its_replaced_pods(hosts):

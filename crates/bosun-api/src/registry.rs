@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use k8s_openapi::api::{apps, certificates, coordination, core, discovery, networking};
+use k8s_openapi::api::{apps, certificates, coordination, core, discovery, networking, policy};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
@@ -113,7 +113,11 @@ impl Registry {
         REGISTRY.get_or_init(|| Registry {
             kinds: vec![
                 kind_of::<core::v1::Namespace>(&["ns"], &[], &["status", "finalize"]),
-                kind_of::<core::v1::Pod>(&["po"], &["all"], &["status", "log", "binding"]),
+                kind_of::<core::v1::Pod>(
+                    &["po"],
+                    &["all"],
+                    &["status", "log", "binding", "eviction"],
+                ),
                 kind_of::<core::v1::ConfigMap>(&["cm"], &[], &[]),
                 kind_of::<core::v1::Secret>(&[], &[], &[]),
                 kind_of::<core::v1::Service>(&["svc"], &["all"], &["status"]),
@@ -129,6 +133,7 @@ impl Registry {
                 kind_of::<crate::gateway::GatewayClass>(&["gc"], &[], &["status"]),
                 kind_of::<crate::gateway::Gateway>(&["gtw"], &[], &["status"]),
                 kind_of::<crate::gateway::HTTPRoute>(&[], &[], &["status"]),
+                kind_of::<policy::v1::PodDisruptionBudget>(&["pdb"], &[], &["status"]),
                 kind_of::<certificates::v1::CertificateSigningRequest>(
                     &["csr"],
                     &[],

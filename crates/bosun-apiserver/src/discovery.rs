@@ -72,6 +72,7 @@ fn subresource_info(
         "scale" => ("autoscaling", "v1", "Scale", &["get", "patch", "update"]),
         "log" => ("", "v1", "Pod", &["get"]),
         "binding" => ("", "v1", "Binding", &["create"]),
+        "eviction" => ("policy", "v1", "Eviction", &["create"]),
         "finalize" => ("", "v1", "Namespace", &["update"]),
         _ => (
             kind.group,

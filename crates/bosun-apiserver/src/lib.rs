@@ -8,6 +8,7 @@ pub mod auth;
 mod discovery;
 pub mod encryption;
 mod error;
+mod eviction;
 mod logs;
 mod metrics;
 mod objects;

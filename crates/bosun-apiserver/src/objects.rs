@@ -1407,12 +1407,21 @@ pub(crate) struct DeleteOpts {
 }
 
 fn delete_opts(ctx: &Ctx, body: &[u8]) -> ApiResult<DeleteOpts> {
+    let v = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(parse_doc(&ctx.content_type(), body)?)
+    };
+    delete_opts_from(ctx, v)
+}
+
+/// DeleteOptions from a decoded body (or an Eviction's `deleteOptions`) and the query.
+pub(crate) fn delete_opts_from(ctx: &Ctx, v: Option<Value>) -> ApiResult<DeleteOpts> {
     let mut o = DeleteOpts {
         dry_run: ctx.dry_run(),
         ..Default::default()
     };
-    if !body.iter().all(u8::is_ascii_whitespace) {
-        let v = parse_doc(&ctx.content_type(), body)?;
+    if let Some(v) = v {
         if let Some(k) = v.get("kind").and_then(Value::as_str)
             && k != "DeleteOptions"
         {

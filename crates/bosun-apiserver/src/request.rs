@@ -194,6 +194,10 @@ async fn dispatch_inner(inner: Arc<Inner>, req: Request) -> ApiResult<Response> 
             let body = read_body(&ctx, body).await?;
             objects::create(ctx, body).await
         }
+        (&Method::POST, true, Some("eviction")) => {
+            let body = read_body(&ctx, body).await?;
+            crate::eviction::evict(ctx, body).await
+        }
         (&Method::POST, true, Some("binding")) => {
             let body = read_body(&ctx, body).await?;
             objects::bind(ctx, body).await

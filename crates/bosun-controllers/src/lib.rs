@@ -6,6 +6,7 @@
 //! on fresh from the API, so any controller can be restarted at any moment.
 
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
@@ -142,6 +143,15 @@ pub async fn run_with(
             namespaces,
             kinds,
             graph,
+            stop.clone(),
+        )),
+        tokio::spawn(disruption::run(
+            client.clone(),
+            Informer::start(
+                Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::all(client.clone()),
+                stop.clone(),
+            ),
+            pods.clone(),
             stop.clone(),
         )),
         tokio::spawn(podgc::run(

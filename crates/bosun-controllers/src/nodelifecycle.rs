@@ -89,6 +89,7 @@ struct Ctx {
     client: Client,
     cfg: ControllerConfig,
     leases: Store<Lease>,
+    nodes: Store<Node>,
     pods: Store<Pod>,
     recorder: Recorder,
     /// When each node's lease was last seen to change, by this process's clock: comparing
@@ -126,6 +127,16 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ReconcileEr
         ));
     }
     set_unknown(&ctx, &name).await?;
+    // As Kubernetes' full-disruption mode: with no other node Ready the fault is as likely on
+    // this side (a stalled control plane) and there is nowhere to go, so nothing is evicted.
+    let others_ready = ctx
+        .nodes
+        .state()
+        .iter()
+        .any(|n| n.name_any() != name && is_ready(n));
+    if !others_ready {
+        return Ok(Action::requeue(grace));
+    }
     if !has_unreachable_taint(&node) {
         set_taint(&ctx, &name, true).await?;
     }
@@ -133,6 +144,13 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ReconcileEr
         Some(wait) => Action::requeue(wait),
         None => Action::requeue(grace),
     })
+}
+
+fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn has_unreachable_taint(node: &Node) -> bool {
@@ -310,6 +328,7 @@ pub(crate) async fn run(
         client,
         cfg,
         leases: leases.store(),
+        nodes: nodes.store(),
         pods: pods.store(),
         observed: Mutex::new(HashMap::new()),
     });

@@ -529,6 +529,38 @@ async fn silent_node_goes_unknown_and_loses_its_pods() {
         "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 40, "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}}))
     .unwrap();
     leases.create(&PostParams::default(), &lease).await.unwrap();
+    // A second node that stays healthy: with no Ready node left nothing would be evicted.
+    let n2: Node = serde_json::from_value(json!({"metadata": {"name": "n2"}})).unwrap();
+    nodes.create(&PostParams::default(), &n2).await.unwrap();
+    nodes
+        .patch_status(
+            "n2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": now, "lastTransitionTime": now}]}})),
+        )
+        .await
+        .unwrap();
+    let renewer = {
+        let leases = leases.clone();
+        tokio::spawn(async move {
+            loop {
+                let t = jiff::Timestamp::now()
+                    .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+                    .to_string();
+                let l: Lease = serde_json::from_value(json!({"metadata": {"name": "n2"},
+                    "spec": {"holderIdentity": "n2", "leaseDurationSeconds": 40, "renewTime": t}}))
+                .unwrap();
+                if leases
+                    .replace("n2", &PostParams::default(), &l)
+                    .await
+                    .is_err()
+                {
+                    let _ = leases.create(&PostParams::default(), &l).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
     let pods: Api<Pod> = Api::default_namespaced(c.client.clone());
     let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "on-n1"},
         "spec": {"nodeName": "n1", "runtimeClassName": "process", "terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "command": ["/bin/true"]}]}}))
@@ -554,7 +586,25 @@ async fn silent_node_goes_unknown_and_loses_its_pods() {
         cond.message.as_deref(),
         Some("Kubelet stopped posting node status.")
     );
+    eventually("unreachable taint", || async {
+        let n = nodes.get("n1").await.ok()?;
+        n.spec
+            .and_then(|s| s.taints)
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute")
+            .then_some(())
+    })
+    .await;
     wait_gone(&pods, "on-n1").await;
+    let n2 = nodes.get("n2").await.unwrap();
+    assert!(
+        n2.spec
+            .and_then(|s| s.taints)
+            .unwrap_or_default()
+            .is_empty()
+    );
+    renewer.abort();
 }
 
 #[tokio::test]
@@ -673,4 +723,45 @@ async fn pods_bound_to_a_missing_node_are_removed_and_replaced() {
         (now.len() == 1 && now[0].name_any() != pod.name_any()).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_last_node_keeps_its_pods_when_it_goes_silent() {
+    let cfg = ControllerConfig {
+        node_monitor_grace_period: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let c = cluster(cfg).await;
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "only"}})).unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let now = jiff::Timestamp::now().to_string();
+    nodes
+        .patch_status(
+            "only",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": now, "lastTransitionTime": now}]}})),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::default_namespaced(c.client.clone());
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "on-only"},
+        "spec": {"nodeName": "only", "runtimeClassName": "process", "containers": [{"name": "c", "command": ["/bin/true"]}]}}))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    eventually("node Unknown", || async {
+        let n = nodes.get("only").await.ok()?;
+        n.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "Unknown")
+            .then_some(())
+    })
+    .await;
+    // Past the default toleration (5 s): with nowhere to go, nothing is evicted or tainted.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let p = pods.get("on-only").await.unwrap();
+    assert!(p.metadata.deletion_timestamp.is_none());
+    let n = nodes.get("only").await.unwrap();
+    assert!(n.spec.and_then(|s| s.taints).unwrap_or_default().is_empty());
 }
