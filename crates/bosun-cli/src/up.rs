@@ -149,11 +149,9 @@ pub async fn up(opts: UpOpts) -> Result<ExitCode> {
         let node = assigned_node(&client, &opts.node).await?;
         start_agent_only(
             client.clone(),
-            node_serving_cert(&pki, &node)?,
-            &pki.kubelet_token,
+            AgentIdentity::local(&pki, &node)?,
             &opts.server.data_dir,
             &node,
-            Some(&pki.dir),
             &shutdown,
             &mut tasks,
         )?;
@@ -233,17 +231,21 @@ pub async fn agent(opts: AgentOpts) -> Result<ExitCode> {
             )
         }
     };
-    start_agent(
-        client,
+    let node = assigned_node(&client, &opts.node).await?;
+    let id = AgentIdentity {
         serving,
-        &kubelet_token,
+        kubelet_token: &kubelet_token,
+        pki_dir: opts.pki_dir.as_deref(),
+    };
+    start_agent_only(
+        client.clone(),
+        id,
         &opts.data_dir,
-        &opts.node,
-        opts.pki_dir.as_deref(),
+        &node,
         &shutdown,
         &mut tasks,
-    )
-    .await?;
+    )?;
+    start_node_services(client, &node, &shutdown, &mut tasks)?;
     println!("bosun agent joined {joined}");
     supervise(tasks, shutdown).await
 }
@@ -338,29 +340,24 @@ pub(crate) async fn start_control_plane(
     Ok((client, pki))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn start_agent(
-    client: kube::Client,
-    serving: crate::pki::Serving,
-    kubelet_token: &str,
-    data_dir: &Path,
-    node: &NodeOpts,
-    pki_dir: Option<&Path>,
-    shutdown: &CancellationToken,
-    tasks: &mut Tasks,
-) -> Result<()> {
-    let node = assigned_node(&client, node).await?;
-    start_agent_only(
-        client.clone(),
-        serving,
-        kubelet_token,
-        data_dir,
-        &node,
-        pki_dir,
-        shutdown,
-        tasks,
-    )?;
-    start_node_services(client, &node, shutdown, tasks)
+/// Who a node agent is: the certificate it serves with, the token the API server calls it
+/// with, and where the cluster's credentials are when this machine holds them (hidden
+/// from pods).
+pub(crate) struct AgentIdentity<'a> {
+    pub serving: crate::pki::Serving,
+    pub kubelet_token: &'a str,
+    pub pki_dir: Option<&'a Path>,
+}
+
+impl<'a> AgentIdentity<'a> {
+    /// The agent of a machine that holds the cluster's credentials (`bosun up`).
+    pub fn local(pki: &'a Pki, node: &NodeOpts) -> Result<Self> {
+        Ok(AgentIdentity {
+            serving: node_serving_cert(pki, node)?,
+            kubelet_token: &pki.kubelet_token,
+            pki_dir: Some(&pki.dir),
+        })
+    }
 }
 
 /// Registers the node (or finds it registered) and returns its options with the pod CIDR
@@ -372,21 +369,17 @@ pub(crate) async fn assigned_node(client: &kube::Client, node: &NodeOpts) -> Res
     Ok(node)
 }
 
-/// The node agent and its pod routes, without the traffic components. `pki_dir`: where
-/// the cluster's credentials are when this machine holds them (hidden from pods).
-#[allow(clippy::too_many_arguments)]
+/// The node agent and its pod routes, without the traffic components.
 pub(crate) fn start_agent_only(
     client: kube::Client,
-    serving: crate::pki::Serving,
-    kubelet_token: &str,
+    id: AgentIdentity,
     data_dir: &Path,
     node: &NodeOpts,
-    pki_dir: Option<&Path>,
     shutdown: &CancellationToken,
     tasks: &mut Tasks,
 ) -> Result<()> {
-    let mut cfg = agent_config(&serving, kubelet_token, data_dir, node)?;
-    cfg.hidden_paths.extend(pki_dir.map(Path::to_path_buf));
+    let mut cfg = agent_config(&id.serving, id.kubelet_token, data_dir, node)?;
+    cfg.hidden_paths.extend(id.pki_dir.map(Path::to_path_buf));
     // Before anything is created: `bosun reset` removes what this record names.
     crate::node_record::NodeRecord::new(
         &cfg.node_name,
@@ -495,7 +488,7 @@ fn node_name(node: &NodeOpts) -> Result<String> {
 }
 
 /// The node's serving certificate signed with the local CA key (`up`, `agent --pki-dir`).
-pub(crate) fn node_serving_cert(pki: &Pki, node: &NodeOpts) -> Result<crate::pki::Serving> {
+fn node_serving_cert(pki: &Pki, node: &NodeOpts) -> Result<crate::pki::Serving> {
     let name = node_name(node)?;
     pki.serving_cert(
         &name,

@@ -59,16 +59,8 @@ pub async fn take_over(
         .await
         .with_context(|| format!("waiting for process {pid} to exit"))?;
     let (client, pki) = up::start_control_plane(&opts.server, shutdown, tasks).await?;
-    up::start_agent_only(
-        client,
-        up::node_serving_cert(&pki, &node)?,
-        &pki.kubelet_token,
-        data_dir,
-        &node,
-        Some(&pki.dir),
-        shutdown,
-        tasks,
-    )?;
+    let id = up::AgentIdentity::local(&pki, &node)?;
+    up::start_agent_only(client, id, data_dir, &node, shutdown, tasks)?;
     for key in listen::release_inherited() {
         tracing::info!(%key, "upgrade: socket no longer used, closed");
     }
