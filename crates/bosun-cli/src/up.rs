@@ -136,6 +136,7 @@ pub async fn agent(opts: AgentOpts) -> Result<ExitCode> {
     let pki = Pki::load_existing(&opts.pki_dir)?;
     let kubeconfig = opts.data_dir.join("kubeconfig");
     std::fs::create_dir_all(&opts.data_dir)?;
+    crate::pki::chmod(&opts.data_dir, 0o700)?;
     pki.write_kubeconfig(&kubeconfig, &opts.join)?;
     let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
     let config =
