@@ -37,6 +37,8 @@ report = {
     "ppid": os.getppid(),
     "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
     "hostname": socket.gethostname(),
+    "fqdn": socket.getfqdn(),
+    "self_addr": socket.gethostbyname(socket.gethostname()),
     "read_ca_key": attempt(lambda: open(os.path.join(data, "pki", "ca.key")).read()),
     "read_token": attempt(lambda: open(os.path.join(data, "pki", "token")).read()),
     "list_data_dir": attempt(lambda: os.listdir(os.path.join(data, "agent", "pods")) or 1/0),
@@ -123,6 +125,10 @@ def test_root_pod_gets_default_capabilities_and_still_no_secrets(cluster):
     assert root["capeff"] & CAP_SYS_ADMIN == 0, root
     assert root["capeff"] & CAP_CHOWN, root
     assert root["hostname"] == "db", root
+    # The pod's hosts file names it (FQDN under its subdomain) at its IP.
+    ip = cluster.kubectl("get", "pod", "rootpod", "-o", "jsonpath={.status.podIP}").stdout
+    assert root["self_addr"] == ip, (root, ip)
+    assert root["fqdn"] == "db.sub.default.svc.cluster.local", root
     # Root in the pod is not root on the host: the keys, the store and the host's secrets
     # are hidden, the host's files are read-only.
     assert root["read_ca_key"] != "ok", root

@@ -698,6 +698,7 @@ impl Runtime for DockerRuntime {
                 .no_new_privs()
                 .then(|| vec!["no-new-privileges".to_string()]),
             pid_mode: sec.host_pid.then(|| "host".to_string()),
+            ipc_mode: sec.host_ipc.then(|| "host".to_string()),
             ..Default::default()
         };
         let body = ContainerCreateBody {

@@ -51,9 +51,16 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
 ];
 
 /// Host paths no unprivileged container sees, besides bosun's own directories: the
-/// credentials of the host's users and of the container engines beside bosun.
+/// credentials of the host's users and of the container engines beside bosun. Only the
+/// credentials in root's home: tools installed there (e.g. pyenv) stay usable.
 pub const HOST_SECRETS: &[&str] = &[
-    "/root",
+    "/root/.ssh",
+    "/root/.kube",
+    "/root/.docker",
+    "/root/.gnupg",
+    "/root/.aws",
+    "/root/.config/gcloud",
+    "/root/.bash_history",
     "/etc/shadow",
     "/etc/gshadow",
     "/etc/ssh",

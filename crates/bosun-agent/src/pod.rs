@@ -959,9 +959,19 @@ impl PodWorker {
             security
                 .check_non_root(None)
                 .map_err(|m| non_root_message(&m, pod, c))?;
+            // With hostNetwork the pod keeps the node's hostname, as in Kubernetes.
+            let host_network = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.host_network)
+                .unwrap_or(false);
             Some(crate::isolation::Isolation::for_process(
                 &security,
-                crate::isolation::pod_hostname(pod),
+                if host_network {
+                    String::new()
+                } else {
+                    crate::isolation::pod_hostname(pod)
+                },
             ))
         };
         let argv = if image {

@@ -470,7 +470,11 @@ fn exec(json: &str) -> i32 {
             return 2;
         }
     };
-    if let (Some(iso), Some(pid)) = (&spec.isolation, spec.mount_ns_pid) {
+    if let Some(iso) = &spec.isolation {
+        let Some(pid) = spec.mount_ns_pid else {
+            eprintln!("bosun shim exec: the container is not running");
+            return 126;
+        };
         return crate::isolation::exec_in(&spec, iso, pid);
     }
     // Open the netns file before switching mount namespaces: its path is the host's.

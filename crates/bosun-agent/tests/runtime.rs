@@ -538,3 +538,87 @@ async fn reused_pod_address_drops_the_stale_neighbour_entry() {
     net.cleanup().await.unwrap();
     result.unwrap();
 }
+
+#[tokio::test]
+async fn isolated_container_has_own_pid_namespace_user_and_view() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pods").join("secret-of-another-pod");
+    std::fs::create_dir_all(secret.parent().unwrap()).unwrap();
+    std::fs::write(&secret, "x").unwrap();
+    let rt = ProcessRuntime::new(dir.path().join("pods"), shim_exe());
+    let k = key("iso", "main", 0);
+    let sec = bosun_agent::isolation::Security {
+        run_as_user: Some(65534),
+        run_as_group: Some(65534),
+        supplemental_groups: vec![4242],
+        ..Default::default()
+    };
+    let launch = ContainerLaunch {
+        argv: sh(&format!(
+            "grep -E '^(Uid|Gid|Groups|CapEff|NoNewPrivs):' /proc/self/status; echo pid=$$; \
+             echo procs=$(ls /proc | grep -c '^[0-9]'); echo host=$(hostname); \
+             cat {} 2>/dev/null && echo secret-readable; touch /usr/x 2>/dev/null && echo host-writable; \
+             exec sleep 60",
+            secret.display()
+        )),
+        isolation: Some(bosun_agent::isolation::Isolation::for_process(
+            &sec,
+            "iso-pod".into(),
+        )),
+        ..Default::default()
+    };
+    rt.create(&k, &launch).await.unwrap();
+    rt.start(&k).await.unwrap();
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = std::fs::read_to_string(rt.log_path(&k)).unwrap_or_default();
+        if log.contains("host=") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let has = |s: &str| log.lines().any(|l| l.contains(s));
+    assert!(has("Uid:\t65534\t65534\t65534\t65534"), "{log}");
+    assert!(has("Gid:\t65534\t65534\t65534\t65534"), "{log}");
+    assert!(has("Groups:\t4242"), "{log}");
+    assert!(has("CapEff:\t0000000000000000"), "{log}");
+    assert!(has("NoNewPrivs:\t1"), "{log}");
+    // The shell is the child of the pod's init (PID 1): pid 2, and few processes.
+    assert!(has("pid=2"), "{log}");
+    assert!(has("host=iso-pod"), "{log}");
+    let procs: usize = log
+        .lines()
+        .find_map(|l| l.split("procs=").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    // init, the shell, and the pipeline counting them; the host has hundreds.
+    assert!(procs <= 6, "{log}");
+    assert!(!has("secret-readable"), "{log}");
+    assert!(!has("host-writable"), "{log}");
+    // Exec (probes, hooks) runs in the same namespaces, as the same user.
+    let out = rt
+        .exec(
+            &k,
+            &[
+                "/bin/sh".into(),
+                "-c".into(),
+                "id -u; hostname; echo $$".into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{}", out.output);
+    let lines: Vec<&str> = out.output.lines().collect();
+    assert_eq!(lines[..2], ["65534", "iso-pod"], "{}", out.output);
+    assert!(lines[2].parse::<u32>().unwrap() < 100, "{}", out.output);
+    // SIGTERM reaches `sleep`, which has no handler, through the init.
+    match rt.stop(&k, Duration::from_secs(30)).await.unwrap() {
+        RuntimeState::Exited { exit_code, .. } => assert_eq!(exit_code, 143),
+        other => panic!("{other:?}"),
+    }
+    rt.remove_pod("iso").await.unwrap();
+}

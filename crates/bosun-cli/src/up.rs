@@ -182,6 +182,7 @@ pub async fn agent(opts: AgentOpts) -> Result<ExitCode> {
     let shutdown = shutdown_on_signal();
     let mut tasks = JoinSet::new();
     std::fs::create_dir_all(&opts.data_dir)?;
+    crate::pki::chmod(&opts.data_dir, 0o700)?;
     let server = opts.servers.first().cloned().unwrap_or_default();
     let (client, serving, kubelet_token, joined) = match &opts.pki_dir {
         Some(dir) => {
