@@ -150,5 +150,8 @@ def test_bearer_scheme_in_any_case(lowfd):
     assert curl(api, "bearer wrong", "--cacert", ca).stdout == "401"
     host, port = agent_addr(lowfd)
     agent = f"https://{host}:{port}/stats/summary"
-    assert curl(agent, f"bearer {lowfd.token()}", "-k").stdout == "200"
+    # The API server calls agents with the kubelet token, not the admin token.
+    with open(os.path.join(lowfd.data_dir, "pki", "kubelet-token")) as f:
+        kubelet_token = f.read().strip()
+    assert curl(agent, f"bearer {kubelet_token}", "-k").stdout == "200"
     assert curl(agent, "bearer wrong", "-k").stdout == "401"
