@@ -34,14 +34,21 @@ while True:
 '''
 
 
-def pod_manifest(name, command, grace=60, extra=None):
+def pod_manifest(name, command, grace=60, extra=None, host_dir=None):
+    """A process pod; `host_dir` is a host directory the pod sees at the same path (a
+    process pod's /tmp is its own, so files shared with the test need a hostPath)."""
     container = {"name": "main", "command": command}
     container.update(extra or {})
+    spec = {"runtimeClassName": "process", "terminationGracePeriodSeconds": grace,
+            "containers": [container]}
+    if host_dir:
+        container["volumeMounts"] = [{"name": "shared", "mountPath": host_dir}]
+        spec["volumes"] = [{"name": "shared",
+                            "hostPath": {"path": host_dir, "type": "Directory"}}]
     return json.dumps({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "labels": {"test": "lifecycle"}},
-        "spec": {"runtimeClassName": "process", "terminationGracePeriodSeconds": grace,
-                 "containers": [container]},
+        "spec": spec,
     })
 
 
@@ -71,7 +78,7 @@ def test_delete_sends_sigterm_that_a_python_handler_sees(cluster):
     marker = os.path.join(tmp, "marker")
     try:
         cluster.kubectl("apply", "-f", "-", input=pod_manifest(
-            "graceful", ["python3", "-c", GRACEFUL, marker]))
+            "graceful", ["python3", "-c", GRACEFUL, marker], host_dir=tmp))
         wait_for(lambda: running(cluster, "graceful") and logs_contain(cluster, "graceful", "serving"),
                  what="graceful pod running")
         # The program starts with no signal blocked (Python itself ignores SIGPIPE, so
@@ -116,7 +123,7 @@ def test_redis_shuts_down_on_sigterm(cluster):
     try:
         cluster.kubectl("apply", "-f", "-", input=pod_manifest(
             "redis", [redis, "--port", "6399", "--save", "", "--appendonly", "no",
-                      "--dir", tmp, "--logfile", logfile]))
+                      "--dir", tmp, "--logfile", logfile], host_dir=tmp))
         wait_for(lambda: running(cluster, "redis") and os.path.exists(logfile)
                  and "Ready to accept connections" in open(logfile).read(),
                  what="redis ready")
