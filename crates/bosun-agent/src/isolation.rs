@@ -653,6 +653,23 @@ fn hide(path: &Path) -> Result<(), String> {
     r.map_err(|e| format!("hide {}: {e}", path.display()))
 }
 
+/// Creates a missing mount point for a bind mount: a directory for a directory source, an
+/// empty file (and its parents) for a file.
+pub(crate) fn ensure_mount_point(target: &Path, dir: bool) -> Result<(), String> {
+    if target.exists() {
+        return Ok(());
+    }
+    if dir {
+        std::fs::create_dir_all(target)
+    } else {
+        if let Some(p) = target.parent() {
+            std::fs::create_dir_all(p).map_err(|e| format!("mount point {}: {e}", p.display()))?;
+        }
+        std::fs::File::create(target).map(|_| ())
+    }
+    .map_err(|e| format!("mount point {}: {e}", target.display()))
+}
+
 /// Bind-mounts the volumes at their mountPaths, parents first; missing mount points are
 /// created on the host file system (an empty directory or file) before it turns
 /// read-only. `restrict`: no setuid binaries nor device files through a volume.
@@ -668,18 +685,7 @@ fn bind_volumes(
             .metadata()
             .map_err(|e| format!("volume source {}: {e}", m.source.display()))?
             .is_dir();
-        if !m.target.exists() {
-            if src_is_dir {
-                std::fs::create_dir_all(&m.target)
-            } else {
-                if let Some(p) = m.target.parent() {
-                    std::fs::create_dir_all(p)
-                        .map_err(|e| format!("mount point {}: {e}", p.display()))?;
-                }
-                std::fs::File::create(&m.target).map(|_| ())
-            }
-            .map_err(|e| format!("mount point {}: {e}", m.target.display()))?;
-        }
+        ensure_mount_point(&m.target, src_is_dir)?;
         let from = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(*src));
         mount(
             Some(from.as_str()),

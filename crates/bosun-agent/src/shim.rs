@@ -426,18 +426,7 @@ fn private_mounts(mounts: &[BindMount]) -> Result<(), MountError> {
         let src_is_dir = std::fs::metadata(&m.source)
             .map_err(|e| format!("volume source {}: {e}", m.source.display()))?
             .is_dir();
-        if !m.target.exists() {
-            if src_is_dir {
-                std::fs::create_dir_all(&m.target)
-            } else {
-                if let Some(p) = m.target.parent() {
-                    std::fs::create_dir_all(p)
-                        .map_err(|e| format!("mount point {}: {e}", p.display()))?;
-                }
-                std::fs::File::create(&m.target).map(|_| ())
-            }
-            .map_err(|e| format!("mount point {}: {e}", m.target.display()))?;
-        }
+        crate::isolation::ensure_mount_point(&m.target, src_is_dir)?;
         mount(
             Some(&m.source),
             &m.target,
