@@ -2,7 +2,11 @@
 
 use std::sync::OnceLock;
 
-use k8s_openapi::api::{apps, certificates, coordination, core, discovery, networking, policy};
+use k8s_openapi::api::{
+    apps, autoscaling, batch, certificates, coordination, core, discovery, networking, node,
+    policy, rbac, scheduling, storage,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
@@ -138,6 +142,34 @@ impl Registry {
                     &["csr"],
                     &[],
                     &["status", "approval"],
+                ),
+                kind_of::<core::v1::ServiceAccount>(&["sa"], &[], &[]),
+                kind_of::<core::v1::PersistentVolume>(&["pv"], &[], &["status"]),
+                kind_of::<core::v1::PersistentVolumeClaim>(&["pvc"], &[], &["status"]),
+                kind_of::<core::v1::ResourceQuota>(&["quota"], &[], &["status"]),
+                kind_of::<core::v1::LimitRange>(&["limits"], &[], &[]),
+                kind_of::<apps::v1::StatefulSet>(&["sts"], &["all"], &["status", "scale"]),
+                kind_of::<apps::v1::DaemonSet>(&["ds"], &["all"], &["status"]),
+                kind_of::<apps::v1::ControllerRevision>(&[], &[], &[]),
+                kind_of::<batch::v1::Job>(&[], &["all"], &["status"]),
+                kind_of::<batch::v1::CronJob>(&["cj"], &["all"], &["status"]),
+                kind_of::<autoscaling::v2::HorizontalPodAutoscaler>(
+                    &["hpa"],
+                    &["all"],
+                    &["status"],
+                ),
+                kind_of::<networking::v1::NetworkPolicy>(&["netpol"], &[], &[]),
+                kind_of::<rbac::v1::Role>(&[], &[], &[]),
+                kind_of::<rbac::v1::ClusterRole>(&[], &[], &[]),
+                kind_of::<rbac::v1::RoleBinding>(&[], &[], &[]),
+                kind_of::<rbac::v1::ClusterRoleBinding>(&[], &[], &[]),
+                kind_of::<scheduling::v1::PriorityClass>(&["pc"], &[], &[]),
+                kind_of::<node::v1::RuntimeClass>(&[], &[], &[]),
+                kind_of::<storage::v1::StorageClass>(&["sc"], &[], &[]),
+                kind_of::<apiextensions::v1::CustomResourceDefinition>(
+                    &["crd", "crds"],
+                    &[],
+                    &["status"],
                 ),
             ],
         })
