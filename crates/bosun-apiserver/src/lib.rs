@@ -12,6 +12,7 @@ mod eviction;
 mod logs;
 mod metrics;
 mod objects;
+mod priority;
 mod request;
 mod selector;
 mod services;
@@ -138,6 +139,7 @@ impl ApiServer {
         });
         let server = ApiServer { inner };
         server.ensure_namespaces().await?;
+        priority::ensure_builtin(&server.inner).await?;
         Ok(server)
     }
 
