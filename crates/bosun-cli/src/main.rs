@@ -6,8 +6,11 @@ mod apply;
 mod client;
 mod cluster;
 mod csrsign;
+mod failover;
 mod get;
+mod identity;
 mod join;
+mod kubeconfig;
 mod logging;
 mod logs;
 mod node_record;
@@ -15,6 +18,7 @@ mod nodecert;
 mod output;
 mod pki;
 mod rollout;
+mod sans;
 mod secrets;
 mod size;
 mod store;
@@ -84,6 +88,8 @@ enum Command {
     Backup(store::BackupOpts),
     /// Load a `bosun backup` file into an empty store
     Restore(store::RestoreOpts),
+    /// Write a kubeconfig for another server of the cluster (`--server https://HOST:6443`)
+    Kubeconfig(kubeconfig::KubeconfigOpts),
     /// Supervise one container process (started by the agent)
     #[command(hide = true)]
     Shim {
@@ -124,6 +130,7 @@ fn main() -> ExitCode {
             Command::Store(o) => store::run(o).await,
             Command::Backup(o) => store::backup(o).await,
             Command::Restore(o) => store::restore(o).await,
+            Command::Kubeconfig(o) => kubeconfig::run(o),
             Command::Shim { .. } => unreachable!("handled before the runtime starts"),
         }
     });

@@ -137,9 +137,18 @@ pub async fn open(opts: &StoreOpts, data_dir: &Path) -> Result<Arc<dyn bosun_sto
 /// loops (controllers and scheduler) when several servers share an etcd store.
 pub const LEADER_LEASE: &str = "bosun-controller-manager";
 
-/// Runs the controllers and the scheduler on whichever server holds the leader lease.
+/// What the elected server runs besides the controllers and the scheduler.
+pub struct Singletons {
+    pub controllers: bosun_controllers::ControllerConfig,
+    pub cluster_cidr: String,
+    pub signer: Arc<crate::csrsign::Signer>,
+}
+
+/// Runs the controllers, the scheduler, the pod CIDR allocator and the node certificate
+/// signer on whichever server holds the leader lease.
 pub async fn elected_singletons(
     client: kube::Client,
+    loops: Singletons,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<()> {
     let host = nix::unistd::gethostname()
@@ -148,12 +157,15 @@ pub async fn elected_singletons(
         .unwrap_or_else(|| "bosun".into());
     let identity = format!("{host}_{:016x}", rand::random::<u64>());
     let cfg = bosun_controllers::leader::ElectionConfig::new(LEADER_LEASE, &identity);
+    let loops = Arc::new(loops);
     bosun_controllers::leader::run_elected(client.clone(), cfg, shutdown, move |term| {
-        let c = client.clone();
+        let (c, l) = (client.clone(), loops.clone());
         async move {
             tokio::try_join!(
-                bosun_controllers::run(c.clone(), term.clone()),
-                bosun_scheduler::run(c, term),
+                bosun_controllers::run_with(c.clone(), l.controllers.clone(), term.clone()),
+                bosun_scheduler::run(c.clone(), term.clone()),
+                bosun_controllers::nodeipam::run(c.clone(), &l.cluster_cidr, term.clone()),
+                l.signer.clone().run(c, term),
             )?;
             Ok(())
         }

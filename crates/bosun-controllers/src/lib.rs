@@ -5,6 +5,7 @@
 //! watch per kind) and runs an idempotent, level-triggered reconcile that reads what it decides
 //! on fresh from the API, so any controller can be restarted at any moment.
 
+pub mod apiserver_endpoints;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
