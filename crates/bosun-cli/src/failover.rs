@@ -107,12 +107,16 @@ impl Service<Request<Body>> for Failover {
                         errors.push(format!("{url}: {e}"));
                     }
                     Err(e) => {
-                        let _ = this.current.compare_exchange(
-                            idx,
-                            (idx + 1) % n,
-                            Ordering::Relaxed,
-                            Ordering::Relaxed,
-                        );
+                        let next = (idx + 1) % n;
+                        if n > 1
+                            && this
+                                .current
+                                .compare_exchange(idx, next, Ordering::Relaxed, Ordering::Relaxed)
+                                .is_ok()
+                        {
+                            let to = &this.servers[next].0;
+                            tracing::warn!(server = %url, error = %e, "API server failover: {url} failed; next requests go to {to}");
+                        }
                         return Err(e);
                     }
                 }
