@@ -133,6 +133,48 @@ pub async fn open(opts: &StoreOpts, data_dir: &Path) -> Result<Arc<dyn bosun_sto
     }
 }
 
+/// Opens the store for a server: an etcd cluster that does not answer yet (down, no
+/// quorum, not started) is waited for, saying so every attempt, so a server started before
+/// its etcd, or during an outage, comes up by itself once etcd answers. None on shutdown.
+pub async fn open_waiting(
+    opts: &StoreOpts,
+    data_dir: &Path,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<Option<Arc<dyn bosun_store::Store>>> {
+    if opts.kind()? == StoreKind::Redb {
+        return open(opts, data_dir).await.map(Some);
+    }
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let err = tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            r = open(opts, data_dir) => match r {
+                Ok(s) => {
+                    if attempt > 1 {
+                        eprintln!("bosun: etcd answers again; starting");
+                    }
+                    return Ok(Some(s));
+                }
+                Err(e) => e,
+            },
+        };
+        // Configuration mistakes (bad flags, unreadable certificates) do not heal by waiting.
+        if !format!("{err:#}").contains("did not answer")
+            && !format!("{err:#}").contains("connecting to")
+        {
+            return Err(err);
+        }
+        eprintln!(
+            "bosun: {err:#}; the API server starts once etcd answers (attempt {attempt}, retrying in 2 s)"
+        );
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    }
+}
+
 /// Name of the Lease in kube-system that elects the server running the singleton
 /// loops (controllers and scheduler) when several servers share an etcd store.
 pub const LEADER_LEASE: &str = "bosun-controller-manager";

@@ -289,7 +289,10 @@ pub(crate) async fn start_control_plane(
         .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
     // The store holds every Secret and the keys sign for the whole cluster: root only.
     crate::pki::chmod(&opts.data_dir, 0o700)?;
-    let store = crate::store::open(&opts.store, &opts.data_dir).await?;
+    let Some(store) = crate::store::open_waiting(&opts.store, &opts.data_dir, shutdown).await?
+    else {
+        anyhow::bail!("stopped before the store answered");
+    };
     let on_etcd = opts.store.kind()? != crate::store::StoreKind::Redb;
     if on_etcd {
         // Every server of one etcd shares one identity, kept sealed in the store.
