@@ -141,13 +141,29 @@ fn failover_client(
     servers: &[String],
     identity: Arc<Identity>,
 ) -> Result<kube::Client> {
+    failover_with(ca_pem, servers, Some(identity), None)
+}
+
+/// Like [`failover_client`], authenticated by a bearer token (`bosun agent --pki-dir`).
+pub fn failover_bearer_client(
+    ca_pem: &str,
+    servers: &[String],
+    token: &str,
+) -> Result<kube::Client> {
+    failover_with(ca_pem, servers, None, Some(token.to_string()))
+}
+
+fn failover_with(
+    ca_pem: &str,
+    servers: &[String],
+    identity: Option<Arc<Identity>>,
+    bearer: Option<String>,
+) -> Result<kube::Client> {
     let services = servers
         .iter()
         .map(|s| {
-            Ok((
-                s.clone(),
-                http_service(ca_pem, s, Some(identity.clone()), None)?,
-            ))
+            let svc = http_service(ca_pem, s, identity.clone(), bearer.clone())?;
+            Ok((s.clone(), svc))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(kube::Client::new(

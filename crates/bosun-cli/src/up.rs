@@ -195,17 +195,10 @@ pub async fn agent(opts: AgentOpts) -> Result<ExitCode> {
     let (client, serving, kubelet_token, joined) = match &opts.pki_dir {
         Some(dir) => {
             let pki = Pki::load_existing(dir)?;
-            let kubeconfig = opts.data_dir.join("kubeconfig");
-            pki.write_kubeconfig(&kubeconfig, &server)?;
-            let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-            let config = kube::Config::from_custom_kubeconfig(
-                kc,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await?;
+            pki.write_kubeconfig(&opts.data_dir.join("kubeconfig"), &server)?;
             let serving = node_serving_cert(&pki, &opts.node)?;
             (
-                kube::Client::try_from(config)?,
+                crate::nodecert::failover_bearer_client(&pki.ca_pem, &opts.servers, &pki.token)?,
                 serving,
                 pki.kubelet_token,
                 server,
