@@ -229,13 +229,13 @@ def test_bad_store_flag_is_refused():
 class Server:
     """One `bosun server` process on the shared etcd."""
 
-    def __init__(self, name, etcd):
+    def __init__(self, name, etcd, join_token=None):
         self.b = Bosun(name)  # only for its unique data dir and ports
         self.log_path = os.path.join(self.b.data_dir, "server.log")
         self.proc = subprocess.Popen(
             [bosun_bin(), "server", "--data-dir", self.b.data_dir,
              "--listen", f"127.0.0.1:{self.b.api_port}", "--service-cidr", "10.96.77.0/24",
-             "--store", etcd.store_flag()],
+             "--store", etcd.store_flag()] + (["--join-token", join_token] if join_token else []),
             stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
 
     def log(self):
@@ -262,8 +262,12 @@ def lease(b):
 
 
 def test_two_servers_elect_one_leader_and_fail_over(etcd):
-    servers = [Server("etcd-s1", etcd), Server("etcd-s2", etcd)]
+    servers = [Server("etcd-s1", etcd)]
     try:
+        token_file = os.path.join(servers[0].b.data_dir, "server-token")
+        wait_for(lambda: os.path.exists(token_file), timeout=90, what="the first server's server-token")
+        with open(token_file) as f:
+            servers.append(Server("etcd-s2", etcd, f.read().strip()))
         for s in servers:
             wait_for(lambda: os.path.exists(s.b.kubeconfig) and s.b.ready(), timeout=90, what="server ready")
         # Every server serves the API; exactly one leads.
@@ -358,6 +362,10 @@ def test_backup_of_a_live_etcd_cluster_restores_into_a_new_embedded_store(etcd):
         # Live: the etcd-backed cluster keeps running while it is backed up.
         r = b.cli("backup", "--out", backup, "--store", etcd.store_flag())
         assert "backed up" in r.stdout, r.stdout
+        # The drill keeps the credentials and the Secrets key beside the backup: Secrets
+        # (bosun's own among them) stay encrypted in it.
+        shutil.copytree(os.path.join(b.data_dir, "pki"), os.path.join(restored.data_dir, "pki"))
+        shutil.copy(os.path.join(b.data_dir, "encryption-config.yaml"), restored.data_dir)
         b.stop()
 
         r = restored.cli("restore", "--from", backup, "--data-dir", restored.data_dir)
