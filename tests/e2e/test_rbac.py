@@ -200,7 +200,11 @@ def test_x509_user_and_impersonation(cluster):
     cluster.kubectl("create", "clusterrolebinding", "devs-view", "--clusterrole=view", "--group=devs")
     wait_for(lambda: kubectl_as_cert(cluster, cert, "get", "deployments", "-n", "default").returncode == 0,
              timeout=10, what="view through the group binding")
-    # view is aggregated from system:aggregate-to-view: no Secrets, no writes.
+    # view is aggregated from system:aggregate-to-view (and written back, as Kubernetes'
+    # aggregation controller does): no Secrets, no writes.
+    view = json.loads(cluster.kubectl("get", "clusterrole", "view", "-o", "json").stdout)
+    assert any("pods" in r.get("resources", []) for r in view["rules"]), view
+    assert not any("secrets" in r.get("resources", []) for r in view["rules"]), view
     assert kubectl_as_cert(cluster, cert, "get", "secrets").returncode != 0
     assert kubectl_as_cert(cluster, cert, "create", "configmap", "x").returncode != 0
     # The admin may impersonate; jane may not.

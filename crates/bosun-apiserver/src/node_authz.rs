@@ -104,7 +104,7 @@ async fn pods_in(inner: &Arc<Inner>, ns: &str) -> Vec<Value> {
     }
 }
 
-fn query_param<'a>(query: &'a str, key: &str) -> Option<String> {
+fn query_param(query: &str, key: &str) -> Option<String> {
     query
         .split('&')
         .filter_map(|kv| kv.split_once('='))
@@ -154,7 +154,7 @@ pub async fn authorize(inner: &Arc<Inner>, node: &str, a: &Attrs, query: &str) -
                     "configmaps" => c,
                     _ => v,
                 };
-                names.iter().any(|n| *n == a.name)
+                names.contains(&a.name)
             });
             if used {
                 Decision::Allow

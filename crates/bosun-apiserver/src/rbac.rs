@@ -93,7 +93,7 @@ impl Rule {
                         && r.strip_prefix("*/") == Some(a.subresource.as_str()))
             });
             let name_ok = self.resource_names.is_empty()
-                || (!a.name.is_empty() && self.resource_names.iter().any(|n| *n == a.name));
+                || (!a.name.is_empty() && self.resource_names.contains(&a.name));
             group_ok && resource_ok && name_ok
         } else {
             self.non_resource_urls.iter().any(|u| {
@@ -377,11 +377,13 @@ impl Rbac {
     pub async fn run(self, store: Arc<dyn Store>, shutdown: tokio_util::sync::CancellationToken) {
         loop {
             let mut objects = BTreeMap::new();
+            let mut revs: HashMap<String, i64> = HashMap::new();
             let listed = store.list(RBAC_PREFIX, ListOptions::default()).await;
             let rev = match listed {
                 Ok(l) => {
                     for kv in l.kvs {
                         if let Ok(v) = serde_json::from_slice::<Value>(&kv.value) {
+                            revs.insert(kv.key.clone(), kv.mod_revision);
                             objects.insert(kv.key, v);
                         }
                     }
@@ -396,6 +398,7 @@ impl Rbac {
                 }
             };
             self.set(&objects);
+            write_aggregated(store.as_ref(), &objects, &revs).await;
             let mut stream = match store.watch(RBAC_PREFIX, rev).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -415,10 +418,12 @@ impl Rbac {
                         match ev.kind {
                             EventKind::Put => {
                                 if let Ok(v) = serde_json::from_slice::<Value>(&ev.kv.value) {
+                                    revs.insert(ev.kv.key.clone(), ev.kv.mod_revision);
                                     objects.insert(ev.kv.key, v);
                                 }
                             }
                             EventKind::Delete => {
+                                revs.remove(&ev.kv.key);
                                 objects.remove(&ev.kv.key);
                             }
                         }
@@ -438,18 +443,56 @@ impl Rbac {
                     match ev.kind {
                         EventKind::Put => {
                             if let Ok(v) = serde_json::from_slice::<Value>(&ev.kv.value) {
+                                revs.insert(ev.kv.key.clone(), ev.kv.mod_revision);
                                 objects.insert(ev.kv.key, v);
                             }
                         }
                         EventKind::Delete => {
+                            revs.remove(&ev.kv.key);
                             objects.remove(&ev.kv.key);
                         }
                     }
                 }
                 if changed {
                     self.set(&objects);
+                    write_aggregated(store.as_ref(), &objects, &revs).await;
                 }
             }
+        }
+    }
+}
+
+/// Kubernetes' ClusterRole aggregation controller: writes the aggregated rules into each
+/// ClusterRole with an `aggregationRule` whose stored rules differ (so `kubectl get
+/// clusterrole view -o yaml` shows them). A conflicting write is left to the next event.
+async fn write_aggregated(
+    store: &dyn Store,
+    objects: &BTreeMap<String, Value>,
+    revs: &HashMap<String, i64>,
+) {
+    let prefix = format!("{RBAC_PREFIX}clusterroles/");
+    let roles: Vec<&Value> = objects
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(_, v)| v)
+        .collect();
+    for (key, role) in objects.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+        let Some(rules) = aggregated_rules(role, &roles) else {
+            continue;
+        };
+        if rules_of(role) == rules {
+            continue;
+        }
+        let mut updated = role.clone();
+        updated["rules"] = Value::Array(rules.iter().map(Rule::to_json).collect());
+        let Ok(bytes) = serde_json::to_vec(&updated) else {
+            continue;
+        };
+        if let Err(e) = store
+            .update(key, bytes.into(), revs.get(key).copied(), None)
+            .await
+        {
+            tracing::debug!(key, error = %e, "writing aggregated rules");
         }
     }
 }
