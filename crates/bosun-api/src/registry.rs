@@ -143,7 +143,7 @@ impl Registry {
                     &[],
                     &["status", "approval"],
                 ),
-                kind_of::<core::v1::ServiceAccount>(&["sa"], &[], &[]),
+                kind_of::<core::v1::ServiceAccount>(&["sa"], &[], &["token"]),
                 kind_of::<core::v1::PersistentVolume>(&["pv"], &[], &["status"]),
                 kind_of::<core::v1::PersistentVolumeClaim>(&["pvc"], &[], &["status"]),
                 kind_of::<core::v1::ResourceQuota>(&["quota"], &[], &["status"]),

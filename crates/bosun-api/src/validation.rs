@@ -79,6 +79,19 @@ pub fn dns1123_label(s: &str) -> Vec<String> {
 }
 
 /// Problems with a DNS-1123 subdomain (most object names).
+/// Kubernetes' `ValidatePathSegmentName`, the only rule for RBAC names
+/// (`system:aggregate-to-admin`).
+pub fn path_segment_name(s: &str) -> Vec<String> {
+    if s == "." || s == ".." {
+        return vec![format!("may not be '{s}'")];
+    }
+    ["/", "%"]
+        .iter()
+        .filter(|c| s.contains(*c))
+        .map(|c| format!("may not contain '{c}'"))
+        .collect()
+}
+
 pub fn dns1123_subdomain(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     if s.len() > 253 {
@@ -382,6 +395,7 @@ impl Validator {
         let name_check: fn(&str) -> Vec<String> = match (kind.group, kind.kind) {
             ("", "Namespace") => dns1123_label,
             ("", "Service") => dns1035_label,
+            ("rbac.authorization.k8s.io", _) => path_segment_name,
             _ => dns1123_subdomain,
         };
         self.meta(

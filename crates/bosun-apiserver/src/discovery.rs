@@ -73,6 +73,7 @@ fn subresource_info(
         "log" => ("", "v1", "Pod", &["get"]),
         "binding" => ("", "v1", "Binding", &["create"]),
         "eviction" => ("policy", "v1", "Eviction", &["create"]),
+        "token" => ("authentication.k8s.io", "v1", "TokenRequest", &["create"]),
         "finalize" => ("", "v1", "Namespace", &["update"]),
         _ => (
             kind.group,

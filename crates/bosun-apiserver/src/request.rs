@@ -198,6 +198,10 @@ async fn dispatch_inner(inner: Arc<Inner>, req: Request) -> ApiResult<Response> 
             let body = read_body(&ctx, body).await?;
             crate::eviction::evict(ctx, body).await
         }
+        (&Method::POST, true, Some("token")) => {
+            let body = read_body(&ctx, body).await?;
+            crate::sa_token::token_request(ctx, body).await
+        }
         (&Method::POST, true, Some("binding")) => {
             let body = read_body(&ctx, body).await?;
             objects::bind(ctx, body).await

@@ -53,6 +53,16 @@ pub struct ServerOpts {
     /// Range nodes' pod CIDRs (/24 each) are allocated from
     #[arg(long, default_value = bosun_controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
     pub cluster_cidr: String,
+    /// Audit log file (audit.k8s.io/v1 Events, one JSON line per request; default
+    /// DATA_DIR/audit.log; "-" writes none)
+    #[arg(long)]
+    pub audit_log_path: Option<PathBuf>,
+    /// Size in MiB at which the audit log is rotated
+    #[arg(long, default_value_t = 100)]
+    pub audit_log_maxsize: u64,
+    /// Rotated audit log files kept
+    #[arg(long, default_value_t = 5)]
+    pub audit_log_maxbackup: usize,
 }
 
 #[derive(Args, Clone)]
@@ -301,6 +311,17 @@ pub(crate) async fn start_control_plane(
     api_cfg.limits.max_connections = opts.max_connections;
     api_cfg.limits.max_connections_per_ip = opts.max_connections_per_ip;
     api_cfg.encryption_config = Some(opts.data_dir.join(bosun_apiserver::encryption::CONFIG_FILE));
+    api_cfg.service_account_key = Some(opts.data_dir.join("sa.key"));
+    let audit_path = opts
+        .audit_log_path
+        .clone()
+        .unwrap_or_else(|| opts.data_dir.join("audit.log"));
+    if audit_path.as_os_str() != "-" {
+        let mut audit = bosun_apiserver::audit::AuditConfig::new(audit_path);
+        audit.max_bytes = opts.audit_log_maxsize << 20;
+        audit.max_backups = opts.audit_log_maxbackup;
+        api_cfg.audit = Some(audit);
+    }
     let api = bosun_apiserver::ApiServer::new(api_cfg)
         .await
         .context("starting the API server")?;

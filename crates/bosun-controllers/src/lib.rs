@@ -20,6 +20,7 @@ pub mod nodelifecycle;
 mod podgc;
 pub mod replicaset;
 pub mod runtime;
+pub mod serviceaccounts;
 pub mod util;
 
 use std::time::Duration;
@@ -139,6 +140,11 @@ pub async fn run_with(
             stop.clone(),
         )),
         tokio::spawn(gc::run(client.clone(), graph.clone(), stop.clone())),
+        tokio::spawn(serviceaccounts::run(
+            client.clone(),
+            namespaces.clone(),
+            stop.clone(),
+        )),
         tokio::spawn(namespace::run(
             client.clone(),
             namespaces,
