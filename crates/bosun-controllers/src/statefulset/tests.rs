@@ -156,8 +156,8 @@ impl Sim {
     /// Reconciles, making pods ready after each pass, until nothing more happens.
     fn converge(&mut self) {
         for _ in 0..50 {
-            let steps = self.step();
             self.ready_all();
+            let steps = self.step();
             if steps.is_empty() {
                 return;
             }
@@ -362,6 +362,7 @@ fn failed_pod_is_replaced_and_ordinal_parsing_is_strict() {
         .as_mut()
         .unwrap()
         .phase = Some("Failed".into());
+    assert_eq!(sim.step(), vec![Step::DeletePod("db-0".into())]);
     sim.converge();
     assert_eq!(sim.log, ["-db-0", "+db-0"]);
     let named = |n: &str| Pod {
