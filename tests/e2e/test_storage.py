@@ -245,8 +245,11 @@ def test_partitioned_rolling_update_and_rollout_verbs(redis):
     cluster.kubectl("patch", "sts", "redis", "--type=merge", "-p",
                     json.dumps({"spec": {"updateStrategy": {"rollingUpdate": {"partition": 0}}}}))
     out = cluster.kubectl("rollout", "status", "sts/redis", "--timeout=180s", timeout=200).stdout
-    assert "rolling update complete" in out, out
+    # kubectl reports any set with a partition (0 included, as defaulted) this way.
+    assert "partitioned roll out complete: 2 new pods have been updated" in out, out
     assert revision(cluster, "redis-0") == new
+    wait_for(lambda: get(cluster, "sts", "redis")["status"]["currentRevision"] == new,
+             timeout=30, what="the update revision becoming current")
     # The data written before is still there after the update replaced the pod.
     assert redis_get(cluster, "redis-0", "greeting") == "hello from redis-0"
 

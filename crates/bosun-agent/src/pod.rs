@@ -1255,6 +1255,8 @@ impl PodWorker {
     /// Removes the pod's containers, files and network.
     async fn cleanup(&mut self) -> anyhow::Result<()> {
         self.stop_probes();
+        // Memory-backed volumes are mounts: unmounted first, or the directory cannot go.
+        crate::volumes::unmount_volumes(&self.pod_dir());
         self.ctx.process_runtime.remove_pod(&self.uid).await?;
         if let Some(r) = &self.ctx.image_runtime {
             r.remove_pod(&self.uid).await?;
@@ -1262,7 +1264,6 @@ impl PodWorker {
         self.ctx.network.teardown(&self.uid).await?;
         self.net = None;
         self.ctx.cpus.release(&self.uid);
-        crate::volumes::unmount_volumes(&self.pod_dir());
         let _ = tokio::fs::remove_dir_all(self.pod_dir()).await;
         Ok(())
     }

@@ -261,7 +261,21 @@ pub async fn prepare(
                 }
                 "Directory" if !path.is_dir() => return Err(err("is not a directory")),
                 "File" if !path.is_file() => return Err(err("is not a file")),
-                "" | "Directory" | "File" | "Socket" | "CharDevice" | "BlockDevice" => {}
+                "Socket" | "CharDevice" | "BlockDevice" => {
+                    use std::os::unix::fs::FileTypeExt;
+                    let ft = std::fs::metadata(&path)
+                        .map_err(|e| err(&e.to_string()))?
+                        .file_type();
+                    let ok = match ty {
+                        "Socket" => ft.is_socket(),
+                        "CharDevice" => ft.is_char_device(),
+                        _ => ft.is_block_device(),
+                    };
+                    if !ok {
+                        return Err(err(&format!("is not a {ty}")));
+                    }
+                }
+                "" | "Directory" | "File" => {}
                 other => return Err(err(&format!("unknown type {other:?}"))),
             }
             out.insert(

@@ -91,3 +91,92 @@ impl Filter for VolumeBinding {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimSpec,
+        PersistentVolumeClaimVolumeSource, PersistentVolumeSpec, PodSpec, Volume,
+        VolumeNodeAffinity,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher::Event;
+
+    fn meta(name: &str, ns: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: ns.map(String::from),
+            ..Default::default()
+        }
+    }
+
+    fn node(name: &str) -> NodeInfo {
+        let mut m = meta(name, None);
+        m.labels = Some([("kubernetes.io/hostname".to_string(), name.to_string())].into());
+        NodeInfo {
+            node: Arc::new(Node {
+                metadata: m,
+                ..Default::default()
+            }),
+            pods: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn bound_claim_pins_the_pod_to_its_volume_node() {
+        let mut claims: Writer<PersistentVolumeClaim> = Writer::default();
+        let mut volumes: Writer<PersistentVolume> = Writer::default();
+        claims.apply_watcher_event(&Event::Apply(PersistentVolumeClaim {
+            metadata: meta("data", Some("default")),
+            spec: Some(PersistentVolumeClaimSpec {
+                volume_name: Some("pv1".into()),
+                ..Default::default()
+            }),
+            status: None,
+        }));
+        volumes.apply_watcher_event(&Event::Apply(PersistentVolume {
+            metadata: meta("pv1", None),
+            spec: Some(PersistentVolumeSpec {
+                node_affinity: Some(VolumeNodeAffinity {
+                    required: Some(NodeSelector {
+                        node_selector_terms: vec![NodeSelectorTerm {
+                            match_expressions: Some(vec![NodeSelectorRequirement {
+                                key: "kubernetes.io/hostname".into(),
+                                operator: "In".into(),
+                                values: Some(vec!["n1".into()]),
+                            }]),
+                            match_fields: None,
+                        }],
+                    }),
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        }));
+        let f = VolumeBinding::new(claims.as_reader(), volumes.as_reader());
+        let pod = |claim: &str| Pod {
+            metadata: meta("p", Some("default")),
+            spec: Some(PodSpec {
+                volumes: Some(vec![Volume {
+                    name: "v".into(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: claim.into(),
+                        read_only: None,
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        assert!(f.filter(&pod("data"), &node("n1")).is_ok());
+        assert_eq!(
+            f.filter(&pod("data"), &node("n2")).unwrap_err(),
+            vec!["node(s) had volume node affinity conflict".to_string()]
+        );
+        // A claim not seen yet does not block.
+        assert!(f.filter(&pod("other"), &node("n2")).is_ok());
+    }
+}
