@@ -380,11 +380,14 @@ async fn claim_path(api: &dyn ClusterApi, ns: &str, claim: &str) -> Result<PathB
     Ok(path)
 }
 
+/// A downwardAPI volume's contents by path, and the items that place them.
+type DownwardFiles = (HashMap<String, Vec<u8>>, Vec<KeyToPath>);
+
 /// The files of a downwardAPI volume, by path, with their items.
 fn downward_files(
     pod: &Pod,
     da: &k8s_openapi::api::core::v1::DownwardAPIVolumeSource,
-) -> Result<(HashMap<String, Vec<u8>>, Vec<KeyToPath>), ConfigError> {
+) -> Result<DownwardFiles, ConfigError> {
     let facts = crate::env::PodFacts {
         pod,
         pod_ip: String::new(),
