@@ -277,6 +277,12 @@ pub async fn run(
         }
     };
     tracing::info!(node = %cfg.node_name, port, isolated = network.isolated(), "node registered");
+    tokio::spawn(crate::local_path::run(
+        client.clone(),
+        cfg.node_name.clone(),
+        cfg.data_dir.clone(),
+        shutdown.clone(),
+    ));
     let heartbeat = tokio::spawn(heartbeat(
         client.clone(),
         facts.clone(),

@@ -37,6 +37,7 @@ pub mod dns;
 pub mod docker;
 pub mod env;
 pub mod isolation;
+pub mod local_path;
 pub mod network;
 pub mod node;
 pub mod pod;

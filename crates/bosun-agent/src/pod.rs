@@ -111,6 +111,8 @@ pub struct PodWorker {
     last_pod: Option<Pod>,
     /// When the configMap/secret volumes were last written.
     volumes_at: Option<Instant>,
+    /// Labels and annotations the downwardAPI volumes were last written from.
+    volumes_meta: Option<String>,
 }
 
 /// The longest a stopping pod waits to leave the endpoints before its SIGTERM.
@@ -121,6 +123,11 @@ const PULL_ERROR_SHOWN: Duration = Duration::from_secs(3);
 
 /// How often running pods' configMap and secret volumes are refreshed from the API.
 const VOLUME_REFRESH: Duration = Duration::from_secs(60);
+
+/// What a downwardAPI volume may show that changes while the pod runs.
+fn volume_meta(pod: &Pod) -> String {
+    serde_json::to_string(&(&pod.metadata.labels, &pod.metadata.annotations)).unwrap_or_default()
+}
 
 fn time(s: &str) -> Option<Time> {
     s.parse::<jiff::Timestamp>().ok().map(Time)
@@ -166,6 +173,7 @@ impl PodWorker {
             unhealthy_events: HashMap::new(),
             last_pod: None,
             volumes_at: None,
+            volumes_meta: None,
         }
     }
 
@@ -555,12 +563,16 @@ impl PodWorker {
         };
         // Mounted configMaps and secrets follow their objects, as in Kubernetes.
         let has_volumes = spec.volumes.as_ref().is_some_and(|v| !v.is_empty());
+        // downwardAPI volumes follow label and annotation changes without waiting.
+        let meta = has_volumes.then(|| volume_meta(pod));
         if has_volumes
-            && self
-                .volumes_at
-                .is_some_and(|t| t.elapsed() >= VOLUME_REFRESH)
+            && self.volumes_at.is_some_and(|t| {
+                t.elapsed() >= VOLUME_REFRESH
+                    || (meta.is_some() && self.volumes_meta.is_some() && meta != self.volumes_meta)
+            })
         {
             self.volumes_at = Some(Instant::now());
+            self.volumes_meta = meta;
             if let Err(e) =
                 crate::volumes::prepare(self.ctx.api.as_ref(), pod, &self.pod_dir()).await
             {
@@ -983,6 +995,7 @@ impl PodWorker {
             .await
             .map_err(|e| e.0)?;
         self.volumes_at = Some(Instant::now());
+        self.volumes_meta = Some(volume_meta(pod));
         let mut mounts = crate::volumes::mounts_for(c, &vols).map_err(|e| e.0)?;
         // Cluster DNS listens on the pod bridge, which host-network fallback nodes lack.
         let cluster_dns = self
@@ -1242,6 +1255,8 @@ impl PodWorker {
     /// Removes the pod's containers, files and network.
     async fn cleanup(&mut self) -> anyhow::Result<()> {
         self.stop_probes();
+        // Memory-backed volumes are mounts: unmounted first, or the directory cannot go.
+        crate::volumes::unmount_volumes(&self.pod_dir());
         self.ctx.process_runtime.remove_pod(&self.uid).await?;
         if let Some(r) = &self.ctx.image_runtime {
             r.remove_pod(&self.uid).await?;

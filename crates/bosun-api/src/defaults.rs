@@ -28,6 +28,21 @@ pub fn apply_defaults(kind: &KindInfo, obj: &mut Value) {
             }
         }
         ("apps", "Deployment") => deployment(obj),
+        ("apps", "StatefulSet") => statefulset(obj),
+        ("", "PersistentVolumeClaim") => {
+            set_str(object(obj, "spec"), "volumeMode", "Filesystem");
+            set_str(object(obj, "status"), "phase", "Pending");
+        }
+        ("", "PersistentVolume") => {
+            let spec = object(obj, "spec");
+            set_str(spec, "persistentVolumeReclaimPolicy", "Retain");
+            set_str(spec, "volumeMode", "Filesystem");
+            set_str(object(obj, "status"), "phase", "Pending");
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            set_str(obj, "reclaimPolicy", "Delete");
+            set_str(obj, "volumeBindingMode", "Immediate");
+        }
         ("apps", "ReplicaSet") => {
             let spec = object(obj, "spec");
             set(spec, "replicas", json!(1));
@@ -334,6 +349,27 @@ fn deployment(obj: &mut Map<String, Value>) {
         let rolling = object(strategy, "rollingUpdate");
         set(rolling, "maxUnavailable", json!("25%"));
         set(rolling, "maxSurge", json!("25%"));
+    }
+    pod_template(spec);
+}
+
+/// SetDefaults_StatefulSet (apps/v1), claim templates included.
+fn statefulset(obj: &mut Map<String, Value>) {
+    let spec = object(obj, "spec");
+    set(spec, "replicas", json!(1));
+    set(spec, "revisionHistoryLimit", json!(10));
+    set_str(spec, "podManagementPolicy", "OrderedReady");
+    let strategy = object(spec, "updateStrategy");
+    set_str(strategy, "type", "RollingUpdate");
+    if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+        set(object(strategy, "rollingUpdate"), "partition", json!(0));
+    }
+    let retention = object(spec, "persistentVolumeClaimRetentionPolicy");
+    set_str(retention, "whenDeleted", "Retain");
+    set_str(retention, "whenScaled", "Retain");
+    for t in list_mut(spec, "volumeClaimTemplates") {
+        set_str(object(t, "spec"), "volumeMode", "Filesystem");
+        set_str(object(t, "status"), "phase", "Pending");
     }
     pod_template(spec);
 }

@@ -60,6 +60,8 @@ pub fn table_at(
     })
 }
 
+mod storage;
+
 type Column = (&'static str, &'static str, u32);
 type RowFn = fn(&Value, jiff::Timestamp) -> Vec<Value>;
 
@@ -198,7 +200,8 @@ fn printer(kind: &KindInfo) -> (Vec<Column>, RowFn) {
             ],
             endpoints_row,
         ),
-        _ => (vec![("Name", "name", 0), ("Age", "string", 0)], generic_row),
+        (g, k) => storage::printer(g, k)
+            .unwrap_or_else(|| (vec![("Name", "name", 0), ("Age", "string", 0)], generic_row)),
     }
 }
 

@@ -21,6 +21,8 @@ mod podgc;
 pub mod replicaset;
 pub mod runtime;
 pub mod serviceaccounts;
+pub mod statefulset;
+pub mod storage;
 pub mod util;
 
 use std::time::Duration;
@@ -166,6 +168,21 @@ pub async fn run_with(
             cfg.node_monitor_grace_period,
             nodes.clone(),
             pods.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(statefulset::run(
+            client.clone(),
+            Informer::start(Api::all(client.clone()), stop.clone()),
+            pods.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(storage::run(
+            client.clone(),
+            Informer::start(Api::all(client.clone()), stop.clone()),
+            Informer::start(Api::all(client.clone()), stop.clone()),
+            Informer::start(Api::all(client.clone()), stop.clone()),
+            pods.clone(),
+            nodes.clone(),
             stop.clone(),
         )),
         tokio::spawn(nodelifecycle::run(

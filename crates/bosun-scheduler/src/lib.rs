@@ -8,6 +8,7 @@
 
 pub mod plugins;
 pub mod resources;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -265,6 +266,10 @@ pub async fn run_with(
         _ = async { pods.ready().await; nodes.ready().await; } => {}
         _ = shutdown.cancelled() => return Ok(()),
     }
+    let mut filters = filters;
+    filters.push(Box::new(
+        volumes::VolumeBinding::start(&client, stop.clone()).await,
+    ));
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), DEFAULT_SCHEDULER),
         client,
