@@ -15,6 +15,7 @@ mod objects;
 mod request;
 mod selector;
 mod services;
+mod streaming;
 mod tls;
 mod watch;
 
