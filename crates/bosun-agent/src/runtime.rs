@@ -595,7 +595,11 @@ impl Runtime for ProcessRuntime {
         argv: &[String],
         io: crate::streamio::StreamIo,
     ) -> Result<i32> {
-        let req = self.exec_request(key, argv, io.tty).await?;
+        let mut req = self.exec_request(key, argv, io.tty).await?;
+        // As container runtimes do for a terminal: full-screen programs need a TERM.
+        if io.tty && !req.env.iter().any(|(k, _)| k == "TERM") {
+            req.env.push(("TERM".into(), "xterm".into()));
+        }
         let mut cmd = self.shim_command();
         cmd.arg("exec").arg(serde_json::to_string(&req)?);
         crate::streamio::run_child(cmd, io).await
