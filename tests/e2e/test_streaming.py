@@ -360,3 +360,33 @@ def test_python_client_stream_exec(cluster, target):
     assert stdout == "got hello\n"
     assert stderr == "e\n"
     assert resp.returncode == 5
+
+
+def test_python_client_portforward(cluster, proc):
+    from kubernetes import client, config
+    from kubernetes.stream import portforward
+    api = client.CoreV1Api(config.new_client_from_config(config_file=cluster.kubeconfig))
+    pf = portforward(api.connect_get_namespaced_pod_portforward, proc, "default",
+                     ports="8080,8081")
+    try:
+        # One connection per port; the forward ends when all of them did.
+        socks = {}
+        for port in (8080, 8081):
+            sock = pf.socket(port)
+            sock.setblocking(True)
+            sock.settimeout(20)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n")
+            socks[port] = sock
+        for port, sock in socks.items():
+            data = b""
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            sock.close()
+            assert data.startswith(b"HTTP/1."), data
+            assert data.endswith(f"port {port}\n".encode()), data
+            assert pf.error(port) is None
+    finally:
+        pf.close()

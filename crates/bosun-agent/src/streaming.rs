@@ -157,24 +157,24 @@ fn text(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, msg.into()).into_response()
 }
 
-fn locate(st: &ServerState, ns: &str, pod: &str, container: &str) -> Result<Target, Response> {
+fn locate(st: &ServerState, ns: &str, pod: &str, container: &str) -> Result<Target, Box<Response>> {
     let Some(streaming) = &st.streaming else {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::NOT_IMPLEMENTED,
             "streaming is not enabled on this node",
-        ));
+        )));
     };
     let Some((uid, pod_dir)) = crate::server::find_pod(&st.pods_dir, ns, pod) else {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::NOT_FOUND,
             format!("pod \"{pod}\" in namespace \"{ns}\" is not running on this node"),
-        ));
+        )));
     };
     let Some(&attempt) = crate::server::attempts(&pod_dir, container).last() else {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::BAD_REQUEST,
             format!("container \"{container}\" in pod \"{pod}\" is waiting to start"),
-        ));
+        )));
     };
     let key = ContainerKey {
         pod_uid: uid,
@@ -182,19 +182,19 @@ fn locate(st: &ServerState, ns: &str, pod: &str, container: &str) -> Result<Targ
         attempt,
     };
     if crate::server::finished(&st.pods_dir, &key) {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::BAD_REQUEST,
             format!("container \"{container}\" in pod \"{pod}\" is not running"),
-        ));
+        )));
     }
     let docker =
         crate::docker::read_record(&crate::docker::record_path(&st.pods_dir, &key)).is_some();
     let runtime = if docker {
         streaming.image.clone().ok_or_else(|| {
-            text(
+            Box::new(text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the container runs in Docker, which does not answer",
-            )
+            ))
         })?
     } else {
         streaming.process.clone()
@@ -290,7 +290,7 @@ async fn stream(
     }
     let target = match locate(&st, ns, pod, container) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match upgrade_kind(req.headers()).as_deref() {
         Some("websocket") => {
@@ -867,7 +867,8 @@ async fn tunnel(socket: WebSocket, io: tokio::io::DuplexStream) {
         while let Some(Ok(msg)) = source.next().await {
             match msg {
                 Message::Binary(b) => {
-                    if wr.write_all(&b).await.is_err() {
+                    let written = wr.write_all(&b).await;
+                    if written.is_err() {
                         break;
                     }
                 }
@@ -896,7 +897,8 @@ async fn tunnel(socket: WebSocket, io: tokio::io::DuplexStream) {
 }
 
 /// The WebSocket port-forward protocol: one connection per port, data on channel 2i, errors
-/// on 2i+1, each channel opened by its port number (two bytes, little-endian).
+/// on 2i+1, each channel opened by its port number (two bytes, little-endian); the
+/// WebSocket ends when every port's connection did.
 async fn ws_forward(socket: WebSocket, ports: Vec<u16>, target: Forward) {
     let (mut sink, mut source) = socket.split();
     for (i, p) in ports.iter().enumerate() {
@@ -964,31 +966,38 @@ async fn ws_forward(socket: WebSocket, ports: Vec<u16>, target: Forward) {
                     }
                 }
             };
-            tokio::join!(up, down);
+            // As the kubelet: a port's forward ends when either side ends.
+            tokio::select! {
+                _ = up => {}
+                _ = down => {}
+            }
         }));
     }
     drop(out_tx);
-    while let Some(Ok(msg)) = source.next().await {
-        let data = match msg {
-            Message::Binary(b) => b,
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        let Some((&ch, rest)) = data.split_first() else {
-            continue;
-        };
-        if ch % 2 == 0
-            && let Some(tx) = inputs.get((ch / 2) as usize)
-            && !rest.is_empty()
-        {
-            let _ = tx.send(Bytes::copy_from_slice(rest)).await;
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = source.next().await {
+            let data = match msg {
+                Message::Binary(b) => b,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&ch, rest)) = data.split_first() else {
+                continue;
+            };
+            if ch % 2 == 0
+                && let Some(tx) = inputs.get((ch / 2) as usize)
+                && !rest.is_empty()
+            {
+                let _ = tx.send(Bytes::copy_from_slice(rest)).await;
+            }
         }
-    }
-    inputs.clear();
+    });
+    // The WebSocket closes once every port's connection ended (the client sees EOF then).
     for t in tasks {
         let _ = t.await;
     }
     let _ = writer.await;
+    reader.abort();
 }
 
 #[cfg(test)]
