@@ -9,8 +9,8 @@ Docker tests are skipped only when no Docker engine answers.
 import concurrent.futures
 import json
 import os
-import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -281,6 +281,28 @@ def test_port_forward_to_a_docker_pod(cluster, dock, v):
     try:
         with concurrent.futures.ThreadPoolExecutor(10) as ex:
             assert set(ex.map(lambda _: get(a), range(20))) == {"docker-www\n"}
+    finally:
+        pf.close()
+
+
+@pytest.mark.parametrize("v", VERSIONS)
+def test_port_forward_ends_the_local_connection_when_the_pod_closes(cluster, proc, v):
+    """A client that reads to EOF (no Content-Length framing) gets it when the pod's side
+    closes, and the forward keeps serving."""
+    k = kubectl_bin(v)
+    a = free_port()
+    pf = PortForward(cluster, k, f"pod/{proc}", f"{a}:8080")
+    try:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", a), timeout=20) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                data = b""
+                while True:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            assert data.endswith(b"port 8080\n"), data
     finally:
         pf.close()
 

@@ -854,9 +854,11 @@ async fn forward_one(target: Forward, err: spdy::Stream, mut data: spdy::Stream)
             }
         }
         out.close().await;
+        // kubectl closes its local connection only once the error stream ended too: end it
+        // when the pod's side is done, without waiting for the client's half.
+        err.out.close().await;
     };
     tokio::join!(up, down);
-    err.out.close().await;
 }
 
 /// Carries a byte stream in binary WebSocket messages, both ways.
