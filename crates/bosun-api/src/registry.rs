@@ -120,7 +120,15 @@ impl Registry {
                 kind_of::<core::v1::Pod>(
                     &["po"],
                     &["all"],
-                    &["status", "log", "binding", "eviction"],
+                    &[
+                        "status",
+                        "log",
+                        "binding",
+                        "eviction",
+                        "exec",
+                        "attach",
+                        "portforward",
+                    ],
                 ),
                 kind_of::<core::v1::ConfigMap>(&["cm"], &[], &[]),
                 kind_of::<core::v1::Secret>(&[], &[], &[]),

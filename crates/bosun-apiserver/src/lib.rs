@@ -22,6 +22,7 @@ mod reviews;
 pub mod sa_token;
 mod selector;
 mod services;
+mod streaming;
 mod tls;
 mod watch;
 

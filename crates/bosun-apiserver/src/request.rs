@@ -86,7 +86,7 @@ impl Ctx {
     }
 }
 
-fn parse_query(uri: &http::Uri) -> HashMap<String, String> {
+pub(crate) fn parse_query(uri: &http::Uri) -> HashMap<String, String> {
     axum::extract::Query::<HashMap<String, String>>::try_from_uri(uri)
         .map(|q| q.0)
         .unwrap_or_default()
@@ -161,6 +161,12 @@ async fn dispatch_inner(inner: Arc<Inner>, req: Request) -> ApiResult<Response> 
         && !target.kind.has_subresource(sub)
     {
         return Err(ApiError::no_route());
+    }
+    if matches!(
+        target.sub.as_deref(),
+        Some("exec" | "attach" | "portforward")
+    ) {
+        return crate::streaming::proxy(inner, target, req).await;
     }
     let (parts, body) = req.into_parts();
     let ctx = Ctx {
