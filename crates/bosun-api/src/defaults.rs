@@ -11,6 +11,10 @@ use crate::KindInfo;
 
 /// Fills in the defaults Kubernetes sets for `kind` (pod templates included).
 pub fn apply_defaults(kind: &KindInfo, obj: &mut Value) {
+    if let Some(custom) = &kind.custom {
+        custom.prune_and_default(obj);
+        return;
+    }
     let Some(obj) = obj.as_object_mut() else {
         return;
     };
@@ -43,6 +47,7 @@ pub fn apply_defaults(kind: &KindInfo, obj: &mut Value) {
             set_str(obj, "reclaimPolicy", "Delete");
             set_str(obj, "volumeBindingMode", "Immediate");
         }
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => crate::crd::default_crd(obj),
         ("apps", "ReplicaSet") => {
             let spec = object(obj, "spec");
             set(spec, "replicas", json!(1));
@@ -263,6 +268,10 @@ fn container(c: &mut Map<String, Value>) {
             if let Some(h) = existing(p, "httpGet") {
                 set_str(h, "path", "/");
                 set_str(h, "scheme", "HTTP");
+            }
+            // SetDefaults_GRPCAction: clients (kubectl describe) dereference it.
+            if let Some(g) = existing(p, "grpc") {
+                set_str(g, "service", "");
             }
         }
     }

@@ -33,6 +33,8 @@ pub struct KindInfo {
     /// Decodes into the typed object and encodes it back. An error means the value
     /// does not fit the type (wrong field type, bad quantity ...).
     pub roundtrip: fn(&Value) -> Result<Value, String>,
+    /// Schema, columns and subresource paths of a kind served for a CRD.
+    pub custom: Option<std::sync::Arc<crate::crd::Custom>>,
 }
 
 impl KindInfo {
@@ -91,6 +93,7 @@ where
         subresources,
         schema: K::json_schema,
         roundtrip: roundtrip::<K>,
+        custom: None,
     }
 }
 

@@ -403,6 +403,10 @@ impl Validator {
             obj.get("metadata").unwrap_or(&Value::Null),
             name_check,
         );
+        if let Some(custom) = &kind.custom {
+            self.errors.extend(custom.validate(obj));
+            return;
+        }
         let spec = obj.get("spec").unwrap_or(&Value::Null);
         match (kind.group, kind.kind) {
             ("", "Pod") => self.pod_spec(spec, "spec", &["Always", "OnFailure", "Never"]),
@@ -414,6 +418,9 @@ impl Validator {
             ("apps", "Deployment") => self.workload(spec, kind.kind, true),
             ("apps", "ReplicaSet") => self.workload(spec, kind.kind, false),
             ("coordination.k8s.io", "Lease") => self.lease(spec),
+            ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+                self.errors.extend(crate::crd::validate_crd(obj))
+            }
             _ => {}
         }
     }

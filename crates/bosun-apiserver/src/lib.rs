@@ -7,14 +7,17 @@
 mod attrs;
 pub mod audit;
 pub mod auth;
+mod crds;
 mod discovery;
 pub mod encryption;
 mod error;
 mod eviction;
+mod field_labels;
 mod logs;
 mod metrics;
 mod node_authz;
 mod objects;
+mod quota;
 pub mod rbac;
 mod rbac_policy;
 mod request;
@@ -121,6 +124,8 @@ pub(crate) struct Inner {
     pub audit: Option<audit::AuditLog>,
     /// Stops the RBAC watch when the server goes away.
     _rbac_watch: tokio_util::sync::DropGuard,
+    /// Kinds served for CustomResourceDefinitions.
+    pub crds: crds::State,
 }
 
 /// The API server. Cheap to clone.
@@ -173,10 +178,15 @@ impl ApiServer {
             max_body_bytes: cfg.max_body_bytes,
             openapi: OpenApi::build(registry),
             log_tls,
+            crds: crds::State::new(),
         });
         let server = ApiServer { inner };
         server.ensure_namespaces().await?;
         server.ensure_rbac_defaults().await?;
+        crds::refresh(&server.inner)
+            .await
+            .map_err(|e| anyhow::anyhow!("loading custom resource definitions: {e}"))?;
+        crds::spawn_watch(&server.inner);
         Ok(server)
     }
 
