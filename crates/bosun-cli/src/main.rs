@@ -63,7 +63,7 @@ pub struct ClientOpts {
 #[derive(Subcommand)]
 enum Command {
     /// Run a complete single-node cluster: API server, controllers, scheduler and node agent
-    Up(up::UpOpts),
+    Up(Box<up::UpOpts>),
     /// Run the control plane only (API server, controllers, scheduler); nodes join with `bosun agent`
     Server(up::ServerOpts),
     /// Run a node agent that joins an existing server
@@ -117,7 +117,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Up(o) => up::up(o).await,
+            Command::Up(o) => up::up(*o).await,
             Command::Server(o) => up::server(o).await,
             Command::Agent(o) => up::agent(o).await,
             Command::Reset(o) => up::reset(o).await,
