@@ -9,6 +9,9 @@ use serde_json::{Map, Value, json};
 
 use crate::KindInfo;
 
+mod batch;
+pub use batch::{CONTROLLER_UID, JOB_NAME};
+
 /// Fills in the defaults Kubernetes sets for `kind` (pod templates included).
 pub fn apply_defaults(kind: &KindInfo, obj: &mut Value) {
     let Some(obj) = obj.as_object_mut() else {
@@ -28,6 +31,9 @@ pub fn apply_defaults(kind: &KindInfo, obj: &mut Value) {
             }
         }
         ("apps", "Deployment") => deployment(obj),
+        ("apps", "DaemonSet") => batch::daemon_set(obj),
+        ("batch", "Job") => batch::job(obj),
+        ("batch", "CronJob") => batch::cron_job(obj),
         ("apps", "ReplicaSet") => {
             let spec = object(obj, "spec");
             set(spec, "replicas", json!(1));
