@@ -334,7 +334,7 @@ pub fn plan(
         return out;
     }
     // Rolling update over the nodes that should run a pod.
-    let desired = nodes.values().filter(|(r, s)| *r || *s).count() as i32;
+    let desired = nodes.values().filter(|(r, _)| *r).count() as i32;
     let ru = strategy.rolling_update.clone().unwrap_or_default();
     let max_surge =
         scaled_value(&ru.max_surge.unwrap_or(IntOrString::Int(0)), desired, true).unwrap_or(0);
@@ -362,6 +362,10 @@ pub fn plan(
             .filter(|p| pod_node(p) == Some(node.as_str()))
             .filter(|p| !out.delete.contains(&p.name_any()))
             .collect();
+        // A node that only keeps a pod it already has (NoSchedule taint) counts only then.
+        if !run && here.is_empty() {
+            continue;
+        }
         let new = here.iter().find(|p| hash_of(p) == Some(hash));
         let old = here.iter().find(|p| hash_of(p) != Some(hash));
         match (new, old) {
@@ -968,6 +972,11 @@ mod tests {
         let p = plan(&d, &nodes(&["a", "b", "c"]), &old[1..], "new", now);
         assert_eq!(p.create, ["a"]);
         assert!(p.delete.is_empty());
+        // A node only tolerated for pods already there (NoSchedule) does not hold it up.
+        let mut with_tainted = nodes(&["a", "b", "c"]);
+        with_tainted.insert("t".into(), (false, true));
+        let p = plan(&d, &with_tainted, &old, "new", now);
+        assert_eq!(p.delete.len(), 1);
     }
 
     #[test]

@@ -513,6 +513,7 @@ async fn daemonset_runs_one_pod_per_eligible_node_and_rolls_updates() {
     )
     .await
     .unwrap();
+    let revs: Api<ControllerRevision> = Api::default_namespaced(c.client.clone());
     let st = eventually(
         "the update to roll out",
         Duration::from_secs(20),
@@ -527,7 +528,7 @@ async fn daemonset_runs_one_pod_per_eligible_node_and_rolls_updates() {
     )
     .await;
     assert_eq!(st.number_unavailable, Some(0));
-    let revs: Api<ControllerRevision> = Api::default_namespaced(c.client.clone());
+
     let mut list = revs
         .list(&ListParams::default().labels("app=agent"))
         .await
