@@ -714,7 +714,7 @@ impl PodWorker {
                 // postStart runs once per attempt, before its probes start; an attempt
                 // adopted after an agent restart already ran it.
                 let fresh = cs.probes.as_ref().map(|p| p.0) != Some(attempt)
-                    && !cs.resume.as_ref().is_some_and(|(a, _)| *a == attempt);
+                    && cs.resume.as_ref().is_none_or(|(a, _)| *a != attempt);
                 if fresh
                     && let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref())
                     && let Err(msg) = run_hook(hook, c, &key, &rt, net.ip, POST_START_TIMEOUT).await
