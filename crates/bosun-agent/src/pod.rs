@@ -107,6 +107,8 @@ pub struct PodWorker {
     start_time: Option<Time>,
     warned_host_network: bool,
     terminal: bool,
+    /// The app containers finished for good: sidecars were stopped and stay stopped.
+    main_done: bool,
     unhealthy_events: HashMap<String, Instant>,
     last_pod: Option<Pod>,
     /// When the configMap/secret volumes were last written.
@@ -170,6 +172,7 @@ impl PodWorker {
             start_time: None,
             warned_host_network: false,
             terminal: false,
+            main_done: false,
             unhealthy_events: HashMap::new(),
             last_pod: None,
             volumes_at: None,
@@ -584,7 +587,26 @@ impl PodWorker {
             .clone()
             .unwrap_or_else(|| "Always".into());
         // Init containers, one after the other; app containers only once all succeeded.
+        // Sidecars (init containers with `restartPolicy: Always`) start in that order, keep
+        // running beside the app containers, and are restarted whenever they exit.
+        let initialized = spec.containers.iter().any(|c| {
+            self.containers
+                .get(&c.name)
+                .is_some_and(|cs| cs.attempt.is_some())
+        });
+        let mut sidecars = Vec::new();
         for c in spec.init_containers.iter().flatten() {
+            if is_sidecar(c) {
+                sidecars.push(c.clone());
+                if self.main_done {
+                    continue;
+                }
+                self.sync_container(pod, c, "Always", &net).await;
+                if !initialized && !self.is_running(pod, c).await {
+                    return;
+                }
+                continue;
+            }
             let init_policy = if policy == "Never" {
                 "Never"
             } else {
@@ -595,10 +617,67 @@ impl PodWorker {
                 _ => return,
             }
         }
+        let mut all_done = !spec.containers.is_empty();
         for c in &spec.containers {
-            self.sync_container(pod, c, &policy, &net).await;
+            if self.sync_container(pod, c, &policy, &net).await.is_none() {
+                all_done = false;
+            }
+        }
+        if all_done && !sidecars.is_empty() && !self.main_done {
+            // The app containers finished for good (a Job's pod): the sidecars stop too,
+            // last started first, so the pod can complete.
+            self.main_done = true;
+            let pod_ip = self.net.as_ref().map(|n| n.ip).unwrap_or(self.ctx.node_ip);
+            for c in sidecars.iter().rev() {
+                self.stop_container(pod, c, grace_period(pod), pod_ip).await;
+            }
         }
         self.apply_cpus(pod).await;
+    }
+
+    /// Whether the container's current attempt is running.
+    async fn is_running(&self, pod: &Pod, c: &Container) -> bool {
+        let Some(attempt) = self.containers.get(&c.name).and_then(|cs| cs.attempt) else {
+            return false;
+        };
+        let Ok(rt) = self.runtime_for(pod, c) else {
+            return false;
+        };
+        matches!(
+            rt.status(&self.key(&c.name, attempt)).await,
+            Ok(RuntimeState::Running { .. })
+        )
+    }
+
+    /// Stops one running container: its preStop hook, SIGTERM, then SIGKILL after `grace`.
+    async fn stop_container(&self, pod: &Pod, c: &Container, grace: Duration, pod_ip: IpAddr) {
+        let Some(attempt) = self.containers.get(&c.name).and_then(|cs| cs.attempt) else {
+            return;
+        };
+        let Ok(rt) = self.runtime_for(pod, c) else {
+            return;
+        };
+        let key = self.key(&c.name, attempt);
+        if !matches!(rt.status(&key).await, Ok(RuntimeState::Running { .. })) {
+            return;
+        }
+        let deadline = Instant::now() + grace;
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(msg) = run_hook(hook, c, &key, &rt, pod_ip, left).await {
+                let msg = format!("PreStopHook failed for container {}: {msg}", c.name);
+                self.ctx
+                    .api
+                    .event(pod, true, "FailedPreStopHook", &msg)
+                    .await;
+            }
+        }
+        let msg = format!("Stopping container {}", c.name);
+        self.ctx.api.event(pod, false, "Killing", &msg).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = rt.stop(&key, left).await {
+            tracing::warn!(container = %c.name, error = %e, "stop failed");
+        }
     }
 
     /// Converges one container; returns its exit code when it has exited for good.
@@ -642,7 +721,30 @@ impl PodWorker {
                 None
             }
             RuntimeState::Running { .. } => {
-                self.containers.get_mut(&c.name)?.waiting = None;
+                let cs = self.containers.get_mut(&c.name)?;
+                cs.waiting = None;
+                // postStart runs once per attempt, before its probes start; an attempt
+                // adopted after an agent restart already ran it.
+                let fresh = cs.probes.as_ref().map(|p| p.0) != Some(attempt)
+                    && cs.resume.as_ref().is_none_or(|(a, _)| *a != attempt);
+                if fresh
+                    && let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref())
+                    && let Err(msg) = run_hook(hook, c, &key, &rt, net.ip, POST_START_TIMEOUT).await
+                {
+                    let msg = format!("PostStartHook failed for container {}: {msg}", c.name);
+                    self.ctx
+                        .api
+                        .event(pod, true, "FailedPostStartHook", &msg)
+                        .await;
+                    // As the kubelet does: the container is killed and restarted per policy.
+                    if let Some(cs) = self.containers.get_mut(&c.name) {
+                        cs.kill_reason = Some(msg);
+                    }
+                    if let Err(e) = rt.stop(&key, grace_period(pod)).await {
+                        tracing::warn!(container = %c.name, error = %e, "stop failed");
+                    }
+                    return None;
+                }
                 self.watch_running(c, &key, &rt, net);
                 None
             }
@@ -1200,10 +1302,23 @@ impl PodWorker {
         self.leave_endpoints(pod, grace).await;
         let pod_ip = self.net.as_ref().map(|n| n.ip).unwrap_or(self.ctx.node_ip);
         let mut stops = Vec::new();
-        let spec_containers: Vec<Container> = pod
-            .spec
+        // App containers (and a still-running init container) first; sidecars after them,
+        // the last started first, so they serve the app containers to the end.
+        let spec = pod.spec.clone().unwrap_or_default();
+        let sidecars: Vec<Container> = spec
+            .init_containers
             .iter()
-            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .flatten()
+            .filter(|c| is_sidecar(c))
+            .rev()
+            .cloned()
+            .collect();
+        let spec_containers: Vec<Container> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| !is_sidecar(c))
+            .chain(&spec.containers)
             .cloned()
             .collect();
         for c in spec_containers {
@@ -1246,6 +1361,10 @@ impl PodWorker {
             });
         }
         futures::future::join_all(stops).await;
+        for c in &sidecars {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.stop_container(pod, c, left, pod_ip).await;
+        }
         for cs in self.containers.values_mut() {
             cs.restart_at = None;
             cs.ready = false;
@@ -1428,8 +1547,18 @@ impl PodWorker {
         let mut init_statuses = Vec::new();
         let mut init_done = true;
         let mut init_failed = false;
+        let mut sidecar_running = false;
         for c in spec.init_containers.iter().flatten() {
             let s = self.container_status(pod, c, terminating).await;
+            if is_sidecar(c) {
+                let st = s.state.clone().unwrap_or_default();
+                sidecar_running |= st.running.is_some();
+                if st.running.is_none() && s.restart_count == 0 && st.terminated.is_none() {
+                    init_done = false;
+                }
+                init_statuses.push(s);
+                continue;
+            }
             let ok = s
                 .state
                 .as_ref()
@@ -1467,7 +1596,13 @@ impl PodWorker {
         } else if !init_done {
             "Pending".to_string()
         } else {
-            phase_of(&statuses, &policy, terminating)
+            match phase_of(&statuses, &policy, terminating) {
+                // Finished app containers: the pod completes once its sidecars stopped.
+                p if sidecar_running && !terminating && (p == "Succeeded" || p == "Failed") => {
+                    "Running".to_string()
+                }
+                p => p,
+            }
         };
         let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s.ready);
         let unready: Vec<&str> = statuses
@@ -1658,6 +1793,14 @@ async fn run_hook(
         return Ok(());
     }
     Err("hook has no action".into())
+}
+
+/// Longest wait for a postStart hook (the kubelet bounds an httpGet hook likewise).
+const POST_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An init container with `restartPolicy: Always`: a sidecar.
+fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
 }
 
 /// The kubelet's phase rules.

@@ -9,6 +9,9 @@ use serde_json::{Map, Value, json};
 
 use crate::KindInfo;
 
+mod batch;
+pub use batch::{CONTROLLER_UID, JOB_NAME};
+
 /// Fills in the defaults Kubernetes sets for `kind` (pod templates included).
 pub fn apply_defaults(kind: &KindInfo, obj: &mut Value) {
     if let Some(custom) = &kind.custom {
@@ -48,6 +51,9 @@ pub fn apply_defaults(kind: &KindInfo, obj: &mut Value) {
             set_str(obj, "volumeBindingMode", "Immediate");
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => crate::crd::default_crd(obj),
+        ("apps", "DaemonSet") => batch::daemon_set(obj),
+        ("batch", "Job") => batch::job(obj),
+        ("batch", "CronJob") => batch::cron_job(obj),
         ("apps", "ReplicaSet") => {
             let spec = object(obj, "spec");
             set(spec, "replicas", json!(1));

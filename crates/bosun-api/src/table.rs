@@ -7,6 +7,8 @@ use serde_json::{Map, Value, json};
 
 use crate::KindInfo;
 
+mod batch;
+
 /// A `Table` for `objects` of `kind` (rows carry the object, or its metadata only when
 /// `include_object` is "Metadata").
 pub fn table(kind: &KindInfo, objects: &[Value], include_object: &str) -> Value {
@@ -90,6 +92,11 @@ fn describe(name: &str) -> &'static str {
 }
 
 fn printer(kind: &KindInfo) -> (Vec<Column>, RowFn) {
+    if matches!(kind.group, "batch" | "apps")
+        && let Some(p) = batch::printer(kind.kind)
+    {
+        return p;
+    }
     match (kind.group, kind.kind) {
         ("", "Pod") => (
             vec![

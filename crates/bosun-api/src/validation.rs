@@ -13,6 +13,9 @@ use serde_json::{Map, Value};
 
 use crate::{FieldError, KindInfo};
 
+mod batch;
+pub use batch::parse_schedule;
+
 /// Problems with a new object (names, required fields, value ranges ...).
 pub fn validate_create(kind: &KindInfo, obj: &Value) -> Vec<FieldError> {
     let mut v = Validator::default();
@@ -417,6 +420,9 @@ impl Validator {
             ("", "Endpoints") => self.endpoints(obj),
             ("apps", "Deployment") => self.workload(spec, kind.kind, true),
             ("apps", "ReplicaSet") => self.workload(spec, kind.kind, false),
+            ("apps", "DaemonSet") => self.daemon_set(spec),
+            ("batch", "Job") => self.job(spec, "spec", true),
+            ("batch", "CronJob") => self.cron_job(spec),
             ("coordination.k8s.io", "Lease") => self.lease(spec),
             ("apiextensions.k8s.io", "CustomResourceDefinition") => {
                 self.errors.extend(crate::crd::validate_crd(obj))

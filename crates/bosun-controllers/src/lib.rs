@@ -6,12 +6,15 @@
 //! on fresh from the API, so any controller can be restarted at any moment.
 
 pub mod apiserver_endpoints;
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod informer;
+pub mod job;
 pub mod kinds;
 pub mod leader;
 pub mod namespace;
@@ -21,6 +24,7 @@ mod podgc;
 pub mod replicaset;
 pub mod runtime;
 pub mod serviceaccounts;
+pub mod servicelb;
 pub mod statefulset;
 pub mod storage;
 pub mod util;
@@ -134,6 +138,12 @@ pub async fn run_with(
             pods.clone(),
             stop.clone(),
         )),
+        tokio::spawn(servicelb::run(
+            client.clone(),
+            services.clone(),
+            nodes.clone(),
+            stop.clone(),
+        )),
         tokio::spawn(endpoints::run(
             client.clone(),
             services,
@@ -145,6 +155,12 @@ pub async fn run_with(
         tokio::spawn(serviceaccounts::run(
             client.clone(),
             namespaces.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(batch(
+            client.clone(),
+            pods.clone(),
+            nodes.clone(),
             stop.clone(),
         )),
         tokio::spawn(namespace::run(
@@ -198,4 +214,30 @@ pub async fn run_with(
         t.await?;
     }
     Ok(())
+}
+
+/// The Job, CronJob and DaemonSet controllers, with the informers only they use.
+async fn batch(
+    client: Client,
+    pods: Informer<Pod>,
+    nodes: Informer<Node>,
+    stop: CancellationToken,
+) {
+    use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    let jobs = Informer::start(Api::<Job>::all(client.clone()), stop.clone());
+    let cron_jobs = Informer::start(Api::<CronJob>::all(client.clone()), stop.clone());
+    let daemon_sets = Informer::start(Api::<DaemonSet>::all(client.clone()), stop.clone());
+    let revisions = Informer::start(Api::<ControllerRevision>::all(client.clone()), stop.clone());
+    tokio::join!(
+        jobs.ready(),
+        cron_jobs.ready(),
+        daemon_sets.ready(),
+        revisions.ready()
+    );
+    tokio::join!(
+        job::run(client.clone(), jobs.clone(), pods.clone(), stop.clone()),
+        cronjob::run(client.clone(), cron_jobs, jobs, stop.clone()),
+        daemonset::run(client, daemon_sets, revisions, pods, nodes, stop),
+    );
 }
