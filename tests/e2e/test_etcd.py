@@ -1,5 +1,5 @@
 """bosun on an etcd cluster: `bosun up --store etcd://...` runs workloads, a server
-whose etcd is unreachable says so and exits, and two `bosun server` processes on one
+whose etcd is unreachable says so and starts once etcd answers, and two `bosun server` processes on one
 etcd elect one leader for the controllers and scheduler, which moves when it dies.
 
 Each test starts its own 3-member etcd (Debian's etcd-server) on free loopback ports
@@ -179,19 +179,44 @@ def test_up_on_etcd_runs_a_deployment_and_survives_an_etcd_member(etcd):
         b.stop()
 
 
-def test_server_exits_clearly_when_etcd_is_unreachable():
+def test_server_waits_for_an_unreachable_etcd_and_starts_when_it_answers():
     data_dir = tempfile.mkdtemp(prefix="bosun-e2e-noetcd-")
-    port = free_port()
+    etcd_dir = tempfile.mkdtemp(prefix="bosun-e2e-lateetcd-")
+    port, peer, api = free_port(), free_port(), free_port()
+    log_path = os.path.join(data_dir, "server.log")
+    server = subprocess.Popen([bosun_bin(), "server", "--data-dir", data_dir,
+                               "--listen", f"127.0.0.1:{api}", "--service-cidr", "10.96.78.0/24",
+                               "--store", f"etcd://127.0.0.1:{port}"],
+                              stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+    etcd = None
+    read = lambda: open(log_path, errors="replace").read()
     try:
-        r = subprocess.run([bosun_bin(), "server", "--data-dir", data_dir,
-                            "--listen", f"127.0.0.1:{free_port()}",
-                            "--store", f"etcd://127.0.0.1:{port}"],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode != 0
-        assert f"127.0.0.1:{port}" in r.stderr and "did not answer" in r.stderr, r.stderr
+        # It says what is wrong, keeps trying, and serves nothing meanwhile.
+        wait_for(lambda: "did not answer" in read() and "starts once etcd answers" in read(),
+                 timeout=60, what="the server saying etcd does not answer")
+        assert f"127.0.0.1:{port}" in read()
+        assert server.poll() is None, read()
         assert not os.path.exists(os.path.join(data_dir, "kubeconfig")), "a kubeconfig for a server that never ran"
+        # etcd comes up: the server starts by itself.
+        etcd = subprocess.Popen([
+            ETCD, "--name", "late", "--data-dir", os.path.join(etcd_dir, "late"),
+            "--listen-client-urls", f"http://127.0.0.1:{port}", "--advertise-client-urls", f"http://127.0.0.1:{port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"late=http://127.0.0.1:{peer}"],
+            stdout=open(os.path.join(etcd_dir, "etcd.log"), "ab"), stderr=subprocess.STDOUT)
+        wait_for(lambda: os.path.exists(os.path.join(data_dir, "kubeconfig")), timeout=90,
+                 what="the server starting once etcd answers")
+        assert "etcd answers again" in read(), read()
+        r = subprocess.run(["kubectl", "get", "namespace", "default", "-o", "name"], capture_output=True, text=True,
+                           env=dict(os.environ, KUBECONFIG=os.path.join(data_dir, "kubeconfig")), timeout=60)
+        assert r.stdout.strip() == "namespace/default", r.stderr
     finally:
+        for p in (server, etcd):
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGTERM if p is server else signal.SIGKILL)
+                p.wait(timeout=30)
         shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(etcd_dir, ignore_errors=True)
 
 
 def test_bad_store_flag_is_refused():
@@ -204,13 +229,13 @@ def test_bad_store_flag_is_refused():
 class Server:
     """One `bosun server` process on the shared etcd."""
 
-    def __init__(self, name, etcd):
+    def __init__(self, name, etcd, join_token=None):
         self.b = Bosun(name)  # only for its unique data dir and ports
         self.log_path = os.path.join(self.b.data_dir, "server.log")
         self.proc = subprocess.Popen(
             [bosun_bin(), "server", "--data-dir", self.b.data_dir,
              "--listen", f"127.0.0.1:{self.b.api_port}", "--service-cidr", "10.96.77.0/24",
-             "--store", etcd.store_flag()],
+             "--store", etcd.store_flag()] + (["--join-token", join_token] if join_token else []),
             stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
 
     def log(self):
@@ -237,8 +262,12 @@ def lease(b):
 
 
 def test_two_servers_elect_one_leader_and_fail_over(etcd):
-    servers = [Server("etcd-s1", etcd), Server("etcd-s2", etcd)]
+    servers = [Server("etcd-s1", etcd)]
     try:
+        token_file = os.path.join(servers[0].b.data_dir, "server-token")
+        wait_for(lambda: os.path.exists(token_file), timeout=90, what="the first server's server-token")
+        with open(token_file) as f:
+            servers.append(Server("etcd-s2", etcd, f.read().strip()))
         for s in servers:
             wait_for(lambda: os.path.exists(s.b.kubeconfig) and s.b.ready(), timeout=90, what="server ready")
         # Every server serves the API; exactly one leads.
@@ -333,6 +362,10 @@ def test_backup_of_a_live_etcd_cluster_restores_into_a_new_embedded_store(etcd):
         # Live: the etcd-backed cluster keeps running while it is backed up.
         r = b.cli("backup", "--out", backup, "--store", etcd.store_flag())
         assert "backed up" in r.stdout, r.stdout
+        # The drill keeps the credentials and the Secrets key beside the backup: Secrets
+        # (bosun's own among them) stay encrypted in it.
+        shutil.copytree(os.path.join(b.data_dir, "pki"), os.path.join(restored.data_dir, "pki"))
+        shutil.copy(os.path.join(b.data_dir, "encryption-config.yaml"), restored.data_dir)
         b.stop()
 
         r = restored.cli("restore", "--from", backup, "--data-dir", restored.data_dir)

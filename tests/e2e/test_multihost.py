@@ -237,6 +237,30 @@ def test_replicas_spread_and_reach_each_other_across_nodes(hosts):
     hosts.kubectl("delete", "deploy,svc", "spread", "--wait=true", "--timeout=60s")
 
 
+def test_daemonset_runs_one_pod_on_every_host(hosts):
+    from conftest import HOSTNAME_SERVER
+    ds = {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "per-node"},
+          "spec": {"selector": {"matchLabels": {"app": "per-node"}}, "template": {
+              "metadata": {"labels": {"app": "per-node"}},
+              "spec": {"runtimeClassName": "process", "terminationGracePeriodSeconds": 1,
+                       "containers": [{"name": "c", "image": "unused",
+                                       "command": ["python3", "-c", HOSTNAME_SERVER]}]}}}}
+    hosts.kubectl("apply", "-f", "-", input=json.dumps(ds))
+    hosts.kubectl("rollout", "status", "ds/per-node", "--timeout=120s")
+    pods = ready_pods(hosts, "per-node")
+    assert sorted(p["spec"]["nodeName"] for p in pods) == sorted(h.node_name for h in hosts.hosts)
+    status = json.loads(hosts.kubectl("get", "ds", "per-node", "-o", "json").stdout)["status"]
+    assert status["desiredNumberScheduled"] == status["numberReady"] == len(hosts.hosts), status
+    # Each daemon pod answers on its own node's pod network.
+    for p in pods:
+        node = next(h for h in hosts.hosts if h.node_name == p["spec"]["nodeName"])
+        url = f"http://{p['status']['podIP']}:8080/"
+        fetch = f"import urllib.request; print(urllib.request.urlopen('{url}', timeout=3).read().decode())"
+        wait_for(lambda: node.exec("python3", "-c", fetch, check=False).stdout.strip() == p["metadata"]["name"],
+                 timeout=30, what=f"the daemon pod on {node.node_name}")
+    hosts.kubectl("delete", "ds", "per-node", "--wait=true", "--timeout=60s")
+
+
 def measure_failover(hosts, victim, app="failover", replicas=4, timeout=120):
     """Kills `victim` (bosun, its pods, its link) once `app` runs on every host; returns the
     seconds until `replicas` pods are Ready again on the other hosts."""

@@ -227,7 +227,12 @@ pub async fn run(
         .with_context(|| format!("bind agent endpoint {}:{}", cfg.node_ip, cfg.kubelet_port))?;
     let port = listener.local_addr()?.port();
     let state =
-        crate::server::ServerState::new(pods_dir.clone(), cfg.token.clone(), cfg.node_name.clone());
+        crate::server::ServerState::new(pods_dir.clone(), cfg.token.clone(), cfg.node_name.clone())
+            .with_streaming(crate::streaming::Streaming {
+                process: runtime.clone(),
+                image: image_runtime.clone(),
+                network: network.clone(),
+            });
     // CPU rates are differences between readings: sample regularly so that a reader
     // (`kubectl top`) gets a rate over the last window even on its first request.
     {
@@ -277,6 +282,12 @@ pub async fn run(
         }
     };
     tracing::info!(node = %cfg.node_name, port, isolated = network.isolated(), "node registered");
+    tokio::spawn(crate::local_path::run(
+        client.clone(),
+        cfg.node_name.clone(),
+        cfg.data_dir.clone(),
+        shutdown.clone(),
+    ));
     let heartbeat = tokio::spawn(heartbeat(
         client.clone(),
         facts.clone(),

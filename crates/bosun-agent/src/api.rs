@@ -4,7 +4,8 @@
 use anyhow::Result;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Event, EventSource, ObjectReference, Pod, PodStatus, Secret, Service,
+    ConfigMap, Event, EventSource, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
+    PodStatus, Secret, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
@@ -14,6 +15,17 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 pub trait ClusterApi: Send + Sync + 'static {
     async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>>;
     async fn secret(&self, ns: &str, name: &str) -> Result<Option<Secret>>;
+    /// A claim a pod mounts, and the volume bound to it.
+    async fn persistent_volume_claim(
+        &self,
+        _ns: &str,
+        _name: &str,
+    ) -> Result<Option<PersistentVolumeClaim>> {
+        Ok(None)
+    }
+    async fn persistent_volume(&self, _name: &str) -> Result<Option<PersistentVolume>> {
+        Ok(None)
+    }
     /// The Services of a namespace (for the service environment variables).
     async fn services(&self, _ns: &str) -> Result<Vec<Service>> {
         Ok(Vec::new())
@@ -66,6 +78,20 @@ impl ClusterApi for KubeApi {
             Err(e) if not_found(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn persistent_volume_claim(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<PersistentVolumeClaim>> {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
+        Ok(api.get_opt(name).await?)
+    }
+
+    async fn persistent_volume(&self, name: &str) -> Result<Option<PersistentVolume>> {
+        let api: Api<PersistentVolume> = Api::all(self.client.clone());
+        Ok(api.get_opt(name).await?)
     }
 
     async fn services(&self, ns: &str) -> Result<Vec<Service>> {

@@ -895,6 +895,100 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn exec_stream(
+        &self,
+        key: &ContainerKey,
+        argv: &[String],
+        io: crate::streamio::StreamIo,
+    ) -> Result<i32> {
+        let ex = self
+            .docker
+            .create_exec(
+                &container_name(key),
+                CreateExecOptions {
+                    cmd: Some(argv.to_vec()),
+                    attach_stdin: Some(io.stdin.is_some()),
+                    attach_stdout: Some(io.stdout.is_some()),
+                    attach_stderr: Some(io.stderr.is_some()),
+                    tty: Some(io.tty),
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("docker exec")?;
+        let opts = bollard::exec::StartExecOptions {
+            detach: false,
+            tty: io.tty,
+            output_capacity: None,
+        };
+        let StartExecResults::Attached { output, input } =
+            self.docker.start_exec(&ex.id, Some(opts)).await?
+        else {
+            bail!("docker exec did not attach");
+        };
+        let resize = io.resize.map(|mut rx| {
+            let docker = self.docker.clone();
+            let id = ex.id.clone();
+            tokio::spawn(async move {
+                while let Some((w, h)) = rx.recv().await {
+                    let o = bollard::query_parameters::ResizeExecOptions {
+                        h: h.into(),
+                        w: w.into(),
+                    };
+                    let _ = docker.resize_exec(&id, o).await;
+                }
+            })
+        });
+        crate::streamio::pump_docker(output, input, io.stdin, io.stdout, io.stderr).await;
+        if let Some(t) = resize {
+            t.abort();
+        }
+        // The exit code is recorded a moment after the output ends.
+        for _ in 0..50 {
+            let info = self.docker.inspect_exec(&ex.id).await?;
+            if info.running != Some(true) {
+                return Ok(info.exit_code.unwrap_or(126) as i32);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("docker exec did not report an exit code")
+    }
+
+    async fn attach(&self, key: &ContainerKey, io: crate::streamio::StreamIo) -> Result<()> {
+        let name = container_name(key);
+        let opts = bollard::query_parameters::AttachContainerOptions {
+            stream: true,
+            logs: false,
+            stdin: io.stdin.is_some(),
+            stdout: io.stdout.is_some(),
+            stderr: io.stderr.is_some(),
+            detach_keys: None,
+        };
+        let res = self
+            .docker
+            .attach_container(&name, Some(opts))
+            .await
+            .context("docker attach")?;
+        let resize = io.resize.map(|mut rx| {
+            let docker = self.docker.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                while let Some((w, h)) = rx.recv().await {
+                    let o = bollard::query_parameters::ResizeContainerTTYOptions {
+                        h: h.into(),
+                        w: w.into(),
+                    };
+                    let _ = docker.resize_container_tty(&name, o).await;
+                }
+            })
+        });
+        crate::streamio::pump_docker(res.output, res.input, io.stdin, io.stdout, io.stderr).await;
+        if let Some(t) = resize {
+            t.abort();
+        }
+        Ok(())
+    }
+
     async fn adopt(&self) -> Result<Vec<ContainerKey>> {
         let mut out = Vec::new();
         for c in self.list(None).await? {

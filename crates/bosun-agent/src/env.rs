@@ -177,7 +177,7 @@ pub fn parse_quantity(q: &str) -> Option<f64> {
     q.parse::<f64>().ok()
 }
 
-fn field_ref(facts: &PodFacts<'_>, path: &str) -> Result<String, ConfigError> {
+pub(crate) fn field_ref(facts: &PodFacts<'_>, path: &str) -> Result<String, ConfigError> {
     let pod = facts.pod;
     let md = &pod.metadata;
     let bracket = |prefix: &str| -> Option<String> {
@@ -231,7 +231,7 @@ fn field_ref(facts: &PodFacts<'_>, path: &str) -> Result<String, ConfigError> {
     })
 }
 
-fn resource_ref(
+pub(crate) fn resource_ref(
     facts: &PodFacts<'_>,
     pod_container: &Container,
     r: &k8s_openapi::api::core::v1::ResourceFieldSelector,

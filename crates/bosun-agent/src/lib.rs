@@ -37,6 +37,7 @@ pub mod dns;
 pub mod docker;
 pub mod env;
 pub mod isolation;
+pub mod local_path;
 pub mod network;
 pub mod node;
 pub mod pod;
@@ -46,7 +47,10 @@ pub mod runtime;
 pub mod server;
 pub mod shim;
 pub mod signals;
+pub mod spdy;
 pub mod stats;
+pub mod streaming;
+pub mod streamio;
 pub mod volumes;
 
 pub use agent::{AgentConfig, NetworkMode, cleanup_node, run};

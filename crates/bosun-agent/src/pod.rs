@@ -107,10 +107,14 @@ pub struct PodWorker {
     start_time: Option<Time>,
     warned_host_network: bool,
     terminal: bool,
+    /// The app containers finished for good: sidecars were stopped and stay stopped.
+    main_done: bool,
     unhealthy_events: HashMap<String, Instant>,
     last_pod: Option<Pod>,
     /// When the configMap/secret volumes were last written.
     volumes_at: Option<Instant>,
+    /// Labels and annotations the downwardAPI volumes were last written from.
+    volumes_meta: Option<String>,
 }
 
 /// The longest a stopping pod waits to leave the endpoints before its SIGTERM.
@@ -121,6 +125,11 @@ const PULL_ERROR_SHOWN: Duration = Duration::from_secs(3);
 
 /// How often running pods' configMap and secret volumes are refreshed from the API.
 const VOLUME_REFRESH: Duration = Duration::from_secs(60);
+
+/// What a downwardAPI volume may show that changes while the pod runs.
+fn volume_meta(pod: &Pod) -> String {
+    serde_json::to_string(&(&pod.metadata.labels, &pod.metadata.annotations)).unwrap_or_default()
+}
 
 fn time(s: &str) -> Option<Time> {
     s.parse::<jiff::Timestamp>().ok().map(Time)
@@ -163,9 +172,11 @@ impl PodWorker {
             start_time: None,
             warned_host_network: false,
             terminal: false,
+            main_done: false,
             unhealthy_events: HashMap::new(),
             last_pod: None,
             volumes_at: None,
+            volumes_meta: None,
         }
     }
 
@@ -555,12 +566,16 @@ impl PodWorker {
         };
         // Mounted configMaps and secrets follow their objects, as in Kubernetes.
         let has_volumes = spec.volumes.as_ref().is_some_and(|v| !v.is_empty());
+        // downwardAPI volumes follow label and annotation changes without waiting.
+        let meta = has_volumes.then(|| volume_meta(pod));
         if has_volumes
-            && self
-                .volumes_at
-                .is_some_and(|t| t.elapsed() >= VOLUME_REFRESH)
+            && self.volumes_at.is_some_and(|t| {
+                t.elapsed() >= VOLUME_REFRESH
+                    || (meta.is_some() && self.volumes_meta.is_some() && meta != self.volumes_meta)
+            })
         {
             self.volumes_at = Some(Instant::now());
+            self.volumes_meta = meta;
             if let Err(e) =
                 crate::volumes::prepare(self.ctx.api.as_ref(), pod, &self.pod_dir()).await
             {
@@ -572,7 +587,26 @@ impl PodWorker {
             .clone()
             .unwrap_or_else(|| "Always".into());
         // Init containers, one after the other; app containers only once all succeeded.
+        // Sidecars (init containers with `restartPolicy: Always`) start in that order, keep
+        // running beside the app containers, and are restarted whenever they exit.
+        let initialized = spec.containers.iter().any(|c| {
+            self.containers
+                .get(&c.name)
+                .is_some_and(|cs| cs.attempt.is_some())
+        });
+        let mut sidecars = Vec::new();
         for c in spec.init_containers.iter().flatten() {
+            if is_sidecar(c) {
+                sidecars.push(c.clone());
+                if self.main_done {
+                    continue;
+                }
+                self.sync_container(pod, c, "Always", &net).await;
+                if !initialized && !self.is_running(pod, c).await {
+                    return;
+                }
+                continue;
+            }
             let init_policy = if policy == "Never" {
                 "Never"
             } else {
@@ -583,10 +617,67 @@ impl PodWorker {
                 _ => return,
             }
         }
+        let mut all_done = !spec.containers.is_empty();
         for c in &spec.containers {
-            self.sync_container(pod, c, &policy, &net).await;
+            if self.sync_container(pod, c, &policy, &net).await.is_none() {
+                all_done = false;
+            }
+        }
+        if all_done && !sidecars.is_empty() && !self.main_done {
+            // The app containers finished for good (a Job's pod): the sidecars stop too,
+            // last started first, so the pod can complete.
+            self.main_done = true;
+            let pod_ip = self.net.as_ref().map(|n| n.ip).unwrap_or(self.ctx.node_ip);
+            for c in sidecars.iter().rev() {
+                self.stop_container(pod, c, grace_period(pod), pod_ip).await;
+            }
         }
         self.apply_cpus(pod).await;
+    }
+
+    /// Whether the container's current attempt is running.
+    async fn is_running(&self, pod: &Pod, c: &Container) -> bool {
+        let Some(attempt) = self.containers.get(&c.name).and_then(|cs| cs.attempt) else {
+            return false;
+        };
+        let Ok(rt) = self.runtime_for(pod, c) else {
+            return false;
+        };
+        matches!(
+            rt.status(&self.key(&c.name, attempt)).await,
+            Ok(RuntimeState::Running { .. })
+        )
+    }
+
+    /// Stops one running container: its preStop hook, SIGTERM, then SIGKILL after `grace`.
+    async fn stop_container(&self, pod: &Pod, c: &Container, grace: Duration, pod_ip: IpAddr) {
+        let Some(attempt) = self.containers.get(&c.name).and_then(|cs| cs.attempt) else {
+            return;
+        };
+        let Ok(rt) = self.runtime_for(pod, c) else {
+            return;
+        };
+        let key = self.key(&c.name, attempt);
+        if !matches!(rt.status(&key).await, Ok(RuntimeState::Running { .. })) {
+            return;
+        }
+        let deadline = Instant::now() + grace;
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(msg) = run_hook(hook, c, &key, &rt, pod_ip, left).await {
+                let msg = format!("PreStopHook failed for container {}: {msg}", c.name);
+                self.ctx
+                    .api
+                    .event(pod, true, "FailedPreStopHook", &msg)
+                    .await;
+            }
+        }
+        let msg = format!("Stopping container {}", c.name);
+        self.ctx.api.event(pod, false, "Killing", &msg).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = rt.stop(&key, left).await {
+            tracing::warn!(container = %c.name, error = %e, "stop failed");
+        }
     }
 
     /// Converges one container; returns its exit code when it has exited for good.
@@ -630,7 +721,30 @@ impl PodWorker {
                 None
             }
             RuntimeState::Running { .. } => {
-                self.containers.get_mut(&c.name)?.waiting = None;
+                let cs = self.containers.get_mut(&c.name)?;
+                cs.waiting = None;
+                // postStart runs once per attempt, before its probes start; an attempt
+                // adopted after an agent restart already ran it.
+                let fresh = cs.probes.as_ref().map(|p| p.0) != Some(attempt)
+                    && cs.resume.as_ref().is_none_or(|(a, _)| *a != attempt);
+                if fresh
+                    && let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref())
+                    && let Err(msg) = run_hook(hook, c, &key, &rt, net.ip, POST_START_TIMEOUT).await
+                {
+                    let msg = format!("PostStartHook failed for container {}: {msg}", c.name);
+                    self.ctx
+                        .api
+                        .event(pod, true, "FailedPostStartHook", &msg)
+                        .await;
+                    // As the kubelet does: the container is killed and restarted per policy.
+                    if let Some(cs) = self.containers.get_mut(&c.name) {
+                        cs.kill_reason = Some(msg);
+                    }
+                    if let Err(e) = rt.stop(&key, grace_period(pod)).await {
+                        tracing::warn!(container = %c.name, error = %e, "stop failed");
+                    }
+                    return None;
+                }
                 self.watch_running(c, &key, &rt, net);
                 None
             }
@@ -983,6 +1097,7 @@ impl PodWorker {
             .await
             .map_err(|e| e.0)?;
         self.volumes_at = Some(Instant::now());
+        self.volumes_meta = Some(volume_meta(pod));
         let mut mounts = crate::volumes::mounts_for(c, &vols).map_err(|e| e.0)?;
         // Cluster DNS listens on the pod bridge, which host-network fallback nodes lack.
         let cluster_dns = self
@@ -1187,10 +1302,23 @@ impl PodWorker {
         self.leave_endpoints(pod, grace).await;
         let pod_ip = self.net.as_ref().map(|n| n.ip).unwrap_or(self.ctx.node_ip);
         let mut stops = Vec::new();
-        let spec_containers: Vec<Container> = pod
-            .spec
+        // App containers (and a still-running init container) first; sidecars after them,
+        // the last started first, so they serve the app containers to the end.
+        let spec = pod.spec.clone().unwrap_or_default();
+        let sidecars: Vec<Container> = spec
+            .init_containers
             .iter()
-            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .flatten()
+            .filter(|c| is_sidecar(c))
+            .rev()
+            .cloned()
+            .collect();
+        let spec_containers: Vec<Container> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| !is_sidecar(c))
+            .chain(&spec.containers)
             .cloned()
             .collect();
         for c in spec_containers {
@@ -1233,6 +1361,10 @@ impl PodWorker {
             });
         }
         futures::future::join_all(stops).await;
+        for c in &sidecars {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.stop_container(pod, c, left, pod_ip).await;
+        }
         for cs in self.containers.values_mut() {
             cs.restart_at = None;
             cs.ready = false;
@@ -1242,6 +1374,8 @@ impl PodWorker {
     /// Removes the pod's containers, files and network.
     async fn cleanup(&mut self) -> anyhow::Result<()> {
         self.stop_probes();
+        // Memory-backed volumes are mounts: unmounted first, or the directory cannot go.
+        crate::volumes::unmount_volumes(&self.pod_dir());
         self.ctx.process_runtime.remove_pod(&self.uid).await?;
         if let Some(r) = &self.ctx.image_runtime {
             r.remove_pod(&self.uid).await?;
@@ -1413,8 +1547,18 @@ impl PodWorker {
         let mut init_statuses = Vec::new();
         let mut init_done = true;
         let mut init_failed = false;
+        let mut sidecar_running = false;
         for c in spec.init_containers.iter().flatten() {
             let s = self.container_status(pod, c, terminating).await;
+            if is_sidecar(c) {
+                let st = s.state.clone().unwrap_or_default();
+                sidecar_running |= st.running.is_some();
+                if st.running.is_none() && s.restart_count == 0 && st.terminated.is_none() {
+                    init_done = false;
+                }
+                init_statuses.push(s);
+                continue;
+            }
             let ok = s
                 .state
                 .as_ref()
@@ -1452,7 +1596,13 @@ impl PodWorker {
         } else if !init_done {
             "Pending".to_string()
         } else {
-            phase_of(&statuses, &policy, terminating)
+            match phase_of(&statuses, &policy, terminating) {
+                // Finished app containers: the pod completes once its sidecars stopped.
+                p if sidecar_running && !terminating && (p == "Succeeded" || p == "Failed") => {
+                    "Running".to_string()
+                }
+                p => p,
+            }
         };
         let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s.ready);
         let unready: Vec<&str> = statuses
@@ -1643,6 +1793,14 @@ async fn run_hook(
         return Ok(());
     }
     Err("hook has no action".into())
+}
+
+/// Longest wait for a postStart hook (the kubelet bounds an httpGet hook likewise).
+const POST_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An init container with `restartPolicy: Always`: a sidecar.
+fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
 }
 
 /// The kubelet's phase rules.

@@ -123,6 +123,22 @@ pub trait Runtime: Send + Sync + 'static {
         argv: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput>;
+    /// Runs a command in the container's namespaces with the client's streams
+    /// (`kubectl exec`) and returns its exit code.
+    async fn exec_stream(
+        &self,
+        key: &ContainerKey,
+        argv: &[String],
+        io: crate::streamio::StreamIo,
+    ) -> Result<i32> {
+        let _ = (key, argv, io);
+        bail!("the {} runtime cannot stream a command", self.name())
+    }
+    /// Connects the client's streams to the container's main process (`kubectl attach`).
+    async fn attach(&self, key: &ContainerKey, io: crate::streamio::StreamIo) -> Result<()> {
+        let _ = (key, io);
+        bail!("the {} runtime cannot attach", self.name())
+    }
     /// Every container this runtime knows on this node (running or not): used on agent
     /// start to re-adopt what survived it.
     async fn adopt(&self) -> Result<Vec<ContainerKey>>;
@@ -255,6 +271,30 @@ impl ProcessRuntime {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("state of {key:?}")),
         }
+    }
+
+    /// What `bosun shim exec` needs to run `argv` in a running container's namespaces.
+    async fn exec_request(
+        &self,
+        key: &ContainerKey,
+        argv: &[String],
+        tty: bool,
+    ) -> Result<ExecSpec> {
+        let spec: ShimSpec = serde_json::from_slice(
+            &tokio::fs::read(self.container_dir(key).join("spec.json")).await?,
+        )?;
+        let st = self.read_state(key)?;
+        Ok(ExecSpec {
+            argv: argv.to_vec(),
+            env: spec.env.clone(),
+            working_dir: spec.working_dir.clone(),
+            netns: spec.netns.clone(),
+            mount_ns_pid: st
+                .filter(|s| s.mount_namespace && s.exit_code.is_none())
+                .and_then(|s| s.pid),
+            isolation: spec.isolation.clone(),
+            tty,
+        })
     }
 
     fn shim_command(&self) -> tokio::process::Command {
@@ -519,20 +559,7 @@ impl Runtime for ProcessRuntime {
         argv: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput> {
-        let spec: ShimSpec = serde_json::from_slice(
-            &tokio::fs::read(self.container_dir(key).join("spec.json")).await?,
-        )?;
-        let st = self.read_state(key)?;
-        let req = ExecSpec {
-            argv: argv.to_vec(),
-            env: spec.env.clone(),
-            working_dir: spec.working_dir.clone(),
-            netns: spec.netns.clone(),
-            mount_ns_pid: st
-                .filter(|s| s.mount_namespace && s.exit_code.is_none())
-                .and_then(|s| s.pid),
-            isolation: spec.isolation.clone(),
-        };
+        let req = self.exec_request(key, argv, false).await?;
         let child = self
             .shim_command()
             .arg("exec")
@@ -560,6 +587,22 @@ impl Runtime for ProcessRuntime {
             }
             Err(_) => bail!("command timed out after {timeout:?}"),
         }
+    }
+
+    async fn exec_stream(
+        &self,
+        key: &ContainerKey,
+        argv: &[String],
+        io: crate::streamio::StreamIo,
+    ) -> Result<i32> {
+        let mut req = self.exec_request(key, argv, io.tty).await?;
+        // As container runtimes do for a terminal: full-screen programs need a TERM.
+        if io.tty && !req.env.iter().any(|(k, _)| k == "TERM") {
+            req.env.push(("TERM".into(), "xterm".into()));
+        }
+        let mut cmd = self.shim_command();
+        cmd.arg("exec").arg(serde_json::to_string(&req)?);
+        crate::streamio::run_child(cmd, io).await
     }
 
     async fn adopt(&self) -> Result<Vec<ContainerKey>> {

@@ -1,5 +1,6 @@
-//! The agent's HTTPS endpoint (the kubelet's port): container logs for `kubectl logs`
-//! (proxied by the API server) and a health check. Every route but `/healthz` requires
+//! The agent's HTTPS endpoint (the kubelet's port): container logs for `kubectl logs`,
+//! exec, attach and port-forward (`streaming.rs`; all proxied by the API server) and a
+//! health check. Every route but `/healthz` requires
 //! `Authorization: Bearer <token>`.
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ pub struct ServerState {
     pub token: Arc<String>,
     pub node_name: String,
     pub stats: Arc<crate::stats::RateCache>,
+    /// Runtimes and pod networks for exec, attach and port-forward; None serves logs only.
+    pub streaming: Option<Arc<crate::streaming::Streaming>>,
 }
 
 impl ServerState {
@@ -33,7 +36,13 @@ impl ServerState {
             token: Arc::new(token.into()),
             node_name: node_name.into(),
             stats: Arc::default(),
+            streaming: None,
         }
+    }
+
+    pub fn with_streaming(mut self, s: crate::streaming::Streaming) -> Self {
+        self.streaming = Some(Arc::new(s));
+        self
     }
 }
 
@@ -41,6 +50,18 @@ pub fn router(state: ServerState) -> Router {
     let authed = Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/stats/summary", get(stats_summary))
+        .route(
+            "/exec/{ns}/{pod}/{container}",
+            get(crate::streaming::exec).post(crate::streaming::exec),
+        )
+        .route(
+            "/attach/{ns}/{pod}/{container}",
+            get(crate::streaming::attach).post(crate::streaming::attach),
+        )
+        .route(
+            "/portForward/{ns}/{pod}",
+            get(crate::streaming::port_forward).post(crate::streaming::port_forward),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -97,7 +118,7 @@ fn text(code: StatusCode, msg: String) -> Response {
 
 /// The pod directory of `ns/name`: the newest one when an old pod of the same name is still
 /// being torn down.
-fn find_pod(pods_dir: &Path, ns: &str, name: &str) -> Option<(String, PathBuf)> {
+pub(crate) fn find_pod(pods_dir: &Path, ns: &str, name: &str) -> Option<(String, PathBuf)> {
     let mut best: Option<(std::time::SystemTime, String, PathBuf)> = None;
     for e in std::fs::read_dir(pods_dir).ok()?.flatten() {
         let meta = e.path().join("pod.json");
@@ -120,7 +141,7 @@ fn find_pod(pods_dir: &Path, ns: &str, name: &str) -> Option<(String, PathBuf)> 
     best.map(|(_, uid, p)| (uid, p))
 }
 
-fn attempts(pod_dir: &Path, container: &str) -> Vec<u32> {
+pub(crate) fn attempts(pod_dir: &Path, container: &str) -> Vec<u32> {
     let mut out: Vec<u32> = std::fs::read_dir(pod_dir.join("logs").join(container))
         .into_iter()
         .flatten()
@@ -137,7 +158,7 @@ fn attempts(pod_dir: &Path, container: &str) -> Vec<u32> {
 }
 
 /// Whether an attempt's process is done (exit recorded or supervisor gone).
-fn finished(pods_dir: &Path, key: &ContainerKey) -> bool {
+pub(crate) fn finished(pods_dir: &Path, key: &ContainerKey) -> bool {
     // A Docker container's log is complete once its copier saw the end of the output.
     if let Some(r) = crate::docker::read_record(&crate::docker::record_path(pods_dir, key)) {
         return r.log_complete;

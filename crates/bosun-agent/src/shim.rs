@@ -104,6 +104,9 @@ pub struct ExecSpec {
     /// The container's isolation: the command joins all its namespaces and takes its user.
     #[serde(default)]
     pub isolation: Option<crate::isolation::Isolation>,
+    /// stdin is a terminal: the command gets it as its controlling terminal.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -459,6 +462,17 @@ fn exec(json: &str) -> i32 {
             return 2;
         }
     };
+    if spec.tty {
+        // A session of its own with the terminal as controlling terminal, so that the
+        // terminal's signals (^C) and job control reach the command.
+        let ctty = nix::unistd::setsid()
+            .map_err(std::io::Error::from)
+            .and_then(|_| rustix::process::ioctl_tiocsctty(std::io::stdin()).map_err(Into::into));
+        if let Err(e) = ctty {
+            eprintln!("bosun shim exec: cannot take the terminal: {e}");
+            return 126;
+        }
+    }
     if let Some(iso) = &spec.isolation {
         let Some(pid) = spec.mount_ns_pid else {
             eprintln!("bosun shim exec: the container is not running");

@@ -218,7 +218,7 @@ pub async fn prepare(
                     read_only: true,
                 },
             );
-        } else if v.empty_dir.is_some() {
+        } else if let Some(ed) = &v.empty_dir {
             // World-writable as the kubelet makes it (only the pod reaches it), given to the
             // fsGroup once, when made: later files are the workload's own business.
             if !dir.exists() {
@@ -228,6 +228,16 @@ pub async fn prepare(
                     })
                     .map_err(|e| ConfigError(format!("emptyDir {:?}: {e}", v.name)))?;
                 own(&dir, false)?;
+            }
+            if ed.medium.as_deref() == Some("Memory") {
+                let size = ed
+                    .size_limit
+                    .as_ref()
+                    .and_then(|q| crate::env::parse_quantity(&q.0))
+                    .map(|b| b as u64);
+                mount_tmpfs(&dir, size).map_err(|e| {
+                    ConfigError(format!("emptyDir {:?} (medium Memory): {e}", v.name))
+                })?;
             }
             out.insert(
                 v.name.clone(),
@@ -251,7 +261,21 @@ pub async fn prepare(
                 }
                 "Directory" if !path.is_dir() => return Err(err("is not a directory")),
                 "File" if !path.is_file() => return Err(err("is not a file")),
-                "" | "Directory" | "File" | "Socket" | "CharDevice" | "BlockDevice" => {}
+                "Socket" | "CharDevice" | "BlockDevice" => {
+                    use std::os::unix::fs::FileTypeExt;
+                    let ft = std::fs::metadata(&path)
+                        .map_err(|e| err(&e.to_string()))?
+                        .file_type();
+                    let ok = match ty {
+                        "Socket" => ft.is_socket(),
+                        "CharDevice" => ft.is_char_device(),
+                        _ => ft.is_block_device(),
+                    };
+                    if !ok {
+                        return Err(err(&format!("is not a {ty}")));
+                    }
+                }
+                "" | "Directory" | "File" => {}
                 other => return Err(err(&format!("unknown type {other:?}"))),
             }
             out.insert(
@@ -261,14 +285,214 @@ pub async fn prepare(
                     read_only: false,
                 },
             );
+        } else if let Some(claim) = &v.persistent_volume_claim {
+            let path = claim_path(api, &ns, &claim.claim_name)
+                .await
+                .map_err(|m| ConfigError(format!("volume {:?}: {m}", v.name)))?;
+            out.insert(
+                v.name.clone(),
+                PreparedVolume {
+                    path,
+                    read_only: claim.read_only.unwrap_or(false),
+                },
+            );
+        } else if let Some(da) = &v.downward_api {
+            let (data, items) = downward_files(pod, da)
+                .map_err(|e| ConfigError(format!("downwardAPI volume {:?}: {}", v.name, e.0)))?;
+            write_files(
+                &dir,
+                &data,
+                Some(&items),
+                da.default_mode.unwrap_or(0o644),
+                "downwardAPI",
+            )?;
+            own(&dir, true)?;
+            out.insert(
+                v.name.clone(),
+                PreparedVolume {
+                    path: dir,
+                    read_only: true,
+                },
+            );
         } else {
             return Err(ConfigError(format!(
-                "volume {:?}: only configMap, secret, emptyDir and hostPath volumes are supported by the process runtime",
+                "volume {:?}: only configMap, secret, emptyDir, hostPath, downwardAPI and persistentVolumeClaim volumes are supported",
                 v.name
             )));
         }
     }
     Ok(out)
+}
+
+/// Annotation of volumes the built-in local-path provisioner made (their directory is
+/// created on first use), as `bosun-controllers::storage` sets it.
+const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+const LOCAL_PATH_PROVISIONER: &str = "bosun.dev/local-path";
+
+/// The host directory of a bound claim.
+async fn claim_path(api: &dyn ClusterApi, ns: &str, claim: &str) -> Result<PathBuf, String> {
+    let c = api
+        .persistent_volume_claim(ns, claim)
+        .await
+        .map_err(|e| format!("cannot get persistentvolumeclaim {claim:?}: {e:#}"))?
+        .ok_or_else(|| format!("persistentvolumeclaim {claim:?} not found"))?;
+    if c.metadata.deletion_timestamp.is_some() {
+        return Err(format!("persistentvolumeclaim {claim:?} is being deleted"));
+    }
+    let bound = c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    let vname = c
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .filter(|n| !n.is_empty() && bound)
+        .ok_or_else(|| format!("persistentvolumeclaim {claim:?} is not bound yet"))?;
+    let pv = api
+        .persistent_volume(&vname)
+        .await
+        .map_err(|e| format!("cannot get persistentvolume {vname:?}: {e:#}"))?
+        .ok_or_else(|| format!("persistentvolume {vname:?} not found"))?;
+    let spec = pv.spec.as_ref();
+    let path = spec
+        .and_then(|s| s.local.as_ref().map(|l| l.path.clone()))
+        .or_else(|| spec.and_then(|s| s.host_path.as_ref().map(|h| h.path.clone())))
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            format!("persistentvolume {vname:?}: only local and hostPath volumes can be mounted")
+        })?;
+    let ours = pv
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PROVISIONED_BY))
+        .is_some_and(|p| p == LOCAL_PATH_PROVISIONER);
+    if ours && !path.exists() {
+        // Writable by any user of the pod, as the local-path provisioner makes it.
+        std::fs::create_dir_all(&path)
+            .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)))
+            .map_err(|e| format!("create {}: {e}", path.display()))?;
+    }
+    if !path.exists() {
+        return Err(format!(
+            "persistentvolume {vname:?}: path {} does not exist on this node",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+/// A downwardAPI volume's contents by path, and the items that place them.
+type DownwardFiles = (HashMap<String, Vec<u8>>, Vec<KeyToPath>);
+
+/// The files of a downwardAPI volume, by path, with their items.
+fn downward_files(
+    pod: &Pod,
+    da: &k8s_openapi::api::core::v1::DownwardAPIVolumeSource,
+) -> Result<DownwardFiles, ConfigError> {
+    let facts = crate::env::PodFacts {
+        pod,
+        pod_ip: String::new(),
+        host_ip: String::new(),
+        node_name: "",
+        node_cpu: std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
+        node_memory: mem_total(),
+    };
+    let mut data = HashMap::new();
+    let mut items = Vec::new();
+    for it in da.items.iter().flatten() {
+        let value = if let Some(f) = &it.field_ref {
+            // Volumes carry only what does not change with the pod's placement.
+            let path = f.field_path.as_str();
+            let allowed = matches!(
+                path,
+                "metadata.name"
+                    | "metadata.namespace"
+                    | "metadata.uid"
+                    | "metadata.labels"
+                    | "metadata.annotations"
+            ) || path.starts_with("metadata.labels['")
+                || path.starts_with("metadata.annotations['");
+            if !allowed {
+                return Err(ConfigError(format!(
+                    "fieldRef {path:?} is not supported in volumes"
+                )));
+            }
+            crate::env::field_ref(&facts, path)?
+        } else if let Some(r) = &it.resource_field_ref {
+            let cname = r.container_name.as_deref().unwrap_or("");
+            let c = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.iter().find(|c| c.name == cname))
+                .ok_or_else(|| ConfigError(format!("resourceFieldRef: no container {cname:?}")))?;
+            crate::env::resource_ref(&facts, c, r)?
+        } else {
+            return Err(ConfigError(format!(
+                "item {:?}: fieldRef or resourceFieldRef is required",
+                it.path
+            )));
+        };
+        data.insert(it.path.clone(), value.into_bytes());
+        items.push(KeyToPath {
+            key: it.path.clone(),
+            path: it.path.clone(),
+            mode: it.mode,
+        });
+    }
+    Ok((data, items))
+}
+
+/// The machine's memory in bytes (the default of a memory limit in resourceFieldRef).
+fn mem_total() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb * 1024.0)
+}
+
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(d), Some(Ok(p))) = (std::fs::metadata(dir), dir.parent().map(std::fs::metadata)) else {
+        return false;
+    };
+    d.dev() != p.dev()
+}
+
+/// A tmpfs on `dir` (once), `size` bytes at most when given.
+fn mount_tmpfs(dir: &Path, size: Option<u64>) -> Result<(), String> {
+    if is_mount_point(dir) {
+        return Ok(());
+    }
+    let mut opts = "mode=1777".to_string();
+    if let Some(s) = size {
+        opts.push_str(&format!(",size={s}"));
+    }
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(|e| format!("mount tmpfs on {}: {e}", dir.display()))
+}
+
+/// Unmounts the pod's memory-backed volumes before its directory is removed.
+pub fn unmount_volumes(pod_dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(pod_dir.join("volumes")) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if is_mount_point(&p)
+            && let Err(err) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH)
+        {
+            tracing::warn!(path = %p.display(), error = %err, "cannot unmount pod volume");
+        }
+    }
 }
 
 /// The bind mounts of one container.

@@ -9,8 +9,15 @@ use serde_json::{Map, Value, json};
 
 use crate::KindInfo;
 
+mod batch;
+pub use batch::{CONTROLLER_UID, JOB_NAME};
+
 /// Fills in the defaults Kubernetes sets for `kind` (pod templates included).
 pub fn apply_defaults(kind: &KindInfo, obj: &mut Value) {
+    if let Some(custom) = &kind.custom {
+        custom.prune_and_default(obj);
+        return;
+    }
     let Some(obj) = obj.as_object_mut() else {
         return;
     };
@@ -28,6 +35,25 @@ pub fn apply_defaults(kind: &KindInfo, obj: &mut Value) {
             }
         }
         ("apps", "Deployment") => deployment(obj),
+        ("apps", "StatefulSet") => statefulset(obj),
+        ("", "PersistentVolumeClaim") => {
+            set_str(object(obj, "spec"), "volumeMode", "Filesystem");
+            set_str(object(obj, "status"), "phase", "Pending");
+        }
+        ("", "PersistentVolume") => {
+            let spec = object(obj, "spec");
+            set_str(spec, "persistentVolumeReclaimPolicy", "Retain");
+            set_str(spec, "volumeMode", "Filesystem");
+            set_str(object(obj, "status"), "phase", "Pending");
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            set_str(obj, "reclaimPolicy", "Delete");
+            set_str(obj, "volumeBindingMode", "Immediate");
+        }
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => crate::crd::default_crd(obj),
+        ("apps", "DaemonSet") => batch::daemon_set(obj),
+        ("batch", "Job") => batch::job(obj),
+        ("batch", "CronJob") => batch::cron_job(obj),
         ("apps", "ReplicaSet") => {
             let spec = object(obj, "spec");
             set(spec, "replicas", json!(1));
@@ -249,6 +275,10 @@ fn container(c: &mut Map<String, Value>) {
                 set_str(h, "path", "/");
                 set_str(h, "scheme", "HTTP");
             }
+            // SetDefaults_GRPCAction: clients (kubectl describe) dereference it.
+            if let Some(g) = existing(p, "grpc") {
+                set_str(g, "service", "");
+            }
         }
     }
     if let Some(lifecycle) = existing(c, "lifecycle") {
@@ -334,6 +364,27 @@ fn deployment(obj: &mut Map<String, Value>) {
         let rolling = object(strategy, "rollingUpdate");
         set(rolling, "maxUnavailable", json!("25%"));
         set(rolling, "maxSurge", json!("25%"));
+    }
+    pod_template(spec);
+}
+
+/// SetDefaults_StatefulSet (apps/v1), claim templates included.
+fn statefulset(obj: &mut Map<String, Value>) {
+    let spec = object(obj, "spec");
+    set(spec, "replicas", json!(1));
+    set(spec, "revisionHistoryLimit", json!(10));
+    set_str(spec, "podManagementPolicy", "OrderedReady");
+    let strategy = object(spec, "updateStrategy");
+    set_str(strategy, "type", "RollingUpdate");
+    if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+        set(object(strategy, "rollingUpdate"), "partition", json!(0));
+    }
+    let retention = object(spec, "persistentVolumeClaimRetentionPolicy");
+    set_str(retention, "whenDeleted", "Retain");
+    set_str(retention, "whenScaled", "Retain");
+    for t in list_mut(spec, "volumeClaimTemplates") {
+        set_str(object(t, "spec"), "volumeMode", "Filesystem");
+        set_str(object(t, "status"), "phase", "Pending");
     }
     pod_template(spec);
 }

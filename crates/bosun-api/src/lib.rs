@@ -4,6 +4,7 @@
 //! Pure functions over `serde_json::Value` and typed objects; no I/O, so the API server,
 //! the CLI and tests share one definition of every rule.
 
+pub mod crd;
 pub mod defaults;
 pub mod gateway;
 pub mod openapi;
@@ -12,6 +13,7 @@ pub mod pod_security;
 pub mod registry;
 pub mod strict;
 pub mod table;
+mod table_kinds;
 pub mod validation;
 
 pub use registry::{KindInfo, Registry};

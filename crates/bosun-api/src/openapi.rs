@@ -26,6 +26,7 @@ const DELETE_OPTIONS: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions
 const LIST_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta";
 const PATCH: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.Patch";
 const SCALE: &str = "io.k8s.api.autoscaling.v1.Scale";
+const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
 
 /// Kubernetes' canonical schema name of a kind: `io.k8s.api.apps.v1.Deployment`.
 pub fn schema_name(kind: &KindInfo) -> String {
@@ -305,6 +306,70 @@ impl OpenApi {
             index: json!({ "paths": index }),
             documents,
             v2: v2::document(registry),
+        }
+    }
+
+    /// The documents of custom kinds (CRD versions): their `openAPIV3Schema` with the
+    /// standard `apiVersion`, `kind` and `metadata` properties, and the same paths and
+    /// PATCH `fieldValidation` parameter as built-in kinds, so kubectl validates them on
+    /// the server and `kubectl explain` describes them.
+    pub fn custom(kinds: &[&KindInfo]) -> OpenApi {
+        let builtin = Schemas::builtin();
+        let mut map = BTreeMap::new();
+        let seeds = [STATUS, DELETE_OPTIONS, PATCH, SCALE, LIST_META, OBJECT_META];
+        for n in builtin.closure(seeds.iter().map(|s| s.to_string())) {
+            if let Some(s) = builtin.get(&n) {
+                map.insert(n, s.clone());
+            }
+        }
+        let mut group_versions: Vec<(&str, &str)> = Vec::new();
+        for kind in kinds {
+            let mut schema = kind
+                .custom
+                .as_ref()
+                .and_then(|c| c.schema.clone())
+                .unwrap_or_else(
+                    || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+                );
+            if let Some(m) = schema.as_object_mut() {
+                let props = m.entry("properties").or_insert_with(|| json!({}));
+                if let Some(p) = props.as_object_mut() {
+                    p.insert("apiVersion".into(), json!({"description": "APIVersion defines the versioned schema of this representation of an object.", "type": "string"}));
+                    p.insert("kind".into(), json!({"description": "Kind is a string value representing the REST resource this object represents.", "type": "string"}));
+                    p.insert("metadata".into(), json!({"allOf": [schema_ref(OBJECT_META)], "description": "Standard object's metadata."}));
+                }
+            }
+            set_gvk(&mut schema, kind.group, kind.version, kind.kind);
+            map.insert(schema_name(kind), schema);
+            let list_name = format!("{}.{}", package(kind.group, kind.version), kind.list_kind);
+            map.insert(list_name, list_schema(kind));
+            if !group_versions.contains(&(kind.group, kind.version)) {
+                group_versions.push((kind.group, kind.version));
+            }
+        }
+        let schemas = Schemas { map };
+        let mut documents = BTreeMap::new();
+        let mut index = Map::new();
+        for (group, version) in group_versions {
+            let gv_kinds: Vec<&KindInfo> = kinds
+                .iter()
+                .copied()
+                .filter(|k| k.group == group && k.version == version)
+                .collect();
+            let value = document(&schemas, group, version, &gv_kinds);
+            let bytes = serde_json::to_vec(&value).unwrap_or_default();
+            let hash = hex::encode_upper(Sha512::digest(&bytes));
+            let path = group_version_path(group, version);
+            index.insert(
+                path.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+            );
+            documents.insert(path, Document { value, bytes, hash });
+        }
+        OpenApi {
+            index: json!({ "paths": index }),
+            documents,
+            v2: Vec::new(),
         }
     }
 

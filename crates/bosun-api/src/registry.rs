@@ -33,6 +33,8 @@ pub struct KindInfo {
     /// Decodes into the typed object and encodes it back. An error means the value
     /// does not fit the type (wrong field type, bad quantity ...).
     pub roundtrip: fn(&Value) -> Result<Value, String>,
+    /// Schema, columns and subresource paths of a kind served for a CRD.
+    pub custom: Option<std::sync::Arc<crate::crd::Custom>>,
 }
 
 impl KindInfo {
@@ -91,6 +93,7 @@ where
         subresources,
         schema: K::json_schema,
         roundtrip: roundtrip::<K>,
+        custom: None,
     }
 }
 
@@ -120,7 +123,15 @@ impl Registry {
                 kind_of::<core::v1::Pod>(
                     &["po"],
                     &["all"],
-                    &["status", "log", "binding", "eviction"],
+                    &[
+                        "status",
+                        "log",
+                        "binding",
+                        "eviction",
+                        "exec",
+                        "attach",
+                        "portforward",
+                    ],
                 ),
                 kind_of::<core::v1::ConfigMap>(&["cm"], &[], &[]),
                 kind_of::<core::v1::Secret>(&[], &[], &[]),
@@ -143,7 +154,7 @@ impl Registry {
                     &[],
                     &["status", "approval"],
                 ),
-                kind_of::<core::v1::ServiceAccount>(&["sa"], &[], &[]),
+                kind_of::<core::v1::ServiceAccount>(&["sa"], &[], &["token"]),
                 kind_of::<core::v1::PersistentVolume>(&["pv"], &[], &["status"]),
                 kind_of::<core::v1::PersistentVolumeClaim>(&["pvc"], &[], &["status"]),
                 kind_of::<core::v1::ResourceQuota>(&["quota"], &[], &["status"]),

@@ -14,6 +14,9 @@ use crate::openapi::Schemas;
 /// Paths of fields in `input` that `kind`'s type does not have, e.g.
 /// `spec.template.spec.containers[0].imagePullPolisy`; empty when all are known.
 pub fn unknown_fields(kind: &KindInfo, input: &Value) -> Vec<String> {
+    if let Some(custom) = &kind.custom {
+        return custom.unknown_fields(input);
+    }
     let schemas = Schemas::for_kind(kind);
     let Some(root) = schemas.of_kind(kind) else {
         return Vec::new();

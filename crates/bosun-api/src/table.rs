@@ -7,6 +7,8 @@ use serde_json::{Map, Value, json};
 
 use crate::KindInfo;
 
+mod batch;
+
 /// A `Table` for `objects` of `kind` (rows carry the object, or its metadata only when
 /// `include_object` is "Metadata").
 pub fn table(kind: &KindInfo, objects: &[Value], include_object: &str) -> Value {
@@ -20,6 +22,11 @@ pub fn table_at(
     include_object: &str,
     now: jiff::Timestamp,
 ) -> Value {
+    if let Some(custom) = &kind.custom {
+        let defs = crate::crd::columns::definitions(&custom.columns);
+        let cells = |o: &Value| crate::crd::columns::cells(&custom.columns, o, now);
+        return assemble(defs, objects, include_object, cells);
+    }
     let (columns, row_fn) = printer(kind);
     let column_defs: Vec<Value> = columns
         .iter()
@@ -33,10 +40,19 @@ pub fn table_at(
             })
         })
         .collect();
+    assemble(column_defs, objects, include_object, |o| row_fn(o, now))
+}
+
+fn assemble(
+    column_defs: Vec<Value>,
+    objects: &[Value],
+    include_object: &str,
+    cells: impl Fn(&Value) -> Vec<Value>,
+) -> Value {
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
-            let mut row = json!({"cells": row_fn(o, now)});
+            let mut row = json!({"cells": cells(o)});
             match include_object {
                 "None" => {}
                 "Object" => row["object"] = o.clone(),
@@ -60,8 +76,10 @@ pub fn table_at(
     })
 }
 
-type Column = (&'static str, &'static str, u32);
-type RowFn = fn(&Value, jiff::Timestamp) -> Vec<Value>;
+mod storage;
+
+pub(crate) type Column = (&'static str, &'static str, u32);
+pub(crate) type RowFn = fn(&Value, jiff::Timestamp) -> Vec<Value>;
 
 fn describe(name: &str) -> &'static str {
     match name {
@@ -74,6 +92,11 @@ fn describe(name: &str) -> &'static str {
 }
 
 fn printer(kind: &KindInfo) -> (Vec<Column>, RowFn) {
+    if matches!(kind.group, "batch" | "apps")
+        && let Some(p) = batch::printer(kind.kind)
+    {
+        return p;
+    }
     match (kind.group, kind.kind) {
         ("", "Pod") => (
             vec![
@@ -198,28 +221,30 @@ fn printer(kind: &KindInfo) -> (Vec<Column>, RowFn) {
             ],
             endpoints_row,
         ),
-        _ => (vec![("Name", "name", 0), ("Age", "string", 0)], generic_row),
+        (g, k) => storage::printer(g, k)
+            .or_else(|| crate::table_kinds::printer(kind))
+            .unwrap_or_else(|| (vec![("Name", "name", 0), ("Age", "string", 0)], generic_row)),
     }
 }
 
 // ---------------------------------------------------------------- helpers
 
-fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
+pub(crate) fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
     v.pointer(ptr).and_then(Value::as_str).unwrap_or_default()
 }
 
-fn i(v: &Value, ptr: &str) -> i64 {
+pub(crate) fn i(v: &Value, ptr: &str) -> i64 {
     v.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
 }
 
-fn arr<'a>(v: &'a Value, ptr: &str) -> &'a [Value] {
+pub(crate) fn arr<'a>(v: &'a Value, ptr: &str) -> &'a [Value] {
     v.pointer(ptr)
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default()
 }
 
-fn or_none(x: &str) -> String {
+pub(crate) fn or_none(x: &str) -> String {
     if x.is_empty() {
         "<none>".into()
     } else {
@@ -227,7 +252,7 @@ fn or_none(x: &str) -> String {
     }
 }
 
-fn name(o: &Value) -> Value {
+pub(crate) fn name(o: &Value) -> Value {
     json!(s(o, "/metadata/name"))
 }
 
@@ -246,7 +271,7 @@ fn since(t: &str, now: jiff::Timestamp) -> String {
     }
 }
 
-fn age(o: &Value, now: jiff::Timestamp) -> Value {
+pub(crate) fn age(o: &Value, now: jiff::Timestamp) -> Value {
     json!(since(s(o, "/metadata/creationTimestamp"), now))
 }
 
@@ -308,7 +333,7 @@ pub fn human_duration(seconds: i64) -> String {
 }
 
 /// `app=web,tier in (a,b)` for a `metav1.LabelSelector`, keys sorted as Kubernetes does.
-fn selector_string(sel: Option<&Value>) -> String {
+pub(crate) fn selector_string(sel: Option<&Value>) -> String {
     let Some(sel) = sel else {
         return "<none>".into();
     };

@@ -13,6 +13,9 @@ use serde_json::{Map, Value};
 
 use crate::{FieldError, KindInfo};
 
+mod batch;
+pub use batch::parse_schedule;
+
 /// Problems with a new object (names, required fields, value ranges ...).
 pub fn validate_create(kind: &KindInfo, obj: &Value) -> Vec<FieldError> {
     let mut v = Validator::default();
@@ -79,6 +82,19 @@ pub fn dns1123_label(s: &str) -> Vec<String> {
 }
 
 /// Problems with a DNS-1123 subdomain (most object names).
+/// Kubernetes' `ValidatePathSegmentName`, the only rule for RBAC names
+/// (`system:aggregate-to-admin`).
+pub fn path_segment_name(s: &str) -> Vec<String> {
+    if s == "." || s == ".." {
+        return vec![format!("may not be '{s}'")];
+    }
+    ["/", "%"]
+        .iter()
+        .filter(|c| s.contains(*c))
+        .map(|c| format!("may not contain '{c}'"))
+        .collect()
+}
+
 pub fn dns1123_subdomain(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     if s.len() > 253 {
@@ -382,6 +398,7 @@ impl Validator {
         let name_check: fn(&str) -> Vec<String> = match (kind.group, kind.kind) {
             ("", "Namespace") => dns1123_label,
             ("", "Service") => dns1035_label,
+            ("rbac.authorization.k8s.io", _) => path_segment_name,
             _ => dns1123_subdomain,
         };
         self.meta(
@@ -389,6 +406,10 @@ impl Validator {
             obj.get("metadata").unwrap_or(&Value::Null),
             name_check,
         );
+        if let Some(custom) = &kind.custom {
+            self.errors.extend(custom.validate(obj));
+            return;
+        }
         let spec = obj.get("spec").unwrap_or(&Value::Null);
         match (kind.group, kind.kind) {
             ("", "Pod") => self.pod_spec(spec, "spec", &["Always", "OnFailure", "Never"]),
@@ -399,7 +420,13 @@ impl Validator {
             ("", "Endpoints") => self.endpoints(obj),
             ("apps", "Deployment") => self.workload(spec, kind.kind, true),
             ("apps", "ReplicaSet") => self.workload(spec, kind.kind, false),
+            ("apps", "DaemonSet") => self.daemon_set(spec),
+            ("batch", "Job") => self.job(spec, "spec", true),
+            ("batch", "CronJob") => self.cron_job(spec),
             ("coordination.k8s.io", "Lease") => self.lease(spec),
+            ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+                self.errors.extend(crate::crd::validate_crd(obj))
+            }
             _ => {}
         }
     }

@@ -2,27 +2,30 @@
 //! kept as `bootstrap.kubernetes.io/token` Secrets in kube-system, as Kubernetes does) and client
 //! certificates signed by the cluster CA (nodes' `system:node:NAME` / `system:nodes`).
 //!
-//! There is no RBAC yet; the rules are the fixed ones a cluster needs for nodes to join:
-//! bootstrap tokens may only ask for a certificate, nodes may do everything but read or write
-//! kube-system Secrets and sign certificates.
+//! ServiceAccount tokens (`sa_token.rs`) are the fourth kind of credential. Every request then
+//! goes through impersonation, the authorizers (`system:masters`, the Node authorizer in
+//! `node_authz.rs`, RBAC in `rbac.rs`) and the audit log (`audit.rs`).
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::Method;
 use serde_json::Value;
-use tower::ServiceExt;
 
+use crate::Inner;
+use crate::attrs::Attrs;
 use crate::error::ApiError;
 
 pub const BOOTSTRAP_PREFIX: &str = "system:bootstrap:";
 pub const BOOTSTRAPPERS: &str = "system:bootstrappers";
 pub const NODES: &str = "system:nodes";
 pub const MASTERS: &str = "system:masters";
+pub const AUTHENTICATED: &str = "system:authenticated";
+/// The user the admin bearer token stands for.
+pub const ADMIN_USER: &str = "admin";
 pub const CLUSTER_INFO_PATH: &str = "/api/v1/namespaces/kube-public/configmaps/cluster-info";
 /// The Secret holding the token the API server presents to node agents; nodes read it (and
 /// no other kube-system Secret) so that they can check who calls their logs endpoint.
@@ -40,14 +43,6 @@ impl User {
     fn in_group(&self, g: &str) -> bool {
         self.groups.iter().any(|x| x == g)
     }
-}
-
-#[derive(Clone)]
-pub(crate) struct AuthState {
-    pub admin_token: Arc<String>,
-    /// The API without authentication, to read bootstrap-token Secrets through the same path
-    /// every other read takes.
-    pub api: Router,
 }
 
 /// Paths Kubernetes serves to anyone (`system:public-info-viewer`, and `cluster-info` for
@@ -115,18 +110,10 @@ pub fn check_bootstrap_secret(
     })
 }
 
-async fn bootstrap_user(st: &AuthState, id: &str, secret: &str) -> Option<User> {
-    let req = Request::get(format!(
-        "/api/v1/namespaces/kube-system/secrets/bootstrap-token-{id}"
-    ))
-    .body(Body::empty())
-    .ok()?;
-    let resp = st.api.clone().oneshot(req).await.ok()?;
-    if !resp.status().is_success() {
-        return None;
-    }
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.ok()?;
-    let obj: Value = serde_json::from_slice(&bytes).ok()?;
+async fn bootstrap_user(inner: &Arc<Inner>, id: &str, secret: &str) -> Option<User> {
+    let key = format!("/registry/core/secrets/kube-system/bootstrap-token-{id}");
+    let kv = inner.store.get(&key).await.ok()??;
+    let obj: Value = serde_json::from_slice(&kv.value).ok()?;
     match check_bootstrap_secret(&obj, id, secret, jiff::Timestamp::now()) {
         Ok(u) => Some(u),
         Err(why) => {
@@ -164,72 +151,180 @@ fn credentials(req: &Request) -> (Option<String>, Option<Arc<Vec<u8>>>) {
     (bearer, cert)
 }
 
+/// The user a bearer token stands for: the admin token, a ServiceAccount token, or a
+/// bootstrap token.
+pub(crate) async fn authenticate_token(inner: &Arc<Inner>, t: &str) -> Option<User> {
+    if !inner.token.is_empty() && bosun_serve::same_secret(t.as_bytes(), inner.token.as_bytes()) {
+        return Some(User {
+            name: ADMIN_USER.into(),
+            groups: vec![MASTERS.into()],
+        });
+    }
+    if crate::sa_token::looks_like_jwt(t) {
+        return match crate::sa_token::authenticate(inner, t).await {
+            Ok(u) => Some(u),
+            Err(why) => {
+                tracing::info!(why, "service account token refused");
+                None
+            }
+        };
+    }
+    let (id, secret) = parse_bootstrap_token(t)?;
+    bootstrap_user(inner, id, secret).await
+}
+
 async fn authenticate(
-    st: &AuthState,
+    inner: &Arc<Inner>,
     bearer: Option<String>,
     cert: Option<Arc<Vec<u8>>>,
 ) -> Option<User> {
-    if let Some(t) = bearer.as_deref() {
-        if !st.admin_token.is_empty()
-            && bosun_serve::same_secret(t.as_bytes(), st.admin_token.as_bytes())
-        {
-            return Some(User {
-                name: "admin".into(),
-                groups: vec![MASTERS.into()],
-            });
-        }
-        let (id, secret) = parse_bootstrap_token(t)?;
-        return bootstrap_user(st, id, secret).await;
+    let mut user = match bearer.as_deref() {
+        Some(t) => authenticate_token(inner, t).await?,
+        None => cert_user(&cert?)?,
+    };
+    if !user.in_group(AUTHENTICATED) {
+        user.groups.push(AUTHENTICATED.into());
     }
-    cert_user(&cert?)
+    Some(user)
 }
 
-/// Whether `user` may send this request (None), or why not.
-pub fn authorize(user: &User, method: &Method, path: &str) -> Option<String> {
+/// Whether `user` may do `a`: the reason it may, or the reason it may not (often empty,
+/// as RBAC gives none). `system:masters` may do anything, as in Kubernetes; a node is asked
+/// of the Node authorizer first; RBAC decides the rest.
+pub(crate) async fn decide(
+    inner: &Arc<Inner>,
+    user: &User,
+    a: &Attrs,
+    query: &str,
+) -> Result<String, String> {
     if user.in_group(MASTERS) {
-        return None;
+        return Ok(String::new());
     }
-    let verb = match *method {
-        Method::GET | Method::HEAD => "get",
-        Method::POST => "create",
-        Method::DELETE => "delete",
-        _ => "update",
+    if let Some(node) = crate::node_authz::node_name(user) {
+        match crate::node_authz::authorize(inner, node, a, query).await {
+            crate::node_authz::Decision::Allow => return Ok("Node authorizer".into()),
+            crate::node_authz::Decision::Deny(why) => return Err(why),
+            crate::node_authz::Decision::NoOpinion => {}
+        }
+    }
+    inner.rbac.wait_ready().await;
+    inner.rbac.allows(user, a).ok_or_default()
+}
+
+trait OkOrDefault {
+    fn ok_or_default(self) -> Result<String, String>;
+}
+impl OkOrDefault for Option<String> {
+    fn ok_or_default(self) -> Result<String, String> {
+        self.ok_or_else(String::new)
+    }
+}
+
+fn forbidden(user: &User, a: &Attrs, reason: &str) -> ApiError {
+    let mut details = serde_json::json!({"kind": a.resource});
+    if !a.name.is_empty() {
+        details["name"] = serde_json::json!(a.name);
+    }
+    if !a.api_group.is_empty() {
+        details["group"] = serde_json::json!(a.api_group);
+    }
+    ApiError::new(
+        403,
+        "Forbidden",
+        crate::rbac::forbidden_message(user, a, reason),
+    )
+    .with_details(details)
+}
+
+/// Kubernetes' impersonation (`Impersonate-User`, `Impersonate-Group`, `Impersonate-Uid`,
+/// `Impersonate-Extra-*`): each asks for the `impersonate` verb on users, serviceaccounts,
+/// groups, uids or userextras. Returns the user to act as, None without the headers.
+async fn impersonation(
+    inner: &Arc<Inner>,
+    requester: &User,
+    headers: &http::HeaderMap,
+) -> Result<Option<User>, ApiError> {
+    let text = |v: &http::HeaderValue| v.to_str().unwrap_or_default().to_string();
+    let name = headers.get("impersonate-user").map(text);
+    let groups: Vec<String> = headers
+        .get_all("impersonate-group")
+        .iter()
+        .map(text)
+        .collect();
+    let uid = headers.get("impersonate-uid").map(text);
+    let extras: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(k, v)| {
+            let key = k.as_str().strip_prefix("impersonate-extra-")?;
+            Some((key.to_string(), text(v)))
+        })
+        .collect();
+    let Some(name) = name else {
+        if groups.is_empty() && uid.is_none() && extras.is_empty() {
+            return Ok(None);
+        }
+        return Err(ApiError::bad_request(
+            "requested impersonation of groups, uid or extra without impersonating a user",
+        ));
     };
-    let deny = |what: &str| {
-        Some(format!(
-            "User \"{}\" cannot {verb} {what}",
-            user.name.replace('"', "")
-        ))
+    let mut checks = Vec::new();
+    let mut sa_groups = Vec::new();
+    match name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split_once(':'))
+    {
+        Some((ns, sa)) => {
+            checks.push(Attrs::resource(
+                "impersonate",
+                "",
+                "serviceaccounts",
+                "",
+                ns,
+                sa,
+            ));
+            sa_groups = crate::sa_token::service_account_user(ns, sa).groups;
+        }
+        None => checks.push(Attrs::resource("impersonate", "", "users", "", "", &name)),
+    }
+    for g in &groups {
+        checks.push(Attrs::resource("impersonate", "", "groups", "", "", g));
+    }
+    if let Some(u) = &uid {
+        checks.push(Attrs::resource(
+            "impersonate",
+            "authentication.k8s.io",
+            "uids",
+            "",
+            "",
+            u,
+        ));
+    }
+    for (k, v) in &extras {
+        checks.push(Attrs::resource(
+            "impersonate",
+            "authentication.k8s.io",
+            "userextras",
+            k,
+            "",
+            v,
+        ));
+    }
+    for a in &checks {
+        if let Err(why) = decide(inner, requester, a, "").await {
+            return Err(forbidden(requester, a, &why));
+        }
+    }
+    let mut groups = if groups.is_empty() { sa_groups } else { groups };
+    let anonymous = name == "system:anonymous";
+    let implied = if anonymous {
+        "system:unauthenticated"
+    } else {
+        AUTHENTICATED
     };
-    let csr_rest = path.strip_prefix(CSR_PATH);
-    if user.in_group(BOOTSTRAPPERS) {
-        // Ask for a node certificate and wait for it; nothing else.
-        return match (verb, csr_rest) {
-            ("create", Some("")) => None,
-            ("get", Some(rest)) if !rest.trim_start_matches('/').contains('/') => None,
-            _ => deny(&format!(
-                "{path}: a bootstrap token may only request a certificate"
-            )),
-        };
+    if !groups.iter().any(|g| g == implied) {
+        groups.push(implied.into());
     }
-    if user.in_group(NODES) && user.name.starts_with("system:node:") {
-        if verb == "get" && path == KUBELET_ACCESS_PATH {
-            return None;
-        }
-        if path.contains("/namespaces/kube-system/secrets")
-            || path == "/api/v1/secrets"
-            || path == "/api/v1/watch/secrets"
-        {
-            return deny("secrets in namespace kube-system");
-        }
-        if let Some(rest) = csr_rest
-            && (rest.ends_with("/approval") || rest.ends_with("/status"))
-        {
-            return deny("certificatesigningrequests/approval or /status");
-        }
-        return None;
-    }
-    deny(path)
+    Ok(Some(User { name, groups }))
 }
 
 /// Kubernetes records who asked for a certificate in the CSR's spec, whatever the body says;
@@ -244,41 +339,124 @@ fn stamp_requester(body: &[u8], user: &User) -> Option<Vec<u8>> {
     serde_json::to_vec(&obj).ok()
 }
 
-pub(crate) async fn middleware(State(st): State<AuthState>, req: Request, next: Next) -> Response {
+/// What the middleware needs besides the API: the server's state.
+pub(crate) type AuthState = Arc<Inner>;
+
+fn streaming(a: &Attrs, query: &str) -> bool {
+    a.verb == "watch"
+        || query.split('&').any(|kv| kv == "follow=true")
+        || matches!(a.subresource.as_str(), "exec" | "attach" | "portforward")
+}
+
+/// Authentication, impersonation, authorization, the review APIs and the audit record of
+/// every request that reaches the HTTPS listener.
+pub(crate) async fn middleware(
+    State(inner): State<AuthState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let received = jiff::Timestamp::now();
+    let audit_id = uuid::Uuid::new_v4().to_string();
     let path = req.uri().path().to_string();
-    if public(req.method(), &path) {
-        return next.run(req).await;
-    }
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let uri = req.uri().to_string();
+    let attrs = crate::attrs::from_request(req.method(), &path, &query);
     let (bearer, cert) = credentials(&req);
     let conn = req.extensions().get::<bosun_serve::ConnInfo>().cloned();
-    let Some(user) = authenticate(&st, bearer, cert).await else {
-        return ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
-    };
-    // A client that proved who it is keeps its connection when the caps make room.
-    if let Some(conn) = conn {
-        conn.mark_authenticated();
-    }
-    if let Some(msg) = authorize(&user, req.method(), &path) {
-        return ApiError::new(403, "Forbidden", msg).into_response();
-    }
-    if req.method() == Method::POST && path == CSR_PATH {
-        let (parts, body) = req.into_parts();
-        let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
-            return ApiError::too_large(1 << 20).into_response();
+    let user_agent = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let source_ip = conn.as_ref().map(|c| c.peer_addr().ip().to_string());
+    let mut user = None;
+    let mut impersonated = None;
+    let mut decision: Option<(&'static str, String)> = None;
+    let response = 'resp: {
+        if bearer.is_none() && cert.is_none() && public(req.method(), &path) {
+            break 'resp next.run(req).await;
+        }
+        let Some(u) = authenticate(&inner, bearer, cert).await else {
+            break 'resp ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
         };
-        let Some(stamped) = stamp_requester(&bytes, &user) else {
-            return ApiError::bad_request(
+        // A client that proved who it is keeps its connection when the caps make room.
+        if let Some(conn) = &conn {
+            conn.mark_authenticated();
+        }
+        let requester = user.insert(u).clone();
+        let acting = match impersonation(&inner, &requester, req.headers()).await {
+            Ok(Some(as_user)) => impersonated.insert(as_user).clone(),
+            Ok(None) => requester,
+            Err(e) => break 'resp e.into_response(),
+        };
+        match decide(&inner, &acting, &attrs, &query).await {
+            Ok(reason) => decision = Some(("allow", reason)),
+            Err(reason) => {
+                let resp = forbidden(&acting, &attrs, &reason).into_response();
+                decision = Some(("forbid", reason));
+                break 'resp resp;
+            }
+        }
+        let (mut parts, body) = req.into_parts();
+        for h in ["impersonate-user", "impersonate-group", "impersonate-uid"] {
+            parts.headers.remove(h);
+        }
+        let review = (parts.method == Method::POST)
+            .then(|| crate::reviews::which(&path))
+            .flatten();
+        let stamp = parts.method == Method::POST && path == CSR_PATH;
+        if review.is_none() && !stamp {
+            break 'resp next.run(Request::from_parts(parts, body)).await;
+        }
+        let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+            break 'resp ApiError::too_large(1 << 20).into_response();
+        };
+        if let Some(review) = review {
+            let ct = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| {
+                    s.split(';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_default();
+            break 'resp crate::reviews::handle(&inner, &acting, review, &bytes, &ct).await;
+        }
+        let Some(stamped) = stamp_requester(&bytes, &acting) else {
+            break 'resp ApiError::bad_request(
                 "a CertificateSigningRequest must be sent as JSON with a spec",
             )
             .into_response();
         };
-        let mut parts = parts;
         parts.headers.remove(http::header::CONTENT_LENGTH);
-        return next
-            .run(Request::from_parts(parts, Body::from(stamped)))
-            .await;
+        next.run(Request::from_parts(parts, Body::from(stamped)))
+            .await
+    };
+    let mut response = response;
+    if let Ok(v) = http::HeaderValue::from_str(&audit_id) {
+        response.headers_mut().insert("audit-id", v);
     }
-    next.run(req).await
+    if let Some(log) = &inner.audit {
+        let ev = crate::audit::event(&crate::audit::Entry {
+            audit_id: &audit_id,
+            attrs: &attrs,
+            uri: &uri,
+            user: user.as_ref(),
+            impersonated: impersonated.as_ref(),
+            source_ip,
+            user_agent: user_agent.as_deref(),
+            code: response.status().as_u16(),
+            received,
+            decision: decision.as_ref().map(|(d, r)| (*d, r.as_str())),
+            streaming: streaming(&attrs, &query),
+        });
+        log.record(ev).await;
+    }
+    response
 }
 
 #[cfg(test)]
@@ -337,40 +515,6 @@ mod tests {
         );
         let no_usage = secret(&[("token-secret", "0123456789abcdef")]);
         assert!(check_bootstrap_secret(&no_usage, "abcdef", "0123456789abcdef", now).is_err());
-    }
-
-    #[test]
-    fn rules() {
-        let boot = User {
-            name: "system:bootstrap:abcdef".into(),
-            groups: vec![BOOTSTRAPPERS.into()],
-        };
-        assert_eq!(authorize(&boot, &Method::POST, CSR_PATH), None);
-        assert_eq!(
-            authorize(&boot, &Method::GET, &format!("{CSR_PATH}/node-csr-1")),
-            None
-        );
-        assert!(authorize(&boot, &Method::PUT, &format!("{CSR_PATH}/x/approval")).is_some());
-        assert!(authorize(&boot, &Method::GET, "/api/v1/pods").is_some());
-        let node = User {
-            name: "system:node:n1".into(),
-            groups: vec![NODES.into()],
-        };
-        assert_eq!(authorize(&node, &Method::GET, "/api/v1/pods"), None);
-        assert!(
-            authorize(
-                &node,
-                &Method::GET,
-                "/api/v1/namespaces/kube-system/secrets/bootstrap-token-abcdef"
-            )
-            .is_some()
-        );
-        assert!(authorize(&node, &Method::PUT, &format!("{CSR_PATH}/x/status")).is_some());
-        let stranger = User {
-            name: "someone".into(),
-            groups: vec![],
-        };
-        assert!(authorize(&stranger, &Method::GET, "/api/v1/pods").is_some());
     }
 
     #[test]

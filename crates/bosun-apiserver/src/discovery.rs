@@ -71,8 +71,12 @@ fn subresource_info(
     match sub {
         "scale" => ("autoscaling", "v1", "Scale", &["get", "patch", "update"]),
         "log" => ("", "v1", "Pod", &["get"]),
+        "exec" => ("", "v1", "PodExecOptions", &["create", "get"]),
+        "attach" => ("", "v1", "PodAttachOptions", &["create", "get"]),
+        "portforward" => ("", "v1", "PodPortForwardOptions", &["create", "get"]),
         "binding" => ("", "v1", "Binding", &["create"]),
         "eviction" => ("policy", "v1", "Eviction", &["create"]),
+        "token" => ("authentication.k8s.io", "v1", "TokenRequest", &["create"]),
         "finalize" => ("", "v1", "Namespace", &["update"]),
         _ => (
             kind.group,
@@ -112,16 +116,14 @@ fn aggregated_response(v: &Value) -> ApiResult<Response> {
 }
 
 fn aggregated_group(inner: &Inner, group: &str) -> Value {
-    let versions: Vec<Value> = inner
-        .registry
-        .group_versions()
+    let all = crate::crds::all_kinds(inner);
+    let versions: Vec<Value> = crate::crds::group_versions(inner)
         .into_iter()
         .filter(|(g, _)| *g == group)
         .map(|(g, v)| {
-            let resources: Vec<Value> = inner
-                .registry
-                .kinds
+            let resources: Vec<Value> = all
                 .iter()
+                .copied()
                 .filter(|k| k.group == g && k.version == v)
                 .map(|k| {
                     let subs: Vec<Value> = k
@@ -190,7 +192,7 @@ pub(crate) fn api_versions(inner: &Inner, headers: &HeaderMap) -> ApiResult<Resp
 
 fn groups(inner: &Inner) -> Vec<&'static str> {
     let mut out: Vec<&'static str> = Vec::new();
-    for (g, _) in inner.registry.group_versions() {
+    for (g, _) in crate::crds::group_versions(inner) {
         if !g.is_empty() && !out.contains(&g) {
             out.push(g);
         }
@@ -199,9 +201,7 @@ fn groups(inner: &Inner) -> Vec<&'static str> {
 }
 
 fn api_group_obj(inner: &Inner, group: &str) -> Value {
-    let versions: Vec<Value> = inner
-        .registry
-        .group_versions()
+    let versions: Vec<Value> = crate::crds::group_versions(inner)
         .into_iter()
         .filter(|(g, _)| *g == group)
         .map(|(g, v)| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
@@ -241,10 +241,8 @@ pub(crate) fn api_group(inner: &Inner, group: &str) -> ApiResult<Response> {
 }
 
 pub(crate) fn resource_list(inner: &Inner, group: &str, version: &str) -> ApiResult<Response> {
-    let kinds: Vec<&KindInfo> = inner
-        .registry
-        .kinds
-        .iter()
+    let kinds: Vec<&KindInfo> = crate::crds::all_kinds(inner)
+        .into_iter()
         .filter(|k| k.group == group && k.version == version)
         .collect();
     if kinds.is_empty() {
@@ -298,7 +296,22 @@ pub(crate) async fn openapi_index(State(inner): State<Arc<Inner>>) -> Response {
     if idx.is_null() {
         return ApiError::no_route().into_response();
     }
-    json_response(StatusCode::OK, idx)
+    let custom = inner.crds.get();
+    match custom
+        .openapi
+        .index()
+        .get("paths")
+        .and_then(Value::as_object)
+    {
+        Some(extra) if !extra.is_empty() => {
+            let mut merged = idx.clone();
+            if let Some(p) = merged.get_mut("paths").and_then(Value::as_object_mut) {
+                p.extend(extra.clone());
+            }
+            json_response(StatusCode::OK, &merged)
+        }
+        _ => json_response(StatusCode::OK, idx),
+    }
 }
 
 pub(crate) async fn openapi_doc(
@@ -306,7 +319,13 @@ pub(crate) async fn openapi_doc(
     Path(path): Path<String>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
-    let Some(doc) = inner.openapi.document_bytes(&path) else {
+    let custom = inner.crds.get();
+    let api = if inner.openapi.document_bytes(&path).is_some() {
+        &inner.openapi
+    } else {
+        &custom.openapi
+    };
+    let Some(doc) = api.document_bytes(&path) else {
         return ApiError::no_route().into_response();
     };
     let mut r = (StatusCode::OK, doc.to_vec()).into_response();
@@ -314,7 +333,7 @@ pub(crate) async fn openapi_doc(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    let hash = inner.openapi.hash(&path);
+    let hash = api.hash(&path);
     let h = r.headers_mut();
     match (q.get("hash"), hash) {
         (Some(asked), Some(h_now)) if asked == h_now => {

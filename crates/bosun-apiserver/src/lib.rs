@@ -4,18 +4,29 @@
 //! stored but filled in from the key's `mod_revision` on every read, so it always equals
 //! the store revision of the object's last write.
 
+mod attrs;
+pub mod audit;
 pub mod auth;
+mod crds;
 mod discovery;
 pub mod encryption;
 mod error;
 mod eviction;
+mod field_labels;
 mod logs;
 mod metrics;
+mod node_authz;
 mod objects;
 mod priority;
+mod quota;
+pub mod rbac;
+mod rbac_policy;
 mod request;
+mod reviews;
+pub mod sa_token;
 mod selector;
 mod services;
+mod streaming;
 mod tls;
 mod watch;
 
@@ -68,6 +79,13 @@ pub struct ApiServerConfig {
     pub encryption_config: Option<PathBuf>,
     /// Timeouts and connection caps of the HTTPS listener.
     pub limits: bosun_serve::Limits,
+    /// The key ServiceAccount tokens are signed with (created, mode 0600, when missing);
+    /// `None` uses a key that lives as long as the process.
+    pub service_account_key: Option<PathBuf>,
+    /// The `iss` of ServiceAccount tokens, and the audience the API accepts.
+    pub service_account_issuer: String,
+    /// Where to write the audit log; `None` writes none.
+    pub audit: Option<audit::AuditConfig>,
 }
 
 impl ApiServerConfig {
@@ -82,6 +100,9 @@ impl ApiServerConfig {
             kubelet_token: None,
             encryption_config: None,
             limits: bosun_serve::Limits::default(),
+            service_account_key: None,
+            service_account_issuer: sa_token::DEFAULT_ISSUER.to_string(),
+            audit: None,
         }
     }
 }
@@ -99,6 +120,13 @@ pub(crate) struct Inner {
     pub log_tls: Option<Arc<rustls::ClientConfig>>,
     pub service_range: services::IpRange,
     pub node_port_range: (u16, u16),
+    pub rbac: rbac::Rbac,
+    pub sa_keys: sa_token::Keys,
+    pub audit: Option<audit::AuditLog>,
+    /// Stops the RBAC watch when the server goes away.
+    _rbac_watch: tokio_util::sync::DropGuard,
+    /// Kinds served for CustomResourceDefinitions.
+    pub crds: crds::State,
 }
 
 /// The API server. Cheap to clone.
@@ -124,7 +152,22 @@ impl ApiServer {
             cfg.store,
             cfg.encryption_config,
         )?);
+        let sa_keys = match &cfg.service_account_key {
+            Some(p) => sa_token::Keys::load_or_create(p, &cfg.service_account_issuer)?,
+            None => sa_token::Keys::ephemeral(&cfg.service_account_issuer)?,
+        };
+        let audit = cfg.audit.map(audit::AuditLog::start).transpose()?;
+        let rbac = rbac::Rbac::new();
+        let rbac_stop = CancellationToken::new();
+        tokio::spawn(
+            rbac.clone()
+                .run(encryption.clone() as Arc<dyn Store>, rbac_stop.clone()),
+        );
         let inner = Arc::new(Inner {
+            rbac,
+            sa_keys,
+            audit,
+            _rbac_watch: rbac_stop.drop_guard(),
             service_range: services::IpRange::parse(&cfg.service_cidr)?,
             node_port_range: cfg.node_port_range,
             store: encryption.clone(),
@@ -136,9 +179,15 @@ impl ApiServer {
             max_body_bytes: cfg.max_body_bytes,
             openapi: OpenApi::build(registry),
             log_tls,
+            crds: crds::State::new(),
         });
         let server = ApiServer { inner };
         server.ensure_namespaces().await?;
+        server.ensure_rbac_defaults().await?;
+        crds::refresh(&server.inner)
+            .await
+            .map_err(|e| anyhow::anyhow!("loading custom resource definitions: {e}"))?;
+        crds::spawn_watch(&server.inner);
         priority::ensure_builtin(&server.inner).await?;
         Ok(server)
     }
@@ -155,6 +204,29 @@ impl ApiServer {
                 Ok(_) => {}
                 Err(e) if e.reason == "AlreadyExists" => {}
                 Err(e) => anyhow::bail!("creating namespace {ns}: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the default ClusterRoles and ClusterRoleBindings that are missing.
+    async fn ensure_rbac_defaults(&self) -> anyhow::Result<()> {
+        let reg = self.inner.registry;
+        let group = "rbac.authorization.k8s.io";
+        let sets = [
+            ("clusterroles", rbac_policy::cluster_roles()),
+            ("clusterrolebindings", rbac_policy::cluster_role_bindings()),
+        ];
+        for (plural, objs) in sets {
+            let kind = reg
+                .by_resource(group, "v1", plural)
+                .ok_or_else(|| anyhow::anyhow!("registry has no {plural}"))?;
+            for obj in objs {
+                match objects::create_object(&self.inner, kind, None, obj, false).await {
+                    Ok(_) => {}
+                    Err(e) if e.reason == "AlreadyExists" => {}
+                    Err(e) => anyhow::bail!("creating the default {plural}: {e}"),
+                }
             }
         }
         Ok(())

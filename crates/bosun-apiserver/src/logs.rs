@@ -68,9 +68,49 @@ pub(crate) async fn logs(ctx: Ctx) -> ApiResult<Response> {
         .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::not_found(kind, &name))?;
     let pod = decode_kv(&kv)?;
-    let names = containers(&pod);
-    let inits = init_containers(&pod);
-    let container = match ctx.q("container") {
+    let container = choose_container(&pod, &name, ctx.q("container"))?;
+    let (ip, port) = node_endpoint(&ctx, &pod, &name).await?;
+    let mut query = Vec::new();
+    for key in [
+        "follow",
+        "tailLines",
+        "previous",
+        "timestamps",
+        "sinceSeconds",
+        "sinceTime",
+        "limitBytes",
+    ] {
+        if let Some(v) = ctx.q(key) {
+            let enc: String = v
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            query.push(format!("{key}={enc}"));
+        }
+    }
+    let path = format!(
+        "/containerLogs/{ns}/{name}/{container}{}{}",
+        if query.is_empty() { "" } else { "?" },
+        query.join("&")
+    );
+    proxy(&ctx, &ip, port, &path).await
+}
+
+/// The container a request names, or the pod's default one (Kubernetes' rules and messages).
+pub(crate) fn choose_container(
+    pod: &Value,
+    name: &str,
+    requested: Option<&str>,
+) -> ApiResult<String> {
+    let names = containers(pod);
+    let inits = init_containers(pod);
+    Ok(match requested {
         Some(c) => {
             if !names.iter().any(|n| n == c) && !inits.iter().any(|n| n == c) {
                 return Err(ApiError::bad_request(format!(
@@ -107,7 +147,11 @@ pub(crate) async fn logs(ctx: Ctx) -> ApiResult<Response> {
                 }
             }
         }
-    };
+    })
+}
+
+/// The agent endpoint (InternalIP, kubelet port) of the node that runs `pod`.
+pub(crate) async fn node_endpoint(ctx: &Ctx, pod: &Value, name: &str) -> ApiResult<(String, u16)> {
     let node_name = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
@@ -143,60 +187,42 @@ pub(crate) async fn logs(ctx: Ctx) -> ApiResult<Response> {
         .filter(|p| *p > 0 && *p < 65536)
         .ok_or_else(|| ApiError::internal(format!("node {node_name} has no kubelet endpoint")))?;
 
-    let mut query = Vec::new();
-    for key in [
-        "follow",
-        "tailLines",
-        "previous",
-        "timestamps",
-        "sinceSeconds",
-        "sinceTime",
-        "limitBytes",
-    ] {
-        if let Some(v) = ctx.q(key) {
-            let enc: String = v
-                .bytes()
-                .map(|b| {
-                    if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                        (b as char).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
-                .collect();
-            query.push(format!("{key}={enc}"));
-        }
-    }
-    let path = format!(
-        "/containerLogs/{ns}/{name}/{container}{}{}",
-        if query.is_empty() { "" } else { "?" },
-        query.join("&")
-    );
-    proxy(&ctx, &ip, port as u16, &path).await
+    Ok((ip, port as u16))
 }
 
-async fn proxy(ctx: &Ctx, ip: &str, port: u16, path: &str) -> ApiResult<Response> {
+/// A TLS connection to an agent, verified against the cluster CA.
+pub(crate) async fn dial(
+    ctx: &Ctx,
+    ip: &str,
+    port: u16,
+) -> ApiResult<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let tls = ctx.inner.log_tls.clone().ok_or_else(|| {
-        ApiError::internal("pod logs are unavailable: the API server has no cluster CA")
+        ApiError::internal("the API server has no cluster CA to reach node agents")
     })?;
     let addr: std::net::IpAddr = ip
         .parse()
         .map_err(|_| ApiError::internal(format!("bad node address {ip:?}")))?;
-    let unavailable = |e: String| {
-        ApiError::new(
-            502,
-            "ServiceUnavailable",
-            format!("node agent {ip}:{port}: {e}"),
-        )
-    };
     let tcp = tokio::net::TcpStream::connect((addr, port))
         .await
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(|e| agent_unavailable(ip, port, e))?;
     let server_name = rustls::pki_types::ServerName::IpAddress(addr.into());
-    let stream = tokio_rustls::TlsConnector::from(tls)
+    tokio_rustls::TlsConnector::from(tls)
         .connect(server_name, tcp)
         .await
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(|e| agent_unavailable(ip, port, e))
+}
+
+pub(crate) fn agent_unavailable(ip: &str, port: u16, e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        502,
+        "ServiceUnavailable",
+        format!("node agent {ip}:{port}: {e}"),
+    )
+}
+
+async fn proxy(ctx: &Ctx, ip: &str, port: u16, path: &str) -> ApiResult<Response> {
+    let unavailable = |e: String| agent_unavailable(ip, port, e);
+    let stream = dial(ctx, ip, port).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unavailable(e.to_string()))?;

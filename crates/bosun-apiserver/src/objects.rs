@@ -101,7 +101,8 @@ fn is_pod(kind: &KindInfo) -> bool {
 
 /// Kinds whose `metadata.generation` tracks spec changes.
 fn has_generation(kind: &KindInfo) -> bool {
-    kind.has_subresource("status") && !matches!(kind.kind, "Namespace" | "Node")
+    kind.custom.is_some()
+        || kind.has_subresource("status") && !matches!(kind.kind, "Namespace" | "Node")
 }
 
 /// Whether an object pending deletion can now be removed from the store.
@@ -352,8 +353,12 @@ pub(crate) async fn create_object(
     crate::priority::admit(inner, kind, &mut obj).await?;
     defaults::apply_defaults(kind, &mut obj);
 
+    let mut quota_ns = None;
     if let Some(ns) = &ns {
         check_namespace_open(inner, kind, ns, meta_str(&obj, "name").unwrap_or_default()).await?;
+        if crate::quota::admit(inner, kind, ns, &mut obj).await? && !dry_run {
+            quota_ns = Some(ns.clone());
+        }
     }
 
     for _ in 0..8 {
@@ -400,6 +405,9 @@ pub(crate) async fn create_object(
         match created {
             Ok(kv) => {
                 set_rv(&mut obj, kv.mod_revision);
+                if let Some(ns) = &quota_ns {
+                    crate::quota::touch(inner, ns);
+                }
                 return Ok(obj);
             }
             Err(StoreError::AlreadyExists(_)) if generate => continue,
@@ -477,7 +485,9 @@ async fn get_object(ctx: &Ctx) -> ApiResult<Value> {
         .await
         .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::not_found(ctx.kind(), ctx.name()))?;
-    decode_kv(&kv)
+    let mut obj = decode_kv(&kv)?;
+    crate::crds::convert(ctx.kind(), &mut obj);
+    Ok(obj)
 }
 
 /// Options of a list (or the initial state of a watch).
@@ -496,6 +506,14 @@ impl ListQuery {
             .map_err(ApiError::bad_request)?;
         let fields = FieldSelector::parse(ctx.q("fieldSelector").unwrap_or_default())
             .map_err(ApiError::bad_request)?;
+        if let Some(k) = fields
+            .keys()
+            .find(|k| !crate::field_labels::supported(ctx.kind(), k))
+        {
+            return Err(ApiError::bad_request(format!(
+                "field label not supported: {k}"
+            )));
+        }
         let limit = match ctx.q("limit") {
             None => None,
             Some(l) => match l.parse::<i64>() {
@@ -626,7 +644,8 @@ pub(crate) async fn list_objects(
         let mut last_key = None;
         for (i, kv) in page.kvs.iter().enumerate() {
             last_key = Some(kv.key.clone());
-            let obj = decode_kv(kv)?;
+            let mut obj = decode_kv(kv)?;
+            crate::crds::convert(kind, &mut obj);
             if q.matches(&obj) {
                 items.push(obj);
             }
@@ -1213,19 +1232,17 @@ fn to_scale(kind: &KindInfo, obj: &Value) -> Value {
             meta.insert(f.into(), v.clone());
         }
     }
+    let paths = crate::crds::scale_pointers(kind);
     let replicas = obj
-        .pointer("/spec/replicas")
+        .pointer(&paths.0)
         .and_then(Value::as_i64)
-        .unwrap_or(1);
-    let status_replicas = obj
-        .pointer("/status/replicas")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    let selector = obj
-        .pointer("/spec/selector")
-        .map(label_selector_string)
-        .unwrap_or_default();
-    let _ = kind;
+        .unwrap_or(if kind.custom.is_some() { 0 } else { 1 });
+    let status_replicas = obj.pointer(&paths.1).and_then(Value::as_i64).unwrap_or(0);
+    let selector = match obj.pointer(&paths.2) {
+        Some(Value::String(s)) => s.clone(),
+        Some(sel) => label_selector_string(sel),
+        None => String::new(),
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -1282,7 +1299,11 @@ where
             let replicas = replicas_from_scale(&scale)?;
             check_replicas(ctx, replicas)?;
             let mut obj = cur.clone();
-            obj["spec"]["replicas"] = json!(replicas);
+            crate::crds::set_pointer(
+                &mut obj,
+                &crate::crds::scale_pointers(kind).0,
+                json!(replicas),
+            );
             match scale
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)

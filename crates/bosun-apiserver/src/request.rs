@@ -86,7 +86,7 @@ impl Ctx {
     }
 }
 
-fn parse_query(uri: &http::Uri) -> HashMap<String, String> {
+pub(crate) fn parse_query(uri: &http::Uri) -> HashMap<String, String> {
     axum::extract::Query::<HashMap<String, String>>::try_from_uri(uri)
         .map(|q| q.0)
         .unwrap_or_default()
@@ -94,7 +94,6 @@ fn parse_query(uri: &http::Uri) -> HashMap<String, String> {
 
 /// Resolves the part of a path after `/api/v1` or `/apis/G/V`.
 fn resolve(inner: &Inner, group: &str, version: &str, rest: &[&str]) -> Option<Target> {
-    let reg = inner.registry;
     let (watch_path, rest) = match rest.first() {
         Some(&"watch") => (true, &rest[1..]),
         _ => (false, rest),
@@ -110,9 +109,8 @@ fn resolve(inner: &Inner, group: &str, version: &str, rest: &[&str]) -> Option<T
     };
     if rest.len() >= 3
         && rest[0] == "namespaces"
-        && let Some(kind) = reg
-            .by_resource(group, version, rest[2])
-            .filter(|k| k.namespaced)
+        && let Some(kind) =
+            crate::crds::by_resource(inner, group, version, rest[2]).filter(|k| k.namespaced)
     {
         return match rest.len() {
             3 => t(kind, Some(rest[1]), None, None),
@@ -121,7 +119,7 @@ fn resolve(inner: &Inner, group: &str, version: &str, rest: &[&str]) -> Option<T
             _ => None,
         };
     }
-    let kind = reg.by_resource(group, version, rest.first()?)?;
+    let kind = crate::crds::by_resource(inner, group, version, rest.first()?)?;
     if kind.namespaced && rest.len() > 1 {
         // Namespaced objects are only addressed under /namespaces/NS/.
         return None;
@@ -162,6 +160,12 @@ async fn dispatch_inner(inner: Arc<Inner>, req: Request) -> ApiResult<Response> 
     {
         return Err(ApiError::no_route());
     }
+    if matches!(
+        target.sub.as_deref(),
+        Some("exec" | "attach" | "portforward")
+    ) {
+        return crate::streaming::proxy(inner, target, req).await;
+    }
     let (parts, body) = req.into_parts();
     let ctx = Ctx {
         query: parse_query(&parts.uri),
@@ -170,6 +174,33 @@ async fn dispatch_inner(inner: Arc<Inner>, req: Request) -> ApiResult<Response> 
         headers: parts.headers,
     };
     let method = parts.method;
+    if crate::crds::is_crd(ctx.kind()) && method != Method::GET {
+        let inner = ctx.inner.clone();
+        let res = route(ctx, method, body).await;
+        if res.as_ref().is_ok_and(|r| r.status().is_success()) {
+            // The new kinds are served when the write returns, as the client expects.
+            crate::crds::refresh(&inner).await?;
+        }
+        return res;
+    }
+    // Deletes free quota; a written quota gets its status at once.
+    let quota_ns = ctx.target.namespace.clone().filter(|_| {
+        method == Method::DELETE
+            || (method != Method::GET
+                && ctx.kind().plural == "resourcequotas"
+                && ctx.kind().group.is_empty())
+    });
+    let inner = ctx.inner.clone();
+    let res = route(ctx, method, body).await;
+    if let Some(ns) = quota_ns
+        && res.as_ref().is_ok_and(|r| r.status().is_success())
+    {
+        crate::quota::touch(&inner, &ns);
+    }
+    res
+}
+
+async fn route(ctx: Ctx, method: Method, body: Body) -> ApiResult<Response> {
     let has_name = ctx.target.name.is_some();
     let sub = ctx.target.sub.clone();
     match (&method, has_name, sub.as_deref()) {
@@ -197,6 +228,10 @@ async fn dispatch_inner(inner: Arc<Inner>, req: Request) -> ApiResult<Response> 
         (&Method::POST, true, Some("eviction")) => {
             let body = read_body(&ctx, body).await?;
             crate::eviction::evict(ctx, body).await
+        }
+        (&Method::POST, true, Some("token")) => {
+            let body = read_body(&ctx, body).await?;
+            crate::sa_token::token_request(ctx, body).await
         }
         (&Method::POST, true, Some("binding")) => {
             let body = read_body(&ctx, body).await?;

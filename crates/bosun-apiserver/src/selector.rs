@@ -187,6 +187,11 @@ impl FieldSelector {
         self.reqs.is_empty()
     }
 
+    /// The field paths the selector compares.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.reqs.iter().map(|(k, _, _)| k.as_str())
+    }
+
     /// The name this selector pins (`metadata.name=x`), if any.
     pub fn name(&self) -> Option<&str> {
         self.reqs

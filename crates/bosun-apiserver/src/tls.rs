@@ -1,4 +1,5 @@
-//! HTTPS serving (HTTP/2 and HTTP/1.1) with authentication (`auth.rs`), through
+//! HTTPS serving (HTTP/2 and HTTP/1.1) with authentication, authorization and audit
+//! (`auth.rs`), through
 //! `bosun_serve` (timeouts and connection caps).
 
 use std::sync::Arc;
@@ -18,10 +19,7 @@ pub(crate) async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listen = %addr, "API server listening");
     }
-    let auth_state = crate::auth::AuthState {
-        admin_token: Arc::new(server.inner().token.clone()),
-        api: server.router(),
-    };
+    let auth_state: crate::auth::AuthState = server.inner().clone();
     let app = server.router().layer(axum::middleware::from_fn_with_state(
         auth_state,
         crate::auth::middleware,

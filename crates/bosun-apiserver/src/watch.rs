@@ -64,7 +64,8 @@ impl Filter {
     /// The watch event for one store change, as the selectors see it: an object that
     /// starts matching is ADDED, one that stops matching is DELETED.
     fn event(&self, ev: &WatchEvent) -> Option<Bytes> {
-        let obj = decode_kv(&ev.kv).ok()?;
+        let mut obj = decode_kv(&ev.kv).ok()?;
+        crate::crds::convert(self.kind, &mut obj);
         match ev.kind {
             EventKind::Delete => self.matches(&obj).then(|| self.line("DELETED", obj)),
             EventKind::Put => {

@@ -287,6 +287,28 @@ pub async fn discover_ca(server: &str, pin: &str) -> Result<String> {
     Ok(ca_pem)
 }
 
+/// What every server publishes for joining nodes: cluster-info, the kubelet access token,
+/// a valid node-token file.
+pub async fn publish_joins(
+    client: &kube::Client,
+    pki: &crate::pki::Pki,
+    data_dir: &Path,
+    url: &str,
+) -> Result<()> {
+    publish_cluster_info(client, &pki.ca_pem, url).await?;
+    publish_kubelet_access(client, &pki.kubelet_token).await?;
+    ensure_node_token(client, data_dir, &pki.ca_pem).await?;
+    Ok(())
+}
+
+/// The certificate signer of nodes' CSRs, with the cluster CA.
+pub fn signer(pki: &crate::pki::Pki) -> Result<std::sync::Arc<crate::csrsign::Signer>> {
+    Ok(std::sync::Arc::new(crate::csrsign::Signer {
+        ca_pem: pki.ca_pem.clone(),
+        ca_key_pem: pki.ca_key_pem()?,
+    }))
+}
+
 /// Server side of joining: publishes cluster-info and the kubelet access token, keeps the
 /// node-token file valid, and starts the certificate signer.
 pub async fn serve_joins(
@@ -297,13 +319,8 @@ pub async fn serve_joins(
     shutdown: &tokio_util::sync::CancellationToken,
     tasks: &mut crate::up::Tasks,
 ) -> Result<()> {
-    publish_cluster_info(client, &pki.ca_pem, url).await?;
-    publish_kubelet_access(client, &pki.kubelet_token).await?;
-    ensure_node_token(client, data_dir, &pki.ca_pem).await?;
-    let signer = std::sync::Arc::new(crate::csrsign::Signer {
-        ca_pem: pki.ca_pem.clone(),
-        ca_key_pem: pki.ca_key_pem()?,
-    });
+    publish_joins(client, pki, data_dir, url).await?;
+    let signer = signer(pki)?;
     let (c, sd) = (client.clone(), shutdown.clone());
     tasks.spawn(async move { ("certificate signer", signer.run(c, sd).await) });
     Ok(())

@@ -6,8 +6,11 @@ mod apply;
 mod client;
 mod cluster;
 mod csrsign;
+mod failover;
 mod get;
+mod identity;
 mod join;
+mod kubeconfig;
 mod logging;
 mod logs;
 mod node_record;
@@ -15,6 +18,7 @@ mod nodecert;
 mod output;
 mod pki;
 mod rollout;
+mod sans;
 mod secrets;
 mod size;
 mod store;
@@ -59,7 +63,7 @@ pub struct ClientOpts {
 #[derive(Subcommand)]
 enum Command {
     /// Run a complete single-node cluster: API server, controllers, scheduler and node agent
-    Up(up::UpOpts),
+    Up(Box<up::UpOpts>),
     /// Run the control plane only (API server, controllers, scheduler); nodes join with `bosun agent`
     Server(up::ServerOpts),
     /// Run a node agent that joins an existing server
@@ -84,6 +88,8 @@ enum Command {
     Backup(store::BackupOpts),
     /// Load a `bosun backup` file into an empty store
     Restore(store::RestoreOpts),
+    /// Write a kubeconfig for another server of the cluster (`--server https://HOST:6443`)
+    Kubeconfig(kubeconfig::KubeconfigOpts),
     /// Supervise one container process (started by the agent)
     #[command(hide = true)]
     Shim {
@@ -111,7 +117,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Up(o) => up::up(o).await,
+            Command::Up(o) => up::up(*o).await,
             Command::Server(o) => up::server(o).await,
             Command::Agent(o) => up::agent(o).await,
             Command::Reset(o) => up::reset(o).await,
@@ -124,6 +130,7 @@ fn main() -> ExitCode {
             Command::Store(o) => store::run(o).await,
             Command::Backup(o) => store::backup(o).await,
             Command::Restore(o) => store::restore(o).await,
+            Command::Kubeconfig(o) => kubeconfig::run(o),
             Command::Shim { .. } => unreachable!("handled before the runtime starts"),
         }
     });

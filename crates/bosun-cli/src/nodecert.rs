@@ -81,12 +81,14 @@ pub fn renew_in(left: i64, lifetime: i64) -> Duration {
     Duration::from_secs(at.max(0) as u64)
 }
 
-fn tls_client(
+/// The HTTPS service of one server: TLS verified by the cluster CA, the node's client
+/// certificate or a bearer token, a short connect timeout so a dead server is noticed.
+fn http_service(
     ca_pem: &str,
     server: &str,
     identity: Option<Arc<Identity>>,
     bearer: Option<String>,
-) -> Result<kube::Client> {
+) -> Result<crate::failover::Server> {
     use kube::client::ConfigExt;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
@@ -101,11 +103,14 @@ fn tls_client(
         Some(id) => builder.with_client_cert_resolver(id),
         None => builder.with_no_client_auth(),
     };
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_connect_timeout(Some(Duration::from_secs(3)));
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
-        .build();
+        .wrap_connector(tcp);
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(connector);
     let mut cfg = kube::Config::new(server.parse().context("bad server URL")?);
@@ -117,7 +122,54 @@ fn tls_client(
         .option_layer(cfg.auth_layer()?)
         .map_err(tower::BoxError::from)
         .service(http);
+    Ok(tower::util::BoxCloneSyncService::new(svc))
+}
+
+fn tls_client(
+    ca_pem: &str,
+    server: &str,
+    identity: Option<Arc<Identity>>,
+    bearer: Option<String>,
+) -> Result<kube::Client> {
+    let svc = http_service(ca_pem, server, identity, bearer)?;
     Ok(kube::Client::new(svc, "default"))
+}
+
+/// A client of every server in `servers`, starting with the first (see [`crate::failover`]).
+fn failover_client(
+    ca_pem: &str,
+    servers: &[String],
+    identity: Arc<Identity>,
+) -> Result<kube::Client> {
+    failover_with(ca_pem, servers, Some(identity), None)
+}
+
+/// Like [`failover_client`], authenticated by a bearer token (`bosun agent --pki-dir`).
+pub fn failover_bearer_client(
+    ca_pem: &str,
+    servers: &[String],
+    token: &str,
+) -> Result<kube::Client> {
+    failover_with(ca_pem, servers, None, Some(token.to_string()))
+}
+
+fn failover_with(
+    ca_pem: &str,
+    servers: &[String],
+    identity: Option<Arc<Identity>>,
+    bearer: Option<String>,
+) -> Result<kube::Client> {
+    let services = servers
+        .iter()
+        .map(|s| {
+            let svc = http_service(ca_pem, s, identity.clone(), bearer.clone())?;
+            Ok((s.clone(), svc))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(kube::Client::new(
+        crate::failover::Failover::new(services),
+        "default",
+    ))
 }
 
 /// Submits a CSR and waits for the signed certificate; returns (cert PEM, key PEM).
@@ -277,7 +329,10 @@ pub async fn obtain(
     let identity = Arc::new(Identity {
         current: RwLock::new((certified_key(&crt, &key)?, crt.clone())),
     });
-    let client = tls_client(&ca_pem, &server, Some(identity.clone()), None)?;
+    // The server that answered first, then the others: the node fails over between them.
+    let mut order = vec![server.clone()];
+    order.extend(servers.iter().filter(|s| **s != server).cloned());
+    let client = failover_client(&ca_pem, &order, identity.clone())?;
     let sans = [
         SanType::DnsName(node.try_into()?),
         SanType::IpAddress(node_ip),

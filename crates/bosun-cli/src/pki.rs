@@ -130,12 +130,16 @@ impl Pki {
 
     /// Writes a kubeconfig for `server` that trusts the CA and sends the token.
     pub fn write_kubeconfig(&self, path: &Path, server: &str) -> Result<()> {
+        write_private(path, self.kubeconfig(server).as_bytes())
+    }
+
+    /// The kubeconfig text for `server`.
+    pub fn kubeconfig(&self, server: &str) -> String {
         let ca = base64::engine::general_purpose::STANDARD.encode(self.ca_pem.as_bytes());
-        let text = format!(
+        format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: bosun\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: bosun\n  context:\n    cluster: bosun\n    user: admin\n    namespace: default\ncurrent-context: bosun\n",
             token = self.token
-        );
-        write_private(path, text.as_bytes())
+        )
     }
 }
 

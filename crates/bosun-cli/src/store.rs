@@ -133,13 +133,64 @@ pub async fn open(opts: &StoreOpts, data_dir: &Path) -> Result<Arc<dyn bosun_sto
     }
 }
 
+/// Opens the store for a server: an etcd cluster that does not answer yet (down, no
+/// quorum, not started) is waited for, saying so every attempt, so a server started before
+/// its etcd, or during an outage, comes up by itself once etcd answers. None on shutdown.
+pub async fn open_waiting(
+    opts: &StoreOpts,
+    data_dir: &Path,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<Option<Arc<dyn bosun_store::Store>>> {
+    if opts.kind()? == StoreKind::Redb {
+        return open(opts, data_dir).await.map(Some);
+    }
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let err = tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            r = open(opts, data_dir) => match r {
+                Ok(s) => {
+                    if attempt > 1 {
+                        eprintln!("bosun: etcd answers again; starting");
+                    }
+                    return Ok(Some(s));
+                }
+                Err(e) => e,
+            },
+        };
+        // Configuration mistakes (bad flags, unreadable certificates) do not heal by waiting.
+        if !format!("{err:#}").contains("did not answer")
+            && !format!("{err:#}").contains("connecting to")
+        {
+            return Err(err);
+        }
+        eprintln!(
+            "bosun: {err:#}; the API server starts once etcd answers (attempt {attempt}, retrying in 2 s)"
+        );
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    }
+}
+
 /// Name of the Lease in kube-system that elects the server running the singleton
 /// loops (controllers and scheduler) when several servers share an etcd store.
 pub const LEADER_LEASE: &str = "bosun-controller-manager";
 
-/// Runs the controllers and the scheduler on whichever server holds the leader lease.
+/// What the elected server runs besides the controllers and the scheduler.
+pub struct Singletons {
+    pub controllers: bosun_controllers::ControllerConfig,
+    pub cluster_cidr: String,
+    pub signer: Arc<crate::csrsign::Signer>,
+}
+
+/// Runs the controllers, the scheduler, the pod CIDR allocator and the node certificate
+/// signer on whichever server holds the leader lease.
 pub async fn elected_singletons(
     client: kube::Client,
+    loops: Singletons,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<()> {
     let host = nix::unistd::gethostname()
@@ -148,12 +199,15 @@ pub async fn elected_singletons(
         .unwrap_or_else(|| "bosun".into());
     let identity = format!("{host}_{:016x}", rand::random::<u64>());
     let cfg = bosun_controllers::leader::ElectionConfig::new(LEADER_LEASE, &identity);
+    let loops = Arc::new(loops);
     bosun_controllers::leader::run_elected(client.clone(), cfg, shutdown, move |term| {
-        let c = client.clone();
+        let (c, l) = (client.clone(), loops.clone());
         async move {
             tokio::try_join!(
-                bosun_controllers::run(c.clone(), term.clone()),
-                bosun_scheduler::run(c, term),
+                bosun_controllers::run_with(c.clone(), l.controllers.clone(), term.clone()),
+                bosun_scheduler::run(c.clone(), term.clone()),
+                bosun_controllers::nodeipam::run(c.clone(), &l.cluster_cidr, term.clone()),
+                l.signer.clone().run(c, term),
             )?;
             Ok(())
         }

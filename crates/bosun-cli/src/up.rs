@@ -38,6 +38,14 @@ pub struct ServerOpts {
     pub service_cidr: String,
     #[command(flatten)]
     pub store: crate::store::StoreOpts,
+    /// Join the cluster an etcd store already holds (its CA, tokens and encryption key):
+    /// the contents of DATA_DIR/server-token of one of its servers
+    #[arg(long, env = "BOSUN_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Another name or address for the serving certificate (a shared DNS name or a load
+    /// balancer in front of the servers); may be repeated
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
     /// A node whose Lease (renewed every second) is this old is NotReady and tainted
     /// unreachable; its pods leave after their toleration (default 5 s), e.g. 3s, 40s
     #[arg(long, default_value = "2s", value_parser = crate::join::parse_ttl)]
@@ -45,6 +53,16 @@ pub struct ServerOpts {
     /// Range nodes' pod CIDRs (/24 each) are allocated from
     #[arg(long, default_value = bosun_controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
     pub cluster_cidr: String,
+    /// Audit log file (audit.k8s.io/v1 Events, one JSON line per request; default
+    /// DATA_DIR/audit.log; "-" writes none)
+    #[arg(long)]
+    pub audit_log_path: Option<PathBuf>,
+    /// Size in MiB at which the audit log is rotated
+    #[arg(long, default_value_t = 100)]
+    pub audit_log_maxsize: u64,
+    /// Rotated audit log files kept
+    #[arg(long, default_value_t = 5)]
+    pub audit_log_maxbackup: usize,
 }
 
 #[derive(Args, Clone)]
@@ -187,17 +205,10 @@ pub async fn agent(opts: AgentOpts) -> Result<ExitCode> {
     let (client, serving, kubelet_token, joined) = match &opts.pki_dir {
         Some(dir) => {
             let pki = Pki::load_existing(dir)?;
-            let kubeconfig = opts.data_dir.join("kubeconfig");
-            pki.write_kubeconfig(&kubeconfig, &server)?;
-            let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-            let config = kube::Config::from_custom_kubeconfig(
-                kc,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await?;
+            pki.write_kubeconfig(&opts.data_dir.join("kubeconfig"), &server)?;
             let serving = node_serving_cert(&pki, &opts.node)?;
             (
-                kube::Client::try_from(config)?,
+                crate::nodecert::failover_bearer_client(&pki.ca_pem, &opts.servers, &pki.token)?,
                 serving,
                 pki.kubelet_token,
                 server,
@@ -281,8 +292,18 @@ pub(crate) async fn start_control_plane(
         .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
     // The store holds every Secret and the keys sign for the whole cluster: root only.
     crate::pki::chmod(&opts.data_dir, 0o700)?;
+    let Some(store) = crate::store::open_waiting(&opts.store, &opts.data_dir, shutdown).await?
+    else {
+        anyhow::bail!("stopped before the store answered");
+    };
+    let on_etcd = opts.store.kind()? != crate::store::StoreKind::Redb;
+    if on_etcd {
+        // Every server of one etcd shares one identity, kept sealed in the store.
+        crate::identity::ensure(store.as_ref(), &opts.data_dir, opts.join_token.as_deref()).await?;
+    } else if opts.join_token.is_some() {
+        anyhow::bail!("--join-token joins servers on one etcd store: it needs --store etcd://...");
+    }
     let pki = Pki::load_or_create(&opts.data_dir)?;
-    let store = crate::store::open(&opts.store, &opts.data_dir).await?;
     let mut api_cfg =
         bosun_apiserver::ApiServerConfig::new(store, pki.token.clone(), pki.ca_pem.clone());
     api_cfg.service_cidr = opts.service_cidr.clone();
@@ -290,6 +311,17 @@ pub(crate) async fn start_control_plane(
     api_cfg.limits.max_connections = opts.max_connections;
     api_cfg.limits.max_connections_per_ip = opts.max_connections_per_ip;
     api_cfg.encryption_config = Some(opts.data_dir.join(bosun_apiserver::encryption::CONFIG_FILE));
+    api_cfg.service_account_key = Some(opts.data_dir.join("sa.key"));
+    let audit_path = opts
+        .audit_log_path
+        .clone()
+        .unwrap_or_else(|| opts.data_dir.join("audit.log"));
+    if audit_path.as_os_str() != "-" {
+        let mut audit = bosun_apiserver::audit::AuditConfig::new(audit_path);
+        audit.max_bytes = opts.audit_log_maxsize << 20;
+        audit.max_backups = opts.audit_log_maxbackup;
+        api_cfg.audit = Some(audit);
+    }
     let api = bosun_apiserver::ApiServer::new(api_cfg)
         .await
         .context("starting the API server")?;
@@ -301,7 +333,11 @@ pub(crate) async fn start_control_plane(
     if !opts.listen.ip().is_unspecified() {
         ips.push(opts.listen.ip());
     }
-    let serving = pki.serving_cert("bosun-apiserver", &server_names(), &ips)?;
+    let (mut names, sans) = (server_names(), crate::sans::split(&opts.tls_san));
+    names.extend(sans.names);
+    ips.extend(sans.ips);
+    ips.extend(crate::sans::service_ip(&opts.service_cidr));
+    let serving = pki.serving_cert("bosun-apiserver", &names, &ips)?;
     // Through `listen`: an upgrade in place hands this socket over too.
     let listener = bosun_proxy::listen::tcp_std(opts.listen)
         .with_context(|| format!("listening on {}", opts.listen))?;
@@ -315,21 +351,45 @@ pub(crate) async fn start_control_plane(
     tasks.spawn(async move { ("api server", server.serve_tls(listener, tls, sd).await) });
 
     let client = kube::Client::new(api.router(), "default");
-    if opts.store.kind()? != crate::store::StoreKind::Redb {
-        // Servers sharing an etcd store elect the one that runs the singleton loops.
-        let (c, sd) = (client.clone(), shutdown.clone());
-        tasks.spawn(async move { ("leader", crate::store::elected_singletons(c, sd).await) });
-        return Ok((client, pki));
-    }
-    let (c, sd) = (client.clone(), shutdown.clone());
+    // Every server keeps a Lease of its own; the live ones are the `kubernetes` Service's
+    // endpoints.
+    let (c, sd, me) = (
+        client.clone(),
+        shutdown.clone(),
+        SocketAddr::new(advertise, port),
+    );
+    tasks.spawn(async move {
+        (
+            "API server endpoints",
+            bosun_controllers::apiserver_endpoints::run(c, me, sd).await,
+        )
+    });
     let ctl = bosun_controllers::ControllerConfig {
         node_monitor_grace_period: opts.node_monitor_grace_period,
         ..Default::default()
     };
+    bosun_controllers::nodeipam::Range::parse(&opts.cluster_cidr).context("--cluster-cidr")?;
+    if on_etcd {
+        // Servers sharing an etcd store elect the one that runs the singleton loops.
+        crate::join::publish_joins(&client, &pki, &opts.data_dir, &url).await?;
+        let loops = crate::store::Singletons {
+            controllers: ctl,
+            cluster_cidr: opts.cluster_cidr.clone(),
+            signer: crate::join::signer(&pki)?,
+        };
+        let (c, sd) = (client.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            (
+                "leader",
+                crate::store::elected_singletons(c, loops, sd).await,
+            )
+        });
+        return Ok((client, pki));
+    }
+    let (c, sd) = (client.clone(), shutdown.clone());
     tasks.spawn(async move { ("controllers", bosun_controllers::run_with(c, ctl, sd).await) });
     let (c, sd) = (client.clone(), shutdown.clone());
     tasks.spawn(async move { ("scheduler", bosun_scheduler::run(c, sd).await) });
-    bosun_controllers::nodeipam::Range::parse(&opts.cluster_cidr).context("--cluster-cidr")?;
     let (c, sd, cidr) = (client.clone(), shutdown.clone(), opts.cluster_cidr.clone());
     tasks.spawn(async move {
         (
@@ -636,6 +696,8 @@ fn server_names() -> Vec<String> {
         "localhost".to_string(),
         "kubernetes".into(),
         "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        "kubernetes.default.svc.cluster.local".into(),
     ];
     if let Ok(h) = nix::unistd::gethostname() {
         names.push(h.to_string_lossy().into_owned());

@@ -5,12 +5,16 @@
 //! watch per kind) and runs an idempotent, level-triggered reconcile that reads what it decides
 //! on fresh from the API, so any controller can be restarted at any moment.
 
+pub mod apiserver_endpoints;
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod informer;
+pub mod job;
 pub mod kinds;
 pub mod leader;
 pub mod namespace;
@@ -19,6 +23,10 @@ pub mod nodelifecycle;
 mod podgc;
 pub mod replicaset;
 pub mod runtime;
+pub mod serviceaccounts;
+pub mod servicelb;
+pub mod statefulset;
+pub mod storage;
 pub mod util;
 
 use std::time::Duration;
@@ -130,6 +138,12 @@ pub async fn run_with(
             pods.clone(),
             stop.clone(),
         )),
+        tokio::spawn(servicelb::run(
+            client.clone(),
+            services.clone(),
+            nodes.clone(),
+            stop.clone(),
+        )),
         tokio::spawn(endpoints::run(
             client.clone(),
             services,
@@ -138,6 +152,17 @@ pub async fn run_with(
             stop.clone(),
         )),
         tokio::spawn(gc::run(client.clone(), graph.clone(), stop.clone())),
+        tokio::spawn(serviceaccounts::run(
+            client.clone(),
+            namespaces.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(batch(
+            client.clone(),
+            pods.clone(),
+            nodes.clone(),
+            stop.clone(),
+        )),
         tokio::spawn(namespace::run(
             client.clone(),
             namespaces,
@@ -161,6 +186,21 @@ pub async fn run_with(
             pods.clone(),
             stop.clone(),
         )),
+        tokio::spawn(statefulset::run(
+            client.clone(),
+            Informer::start(Api::all(client.clone()), stop.clone()),
+            pods.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(storage::run(
+            client.clone(),
+            Informer::start(Api::all(client.clone()), stop.clone()),
+            Informer::start(Api::all(client.clone()), stop.clone()),
+            Informer::start(Api::all(client.clone()), stop.clone()),
+            pods.clone(),
+            nodes.clone(),
+            stop.clone(),
+        )),
         tokio::spawn(nodelifecycle::run(
             client.clone(),
             cfg,
@@ -174,4 +214,30 @@ pub async fn run_with(
         t.await?;
     }
     Ok(())
+}
+
+/// The Job, CronJob and DaemonSet controllers, with the informers only they use.
+async fn batch(
+    client: Client,
+    pods: Informer<Pod>,
+    nodes: Informer<Node>,
+    stop: CancellationToken,
+) {
+    use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    let jobs = Informer::start(Api::<Job>::all(client.clone()), stop.clone());
+    let cron_jobs = Informer::start(Api::<CronJob>::all(client.clone()), stop.clone());
+    let daemon_sets = Informer::start(Api::<DaemonSet>::all(client.clone()), stop.clone());
+    let revisions = Informer::start(Api::<ControllerRevision>::all(client.clone()), stop.clone());
+    tokio::join!(
+        jobs.ready(),
+        cron_jobs.ready(),
+        daemon_sets.ready(),
+        revisions.ready()
+    );
+    tokio::join!(
+        job::run(client.clone(), jobs.clone(), pods.clone(), stop.clone()),
+        cronjob::run(client.clone(), cron_jobs, jobs, stop.clone()),
+        daemonset::run(client, daemon_sets, revisions, pods, nodes, stop),
+    );
 }

@@ -38,10 +38,19 @@ fn reflect<K>(
 where
     K: kube::Resource<DynamicType = ()> + Clone + Debug + Send + Sync + DeserializeOwned + 'static,
 {
+    reflect_with(api, watcher::Config::default(), notify)
+}
+
+fn reflect_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    notify: Arc<Notify>,
+) -> (Store<K>, futures::future::BoxFuture<'static, ()>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Debug + Send + Sync + DeserializeOwned + 'static,
+{
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
+    let stream = watcher(api, config).default_backoff().reflect(writer);
     let fut = async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
@@ -73,7 +82,13 @@ pub async fn run(
     let (gateways, f3) = reflect(Api::<Gateway>::all(client.clone()), notify.clone());
     let (classes, f4) = reflect(Api::<GatewayClass>::all(client.clone()), notify.clone());
     let (services, f5) = reflect(Api::<Service>::all(client.clone()), notify.clone());
-    let (secrets, f6) = reflect(Api::<Secret>::all(client.clone()), notify.clone());
+    // Only TLS Secrets: a joined node's gateway may read those and no others (the Node
+    // authorizer), and the cache holds no other Secret.
+    let (secrets, f6) = reflect_with(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default().fields("type=kubernetes.io/tls"),
+        notify.clone(),
+    );
     let watchers = futures::future::join_all([f1, f2, f3, f4, f5, f6]);
     let mut status = StatusWriter {
         client,

@@ -272,6 +272,12 @@ fn desired_listeners(
                     add(SocketAddr::new(*ip, np));
                 }
             }
+            if s.type_ == "LoadBalancer" {
+                // As k3s's ServiceLB: the Service's own port on every node's addresses.
+                for ip in &cfg.node_port_addresses {
+                    add(SocketAddr::new(*ip, p.port));
+                }
+            }
         }
     }
     want

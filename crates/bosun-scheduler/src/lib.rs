@@ -19,6 +19,7 @@ pub mod preempt;
 pub mod queue;
 pub mod resources;
 pub mod spread;
+pub mod volumes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -450,6 +451,10 @@ pub async fn run_with(
         _ = async { pods.ready().await; nodes.ready().await; pdbs.ready().await; } => {}
         _ = shutdown.cancelled() => return Ok(()),
     }
+    let mut filters = filters;
+    filters.push(Box::new(
+        volumes::VolumeBinding::start(&client, stop.clone()).await,
+    ));
     let (outcome_tx, mut outcome_rx) = mpsc::unbounded_channel();
     let (event_tx, mut event_rx) = mpsc::channel::<Event>(EVENT_BACKLOG);
     let recorder = Recorder::new(client.clone(), DEFAULT_SCHEDULER);

@@ -74,13 +74,18 @@ struct ConnState {
 
 /// The connection a request came on; in every request's extensions.
 #[derive(Clone)]
-pub struct ConnInfo(Arc<ConnState>, Option<Arc<Vec<u8>>>);
+pub struct ConnInfo(Arc<ConnState>, Option<Arc<Vec<u8>>>, SocketAddr);
 
 impl ConnInfo {
     /// The client certificate the connection presented (DER, verified by the TLS
     /// configuration against its client CA), if any.
     pub fn peer_certificate(&self) -> Option<&Arc<Vec<u8>>> {
         self.1.as_ref()
+    }
+
+    /// The client's address (for audit records).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.2
     }
 
     /// The client proved its identity: this connection is no longer pushed out to
@@ -368,7 +373,7 @@ async fn serve_conn(
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| Arc::new(c.to_vec()));
-    let info = ConnInfo(state.clone(), peer_cert);
+    let info = ConnInfo(state.clone(), peer_cert, peer);
     let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let app = app.clone();
         let info = info.clone();

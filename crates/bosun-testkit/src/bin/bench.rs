@@ -13,6 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::config::Kubeconfig;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::json;
@@ -33,6 +34,10 @@ struct Opts {
     /// `bosun up --store etcd://...` on a 3-member etcd cluster started for the run
     #[arg(long)]
     compare_stores: bool,
+    /// Only measure API create throughput twice on one cluster: as the admin
+    /// (system:masters, no RBAC lookup) and as a ServiceAccount allowed by a RoleBinding
+    #[arg(long)]
+    compare_authz: bool,
 }
 
 #[tokio::main]
@@ -46,6 +51,9 @@ async fn main() -> Result<()> {
     );
     if opts.compare_stores {
         return compare_stores(&opts).await;
+    }
+    if opts.compare_authz {
+        return compare_authz(&opts).await;
     }
     let cluster = Cluster::start("bench").await?;
     let client = cluster.client().await?;
@@ -83,6 +91,61 @@ async fn main() -> Result<()> {
         ms(p50),
         ms(p99)
     );
+    drop(cluster);
+    Ok(())
+}
+
+/// API create throughput as the admin, then as a ServiceAccount that RBAC allows.
+async fn compare_authz(opts: &Opts) -> Result<()> {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let cluster = Cluster::start("bench").await?;
+    let admin = cluster.client().await?;
+    let sas: Api<ServiceAccount> = Api::default_namespaced(admin.clone());
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "bench"}}))?,
+    )
+    .await?;
+    let rbs: Api<k8s_openapi::api::rbac::v1::RoleBinding> = Api::default_namespaced(admin.clone());
+    rbs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "bench-edit"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"kind": "ServiceAccount", "name": "bench", "namespace": "default"}]}))?,
+    )
+    .await?;
+    let tr: TokenRequest = sas
+        .create_subresource(
+            "token",
+            "bench",
+            &PostParams::default(),
+            &serde_json::to_vec(&json!({"apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest", "spec": {}}))?,
+        )
+        .await?;
+    let token = tr.status.context("no token")?.token;
+    let kc = Kubeconfig::read_from(cluster.kubeconfig())?;
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    cfg.auth_info.token = Some(token.into());
+    cfg.auth_info.client_certificate_data = None;
+    cfg.auth_info.client_key_data = None;
+    let sa_client = Client::try_from(cfg)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (label, client, prefix) in [
+        ("admin (system:masters)", admin, "bench-admin"),
+        ("ServiceAccount (JWT + RBAC)", sa_client, "bench-sa"),
+    ] {
+        let (rate, p50, p99) =
+            create_throughput_named(&client, prefix, opts.creates, opts.concurrency).await?;
+        println!(
+            "API create throughput as {label}: {rate:.0} objects/s ({} creates, {} clients); latency p50 {:.2} ms, p99 {:.2} ms",
+            opts.creates,
+            opts.concurrency,
+            ms(p50),
+            ms(p99)
+        );
+    }
     drop(cluster);
     Ok(())
 }
@@ -296,6 +359,15 @@ async fn create_throughput(
     total: usize,
     concurrency: usize,
 ) -> Result<(f64, Duration, Duration)> {
+    create_throughput_named(client, "bench-cm", total, concurrency).await
+}
+
+async fn create_throughput_named(
+    client: &Client,
+    prefix: &'static str,
+    total: usize,
+    concurrency: usize,
+) -> Result<(f64, Duration, Duration)> {
     let api: Api<ConfigMap> = Api::default_namespaced(client.clone());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
@@ -311,7 +383,7 @@ async fn create_throughput(
                     return anyhow::Ok(lat);
                 }
                 let cm: ConfigMap = serde_json::from_value(json!({
-                    "metadata": {"name": format!("bench-cm-{i}")},
+                    "metadata": {"name": format!("{prefix}-{i}")},
                     "data": {"i": i.to_string()}
                 }))?;
                 let t = Instant::now();
