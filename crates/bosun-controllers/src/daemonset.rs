@@ -14,7 +14,7 @@ use futures::future::join_all;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
-    Taint, Toleration,
+    Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
@@ -60,26 +60,6 @@ pub fn daemon_tolerations(host_network: bool) -> Vec<Toleration> {
         out.push(t("node.kubernetes.io/network-unavailable", "NoSchedule"));
     }
     out
-}
-
-fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = t.effect.as_deref().filter(|e| !e.is_empty())
-        && effect != taint.effect
-    {
-        return false;
-    }
-    let key = t.key.as_deref().unwrap_or("");
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match t.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" => {
-            key == taint.key
-                && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-        _ => false,
-    }
 }
 
 fn requirement(
@@ -161,7 +141,7 @@ pub fn should_run(ds: &DaemonSet, node: &Node) -> (bool, bool) {
         taints
             .iter()
             .filter(|t| t.effect == effect)
-            .any(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
+            .any(|t| !tolerations.iter().any(|tol| crate::util::tolerates(tol, t)))
     };
     if untolerated("NoExecute") {
         return (false, false);
@@ -777,6 +757,7 @@ mod tests {
     use k8s_openapi::api::apps::v1::{
         DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
     };
+    use k8s_openapi::api::core::v1::Taint;
     use k8s_openapi::api::core::v1::{NodeSpec, PodCondition, PodSpec, PodStatus, PodTemplateSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 

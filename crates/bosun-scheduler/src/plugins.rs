@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, Pod};
 
 use crate::resources::{Resources, allocatable, nonzero_requests, pod_requests};
 
@@ -79,26 +79,7 @@ impl Filter for NodeReady {
     }
 }
 
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = t.effect.as_deref().filter(|e| !e.is_empty())
-        && effect != taint.effect
-    {
-        return false;
-    }
-    let key = t.key.as_deref().unwrap_or("");
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match t.operator.as_deref().unwrap_or("Equal") {
-        // An empty key with Exists tolerates everything.
-        "Exists" => true,
-        "Equal" => {
-            key == taint.key
-                && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-        _ => false,
-    }
-}
+pub use bosun_controllers::util::tolerates;
 
 /// NoSchedule and NoExecute taints must be tolerated.
 pub struct TaintToleration;
@@ -414,7 +395,7 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
         Container, ContainerPort, NodeCondition, NodeSpec, NodeStatus, PodSpec,
-        ResourceRequirements,
+        ResourceRequirements, Taint, Toleration,
     };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
