@@ -6,10 +6,13 @@
 //!   VTEP address (the CIDR's network address) on the device, with a permanent ARP entry and
 //!   a forwarding entry sending its MAC to the node's InternalIP.
 //!
-//! The routes carry their own protocol number so that they can be told apart and removed
-//! when a node goes away (or at the next start).
+//! The routes carry their own protocol number so that they can be told apart, and each
+//! node records the routes it made in its data dir (`pod-routes.json`): only those are
+//! removed when a node goes away, at the next start or by `bosun reset`, never the routes
+//! of another bosun on the same machine.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use futures::TryStreamExt;
@@ -97,7 +100,50 @@ pub fn peers(nodes: &[Node], me: &str) -> BTreeMap<String, Peer> {
     out
 }
 
-/// Our routes now in the kernel: CIDR -> gateway.
+/// What this node made, so that it removes nothing else.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Made {
+    /// Pod CIDR -> gateway of each route this node added.
+    pub routes: BTreeMap<String, String>,
+    /// Whether this node created the VXLAN device.
+    pub vxlan: bool,
+}
+
+impl Made {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("pod-routes.json")
+    }
+
+    pub fn load(dir: &Path) -> Made {
+        std::fs::read(Self::path(dir))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, dir: &Path) {
+        let write = serde_json::to_vec(self)
+            .map_err(std::io::Error::other)
+            .and_then(|b| {
+                let tmp = Self::path(dir).with_extension("json.tmp");
+                std::fs::write(&tmp, b)?;
+                std::fs::rename(tmp, Self::path(dir))
+            });
+        if let Err(e) = write {
+            tracing::warn!(error = %e, "recording this node's pod routes");
+        }
+    }
+
+    /// Of the kernel's bosun routes, those this node made.
+    fn ours(&self, kernel: BTreeMap<String, String>) -> BTreeMap<String, String> {
+        kernel
+            .into_iter()
+            .filter(|(cidr, _)| self.routes.contains_key(cidr))
+            .collect()
+    }
+}
+
+/// bosun's routes now in the kernel (any instance's): CIDR -> gateway.
 async fn current() -> BTreeMap<String, String> {
     let out = ip(&["-4", "route", "show", "proto", ROUTE_PROTO])
         .await
@@ -113,8 +159,11 @@ async fn current() -> BTreeMap<String, String> {
 }
 
 /// Creates the VXLAN device (idempotent) with the node's VTEP address; returns its MAC.
-pub async fn vxlan_up(node_ip: &str, pod_cidr: &str) -> Result<String> {
+pub async fn vxlan_up(node_ip: &str, pod_cidr: &str, dir: &Path) -> Result<String> {
     if ip(&["link", "show", "dev", VXLAN_DEVICE]).await.is_err() {
+        let mut made = Made::load(dir);
+        made.vxlan = true;
+        made.save(dir);
         ip(&[
             "link",
             "add",
@@ -145,8 +194,9 @@ pub async fn vxlan_up(node_ip: &str, pod_cidr: &str) -> Result<String> {
         .ok_or_else(|| anyhow::anyhow!("{VXLAN_DEVICE} has no MAC address"))
 }
 
-async fn converge_vxlan(want: &BTreeMap<String, Peer>) {
-    let have = current().await;
+async fn converge_vxlan(want: &BTreeMap<String, Peer>, dir: &Path) {
+    let mut made = Made::load(dir);
+    let have = made.ours(current().await);
     for (cidr, peer) in want {
         let Some(mac) = &peer.mac else {
             continue;
@@ -204,22 +254,41 @@ async fn converge_vxlan(want: &BTreeMap<String, Peer>) {
             ])
             .await,
         ];
+        // Recorded even when a step failed: the route may exist and must be removable.
+        made.routes.insert(cidr.clone(), vtep.to_string());
         match steps.into_iter().find_map(Result::err) {
             None => tracing::info!(%cidr, node = %peer.node_ip, "pod route (vxlan)"),
             Some(e) => tracing::warn!(%cidr, error = %format!("{e:#}"), "adding a vxlan pod route"),
         }
     }
-    for cidr in have.keys().filter(|c| !want.contains_key(*c)) {
-        let _ = ip(&["route", "del", cidr, "proto", ROUTE_PROTO]).await;
+    remove_stale(&mut made, &have, |c| want.contains_key(c)).await;
+    made.save(dir);
+}
+
+/// Removes this node's routes that are no longer wanted (or that vanished from the kernel
+/// from the record).
+async fn remove_stale(
+    made: &mut Made,
+    have: &BTreeMap<String, String>,
+    wanted: impl Fn(&str) -> bool,
+) {
+    let stale: Vec<String> = made.routes.keys().filter(|c| !wanted(c)).cloned().collect();
+    for cidr in stale {
+        if have.contains_key(&cidr) {
+            let _ = ip(&["route", "del", &cidr, "proto", ROUTE_PROTO]).await;
+        }
+        made.routes.remove(&cidr);
     }
 }
 
-async fn converge(want: &BTreeMap<String, String>) {
-    let have = current().await;
+async fn converge(want: &BTreeMap<String, String>, dir: &Path) {
+    let mut made = Made::load(dir);
+    let have = made.ours(current().await);
     for (cidr, gw) in want {
         if have.get(cidr) == Some(gw) {
             continue;
         }
+        made.routes.insert(cidr.clone(), gw.clone());
         match ip(&["route", "replace", cidr, "via", gw, "proto", ROUTE_PROTO]).await {
             Ok(_) => tracing::info!(%cidr, via = %gw, "pod route"),
             Err(e) => {
@@ -227,19 +296,20 @@ async fn converge(want: &BTreeMap<String, String>) {
             }
         }
     }
-    for cidr in have.keys().filter(|c| !want.contains_key(*c)) {
-        let _ = ip(&["route", "del", cidr, "proto", ROUTE_PROTO]).await;
-    }
+    remove_stale(&mut made, &have, |c| want.contains_key(c)).await;
+    made.save(dir);
 }
 
-/// Removes bosun's pod routes and the VXLAN device (`bosun reset`).
-pub async fn cleanup() {
-    for cidr in current().await.keys() {
-        let _ = ip(&["route", "del", cidr, "proto", ROUTE_PROTO]).await;
-    }
-    if ip(&["link", "show", "dev", VXLAN_DEVICE]).await.is_ok() {
+/// Removes the pod routes and VXLAN device this node (data dir `dir`) made (`bosun reset`).
+pub async fn cleanup(dir: &Path) {
+    let mut made = Made::load(dir);
+    let have = made.ours(current().await);
+    remove_stale(&mut made, &have, |_| false).await;
+    if made.vxlan && ip(&["link", "show", "dev", VXLAN_DEVICE]).await.is_ok() {
         let _ = ip(&["link", "del", VXLAN_DEVICE]).await;
     }
+    made.vxlan = false;
+    made.save(dir);
 }
 
 /// Where this node is, for the routes.
@@ -249,6 +319,8 @@ pub struct RouteConfig {
     pub node_ip: String,
     pub pod_cidr: String,
     pub backend: Backend,
+    /// The node's data dir, where the routes it made are recorded.
+    pub data_dir: PathBuf,
 }
 
 /// Keeps the routes to other nodes' pods until `shutdown`.
@@ -259,7 +331,7 @@ pub async fn run(
 ) -> Result<()> {
     let node_name = cfg.node_name.clone();
     if cfg.backend == Backend::Vxlan {
-        let mac = vxlan_up(&cfg.node_ip, &cfg.pod_cidr).await?;
+        let mac = vxlan_up(&cfg.node_ip, &cfg.pod_cidr, &cfg.data_dir).await?;
         let patch = serde_json::json!({"metadata": {"annotations": {VTEP_MAC_ANNOTATION: mac}}});
         Api::<Node>::all(client.clone())
             .patch(
@@ -295,8 +367,8 @@ pub async fn run(
         let want = peers(&nodes, &node_name);
         if last.as_ref() != Some(&want) {
             match cfg.backend {
-                Backend::HostGw => converge(&wanted(&nodes, &node_name)).await,
-                Backend::Vxlan => converge_vxlan(&want).await,
+                Backend::HostGw => converge(&wanted(&nodes, &node_name), &cfg.data_dir).await,
+                Backend::Vxlan => converge_vxlan(&want, &cfg.data_dir).await,
             }
             last = Some(want);
         }
@@ -327,5 +399,25 @@ mod tests {
         let w = wanted(&nodes, "a");
         assert_eq!(w.len(), 1);
         assert_eq!(w["10.42.1.0/24"], "192.168.1.2");
+    }
+
+    #[test]
+    fn only_recorded_routes_are_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Made::load(dir.path()), Made::default());
+        let mut made = Made::default();
+        made.routes
+            .insert("10.42.1.0/24".into(), "192.168.1.2".into());
+        made.save(dir.path());
+        let made = Made::load(dir.path());
+        // Another instance's route (same proto number) is not ours.
+        let kernel: BTreeMap<String, String> = [
+            ("10.42.1.0/24".to_string(), "192.168.1.2".to_string()),
+            ("10.99.1.0/24".to_string(), "192.168.7.2".to_string()),
+        ]
+        .into();
+        let ours = made.ours(kernel);
+        assert_eq!(ours.len(), 1);
+        assert!(ours.contains_key("10.42.1.0/24"));
     }
 }

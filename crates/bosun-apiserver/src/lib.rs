@@ -17,6 +17,7 @@ mod logs;
 mod metrics;
 mod node_authz;
 mod objects;
+mod priority;
 mod quota;
 pub mod rbac;
 mod rbac_policy;
@@ -187,6 +188,7 @@ impl ApiServer {
             .await
             .map_err(|e| anyhow::anyhow!("loading custom resource definitions: {e}"))?;
         crds::spawn_watch(&server.inner);
+        priority::ensure_builtin(&server.inner).await?;
         Ok(server)
     }
 

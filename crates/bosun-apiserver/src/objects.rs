@@ -349,6 +349,8 @@ pub(crate) async fn create_object(
         obj["status"] = json!({"phase": "Active"});
         obj["spec"] = json!({"finalizers": ["kubernetes"]});
     }
+    // Before defaulting, which would fill in a priority admission must compute.
+    crate::priority::admit(inner, kind, &mut obj).await?;
     defaults::apply_defaults(kind, &mut obj);
 
     let mut quota_ns = None;

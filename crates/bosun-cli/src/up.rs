@@ -458,6 +458,7 @@ pub(crate) fn start_agent_only(
             node_ip: node.node_ip.to_string(),
             pod_cidr: pod_cidr(node).to_string(),
             backend: node.flannel_backend,
+            data_dir: data_dir.to_path_buf(),
         };
         let sd = shutdown.clone();
         tasks.spawn(async move { ("pod routes", bosun_agent::routes::run(client, rc, sd).await) });
@@ -672,7 +673,7 @@ pub async fn reset(opts: ResetOpts) -> Result<ExitCode> {
     let serving = crate::pki::Serving::self_signed("reset")?;
     let cfg = agent_config(&serving, "", &opts.data_dir, &node)?;
     bosun_agent::cleanup_node(&cfg).await?;
-    bosun_agent::routes::cleanup().await;
+    bosun_agent::routes::cleanup(&opts.data_dir).await;
     bosun_proxy::vip::remove_interface(&node.service_interface).await?;
     if let Some(r) = r
         && r.bridge == node.bridge

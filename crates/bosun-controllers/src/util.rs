@@ -211,7 +211,7 @@ pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
     }
     match t.operator.as_deref().unwrap_or("Equal") {
         "Exists" => true,
-        "Equal" => {
+        "Equal" | "" => {
             key == taint.key
                 && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
         }

@@ -1,40 +1,54 @@
-//! Binds pending pods to nodes: filter and score plugins.
+//! Binds pending pods to nodes: filter and score plugins, priority, preemption.
 //!
-//! Pods with no `spec.nodeName` whose `schedulerName` is `default-scheduler` (or unset) are
-//! placed one at a time: filters ([`plugins::Filter`]) rule nodes out, scores
-//! ([`plugins::Score`]) rank the rest, and the pod is bound through `pods/NAME/binding`. A pod
-//! that fits nowhere gets `PodScheduled=False` (`Unschedulable`) and a `FailedScheduling`
-//! event, and is retried whenever a node or a pod changes.
+//! Pods with no `spec.nodeName` whose `schedulerName` is `default-scheduler` (or unset) wait
+//! in a queue ordered by `spec.priority` ([`queue`]). One loop takes the most important,
+//! runs filters ([`plugins::Filter`]) and scores ([`plugins::Score`]) against a cache of
+//! nodes and their pods kept from the informers' events ([`cache`]), counts the pod on the
+//! chosen node at once ("assumes" it) and binds it through `pods/NAME/binding` in a task of
+//! its own, so that the next decision does not wait for the write. A pod that fits nowhere
+//! gets `PodScheduled=False` (`Unschedulable`, with upstream's "0/N nodes are available"
+//! message) and a `FailedScheduling` event; it may preempt lower-priority pods
+//! ([`preempt`]), and is retried when a node or a pod changes, after a back-off.
 
+pub mod affinity;
+pub mod cache;
+#[cfg(test)]
+mod feature_tests;
 pub mod plugins;
+pub mod preempt;
+pub mod queue;
 pub mod resources;
+pub mod spread;
 pub mod volumes;
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bosun_controllers::events::{NORMAL, Recorder, WARNING};
 use bosun_controllers::informer::Informer;
-use bosun_controllers::runtime::{ReconcileError, drive};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod, PodCondition};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
-use tokio::sync::Mutex;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use plugins::{Filter, NodeInfo, Placement, Score, place};
+use cache::Cache;
+use plugins::{Filter, Placement, Score, place_from};
+use preempt::priority;
+use queue::Queue;
 
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 /// How long a binding this scheduler made counts against a node before the pod cache
 /// shows it; after that the cache is the truth.
 const ASSUME_TTL: Duration = Duration::from_secs(30);
-/// Unschedulable pods are retried on every node or pod change; this is the fallback.
-const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(60);
+/// Bindings in flight at once; the store commits concurrent writes together.
+const MAX_BINDS_IN_FLIGHT: usize = 512;
+/// Events waiting to be written; beyond this they are dropped (they are a courtesy).
+const EVENT_BACKLOG: usize = 16384;
 
 /// Whether this scheduler is responsible for `pod` right now.
 pub fn wants(pod: &Pod) -> bool {
@@ -53,72 +67,17 @@ pub fn wants(pod: &Pod) -> bool {
     unbound && ours && !finished && pod.metadata.deletion_timestamp.is_none()
 }
 
-fn is_active(p: &Pod) -> bool {
-    !matches!(
-        p.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
+fn key_of(p: &Pod) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or(""),
+        p.metadata.name.as_deref().unwrap_or("")
     )
 }
 
-struct Ctx {
-    client: Client,
-    nodes: Store<Node>,
-    pods: Store<Pod>,
-    recorder: Recorder,
-    filters: Vec<Box<dyn Filter>>,
-    scores: Vec<Box<dyn Score>>,
-    /// Pods bound by this scheduler that the pod cache may not reflect yet (uid -> node).
-    assumed: Mutex<HashMap<String, (String, Pod, Instant)>>,
-}
-
-impl Ctx {
-    /// Nodes with the pods on them, from the caches plus recent bindings.
-    async fn snapshot(&self) -> Vec<NodeInfo> {
-        let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
-        let mut cached_nodes: HashMap<String, String> = HashMap::new();
-        for p in self.pods.state() {
-            if let Some(uid) = p.uid() {
-                cached_nodes.insert(
-                    uid,
-                    p.spec
-                        .as_ref()
-                        .and_then(|s| s.node_name.clone())
-                        .unwrap_or_default(),
-                );
-            }
-            let node = p
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default();
-            if !node.is_empty() && is_active(&p) {
-                by_node.entry(node).or_default().push(p);
-            }
-        }
-        let mut assumed = self.assumed.lock().await;
-        assumed.retain(|uid, (node, pod, at)| {
-            let in_cache = cached_nodes.get(uid);
-            let keep = at.elapsed() < ASSUME_TTL && in_cache.is_some_and(|n| n.is_empty());
-            if keep {
-                by_node
-                    .entry(node.clone())
-                    .or_default()
-                    .push(Arc::new(pod.clone()));
-            }
-            keep
-        });
-        let mut out: Vec<NodeInfo> = self
-            .nodes
-            .state()
-            .into_iter()
-            .map(|n| {
-                let pods = by_node.remove(&n.name_any()).unwrap_or_default();
-                NodeInfo { node: n, pods }
-            })
-            .collect();
-        out.sort_by(|a, b| a.name().cmp(b.name()));
-        out
-    }
+fn ref_of(key: &str) -> ObjectRef<Pod> {
+    let (ns, name) = key.split_once('/').unwrap_or(("", key));
+    ObjectRef::new(name).within(ns)
 }
 
 fn scheduled_condition(pod: &Pod) -> Option<&PodCondition> {
@@ -130,24 +89,198 @@ fn scheduled_condition(pod: &Pod) -> Option<&PodCondition> {
         .find(|c| c.type_ == "PodScheduled")
 }
 
-async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
-    let ns = pod.namespace().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(pod) = api.get_opt(&pod.name_any()).await? else {
-        return Ok(Action::await_change());
-    };
-    if !wants(&pod) {
-        return Ok(Action::await_change());
+/// What a bind task reports back to the loop.
+enum Outcome {
+    /// The binding failed for a reason worth retrying.
+    Retry { uid: String, key: String, prio: i32 },
+    /// Already bound elsewhere or gone: the informer will tell.
+    Forget { uid: String },
+}
+
+struct Event {
+    pod: Pod,
+    type_: &'static str,
+    reason: &'static str,
+    message: String,
+}
+
+struct Scheduler {
+    client: Client,
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+    pdbs: Store<PodDisruptionBudget>,
+    filters: Vec<Box<dyn Filter>>,
+    scores: Vec<Box<dyn Score>>,
+    cache: Cache,
+    queue: Queue,
+    next_start: usize,
+    binds: Arc<Semaphore>,
+    outcomes: mpsc::UnboundedSender<Outcome>,
+    events: mpsc::Sender<Event>,
+}
+
+impl Scheduler {
+    fn on_pod(&mut self, seen: Arc<Pod>) {
+        let mut changed = false;
+        let key = key_of(&seen);
+        let latest = self.pods.get(&ref_of(&key));
+        let seen_uid = seen.metadata.uid.clone().unwrap_or_default();
+        let same = latest
+            .as_ref()
+            .is_some_and(|l| l.metadata.uid.as_deref() == Some(seen_uid.as_str()));
+        if !same {
+            changed |= self.cache.remove_pod(&seen_uid);
+        }
+        match latest {
+            None => self.queue.done(&key),
+            Some(pod) => {
+                let was = pod
+                    .metadata
+                    .uid
+                    .as_deref()
+                    .is_some_and(|u| self.cache.placed(u));
+                let counts = self.cache.update_pod(pod.clone());
+                // A bound pod that changed (came, finished, is going away) may make room
+                // for, or be the peer of, a parked pod.
+                changed |= was || counts;
+                if wants(&pod) && !counts {
+                    self.queue.add(&key, priority(&pod));
+                } else {
+                    self.queue.done(&key);
+                }
+            }
+        }
+        if changed {
+            self.queue.cluster_changed();
+        }
     }
-    let name = pod.name_any();
-    let nodes = ctx.snapshot().await;
-    match place(&pod, &nodes, &ctx.filters, &ctx.scores) {
-        Placement::Node(node) => {
+
+    fn on_node(&mut self, seen: Arc<Node>) {
+        let name = seen.name_any();
+        match self.nodes.get(&ObjectRef::new(&name)) {
+            Some(n) => self.cache.set_node(n),
+            None => self.cache.remove_node(&name),
+        }
+        self.queue.cluster_changed();
+    }
+
+    fn on_outcome(&mut self, o: Outcome) {
+        match o {
+            Outcome::Forget { uid } => self.cache.forget(&uid),
+            Outcome::Retry { uid, key, prio } => {
+                self.cache.forget(&uid);
+                self.queue.retry(&key, prio);
+            }
+        }
+    }
+
+    fn event(&self, pod: &Pod, type_: &'static str, reason: &'static str, message: String) {
+        let _ = self.events.try_send(Event {
+            pod: pod.clone(),
+            type_,
+            reason,
+            message,
+        });
+    }
+
+    async fn schedule_one(&mut self) {
+        let Some(key) = self.queue.pop() else {
+            return;
+        };
+        let Some(pod) = self.pods.get(&ref_of(&key)) else {
+            self.queue.done(&key);
+            return;
+        };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if !wants(&pod) || self.cache.placed(&uid) {
+            self.queue.done(&key);
+            return;
+        }
+        self.cache.expire(ASSUME_TTL);
+        let nodes = self.cache.nodes();
+        let start = if nodes.is_empty() {
+            0
+        } else {
+            self.next_start % nodes.len()
+        };
+        let (placement, processed) = place_from(&pod, nodes, &self.filters, &self.scores, start);
+        self.next_start = start + processed;
+        match placement {
+            Placement::Node(node) => {
+                self.queue.done(&key);
+                self.cache.assume((*pod).clone(), &node);
+                self.bind(pod, node).await;
+            }
+            Placement::Unschedulable(diag) => {
+                let prio = priority(&pod);
+                let mut msg = diag.message();
+                let policy = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.preemption_policy.as_deref())
+                    .unwrap_or("PreemptLowerPriority");
+                let mut nominated = None;
+                if policy == "Never" {
+                    msg.push_str(" preemption: not eligible due to preemptionPolicy=Never.");
+                } else if self.waiting_for_victims(&pod) {
+                    // Victims chosen earlier are still terminating: no new preemption.
+                    nominated = pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.nominated_node_name.clone());
+                } else {
+                    let pdbs = self.pdbs.state();
+                    match preempt::select(&pod, self.cache.nodes(), &diag, &self.filters, &pdbs) {
+                        Ok(c) => {
+                            self.preempt(&pod, &c);
+                            nominated = Some(c.node);
+                        }
+                        Err(post) => {
+                            msg.push(' ');
+                            msg.push_str(&post);
+                        }
+                    }
+                }
+                self.report_unschedulable(&pod, msg, nominated);
+                self.queue.unschedulable(&key, prio);
+            }
+        }
+    }
+
+    /// Whether pods this pod preempted earlier are still on its nominated node.
+    fn waiting_for_victims(&self, pod: &Pod) -> bool {
+        let Some(node) = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .and_then(|n| self.cache.node(n))
+        else {
+            return false;
+        };
+        let prio = priority(pod);
+        node.pods
+            .iter()
+            .any(|p| p.metadata.deletion_timestamp.is_some() && priority(p) < prio)
+    }
+
+    async fn bind(&mut self, pod: Arc<Pod>, node: String) {
+        let Ok(permit) = self.binds.clone().acquire_owned().await else {
+            return;
+        };
+        let client = self.client.clone();
+        let outcomes = self.outcomes.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let ns = pod.namespace().unwrap_or_default();
+            let name = pod.name_any();
+            let uid = pod.uid().unwrap_or_default();
+            let api: Api<Pod> = Api::namespaced(client, &ns);
             let binding = Binding {
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
                     namespace: Some(ns.clone()),
-                    uid: pod.uid(),
+                    uid: Some(uid.clone()),
                     ..Default::default()
                 },
                 target: ObjectReference {
@@ -161,84 +294,131 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
                 .create_subresource("binding", &name, &PostParams::default(), &binding)
                 .await;
             match res {
-                Ok(_) => {}
-                // Already bound (by us earlier or someone else) or gone: nothing to do.
+                Ok(_) => {
+                    let _ = events.try_send(Event {
+                        pod: (*pod).clone(),
+                        type_: NORMAL,
+                        reason: "Scheduled",
+                        message: format!("Successfully assigned {ns}/{name} to {node}"),
+                    });
+                }
                 Err(e)
                     if bosun_controllers::util::is_conflict(&e)
                         || bosun_controllers::util::is_not_found(&e) =>
                 {
-                    return Ok(Action::await_change());
+                    let _ = outcomes.send(Outcome::Forget { uid });
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "binding failed");
+                    let _ = outcomes.send(Outcome::Retry {
+                        uid,
+                        key: format!("{ns}/{name}"),
+                        prio: priority(&pod),
+                    });
+                }
             }
-            if let Some(uid) = pod.uid() {
-                let mut bound = pod.clone();
-                bound.spec.get_or_insert_with(Default::default).node_name = Some(node.clone());
-                ctx.assumed
-                    .lock()
-                    .await
-                    .insert(uid, (node.clone(), bound, Instant::now()));
-            }
-            ctx.recorder
-                .record(
-                    &pod,
-                    NORMAL,
-                    "Scheduled",
-                    &format!("Successfully assigned {ns}/{name} to {node}"),
-                )
-                .await;
-            Ok(Action::await_change())
+        });
+    }
+
+    /// Sets `PodScheduled=False` (and the nominated node) unless already so; one event.
+    fn report_unschedulable(&self, pod: &Arc<Pod>, msg: String, nominated: Option<String>) {
+        let unchanged = scheduled_condition(pod).is_some_and(|c| {
+            c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+                && c.message.as_deref() == Some(msg.as_str())
+        }) && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.clone())
+            == nominated;
+        if unchanged {
+            return;
         }
-        Placement::Unschedulable(msg) => {
-            let unchanged = scheduled_condition(&pod).is_some_and(|c| {
-                c.status == "False"
-                    && c.reason.as_deref() == Some("Unschedulable")
-                    && c.message.as_deref() == Some(msg.as_str())
-            });
-            if !unchanged {
-                let mut updated = pod.clone();
-                let status = updated.status.get_or_insert_with(Default::default);
-                status.phase.get_or_insert_with(|| "Pending".into());
-                let conds = status.conditions.get_or_insert_with(Vec::new);
-                conds.retain(|c| c.type_ != "PodScheduled");
-                conds.push(PodCondition {
-                    type_: "PodScheduled".into(),
-                    status: "False".into(),
-                    reason: Some("Unschedulable".into()),
-                    message: Some(msg.clone()),
-                    last_transition_time: Some(Time(jiff::Timestamp::now())),
-                    ..Default::default()
-                });
-                match api
-                    .replace_status(&name, &PostParams::default(), &updated)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if bosun_controllers::util::is_conflict(&e) => {
-                        return Ok(Action::requeue(Duration::from_millis(50)));
-                    }
-                    Err(e) if bosun_controllers::util::is_not_found(&e) => {
-                        return Ok(Action::await_change());
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                ctx.recorder
-                    .record(&pod, WARNING, "FailedScheduling", &msg)
-                    .await;
+        let mut conds: Vec<PodCondition> = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        conds.retain(|c| c.type_ != "PodScheduled");
+        conds.push(PodCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some(msg.clone()),
+            last_transition_time: Some(Time(jiff::Timestamp::now())),
+            ..Default::default()
+        });
+        let patch = serde_json::json!({"status": {
+            "phase": pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Pending".into()),
+            "conditions": conds,
+            "nominatedNodeName": nominated,
+        }});
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let name = pod.name_any();
+        tokio::spawn(async move {
+            if let Err(e) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                && !bosun_controllers::util::is_not_found(&e)
+            {
+                tracing::warn!(pod = %name, error = %e, "setting PodScheduled=False");
             }
-            Ok(Action::requeue(RETRY_UNSCHEDULABLE))
+        });
+        self.event(pod, WARNING, "FailedScheduling", msg);
+    }
+
+    /// Marks the victims (`DisruptionTarget`) and deletes them gracefully.
+    fn preempt(&self, pod: &Pod, c: &preempt::Candidate) {
+        let preemptor = pod.uid().unwrap_or_default();
+        for v in &c.victims {
+            self.event(
+                v,
+                NORMAL,
+                "Preempted",
+                format!("Preempted by pod {preemptor} on node {}", c.node),
+            );
+            let api: Api<Pod> =
+                Api::namespaced(self.client.clone(), &v.namespace().unwrap_or_default());
+            let name = v.name_any();
+            let uid = v.uid();
+            let mut conds: Vec<PodCondition> = v
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.clone())
+                .unwrap_or_default();
+            conds.retain(|c| c.type_ != "DisruptionTarget");
+            conds.push(PodCondition {
+                type_: "DisruptionTarget".into(),
+                status: "True".into(),
+                reason: Some("PreemptionByScheduler".into()),
+                message: Some(format!(
+                    "{DEFAULT_SCHEDULER}: preempting to accommodate a higher priority pod"
+                )),
+                last_transition_time: Some(Time(jiff::Timestamp::now())),
+                ..Default::default()
+            });
+            let patch = serde_json::json!({"status": {"conditions": conds}});
+            tokio::spawn(async move {
+                let _ = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await;
+                let mut dp = DeleteParams::default();
+                if let Some(uid) = uid {
+                    dp.preconditions = Some(kube::api::Preconditions {
+                        uid: Some(uid),
+                        resource_version: None,
+                    });
+                }
+                if let Err(e) = api.delete(&name, &dp).await
+                    && !bosun_controllers::util::is_not_found(&e)
+                    && !bosun_controllers::util::is_conflict(&e)
+                {
+                    tracing::warn!(pod = %name, error = %e, "deleting a preemption victim");
+                }
+            });
         }
     }
-}
-
-/// Pending pods this scheduler handles, for retries when capacity may have appeared.
-fn pending(store: &Store<Pod>) -> Vec<ObjectRef<Pod>> {
-    store
-        .state()
-        .into_iter()
-        .filter(|p| wants(p))
-        .map(|p| ObjectRef::from_obj(p.as_ref()))
-        .collect()
 }
 
 /// Runs the scheduler with the default plugins until `shutdown`.
@@ -260,44 +440,75 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let stop = shutdown.child_token();
+    let _stop_informers = stop.clone().drop_guard();
     let pods = Informer::start(Api::<Pod>::all(client.clone()), stop.clone());
     let nodes = Informer::start(Api::<Node>::all(client.clone()), stop.clone());
+    let pdbs = Informer::start(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        stop.clone(),
+    );
     tokio::select! {
-        _ = async { pods.ready().await; nodes.ready().await; } => {}
+        _ = async { pods.ready().await; nodes.ready().await; pdbs.ready().await; } => {}
         _ = shutdown.cancelled() => return Ok(()),
     }
     let mut filters = filters;
     filters.push(Box::new(
         volumes::VolumeBinding::start(&client, stop.clone()).await,
     ));
-    let ctx = Arc::new(Ctx {
-        recorder: Recorder::new(client.clone(), DEFAULT_SCHEDULER),
+    let (outcome_tx, mut outcome_rx) = mpsc::unbounded_channel();
+    let (event_tx, mut event_rx) = mpsc::channel::<Event>(EVENT_BACKLOG);
+    let recorder = Recorder::new(client.clone(), DEFAULT_SCHEDULER);
+    let ev_stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                _ = ev_stop.cancelled() => return,
+                ev = event_rx.recv() => ev,
+            };
+            let Some(ev) = ev else { return };
+            recorder
+                .record(&ev.pod, ev.type_, ev.reason, &ev.message)
+                .await;
+        }
+    });
+    let mut s = Scheduler {
         client,
-        nodes: nodes.store(),
         pods: pods.store(),
+        nodes: nodes.store(),
+        pdbs: pdbs.store(),
         filters,
         scores,
-        assumed: Mutex::new(HashMap::new()),
-    });
-    let on_node = pods.store();
-    let on_pod = pods.store();
-    let controller = Controller::for_shared_stream(
-        pods.subscribe()
-            .filter(|p| futures::future::ready(wants(p))),
-        pods.store(),
-    )
-    // A node appearing or changing may make room for any pending pod ...
-    .watches_shared_stream(nodes.subscribe(), move |_n: Arc<Node>| pending(&on_node))
-    // ... and so may a pod finishing or going away.
-    .watches_shared_stream(
-        pods.subscribe().filter(|p| {
-            futures::future::ready(p.metadata.deletion_timestamp.is_some() || !is_active(p))
-        }),
-        move |_p: Arc<Pod>| pending(&on_pod),
-    );
-    // One pod at a time: each decision must see the previous binding.
-    drive("scheduler", controller, ctx, reconcile, 1, stop).await;
-    Ok(())
+        cache: Cache::default(),
+        queue: Queue::default(),
+        next_start: 0,
+        binds: Arc::new(Semaphore::new(MAX_BINDS_IN_FLIGHT)),
+        outcomes: outcome_tx,
+        events: event_tx,
+    };
+    // Nodes first, so that the pods listed next land on them.
+    for n in s.nodes.state() {
+        s.cache.set_node(n);
+    }
+    let mut pod_events = Box::pin(pods.subscribe());
+    let mut node_events = Box::pin(nodes.subscribe());
+    loop {
+        let due = s
+            .queue
+            .next_due()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + queue::MAX_PARKED);
+        let idle = s.queue.is_empty();
+        // Events first: each decision should see every change already delivered.
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            Some(o) = outcome_rx.recv() => s.on_outcome(o),
+            Some(n) = node_events.next() => s.on_node(n),
+            Some(p) = pod_events.next() => s.on_pod(p),
+            _ = tokio::time::sleep_until(due) => s.queue.flush(),
+            _ = std::future::ready(()), if !idle => s.schedule_one().await,
+        }
+    }
 }
 
 #[cfg(test)]

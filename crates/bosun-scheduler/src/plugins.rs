@@ -1,56 +1,180 @@
 //! Filter and score plugins, the two seams of a scheduling decision (as in kube-scheduler's
-//! framework): filters rule nodes out with a reason, scores rank the survivors.
+//! framework): filters rule nodes out with a reason, scores rank the survivors. Plugins that
+//! need the whole cluster (pod affinity, topology spread) compute it once per pod in
+//! `pre_filter`/`pre_score` and read it back per node.
 
-use std::collections::BTreeMap;
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{
+    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
+};
 
+use crate::affinity::InterPodAffinity;
 use crate::resources::{Resources, allocatable, nonzero_requests, pod_requests};
+use crate::spread::{DefaultSpread, PodTopologySpread};
 
-/// A node with the pods bound to it (including ones this scheduler just bound).
-#[derive(Clone, Debug)]
+/// Per-pod state a plugin computes over the whole cluster before looking at single nodes.
+pub type CycleState = Option<Box<dyn Any + Send + Sync>>;
+
+/// A node with the pods bound to it (including ones this scheduler just bound), and sums
+/// kept up to date as pods come and go so that a decision does not re-add every pod.
+#[derive(Clone, Debug, Default)]
 pub struct NodeInfo {
     pub node: Arc<Node>,
     pub pods: Vec<Arc<Pod>>,
+    pub requested: Resources,
+    nonzero: Resources,
+    pub allocatable: Resources,
+    /// Pods carrying pod (anti-)affinity terms: the only ones symmetric checks must visit.
+    pub affinity_pods: Vec<Arc<Pod>>,
+    /// Active pods per controller uid, for default spreading.
+    owners: HashMap<String, u32>,
 }
 
 impl NodeInfo {
+    pub fn new(node: Arc<Node>, pods: Vec<Arc<Pod>>) -> Self {
+        let mut n = NodeInfo {
+            allocatable: allocatable(&node),
+            node,
+            ..Default::default()
+        };
+        for p in pods {
+            n.add_pod(p);
+        }
+        n
+    }
+
     pub fn name(&self) -> &str {
         self.node.metadata.name.as_deref().unwrap_or("")
     }
 
-    pub fn requested(&self) -> Resources {
-        let mut r = Resources::default();
-        for p in &self.pods {
-            r.add(&pod_requests(p));
-        }
-        r
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.node.metadata.labels.as_ref().unwrap_or(&EMPTY)
     }
 
-    fn nonzero_requested(&self) -> Resources {
-        let mut r = Resources::default();
-        for p in &self.pods {
-            r.add(&nonzero_requests(p));
+    pub fn set_node(&mut self, node: Arc<Node>) {
+        self.allocatable = allocatable(&node);
+        self.node = node;
+    }
+
+    pub fn add_pod(&mut self, pod: Arc<Pod>) {
+        self.requested.add(&pod_requests(&pod));
+        self.nonzero.add(&nonzero_requests(&pod));
+        if has_pod_affinity(&pod) {
+            self.affinity_pods.push(pod.clone());
         }
-        r
+        if let Some(o) = owner_uid(&pod) {
+            *self.owners.entry(o.to_string()).or_default() += 1;
+        }
+        self.pods.push(pod);
+    }
+
+    /// Removes the pod with `uid`; returns it when it was here.
+    pub fn remove_pod(&mut self, uid: &str) -> Option<Arc<Pod>> {
+        let i = self
+            .pods
+            .iter()
+            .position(|p| p.metadata.uid.as_deref() == Some(uid))?;
+        let pod = self.pods.swap_remove(i);
+        self.requested.sub(&pod_requests(&pod));
+        self.nonzero.sub(&nonzero_requests(&pod));
+        self.affinity_pods
+            .retain(|p| p.metadata.uid.as_deref() != Some(uid));
+        if let Some(o) = owner_uid(&pod)
+            && let Some(c) = self.owners.get_mut(o)
+        {
+            *c -= 1;
+            if *c == 0 {
+                self.owners.remove(o);
+            }
+        }
+        Some(pod)
+    }
+
+    /// How many of this node's pods the controller with `uid` owns.
+    pub fn owned_by(&self, uid: &str) -> u32 {
+        self.owners.get(uid).copied().unwrap_or(0)
     }
 }
 
-/// Rules a node out for a pod; the error is the reason shown in "0/N nodes are available".
+fn has_pod_affinity(p: &Pod) -> bool {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some())
+}
+
+pub fn owner_uid(p: &Pod) -> Option<&str> {
+    p.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .map(|r| r.uid.as_str())
+}
+
+/// Why a filter ruled a node out. `unresolvable` marks reasons that no preemption can fix
+/// (a label or taint the pod does not accept), as `UnschedulableAndUnresolvable` upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub reasons: Vec<String>,
+    pub unresolvable: bool,
+}
+
+impl Reject {
+    pub fn resolvable(reason: impl Into<String>) -> Self {
+        Reject {
+            reasons: vec![reason.into()],
+            unresolvable: false,
+        }
+    }
+    pub fn unresolvable(reason: impl Into<String>) -> Self {
+        Reject {
+            reasons: vec![reason.into()],
+            unresolvable: true,
+        }
+    }
+}
+
+/// Rules a node out for a pod; the reasons are shown in "0/N nodes are available".
 pub trait Filter: Send + Sync {
     fn name(&self) -> &'static str;
-    /// `Err` holds one or more reasons (one per missing resource, for example).
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), Vec<String>>;
+    /// Computes, once per pod, what `filter` needs from the whole cluster.
+    fn pre_filter(&self, _pod: &Pod, _nodes: &[NodeInfo]) -> CycleState {
+        None
+    }
+    fn filter(&self, pod: &Pod, node: &NodeInfo, state: &CycleState) -> Result<(), Reject>;
 }
 
-/// Ranks a feasible node from 0 to 100; `feasible` lets a plugin compare across nodes.
+/// Ranks a feasible node; `normalize` maps the raw scores of all feasible nodes to 0..=100.
 pub trait Score: Send + Sync {
     fn name(&self) -> &'static str;
     fn weight(&self) -> i64 {
         1
     }
-    fn score(&self, pod: &Pod, node: &NodeInfo, feasible: &[&NodeInfo]) -> i64;
+    fn pre_score(&self, _pod: &Pod, _nodes: &[NodeInfo], _feasible: &[&NodeInfo]) -> CycleState {
+        None
+    }
+    fn score(&self, pod: &Pod, node: &NodeInfo, state: &CycleState) -> i64;
+    fn normalize(&self, _scores: &mut [i64]) {}
+}
+
+/// Scales scores to 0..=100 by the largest (`DefaultNormalizeScore`); `reverse` makes the
+/// smallest raw score the best.
+pub fn default_normalize(scores: &mut [i64], reverse: bool) {
+    let max = scores.iter().copied().max().unwrap_or(0);
+    for s in scores.iter_mut() {
+        *s = if max == 0 {
+            if reverse { 100 } else { 0 }
+        } else if reverse {
+            100 - *s * 100 / max
+        } else {
+            *s * 100 / max
+        };
+    }
 }
 
 /// The node is Ready and accepts new pods.
@@ -58,11 +182,19 @@ pub struct NodeReady;
 
 impl Filter for NodeReady {
     fn name(&self) -> &'static str {
-        "NodeReady"
+        "NodeUnschedulable"
     }
-    fn filter(&self, _pod: &Pod, node: &NodeInfo) -> Result<(), Vec<String>> {
+    fn filter(&self, pod: &Pod, node: &NodeInfo, _: &CycleState) -> Result<(), Reject> {
         if node.node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
-            return Err(vec!["node(s) were unschedulable".into()]);
+            // Pods tolerating the unschedulable taint may still go there (DaemonSet pods).
+            let taint = Taint {
+                key: "node.kubernetes.io/unschedulable".into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            };
+            if !tolerations(pod).iter().any(|t| tolerates(t, &taint)) {
+                return Err(Reject::unresolvable("node(s) were unschedulable"));
+            }
         }
         let ready = node
             .node
@@ -74,65 +206,91 @@ impl Filter for NodeReady {
         if ready {
             Ok(())
         } else {
-            Err(vec!["node(s) were not ready".into()])
+            Err(Reject::unresolvable("node(s) were not ready"))
         }
     }
 }
 
 pub use bosun_controllers::util::tolerates;
 
-/// NoSchedule and NoExecute taints must be tolerated.
+fn tolerations(pod: &Pod) -> &[Toleration] {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or(&[])
+}
+
+fn taints(node: &NodeInfo) -> &[Taint] {
+    node.node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or(&[])
+}
+
+/// NoSchedule and NoExecute taints must be tolerated; PreferNoSchedule ones count against a
+/// node in scoring.
 pub struct TaintToleration;
 
 impl Filter for TaintToleration {
     fn name(&self) -> &'static str {
         "TaintToleration"
     }
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), Vec<String>> {
-        let tolerations = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.tolerations.as_deref())
-            .unwrap_or(&[]);
-        let taints = node
-            .node
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.as_deref())
-            .unwrap_or(&[]);
-        for taint in taints {
+    fn filter(&self, pod: &Pod, node: &NodeInfo, _: &CycleState) -> Result<(), Reject> {
+        let tolerations = tolerations(pod);
+        for taint in taints(node) {
             if !matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute") {
                 continue;
             }
             if !tolerations.iter().any(|t| tolerates(t, taint)) {
-                return Err(vec![format!(
+                return Err(Reject::unresolvable(format!(
                     "node(s) had untolerated taint {{{}: {}}}",
                     taint.key,
                     taint.value.as_deref().unwrap_or("")
-                )]);
+                )));
             }
         }
         Ok(())
     }
 }
 
-/// `spec.nodeSelector` and required node affinity on labels.
-pub struct NodeSelector;
+impl Score for TaintToleration {
+    fn name(&self) -> &'static str {
+        "TaintToleration"
+    }
+    fn weight(&self) -> i64 {
+        3
+    }
+    fn score(&self, pod: &Pod, node: &NodeInfo, _: &CycleState) -> i64 {
+        let tolerations = tolerations(pod);
+        taints(node)
+            .iter()
+            .filter(|t| t.effect == "PreferNoSchedule")
+            .filter(|taint| {
+                !tolerations.iter().any(|t| {
+                    t.effect.as_deref().is_none_or(str::is_empty) || t.effect.as_deref() == Some("PreferNoSchedule")
+                } && tolerates(t, taint))
+            })
+            .count() as i64
+    }
+    fn normalize(&self, scores: &mut [i64]) {
+        default_normalize(scores, true);
+    }
+}
 
-fn match_expression(
-    labels: &BTreeMap<String, String>,
-    e: &k8s_openapi::api::core::v1::NodeSelectorRequirement,
-) -> bool {
-    let v = labels.get(&e.key);
+/// `spec.nodeSelector` and node affinity (required terms filter, preferred terms score).
+pub struct NodeAffinity;
+
+fn match_expression(value: Option<&String>, e: &NodeSelectorRequirement) -> bool {
     let values = e.values.as_deref().unwrap_or(&[]);
     match e.operator.as_str() {
-        "In" => v.is_some_and(|v| values.contains(v)),
-        "NotIn" => v.is_none_or(|v| !values.contains(v)),
-        "Exists" => v.is_some(),
-        "DoesNotExist" => v.is_none(),
+        "In" => value.is_some_and(|v| values.contains(v)),
+        "NotIn" => value.is_none_or(|v| !values.contains(v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
         "Gt" | "Lt" => {
             let (Some(v), Some(bound)) = (
-                v.and_then(|v| v.parse::<i64>().ok()),
+                value.and_then(|v| v.parse::<i64>().ok()),
                 values.first().and_then(|b| b.parse::<i64>().ok()),
             ) else {
                 return false;
@@ -147,19 +305,36 @@ fn match_expression(
     }
 }
 
-impl Filter for NodeSelector {
-    fn name(&self) -> &'static str {
-        "NodeAffinity"
+/// A node selector term: expressions on labels and fields (only `metadata.name` exists),
+/// ANDed. A term with neither matches nothing, as upstream.
+pub fn term_matches(term: &NodeSelectorTerm, node: &NodeInfo) -> bool {
+    let exprs = term.match_expressions.as_deref().unwrap_or(&[]);
+    let fields = term.match_fields.as_deref().unwrap_or(&[]);
+    if exprs.is_empty() && fields.is_empty() {
+        return false;
     }
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), Vec<String>> {
-        let empty = BTreeMap::new();
-        let labels = node.node.metadata.labels.as_ref().unwrap_or(&empty);
-        let spec = pod.spec.as_ref();
-        let selector_ok = spec
-            .and_then(|s| s.node_selector.as_ref())
-            .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
-        // Terms are ORed; expressions within a term ANDed.
-        let affinity_ok = spec
+    let labels = node.labels();
+    let name = node.name().to_string();
+    exprs
+        .iter()
+        .all(|e| match_expression(labels.get(&e.key), e))
+        && fields.iter().all(|f| {
+            f.key == "metadata.name"
+                && matches!(f.operator.as_str(), "In" | "NotIn")
+                && match_expression(Some(&name), f)
+        })
+}
+
+/// Whether the node passes the pod's nodeSelector and required node affinity.
+pub fn node_matches(pod: &Pod, node: &NodeInfo) -> bool {
+    let labels = node.labels();
+    let spec = pod.spec.as_ref();
+    let selector_ok = spec
+        .and_then(|s| s.node_selector.as_ref())
+        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    // Terms are ORed; expressions within a term ANDed.
+    selector_ok
+        && spec
             .and_then(|s| s.affinity.as_ref())
             .and_then(|a| a.node_affinity.as_ref())
             .and_then(|a| {
@@ -167,20 +342,51 @@ impl Filter for NodeSelector {
                     .as_ref()
             })
             .is_none_or(|req| {
-                req.node_selector_terms.iter().any(|t| {
-                    t.match_expressions
-                        .iter()
-                        .flatten()
-                        .all(|e| match_expression(labels, e))
-                })
-            });
-        if selector_ok && affinity_ok {
+                req.node_selector_terms
+                    .iter()
+                    .any(|t| term_matches(t, node))
+            })
+}
+
+impl Filter for NodeAffinity {
+    fn name(&self) -> &'static str {
+        "NodeAffinity"
+    }
+    fn filter(&self, pod: &Pod, node: &NodeInfo, _: &CycleState) -> Result<(), Reject> {
+        if node_matches(pod, node) {
             Ok(())
         } else {
-            Err(vec![
-                "node(s) didn't match Pod's node affinity/selector".into(),
-            ])
+            Err(Reject::unresolvable(
+                "node(s) didn't match Pod's node affinity/selector",
+            ))
         }
+    }
+}
+
+impl Score for NodeAffinity {
+    fn name(&self) -> &'static str {
+        "NodeAffinity"
+    }
+    fn weight(&self) -> i64 {
+        2
+    }
+    fn score(&self, pod: &Pod, node: &NodeInfo, _: &CycleState) -> i64 {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .into_iter()
+            .flatten()
+            .filter(|t| t.weight != 0 && term_matches(&t.preference, node))
+            .map(|t| i64::from(t.weight))
+            .sum()
+    }
+    fn normalize(&self, scores: &mut [i64]) {
+        default_normalize(scores, false);
     }
 }
 
@@ -191,10 +397,10 @@ impl Filter for ResourcesFit {
     fn name(&self) -> &'static str {
         "NodeResourcesFit"
     }
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), Vec<String>> {
+    fn filter(&self, pod: &Pod, node: &NodeInfo, _: &CycleState) -> Result<(), Reject> {
         let want = pod_requests(pod);
-        let have = allocatable(&node.node);
-        let used = node.requested();
+        let have = node.allocatable;
+        let used = node.requested;
         let mut reasons = Vec::new();
         if used.pods + 1 > have.pods {
             reasons.push("Too many pods".to_string());
@@ -208,12 +414,15 @@ impl Filter for ResourcesFit {
         if reasons.is_empty() {
             Ok(())
         } else {
-            Err(reasons)
+            Err(Reject {
+                reasons,
+                unresolvable: false,
+            })
         }
     }
 }
 
-fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
+pub fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
     pod.spec
         .iter()
         .flat_map(|s| {
@@ -241,7 +450,7 @@ impl Filter for HostPorts {
     fn name(&self) -> &'static str {
         "NodePorts"
     }
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), Vec<String>> {
+    fn filter(&self, pod: &Pod, node: &NodeInfo, _: &CycleState) -> Result<(), Reject> {
         let wanted = host_ports(pod);
         if wanted.is_empty() {
             return Ok(());
@@ -255,12 +464,20 @@ impl Filter for HostPorts {
             })
         });
         if conflict {
-            Err(vec![
-                "node(s) didn't have free ports for the requested pod ports".into(),
-            ])
+            Err(Reject::resolvable(
+                "node(s) didn't have free ports for the requested pod ports",
+            ))
         } else {
             Ok(())
         }
+    }
+}
+
+fn fraction(cap: i64, req: i64) -> f64 {
+    if cap <= 0 {
+        1.0
+    } else {
+        (req as f64 / cap as f64).min(1.0)
     }
 }
 
@@ -269,11 +486,11 @@ pub struct LeastAllocated;
 
 impl Score for LeastAllocated {
     fn name(&self) -> &'static str {
-        "NodeResourcesLeastAllocated"
+        "NodeResourcesFit"
     }
-    fn score(&self, pod: &Pod, node: &NodeInfo, _feasible: &[&NodeInfo]) -> i64 {
-        let have = allocatable(&node.node);
-        let mut used = node.nonzero_requested();
+    fn score(&self, pod: &Pod, node: &NodeInfo, _: &CycleState) -> i64 {
+        let have = node.allocatable;
+        let mut used = node.nonzero;
         used.add(&nonzero_requests(pod));
         let part = |cap: i64, req: i64| {
             if cap <= 0 || req > cap {
@@ -286,108 +503,170 @@ impl Score for LeastAllocated {
     }
 }
 
-fn owner_uid(p: &Pod) -> Option<&str> {
-    p.metadata
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|r| r.controller == Some(true))
-        .map(|r| r.uid.as_str())
-}
+/// Prefers nodes whose CPU and memory would be used in equal shares
+/// (`NodeResourcesBalancedAllocation`).
+pub struct BalancedAllocation;
 
-/// Spreads pods of the same controller (ReplicaSet ...) across nodes (`SelectorSpread`).
-pub struct SpreadByOwner;
-
-impl Score for SpreadByOwner {
+impl Score for BalancedAllocation {
     fn name(&self) -> &'static str {
-        "SelectorSpread"
+        "NodeResourcesBalancedAllocation"
     }
-    fn weight(&self) -> i64 {
-        2
-    }
-    fn score(&self, pod: &Pod, node: &NodeInfo, feasible: &[&NodeInfo]) -> i64 {
-        let Some(owner) = owner_uid(pod) else {
-            return 100;
-        };
-        let count = |n: &NodeInfo| {
-            n.pods
-                .iter()
-                .filter(|p| owner_uid(p) == Some(owner))
-                .count() as i64
-        };
-        let max = feasible.iter().map(|n| count(n)).max().unwrap_or(0);
-        if max == 0 {
-            return 100;
-        }
-        100 * (max - count(node)) / max
+    fn score(&self, pod: &Pod, node: &NodeInfo, _: &CycleState) -> i64 {
+        let have = node.allocatable;
+        let mut used = node.nonzero;
+        used.add(&nonzero_requests(pod));
+        let cpu = fraction(have.milli_cpu, used.milli_cpu);
+        let mem = fraction(have.memory, used.memory);
+        // Standard deviation of two fractions is half their distance.
+        ((1.0 - (cpu - mem).abs() / 2.0) * 100.0) as i64
     }
 }
 
 pub fn default_filters() -> Vec<Box<dyn Filter>> {
     vec![
         Box::new(NodeReady),
-        Box::new(NodeSelector),
         Box::new(TaintToleration),
-        Box::new(ResourcesFit),
+        Box::new(NodeAffinity),
         Box::new(HostPorts),
+        Box::new(ResourcesFit),
+        Box::new(PodTopologySpread),
+        Box::new(InterPodAffinity),
     ]
 }
 
 pub fn default_scores() -> Vec<Box<dyn Score>> {
-    vec![Box::new(LeastAllocated), Box::new(SpreadByOwner)]
+    vec![
+        Box::new(TaintToleration),
+        Box::new(NodeAffinity),
+        Box::new(LeastAllocated),
+        Box::new(BalancedAllocation),
+        Box::new(InterPodAffinity),
+        Box::new(PodTopologySpread),
+        Box::new(DefaultSpread),
+    ]
+}
+
+/// Why a pod fits nowhere: the filter reasons counted over nodes, and the nodes where
+/// removing pods could help (the rest failed for unresolvable reasons).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Diagnosis {
+    pub nodes: usize,
+    pub reasons: BTreeMap<String, usize>,
+    pub resolvable: Vec<String>,
+}
+
+impl Diagnosis {
+    /// "0/N nodes are available: 2 Insufficient cpu, 1 node(s) had untolerated taint {k: v}."
+    pub fn message(&self) -> String {
+        let mut msg = format!("0/{} nodes are available", self.nodes);
+        if !self.reasons.is_empty() {
+            msg.push_str(": ");
+            msg.push_str(&histogram(&self.reasons));
+        }
+        msg.push('.');
+        msg
+    }
+}
+
+/// "2 Insufficient cpu, 1 node(s) ..." sorted as strings, count included, as upstream does.
+pub fn histogram(reasons: &BTreeMap<String, usize>) -> String {
+    let mut parts: Vec<String> = reasons.iter().map(|(r, c)| format!("{c} {r}")).collect();
+    parts.sort();
+    parts.join(", ")
 }
 
 /// Outcome of scheduling one pod.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Placement {
     Node(String),
-    /// The "0/N nodes are available: ..." message.
-    Unschedulable(String),
+    Unschedulable(Diagnosis),
 }
 
-/// Runs filters then scores over `nodes`; ties go to the node whose name sorts first.
+/// How many feasible nodes are enough before scoring (`percentageOfNodesToScore`'s adaptive
+/// default: 50% minus 1% per 125 nodes, at least 5% and at least 100 nodes).
+pub fn nodes_to_find(total: usize) -> usize {
+    if total <= 100 {
+        return total;
+    }
+    let pct = (50 - (total / 125) as i64).max(5) as usize;
+    (total * pct / 100).max(100)
+}
+
+/// Runs filters over the nodes (starting at `start`, stopping once enough are feasible),
+/// then scores the feasible ones; ties go to the node whose name sorts first.
+pub fn place_from(
+    pod: &Pod,
+    nodes: &[NodeInfo],
+    filters: &[Box<dyn Filter>],
+    scores: &[Box<dyn Score>],
+    start: usize,
+) -> (Placement, usize) {
+    let states: Vec<CycleState> = filters.iter().map(|f| f.pre_filter(pod, nodes)).collect();
+    let mut diagnosis = Diagnosis {
+        nodes: nodes.len(),
+        ..Default::default()
+    };
+    let want = nodes_to_find(nodes.len());
+    let mut feasible: Vec<&NodeInfo> = Vec::new();
+    let mut processed = 0;
+    for i in 0..nodes.len() {
+        processed += 1;
+        let n = &nodes[(start + i) % nodes.len()];
+        // The first failing filter explains a node, as upstream reports it.
+        match filters
+            .iter()
+            .zip(&states)
+            .find_map(|(f, s)| f.filter(pod, n, s).err())
+        {
+            Some(rej) => {
+                for r in rej.reasons {
+                    *diagnosis.reasons.entry(r).or_default() += 1;
+                }
+                if !rej.unresolvable {
+                    diagnosis.resolvable.push(n.name().to_string());
+                }
+            }
+            None => {
+                feasible.push(n);
+                if feasible.len() >= want {
+                    break;
+                }
+            }
+        }
+    }
+    if feasible.is_empty() {
+        return (Placement::Unschedulable(diagnosis), processed);
+    }
+    if feasible.len() == 1 {
+        return (Placement::Node(feasible[0].name().to_string()), processed);
+    }
+    let mut totals = vec![0i64; feasible.len()];
+    for s in scores {
+        let state = s.pre_score(pod, nodes, &feasible);
+        let mut raw: Vec<i64> = feasible.iter().map(|n| s.score(pod, n, &state)).collect();
+        s.normalize(&mut raw);
+        for (t, r) in totals.iter_mut().zip(raw) {
+            *t += s.weight() * r;
+        }
+    }
+    let best = feasible
+        .iter()
+        .zip(totals)
+        .map(|(n, t)| (t, n.name()))
+        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+        .map(|(_, name)| name.to_string())
+        .unwrap_or_default();
+    (Placement::Node(best), processed)
+}
+
+/// [`place_from`] over every node from the first.
 pub fn place(
     pod: &Pod,
     nodes: &[NodeInfo],
     filters: &[Box<dyn Filter>],
     scores: &[Box<dyn Score>],
 ) -> Placement {
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut feasible: Vec<&NodeInfo> = Vec::new();
-    for n in nodes {
-        // The first failing filter explains a node, as upstream reports it.
-        match filters.iter().find_map(|f| f.filter(pod, n).err()) {
-            Some(rs) => {
-                for r in rs {
-                    *reasons.entry(r).or_default() += 1;
-                }
-            }
-            None => feasible.push(n),
-        }
-    }
-    if feasible.is_empty() {
-        let mut msg = format!("0/{} nodes are available", nodes.len());
-        if !reasons.is_empty() {
-            let parts: Vec<String> = reasons.iter().map(|(r, c)| format!("{c} {r}")).collect();
-            msg.push_str(": ");
-            msg.push_str(&parts.join(", "));
-        }
-        msg.push('.');
-        return Placement::Unschedulable(msg);
-    }
-    let best = feasible
-        .iter()
-        .map(|n| {
-            let total: i64 = scores
-                .iter()
-                .map(|s| s.weight() * s.score(pod, n, &feasible))
-                .sum();
-            (total, n.name())
-        })
-        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
-        .map(|(_, name)| name.to_string())
-        .unwrap_or_default();
-    Placement::Node(best)
+    place_from(pod, nodes, filters, scores, 0).0
 }
 
 #[cfg(test)]
@@ -455,22 +734,26 @@ mod tests {
     }
 
     fn info(n: Node, pods: Vec<Pod>) -> NodeInfo {
-        NodeInfo {
-            node: Arc::new(n),
-            pods: pods.into_iter().map(Arc::new).collect(),
-        }
+        NodeInfo::new(Arc::new(n), pods.into_iter().map(Arc::new).collect())
     }
 
     fn run(p: &Pod, nodes: &[NodeInfo]) -> Placement {
         place(p, nodes, &default_filters(), &default_scores())
     }
 
+    fn why(p: &Pod, nodes: &[NodeInfo]) -> String {
+        match run(p, nodes) {
+            Placement::Unschedulable(d) => d.message(),
+            other => panic!("scheduled: {other:?}"),
+        }
+    }
+
     #[test]
     fn insufficient_cpu_message() {
         let nodes = [info(node("n1", "1", "1Gi"), vec![pod("800m", "100Mi")])];
         assert_eq!(
-            run(&pod("500m", "10Mi"), &nodes),
-            Placement::Unschedulable("0/1 nodes are available: 1 Insufficient cpu.".into())
+            why(&pod("500m", "10Mi"), &nodes),
+            "0/1 nodes are available: 1 Insufficient cpu."
         );
         assert_eq!(
             run(&pod("200m", "10Mi"), &nodes),
@@ -502,11 +785,8 @@ mod tests {
             info(unready, vec![]),
         ];
         assert_eq!(
-            run(&pod("2", "128Mi"), &nodes),
-            Placement::Unschedulable(
-                "0/3 nodes are available: 1 Insufficient cpu, 1 Insufficient memory, 1 node(s) had untolerated taint {dedicated: db}, 1 node(s) were not ready."
-                    .into()
-            )
+            why(&pod("2", "128Mi"), &nodes),
+            "0/3 nodes are available: 1 Insufficient cpu, 1 Insufficient memory, 1 node(s) had untolerated taint {dedicated: db}, 1 node(s) were not ready."
         );
     }
 
@@ -559,11 +839,8 @@ mod tests {
         p.spec.as_mut().unwrap().node_selector =
             Some([("disk".to_string(), "ssd".to_string())].into());
         assert_eq!(
-            run(&p, &nodes),
-            Placement::Unschedulable(
-                "0/3 nodes are available: 2 node(s) didn't match Pod's node affinity/selector, 1 node(s) were unschedulable."
-                    .into()
-            )
+            why(&p, &nodes),
+            "0/3 nodes are available: 1 node(s) were unschedulable, 2 node(s) didn't match Pod's node affinity/selector."
         );
     }
 
@@ -583,13 +860,13 @@ mod tests {
             node("n1", "4", "4Gi"),
             vec![with_port(Some("10.0.0.1"), 8080)],
         );
-        assert!(HostPorts.filter(&with_port(None, 8080), &n).is_err());
+        assert!(HostPorts.filter(&with_port(None, 8080), &n, &None).is_err());
         assert!(
             HostPorts
-                .filter(&with_port(Some("10.0.0.2"), 8080), &n)
+                .filter(&with_port(Some("10.0.0.2"), 8080), &n, &None)
                 .is_ok()
         );
-        assert!(HostPorts.filter(&with_port(None, 8081), &n).is_ok());
+        assert!(HostPorts.filter(&with_port(None, 8081), &n, &None).is_ok());
     }
 
     #[test]
@@ -597,8 +874,7 @@ mod tests {
         let busy = info(node("a", "2", "2Gi"), vec![pod("1500m", "1Gi")]);
         let idle = info(node("b", "2", "2Gi"), vec![]);
         let p = pod("100m", "100Mi");
-        let f = [&busy, &idle];
-        assert!(LeastAllocated.score(&p, &idle, &f) > LeastAllocated.score(&p, &busy, &f));
+        assert!(LeastAllocated.score(&p, &idle, &None) > LeastAllocated.score(&p, &busy, &None));
         assert_eq!(
             run(&p, &[busy.clone(), idle.clone()]),
             Placement::Node("b".into())
@@ -624,8 +900,13 @@ mod tests {
         let a = info(node("a", "8", "8Gi"), vec![owned("x")]);
         let b = info(node("b", "2", "2Gi"), vec![pod("100m", "100Mi")]);
         let f = [&a, &b];
-        assert_eq!(SpreadByOwner.score(&owned("y"), &a, &f), 0);
-        assert_eq!(SpreadByOwner.score(&owned("y"), &b, &f), 100);
+        let st = DefaultSpread.pre_score(&owned("y"), &[], &f);
+        let mut s = vec![
+            DefaultSpread.score(&owned("y"), &a, &st),
+            DefaultSpread.score(&owned("y"), &b, &st),
+        ];
+        DefaultSpread.normalize(&mut s);
+        assert!(s[1] > s[0], "{s:?}");
         assert_eq!(run(&owned("y"), &[a, b]), Placement::Node("b".into()));
     }
 

@@ -20,6 +20,12 @@ impl Resources {
         self.memory += o.memory;
         self.pods += o.pods;
     }
+
+    pub fn sub(&mut self, o: &Resources) {
+        self.milli_cpu -= o.milli_cpu;
+        self.memory -= o.memory;
+        self.pods -= o.pods;
+    }
 }
 
 fn quantity(map: Option<&BTreeMap<String, Quantity>>, key: &str, scale: f64) -> i64 {

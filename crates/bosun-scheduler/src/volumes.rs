@@ -13,7 +13,7 @@ use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio_util::sync::CancellationToken;
 
-use crate::plugins::{Filter, NodeInfo};
+use crate::plugins::{CycleState, Filter, NodeInfo, Reject};
 
 pub struct VolumeBinding {
     claims: Store<PersistentVolumeClaim>,
@@ -46,7 +46,7 @@ impl Filter for VolumeBinding {
         "VolumeBinding"
     }
 
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), Vec<String>> {
+    fn filter(&self, pod: &Pod, node: &NodeInfo, _: &CycleState) -> Result<(), Reject> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let mut reasons = Vec::new();
         let claims = pod
@@ -87,7 +87,11 @@ impl Filter for VolumeBinding {
         if reasons.is_empty() {
             Ok(())
         } else {
-            Err(reasons)
+            // No preemption moves a volume (`UnschedulableAndUnresolvable` upstream).
+            Err(Reject {
+                reasons,
+                unresolvable: true,
+            })
         }
     }
 }
@@ -115,13 +119,13 @@ mod tests {
     fn node(name: &str) -> NodeInfo {
         let mut m = meta(name, None);
         m.labels = Some([("kubernetes.io/hostname".to_string(), name.to_string())].into());
-        NodeInfo {
-            node: Arc::new(Node {
+        NodeInfo::new(
+            Arc::new(Node {
                 metadata: m,
                 ..Default::default()
             }),
-            pods: Vec::new(),
-        }
+            Vec::new(),
+        )
     }
 
     #[test]
@@ -171,12 +175,14 @@ mod tests {
             }),
             status: None,
         };
-        assert!(f.filter(&pod("data"), &node("n1")).is_ok());
+        assert!(f.filter(&pod("data"), &node("n1"), &None).is_ok());
         assert_eq!(
-            f.filter(&pod("data"), &node("n2")).unwrap_err(),
+            f.filter(&pod("data"), &node("n2"), &None)
+                .unwrap_err()
+                .reasons,
             vec!["node(s) had volume node affinity conflict".to_string()]
         );
         // A claim not seen yet does not block.
-        assert!(f.filter(&pod("other"), &node("n2")).is_ok());
+        assert!(f.filter(&pod("other"), &node("n2"), &None).is_ok());
     }
 }

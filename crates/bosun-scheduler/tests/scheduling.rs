@@ -94,7 +94,9 @@ async fn binds_fitting_pods_and_reports_unschedulable_ones() {
     assert_eq!(cond.reason.as_deref(), Some("Unschedulable"));
     assert_eq!(
         cond.message.as_deref(),
-        Some("0/1 nodes are available: 1 Insufficient cpu.")
+        Some(
+            "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
+        )
     );
     assert!(node_of(&pods.get("big").await.unwrap()).is_none());
     let events: Api<Event> = Api::default_namespaced(client.clone());
@@ -192,6 +194,251 @@ async fn back_to_back_pods_do_not_overcommit_a_node() {
     .await;
     assert_eq!(
         cond.message.as_deref(),
-        Some("0/2 nodes are available: 2 Insufficient cpu.")
+        Some(
+            "0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod."
+        )
+    );
+}
+
+async fn start() -> (Client, CancellationToken, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("s.redb"), RedbOptions::default()).unwrap();
+    let server = ApiServer::new(ApiServerConfig::new(store, "token", ""))
+        .await
+        .unwrap();
+    (
+        Client::new(server.router(), "default"),
+        CancellationToken::new(),
+        dir,
+    )
+}
+
+fn scheduler(client: &Client, shutdown: &CancellationToken) {
+    let (c, s) = (client.clone(), shutdown.clone());
+    tokio::spawn(async move { bosun_scheduler::run(c, s).await.unwrap() });
+}
+
+async fn condition(
+    pods: &Api<Pod>,
+    name: &str,
+) -> Option<k8s_openapi::api::core::v1::PodCondition> {
+    pods.get(name)
+        .await
+        .ok()?
+        .status?
+        .conditions?
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+}
+
+#[tokio::test]
+async fn anti_affinity_spreads_one_per_node_and_retries_when_a_pod_goes() {
+    let (client, shutdown, _dir) = start().await;
+    let _stop = shutdown.clone().drop_guard();
+    add_node(&client, "a", "4", "8Gi").await;
+    add_node(&client, "b", "4", "8Gi").await;
+    scheduler(&client, &shutdown);
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let web = |name: &str| -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": "web"}},
+            "spec": {"runtimeClassName": "process",
+                "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": {"matchLabels": {"app": "web"}},
+                     "topologyKey": "kubernetes.io/hostname"}]}},
+                "containers": [{"name": "main", "command": ["/bin/sleep", "1000"]}]}}))
+        .unwrap()
+    };
+    for n in ["w0", "w1", "w2"] {
+        pods.create(&PostParams::default(), &web(n)).await.unwrap();
+    }
+    let cond = eventually("one replica Pending", || async {
+        for n in ["w0", "w1", "w2"] {
+            if let Some(c) = condition(&pods, n).await {
+                return Some((n, c));
+            }
+        }
+        None
+    })
+    .await;
+    assert_eq!(cond.1.reason.as_deref(), Some("Unschedulable"));
+    assert_eq!(
+        cond.1.message.as_deref(),
+        Some(
+            "0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod."
+        )
+    );
+    let mut placed = Vec::new();
+    for n in ["w0", "w1", "w2"].into_iter().filter(|n| *n != cond.0) {
+        placed.push((n, node_of(&pods.get(n).await.unwrap()).unwrap()));
+    }
+    assert_ne!(placed[0].1, placed[1].1);
+    // One replica goes away: the pending one takes its node.
+    pods.delete(
+        placed[0].0,
+        &kube::api::DeleteParams::default().grace_period(0),
+    )
+    .await
+    .unwrap();
+    let bound = eventually("pending replica bound after a pod left", || async {
+        node_of(&pods.get(cond.0).await.ok()?)
+    })
+    .await;
+    assert_eq!(bound, placed[0].1);
+}
+
+#[tokio::test]
+async fn priority_classes_and_preemption() {
+    let (client, shutdown, _dir) = start().await;
+    let _stop = shutdown.clone().drop_guard();
+    let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> = Api::all(client.clone());
+    // Built in, as in every Kubernetes cluster.
+    assert_eq!(
+        classes.get("system-node-critical").await.unwrap().value,
+        2_000_001_000
+    );
+    assert_eq!(
+        classes.get("system-cluster-critical").await.unwrap().value,
+        2_000_000_000
+    );
+    for (name, value, default) in [("low", 100, true), ("high", 1000, false)] {
+        let pc = serde_json::from_value(json!({"metadata": {"name": name}, "value": value,
+            "globalDefault": default}))
+        .unwrap();
+        classes.create(&PostParams::default(), &pc).await.unwrap();
+    }
+    // Only one global default; user classes stay at or below one billion.
+    let second: k8s_openapi::api::scheduling::v1::PriorityClass = serde_json::from_value(
+        json!({"metadata": {"name": "other"}, "value": 5, "globalDefault": true}),
+    )
+    .unwrap();
+    let err = classes
+        .create(&PostParams::default(), &second)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("PriorityClass low is already marked as default"),
+        "{err}"
+    );
+    let huge: k8s_openapi::api::scheduling::v1::PriorityClass =
+        serde_json::from_value(json!({"metadata": {"name": "huge"}, "value": 2_000_000_000}))
+            .unwrap();
+    let err = classes
+        .create(&PostParams::default(), &huge)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("maximum allowed value of a user defined priority is 1000000000"),
+        "{err}"
+    );
+
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let mut missing = pod("nope", "10m");
+    missing.spec.as_mut().unwrap().priority_class_name = Some("missing".into());
+    let err = pods
+        .create(&PostParams::default(), &missing)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no PriorityClass with name missing was found"),
+        "{err}"
+    );
+    let mut forged = pod("forged", "10m");
+    forged.spec.as_mut().unwrap().priority_class_name = Some("high".into());
+    forged.spec.as_mut().unwrap().priority = Some(7);
+    let err = pods
+        .create(&PostParams::default(), &forged)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the integer value of priority (7) must not be provided"),
+        "{err}"
+    );
+
+    add_node(&client, "only", "1", "4Gi").await;
+    scheduler(&client, &shutdown);
+    // The global default applies to a pod without a class.
+    let victim = pods
+        .create(&PostParams::default(), &pod("victim", "800m"))
+        .await
+        .unwrap();
+    let spec = victim.spec.as_ref().unwrap();
+    assert_eq!(
+        (spec.priority_class_name.as_deref(), spec.priority),
+        (Some("low"), Some(100))
+    );
+    eventually("victim bound", || async {
+        node_of(&pods.get("victim").await.ok()?)
+    })
+    .await;
+
+    let mut vip = pod("vip", "800m");
+    vip.spec.as_mut().unwrap().priority_class_name = Some("high".into());
+    let vip = pods.create(&PostParams::default(), &vip).await.unwrap();
+    assert_eq!(vip.spec.as_ref().unwrap().priority, Some(1000));
+    // The victim is marked and deleted gracefully; the preemptor is nominated to its node.
+    let doomed = eventually("victim terminating", || async {
+        let p = pods.get("victim").await.ok()?;
+        p.metadata.deletion_timestamp.is_some().then_some(p)
+    })
+    .await;
+    let target = doomed
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "DisruptionTarget")
+        .expect("DisruptionTarget condition");
+    assert_eq!(target.reason.as_deref(), Some("PreemptionByScheduler"));
+    let nominated = eventually("nominated node", || async {
+        pods.get("vip").await.ok()?.status?.nominated_node_name
+    })
+    .await;
+    assert_eq!(nominated, "only");
+    assert!(node_of(&pods.get("vip").await.unwrap()).is_none());
+    // The kubelet's part: the victim's containers stopped, the pod is removed.
+    pods.delete(
+        "victim",
+        &kube::api::DeleteParams::default().grace_period(0),
+    )
+    .await
+    .unwrap();
+    let bound = eventually("preemptor bound", || async {
+        node_of(&pods.get("vip").await.ok()?)
+    })
+    .await;
+    assert_eq!(bound, "only");
+    let events: Api<Event> = Api::default_namespaced(client.clone());
+    eventually("Preempted event", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("Preempted")
+                    && e.involved_object.name.as_deref() == Some("victim")
+            })
+    })
+    .await;
+
+    // A lower-priority pod never preempts: it waits with upstream's message.
+    let mut small = pod("small", "800m");
+    small.spec.as_mut().unwrap().priority_class_name = Some("low".into());
+    pods.create(&PostParams::default(), &small).await.unwrap();
+    let cond = eventually("small pending", || async {
+        condition(&pods, "small").await
+    })
+    .await;
+    assert_eq!(
+        cond.message.as_deref(),
+        Some(
+            "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
+        )
     );
 }

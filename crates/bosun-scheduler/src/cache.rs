@@ -1,0 +1,163 @@
+//! The scheduler's view of nodes and the pods on them, kept up to date from the informers'
+//! events (not rebuilt per decision), plus pods this scheduler has bound but the informer
+//! has not shown bound yet ("assumed", as kube-scheduler's cache calls them).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+
+use crate::plugins::NodeInfo;
+
+fn node_of(p: &Pod) -> Option<&str> {
+    let finished = matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    if finished {
+        return None;
+    }
+    p.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
+#[derive(Default)]
+pub struct Cache {
+    /// Sorted by name, so that decisions are reproducible.
+    nodes: Vec<NodeInfo>,
+    index: HashMap<String, usize>,
+    /// Every pod counted on a node (bound or assumed): uid -> (node, pod).
+    pods: HashMap<String, (String, Arc<Pod>)>,
+    assumed: HashMap<String, Instant>,
+}
+
+impl Cache {
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.index.get(name).map(|i| &self.nodes[*i])
+    }
+
+    fn reindex(&mut self) {
+        self.index = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name().to_string(), i))
+            .collect();
+    }
+
+    pub fn set_node(&mut self, node: Arc<Node>) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        if let Some(i) = self.index.get(&name) {
+            self.nodes[*i].set_node(node);
+            return;
+        }
+        let pods = self
+            .pods
+            .values()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, p)| p.clone())
+            .collect();
+        self.nodes.push(NodeInfo::new(node, pods));
+        self.nodes.sort_by(|a, b| a.name().cmp(b.name()));
+        self.reindex();
+    }
+
+    pub fn remove_node(&mut self, name: &str) {
+        if self.index.contains_key(name) {
+            self.nodes.retain(|n| n.name() != name);
+            self.reindex();
+        }
+    }
+
+    fn unlink(&mut self, uid: &str) {
+        if let Some((node, _)) = self.pods.remove(uid)
+            && let Some(i) = self.index.get(&node)
+        {
+            self.nodes[*i].remove_pod(uid);
+        }
+    }
+
+    fn link(&mut self, node: &str, pod: Arc<Pod>) {
+        let Some(uid) = pod.metadata.uid.clone() else {
+            return;
+        };
+        if let Some(i) = self.index.get(node) {
+            self.nodes[*i].add_pod(pod.clone());
+        }
+        self.pods.insert(uid, (node.to_string(), pod));
+    }
+
+    /// The latest version of a pod from the informer. Returns whether it counts on a node.
+    pub fn update_pod(&mut self, pod: Arc<Pod>) -> bool {
+        let Some(uid) = pod.metadata.uid.clone() else {
+            return false;
+        };
+        let node = node_of(&pod).map(str::to_string);
+        if self.assumed.contains_key(&uid) {
+            if node.is_none() && pod.metadata.deletion_timestamp.is_none() {
+                // The informer has not seen our binding yet: keep the assumption.
+                return true;
+            }
+            self.assumed.remove(&uid);
+        }
+        self.unlink(&uid);
+        match node {
+            Some(n) => {
+                self.link(&n, pod);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A pod is gone.
+    pub fn remove_pod(&mut self, uid: &str) -> bool {
+        self.assumed.remove(uid);
+        let had = self.pods.contains_key(uid);
+        self.unlink(uid);
+        had
+    }
+
+    /// Counts `pod` on `node` before the binding is seen.
+    pub fn assume(&mut self, mut pod: Pod, node: &str) {
+        let Some(uid) = pod.metadata.uid.clone() else {
+            return;
+        };
+        pod.spec.get_or_insert_with(Default::default).node_name = Some(node.to_string());
+        self.unlink(&uid);
+        self.link(node, Arc::new(pod));
+        self.assumed.insert(uid, Instant::now());
+    }
+
+    /// Drops an assumption whose binding failed.
+    pub fn forget(&mut self, uid: &str) {
+        if self.assumed.remove(uid).is_some() {
+            self.unlink(uid);
+        }
+    }
+
+    /// Whether the pod is counted on a node already (bound or assumed).
+    pub fn placed(&self, uid: &str) -> bool {
+        self.pods.contains_key(uid)
+    }
+
+    /// Drops assumptions older than `ttl` (a binding that never showed up).
+    pub fn expire(&mut self, ttl: Duration) {
+        let old: Vec<String> = self
+            .assumed
+            .iter()
+            .filter(|(_, at)| at.elapsed() > ttl)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for uid in old {
+            self.forget(&uid);
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! One test per scheduling feature, on decisions alone (no API server).
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use serde_json::{Value, json};
+
+use crate::plugins::{NodeInfo, Placement, default_filters, default_scores, place};
+use crate::preempt;
+
+fn node(name: &str, zone: &str, cpu: &str, extra: Value) -> Node {
+    let mut v = json!({"metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name, "topology.kubernetes.io/zone": zone}},
+        "spec": {},
+        "status": {"allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True"}]}});
+    merge(&mut v, extra);
+    serde_json::from_value(v).unwrap()
+}
+
+fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+fn pod(name: &str, labels: Value, spec: Value) -> Pod {
+    let mut v = json!({"metadata": {"name": name, "namespace": "default", "uid": name,
+            "labels": labels},
+        "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "100m"}}}]}});
+    merge(&mut v, json!({"spec": spec}));
+    serde_json::from_value(v).unwrap()
+}
+
+fn info(n: Node, pods: Vec<Pod>) -> NodeInfo {
+    NodeInfo::new(Arc::new(n), pods.into_iter().map(Arc::new).collect())
+}
+
+fn decide(p: &Pod, nodes: &[NodeInfo]) -> Result<String, String> {
+    match place(p, nodes, &default_filters(), &default_scores()) {
+        Placement::Node(n) => Ok(n),
+        Placement::Unschedulable(d) => Err(d.message()),
+    }
+}
+
+fn three_zones() -> Vec<Node> {
+    vec![
+        node("a", "z1", "4", json!({})),
+        node("b", "z2", "4", json!({})),
+        node("c", "z3", "4", json!({})),
+    ]
+}
+
+#[test]
+fn required_and_preferred_node_affinity() {
+    let nodes: Vec<NodeInfo> = three_zones().into_iter().map(|n| info(n, vec![])).collect();
+    let req = pod(
+        "p",
+        json!({}),
+        json!({"affinity": {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In",
+                "values": ["z2", "z3"]}]}]},
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 50, "preference": {"matchExpressions": [
+                {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["z3"]}]}}]}}}),
+    );
+    assert_eq!(decide(&req, &nodes), Ok("c".into()));
+    // matchFields on the node name.
+    let by_name = pod(
+        "p",
+        json!({}),
+        json!({"affinity": {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["b"]}]}]}}}}),
+    );
+    assert_eq!(decide(&by_name, &nodes), Ok("b".into()));
+    let none = pod(
+        "p",
+        json!({}),
+        json!({"affinity": {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "disk", "operator": "Exists"}]}]}}}}),
+    );
+    assert_eq!(
+        decide(&none, &nodes),
+        Err("0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.".into())
+    );
+}
+
+#[test]
+fn prefer_no_schedule_taints_are_avoided() {
+    let taint = json!({"spec": {"taints": [{"key": "spot", "value": "yes", "effect": "PreferNoSchedule"}]}});
+    let nodes = [
+        info(node("a", "z1", "4", taint.clone()), vec![]),
+        info(node("b", "z1", "4", taint), vec![]),
+        info(node("c", "z1", "4", json!({})), vec![]),
+    ];
+    assert_eq!(
+        decide(&pod("p", json!({}), json!({})), &nodes),
+        Ok("c".into())
+    );
+}
+
+#[test]
+fn untolerated_taint_message_and_toleration() {
+    let taint = json!({"spec": {"taints": [{"key": "k", "value": "v", "effect": "NoSchedule"}]}});
+    let nodes = [
+        info(node("a", "z1", "100m", json!({})), vec![]),
+        info(node("b", "z1", "100m", json!({})), vec![]),
+        info(node("c", "z1", "4", taint), vec![]),
+    ];
+    let p = pod(
+        "p",
+        json!({}),
+        json!({"containers": [{"name": "c",
+        "resources": {"requests": {"cpu": "1"}}}]}),
+    );
+    assert_eq!(
+        decide(&p, &nodes),
+        Err(
+            "0/3 nodes are available: 1 node(s) had untolerated taint {k: v}, 2 Insufficient cpu."
+                .into()
+        )
+    );
+    let mut tolerant = p.clone();
+    tolerant.spec.as_mut().unwrap().tolerations = Some(vec![
+        serde_json::from_value(
+            json!({"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"}),
+        )
+        .unwrap(),
+    ]);
+    assert_eq!(decide(&tolerant, &nodes), Ok("c".into()));
+}
+
+fn anti_affinity(key: &str) -> Value {
+    json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": key}]}}})
+}
+
+#[test]
+fn required_pod_anti_affinity_one_per_node() {
+    let spec = anti_affinity("kubernetes.io/hostname");
+    let web = |n: &str| pod(n, json!({"app": "web"}), spec.clone());
+    let mut nodes: Vec<NodeInfo> = three_zones().into_iter().map(|n| info(n, vec![])).collect();
+    let mut used = Vec::new();
+    for i in 0..3 {
+        let chosen = decide(&web(&format!("w{i}")), &nodes).unwrap();
+        assert!(!used.contains(&chosen), "{chosen} twice");
+        let n = nodes.iter_mut().find(|n| n.name() == chosen).unwrap();
+        n.add_pod(Arc::new(web(&format!("w{i}"))));
+        used.push(chosen);
+    }
+    assert_eq!(
+        decide(&web("w3"), &nodes),
+        Err("0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules.".into())
+    );
+    // Symmetry: a pod without terms, matched by the existing pods' anti-affinity.
+    assert_eq!(
+        decide(&pod("plain", json!({"app": "web"}), json!({})), &nodes),
+        Err(
+            "0/3 nodes are available: 3 node(s) didn't satisfy existing pods anti-affinity rules."
+                .into()
+        )
+    );
+}
+
+#[test]
+fn required_pod_affinity_follows_the_peer_by_zone() {
+    let nodes = [
+        info(node("a", "z1", "4", json!({})), vec![]),
+        info(
+            node("b", "z2", "4", json!({})),
+            vec![pod("db", json!({"app": "db"}), json!({}))],
+        ),
+        info(
+            node("c", "z2", "4", json!({})),
+            vec![pod("x", json!({}), json!({}))],
+        ),
+    ];
+    let spec = json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "topology.kubernetes.io/zone"}]}}});
+    let p = pod("web", json!({}), spec);
+    let chosen = decide(&p, &nodes).unwrap();
+    assert!(chosen == "b" || chosen == "c", "{chosen}");
+    // Nothing matches and the pod does not match itself: nowhere.
+    let lonely = pod(
+        "web",
+        json!({}),
+        json!({"affinity": {"podAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector":
+            {"matchLabels": {"app": "cache"}}, "topologyKey": "kubernetes.io/hostname"}]}}}),
+    );
+    assert_eq!(
+        decide(&lonely, &nodes),
+        Err("0/3 nodes are available: 3 node(s) didn't match pod affinity rules.".into())
+    );
+}
+
+#[test]
+fn preferred_pod_affinity_and_anti_affinity_score() {
+    let nodes = [
+        info(node("a", "z1", "4", json!({})), vec![]),
+        info(
+            node("b", "z2", "4", json!({})),
+            vec![pod("db", json!({"app": "db"}), json!({}))],
+        ),
+        info(node("c", "z3", "4", json!({})), vec![]),
+    ];
+    let near = pod(
+        "p",
+        json!({}),
+        json!({"affinity": {"podAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {
+            "labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}}]}}}),
+    );
+    assert_eq!(decide(&near, &nodes), Ok("b".into()));
+    let far = pod(
+        "p",
+        json!({}),
+        json!({"affinity": {"podAntiAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {
+            "labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}}]}}}),
+    );
+    assert_ne!(decide(&far, &nodes), Ok("b".into()));
+}
+
+#[test]
+fn topology_spread_max_skew_and_min_domains() {
+    let spread = |max_skew: i32, min_domains: Option<i32>| {
+        let mut c = json!({"maxSkew": max_skew, "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}});
+        if let Some(m) = min_domains {
+            c["minDomains"] = json!(m);
+        }
+        pod(
+            "new",
+            json!({"app": "web"}),
+            json!({"topologySpreadConstraints": [c]}),
+        )
+    };
+    let web = |n: &str| pod(n, json!({"app": "web"}), json!({}));
+    // z1 has 2, z2 has 1, z3 (node c) has 0: with maxSkew 1 only z3 is allowed.
+    let nodes = [
+        info(node("a", "z1", "4", json!({})), vec![web("w1"), web("w2")]),
+        info(node("b", "z2", "4", json!({})), vec![web("w3")]),
+        info(node("c", "z3", "4", json!({})), vec![]),
+    ];
+    assert_eq!(decide(&spread(1, None), &nodes), Ok("c".into()));
+    let two = [nodes[0].clone(), nodes[1].clone()];
+    assert_eq!(decide(&spread(1, None), &two), Ok("b".into()));
+    // Two domains but minDomains 3: the global minimum counts as 0, so z2 (1+1) is too full.
+    assert_eq!(
+        decide(&spread(1, Some(3)), &two),
+        Err(
+            "0/2 nodes are available: 2 node(s) didn't match pod topology spread constraints."
+                .into()
+        )
+    );
+    // A node without the key cannot take the pod.
+    let mut bare = node("d", "z1", "4", json!({}));
+    bare.metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove("topology.kubernetes.io/zone");
+    assert_eq!(
+        decide(&spread(1, None), &[info(bare, vec![])]),
+        Err("0/1 nodes are available: 1 node(s) didn't match pod topology spread constraints (missing required label).".into())
+    );
+    // ScheduleAnyway only scores: the emptiest zone wins, nothing is refused.
+    let mut soft = spread(1, None);
+    soft.spec
+        .as_mut()
+        .unwrap()
+        .topology_spread_constraints
+        .as_mut()
+        .unwrap()[0]
+        .when_unsatisfiable = "ScheduleAnyway".into();
+    assert_eq!(decide(&soft, &nodes), Ok("c".into()));
+    assert_eq!(decide(&soft, &[nodes[0].clone()]), Ok("a".into()));
+}
+
+#[test]
+fn default_spreading_over_nodes_and_zones() {
+    let owned = |n: &str| {
+        let mut p = pod(n, json!({"app": "web"}), json!({}));
+        p.metadata.owner_references = Some(vec![
+            serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "rs-uid",
+            "controller": true}))
+            .unwrap(),
+        ]);
+        p
+    };
+    // Zone z1 has two nodes with one replica each; z2's node is empty: z2 wins.
+    let nodes = [
+        info(node("a", "z1", "4", json!({})), vec![owned("r1")]),
+        info(node("b", "z1", "4", json!({})), vec![owned("r2")]),
+        info(node("c", "z2", "4", json!({})), vec![]),
+        info(node("d", "z1", "4", json!({})), vec![]),
+    ];
+    assert_eq!(decide(&owned("r3"), &nodes), Ok("c".into()));
+}
+
+#[test]
+fn host_port_conflict_message() {
+    let hp =
+        json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}]});
+    let nodes = [info(
+        node("a", "z1", "4", json!({})),
+        vec![pod("x", json!({}), hp.clone())],
+    )];
+    assert_eq!(
+        decide(&pod("p", json!({}), hp), &nodes),
+        Err("0/1 nodes are available: 1 node(s) didn't have free ports for the requested pod ports.".into())
+    );
+}
+
+fn with_priority(mut p: Pod, prio: i32) -> Pod {
+    p.spec.as_mut().unwrap().priority = Some(prio);
+    p
+}
+
+fn cpu_pod(name: &str, cpu: &str, prio: i32, labels: Value) -> Pod {
+    with_priority(
+        pod(
+            name,
+            labels,
+            json!({"containers": [{"name": "c",
+            "resources": {"requests": {"cpu": cpu}}}]}),
+        ),
+        prio,
+    )
+}
+
+#[test]
+fn preemption_picks_fewest_least_important_victims() {
+    let nodes = [
+        info(
+            node("a", "z1", "2", json!({})),
+            vec![
+                cpu_pod("a-low", "1", 10, json!({})),
+                cpu_pod("a-mid", "1", 500, json!({})),
+            ],
+        ),
+        info(
+            node("b", "z1", "2", json!({})),
+            vec![
+                cpu_pod("b-low1", "1", 10, json!({})),
+                cpu_pod("b-low2", "1", 20, json!({})),
+            ],
+        ),
+        info(
+            node(
+                "c",
+                "z1",
+                "2",
+                json!({"spec": {"taints": [{"key": "k", "value": "v", "effect": "NoSchedule"}]}}),
+            ),
+            vec![],
+        ),
+    ];
+    let high = cpu_pod("high", "1", 1000, json!({}));
+    let diag = match place(&high, &nodes, &default_filters(), &default_scores()) {
+        Placement::Unschedulable(d) => d,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(diag.resolvable.len(), 2);
+    let c = preempt::select(&high, &nodes, &diag, &default_filters(), &[]).unwrap();
+    // a-mid is given back on a, b-low2 on b: one victim of priority 10 either way; the first
+    // node in order wins the tie.
+    assert_eq!(c.victims.len(), 1);
+    assert_eq!(c.victims[0].metadata.name.as_deref(), Some("a-low"));
+    // A PDB protecting a-low moves the choice to b.
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "p", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": "guarded"}}},
+        "status": {"disruptionsAllowed": 0, "currentHealthy": 1, "desiredHealthy": 1, "expectedPods": 1}}))
+    .unwrap();
+    let guarded = [
+        info(
+            node("a", "z1", "2", json!({})),
+            vec![
+                cpu_pod("a-low", "1", 10, json!({"app": "guarded"})),
+                cpu_pod("a-mid", "1", 500, json!({})),
+            ],
+        ),
+        nodes[1].clone(),
+    ];
+    let c = preempt::select(&high, &guarded, &diag, &default_filters(), &[Arc::new(pdb)]).unwrap();
+    assert_eq!(c.node, "b");
+    assert_eq!(c.victims[0].metadata.name.as_deref(), Some("b-low1"));
+    // Nobody of lower priority anywhere.
+    let low = cpu_pod("low", "1", 0, json!({}));
+    assert_eq!(
+        preempt::select(&low, &nodes, &diag, &default_filters(), &[]).unwrap_err(),
+        "preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found for incoming pod."
+    );
+}

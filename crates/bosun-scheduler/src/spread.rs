@@ -1,0 +1,314 @@
+//! Spreading pods over topology domains.
+//!
+//! [`PodTopologySpread`] follows `spec.topologySpreadConstraints`: `DoNotSchedule`
+//! constraints filter (skew = matching pods in the node's domain + the pod itself - the
+//! fewest in any domain, which counts as 0 while fewer than `minDomains` domains exist),
+//! `ScheduleAnyway` ones score. Only nodes that pass the pod's node affinity (the default
+//! `nodeAffinityPolicy: Honor`) and carry every constraint's key are counted; taints are
+//! ignored unless `nodeTaintsPolicy: Honor`.
+//!
+//! [`DefaultSpread`] is Kubernetes' system default for pods without constraints: pods of one
+//! controller (ReplicaSet, StatefulSet ...) spread over nodes (`kubernetes.io/hostname`,
+//! maxSkew 3) and zones (`topology.kubernetes.io/zone`, maxSkew 5), as soft constraints.
+
+use std::collections::HashMap;
+
+use bosun_controllers::util::LabelMatcher;
+use k8s_openapi::api::core::v1::{Pod, TopologySpreadConstraint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+use crate::plugins::{
+    CycleState, Filter, NodeInfo, Reject, Score, TaintToleration, node_matches, owner_uid,
+};
+
+pub const HOSTNAME_KEY: &str = "kubernetes.io/hostname";
+pub const ZONE_KEY: &str = "topology.kubernetes.io/zone";
+
+struct Constraint {
+    key: String,
+    max_skew: i64,
+    min_domains: usize,
+    selector: LabelMatcher,
+    honor_affinity: bool,
+    honor_taints: bool,
+}
+
+fn constraints(pod: &Pod, hard: bool) -> Vec<Constraint> {
+    let want = if hard {
+        "DoNotSchedule"
+    } else {
+        "ScheduleAnyway"
+    };
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.topology_spread_constraints.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| c.when_unsatisfiable == want)
+        .map(|c| constraint(c, pod))
+        .collect()
+}
+
+fn constraint(c: &TopologySpreadConstraint, pod: &Pod) -> Constraint {
+    let mut sel = c.label_selector.clone();
+    // matchLabelKeys: the pod's own values join the selector.
+    let labels = pod.metadata.labels.as_ref();
+    let more: Vec<LabelSelectorRequirement> = c
+        .match_label_keys
+        .iter()
+        .flatten()
+        .filter_map(|k| {
+            Some(LabelSelectorRequirement {
+                key: k.clone(),
+                operator: "In".into(),
+                values: Some(vec![labels?.get(k)?.clone()]),
+            })
+        })
+        .collect();
+    if let Some(s) = sel.as_mut()
+        && !more.is_empty()
+    {
+        s.match_expressions
+            .get_or_insert_with(Vec::new)
+            .extend(more);
+    }
+    Constraint {
+        key: c.topology_key.clone(),
+        max_skew: i64::from(c.max_skew.max(1)),
+        min_domains: c.min_domains.unwrap_or(1).max(1) as usize,
+        selector: LabelMatcher::new(sel.as_ref()),
+        honor_affinity: c.node_affinity_policy.as_deref() != Some("Ignore"),
+        honor_taints: c.node_taints_policy.as_deref() == Some("Honor"),
+    }
+}
+
+fn counts_pod(c: &Constraint, ns: &str, p: &Pod) -> bool {
+    p.metadata.namespace.as_deref().unwrap_or("") == ns
+        && p.metadata.deletion_timestamp.is_none()
+        && !matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+        && c.selector.matches(p.metadata.labels.as_ref())
+}
+
+/// Whether a node takes part in counting for these constraints.
+fn eligible(pod: &Pod, cs: &[Constraint], n: &NodeInfo) -> bool {
+    let labels = n.labels();
+    cs.iter().all(|c| labels.contains_key(&c.key))
+        && (!cs.iter().any(|c| c.honor_affinity) || node_matches(pod, n))
+        && (!cs.iter().any(|c| c.honor_taints) || TaintToleration.filter(pod, n, &None).is_ok())
+}
+
+/// Matching pods per domain value, for each constraint (every eligible domain present).
+fn domain_counts(pod: &Pod, cs: &[Constraint], nodes: &[NodeInfo]) -> Vec<HashMap<String, i64>> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+    let mut out: Vec<HashMap<String, i64>> = cs.iter().map(|_| HashMap::new()).collect();
+    for n in nodes.iter().filter(|n| eligible(pod, cs, n)) {
+        for (c, counts) in cs.iter().zip(out.iter_mut()) {
+            let Some(v) = n.labels().get(&c.key) else {
+                continue;
+            };
+            let here = n.pods.iter().filter(|p| counts_pod(c, ns, p)).count() as i64;
+            *counts.entry(v.clone()).or_default() += here;
+        }
+    }
+    out
+}
+
+struct FilterState {
+    constraints: Vec<Constraint>,
+    counts: Vec<HashMap<String, i64>>,
+    self_match: Vec<i64>,
+}
+
+/// `topologySpreadConstraints`.
+pub struct PodTopologySpread;
+
+impl Filter for PodTopologySpread {
+    fn name(&self) -> &'static str {
+        "PodTopologySpread"
+    }
+
+    fn pre_filter(&self, pod: &Pod, nodes: &[NodeInfo]) -> CycleState {
+        let cs = constraints(pod, true);
+        if cs.is_empty() {
+            return None;
+        }
+        let counts = domain_counts(pod, &cs, nodes);
+        let self_match = cs
+            .iter()
+            .map(|c| i64::from(c.selector.matches(pod.metadata.labels.as_ref())))
+            .collect();
+        Some(Box::new(FilterState {
+            constraints: cs,
+            counts,
+            self_match,
+        }))
+    }
+
+    fn filter(&self, _pod: &Pod, node: &NodeInfo, state: &CycleState) -> Result<(), Reject> {
+        let Some(st) = state.as_ref().and_then(|s| s.downcast_ref::<FilterState>()) else {
+            return Ok(());
+        };
+        let labels = node.labels();
+        for ((c, counts), me) in st.constraints.iter().zip(&st.counts).zip(&st.self_match) {
+            let Some(v) = labels.get(&c.key) else {
+                return Err(Reject::unresolvable(
+                    "node(s) didn't match pod topology spread constraints (missing required label)",
+                ));
+            };
+            let min = if counts.len() < c.min_domains {
+                0
+            } else {
+                counts.values().copied().min().unwrap_or(0)
+            };
+            let here = counts.get(v).copied().unwrap_or(0);
+            if here + me - min > c.max_skew {
+                return Err(Reject::resolvable(
+                    "node(s) didn't match pod topology spread constraints",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Soft constraints scored as upstream: matching pods in the node's domain, weighted by the
+/// log of the number of domains, fewer is better.
+struct ScoreState {
+    keys: Vec<(String, f64, i64)>,
+    counts: Vec<HashMap<String, i64>>,
+}
+
+fn spread_score(st: &ScoreState, node: &NodeInfo) -> i64 {
+    let labels = node.labels();
+    let mut total = 0.0;
+    for ((key, weight, skew), counts) in st.keys.iter().zip(&st.counts) {
+        let Some(v) = labels.get(key) else {
+            // Nodes without the key are scored last.
+            return i64::MAX;
+        };
+        let c = counts.get(v).copied().unwrap_or(0);
+        total += (c + skew - 1) as f64 * weight;
+    }
+    (total * 1000.0).round() as i64
+}
+
+/// Fewer matching pods is better: `100 * (max + min - s) / max`, nodes missing a key get 0.
+fn normalize_spread(scores: &mut [i64]) {
+    let valid = scores.iter().copied().filter(|s| *s != i64::MAX);
+    let max = valid.clone().max().unwrap_or(0);
+    let min = valid.min().unwrap_or(0);
+    for s in scores.iter_mut() {
+        *s = if *s == i64::MAX {
+            0
+        } else if max == 0 {
+            100
+        } else {
+            100 * (max + min - *s) / max
+        };
+    }
+}
+
+fn score_state(keys: Vec<(String, i64)>, counts: Vec<HashMap<String, i64>>) -> ScoreState {
+    ScoreState {
+        keys: keys
+            .into_iter()
+            .zip(&counts)
+            .map(|((k, skew), c)| (k, ((c.len() + 2) as f64).ln(), skew))
+            .collect(),
+        counts,
+    }
+}
+
+impl Score for PodTopologySpread {
+    fn name(&self) -> &'static str {
+        "PodTopologySpread"
+    }
+    fn weight(&self) -> i64 {
+        2
+    }
+    fn pre_score(&self, pod: &Pod, nodes: &[NodeInfo], _feasible: &[&NodeInfo]) -> CycleState {
+        let cs = constraints(pod, false);
+        if cs.is_empty() {
+            return None;
+        }
+        let counts = domain_counts(pod, &cs, nodes);
+        let keys = cs.iter().map(|c| (c.key.clone(), c.max_skew)).collect();
+        Some(Box::new(score_state(keys, counts)))
+    }
+    fn score(&self, _pod: &Pod, node: &NodeInfo, state: &CycleState) -> i64 {
+        match state.as_ref().and_then(|s| s.downcast_ref::<ScoreState>()) {
+            Some(st) => spread_score(st, node),
+            None => 0,
+        }
+    }
+    fn normalize(&self, scores: &mut [i64]) {
+        if scores.iter().any(|s| *s != 0) {
+            normalize_spread(scores);
+        }
+    }
+}
+
+/// Kubernetes' default spreading of a controller's pods over nodes and zones.
+pub struct DefaultSpread;
+
+impl Score for DefaultSpread {
+    fn name(&self) -> &'static str {
+        "DefaultPodTopologySpread"
+    }
+    fn weight(&self) -> i64 {
+        2
+    }
+    fn pre_score(&self, pod: &Pod, _nodes: &[NodeInfo], feasible: &[&NodeInfo]) -> CycleState {
+        let has_own = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.topology_spread_constraints.as_ref())
+            .is_some_and(|c| !c.is_empty());
+        let owner = owner_uid(pod)?;
+        if has_own {
+            return None;
+        }
+        // Counted over the nodes the pod may go to, as upstream's default constraints do.
+        let mut by_node: HashMap<String, i64> = HashMap::new();
+        let mut by_zone: HashMap<String, i64> = HashMap::new();
+        for n in feasible {
+            let c = i64::from(n.owned_by(owner));
+            if let Some(h) = n.labels().get(HOSTNAME_KEY) {
+                *by_node.entry(h.clone()).or_default() += c;
+            }
+            if let Some(z) = n.labels().get(ZONE_KEY) {
+                *by_zone.entry(z.clone()).or_default() += c;
+            }
+        }
+        let mut keys = vec![(HOSTNAME_KEY.to_string(), 3)];
+        let mut counts = vec![by_node];
+        if !by_zone.is_empty() {
+            keys.push((ZONE_KEY.to_string(), 5));
+            counts.push(by_zone);
+        }
+        Some(Box::new(score_state(keys, counts)))
+    }
+    fn score(&self, _pod: &Pod, node: &NodeInfo, state: &CycleState) -> i64 {
+        let Some(st) = state.as_ref().and_then(|s| s.downcast_ref::<ScoreState>()) else {
+            return 0;
+        };
+        // Nodes without a zone label are not penalised for it: only the keys they carry count.
+        let labels = node.labels();
+        let mut total = 0.0;
+        for ((key, weight, skew), counts) in st.keys.iter().zip(&st.counts) {
+            if let Some(v) = labels.get(key) {
+                let c = counts.get(v).copied().unwrap_or(0);
+                total += (c + skew - 1) as f64 * weight;
+            }
+        }
+        (total * 1000.0).round() as i64
+    }
+    fn normalize(&self, scores: &mut [i64]) {
+        if scores.iter().any(|s| *s != 0) {
+            normalize_spread(scores);
+        }
+    }
+}
