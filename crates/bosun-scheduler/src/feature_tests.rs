@@ -309,6 +309,92 @@ fn default_spreading_over_nodes_and_zones() {
     assert_eq!(decide(&owned("r3"), &nodes), Ok("c".into()));
 }
 
+/// A replica owned by the ReplicaSet `rs`.
+fn replica(name: &str, rs: &str) -> Pod {
+    let mut p = pod(name, json!({"app": rs}), json!({}));
+    p.metadata.owner_references = Some(vec![
+        serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs, "uid": format!("{rs}-uid"),
+        "controller": true}))
+        .unwrap(),
+    ]);
+    p
+}
+
+/// Places `count` replicas one at a time, each counted on its node before the next
+/// decision (as the scheduler's cache does with an assumed pod); returns pods per node.
+fn place_replicas(nodes: &mut [NodeInfo], rs: &str, count: usize) -> Vec<(String, usize)> {
+    for i in 0..count {
+        let p = replica(&format!("{rs}-{i}"), rs);
+        let at = decide(&p, nodes).unwrap();
+        let n = nodes.iter_mut().find(|n| n.name() == at).unwrap();
+        n.add_pod(Arc::new(p));
+    }
+    nodes
+        .iter()
+        .map(|n| {
+            (
+                n.name().to_string(),
+                n.owned_by(&format!("{rs}-uid")) as usize,
+            )
+        })
+        .collect()
+}
+
+fn counts(v: &[(&str, usize)]) -> Vec<(String, usize)> {
+    v.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+}
+
+#[test]
+fn replicas_spread_evenly_over_equal_nodes() {
+    let mut nodes: Vec<NodeInfo> = three_zones().into_iter().map(|n| info(n, vec![])).collect();
+    assert_eq!(
+        place_replicas(&mut nodes, "rs", 6),
+        counts(&[("a", 2), ("b", 2), ("c", 2)])
+    );
+    // Nodes without a zone label at all.
+    let mut bare: Vec<NodeInfo> = three_zones()
+        .into_iter()
+        .map(|mut n| {
+            n.metadata
+                .labels
+                .as_mut()
+                .unwrap()
+                .remove("topology.kubernetes.io/zone");
+            info(n, vec![])
+        })
+        .collect();
+    assert_eq!(
+        place_replicas(&mut bare, "rs", 6),
+        counts(&[("a", 2), ("b", 2), ("c", 2)])
+    );
+}
+
+#[test]
+fn a_node_without_a_zone_is_not_favoured_by_default_spreading() {
+    // As a multi-host cluster looks: the server's node has no zone label and no reserve,
+    // the joined nodes have a zone each and 250m reserved.
+    let mut server = node("server", "", "4", json!({}));
+    server
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove("topology.kubernetes.io/zone");
+    let mut nodes = vec![
+        info(server, vec![]),
+        info(node("node-1", "zone-1", "3750m", json!({})), vec![]),
+        info(node("node-2", "zone-2", "3750m", json!({})), vec![]),
+    ];
+    assert_eq!(
+        place_replicas(&mut nodes, "web", 6),
+        counts(&[("server", 2), ("node-1", 2), ("node-2", 2)])
+    );
+    // Four replicas of another ReplicaSet: every node gets at least one.
+    let four = place_replicas(&mut nodes, "api", 4);
+    assert!(four.iter().all(|(_, c)| *c >= 1), "{four:?}");
+}
+
 #[test]
 fn host_port_conflict_message() {
     let hp =

@@ -175,7 +175,7 @@ impl Filter for PodTopologySpread {
 }
 
 /// Soft constraints scored as upstream: matching pods in the node's domain, weighted by the
-/// log of the number of domains, fewer is better.
+/// log of the number of domains, plus `maxSkew - 1`; fewer is better.
 struct ScoreState {
     keys: Vec<(String, f64, i64)>,
     counts: Vec<HashMap<String, i64>>,
@@ -190,7 +190,7 @@ fn spread_score(st: &ScoreState, node: &NodeInfo) -> i64 {
             return i64::MAX;
         };
         let c = counts.get(v).copied().unwrap_or(0);
-        total += (c + skew - 1) as f64 * weight;
+        total += count_score(c, *weight, *skew);
     }
     (total * 1000.0).round() as i64
 }
@@ -252,6 +252,28 @@ impl Score for PodTopologySpread {
 }
 
 /// Kubernetes' default spreading of a controller's pods over nodes and zones.
+///
+/// Scored as upstream (`count * log(domains + 2) + maxSkew - 1` per key, fewer is better),
+/// with one difference: the zone key counts only when every feasible node carries it.
+/// Upstream scores a node without a zone label on the hostname key alone, which makes it
+/// the best node for every replica until it holds several more than the others; in a
+/// cluster where only some machines were given a zone (bosun's server node has none unless
+/// asked) that put a Deployment's replicas on one node.
+struct DefaultState {
+    owner: String,
+    node_weight: f64,
+    /// Matching pods per zone and the zone key's weight, when every feasible node has a zone.
+    zones: Option<(HashMap<String, i64>, f64)>,
+}
+
+/// `maxSkew` of the system default constraints (hostname 3, zone 5).
+const DEFAULT_NODE_SKEW: i64 = 3;
+const DEFAULT_ZONE_SKEW: i64 = 5;
+
+fn count_score(count: i64, weight: f64, max_skew: i64) -> f64 {
+    count as f64 * weight + (max_skew - 1) as f64
+}
+
 pub struct DefaultSpread;
 
 impl Score for DefaultSpread {
@@ -272,37 +294,44 @@ impl Score for DefaultSpread {
             return None;
         }
         // Counted over the nodes the pod may go to, as upstream's default constraints do.
-        let mut by_node: HashMap<String, i64> = HashMap::new();
-        let mut by_zone: HashMap<String, i64> = HashMap::new();
-        for n in feasible {
-            let c = i64::from(n.owned_by(owner));
-            if let Some(h) = n.labels().get(HOSTNAME_KEY) {
-                *by_node.entry(h.clone()).or_default() += c;
-            }
-            if let Some(z) = n.labels().get(ZONE_KEY) {
-                *by_zone.entry(z.clone()).or_default() += c;
-            }
-        }
-        let mut keys = vec![(HOSTNAME_KEY.to_string(), 3)];
-        let mut counts = vec![by_node];
-        if !by_zone.is_empty() {
-            keys.push((ZONE_KEY.to_string(), 5));
-            counts.push(by_zone);
-        }
-        Some(Box::new(score_state(keys, counts)))
+        let zones = feasible
+            .iter()
+            .all(|n| n.labels().contains_key(ZONE_KEY))
+            .then(|| {
+                let mut by_zone: HashMap<String, i64> = HashMap::new();
+                for n in feasible {
+                    *by_zone.entry(n.labels()[ZONE_KEY].clone()).or_default() +=
+                        i64::from(n.owned_by(owner));
+                }
+                let weight = ((by_zone.len() + 2) as f64).ln();
+                (by_zone, weight)
+            });
+        Some(Box::new(DefaultState {
+            owner: owner.to_string(),
+            node_weight: ((feasible.len() + 2) as f64).ln(),
+            zones,
+        }))
     }
     fn score(&self, _pod: &Pod, node: &NodeInfo, state: &CycleState) -> i64 {
-        let Some(st) = state.as_ref().and_then(|s| s.downcast_ref::<ScoreState>()) else {
+        let Some(st) = state
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<DefaultState>())
+        else {
             return 0;
         };
-        // Nodes without a zone label are not penalised for it: only the keys they carry count.
-        let labels = node.labels();
-        let mut total = 0.0;
-        for ((key, weight, skew), counts) in st.keys.iter().zip(&st.counts) {
-            if let Some(v) = labels.get(key) {
-                let c = counts.get(v).copied().unwrap_or(0);
-                total += (c + skew - 1) as f64 * weight;
-            }
+        let mut total = count_score(
+            i64::from(node.owned_by(&st.owner)),
+            st.node_weight,
+            DEFAULT_NODE_SKEW,
+        );
+        if let Some((by_zone, weight)) = &st.zones {
+            let c = node
+                .labels()
+                .get(ZONE_KEY)
+                .and_then(|z| by_zone.get(z))
+                .copied()
+                .unwrap_or(0);
+            total += count_score(c, *weight, DEFAULT_ZONE_SKEW);
         }
         (total * 1000.0).round() as i64
     }

@@ -120,19 +120,18 @@ async fn binds_fitting_pods_and_reports_unschedulable_ones() {
     })
     .await;
     assert_eq!(bound, "large");
-    let scheduled = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("Scheduled"))
-        .filter_map(|e| e.message)
-        .collect::<Vec<_>>();
-    assert!(
-        scheduled.contains(&"Successfully assigned default/big to large".to_string()),
-        "{scheduled:?}"
-    );
+    // The event is written after the binding.
+    eventually("Scheduled event for big", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("Scheduled"))
+            .find(|e| e.message.as_deref() == Some("Successfully assigned default/big to large"))
+    })
+    .await;
 
     // Pods for another scheduler are left alone.
     let mut other = pod("other", "10m");
@@ -441,4 +440,89 @@ async fn priority_classes_and_preemption() {
             "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
         )
     );
+}
+
+async fn add_zoned_node(client: &Client, name: &str, zone: Option<&str>, cpu: &str) {
+    add_node(client, name, cpu, "8Gi").await;
+    if let Some(zone) = zone {
+        let nodes: Api<Node> = Api::all(client.clone());
+        let labels = json!({"metadata": {"labels": {"topology.kubernetes.io/zone": zone}}});
+        nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(&labels))
+            .await
+            .unwrap();
+    }
+}
+
+/// A pod owned by the ReplicaSet `rs` (no controller runs here: the owner is only a name).
+fn replica(name: &str, rs: &str) -> Pod {
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": rs},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
+                "uid": format!("{rs}-0000"), "controller": true}]},
+        "spec": {"runtimeClassName": "process",
+            "containers": [{"name": "main", "command": ["/bin/sleep", "1000"],
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}}))
+    .unwrap()
+}
+
+async fn per_node(pods: &Api<Pod>, rs: &str, want: usize) -> Vec<(String, usize)> {
+    let placed = eventually("replicas bound", || async {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("app={rs}")))
+            .await
+            .ok()?
+            .items;
+        let nodes: Vec<String> = list.iter().filter_map(node_of).collect();
+        (nodes.len() == want).then_some(nodes)
+    })
+    .await;
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for n in ["server", "node-1", "node-2"] {
+        out.push((n.into(), placed.iter().filter(|p| *p == n).count()));
+    }
+    out
+}
+
+/// Nodes join after the scheduler has started (as agents do), the first without a zone
+/// label (the server's own node): a ReplicaSet's pods, all at once or one at a time, end
+/// up evenly over the three.
+#[tokio::test]
+async fn replicas_spread_over_nodes_that_joined_after_the_start() {
+    let (client, shutdown, _dir) = start().await;
+    let _stop = shutdown.clone().drop_guard();
+    scheduler(&client, &shutdown);
+    // Let the scheduler list an empty cluster first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    add_zoned_node(&client, "server", None, "4").await;
+    add_zoned_node(&client, "node-1", Some("zone-1"), "3750m").await;
+    add_zoned_node(&client, "node-2", Some("zone-2"), "3750m").await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let even = vec![
+        ("server".to_string(), 2),
+        ("node-1".to_string(), 2),
+        ("node-2".to_string(), 2),
+    ];
+
+    // All at once: most decisions see the earlier replicas only as assumed, not yet bound.
+    let created: Vec<_> = (0..6)
+        .map(|i| {
+            let pods = pods.clone();
+            async move {
+                pods.create(&PostParams::default(), &replica(&format!("all-{i}"), "all"))
+                    .await
+                    .unwrap()
+            }
+        })
+        .collect();
+    futures::future::join_all(created).await;
+    assert_eq!(per_node(&pods, "all", 6).await, even);
+
+    // One at a time, each bound before the next arrives.
+    for i in 0..6 {
+        pods.create(&PostParams::default(), &replica(&format!("one-{i}"), "one"))
+            .await
+            .unwrap();
+        per_node(&pods, "one", i + 1).await;
+    }
+    assert_eq!(per_node(&pods, "one", 6).await, even);
 }
