@@ -148,6 +148,30 @@ impl Cache {
         self.pods.contains_key(uid)
     }
 
+    /// Drops pods that `exists` no longer knows (assumed ones excepted) and nodes that
+    /// `node_exists` does not: deletions an informer subscriber missed while it fell behind
+    /// (it then gets the whole cache again, without what was deleted meanwhile).
+    pub fn sweep(&mut self, exists: impl Fn(&Pod) -> bool, node_exists: impl Fn(&str) -> bool) {
+        let gone: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(uid, (_, p))| !self.assumed.contains_key(*uid) && !exists(p))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in gone {
+            self.unlink(&uid);
+        }
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| n.name().to_string())
+            .filter(|n| !node_exists(n))
+            .collect();
+        for n in nodes {
+            self.remove_node(&n);
+        }
+    }
+
     /// Drops assumptions older than `ttl` (a binding that never showed up).
     pub fn expire(&mut self, ttl: Duration) {
         let old: Vec<String> = self
@@ -159,5 +183,43 @@ impl Cache {
         for uid in old {
             self.forget(&uid);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str) -> Arc<Node> {
+        Arc::new(serde_json::from_value(json!({"metadata": {"name": name}})).unwrap())
+    }
+
+    fn pod(uid: &str, node: Option<&str>) -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": uid, "namespace": "d", "uid": uid},
+            "spec": {"nodeName": node, "containers": []}}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn nodes_added_later_see_their_pods_and_sweep_drops_missed_deletions() {
+        let mut c = Cache::default();
+        c.set_node(node("b"));
+        // A pod bound to a node the cache does not know yet, and one assumed on "b".
+        assert!(c.update_pod(Arc::new(pod("p1", Some("a")))));
+        c.assume(pod("p2", None), "b");
+        c.set_node(node("a"));
+        let names: Vec<&str> = c.nodes().iter().map(|n| n.name()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(c.node("a").unwrap().pods.len(), 1);
+        assert_eq!(c.node("b").unwrap().pods.len(), 1);
+        // The informer no longer has p1 (nor p2, not bound yet) nor node b.
+        c.sweep(|_| false, |n| n == "a");
+        assert!(!c.placed("p1"));
+        assert!(c.placed("p2"), "assumed pods survive a sweep");
+        assert!(c.node("a").unwrap().pods.is_empty());
+        assert!(c.node("b").is_none());
     }
 }

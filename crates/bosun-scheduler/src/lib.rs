@@ -47,6 +47,8 @@ pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 const ASSUME_TTL: Duration = Duration::from_secs(30);
 /// Bindings in flight at once; the store commits concurrent writes together.
 const MAX_BINDS_IN_FLIGHT: usize = 512;
+/// How often the cache is checked against the informers' stores for missed deletions.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Events waiting to be written; beyond this they are dropped (they are a courtesy).
 const EVENT_BACKLOG: usize = 16384;
 
@@ -162,6 +164,19 @@ impl Scheduler {
             None => self.cache.remove_node(&name),
         }
         self.queue.cluster_changed();
+    }
+
+    /// Forgets pods and nodes deleted while an informer subscription had fallen behind.
+    fn sweep(&mut self) {
+        let pods = &self.pods;
+        let nodes = &self.nodes;
+        self.cache.sweep(
+            |p| {
+                pods.get(&ref_of(&key_of(p)))
+                    .is_some_and(|l| l.metadata.uid == p.metadata.uid)
+            },
+            |n| nodes.get(&ObjectRef::new(n)).is_some(),
+        );
     }
 
     fn on_outcome(&mut self, o: Outcome) {
@@ -491,6 +506,8 @@ pub async fn run_with(
     }
     let mut pod_events = Box::pin(pods.subscribe());
     let mut node_events = Box::pin(nodes.subscribe());
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let due = s
             .queue
@@ -506,6 +523,7 @@ pub async fn run_with(
             Some(n) = node_events.next() => s.on_node(n),
             Some(p) = pod_events.next() => s.on_pod(p),
             _ = tokio::time::sleep_until(due) => s.queue.flush(),
+            _ = sweep.tick() => s.sweep(),
             _ = std::future::ready(()), if !idle => s.schedule_one().await,
         }
     }
