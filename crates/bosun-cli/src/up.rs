@@ -488,6 +488,7 @@ pub(crate) fn start_node_services(
         let (c, sd) = (client.clone(), shutdown.clone());
         let mut cfg = bosun_proxy::ProxyConfig::new(&node.service_interface, node.node_ip);
         cfg.metrics_listen = node.proxy_metrics_listen;
+        cfg.node_name = Some(node_name(node)?);
         tasks.spawn(async move { ("node proxy", bosun_proxy::run(c, cfg, sd).await) });
     }
     {
@@ -501,6 +502,7 @@ pub(crate) fn start_node_services(
             .gateway_admin_port
             .map(|p| (std::net::IpAddr::from([127, 0, 0, 1]), p).into());
         cfg.address = Some(node.node_ip.to_string());
+        cfg.node_name = Some(node_name(node)?);
         if std::env::var("BOSUN_GATEWAY_ACCESS_LOG").is_ok_and(|v| v == "json") {
             cfg.access_log = bosun_gateway::AccessLog::Json;
         }

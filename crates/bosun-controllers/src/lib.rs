@@ -23,6 +23,7 @@ pub mod nodelifecycle;
 mod podgc;
 pub mod replicaset;
 pub mod runtime;
+pub mod scaletozero;
 pub mod serviceaccounts;
 pub mod servicelb;
 pub mod statefulset;
@@ -142,6 +143,13 @@ pub async fn run_with(
             client.clone(),
             services.clone(),
             nodes.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(scaletozero::run(
+            client.clone(),
+            deployments.clone(),
+            services.clone(),
+            leases.clone(),
             stop.clone(),
         )),
         tokio::spawn(endpoints::run(
