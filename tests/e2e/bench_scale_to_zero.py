@@ -74,6 +74,7 @@ def pod_ready(p):
 
 
 def one_run(b, name, ip, apps, core):
+    time.sleep(1)  # the proxies report the end of the last run's wait
     b.kubectl("scale", f"deploy/{name}", "--replicas=0")
     wait_for(lambda: not json.loads(b.kubectl("get", "pods", "-l", f"app={name}", "-o", "json").stdout)["items"],
              timeout=60, interval=0.1, what="pods gone")

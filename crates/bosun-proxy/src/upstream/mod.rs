@@ -929,7 +929,7 @@ impl Upstreams {
         if !no_endpoints {
             return Ok(());
         }
-        let Some(_place) = activity.enter(cfg.queue) else {
+        let Some(place) = activity.enter(cfg.queue) else {
             return Err(UpstreamError::Activation {
                 service: svc_name(target),
                 reason: format!(
@@ -961,6 +961,10 @@ impl Upstreams {
         let res = tokio::time::timeout(cfg.timeout, ready).await;
         // The wait counts as activity until its end (the idle window starts afterwards).
         activity.touch();
+        // Report the end of the wait promptly too: a stale "waiting" could wake the
+        // Deployment again after it is scaled down.
+        drop(place);
+        self.inner.report_now.notify_one();
         match res {
             Ok(()) => {
                 tracing::debug!(
