@@ -385,7 +385,9 @@ async fn pass(
                 format!(
                     "Scaled down from {from} to 0: no requests to {} for {}",
                     svcs.join(", "),
-                    window.map(|w| format!("{}s", w.as_secs_f64())).unwrap_or_default()
+                    window
+                        .map(|w| format!("{}s", w.as_secs_f64()))
+                        .unwrap_or_default()
                 ),
             ),
             Action::Wake { to } => (
@@ -409,7 +411,11 @@ async fn pass(
         });
         let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         match api
-            .patch(&d.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &d.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(updated) => {

@@ -78,8 +78,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let mut registry = Registry::default();
-    let (upstreams, watchers) =
-        Upstreams::new(client.clone(), registry.sub_registry_with_prefix("bosun_proxy"));
+    let (upstreams, watchers) = Upstreams::new(
+        client.clone(),
+        registry.sub_registry_with_prefix("bosun_proxy"),
+    );
     let watch_task = tokio::spawn(watchers);
     let report_task = cfg.node_name.as_ref().map(|n| {
         let lease = crate::upstream::activation::lease_name("proxy", n);

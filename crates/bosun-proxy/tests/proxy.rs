@@ -513,7 +513,11 @@ async fn requests_to_a_service_at_zero_wait_for_its_first_endpoint() {
         async move {
             let req = Request::get("/").body(full("")).unwrap();
             let resp = ups
-                .http_call(&bosun_proxy::upstream::Target::new("default", svc, port), req, None)
+                .http_call(
+                    &bosun_proxy::upstream::Target::new("default", svc, port),
+                    req,
+                    None,
+                )
                 .await;
             let status = resp.status().as_u16();
             let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -532,7 +536,10 @@ async fn requests_to_a_service_at_zero_wait_for_its_first_endpoint() {
     let started = std::time::Instant::now();
     let (s, body) = call("stuck").await;
     assert_eq!(s, 503, "{body}");
-    assert!(body.contains("default/stuck") && body.contains("scaled to zero"), "{body}");
+    assert!(
+        body.contains("default/stuck") && body.contains("scaled to zero"),
+        "{body}"
+    );
     assert!(started.elapsed() >= Duration::from_millis(300));
 
     // A full queue answers at once.

@@ -305,9 +305,7 @@ impl UpstreamError {
         match self {
             UpstreamError::UnknownService(_)
             | UpstreamError::NoEndpoints(_)
-            | UpstreamError::Activation { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            | UpstreamError::Activation { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamError::Connect(..) | UpstreamError::Upstream(..) => StatusCode::BAD_GATEWAY,
             UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -908,8 +906,7 @@ impl Upstreams {
     pub async fn activate_target(&self, target: &Target) -> Result<(), UpstreamError> {
         match self.port_set(target) {
             Some((info, set)) if info.activation.is_some() => {
-                self.activate(target, &info, set.endpoints.is_empty())
-                    .await
+                self.activate(target, &info, set.endpoints.is_empty()).await
             }
             _ => Ok(()),
         }
@@ -1461,11 +1458,10 @@ async fn write_activity(
         Err(kube::Error::Api(s)) if s.code == 404 => {
             let obj = serde_json::from_value(body.clone()).map_err(kube::Error::SerdeError)?;
             match api.create(&PostParams::default(), &obj).await {
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    api.patch(lease, &PatchParams::default(), &Patch::Merge(&body))
-                        .await
-                        .map(drop)
-                }
+                Err(kube::Error::Api(s)) if s.code == 409 => api
+                    .patch(lease, &PatchParams::default(), &Patch::Merge(&body))
+                    .await
+                    .map(drop),
                 r => r.map(drop),
             }
         }
