@@ -465,7 +465,7 @@ mod tests {
     fn idle_deployment_goes_to_zero_after_its_window() {
         let mut v = view();
         v.activity.last_ms = 10_000;
-        assert_eq!(decide(&v, 69_999), Action::Wait(Some(70_000)));
+        assert_eq!(decide(&v, 60_000), Action::Wait(Some(70_000)));
         assert_eq!(decide(&v, 70_000), Action::ScaleToZero { from: 3 });
         // Without requests, the window counts from the last change (or creation).
         v.activity.last_ms = 0;
