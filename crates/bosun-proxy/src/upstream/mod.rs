@@ -1028,7 +1028,7 @@ impl Upstreams {
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures % 60 == 0 {
+                    if failures == 1 || failures.is_multiple_of(60) {
                         tracing::warn!(%lease, "writing service activity: {e}");
                     }
                 }
