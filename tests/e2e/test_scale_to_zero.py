@@ -200,3 +200,24 @@ def test_service_without_scale_to_zero_fails_fast_without_endpoints(cluster):
     status, body = http_get(ip, 80)
     assert status == 503 and "no ready endpoints" in body, (status, body)
     assert time.time() - t0 < 2
+
+
+def test_hpa_target_with_min_replicas_zero_is_woken(cluster):
+    """A Deployment at zero that an HPA with minReplicas: 0 scales (HPAScaleToZero) gets
+    its requests held and is brought back to one replica."""
+    dep = deployment("hpazero", 0, "1h")
+    del dep["metadata"]["annotations"]
+    apply(cluster, dep, service("hpazero"),
+          {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+           "metadata": {"name": "hpazero"},
+           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "hpazero"},
+                    "minReplicas": 0, "maxReplicas": 3,
+                    "metrics": [{"type": "Resource", "resource": {
+                        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]}})
+    wait_for(lambda: get(cluster, "svc", "hpazero")["metadata"].get("annotations", {})
+             .get("bosun.dev/scale-to-zero-target") == "hpazero", timeout=30, what="service marked")
+    ip = get(cluster, "svc", "hpazero")["spec"]["clusterIP"]
+    status, body = http_get(ip, 80)
+    assert status == 200, body
+    assert replicas(cluster, "hpazero") >= 1
+    cluster.kubectl("delete", "hpa/hpazero", "deploy/hpazero", "svc/hpazero")
