@@ -2,7 +2,8 @@
 requests after that (to the cluster IP, over a TCP-declared port, and through the gateway)
 wait while it comes back to its earlier count and then all get their answer. A Deployment
 whose pod never becomes ready answers a waiting request with a 503 naming the Service once
-the activation timeout passes."""
+the activation timeout passes. Also: a Docker pod (busybox httpd in a scratch image) from
+zero, and the target of an HPA with minReplicas: 0 woken by a request."""
 
 import http.client
 import json
@@ -221,3 +222,31 @@ def test_hpa_target_with_min_replicas_zero_is_woken(cluster):
     assert status == 200, body
     assert replicas(cluster, "hpazero") >= 1
     cluster.kubectl("delete", "hpa/hpazero", "deploy/hpazero", "svc/hpazero")
+
+
+def test_docker_pod_scales_from_zero(cluster):
+    """The same with a container: a scratch image with busybox httpd."""
+    import test_docker
+    if not test_docker._OK:
+        import pytest
+        pytest.skip(f"no Docker engine: {test_docker._WHY}")
+    image = f"{test_docker.APP}-s2z"
+    test_docker.build_image(image, "v1")
+    try:
+        dep = deployment("boxy", 1, "2s")
+        c = dep["spec"]["template"]["spec"]
+        del c["runtimeClassName"]
+        c["containers"][0].pop("command")
+        c["containers"][0].update(image=f"{image}:v1", imagePullPolicy="Never")
+        apply(cluster, dep, service("boxy"))
+        wait_for(lambda: replicas(cluster, "boxy") == 0, timeout=60, what="scale to zero")
+        wait_for(lambda: pod_count(cluster, "boxy") == 0, timeout=60, what="pods gone")
+        ip = get(cluster, "svc", "boxy")["spec"]["clusterIP"]
+        results = concurrently([lambda: http_get(ip, 80)] * 10)
+        assert [r[0] for r in results] == [200] * 10, results
+        assert all(r[1] == "v1\n" for r in results), results
+        assert replicas(cluster, "boxy") == 1
+        cluster.kubectl("delete", "deploy/boxy", "svc/boxy")
+    finally:
+        import subprocess
+        subprocess.run(["docker", "rmi", "-f", f"{image}:v1"], capture_output=True)
