@@ -224,3 +224,97 @@ def test_target_at_zero_disables_scaling_then_resumes(cluster):
     cluster.kubectl("scale", "deployment", "burn", "--replicas=1")
     wait_for(lambda: condition(get_json(cluster, "hpa", "burn"), "ScalingActive").get("reason") == "ValidMetricFound",
              timeout=60, what="ScalingActive again")
+
+
+def echo_manifests(name, replicas):
+    deploy = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "runtimeClassName": "process",
+                    "containers": [{
+                        "name": "web",
+                        "command": ["python3", "-c", BURN_SERVER],
+                        "ports": [{"containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/", "port": 8080},
+                                           "periodSeconds": 1},
+                    }],
+                },
+            },
+        },
+    }
+    svc = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": [deploy, svc]})
+
+
+def test_pods_metric_from_the_node_proxy(cluster):
+    cluster.kubectl("apply", "-f", "-", input=echo_manifests("echo", 1))
+    cluster.kubectl("rollout", "status", "deployment/echo", "--timeout=90s")
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+           "metadata": {"name": "echo"},
+           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "echo"},
+                    "minReplicas": 1, "maxReplicas": 3,
+                    "metrics": [{"type": "Pods", "pods": {"metric": {"name": "requests_per_second"},
+                                                          "target": {"type": "AverageValue", "averageValue": "4"}}}],
+                    "behavior": {"scaleDown": {"stabilizationWindowSeconds": 5}}}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(hpa))
+    vip = get_json(cluster, "service", "echo")["spec"]["clusterIP"]
+    # About 15 requests per second, no CPU to speak of.
+    load = Load(f"http://{vip}:80", threads=1, burn_ms=0, pause=0.06, limit=60).start()
+    try:
+        def rps():
+            raw = cluster.kubectl("get", "--raw", "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/"
+                                  "pods/*/requests_per_second?labelSelector=app%3Decho").stdout
+            items = json.loads(raw)["items"]
+            return items and sum(float(i["value"].rstrip("m")) / (1000 if i["value"].endswith("m") else 1)
+                                 for i in items) > 4 and items
+        items = wait_for(rps, timeout=30, interval=1, what="per-pod requests per second")
+        assert items[0]["describedObject"]["kind"] == "Pod"
+        wait_for(lambda: get_json(cluster, "deployment", "echo")["spec"]["replicas"] >= 2,
+                 timeout=60, interval=0.5, what="scale up on requests per second")
+        out = cluster.kubectl("get", "hpa", "echo").stdout
+        assert "/4" in out, out
+        svc = json.loads(cluster.kubectl("get", "--raw", "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/"
+                                         "services/echo/requests_per_second").stdout)
+        assert svc["items"][0]["describedObject"]["kind"] == "Service"
+    finally:
+        load.stop()
+    assert load.ok > 0
+    wait_for(lambda: get_json(cluster, "deployment", "echo")["spec"]["replicas"] == 1,
+             timeout=60, interval=1, what="scale down once requests stop")
+
+
+def test_object_metric_scales_to_zero_and_back(cluster):
+    cluster.kubectl("apply", "-f", "-", input=echo_manifests("idle", 1))
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+           "metadata": {"name": "idle"},
+           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "idle"},
+                    "minReplicas": 0, "maxReplicas": 2,
+                    "metrics": [{"type": "Object", "object": {
+                        "describedObject": {"apiVersion": "v1", "kind": "Service", "name": "idle"},
+                        "metric": {"name": "requests_per_second"},
+                        "target": {"type": "Value", "value": "2"}}}],
+                    "behavior": {"scaleDown": {"stabilizationWindowSeconds": 3}}}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(hpa))
+    # No requests to the Service: zero replicas (HPAScaleToZero).
+    wait_for(lambda: get_json(cluster, "deployment", "idle")["spec"]["replicas"] == 0,
+             timeout=60, interval=0.5, what="scale to zero")
+    h = get_json(cluster, "hpa", "idle")
+    assert condition(h, "ScalingActive")["status"] == "True", h["status"]
+    # Requests arrive (answered 503 while nothing runs): the Service's rate brings it back.
+    vip = get_json(cluster, "service", "idle")["spec"]["clusterIP"]
+    load = Load(f"http://{vip}:80", threads=1, burn_ms=0, pause=0.1, limit=60).start()
+    try:
+        wait_for(lambda: get_json(cluster, "deployment", "idle")["spec"]["replicas"] >= 1,
+                 timeout=45, interval=0.5, what="scale up from zero")
+    finally:
+        load.stop()
