@@ -292,8 +292,8 @@ fn hpa_row(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
         name(o),
         json!(reference),
         json!(hpa_targets(
-            &arr(o, "/spec/metrics"),
-            &arr(o, "/status/currentMetrics")
+            arr(o, "/spec/metrics"),
+            arr(o, "/status/currentMetrics")
         )),
         json!(min),
         json!(i(o, "/spec/maxReplicas")),

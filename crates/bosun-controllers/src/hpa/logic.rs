@@ -699,4 +699,3 @@ pub fn out_of_bounds(current: i32, min: i32, max: i32) -> Option<(i32, &'static 
         None
     }
 }
-

@@ -47,9 +47,14 @@ struct Ctx {
 
 #[derive(Default)]
 struct Entry {
+    /// The HPA this entry belongs to: a new HPA of the same name starts afresh.
+    uid: Option<String>,
     history: History,
     last_sync: Option<(Instant, Option<i64>)>,
 }
+
+/// Entries not synced for this long belong to deleted HPAs and are dropped.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
 /// The `/scale` of the target, as far as the HPA needs it.
 struct Scale {
@@ -263,7 +268,9 @@ async fn resource_samples(
 fn metric_selector_query(
     sel: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
 ) -> String {
-    let q = crate::util::LabelMatcher::new(sel).query().unwrap_or_default();
+    let q = crate::util::LabelMatcher::new(sel)
+        .query()
+        .unwrap_or_default();
     if q.is_empty() {
         String::new()
     } else {
@@ -617,7 +624,14 @@ async fn reconcile(
     // Like Kubernetes' rate-limited queue: one pass per sync period unless the spec changed
     // (our own status writes come back as watch events).
     {
-        let state = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        state.retain(|_, e| e.last_sync.is_none_or(|(at, _)| at + FORGET_AFTER > now));
+        let uid = hpa.metadata.uid.clone();
+        if state.get(&key).is_some_and(|e| e.uid != uid) {
+            state.remove(&key);
+        }
+        state.entry(key.clone()).or_default().uid = uid;
         if let Some((at, g)) = state.get(&key).and_then(|e| e.last_sync) {
             let due = at + ctx.sync_period;
             let now = Instant::now();

@@ -182,7 +182,7 @@ impl LoadTable {
                 })
             })
             .collect();
-        items.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+        items.sort_by_key(|a| a.to_string());
         json!({"timestamp": now, "items": items})
     }
 }
