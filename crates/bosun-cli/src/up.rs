@@ -50,6 +50,10 @@ pub struct ServerOpts {
     /// unreachable; its pods leave after their toleration (default 5 s), e.g. 3s, 40s
     #[arg(long, default_value = "2s", value_parser = crate::join::parse_ttl)]
     pub node_monitor_grace_period: std::time::Duration,
+    /// How often each HorizontalPodAutoscaler reads its metrics and rescales (Kubernetes'
+    /// --horizontal-pod-autoscaler-sync-period), e.g. 5s, 15s
+    #[arg(long, default_value = "15s", value_parser = crate::join::parse_ttl)]
+    pub horizontal_pod_autoscaler_sync_period: std::time::Duration,
     /// Range nodes' pod CIDRs (/24 each) are allocated from
     #[arg(long, default_value = bosun_controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
     pub cluster_cidr: String,
@@ -380,6 +384,7 @@ pub(crate) async fn start_control_plane(
     });
     let ctl = bosun_controllers::ControllerConfig {
         node_monitor_grace_period: opts.node_monitor_grace_period,
+        hpa_sync_period: opts.horizontal_pod_autoscaler_sync_period,
         ..Default::default()
     };
     bosun_controllers::nodeipam::Range::parse(&opts.cluster_cidr).context("--cluster-cidr")?;
@@ -598,6 +603,9 @@ fn agent_config(
     cfg.bridge_name = node.bridge.clone();
     cfg.cpu_manager_policy = node.cpu_manager_policy;
     cfg.reserved_cpus = node.reserved_cpus.clone();
+    cfg.load_stats = Some(std::sync::Arc::new(|| {
+        bosun_proxy::upstream::load::table().snapshot()
+    }));
     cfg.cluster_dns = Some(bosun_agent::dns::ClusterDns {
         nameserver: cluster_dns_ip(node)?,
         domain: node.cluster_domain.clone(),

@@ -31,6 +31,7 @@
 
 pub mod activation;
 pub mod balance;
+pub mod load;
 pub mod metrics;
 pub mod policy;
 pub mod trace;
@@ -464,6 +465,8 @@ pub struct Picked {
     outlier: OutlierConfig,
     metrics: Metrics,
     labels: SvcLabels,
+    /// Counts the request in the pod's load figures until the outcome is reported.
+    _load: Option<load::InFlight>,
 }
 
 impl Picked {
@@ -883,6 +886,11 @@ impl Upstreams {
             .ok_or_else(|| UpstreamError::NoEndpoints(svc_name(target)))?;
         let state = candidates[i].clone();
         let handle = Some(state.load.start());
+        let pod_load = state
+            .ep
+            .pod
+            .as_ref()
+            .map(|pod| load::table().start(&target.namespace, load::Subject::Pod(pod.clone())));
         Ok(Picked {
             endpoint: state.ep.clone(),
             state,
@@ -894,6 +902,7 @@ impl Upstreams {
                 namespace: target.namespace.clone(),
                 service: target.service.clone(),
             },
+            _load: pod_load,
         })
     }
 
@@ -1057,6 +1066,10 @@ impl Upstreams {
             service: target.service.clone(),
         };
         let m = &self.inner.metrics;
+        let service_load = load::table().start(
+            &target.namespace,
+            load::Subject::Service(target.service.clone()),
+        );
         let resp = match self.port_set(target) {
             None => UpstreamError::UnknownService(svc_name(target)).into_response(),
             Some((info, set)) => {
@@ -1081,6 +1094,7 @@ impl Upstreams {
                 }
             }
         };
+        drop(service_load);
         m.duration
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
