@@ -50,6 +50,10 @@ pub struct ServerOpts {
     /// unreachable; its pods leave after their toleration (default 5 s), e.g. 3s, 40s
     #[arg(long, default_value = "2s", value_parser = crate::join::parse_ttl)]
     pub node_monitor_grace_period: std::time::Duration,
+    /// How often each HorizontalPodAutoscaler reads its metrics and rescales (Kubernetes'
+    /// --horizontal-pod-autoscaler-sync-period), e.g. 5s, 15s
+    #[arg(long, default_value = "15s", value_parser = crate::join::parse_ttl)]
+    pub horizontal_pod_autoscaler_sync_period: std::time::Duration,
     /// Range nodes' pod CIDRs (/24 each) are allocated from
     #[arg(long, default_value = bosun_controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
     pub cluster_cidr: String,
@@ -297,15 +301,19 @@ pub(crate) async fn start_control_plane(
         anyhow::bail!("stopped before the store answered");
     };
     let on_etcd = opts.store.kind()? != crate::store::StoreKind::Redb;
+    let mut server_token = None;
     if on_etcd {
         // Every server of one etcd shares one identity, kept sealed in the store.
-        crate::identity::ensure(store.as_ref(), &opts.data_dir, opts.join_token.as_deref()).await?;
+        server_token = Some(
+            crate::identity::ensure(store.as_ref(), &opts.data_dir, opts.join_token.as_deref())
+                .await?,
+        );
     } else if opts.join_token.is_some() {
         anyhow::bail!("--join-token joins servers on one etcd store: it needs --store etcd://...");
     }
     let pki = Pki::load_or_create(&opts.data_dir)?;
     let mut api_cfg =
-        bosun_apiserver::ApiServerConfig::new(store, pki.token.clone(), pki.ca_pem.clone());
+        bosun_apiserver::ApiServerConfig::new(store.clone(), pki.token.clone(), pki.ca_pem.clone());
     api_cfg.service_cidr = opts.service_cidr.clone();
     api_cfg.kubelet_token = Some(pki.kubelet_token.clone());
     api_cfg.limits.max_connections = opts.max_connections;
@@ -325,6 +333,16 @@ pub(crate) async fn start_control_plane(
     let api = bosun_apiserver::ApiServer::new(api_cfg)
         .await
         .context("starting the API server")?;
+    if let Some(token) = server_token {
+        // A key rotation on any server reaches every other one.
+        let encryption = api.encryption();
+        let (data_dir, stop) = (opts.data_dir.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let reload = move || encryption.reload();
+            crate::identity::follow(store, data_dir, token, reload, stop).await;
+            ("encryption configuration follower", Ok(()))
+        });
+    }
 
     let advertise = opts
         .advertise_address
@@ -366,6 +384,7 @@ pub(crate) async fn start_control_plane(
     });
     let ctl = bosun_controllers::ControllerConfig {
         node_monitor_grace_period: opts.node_monitor_grace_period,
+        hpa_sync_period: opts.horizontal_pod_autoscaler_sync_period,
         ..Default::default()
     };
     bosun_controllers::nodeipam::Range::parse(&opts.cluster_cidr).context("--cluster-cidr")?;
@@ -489,6 +508,7 @@ pub(crate) fn start_node_services(
         let (c, sd) = (client.clone(), shutdown.clone());
         let mut cfg = bosun_proxy::ProxyConfig::new(&node.service_interface, node.node_ip);
         cfg.metrics_listen = node.proxy_metrics_listen;
+        cfg.node_name = Some(node_name(node)?);
         tasks.spawn(async move { ("node proxy", bosun_proxy::run(c, cfg, sd).await) });
     }
     {
@@ -502,6 +522,7 @@ pub(crate) fn start_node_services(
             .gateway_admin_port
             .map(|p| (std::net::IpAddr::from([127, 0, 0, 1]), p).into());
         cfg.address = Some(node.node_ip.to_string());
+        cfg.node_name = Some(node_name(node)?);
         if std::env::var("BOSUN_GATEWAY_ACCESS_LOG").is_ok_and(|v| v == "json") {
             cfg.access_log = bosun_gateway::AccessLog::Json;
         }
@@ -583,6 +604,9 @@ fn agent_config(
     cfg.bridge_name = node.bridge.clone();
     cfg.cpu_manager_policy = node.cpu_manager_policy;
     cfg.reserved_cpus = node.reserved_cpus.clone();
+    cfg.load_stats = Some(std::sync::Arc::new(|| {
+        bosun_proxy::upstream::load::table().snapshot()
+    }));
     cfg.cluster_dns = Some(bosun_agent::dns::ClusterDns {
         nameserver: cluster_dns_ip(node)?,
         domain: node.cluster_domain.clone(),
