@@ -155,7 +155,7 @@ impl ClusterApi for KubeApi {
                 "token",
                 sa,
                 &PostParams::default(),
-                &serde_json::to_vec(&req)?,
+                &req,
             )
             .await?;
         answer
