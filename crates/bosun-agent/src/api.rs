@@ -151,12 +151,7 @@ impl ClusterApi for KubeApi {
             status: None,
         };
         let answer: TokenRequest = api
-            .create_subresource(
-                "token",
-                sa,
-                &PostParams::default(),
-                &req,
-            )
+            .create_subresource("token", sa, &PostParams::default(), &req)
             .await?;
         answer
             .status

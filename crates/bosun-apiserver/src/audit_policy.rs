@@ -33,7 +33,7 @@ impl Level {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GroupResources {
     #[serde(default)]
     pub group: String,
@@ -44,7 +44,7 @@ pub struct GroupResources {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
     pub level: Level,
     #[serde(default)]
@@ -57,7 +57,7 @@ pub struct Rule {
     pub resources: Vec<GroupResources>,
     #[serde(default)]
     pub namespaces: Vec<String>,
-    #[serde(default)]
+    #[serde(default, rename = "nonResourceURLs")]
     pub non_resource_urls: Vec<String>,
     #[serde(default)]
     pub omit_stages: Vec<String>,
@@ -322,5 +322,10 @@ rules:
         assert!(Policy::parse("apiVersion: v1\nkind: Policy\n").is_err());
         assert!(Policy::parse("kind: Policy\nrules:\n- level: Everything\n").is_err());
         assert!(Policy::parse("kind: Policy\nomitStages: [Sometimes]\n").is_err());
+        // A misspelt field is an error, not a rule that matches everything.
+        assert!(
+            Policy::parse("kind: Policy\nrules:\n- level: None\n  nonResourceUrls: [/x]\n")
+                .is_err()
+        );
     }
 }

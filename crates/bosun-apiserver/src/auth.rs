@@ -426,7 +426,20 @@ pub(crate) async fn middleware(
             let Ok(bytes) = axum::body::to_bytes(body, inner.max_body_bytes).await else {
                 break 'resp ApiError::too_large(inner.max_body_bytes).into_response();
             };
-            request_object = serde_json::from_slice(&bytes).ok();
+            // Recorded as JSON whatever it came as (JSON, YAML or protobuf), as Kubernetes does.
+            let ct = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| {
+                    s.split(';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_default();
+            request_object = crate::request::parse_doc(&ct, &bytes).ok();
             body = Body::from(bytes);
         }
         let review = (parts.method == Method::POST)
