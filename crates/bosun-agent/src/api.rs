@@ -8,7 +8,8 @@ use k8s_openapi::api::core::v1::{
     Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 
 #[async_trait]
 pub trait ClusterApi: Send + Sync + 'static {
