@@ -262,8 +262,9 @@ def test_audit_log_has_requests_but_no_secret_values(cluster):
     assert ev["responseStatus"]["code"] == 201
     assert ev["user"]["username"] == "admin" and ev["sourceIPs"] == ["127.0.0.1"]
     assert ev["annotations"]["authorization.k8s.io/decision"] == "allow"
-    imp = [e for e in events() if e.get("impersonatedUser", {}).get("username") == "nobody"]
-    assert imp, "an impersonated request is recorded with impersonatedUser"
+    # Events are written by a thread of their own: the later ones may need a moment.
+    wait_for(lambda: [e for e in events() if e.get("impersonatedUser", {}).get("username") == "nobody"],
+             timeout=10, what="an impersonated request recorded with impersonatedUser")
     with open(path, "rb") as f:
         text = f.read()
     assert value.encode() not in text

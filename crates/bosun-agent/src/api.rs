@@ -8,7 +8,8 @@ use k8s_openapi::api::core::v1::{
     Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 
 #[async_trait]
 pub trait ClusterApi: Send + Sync + 'static {
@@ -33,6 +34,17 @@ pub trait ClusterApi: Send + Sync + 'static {
     /// be sent to it).
     async fn in_ready_endpoints(&self, _pod: &Pod) -> Result<bool> {
         Ok(false)
+    }
+    /// A token for the pod's ServiceAccount `sa`, bound to the pod (the TokenRequest API);
+    /// `audience` None means the API server's own.
+    async fn service_account_token(
+        &self,
+        _pod: &Pod,
+        _sa: &str,
+        _audience: Option<&str>,
+        _expiration_seconds: i64,
+    ) -> Result<String> {
+        anyhow::bail!("this cluster offers no TokenRequest API")
     }
     /// Writes the pod's status (the `status` subresource).
     async fn update_pod_status(&self, pod: &Pod, status: &PodStatus) -> Result<()>;
@@ -109,6 +121,45 @@ impl ClusterApi for KubeApi {
                     && e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
             })
         }))
+    }
+
+    async fn service_account_token(
+        &self,
+        pod: &Pod,
+        sa: &str,
+        audience: Option<&str>,
+        expiration_seconds: i64,
+    ) -> Result<String> {
+        use k8s_openapi::api::authentication::v1::{
+            BoundObjectReference, TokenRequest, TokenRequestSpec,
+        };
+        let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), &ns_of(pod));
+        let req = TokenRequest {
+            metadata: ObjectMeta {
+                name: Some(sa.to_string()),
+                ..Default::default()
+            },
+            spec: TokenRequestSpec {
+                audiences: audience.map(|a| vec![a.to_string()]).unwrap_or_default(),
+                expiration_seconds: Some(expiration_seconds),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: pod.metadata.name.clone(),
+                    uid: pod.metadata.uid.clone(),
+                }),
+            },
+            status: None,
+        };
+        let answer: TokenRequest = api
+            .create_subresource("token", sa, &PostParams::default(), &req)
+            .await?;
+        answer
+            .status
+            .map(|s| s.token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("the TokenRequest answer holds no token"))
     }
 
     async fn update_pod_status(&self, pod: &Pod, status: &PodStatus) -> Result<()> {

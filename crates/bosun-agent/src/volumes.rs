@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, Volume};
+use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, ProjectedVolumeSource, Volume};
 
 use crate::api::ClusterApi;
 use crate::env::ConfigError;
@@ -136,31 +136,7 @@ pub async fn prepare(
     for v in vols {
         let dir = volume_dir(pod_dir, &v.name);
         if let Some(cm) = &v.config_map {
-            let obj = api
-                .config_map(&ns, &cm.name)
-                .await
-                .map_err(|e| ConfigError(format!("cannot get configmap {:?}: {e:#}", cm.name)))?;
-            let data: HashMap<String, Vec<u8>> = match obj {
-                Some(o) => {
-                    let mut m: HashMap<String, Vec<u8>> = o
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.into_bytes()))
-                        .collect();
-                    for (k, v) in o.binary_data.unwrap_or_default() {
-                        m.insert(k, v.0);
-                    }
-                    m
-                }
-                None if cm.optional.unwrap_or(false) => HashMap::new(),
-                None => {
-                    return Err(ConfigError(format!(
-                        "configmap {:?} not found (volume {:?})",
-                        cm.name, v.name
-                    )));
-                }
-            };
+            let data = config_map_data(api, &ns, &cm.name, cm.optional, &v.name).await?;
             write_files(
                 &dir,
                 &data,
@@ -178,31 +154,7 @@ pub async fn prepare(
             );
         } else if let Some(sec) = &v.secret {
             let name = sec.secret_name.clone().unwrap_or_default();
-            let obj = api
-                .secret(&ns, &name)
-                .await
-                .map_err(|e| ConfigError(format!("cannot get secret {name:?}: {e:#}")))?;
-            let data: HashMap<String, Vec<u8>> = match obj {
-                Some(o) => {
-                    let mut m: HashMap<String, Vec<u8>> = o
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect();
-                    for (k, v) in o.string_data.unwrap_or_default() {
-                        m.insert(k, v.into_bytes());
-                    }
-                    m
-                }
-                None if sec.optional.unwrap_or(false) => HashMap::new(),
-                None => {
-                    return Err(ConfigError(format!(
-                        "secret {name:?} not found (volume {:?})",
-                        v.name
-                    )));
-                }
-            };
+            let data = secret_data(api, &ns, &name, sec.optional, &v.name).await?;
             write_files(
                 &dir,
                 &data,
@@ -314,14 +266,238 @@ pub async fn prepare(
                     read_only: true,
                 },
             );
+        } else if let Some(p) = &v.projected {
+            let (data, items) = projected_files(api, pod, &ns, p, &dir, &v.name).await?;
+            write_files(
+                &dir,
+                &data,
+                Some(&items),
+                p.default_mode.unwrap_or(0o644),
+                &format!("projected volume {:?}", v.name),
+            )?;
+            own(&dir, true)?;
+            out.insert(
+                v.name.clone(),
+                PreparedVolume {
+                    path: dir,
+                    read_only: true,
+                },
+            );
         } else {
             return Err(ConfigError(format!(
-                "volume {:?}: only configMap, secret, emptyDir, hostPath, downwardAPI and persistentVolumeClaim volumes are supported",
+                "volume {:?}: only configMap, secret, emptyDir, hostPath, downwardAPI, projected and persistentVolumeClaim volumes are supported",
                 v.name
             )));
         }
     }
     Ok(out)
+}
+
+/// The files of a ConfigMap by key (none when it is missing and `optional`).
+async fn config_map_data(
+    api: &dyn ClusterApi,
+    ns: &str,
+    name: &str,
+    optional: Option<bool>,
+    volume: &str,
+) -> Result<HashMap<String, Vec<u8>>, ConfigError> {
+    let obj = api
+        .config_map(ns, name)
+        .await
+        .map_err(|e| ConfigError(format!("cannot get configmap {name:?}: {e:#}")))?;
+    match obj {
+        Some(o) => {
+            let mut m: HashMap<String, Vec<u8>> = o
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect();
+            for (k, v) in o.binary_data.unwrap_or_default() {
+                m.insert(k, v.0);
+            }
+            Ok(m)
+        }
+        None if optional.unwrap_or(false) => Ok(HashMap::new()),
+        None => Err(ConfigError(format!(
+            "configmap {name:?} not found (volume {volume:?})"
+        ))),
+    }
+}
+
+/// The files of a Secret by key (none when it is missing and `optional`).
+async fn secret_data(
+    api: &dyn ClusterApi,
+    ns: &str,
+    name: &str,
+    optional: Option<bool>,
+    volume: &str,
+) -> Result<HashMap<String, Vec<u8>>, ConfigError> {
+    let obj = api
+        .secret(ns, name)
+        .await
+        .map_err(|e| ConfigError(format!("cannot get secret {name:?}: {e:#}")))?;
+    match obj {
+        Some(o) => {
+            let mut m: HashMap<String, Vec<u8>> = o
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            for (k, v) in o.string_data.unwrap_or_default() {
+                m.insert(k, v.into_bytes());
+            }
+            Ok(m)
+        }
+        None if optional.unwrap_or(false) => Ok(HashMap::new()),
+        None => Err(ConfigError(format!(
+            "secret {name:?} not found (volume {volume:?})"
+        ))),
+    }
+}
+
+/// Places `data` (by key) at the items' paths, or every key at its own name without items.
+fn place(
+    data: HashMap<String, Vec<u8>>,
+    items: Option<&Vec<KeyToPath>>,
+    what: &str,
+    files: &mut HashMap<String, Vec<u8>>,
+    placed: &mut Vec<KeyToPath>,
+) -> Result<(), ConfigError> {
+    match items {
+        Some(items) => {
+            for it in items {
+                let v = data.get(&it.key).ok_or_else(|| {
+                    ConfigError(format!("couldn't find key {} in {what}", it.key))
+                })?;
+                files.insert(it.path.clone(), v.clone());
+                placed.push(KeyToPath {
+                    key: it.path.clone(),
+                    path: it.path.clone(),
+                    mode: it.mode,
+                });
+            }
+        }
+        None => {
+            for (k, v) in data {
+                placed.push(KeyToPath {
+                    key: k.clone(),
+                    path: k.clone(),
+                    mode: None,
+                });
+                files.insert(k, v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Renew a projected token once 80% of its life has passed or it is a day old, as the
+/// kubelet does.
+pub fn token_needs_renewal(iat: i64, exp: i64, now: i64) -> bool {
+    let life = exp - iat;
+    life <= 0 || now >= iat + life * 8 / 10 || now - iat >= 24 * 3600
+}
+
+/// `iat`, `exp` and the bound pod's UID of a JWT, read without checking its signature
+/// (it is our own, read back from the pod's volume).
+pub fn token_times(token: &str) -> Option<(i64, i64, String)> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let uid = v
+        .pointer("/kubernetes.io/pod/uid")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    Some((v.get("iat")?.as_i64()?, v.get("exp")?.as_i64()?, uid))
+}
+
+/// The files of a projected volume: ServiceAccount tokens (bound to the pod, renewed before
+/// they expire), ConfigMaps, Secrets and downward API items.
+async fn projected_files(
+    api: &dyn ClusterApi,
+    pod: &Pod,
+    ns: &str,
+    p: &ProjectedVolumeSource,
+    dir: &Path,
+    volume: &str,
+) -> Result<(HashMap<String, Vec<u8>>, Vec<KeyToPath>), ConfigError> {
+    let mut files = HashMap::new();
+    let mut items = Vec::new();
+    let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
+    for src in p.sources.iter().flatten() {
+        if let Some(t) = &src.service_account_token {
+            if !relative_ok(&t.path) {
+                return Err(ConfigError(format!(
+                    "projected volume {volume:?}: token path {:?} must be relative without '..'",
+                    t.path
+                )));
+            }
+            let now = jiff::Timestamp::now().as_second();
+            let current = std::fs::read_to_string(dir.join(&t.path)).ok();
+            let fresh = current.as_deref().and_then(|tok| {
+                let (iat, exp, uid) = token_times(tok.trim())?;
+                (uid == pod_uid && !token_needs_renewal(iat, exp, now)).then(|| tok.to_string())
+            });
+            let token = match fresh {
+                Some(tok) => tok,
+                None => {
+                    let sa = pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.service_account_name.clone())
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| "default".into());
+                    api.service_account_token(
+                        pod,
+                        &sa,
+                        t.audience.as_deref().filter(|a| !a.is_empty()),
+                        t.expiration_seconds.unwrap_or(3600),
+                    )
+                    .await
+                    .map_err(|e| {
+                        ConfigError(format!(
+                            "projected volume {volume:?}: cannot get a token for service account {ns}/{sa}: {e:#}"
+                        ))
+                    })?
+                }
+            };
+            files.insert(t.path.clone(), token.into_bytes());
+            items.push(KeyToPath {
+                key: t.path.clone(),
+                path: t.path.clone(),
+                mode: None,
+            });
+        } else if let Some(cm) = &src.config_map {
+            let data = config_map_data(api, ns, &cm.name, cm.optional, volume).await?;
+            let what = format!("ConfigMap {ns}/{}", cm.name);
+            place(data, cm.items.as_ref(), &what, &mut files, &mut items)?;
+        } else if let Some(sec) = &src.secret {
+            let data = secret_data(api, ns, &sec.name, sec.optional, volume).await?;
+            let what = format!("Secret {ns}/{}", sec.name);
+            place(data, sec.items.as_ref(), &what, &mut files, &mut items)?;
+        } else if let Some(da) = &src.downward_api {
+            let source = k8s_openapi::api::core::v1::DownwardAPIVolumeSource {
+                items: da.items.clone(),
+                default_mode: None,
+            };
+            let (data, its) = downward_files(pod, &source).map_err(|e| {
+                ConfigError(format!("projected volume {volume:?}: downwardAPI: {}", e.0))
+            })?;
+            files.extend(data);
+            items.extend(its);
+        } else {
+            return Err(ConfigError(format!(
+                "projected volume {volume:?}: only serviceAccountToken, configMap, secret and downwardAPI sources are supported"
+            )));
+        }
+    }
+    Ok((files, items))
 }
 
 /// Annotation of volumes the built-in local-path provisioner made (their directory is
@@ -535,4 +711,38 @@ pub fn mounts_for(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_renewed_at_four_fifths_of_their_life() {
+        let iat = 1_000_000;
+        let exp = iat + 3607;
+        assert!(!token_needs_renewal(iat, exp, iat));
+        assert!(!token_needs_renewal(iat, exp, iat + 2884));
+        assert!(token_needs_renewal(iat, exp, iat + 2886));
+        assert!(token_needs_renewal(iat, exp, exp + 1));
+        // A long-lived token is still renewed daily.
+        assert!(token_needs_renewal(iat, iat + 7 * 86_400, iat + 86_400));
+        assert!(token_needs_renewal(iat, iat, iat));
+    }
+
+    #[test]
+    fn token_claims_are_read_back() {
+        use base64::Engine;
+        let enc = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let t = format!(
+            "{}.{}.sig",
+            enc(serde_json::json!({"alg": "ES256"})),
+            enc(serde_json::json!({"iat": 10, "exp": 20,
+                "kubernetes.io": {"pod": {"name": "p", "uid": "u-1"}}}))
+        );
+        assert_eq!(token_times(&t), Some((10, 20, "u-1".to_string())));
+        assert_eq!(token_times("not-a-jwt"), None);
+    }
 }

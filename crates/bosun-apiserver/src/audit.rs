@@ -1,7 +1,9 @@
-//! The audit log: one `audit.k8s.io/v1` Event per request, as JSON lines, at the Metadata
-//! level (who, what, when, the answer's code; never a request or response body, so no
-//! Secret value can reach it). A thread of its own writes the file and rotates it by size,
-//! keeping a few old files (`audit.log.1` ... ), so requests never wait on the disk.
+//! The audit log: one `audit.k8s.io/v1` Event per request, as JSON lines, at the level the
+//! audit policy gives (`audit_policy.rs`; Metadata without one: who, what, when, the
+//! answer's code). Request and response bodies are recorded only at the Request and
+//! RequestResponse levels, and never those of Secrets or tokens. A thread of its own writes
+//! the file and rotates it by size, keeping a few old files (`audit.log.1` ... ), so
+//! requests never wait on the disk.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,6 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::attrs::Attrs;
+use crate::audit_policy::{Level, Policy};
 use crate::auth::User;
 
 /// Where and how large.
@@ -20,6 +23,9 @@ pub struct AuditConfig {
     pub max_bytes: u64,
     /// Rotated files kept.
     pub max_backups: usize,
+    /// Which requests are recorded and how much of them; None records every request at
+    /// the Metadata level.
+    pub policy: Option<Policy>,
 }
 
 impl AuditConfig {
@@ -28,6 +34,7 @@ impl AuditConfig {
             path: path.into(),
             max_bytes: 100 << 20,
             max_backups: 5,
+            policy: None,
         }
     }
 }
@@ -36,6 +43,7 @@ impl AuditConfig {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Value>,
+    policy: Option<std::sync::Arc<Policy>>,
 }
 
 fn open(path: &Path) -> std::io::Result<std::fs::File> {
@@ -99,10 +107,24 @@ impl AuditLog {
         // Fail at start, not at the first request, when the file cannot be written.
         drop(open(&cfg.path)?);
         let (tx, rx) = mpsc::channel(8192);
+        let policy = cfg.policy.clone().map(std::sync::Arc::new);
         std::thread::Builder::new()
             .name("audit-log".into())
             .spawn(move || writer(cfg, rx))?;
-        Ok(AuditLog { tx })
+        Ok(AuditLog { tx, policy })
+    }
+
+    /// The level a request is recorded at (None: not at all).
+    pub fn level(&self, user: Option<&User>, a: &Attrs, streaming: bool) -> Level {
+        let stage = if streaming {
+            "ResponseStarted"
+        } else {
+            "ResponseComplete"
+        };
+        match &self.policy {
+            Some(p) => p.decide(user, a, stage),
+            None => crate::audit_policy::cap(Level::Metadata, a),
+        }
     }
 
     /// Queues one event; waits only when the writer is 8192 events behind.
@@ -125,6 +147,11 @@ pub struct Entry<'a> {
     pub decision: Option<(&'a str, &'a str)>,
     /// Streaming answers (watch, follow) are recorded when their headers go out.
     pub streaming: bool,
+    pub level: Level,
+    /// The request body (Request and RequestResponse levels).
+    pub request_object: Option<Value>,
+    /// The response body (RequestResponse level).
+    pub response_object: Option<Value>,
 }
 
 fn user_json(u: &User) -> Value {
@@ -135,13 +162,13 @@ fn micro(ts: jiff::Timestamp) -> String {
     format!("{}", ts.strftime("%Y-%m-%dT%H:%M:%S%.6fZ"))
 }
 
-/// The audit.k8s.io/v1 Event of a request at the Metadata level.
+/// The audit.k8s.io/v1 Event of a request.
 pub fn event(e: &Entry) -> Value {
     let a = e.attrs;
     let mut ev = json!({
         "kind": "Event",
         "apiVersion": "audit.k8s.io/v1",
-        "level": "Metadata",
+        "level": e.level.as_str(),
         "auditID": e.audit_id,
         "stage": if e.streaming { "ResponseStarted" } else { "ResponseComplete" },
         "requestURI": e.uri,
@@ -173,6 +200,16 @@ pub fn event(e: &Entry) -> Value {
             }
         }
         ev["objectRef"] = r;
+    }
+    if e.level >= Level::Request
+        && let Some(body) = &e.request_object
+    {
+        ev["requestObject"] = body.clone();
+    }
+    if e.level >= Level::RequestResponse
+        && let Some(body) = &e.response_object
+    {
+        ev["responseObject"] = body.clone();
     }
     if let Some((decision, reason)) = e.decision {
         ev["annotations"] = json!({"authorization.k8s.io/decision": decision,
@@ -212,6 +249,9 @@ mod tests {
                 received: jiff::Timestamp::now(),
                 decision: Some(("allow", "")),
                 streaming: false,
+                level: Level::Metadata,
+                request_object: None,
+                response_object: None,
             });
             log.record(ev).await;
         }

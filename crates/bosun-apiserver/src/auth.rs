@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::Inner;
 use crate::attrs::Attrs;
+use crate::audit_policy::Level;
 use crate::error::ApiError;
 
 pub const BOOTSTRAP_PREFIX: &str = "system:bootstrap:";
@@ -348,6 +349,14 @@ fn streaming(a: &Attrs, query: &str) -> bool {
         || matches!(a.subresource.as_str(), "exec" | "attach" | "portforward")
 }
 
+/// The audit level of a request (None without an audit log).
+fn audit_level(inner: &Inner, user: Option<&User>, a: &Attrs, streaming: bool) -> Level {
+    inner
+        .audit
+        .as_ref()
+        .map_or(Level::None, |log| log.level(user, a, streaming))
+}
+
 /// Authentication, impersonation, authorization, the review APIs and the audit record of
 /// every request that reaches the HTTPS listener.
 pub(crate) async fn middleware(
@@ -372,13 +381,19 @@ pub(crate) async fn middleware(
     let mut user = None;
     let mut impersonated = None;
     let mut decision: Option<(&'static str, String)> = None;
+    let is_streaming = streaming(&attrs, &query);
+    let level;
+    let mut request_object = None;
     let response = 'resp: {
         if bearer.is_none() && cert.is_none() && public(req.method(), &path) {
+            level = audit_level(&inner, None, &attrs, is_streaming);
             break 'resp next.run(req).await;
         }
         let Some(u) = authenticate(&inner, bearer, cert).await else {
+            level = audit_level(&inner, None, &attrs, is_streaming);
             break 'resp ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
         };
+        level = audit_level(&inner, Some(&u), &attrs, is_streaming);
         // A client that proved who it is keeps its connection when the caps make room.
         if let Some(conn) = &conn {
             conn.mark_authenticated();
@@ -397,9 +412,35 @@ pub(crate) async fn middleware(
                 break 'resp resp;
             }
         }
-        let (mut parts, body) = req.into_parts();
+        let (mut parts, mut body) = req.into_parts();
         for h in ["impersonate-user", "impersonate-group", "impersonate-uid"] {
             parts.headers.remove(h);
+        }
+        if level >= Level::Request
+            && matches!(
+                parts.method,
+                Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+            )
+            && !is_streaming
+        {
+            let Ok(bytes) = axum::body::to_bytes(body, inner.max_body_bytes).await else {
+                break 'resp ApiError::too_large(inner.max_body_bytes).into_response();
+            };
+            // Recorded as JSON whatever it came as (JSON, YAML or protobuf), as Kubernetes does.
+            let ct = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| {
+                    s.split(';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_default();
+            request_object = crate::request::parse_doc(&ct, &bytes).ok();
+            body = Body::from(bytes);
         }
         let review = (parts.method == Method::POST)
             .then(|| crate::reviews::which(&path))
@@ -440,7 +481,24 @@ pub(crate) async fn middleware(
     if let Ok(v) = http::HeaderValue::from_str(&audit_id) {
         response.headers_mut().insert("audit-id", v);
     }
-    if let Some(log) = &inner.audit {
+    let mut response_object = None;
+    if level >= Level::RequestResponse && !is_streaming {
+        let json = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/json"));
+        if json {
+            let (parts, body) = response.into_parts();
+            // The answer is already whole in memory; this only copies it.
+            let bytes = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
+            response_object = serde_json::from_slice(&bytes).ok();
+            response = Response::from_parts(parts, Body::from(bytes));
+        }
+    }
+    if let Some(log) = inner.audit.as_ref().filter(|_| level > Level::None) {
         let ev = crate::audit::event(&crate::audit::Entry {
             audit_id: &audit_id,
             attrs: &attrs,
@@ -452,7 +510,10 @@ pub(crate) async fn middleware(
             code: response.status().as_u16(),
             received,
             decision: decision.as_ref().map(|(d, r)| (*d, r.as_str())),
-            streaming: streaming(&attrs, &query),
+            streaming: is_streaming,
+            level,
+            request_object,
+            response_object,
         });
         log.record(ev).await;
     }

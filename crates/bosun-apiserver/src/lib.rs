@@ -6,6 +6,7 @@
 
 mod attrs;
 pub mod audit;
+pub mod audit_policy;
 pub mod auth;
 mod crds;
 mod custom_metrics;
@@ -24,6 +25,7 @@ pub mod rbac;
 mod rbac_policy;
 mod request;
 mod reviews;
+mod sa_admission;
 pub mod sa_token;
 mod selector;
 mod services;

@@ -1,6 +1,7 @@
 //! Kubernetes' Node authorizer for `system:node:NAME` in `system:nodes`: a node reads only
-//! the Secrets, ConfigMaps and PersistentVolumeClaims its own pods use, and writes only its
-//! own Node, its own Lease and the status of pods bound to it. Everything else is left to
+//! the Secrets, ConfigMaps and PersistentVolumeClaims its own pods use, asks tokens only for
+//! their ServiceAccounts, and writes only its own Node, its own Lease and the status of pods
+//! bound to it. Everything else is left to
 //! RBAC (`system:node`).
 //!
 //! bosun's node also runs the gateway, which serves TLS from Secrets: a node may therefore
@@ -164,6 +165,27 @@ pub async fn authorize(inner: &Arc<Inner>, node: &str, a: &Attrs, query: &str) -
                     a.resource.trim_end_matches('s'),
                     a.namespace,
                     a.name
+                ))
+            }
+        }
+        // Tokens only for the ServiceAccounts of its own pods (their projected volumes).
+        ("", "serviceaccounts") if a.subresource == "token" => {
+            if a.verb != "create" {
+                return deny("can only create tokens for service accounts");
+            }
+            let used = pods_in(inner, &a.namespace).await.iter().any(|p| {
+                on_node(p, node)
+                    && p.pointer("/spec/serviceAccountName")
+                        .and_then(Value::as_str)
+                        .unwrap_or("default")
+                        == a.name
+            });
+            if used {
+                Decision::Allow
+            } else {
+                deny(&format!(
+                    "has no relationship to serviceaccount '{}/{}'",
+                    a.namespace, a.name
                 ))
             }
         }

@@ -127,7 +127,7 @@ fn ready_to_remove(kind: &KindInfo, obj: &Value) -> bool {
     true
 }
 
-fn random_suffix() -> String {
+pub(crate) fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     uuid::Uuid::new_v4().as_bytes()[..5]
         .iter()
@@ -356,6 +356,9 @@ pub(crate) async fn create_object(
     let mut quota_ns = None;
     if let Some(ns) = &ns {
         check_namespace_open(inner, kind, ns, meta_str(&obj, "name").unwrap_or_default()).await?;
+        if is_pod(kind) {
+            crate::sa_admission::admit(inner, ns, &mut obj).await?;
+        }
         if crate::quota::admit(inner, kind, ns, &mut obj).await? && !dry_run {
             quota_ns = Some(ns.clone());
         }

@@ -230,6 +230,11 @@ pub(crate) async fn token_request(ctx: Ctx, body: Bytes) -> ApiResult<Response> 
             "causes": [{"reason": "FieldValueInvalid", "message": msg, "field": field}]}),
         )
     };
+    if !req.is_object() {
+        return Err(ApiError::bad_request(
+            "the body of a token request must be a TokenRequest object",
+        ));
+    }
     if req
         .get("kind")
         .and_then(Value::as_str)

@@ -49,6 +49,11 @@ impl IpRange {
         v >= self.base + 2 && v < self.base + self.size - 1
     }
 
+    /// The first host address, kept for the `kubernetes` Service in `default`.
+    fn first_host(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + 1)
+    }
+
     fn nth(&self, n: u32) -> Ipv4Addr {
         Ipv4Addr::from(self.base + 2 + n % (self.size - 3))
     }
@@ -156,7 +161,8 @@ async fn allocate_inner(
                         "must be a valid IP address",
                     )
                 })?;
-                if !range.contains(ip) {
+                let api_service = ip == range.first_host() && who.as_ref() == b"default/kubernetes";
+                if !range.contains(ip) && !api_service {
                     return Err(invalid(
                         obj,
                         "spec.clusterIP",

@@ -19,6 +19,29 @@ pub struct Pki {
     /// What the API server presents to node agents: not the admin token, so that joined
     /// nodes can check it without holding admin rights.
     pub kubelet_token: String,
+    /// The administrator's client certificate (CN `admin`, O `system:masters`) that the
+    /// kubeconfig carries; None where only the token was copied (a node's pki dir).
+    pub admin: Option<Serving>,
+}
+
+/// The administrator's user name and group in the admin client certificate.
+pub const ADMIN_USER: &str = "admin";
+pub const ADMIN_GROUP: &str = "system:masters";
+/// How long an admin certificate is valid, and how close to its end it is replaced.
+const ADMIN_CERT_DAYS: i64 = 365;
+const ADMIN_RENEW_DAYS: i64 = 30;
+
+/// Whether the PEM certificate is still valid for more than `days` days.
+fn valid_for_days(cert_pem: &str, days: i64) -> bool {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else {
+        return false;
+    };
+    let Ok(cert) = pem.parse_x509() else {
+        return false;
+    };
+    let left =
+        cert.validity().not_after.timestamp() - time::OffsetDateTime::now_utc().unix_timestamp();
+    left > days * 86_400
 }
 
 fn random_token() -> String {
@@ -68,11 +91,53 @@ impl Pki {
         // Also for files written by older versions.
         chmod(&ca_key, 0o600)?;
         chmod(&token_file, 0o600)?;
-        Ok(Pki {
+        let mut pki = Pki {
             ca_pem: std::fs::read_to_string(&ca_crt)?,
             token: std::fs::read_to_string(&token_file)?.trim().to_string(),
             kubelet_token: std::fs::read_to_string(&kubelet_file)?.trim().to_string(),
             dir,
+            admin: None,
+        };
+        pki.admin = Some(pki.ensure_admin_cert()?);
+        Ok(pki)
+    }
+
+    /// The admin client certificate in `pki/admin.{crt,key}`, issued by the CA when missing
+    /// or within a month of its end.
+    fn ensure_admin_cert(&self) -> Result<Serving> {
+        let (crt, key) = (self.dir.join("admin.crt"), self.dir.join("admin.key"));
+        if let (Ok(cert_pem), Ok(key_pem)) =
+            (std::fs::read_to_string(&crt), std::fs::read_to_string(&key))
+            && valid_for_days(&cert_pem, ADMIN_RENEW_DAYS)
+        {
+            return Ok(Serving { cert_pem, key_pem });
+        }
+        let issued = self.client_cert(ADMIN_USER, &[ADMIN_GROUP], ADMIN_CERT_DAYS)?;
+        write_private(&key, issued.key_pem.as_bytes())?;
+        write_private(&crt, issued.cert_pem.as_bytes())?;
+        Ok(issued)
+    }
+
+    /// A client certificate from the CA: CN is the user, each O a group (how Kubernetes
+    /// reads x509 identities).
+    pub fn client_cert(&self, user: &str, groups: &[&str], days: i64) -> Result<Serving> {
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem()?)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, ca_key)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, user);
+        for g in groups {
+            params.distinguished_name.push(DnType::OrganizationName, *g);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(days);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(Serving {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
         })
     }
 
@@ -83,7 +148,12 @@ impl Pki {
                 .with_context(|| format!("reading {}", dir.join(f).display()))
         };
         let token = read("token")?.trim().to_string();
+        let admin = match (read("admin.crt"), read("admin.key")) {
+            (Ok(cert_pem), Ok(key_pem)) => Some(Serving { cert_pem, key_pem }),
+            _ => None,
+        };
         Ok(Pki {
+            admin,
             ca_pem: read("ca.crt")?,
             kubelet_token: read("kubelet-token")
                 .map(|t| t.trim().to_string())
@@ -128,17 +198,26 @@ impl Pki {
         std::fs::read_to_string(self.dir.join("ca.key")).context("reading the CA key")
     }
 
-    /// Writes a kubeconfig for `server` that trusts the CA and sends the token.
+    /// Writes a kubeconfig for `server` that trusts the CA and authenticates with the admin
+    /// client certificate (the token where there is none).
     pub fn write_kubeconfig(&self, path: &Path, server: &str) -> Result<()> {
         write_private(path, self.kubeconfig(server).as_bytes())
     }
 
     /// The kubeconfig text for `server`.
     pub fn kubeconfig(&self, server: &str) -> String {
-        let ca = base64::engine::general_purpose::STANDARD.encode(self.ca_pem.as_bytes());
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+        let ca = b64(&self.ca_pem);
+        let user = match &self.admin {
+            Some(a) => format!(
+                "    client-certificate-data: {}\n    client-key-data: {}\n",
+                b64(&a.cert_pem),
+                b64(&a.key_pem)
+            ),
+            None => format!("    token: {}\n", self.token),
+        };
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: bosun\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: bosun\n  context:\n    cluster: bosun\n    user: admin\n    namespace: default\ncurrent-context: bosun\n",
-            token = self.token
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: bosun\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n{user}contexts:\n- name: bosun\n  context:\n    cluster: bosun\n    user: admin\n    namespace: default\ncurrent-context: bosun\n"
         )
     }
 }

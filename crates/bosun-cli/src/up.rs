@@ -67,6 +67,11 @@ pub struct ServerOpts {
     /// Rotated audit log files kept
     #[arg(long, default_value_t = 5)]
     pub audit_log_maxbackup: usize,
+    /// Audit policy (an audit.k8s.io/v1 Policy: per rule a level of None, Metadata,
+    /// Request or RequestResponse); without it every request is logged at Metadata.
+    /// Secrets' and tokens' bodies are never logged.
+    #[arg(long)]
+    pub audit_policy_file: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -328,6 +333,9 @@ pub(crate) async fn start_control_plane(
         let mut audit = bosun_apiserver::audit::AuditConfig::new(audit_path);
         audit.max_bytes = opts.audit_log_maxsize << 20;
         audit.max_backups = opts.audit_log_maxbackup;
+        if let Some(p) = &opts.audit_policy_file {
+            audit.policy = Some(bosun_apiserver::audit_policy::Policy::load(p)?);
+        }
         api_cfg.audit = Some(audit);
     }
     let api = bosun_apiserver::ApiServer::new(api_cfg)
@@ -376,10 +384,11 @@ pub(crate) async fn start_control_plane(
         shutdown.clone(),
         SocketAddr::new(advertise, port),
     );
+    let service_ip = crate::sans::service_ip(&opts.service_cidr);
     tasks.spawn(async move {
         (
             "API server endpoints",
-            bosun_controllers::apiserver_endpoints::run(c, me, sd).await,
+            bosun_controllers::apiserver_endpoints::run(c, me, service_ip, sd).await,
         )
     });
     let ctl = bosun_controllers::ControllerConfig {

@@ -5,8 +5,10 @@
 //! `kube-system/apiserver-IP-PORT` (label `apiserver.kubernetes.io/identity=bosun-apiserver`,
 //! holder `IP:PORT`, 15 s), and writes `default/kubernetes` Endpoints and EndpointSlices
 //! listing the servers whose Leases are current. A server that dies drops out once its Lease
-//! runs out; one that stops cleanly deletes its Lease and drops out at once. The Service
-//! itself is created elsewhere; this loop only keeps its endpoints.
+//! runs out; one that stops cleanly deletes its Lease and drops out at once. The loop also
+//! creates the Service itself when it is missing (ClusterIP = the first address of the
+//! service range, port 443 named `https`), as Kubernetes' bootstrap controller does: pods
+//! reach the API through it (`KUBERNETES_SERVICE_HOST`, `kubernetes.default.svc`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,11 +16,14 @@ use std::time::Duration;
 
 use anyhow::Result;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints};
+use k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Service, ServicePort, ServiceSpec,
+};
 use k8s_openapi::api::discovery::v1::{
     Endpoint, EndpointConditions, EndpointPort as SlicePort, EndpointSlice,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -39,9 +44,21 @@ pub fn lease_name(addr: SocketAddr) -> String {
 
 /// Renews this server's Lease and keeps the endpoints until `shutdown`; then deletes the
 /// Lease and takes the server out of the endpoints.
-pub async fn run(client: Client, me: SocketAddr, shutdown: CancellationToken) -> Result<()> {
+/// `service_ip` is the `kubernetes` Service's ClusterIP (the first address of the service
+/// range); None leaves the Service alone.
+pub async fn run(
+    client: Client,
+    me: SocketAddr,
+    service_ip: Option<IpAddr>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
     loop {
+        if let Some(ip) = service_ip
+            && let Err(e) = ensure_service(&client, ip, me.port()).await
+        {
+            tracing::warn!(error = %e, "creating the kubernetes Service");
+        }
         if let Err(e) = renew(&leases, me).await {
             tracing::warn!(error = %e, "renewing the API server's lease");
         }
@@ -61,6 +78,56 @@ pub async fn run(client: Client, me: SocketAddr, shutdown: CancellationToken) ->
         tracing::debug!(error = %e, "removing this server from the endpoints");
     }
     Ok(())
+}
+
+/// The `kubernetes` Service as Kubernetes' bootstrap controller makes it.
+pub fn api_service(ip: IpAddr, target_port: u16) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(SERVICE.into()),
+            namespace: Some("default".into()),
+            labels: Some(
+                [
+                    ("component".to_string(), "apiserver".to_string()),
+                    ("provider".to_string(), "kubernetes".to_string()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            cluster_ip: Some(ip.to_string()),
+            cluster_ips: Some(vec![ip.to_string()]),
+            session_affinity: Some("None".into()),
+            ports: Some(vec![ServicePort {
+                name: Some("https".into()),
+                port: 443,
+                protocol: Some("TCP".into()),
+                target_port: Some(IntOrString::Int(target_port.into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Creates the `kubernetes` Service when it is missing (an existing one is left as it is).
+async fn ensure_service(client: &Client, ip: IpAddr, target_port: u16) -> Result<()> {
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    if api.get_opt(SERVICE).await?.is_some() {
+        return Ok(());
+    }
+    match api
+        .create(&PostParams::default(), &api_service(ip, target_port))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Another server made it first.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn now() -> MicroTime {

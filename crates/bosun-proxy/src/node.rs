@@ -712,6 +712,10 @@ mod tests {
         assert_eq!(mode_for("grpc-api", None), Mode::Http);
         assert_eq!(mode_for("db", Some("tcp")), Mode::Tcp);
         assert_eq!(mode_for("tcp-redis", None), Mode::Tcp);
+        // TLS is relayed, never parsed as HTTP (the `kubernetes` Service's port).
+        assert_eq!(mode_for("https", None), Mode::Tcp);
+        assert_eq!(mode_for("tls-db", None), Mode::Tcp);
+        assert_eq!(mode_for("httpx", None), Mode::Http);
         assert_eq!(mode_for("", None), Mode::Auto);
         assert_eq!(mode_for("", Some("kubernetes.io/h2c")), Mode::Http);
     }

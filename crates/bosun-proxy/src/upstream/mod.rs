@@ -159,7 +159,8 @@ pub enum Declared {
 }
 
 /// `appProtocol` `tcp`, `http`, or `kubernetes.io/h2c`/`h2c`/`http2`/`grpc` decide; any
-/// other (or none) leaves it to the name: `tcp`/`tcp-*` is TCP, `grpc`/`h2c`/`http2`
+/// other (or none) leaves it to the name: `tcp`/`https`/`tls` (alone or with a `-suffix`)
+/// is TCP, `grpc`/`h2c`/`http2`
 /// (alone or with a `-suffix`) is h2c, and any other name starting with `http`, `grpc` or
 /// `h2c` is HTTP.
 pub fn declared_protocol(port_name: &str, app_protocol: Option<&str>) -> Declared {
@@ -171,7 +172,8 @@ pub fn declared_protocol(port_name: &str, app_protocol: Option<&str>) -> Declare
     }
     let n = port_name.to_ascii_lowercase();
     let named = |p: &str| n == p || n.starts_with(&format!("{p}-"));
-    if named("tcp") {
+    // TLS passes through untouched (the `kubernetes` Service's port is `https`).
+    if named("tcp") || named("https") || named("tls") {
         Declared::Tcp
     } else if ["grpc", "h2c", "http2"].into_iter().any(named) {
         Declared::H2c

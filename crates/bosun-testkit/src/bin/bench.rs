@@ -120,8 +120,8 @@ async fn compare_authz(opts: &Opts) -> Result<()> {
             "token",
             "bench",
             &PostParams::default(),
-            &serde_json::to_vec(&json!({"apiVersion": "authentication.k8s.io/v1",
-                "kind": "TokenRequest", "spec": {}}))?,
+            &json!({"apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest", "spec": {}}),
         )
         .await?;
     let token = tr.status.context("no token")?.token;
