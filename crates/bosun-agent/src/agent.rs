@@ -68,6 +68,14 @@ pub struct AgentConfig {
     pub reserved_cpus: Option<crate::cpus::CpuSet>,
     /// Host paths process pods never see besides `data_dir` (e.g. the cluster's credentials).
     pub hidden_paths: Vec<PathBuf>,
+    /// A container's log is rotated at this size ...
+    pub container_log_max_bytes: u64,
+    /// ... keeping this many files.
+    pub container_log_max_files: usize,
+    /// How long and how much of each pod's logs are kept, deleted pods' included.
+    pub log_retention: crate::logstore::Retention,
+    /// Request spans of this node's proxy and gateway, served at `/traces`.
+    pub traces: Option<Arc<dyn crate::server::TraceSource>>,
 }
 
 impl AgentConfig {
@@ -102,11 +110,20 @@ impl AgentConfig {
             cpu_manager_policy: crate::cpus::Policy::Static,
             reserved_cpus: None,
             hidden_paths: Vec::new(),
+            container_log_max_bytes: 10 << 20,
+            container_log_max_files: 5,
+            log_retention: crate::logstore::Retention::default(),
+            traces: None,
         }
     }
 
     fn pods_dir(&self) -> PathBuf {
         self.data_dir.join("pods")
+    }
+
+    /// Logs of deleted pods, kept for their retention.
+    fn log_archive_dir(&self) -> PathBuf {
+        self.data_dir.join("pod-logs")
     }
 
     /// Value of the owner label on this agent's Docker containers: its data directory, so
@@ -127,7 +144,10 @@ async fn make_docker(cfg: &AgentConfig) -> Option<Arc<dyn Runtime>> {
     match crate::docker::DockerRuntime::connect(cfg.pods_dir(), cfg.docker_owner()).await {
         Ok(d) => {
             tracing::info!("Docker engine found: containers with an image run on it");
-            Some(Arc::new(d))
+            Some(Arc::new(d.with_log_limits(
+                cfg.container_log_max_bytes,
+                cfg.container_log_max_files,
+            )))
         }
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "no Docker engine: pods with images cannot run on this node");
@@ -213,8 +233,15 @@ pub async fn run(
             tracing::warn!(error = %format!("{e:#}"), "no container cgroups: CPU and memory limits of process pods are not enforced")
         }
     }
+    let archive_dir = cfg.log_archive_dir();
+    std::fs::create_dir_all(&archive_dir)
+        .with_context(|| format!("create {}", archive_dir.display()))?;
+    let mut process_runtime = ProcessRuntime::new(pods_dir.clone(), cfg.shim_exe.clone())
+        .with_log_archive(archive_dir.clone());
+    process_runtime.log_max_bytes = cfg.container_log_max_bytes;
+    process_runtime.log_max_files = cfg.container_log_max_files;
     let runtime: Arc<dyn Runtime> = Arc::new(
-        ProcessRuntime::new(pods_dir.clone(), cfg.shim_exe.clone())
+        process_runtime
             .with_cgroups(cgroups)
             .with_hidden_paths(
                 std::iter::once(cfg.data_dir.clone()).chain(cfg.hidden_paths.iter().cloned()),
@@ -226,13 +253,17 @@ pub async fn run(
     let listener = std::net::TcpListener::bind(SocketAddr::new(cfg.node_ip, cfg.kubelet_port))
         .with_context(|| format!("bind agent endpoint {}:{}", cfg.node_ip, cfg.kubelet_port))?;
     let port = listener.local_addr()?.port();
-    let state =
+    let mut state =
         crate::server::ServerState::new(pods_dir.clone(), cfg.token.clone(), cfg.node_name.clone())
+            .with_log_archive(archive_dir.clone())
             .with_streaming(crate::streaming::Streaming {
                 process: runtime.clone(),
                 image: image_runtime.clone(),
                 network: network.clone(),
             });
+    if let Some(t) = &cfg.traces {
+        state = state.with_traces(t.clone());
+    }
     // CPU rates are differences between readings: sample regularly so that a reader
     // (`kubectl top`) gets a rate over the last window even on its first request.
     {
@@ -248,6 +279,25 @@ pub async fn run(
                 let st = st.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     crate::stats::summary(&st.pods_dir, &st.node_name, &st.stats)
+                })
+                .await;
+            }
+        });
+    }
+    // Log retention: by age and size, for live pods and the archive of deleted ones.
+    {
+        let (pods, archive, r) = (pods_dir.clone(), archive_dir.clone(), cfg.log_retention.clone());
+        let sd = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = sd.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let (p, a, r) = (pods.clone(), archive.clone(), r.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::logstore::sweep(&p, &a, &r, std::time::SystemTime::now())
                 })
                 .await;
             }

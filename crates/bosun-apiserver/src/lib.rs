@@ -17,6 +17,7 @@ mod logs;
 mod metrics;
 mod node_authz;
 mod objects;
+mod podlogs;
 mod quota;
 pub mod rbac;
 mod rbac_policy;
@@ -257,6 +258,12 @@ impl ApiServer {
                 "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}",
                 get(metrics::one_pod),
             )
+            .route(
+                "/apis/logs.bosun.dev/v1/namespaces/{ns}/podlogs",
+                get(podlogs::search_ns),
+            )
+            .route("/apis/logs.bosun.dev/v1/podlogs", get(podlogs::search_all))
+            .route("/bosun/v1/traces", get(podlogs::traces))
             .route("/bosun/v1/encryption", get(encryption_status))
             .route("/bosun/v1/encryption/reload", post(encryption_reload))
             .fallback(request::dispatch)

@@ -49,6 +49,9 @@ pub struct ProxyConfig {
     pub sniff_timeout: Duration,
     /// How long open connections may finish after their listener closes.
     pub drain_timeout: Duration,
+    /// Records a span per forwarded HTTP request (served at `/traces` on the metrics
+    /// listener); none when unset.
+    pub tracer: Option<crate::upstream::trace::Tracer>,
 }
 
 impl ProxyConfig {
@@ -61,6 +64,7 @@ impl ProxyConfig {
             manage_vips: true,
             sniff_timeout: Duration::from_millis(300),
             drain_timeout: Duration::from_secs(10),
+            tracer: None,
         }
     }
 }
@@ -76,6 +80,9 @@ pub async fn run(
     let mut registry = Registry::default();
     let (upstreams, watchers) =
         Upstreams::new(client, registry.sub_registry_with_prefix("bosun_proxy"));
+    if let Some(t) = &cfg.tracer {
+        upstreams.set_tracer(t.clone(), "proxy");
+    }
     let watch_task = tokio::spawn(watchers);
     let res = serve(upstreams, cfg, Arc::new(registry), shutdown).await;
     watch_task.abort();
@@ -130,7 +137,12 @@ pub async fn serve(
     }
     if let Some(addr) = cfg.metrics_listen {
         let l = crate::listen::tcp(addr).with_context(|| format!("metrics listener {addr}"))?;
-        tokio::spawn(serve_metrics(l, registry, shutdown.clone()));
+        tokio::spawn(serve_metrics(
+            l,
+            registry,
+            cfg.tracer.clone(),
+            shutdown.clone(),
+        ));
     }
     tracing::info!(node_ip = %cfg.node_ip, interface = %cfg.service_interface, "node proxy started");
     let conns = TaskTracker::new();
@@ -627,18 +639,37 @@ impl AsyncWrite for Prefixed {
     }
 }
 
-async fn serve_metrics(l: TcpListener, registry: Arc<Registry>, shutdown: CancellationToken) {
+async fn serve_metrics(
+    l: TcpListener,
+    registry: Arc<Registry>,
+    tracer: Option<crate::upstream::trace::Tracer>,
+    shutdown: CancellationToken,
+) {
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = l.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
         };
         let registry = registry.clone();
+        let tracer = tracer.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let registry = registry.clone();
+                let tracer = tracer.clone();
                 async move {
-                    let resp = if req.uri().path() == "/metrics" {
+                    let resp = if req.uri().path() == "/traces" {
+                        let params = crate::upstream::trace::query_params(req.uri().query());
+                        let body = match &tracer {
+                            Some(t) => t.query_json(&params),
+                            None => serde_json::json!({"spans": []}),
+                        };
+                        let mut r = Response::new(crate::upstream::full(body.to_string()));
+                        r.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        r
+                    } else if req.uri().path() == "/metrics" {
                         let mut out = String::new();
                         match prometheus_client::encoding::text::encode(&mut out, &registry) {
                             Ok(()) => {
