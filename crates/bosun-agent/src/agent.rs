@@ -240,13 +240,10 @@ pub async fn run(
         .with_log_archive(archive_dir.clone());
     process_runtime.log_max_bytes = cfg.container_log_max_bytes;
     process_runtime.log_max_files = cfg.container_log_max_files;
-    let runtime: Arc<dyn Runtime> = Arc::new(
-        process_runtime
-            .with_cgroups(cgroups)
-            .with_hidden_paths(
-                std::iter::once(cfg.data_dir.clone()).chain(cfg.hidden_paths.iter().cloned()),
-            ),
-    );
+    let runtime: Arc<dyn Runtime> =
+        Arc::new(process_runtime.with_cgroups(cgroups).with_hidden_paths(
+            std::iter::once(cfg.data_dir.clone()).chain(cfg.hidden_paths.iter().cloned()),
+        ));
     let image_runtime = make_docker(&cfg).await;
     let network = make_network(&cfg).await?;
 
@@ -286,7 +283,11 @@ pub async fn run(
     }
     // Log retention: by age and size, for live pods and the archive of deleted ones.
     {
-        let (pods, archive, r) = (pods_dir.clone(), archive_dir.clone(), cfg.log_retention.clone());
+        let (pods, archive, r) = (
+            pods_dir.clone(),
+            archive_dir.clone(),
+            cfg.log_retention.clone(),
+        );
         let sd = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -167,9 +167,15 @@ impl Selector {
             } else if let Some((k, v)) = p.split_once("==").or_else(|| p.split_once('=')) {
                 Req::Eq(k.trim().into(), v.trim().into())
             } else if let Some((k, rest)) = p.split_once(" notin ") {
-                Req::NotIn(k.trim().into(), set(rest).ok_or(format!("bad set in {p:?}"))?)
+                Req::NotIn(
+                    k.trim().into(),
+                    set(rest).ok_or(format!("bad set in {p:?}"))?,
+                )
             } else if let Some((k, rest)) = p.split_once(" in ") {
-                Req::In(k.trim().into(), set(rest).ok_or(format!("bad set in {p:?}"))?)
+                Req::In(
+                    k.trim().into(),
+                    set(rest).ok_or(format!("bad set in {p:?}"))?,
+                )
             } else if let Some(k) = p.strip_prefix('!') {
                 Req::NotExists(k.trim().into())
             } else {
@@ -502,7 +508,6 @@ pub fn follow(
         }
     }
     // Lines are counted by `limit` only in the first part; following is unbounded.
-    let started = SystemTime::now();
     let mut last_scan = std::time::Instant::now();
     loop {
         let mut progressed = false;
@@ -547,8 +552,8 @@ pub fn follow(
         }
         if last_scan.elapsed() >= Duration::from_millis(500) {
             last_scan = std::time::Instant::now();
-            // New pods and new attempts: their files start at the beginning (everything in
-            // them is newer than the search), unless they predate it.
+            // New pods and new attempts: read from their first line (the newest attempt of
+            // every pod that existed at the search is followed already).
             for src in sources(pods_dir, archive_dir, q)
                 .into_iter()
                 .filter(|s| !s.deleted)
@@ -560,14 +565,7 @@ pub fn follow(
                     }
                     let Ok(file) = File::open(path) else { continue };
                     let meta = file.metadata().ok();
-                    let mut reader = BufReader::new(file);
-                    let old = meta
-                        .as_ref()
-                        .and_then(|m| m.created().or_else(|_| m.modified()).ok())
-                        .is_some_and(|t| t < started);
-                    if old && reader.seek(SeekFrom::End(0)).is_err() {
-                        continue;
-                    }
+                    let reader = BufReader::new(file);
                     live.insert(
                         path.clone(),
                         Followed {
@@ -673,7 +671,11 @@ pub fn sweep(pods_dir: &Path, archive_dir: &Path, r: &Retention, now: SystemTime
         sweep_pod(&e.path(), true, r, now);
     }
     let mut archived: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
-    for e in std::fs::read_dir(archive_dir).into_iter().flatten().flatten() {
+    for e in std::fs::read_dir(archive_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let dir = e.path();
         let left = sweep_pod(&dir, false, r, now);
         if left == 0 {
@@ -793,7 +795,11 @@ mod tests {
             .into_iter()
             .map(|e| e.line)
             .collect();
-        assert_eq!(got, ["a three", "c one ERROR"], "the newest two of the selected");
+        assert_eq!(
+            got,
+            ["a three", "c one ERROR"],
+            "the newest two of the selected"
+        );
         // Deleted: archived logs are still found, and marked.
         archive(&b, &arch, "u2").unwrap();
         std::fs::remove_dir_all(&b).unwrap();
@@ -836,8 +842,8 @@ mod tests {
         let (pods, arch) = (root.path().join("pods"), root.path().join("archive"));
         let a = pod(&pods, "u1", "dev", "a", serde_json::json!({}));
         let line = "x".repeat(100);
-        write(&a, "main", 0, &[&line; 10]);
-        write(&a, "main", 1, &[&line; 10]);
+        write(&a, "main", 0, &[line.as_str(); 10]);
+        write(&a, "main", 1, &[line.as_str(); 10]);
         let old = a.join("logs/main/0.log");
         let live = a.join("logs/main/1.log");
         let week_ago = SystemTime::now() - Duration::from_secs(8 * 86400);
@@ -860,8 +866,8 @@ mod tests {
         // Size: a deleted pod over its cap loses its oldest files; an archive whose files
         // are all too old goes entirely.
         let b = pod(&pods, "u2", "dev", "b", serde_json::json!({}));
-        write(&b, "main", 0, &[&line; 10]);
-        write(&b, "main", 1, &[&line; 10]);
+        write(&b, "main", 0, &[line.as_str(); 10]);
+        write(&b, "main", 1, &[line.as_str(); 10]);
         File::options()
             .write(true)
             .open(b.join("logs/main/0.log"))

@@ -359,7 +359,11 @@ async fn search_logs(
     };
     let follow = matches!(params.get("follow").map(String::as_str), Some("true" | "1"));
     let (tx, rx) = tokio::sync::mpsc::channel::<crate::logstore::Entry>(256);
-    let (pods, archive, node) = (st.pods_dir.clone(), st.archive_dir.clone(), st.node_name.clone());
+    let (pods, archive, node) = (
+        st.pods_dir.clone(),
+        st.archive_dir.clone(),
+        st.node_name.clone(),
+    );
     tokio::task::spawn_blocking(move || {
         if follow {
             crate::logstore::follow(&pods, &archive, &node, &q, tx);

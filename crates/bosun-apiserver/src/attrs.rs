@@ -182,7 +182,10 @@ mod tests {
             ("get", "pods/log".to_string(), "dev")
         );
         let a = at(Method::GET, "/apis/logs.bosun.dev/v1/podlogs", "");
-        assert_eq!((a.combined_resource(), a.namespace.as_str()), ("pods/log".to_string(), ""));
+        assert_eq!(
+            (a.combined_resource(), a.namespace.as_str()),
+            ("pods/log".to_string(), "")
+        );
         let a = at(Method::POST, "/api/v1/namespaces/dev/pods/x/exec", "");
         assert_eq!(
             (a.verb.as_str(), a.subresource.as_str()),

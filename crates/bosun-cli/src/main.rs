@@ -13,7 +13,6 @@ mod join;
 mod kubeconfig;
 mod logging;
 mod logs;
-mod traces;
 mod node_record;
 mod nodecert;
 mod output;
@@ -23,6 +22,7 @@ mod sans;
 mod secrets;
 mod size;
 mod store;
+mod traces;
 mod up;
 mod upgrade;
 

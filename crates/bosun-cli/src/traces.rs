@@ -9,7 +9,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use bosun_proxy::upstream::trace::{Span, Tracer};
 use clap::Args;
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
@@ -183,11 +185,7 @@ pub async fn run(opts: TracesOpts) -> Result<ExitCode> {
         q.push(format!("service={}", s.replace('/', "%2F")));
     }
     let req = http::Request::get(format!("/bosun/v1/traces?{}", q.join("&"))).body(Vec::new())?;
-    let body: Value = conn
-        .client
-        .request(req)
-        .await
-        .context("reading traces")?;
+    let body: Value = conn.client.request(req).await.context("reading traces")?;
     for w in body["warnings"].as_array().into_iter().flatten() {
         eprintln!("warning: {}", w.as_str().unwrap_or_default());
     }
@@ -243,10 +241,7 @@ pub fn render(spans: &[Value]) -> String {
                     .as_str()
                     .map(|r| format!(" route={r}"))
                     .unwrap_or_default();
-                let pod = v["pod"]
-                    .as_str()
-                    .or(v["upstream"].as_str())
-                    .unwrap_or("-");
+                let pod = v["pod"].as_str().or(v["upstream"].as_str()).unwrap_or("-");
                 out.push_str(&format!(
                     "{}{} {} {}{} -> {} {} {:.1}ms span={}\n",
                     "  ".repeat(depth + 1),

@@ -900,7 +900,9 @@ impl Upstreams {
                 std::time::SystemTime::now(),
                 req.method().clone(),
                 req.uri().path().to_string(),
-                req.extensions().get::<trace::RouteName>().map(|r| r.0.clone()),
+                req.extensions()
+                    .get::<trace::RouteName>()
+                    .map(|r| r.0.clone()),
             )
         });
         let m = &self.inner.metrics;

@@ -197,7 +197,9 @@ impl Tracer {
     pub fn new(node: &str, capacity: usize) -> Tracer {
         Tracer {
             inner: Arc::new(TracerInner {
-                ring: Mutex::new(std::collections::VecDeque::with_capacity(capacity.min(1024))),
+                ring: Mutex::new(std::collections::VecDeque::with_capacity(
+                    capacity.min(1024),
+                )),
                 capacity: capacity.max(1),
                 node: node.to_string(),
                 export: None,
@@ -253,15 +255,24 @@ impl Tracer {
     }
 
     /// `recent` as the JSON document `/traces` serves.
-    pub fn query_json(&self, params: &std::collections::HashMap<String, String>) -> serde_json::Value {
+    pub fn query_json(
+        &self,
+        params: &std::collections::HashMap<String, String>,
+    ) -> serde_json::Value {
         let limit = params
             .get("limit")
             .and_then(|l| l.parse().ok())
             .unwrap_or(1000);
         let spans: Vec<serde_json::Value> = self
             .recent(
-                params.get("traceId").map(String::as_str).filter(|s| !s.is_empty()),
-                params.get("service").map(String::as_str).filter(|s| !s.is_empty()),
+                params
+                    .get("traceId")
+                    .map(String::as_str)
+                    .filter(|s| !s.is_empty()),
+                params
+                    .get("service")
+                    .map(String::as_str)
+                    .filter(|s| !s.is_empty()),
                 limit,
             )
             .iter()
@@ -344,8 +355,9 @@ mod tests {
         let root = SpanIds::begin(None);
         assert_eq!(root.parent, None);
         assert!(root.sampled());
-        let unsampled =
-            SpanIds::begin(Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"));
+        let unsampled = SpanIds::begin(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        ));
         assert!(!unsampled.sampled());
     }
 
