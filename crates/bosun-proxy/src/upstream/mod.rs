@@ -929,7 +929,7 @@ impl Upstreams {
         {
             tracer.record(trace::Span {
                 ids,
-                component: *component,
+                component,
                 method,
                 path,
                 service: format!("{}/{}", labels.namespace, labels.service),
