@@ -207,9 +207,11 @@ def test_bosun_logs_search(env):
     assert all(re.search(r" (alpha|beta) tick [1-9]", l) for l in lines), lines
     assert not any("stderr" in l for l in lines), "grep filters"
 
-    # One pod, one container: no prefix. --tail counts lines overall.
+    # One pod, one container: no prefix. --tail counts lines per container.
     one = b.cli("logs", alpha, "--grep", "tick", "--tail", "3").stdout.splitlines()
     assert len(one) == 3 and all(l.startswith("alpha tick") for l in one), one
+    two = b.cli("logs", "-l", "team=x", "--grep", "early", "--tail", "1").stdout.splitlines()
+    assert sorted(l.split()[1] for l in two) == ["alpha", "beta"], two
     # deploy/NAME resolves to its selector.
     dep = b.cli("logs", "deploy/beta", "--grep", "early").stdout
     assert dep.strip() == f"default/{beta}/main beta early", dep

@@ -225,6 +225,8 @@ pub struct Query {
     pub grep: Option<regex::Regex>,
     /// At most this many lines: the newest ones, in time order.
     pub limit: usize,
+    /// At most this many lines of each container (the newest), as `kubectl logs --tail`.
+    pub tail: Option<usize>,
     /// Look in the logs of deleted pods too.
     pub include_deleted: bool,
 }
@@ -416,6 +418,7 @@ fn search_inner(
 ) -> (Vec<Entry>, HashMap<PathBuf, Followed>) {
     let mut all: Vec<Entry> = Vec::new();
     let mut live = HashMap::new();
+    let cap = q.tail.unwrap_or(q.limit).min(q.limit);
     for src in sources(pods_dir, archive_dir, q) {
         for (container, paths) in attempts(&src.logs, q) {
             let mut ring: VecDeque<Entry> = VecDeque::new();
@@ -441,7 +444,7 @@ fn search_inner(
                                 line,
                                 deleted: src.deleted,
                             });
-                            if ring.len() > q.limit {
+                            if ring.len() > cap {
                                 ring.pop_front();
                             }
                         }
@@ -470,7 +473,7 @@ fn search_inner(
                         line,
                         deleted: src.deleted,
                     });
-                    if ring.len() > q.limit {
+                    if ring.len() > cap {
                         ring.pop_front();
                     }
                 }
@@ -799,6 +802,17 @@ mod tests {
             got,
             ["a three", "c one ERROR"],
             "the newest two of the selected"
+        );
+        let mut tail = q();
+        tail.tail = Some(1);
+        let got: Vec<String> = search(&pods, &arch, "n1", &tail)
+            .into_iter()
+            .map(|e| e.line)
+            .collect();
+        assert_eq!(
+            got,
+            ["b one ERROR", "a three", "c one ERROR"],
+            "one per container"
         );
         // Deleted: archived logs are still found, and marked.
         archive(&b, &arch, "u2").unwrap();

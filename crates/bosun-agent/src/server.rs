@@ -343,6 +343,13 @@ pub fn search_query(
         since,
         grep,
         limit,
+        tail: match get("tailLines") {
+            None => None,
+            Some(t) => Some(
+                t.parse::<usize>()
+                    .map_err(|_| format!("tailLines: invalid number {t:?}"))?,
+            ),
+        },
         include_deleted: boolean("includeDeleted", true)?,
     })
 }

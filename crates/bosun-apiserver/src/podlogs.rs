@@ -5,7 +5,8 @@
 //! pod logs use, and merges the answers by time.
 //!
 //! Query: `labelSelector`, `pods` (comma-separated names), `container`, `sinceSeconds` or
-//! `sinceTime`, `grep` (a regular expression), `limit` (newest lines, default 1000),
+//! `sinceTime`, `grep` (a regular expression), `tailLines` (newest lines of each container),
+//! `limit` (newest lines overall, default 1000),
 //! `includeDeleted` (default true), `follow`. Without `follow` the answer is one JSON
 //! document, a `PodLogList` with `items` in time order and `warnings` for nodes that could
 //! not answer; with `follow=true` it is a stream of JSON lines, one per log line.
@@ -44,6 +45,7 @@ const PASSED: &[&str] = &[
     "sinceTime",
     "grep",
     "limit",
+    "tailLines",
     "includeDeleted",
     "follow",
 ];
@@ -73,6 +75,13 @@ fn validate(params: &HashMap<String, String>) -> ApiResult<usize> {
     {
         return Err(ApiError::bad_request(format!(
             "sinceSeconds: invalid number {s:?}"
+        )));
+    }
+    if let Some(t) = get("tailLines")
+        && t.parse::<usize>().is_err()
+    {
+        return Err(ApiError::bad_request(format!(
+            "tailLines: invalid number {t:?}"
         )));
     }
     if let Some(t) = get("sinceTime")
@@ -386,6 +395,7 @@ mod tests {
             ("limit", "0"),
             ("grep", "a("),
             ("sinceSeconds", "1h"),
+            ("tailLines", "-1"),
             ("sinceTime", "yesterday"),
             ("labelSelector", "a b"),
             ("follow", "yes"),

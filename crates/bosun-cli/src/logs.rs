@@ -34,7 +34,7 @@ pub struct LogsOpts {
     /// Keep streaming, and pick up pods that start later
     #[arg(short = 'f', long)]
     pub follow: bool,
-    /// The newest N lines of everything shown (-1: all, up to 100000)
+    /// Lines of recent log to show per container (-1: all; at most 100000 lines overall)
     #[arg(long, default_value_t = -1)]
     pub tail: i64,
     /// Prefix each line with its timestamp
@@ -112,14 +112,10 @@ async fn search(conn: &client::Conn, opts: &LogsOpts) -> Result<ExitCode> {
     if let Some(g) = &opts.grep {
         q.push(("grep", g.clone()));
     }
-    q.push((
-        "limit",
-        if opts.tail >= 0 {
-            opts.tail.max(1).to_string()
-        } else {
-            "100000".into()
-        },
-    ));
+    if opts.tail >= 0 {
+        q.push(("tailLines", opts.tail.to_string()));
+    }
+    q.push(("limit", "100000".into()));
     if opts.no_deleted {
         q.push(("includeDeleted", "false".into()));
     }
@@ -153,9 +149,6 @@ async fn search(conn: &client::Conn, opts: &LogsOpts) -> Result<ExitCode> {
         while let Some(line) = lines.next().await {
             let line = line?;
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if opts.tail == 0 {
-                    continue;
-                }
                 printer.print(&v);
             }
         }
