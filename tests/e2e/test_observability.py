@@ -208,6 +208,8 @@ def test_bosun_logs_search(env):
     assert not any("stderr" in l for l in lines), "grep filters"
 
     # One pod, one container: no prefix. --tail counts lines per container.
+    wait_for(lambda: "alpha tick 3" in b.cli("logs", alpha).stdout, timeout=30,
+             what="four ticks")
     one = b.cli("logs", alpha, "--grep", "tick", "--tail", "3").stdout.splitlines()
     assert len(one) == 3 and all(l.startswith("alpha tick") for l in one), one
     two = b.cli("logs", "-l", "team=x", "--grep", "early", "--tail", "1").stdout.splitlines()
