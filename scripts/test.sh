@@ -29,6 +29,11 @@ if ! python3 -c 'import kubernetes, pytest, grpc' 2>/dev/null; then
   echo "installing the Python kubernetes client, grpcio and pytest"
   python3 -m pip install -q kubernetes pytest grpcio
 fi
+# The OTLP trace receiver of tests/e2e/test_observability.py.
+if ! python3 -c 'import opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' 2>/dev/null; then
+  echo "installing opentelemetry-proto"
+  python3 -m pip install -q opentelemetry-proto
+fi
 if ! command -v kubectl >/dev/null; then
   echo "FATAL: kubectl is not installed; the end-to-end tests need it" >&2
   exit 1

@@ -42,10 +42,11 @@ def test_apply_wait_get_logs_rollout(cluster):
 
     out = cluster.cli("get", "deploy").stdout.splitlines()
     assert out[0].split()[:2] == ["NAME", "READY"] and out[1].split()[:2] == ["cli", "2/2"], out
-    # Logs from every pod of the deployment, prefixed with pod and container.
+    # Logs from every pod of the deployment, prefixed with namespace, pod and container.
     logs = cluster.cli("logs", "deploy/cli", "--tail", "5").stdout
     prefixes = {line.split()[0] for line in logs.splitlines() if "say ahoy" in line}
-    assert len(prefixes) == 2 and all(p.endswith("/main]") for p in prefixes), logs
+    assert len(prefixes) == 2 and all(
+        p.startswith("default/cli-") and p.endswith("/main") for p in prefixes), logs
 
     cluster.kubectl("set", "env", "deploy/cli", "EXTRA=1")
     cluster.cli("rollout", "status", "deploy/cli", "--timeout", "90")

@@ -71,6 +71,14 @@ pub struct AgentConfig {
     /// The request load per pod and Service that the node's proxies saw, served at
     /// `/stats/load` (the custom metrics API reads it); None serves an empty list.
     pub load_stats: Option<crate::server::LoadStats>,
+    /// A container's log is rotated at this size ...
+    pub container_log_max_bytes: u64,
+    /// ... keeping this many files.
+    pub container_log_max_files: usize,
+    /// How long and how much of each pod's logs are kept, deleted pods' included.
+    pub log_retention: crate::logstore::Retention,
+    /// Request spans of this node's proxy and gateway, served at `/traces`.
+    pub traces: Option<Arc<dyn crate::server::TraceSource>>,
 }
 
 impl AgentConfig {
@@ -106,11 +114,20 @@ impl AgentConfig {
             reserved_cpus: None,
             hidden_paths: Vec::new(),
             load_stats: None,
+            container_log_max_bytes: 10 << 20,
+            container_log_max_files: 5,
+            log_retention: crate::logstore::Retention::default(),
+            traces: None,
         }
     }
 
     fn pods_dir(&self) -> PathBuf {
         self.data_dir.join("pods")
+    }
+
+    /// Logs of deleted pods, kept for their retention.
+    fn log_archive_dir(&self) -> PathBuf {
+        self.data_dir.join("pod-logs")
     }
 
     /// Value of the owner label on this agent's Docker containers: its data directory, so
@@ -131,7 +148,10 @@ async fn make_docker(cfg: &AgentConfig) -> Option<Arc<dyn Runtime>> {
     match crate::docker::DockerRuntime::connect(cfg.pods_dir(), cfg.docker_owner()).await {
         Ok(d) => {
             tracing::info!("Docker engine found: containers with an image run on it");
-            Some(Arc::new(d))
+            Some(Arc::new(d.with_log_limits(
+                cfg.container_log_max_bytes,
+                cfg.container_log_max_files,
+            )))
         }
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "no Docker engine: pods with images cannot run on this node");
@@ -217,27 +237,35 @@ pub async fn run(
             tracing::warn!(error = %format!("{e:#}"), "no container cgroups: CPU and memory limits of process pods are not enforced")
         }
     }
-    let runtime: Arc<dyn Runtime> = Arc::new(
-        ProcessRuntime::new(pods_dir.clone(), cfg.shim_exe.clone())
-            .with_cgroups(cgroups)
-            .with_hidden_paths(
-                std::iter::once(cfg.data_dir.clone()).chain(cfg.hidden_paths.iter().cloned()),
-            ),
-    );
+    let archive_dir = cfg.log_archive_dir();
+    std::fs::create_dir_all(&archive_dir)
+        .with_context(|| format!("create {}", archive_dir.display()))?;
+    let mut process_runtime = ProcessRuntime::new(pods_dir.clone(), cfg.shim_exe.clone())
+        .with_log_archive(archive_dir.clone());
+    process_runtime.log_max_bytes = cfg.container_log_max_bytes;
+    process_runtime.log_max_files = cfg.container_log_max_files;
+    let runtime: Arc<dyn Runtime> =
+        Arc::new(process_runtime.with_cgroups(cgroups).with_hidden_paths(
+            std::iter::once(cfg.data_dir.clone()).chain(cfg.hidden_paths.iter().cloned()),
+        ));
     let image_runtime = make_docker(&cfg).await;
     let network = make_network(&cfg).await?;
 
     let listener = std::net::TcpListener::bind(SocketAddr::new(cfg.node_ip, cfg.kubelet_port))
         .with_context(|| format!("bind agent endpoint {}:{}", cfg.node_ip, cfg.kubelet_port))?;
     let port = listener.local_addr()?.port();
-    let state =
+    let mut state =
         crate::server::ServerState::new(pods_dir.clone(), cfg.token.clone(), cfg.node_name.clone())
+            .with_log_archive(archive_dir.clone())
             .with_streaming(crate::streaming::Streaming {
                 process: runtime.clone(),
                 image: image_runtime.clone(),
                 network: network.clone(),
             })
             .with_load_stats(cfg.load_stats.clone());
+    if let Some(t) = &cfg.traces {
+        state = state.with_traces(t.clone());
+    }
     // CPU rates are differences between readings: sample regularly so that a reader
     // (`kubectl top`) gets a rate over the last window even on its first request.
     {
@@ -253,6 +281,29 @@ pub async fn run(
                 let st = st.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     crate::stats::summary(&st.pods_dir, &st.node_name, &st.stats)
+                })
+                .await;
+            }
+        });
+    }
+    // Log retention: by age and size, for live pods and the archive of deleted ones.
+    {
+        let (pods, archive, r) = (
+            pods_dir.clone(),
+            archive_dir.clone(),
+            cfg.log_retention.clone(),
+        );
+        let sd = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = sd.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let (p, a, r) = (pods.clone(), archive.clone(), r.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::logstore::sweep(&p, &a, &r, std::time::SystemTime::now())
                 })
                 .await;
             }

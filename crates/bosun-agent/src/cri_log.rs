@@ -251,6 +251,8 @@ pub struct LogOptions {
     pub tail_lines: Option<usize>,
     pub timestamps: bool,
     pub since_seconds: Option<i64>,
+    /// Records from this time on (`sinceTime`; `since_seconds` wins when both are set).
+    pub since_time: Option<jiff::Timestamp>,
     pub limit_bytes: Option<usize>,
 }
 
@@ -269,6 +271,7 @@ fn render(rec: &Record, timestamps: bool, out: &mut Vec<u8>) {
 fn since_cutoff(opts: &LogOptions) -> Option<jiff::Timestamp> {
     opts.since_seconds
         .map(|s| jiff::Timestamp::now() - jiff::SignedDuration::from_secs(s.max(0)))
+        .or(opts.since_time)
 }
 
 fn keep(rec: &Record, cutoff: Option<jiff::Timestamp>) -> bool {

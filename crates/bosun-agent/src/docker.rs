@@ -182,6 +182,13 @@ fn parse_time(s: Option<&str>) -> Option<String> {
 impl DockerRuntime {
     /// Connects to the local engine (DOCKER_HOST or /var/run/docker.sock), agrees on an API
     /// version and makes sure the sandbox image exists.
+    /// Rotates each container's log at `max_bytes`, keeping `max_files` files.
+    pub fn with_log_limits(mut self, max_bytes: u64, max_files: usize) -> Self {
+        self.log_max_bytes = max_bytes;
+        self.log_max_files = max_files;
+        self
+    }
+
     pub async fn connect(pods_dir: PathBuf, owner: String) -> Result<Self> {
         let docker = Docker::connect_with_local_defaults().context("connect to Docker")?;
         let docker = tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version())

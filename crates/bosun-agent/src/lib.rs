@@ -38,6 +38,7 @@ pub mod docker;
 pub mod env;
 pub mod isolation;
 pub mod local_path;
+pub mod logstore;
 pub mod network;
 pub mod node;
 pub mod pod;

@@ -523,11 +523,7 @@ impl PodWorker {
                 .as_ref()
                 .and_then(|s| s.start_time.clone())
                 .or_else(|| Some(now()));
-            let meta = serde_json::json!({
-                "namespace": pod.metadata.namespace.as_deref().unwrap_or("default"),
-                "name": pod.metadata.name,
-                "uid": self.uid,
-            });
+            let meta = crate::logstore::pod_meta(pod, &self.uid);
             let _ = std::fs::create_dir_all(self.pod_dir());
             let _ = crate::shim::write_atomic(
                 &self.pod_dir().join("pod.json"),

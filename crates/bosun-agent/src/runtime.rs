@@ -227,6 +227,8 @@ pub struct ProcessRuntime {
     cgroups: std::result::Result<crate::cgroup::Layout, String>,
     /// Host paths isolated containers never see (bosun's data dir and credentials).
     hidden: Vec<PathBuf>,
+    /// Where a removed pod's logs are kept (`logstore::archive`); None drops them.
+    log_archive: Option<PathBuf>,
 }
 
 impl ProcessRuntime {
@@ -238,7 +240,14 @@ impl ProcessRuntime {
             cgroups: Err("cgroups not set up".into()),
             hidden: vec![pods_dir.clone()],
             pods_dir,
+            log_archive: None,
         }
+    }
+
+    /// Keeps the logs of removed pods in `dir` (for their retention) instead of deleting them.
+    pub fn with_log_archive(mut self, dir: PathBuf) -> Self {
+        self.log_archive = Some(dir);
+        self
     }
 
     /// Hides `paths` (besides the pods' directory) from isolated containers.
@@ -663,6 +672,11 @@ impl Runtime for ProcessRuntime {
             layout.remove_pod(pod_uid);
         }
         let dir = self.pods_dir.join(pod_uid);
+        if let Some(archive) = &self.log_archive
+            && let Err(e) = crate::logstore::archive(&dir, archive, pod_uid)
+        {
+            tracing::warn!(uid = %pod_uid, error = %e, "keeping the logs of a removed pod");
+        }
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -28,6 +28,16 @@ pub struct ServerState {
     /// Runtimes and pod networks for exec, attach and port-forward; None serves logs only.
     pub streaming: Option<Arc<crate::streaming::Streaming>>,
     pub load_stats: Option<LoadStats>,
+    /// The logs of deleted pods (`logstore`).
+    pub archive_dir: PathBuf,
+    /// Recent request spans of this node's proxy and gateway, for `/traces`.
+    pub traces: Option<Arc<dyn TraceSource>>,
+}
+
+/// Where `/traces` reads spans from (the node proxy's and gateway's recorder).
+pub trait TraceSource: Send + Sync {
+    /// The recent spans matching the query parameters, as JSON.
+    fn query(&self, params: &std::collections::HashMap<String, String>) -> serde_json::Value;
 }
 
 /// Reports the node proxies' request load (`{"items": [...]}`).
@@ -42,11 +52,23 @@ impl ServerState {
             stats: Arc::default(),
             streaming: None,
             load_stats: None,
+            archive_dir: PathBuf::new(),
+            traces: None,
         }
     }
 
     pub fn with_load_stats(mut self, f: Option<LoadStats>) -> Self {
         self.load_stats = f;
+        self
+    }
+
+    pub fn with_log_archive(mut self, dir: PathBuf) -> Self {
+        self.archive_dir = dir;
+        self
+    }
+
+    pub fn with_traces(mut self, t: Arc<dyn TraceSource>) -> Self {
+        self.traces = Some(t);
         self
     }
 
@@ -61,6 +83,8 @@ pub fn router(state: ServerState) -> Router {
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/stats/summary", get(stats_summary))
         .route("/stats/load", get(stats_load))
+        .route("/logs", get(search_logs))
+        .route("/traces", get(traces))
         .route(
             "/exec/{ns}/{pod}/{container}",
             get(crate::streaming::exec).post(crate::streaming::exec),
@@ -102,6 +126,7 @@ struct LogQuery {
     previous: Option<String>,
     timestamps: Option<String>,
     since_seconds: Option<String>,
+    since_time: Option<String>,
     limit_bytes: Option<String>,
 }
 
@@ -197,6 +222,13 @@ async fn container_logs(
             timestamps: flag(&q.timestamps)?,
             tail_lines: number::<i64>("tailLines", &q.tail_lines)?.map(|n| n.max(0) as usize),
             since_seconds: number::<i64>("sinceSeconds", &q.since_seconds)?,
+            since_time: match q.since_time.as_deref() {
+                None | Some("") => None,
+                Some(t) => Some(
+                    t.parse::<jiff::Timestamp>()
+                        .map_err(|_| format!("invalid sinceTime {t:?}"))?,
+                ),
+            },
             limit_bytes: number::<i64>("limitBytes", &q.limit_bytes)?.map(|n| n.max(0) as usize),
         };
         Ok((o, flag(&q.previous)?))
@@ -262,6 +294,126 @@ async fn container_logs(
 }
 
 use tokio_stream::StreamExt as _;
+
+/// Most lines one search returns.
+pub const MAX_SEARCH_LIMIT: usize = 100_000;
+
+/// The query of `GET /logs` (and of the API server's log search, which passes it on).
+pub fn search_query(
+    params: &std::collections::HashMap<String, String>,
+) -> Result<crate::logstore::Query, String> {
+    let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let boolean = |k: &str, default: bool| match get(k) {
+        None => Ok(default),
+        Some("true" | "1") => Ok(true),
+        Some("false" | "0") => Ok(false),
+        Some(v) => Err(format!("{k}: invalid boolean {v:?}")),
+    };
+    let selector = crate::logstore::Selector::parse(get("labelSelector").unwrap_or(""))
+        .map_err(|e| format!("labelSelector: {e}"))?;
+    let since = match (get("sinceSeconds"), get("sinceTime")) {
+        (Some(s), _) => {
+            let n: i64 = s
+                .parse()
+                .map_err(|_| format!("sinceSeconds: invalid number {s:?}"))?;
+            Some(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(n.max(0)))
+        }
+        (None, Some(t)) => Some(
+            t.parse::<jiff::Timestamp>()
+                .map_err(|_| format!("sinceTime: invalid RFC 3339 time {t:?}"))?,
+        ),
+        (None, None) => None,
+    };
+    let grep = get("grep")
+        .map(|g| {
+            regex::RegexBuilder::new(g)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| format!("grep: {e}"))
+        })
+        .transpose()?;
+    let limit = match get("limit") {
+        None => 1000,
+        Some(l) => l
+            .parse::<usize>()
+            .map_err(|_| format!("limit: invalid number {l:?}"))?
+            .clamp(1, MAX_SEARCH_LIMIT),
+    };
+    Ok(crate::logstore::Query {
+        namespace: get("namespace").map(String::from),
+        pods: get("pods")
+            .map(|p| {
+                p.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        selector,
+        container: get("container").map(String::from),
+        since,
+        grep,
+        limit,
+        tail: match get("tailLines") {
+            None => None,
+            Some(t) => Some(
+                t.parse::<usize>()
+                    .map_err(|_| format!("tailLines: invalid number {t:?}"))?,
+            ),
+        },
+        include_deleted: boolean("includeDeleted", true)?,
+    })
+}
+
+/// `GET /logs`: the node's log lines matching a query, as JSON lines (`logstore::Entry`);
+/// with `follow=true`, new lines keep coming.
+async fn search_logs(
+    State(st): State<ServerState>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let q = match search_query(&params) {
+        Ok(q) => q,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let follow = matches!(params.get("follow").map(String::as_str), Some("true" | "1"));
+    let (tx, rx) = tokio::sync::mpsc::channel::<crate::logstore::Entry>(256);
+    let (pods, archive, node) = (
+        st.pods_dir.clone(),
+        st.archive_dir.clone(),
+        st.node_name.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        if follow {
+            crate::logstore::follow(&pods, &archive, &node, &q, tx);
+        } else {
+            for e in crate::logstore::search(&pods, &archive, &node, &q) {
+                if tx.blocking_send(e).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|e| {
+        let mut line = serde_json::to_vec(&e).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::io::Error>(bytes::Bytes::from(line))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `GET /traces`: recent request spans of this node's proxy and gateway.
+async fn traces(
+    State(st): State<ServerState>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    match &st.traces {
+        Some(t) => axum::Json(t.query(&params)).into_response(),
+        None => axum::Json(serde_json::json!({"spans": []})).into_response(),
+    }
+}
 
 async fn stats_summary(State(st): State<ServerState>) -> Response {
     let res = tokio::task::spawn_blocking(move || {

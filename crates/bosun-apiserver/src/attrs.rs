@@ -84,6 +84,18 @@ pub fn from_request(method: &Method, path: &str, query: &str) -> Attrs {
         _ => return a,
     };
     a.resource_request = true;
+    // Log search reads pods' logs: authorized as `get pods/log` in its namespace, or
+    // everywhere for the all-namespaces path.
+    if a.api_group == crate::podlogs::GROUP {
+        a.api_group = String::new();
+        a.resource = "pods".into();
+        a.subresource = "log".into();
+        a.verb = "get".into();
+        if let ["namespaces", ns, ..] = rest {
+            a.namespace = (*ns).into();
+        }
+        return a;
+    }
     let mut rest = rest;
     let mut watch_prefix = false;
     if rest.first() == Some(&"watch") {
@@ -160,6 +172,20 @@ mod tests {
         assert_eq!((a.verb.as_str(), a.name.as_str()), ("watch", "x"));
         let a = at(Method::GET, "/api/v1/namespaces/dev/pods/x/log", "");
         assert_eq!(a.combined_resource(), "pods/log");
+        let a = at(
+            Method::GET,
+            "/apis/logs.bosun.dev/v1/namespaces/dev/podlogs",
+            "grep=x",
+        );
+        assert_eq!(
+            (a.verb.as_str(), a.combined_resource(), a.namespace.as_str()),
+            ("get", "pods/log".to_string(), "dev")
+        );
+        let a = at(Method::GET, "/apis/logs.bosun.dev/v1/podlogs", "");
+        assert_eq!(
+            (a.combined_resource(), a.namespace.as_str()),
+            ("pods/log".to_string(), "")
+        );
         let a = at(Method::POST, "/api/v1/namespaces/dev/pods/x/exec", "");
         assert_eq!(
             (a.verb.as_str(), a.subresource.as_str()),

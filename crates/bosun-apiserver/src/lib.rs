@@ -20,6 +20,7 @@ mod metrics;
 mod node_authz;
 mod objects;
 mod priority;
+mod podlogs;
 mod quota;
 pub mod rbac;
 mod rbac_policy;
@@ -271,6 +272,12 @@ impl ApiServer {
                 "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/{resource}/{name}/{metric}",
                 get(custom_metrics::object_metric),
             )
+            .route(
+                "/apis/logs.bosun.dev/v1/namespaces/{ns}/podlogs",
+                get(podlogs::search_ns),
+            )
+            .route("/apis/logs.bosun.dev/v1/podlogs", get(podlogs::search_all))
+            .route("/bosun/v1/traces", get(podlogs::traces))
             .route("/bosun/v1/encryption", get(encryption_status))
             .route("/bosun/v1/encryption/reload", post(encryption_reload))
             .fallback(request::dispatch)

@@ -22,6 +22,7 @@ mod sans;
 mod secrets;
 mod size;
 mod store;
+mod traces;
 mod up;
 mod upgrade;
 
@@ -76,6 +77,8 @@ enum Command {
     Get(get::GetOpts),
     /// Print or follow the logs of pods, a deployment, or everything matching a label selector
     Logs(logs::LogsOpts),
+    /// Show recent request traces recorded by the gateway and the node proxies
+    Traces(traces::TracesOpts),
     /// Watch, list or undo a deployment's rollouts
     Rollout(rollout::RolloutOpts),
     /// Manage join tokens for new machines (`bosun token create --ttl 24h`)
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
             Command::Apply(o) => apply::run(o).await,
             Command::Get(o) => get::run(o).await,
             Command::Logs(o) => logs::run(o).await,
+            Command::Traces(o) => traces::run(o).await,
             Command::Rollout(o) => rollout::run(o).await,
             Command::Token(o) => join::token(o).await,
             Command::Secrets(o) => secrets::run(o).await,

@@ -133,6 +133,45 @@ pub struct NodeOpts {
     /// stay with the node's own processes and the shared pool (default: the first CPU)
     #[arg(long, value_parser = clap::value_parser!(bosun_agent::cpus::CpuSet))]
     pub reserved_cpus: Option<bosun_agent::cpus::CpuSet>,
+    /// How long pods' log lines are kept, deleted pods' included (e.g. 12h, 7d); a pod's
+    /// `bosun.dev/log-retention` annotation overrides it
+    #[arg(long, default_value = "7d", value_parser = parse_age)]
+    pub log_retention: std::time::Duration,
+    /// Most log bytes kept per pod, all containers and restarts together (oldest files go
+    /// first); a pod's `bosun.dev/log-max-size` annotation overrides it
+    #[arg(long, default_value = "100Mi", value_parser = crate::size::parse_bytes)]
+    pub pod_log_max_size: usize,
+    /// Most log bytes kept for all deleted pods of the node together (oldest pod first)
+    #[arg(long, default_value = "1Gi", value_parser = crate::size::parse_bytes)]
+    pub log_archive_max_size: usize,
+    /// A container's log file is rotated at this size
+    #[arg(long, default_value = "10Mi", value_parser = crate::size::parse_bytes)]
+    pub container_log_max_size: usize,
+    /// Log files kept per container (the live one and rotated ones)
+    #[arg(long, default_value_t = 5)]
+    pub container_log_max_files: usize,
+    /// Send the gateway's and node proxy's request spans to this OTLP/gRPC collector,
+    /// e.g. http://127.0.0.1:4317
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Recent request spans kept in memory per node (served at /traces)
+    #[arg(long, default_value_t = bosun_proxy::upstream::trace::DEFAULT_CAPACITY)]
+    pub trace_buffer_spans: usize,
+}
+
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    bosun_agent::logstore::parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a duration like 12h or 7d"))
+}
+
+/// The process's span recorder (shared by the node proxy, the gateway and the agent).
+fn node_tracer(node: &NodeOpts) -> Result<bosun_proxy::upstream::trace::Tracer> {
+    Ok(crate::traces::tracer(
+        &node_name(node)?,
+        node.trace_buffer_spans,
+        node.otlp_endpoint.as_deref(),
+    ))
 }
 
 #[derive(Args, Clone)]
@@ -469,6 +508,7 @@ pub(crate) fn start_agent_only(
 ) -> Result<()> {
     let mut cfg = agent_config(&id.serving, id.kubelet_token, data_dir, node)?;
     cfg.hidden_paths.extend(id.pki_dir.map(Path::to_path_buf));
+    cfg.traces = Some(crate::traces::source(&node_tracer(node)?));
     // Before anything is created: `bosun reset` removes what this record names.
     crate::node_record::NodeRecord::new(
         &cfg.node_name,
@@ -518,6 +558,7 @@ pub(crate) fn start_node_services(
         let mut cfg = bosun_proxy::ProxyConfig::new(&node.service_interface, node.node_ip);
         cfg.metrics_listen = node.proxy_metrics_listen;
         cfg.node_name = Some(node_name(node)?);
+        cfg.tracer = Some(node_tracer(node)?);
         tasks.spawn(async move { ("node proxy", bosun_proxy::run(c, cfg, sd).await) });
     }
     {
@@ -532,6 +573,7 @@ pub(crate) fn start_node_services(
             .map(|p| (std::net::IpAddr::from([127, 0, 0, 1]), p).into());
         cfg.address = Some(node.node_ip.to_string());
         cfg.node_name = Some(node_name(node)?);
+        cfg.tracer = Some(node_tracer(node)?);
         if std::env::var("BOSUN_GATEWAY_ACCESS_LOG").is_ok_and(|v| v == "json") {
             cfg.access_log = bosun_gateway::AccessLog::Json;
         }
@@ -616,6 +658,13 @@ fn agent_config(
     cfg.load_stats = Some(std::sync::Arc::new(|| {
         bosun_proxy::upstream::load::table().snapshot()
     }));
+    cfg.container_log_max_bytes = node.container_log_max_size as u64;
+    cfg.container_log_max_files = node.container_log_max_files.max(1);
+    cfg.log_retention = bosun_agent::logstore::Retention {
+        max_age: node.log_retention,
+        max_pod_bytes: node.pod_log_max_size as u64,
+        max_archive_bytes: node.log_archive_max_size as u64,
+    };
     cfg.cluster_dns = Some(bosun_agent::dns::ClusterDns {
         nameserver: cluster_dns_ip(node)?,
         domain: node.cluster_domain.clone(),

@@ -80,6 +80,9 @@ pub struct GatewayConfig {
     /// This node's name: when set, the activity of Services that may be scaled to zero is
     /// reported in the Lease `kube-node-lease/bosun-gateway-NODE`.
     pub node_name: Option<String>,
+    /// Records a span per forwarded request (served at `/traces` on the admin listener);
+    /// none when unset.
+    pub tracer: Option<bosun_proxy::upstream::trace::Tracer>,
 }
 
 impl GatewayConfig {
@@ -92,6 +95,7 @@ impl GatewayConfig {
             drain_timeout: Duration::from_secs(10),
             address: None,
             node_name: None,
+            tracer: None,
         }
     }
 }
@@ -123,6 +127,9 @@ pub async fn run(
         registry.sub_registry_with_prefix("bosun_gateway"),
     );
     let registry = Arc::new(registry);
+    if let Some(t) = &cfg.tracer {
+        upstreams.set_tracer(t.clone(), "gateway");
+    }
     let synced = upstreams.clone();
     // Dropped (and so stopped) when `run` returns.
     let _report = cfg.node_name.as_ref().map(|n| {
@@ -168,7 +175,7 @@ pub async fn run(
     );
     let admin_srv = async {
         match admin {
-            Some(l) => serve_admin(l, registry, stop.clone()).await,
+            Some(l) => serve_admin_with_traces(l, registry, cfg.tracer.clone(), stop.clone()).await,
             None => Ok(()),
         }
     };
@@ -223,6 +230,17 @@ pub async fn serve_admin(
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_admin_with_traces(listener, registry, None, shutdown).await
+}
+
+/// `serve_admin`, plus the recent spans of `tracer` at `/traces` (JSON; `traceId`,
+/// `service` and `limit` narrow them).
+pub async fn serve_admin_with_traces(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    tracer: Option<bosun_proxy::upstream::trace::Tracer>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -236,10 +254,27 @@ pub async fn serve_admin(
             },
         };
         let registry = registry.clone();
+        let tracer = tracer.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let registry = registry.clone();
-                async move { Ok::<_, Infallible>(admin_response(req.uri().path(), &registry)) }
+                let tracer = tracer.clone();
+                async move {
+                    if req.uri().path() == "/traces" {
+                        let params = bosun_proxy::upstream::trace::query_params(req.uri().query());
+                        let body = match &tracer {
+                            Some(t) => t.query_json(&params),
+                            None => serde_json::json!({"spans": []}),
+                        };
+                        let mut r = Response::new(full(body.to_string()));
+                        r.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        return Ok::<_, Infallible>(r);
+                    }
+                    Ok::<_, Infallible>(admin_response(req.uri().path(), &registry))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)

@@ -341,16 +341,22 @@ impl Handler {
         if let Ok(v) = HeaderValue::from_str(&xff) {
             parts.headers.insert("x-forwarded-for", v);
         }
-        // Start a trace here when the client did not, so the access log can name it.
-        let tp = upstream::trace::next_traceparent(
+        // Start a trace here when the client did not, so the access log can name it; the
+        // upstream call records this hop's span under these ids, with the route.
+        let ids = upstream::trace::SpanIds::begin(
             parts
                 .headers
                 .get(upstream::trace::TRACEPARENT)
                 .and_then(|v| v.to_str().ok()),
         );
+        let tp = ids.header();
         if let Ok(v) = HeaderValue::from_str(&tp) {
             parts.headers.insert(upstream::trace::TRACEPARENT, v);
         }
+        parts.extensions.insert(ids);
+        parts
+            .extensions
+            .insert(upstream::trace::RouteName(out.route.as_str().into()));
         out.trace = Some(tp);
         if let Some(m) = &action.request_headers {
             m.apply(&mut parts.headers);

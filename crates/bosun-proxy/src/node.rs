@@ -52,6 +52,9 @@ pub struct ProxyConfig {
     /// This node's name: when set, the activity of Services that may be scaled to zero is
     /// reported in the Lease `kube-node-lease/bosun-proxy-NODE`.
     pub node_name: Option<String>,
+    /// Records a span per forwarded HTTP request (served at `/traces` on the metrics
+    /// listener); none when unset.
+    pub tracer: Option<crate::upstream::trace::Tracer>,
 }
 
 impl ProxyConfig {
@@ -65,6 +68,7 @@ impl ProxyConfig {
             sniff_timeout: Duration::from_millis(300),
             drain_timeout: Duration::from_secs(10),
             node_name: None,
+            tracer: None,
         }
     }
 }
@@ -82,6 +86,9 @@ pub async fn run(
         client.clone(),
         registry.sub_registry_with_prefix("bosun_proxy"),
     );
+    if let Some(t) = &cfg.tracer {
+        upstreams.set_tracer(t.clone(), "proxy");
+    }
     let watch_task = tokio::spawn(watchers);
     let report_task = cfg.node_name.as_ref().map(|n| {
         let lease = crate::upstream::activation::lease_name("proxy", n);
@@ -143,7 +150,12 @@ pub async fn serve(
     }
     if let Some(addr) = cfg.metrics_listen {
         let l = crate::listen::tcp(addr).with_context(|| format!("metrics listener {addr}"))?;
-        tokio::spawn(serve_metrics(l, registry, shutdown.clone()));
+        tokio::spawn(serve_metrics(
+            l,
+            registry,
+            cfg.tracer.clone(),
+            shutdown.clone(),
+        ));
     }
     tracing::info!(node_ip = %cfg.node_ip, interface = %cfg.service_interface, "node proxy started");
     let conns = TaskTracker::new();
@@ -647,18 +659,37 @@ impl AsyncWrite for Prefixed {
     }
 }
 
-async fn serve_metrics(l: TcpListener, registry: Arc<Registry>, shutdown: CancellationToken) {
+async fn serve_metrics(
+    l: TcpListener,
+    registry: Arc<Registry>,
+    tracer: Option<crate::upstream::trace::Tracer>,
+    shutdown: CancellationToken,
+) {
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = l.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
         };
         let registry = registry.clone();
+        let tracer = tracer.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let registry = registry.clone();
+                let tracer = tracer.clone();
                 async move {
-                    let resp = if req.uri().path() == "/metrics" {
+                    let resp = if req.uri().path() == "/traces" {
+                        let params = crate::upstream::trace::query_params(req.uri().query());
+                        let body = match &tracer {
+                            Some(t) => t.query_json(&params),
+                            None => serde_json::json!({"spans": []}),
+                        };
+                        let mut r = Response::new(crate::upstream::full(body.to_string()));
+                        r.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        r
+                    } else if req.uri().path() == "/metrics" {
                         let mut out = String::new();
                         match prometheus_client::encoding::text::encode(&mut out, &registry) {
                             Ok(()) => {

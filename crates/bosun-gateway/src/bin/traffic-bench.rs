@@ -1,7 +1,8 @@
 //! Latency added by the node proxy and by the gateway at a fixed request rate, and maximum
 //! throughput, compared with direct access and with nginx as an equivalent reverse proxy.
 //!
-//! `traffic-bench [--rate 1000] [--seconds 5] [--concurrency 32]`
+//! `traffic-bench [--rate 1000] [--seconds 5] [--concurrency 32]` (`TRAFFIC_BENCH_SPANS=1`:
+//! the node proxy and the gateway record request spans)
 //!
 //! The node proxy and the gateway each run in a child process (this binary with
 //! `serve-proxy` / `serve-gateway`) so their RSS can be read from /proc. nginx is used when
@@ -232,9 +233,22 @@ fn bench_service(cluster_ip: IpAddr, port: u16, backend: SocketAddr) -> (Service
     (svc, slice)
 }
 
+/// With `TRAFFIC_BENCH_SPANS=1` (inherited by the serving children) every request is
+/// recorded as a span, as in `bosun up`.
+fn record_spans(ups: &Upstreams, component: &'static str) {
+    if std::env::var("TRAFFIC_BENCH_SPANS").is_ok_and(|v| v == "1") {
+        let t = bosun_proxy::upstream::trace::Tracer::new(
+            "bench",
+            bosun_proxy::upstream::trace::DEFAULT_CAPACITY,
+        );
+        ups.set_tracer(t, component);
+    }
+}
+
 async fn serve_proxy(listen: SocketAddr, backend: SocketAddr) -> Result<()> {
     let mut registry = Registry::default();
     let ups = Upstreams::detached(registry.sub_registry_with_prefix("bosun_proxy"));
+    record_spans(&ups, "proxy");
     let (svc, slice) = bench_service(listen.ip(), listen.port(), backend);
     ups.apply_service(&svc);
     ups.apply_endpoint_slice(&slice);
@@ -249,6 +263,7 @@ async fn serve_gateway(listen: SocketAddr, backend: SocketAddr) -> Result<()> {
     let mut registry = Registry::default();
     let metrics = GatewayMetrics::new(&mut registry);
     let ups = Upstreams::detached(registry.sub_registry_with_prefix("bosun_gateway"));
+    record_spans(&ups, "gateway");
     let (svc, slice) = bench_service(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 80, backend);
     ups.apply_service(&svc);
     ups.apply_endpoint_slice(&slice);

@@ -448,6 +448,18 @@ struct Inner {
     endpoints_changed: watch::Sender<u64>,
     /// Asks the activity reporter to write now (a request started waiting).
     report_now: tokio::sync::Notify,
+    /// Where spans of forwarded requests go, and the component name they carry.
+    tracer: std::sync::OnceLock<(trace::Tracer, &'static str)>,
+}
+
+/// What one call learned for its span.
+#[derive(Default)]
+struct Hop {
+    /// A tracer is attached: fill in the rest.
+    enabled: bool,
+    ids: Option<trace::SpanIds>,
+    endpoint: Option<Endpoint>,
+    attempts: u32,
 }
 
 /// The endpoint cache and HTTP client. Cheap to clone.
@@ -544,12 +556,19 @@ impl Upstreams {
                 synced: watch::channel(true).0,
                 endpoints_changed: watch::channel(0).0,
                 report_now: tokio::sync::Notify::new(),
+                tracer: std::sync::OnceLock::new(),
             }),
         }
     }
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Records a span of every sampled HTTP request forwarded from now on in `tracer`,
+    /// named after `component` (`gateway`, `proxy`). Set once; later calls are ignored.
+    pub fn set_tracer(&self, tracer: trace::Tracer, component: &'static str) {
+        let _ = self.inner.tracer.set((tracer, component));
     }
 
     /// Notified (value = change counter) whenever the set of Services changes.
@@ -1067,6 +1086,21 @@ impl Upstreams {
             namespace: target.namespace.clone(),
             service: target.service.clone(),
         };
+        let tracing = self.inner.tracer.get();
+        let mut hop = Hop {
+            enabled: tracing.is_some(),
+            ..Hop::default()
+        };
+        let span_start = tracing.map(|_| {
+            (
+                std::time::SystemTime::now(),
+                req.method().clone(),
+                req.uri().path().to_string(),
+                req.extensions()
+                    .get::<trace::RouteName>()
+                    .map(|r| r.0.clone()),
+            )
+        });
         let m = &self.inner.metrics;
         let service_load = load::table().start(
             &target.namespace,
@@ -1084,7 +1118,7 @@ impl Upstreams {
                     Err(e) => e.into_response(),
                     Ok(()) => {
                         let policy = policy.cloned().unwrap_or_else(|| info.policy.clone());
-                        let call = self.call_inner(target, req, &policy, &labels);
+                        let call = self.call_inner(target, req, &policy, &labels, &mut hop);
                         match policy.timeout {
                             Some(t) => match tokio::time::timeout(t, call).await {
                                 Ok(r) => r,
@@ -1100,6 +1134,28 @@ impl Upstreams {
         m.duration
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
+        if let (Some((tracer, component)), Some((wall, method, path, route)), Some(ids)) =
+            (tracing, span_start, hop.ids)
+            && ids.sampled()
+        {
+            tracer.record(trace::Span {
+                ids,
+                component,
+                method,
+                path,
+                service: format!("{}/{}", labels.namespace, labels.service),
+                route,
+                upstream: hop.endpoint.as_ref().map(|e| e.addr),
+                pod: hop.endpoint.and_then(|e| e.pod),
+                status: resp.status().as_u16(),
+                attempts: hop.attempts,
+                start_unix_nanos: wall
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0),
+                duration: started.elapsed(),
+            });
+        }
         m.requests
             .get_or_create(&StatusLabels {
                 namespace: labels.namespace.clone(),
@@ -1132,6 +1188,7 @@ impl Upstreams {
         req: Request<B>,
         policy: &Policy,
         labels: &SvcLabels,
+        hop: &mut Hop,
     ) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
@@ -1162,15 +1219,23 @@ impl Upstreams {
                 .await;
         }
         strip_hop_by_hop(&mut parts.headers);
-        let tp = trace::next_traceparent(
-            parts
-                .headers
-                .get(trace::TRACEPARENT)
-                .and_then(|v| v.to_str().ok()),
-        );
-        if let Ok(v) = HeaderValue::from_str(&tp) {
+        // The span of this hop: chosen by the caller (the gateway), or a child of the
+        // incoming trace (a new one without it).
+        let ids = parts
+            .extensions
+            .remove::<trace::SpanIds>()
+            .unwrap_or_else(|| {
+                trace::SpanIds::begin(
+                    parts
+                        .headers
+                        .get(trace::TRACEPARENT)
+                        .and_then(|v| v.to_str().ok()),
+                )
+            });
+        if let Ok(v) = HeaderValue::from_str(&ids.header()) {
             parts.headers.insert(trace::TRACEPARENT, v);
         }
+        hop.ids = Some(ids);
         let rx = m
             .bytes
             .get_or_create(&DirLabels {
@@ -1234,6 +1299,10 @@ impl Upstreams {
                 };
             let addr = picked.endpoint.addr;
             tried.push(addr);
+            if hop.enabled {
+                hop.endpoint = Some(picked.endpoint.clone());
+                hop.attempts = attempt + 1;
+            }
             let body = match (&buffered, stream_body.take()) {
                 (Some(b), _) => full(b.clone()),
                 (None, Some(s)) => s,
