@@ -127,6 +127,18 @@ impl Chunk {
         out.extend_from_slice(&self.data);
     }
 
+    /// Moves `pos` past one encoded chunk.
+    pub fn skip(data: &[u8], pos: &mut usize) -> Option<()> {
+        for _ in 0..3 {
+            get_varint(data, pos)?;
+        }
+        *pos += 16;
+        get_varint(data, pos)?;
+        let len = usize::try_from(get_varint(data, pos)?).ok()?;
+        *pos = pos.checked_add(len).filter(|p| *p <= data.len())?;
+        Some(())
+    }
+
     pub fn decode(data: &[u8], pos: &mut usize) -> Option<Chunk> {
         let min_t = unzigzag(get_varint(data, pos)?);
         let max_t = unzigzag(get_varint(data, pos)?);

@@ -141,11 +141,12 @@ impl Scraper {
 
     /// Scrapes every interval until `shutdown`; follows nodes and pods through `client`.
     pub async fn run(self: Arc<Self>, client: Option<kube::Client>, shutdown: CancellationToken) {
+        let mut watches = tokio::task::JoinSet::new();
         let caches = client.map(|c| {
             let (nodes, f1) = cache(kube::Api::<Node>::all(c.clone()));
             let (pods, f2) = cache(kube::Api::<Pod>::all(c));
-            tokio::spawn(f1);
-            tokio::spawn(f2);
+            watches.spawn(f1);
+            watches.spawn(f2);
             (nodes, pods)
         });
         let mut tick = tokio::time::interval(self.interval);
@@ -169,6 +170,7 @@ impl Scraper {
             })
             .await;
         }
+        watches.abort_all();
         let store = self.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.maintain(now_ms(), true)).await;
     }

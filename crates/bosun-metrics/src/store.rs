@@ -273,12 +273,9 @@ impl Store {
             if b.max_t < min_t || b.min_t > max_t {
                 continue;
             }
-            match read_block(&b.path) {
+            match read_block_where(&b.path, |l| matches(l, matchers)) {
                 Ok(series) => {
                     for (labels, chunks) in series {
-                        if !matches(&labels, matchers) {
-                            continue;
-                        }
                         let v = out.entry(labels).or_default();
                         collect(&chunks, min_t, max_t, v);
                     }
@@ -324,9 +321,9 @@ impl Store {
             if b.max_t < min_t || b.min_t > max_t {
                 continue;
             }
-            if let Ok(series) = read_block(&b.path) {
+            if let Ok(series) = read_block_where(&b.path, keep) {
                 for (labels, chunks) in series {
-                    if keep(&labels) && chunks.iter().any(|c| c.max_t >= min_t && c.min_t <= max_t)
+                    if chunks.iter().any(|c| c.max_t >= min_t && c.min_t <= max_t)
                     {
                         seen.insert(labels);
                     }
@@ -495,7 +492,12 @@ fn write_block(dir: &Path, series: &[(Labels, Vec<Chunk>)]) -> Result<BlockMeta>
     })
 }
 
-fn read_block(path: &Path) -> Result<BTreeMap<Labels, Vec<Chunk>>> {
+/// Reads the series of a block whose labels pass `keep`; the others' chunks are skipped
+/// without being copied.
+fn read_block_where(
+    path: &Path,
+    keep: impl Fn(&[(String, String)]) -> bool,
+) -> Result<BTreeMap<Labels, Vec<Chunk>>> {
     let data = std::fs::read(path)?;
     let bad = || anyhow::anyhow!("corrupt block {}", path.display());
     if data.get(..8) != Some(MAGIC.as_slice()) {
@@ -513,6 +515,12 @@ fn read_block(path: &Path) -> Result<BTreeMap<Labels, Vec<Chunk>>> {
             labels.push((k, v));
         }
         let nc = read_varint(&data, &mut pos).ok_or_else(bad)?;
+        if !keep(&labels) {
+            for _ in 0..nc {
+                Chunk::skip(&data, &mut pos).ok_or_else(bad)?;
+            }
+            continue;
+        }
         let mut chunks = Vec::with_capacity(nc as usize);
         for _ in 0..nc {
             chunks.push(Chunk::decode(&data, &mut pos).ok_or_else(bad)?);
