@@ -57,9 +57,18 @@ fn cadvisor_from_summary(summary: &Value) -> String {
     }
     let mut containers = Vec::new();
     for p in summary["pods"].as_array().into_iter().flatten() {
-        let ns = p.pointer("/podRef/namespace").and_then(Value::as_str).unwrap_or("");
-        let pod = p.pointer("/podRef/name").and_then(Value::as_str).unwrap_or("");
-        let uid = p.pointer("/podRef/uid").and_then(Value::as_str).unwrap_or("");
+        let ns = p
+            .pointer("/podRef/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let pod = p
+            .pointer("/podRef/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let uid = p
+            .pointer("/podRef/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         for c in p["containers"].as_array().into_iter().flatten() {
             let container = c["name"].as_str().unwrap_or("");
             containers.push(C {
@@ -123,11 +132,21 @@ fn cadvisor_from_summary(summary: &Value) -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    Family::new(&mut out, "machine_cpu_cores", "gauge", "Number of logical CPU cores.")
-        .sample("machine_cpu_cores", &[], cores as f64);
+    Family::new(
+        &mut out,
+        "machine_cpu_cores",
+        "gauge",
+        "Number of logical CPU cores.",
+    )
+    .sample("machine_cpu_cores", &[], cores as f64);
     if let Some(total) = meminfo().iter().find(|(k, _)| k == "MemTotal") {
-        Family::new(&mut out, "machine_memory_bytes", "gauge", "Amount of memory installed on the machine.")
-            .sample("machine_memory_bytes", &[], total.1 as f64);
+        Family::new(
+            &mut out,
+            "machine_memory_bytes",
+            "gauge",
+            "Amount of memory installed on the machine.",
+        )
+        .sample("machine_memory_bytes", &[], total.1 as f64);
     }
     out
 }
@@ -144,7 +163,11 @@ fn parse_meminfo(text: &str) -> Vec<(String, u64)> {
             let (k, rest) = l.split_once(':')?;
             let mut parts = rest.split_whitespace();
             let n: u64 = parts.next()?.parse().ok()?;
-            let bytes = if parts.next() == Some("kB") { n * 1024 } else { n };
+            let bytes = if parts.next() == Some("kB") {
+                n * 1024
+            } else {
+                n
+            };
             let k = k.replace('(', "_").replace(')', "");
             Some((k, bytes))
         })
@@ -167,11 +190,27 @@ pub fn node() -> String {
     let mut out = node_from(&stat, &meminfo(), &loadavg, &netdev, clock_ticks());
     if let Ok(fs) = nix::sys::statvfs::statvfs("/") {
         let frsize = fs.fragment_size() as f64;
-        let labels = [("device", "rootfs"), ("fstype", "rootfs"), ("mountpoint", "/")];
+        let labels = [
+            ("device", "rootfs"),
+            ("fstype", "rootfs"),
+            ("mountpoint", "/"),
+        ];
         for (name, help, v) in [
-            ("node_filesystem_size_bytes", "Filesystem size in bytes.", fs.blocks() as f64 * frsize),
-            ("node_filesystem_avail_bytes", "Filesystem space available to non-root users in bytes.", fs.blocks_available() as f64 * frsize),
-            ("node_filesystem_free_bytes", "Filesystem free space in bytes.", fs.blocks_free() as f64 * frsize),
+            (
+                "node_filesystem_size_bytes",
+                "Filesystem size in bytes.",
+                fs.blocks() as f64 * frsize,
+            ),
+            (
+                "node_filesystem_avail_bytes",
+                "Filesystem space available to non-root users in bytes.",
+                fs.blocks_available() as f64 * frsize,
+            ),
+            (
+                "node_filesystem_free_bytes",
+                "Filesystem free space in bytes.",
+                fs.blocks_free() as f64 * frsize,
+            ),
         ] {
             Family::new(&mut out, name, "gauge", help).sample(name, &labels, v);
         }
@@ -179,17 +218,16 @@ pub fn node() -> String {
     out
 }
 
-fn node_from(
-    stat: &str,
-    mem: &[(String, u64)],
-    loadavg: &str,
-    netdev: &str,
-    ticks: f64,
-) -> String {
+fn node_from(stat: &str, mem: &[(String, u64)], loadavg: &str, netdev: &str, ticks: f64) -> String {
     let mut out = String::new();
     {
         let name = "node_cpu_seconds_total";
-        let mut f = Family::new(&mut out, name, "counter", "Seconds the CPUs spent in each mode.");
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "counter",
+            "Seconds the CPUs spent in each mode.",
+        );
         const MODES: [&str; 8] = [
             "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
         ];
@@ -212,13 +250,23 @@ fn node_from(
         .find_map(|l| l.strip_prefix("btime "))
         .and_then(|v| v.trim().parse::<f64>().ok())
     {
-        Family::new(&mut out, "node_boot_time_seconds", "gauge", "Node boot time, in unixtime.")
-            .sample("node_boot_time_seconds", &[], btime);
+        Family::new(
+            &mut out,
+            "node_boot_time_seconds",
+            "gauge",
+            "Node boot time, in unixtime.",
+        )
+        .sample("node_boot_time_seconds", &[], btime);
     }
     for (k, v) in mem {
         let name = format!("node_memory_{k}_bytes");
-        Family::new(&mut out, &name, "gauge", &format!("Memory information field {k}_bytes."))
-            .sample(&name, &[], *v as f64);
+        Family::new(
+            &mut out,
+            &name,
+            "gauge",
+            &format!("Memory information field {k}_bytes."),
+        )
+        .sample(&name, &[], *v as f64);
     }
     let load: Vec<f64> = loadavg
         .split_whitespace()
@@ -232,8 +280,13 @@ fn node_from(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
-    Family::new(&mut out, "node_time_seconds", "gauge", "System time in seconds since epoch (1970).")
-        .sample("node_time_seconds", &[], now);
+    Family::new(
+        &mut out,
+        "node_time_seconds",
+        "gauge",
+        "System time in seconds since epoch (1970).",
+    )
+    .sample("node_time_seconds", &[], now);
     // Receive: bytes packets errs drop fifo frame compressed multicast; transmit: bytes
     // packets errs drop ...
     let devs: Vec<(&str, Vec<f64>)> = netdev
@@ -241,17 +294,44 @@ fn node_from(
         .skip(2)
         .filter_map(|l| {
             let (dev, rest) = l.split_once(':')?;
-            let v: Vec<f64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let v: Vec<f64> = rest
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             (v.len() >= 16).then(|| (dev.trim(), v))
         })
         .collect();
     for (name, i, help) in [
-        ("node_network_receive_bytes_total", 0, "Network device statistic receive_bytes."),
-        ("node_network_receive_packets_total", 1, "Network device statistic receive_packets."),
-        ("node_network_receive_errs_total", 2, "Network device statistic receive_errs."),
-        ("node_network_transmit_bytes_total", 8, "Network device statistic transmit_bytes."),
-        ("node_network_transmit_packets_total", 9, "Network device statistic transmit_packets."),
-        ("node_network_transmit_errs_total", 10, "Network device statistic transmit_errs."),
+        (
+            "node_network_receive_bytes_total",
+            0,
+            "Network device statistic receive_bytes.",
+        ),
+        (
+            "node_network_receive_packets_total",
+            1,
+            "Network device statistic receive_packets.",
+        ),
+        (
+            "node_network_receive_errs_total",
+            2,
+            "Network device statistic receive_errs.",
+        ),
+        (
+            "node_network_transmit_bytes_total",
+            8,
+            "Network device statistic transmit_bytes.",
+        ),
+        (
+            "node_network_transmit_packets_total",
+            9,
+            "Network device statistic transmit_packets.",
+        ),
+        (
+            "node_network_transmit_errs_total",
+            10,
+            "Network device statistic transmit_errs.",
+        ),
     ] {
         let mut f = Family::new(&mut out, name, "counter", help);
         for (dev, v) in &devs {
@@ -283,11 +363,17 @@ mod tests {
 
     #[test]
     fn node_exporter_names() {
-        let stat = "cpu  10 0 5 100 0 0 0 0 0 0\ncpu0 200 1 50 1000 2 0 3 0 0 0\nbtime 1700000000\n";
-        let mem = parse_meminfo("MemTotal:       16000 kB\nMemAvailable:    8000 kB\nActive(anon):     10 kB\n");
+        let stat =
+            "cpu  10 0 5 100 0 0 0 0 0 0\ncpu0 200 1 50 1000 2 0 3 0 0 0\nbtime 1700000000\n";
+        let mem = parse_meminfo(
+            "MemTotal:       16000 kB\nMemAvailable:    8000 kB\nActive(anon):     10 kB\n",
+        );
         let netdev = "Inter-|   Receive |  Transmit\n face |bytes packets\n  eth0: 100 2 0 0 0 0 0 0 300 4 0 0 0 0 0 0\n";
         let text = node_from(stat, &mem, "0.5 0.25 0.1 1/100 42\n", netdev, 100.0);
-        assert!(text.contains("node_cpu_seconds_total{cpu=\"0\",mode=\"user\"} 2\n"), "{text}");
+        assert!(
+            text.contains("node_cpu_seconds_total{cpu=\"0\",mode=\"user\"} 2\n"),
+            "{text}"
+        );
         assert!(text.contains("node_cpu_seconds_total{cpu=\"0\",mode=\"idle\"} 10\n"));
         assert!(!text.contains("cpu=\"\""));
         assert!(text.contains("node_memory_MemAvailable_bytes 8192000\n"));

@@ -269,7 +269,10 @@ async fn stats_summary(State(st): State<ServerState>) -> Response {
 fn exposition(res: Result<String, tokio::task::JoinError>) -> Response {
     match res {
         Ok(body) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             body,
         )
             .into_response(),

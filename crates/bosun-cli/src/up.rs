@@ -617,7 +617,9 @@ pub(crate) fn start_metrics(
             max_bytes: opts.metrics_retention_size << 20,
             ..Default::default()
         },
-        scrape_interval: opts.metrics_scrape_interval.max(std::time::Duration::from_secs(1)),
+        scrape_interval: opts
+            .metrics_scrape_interval
+            .max(std::time::Duration::from_secs(1)),
         statics,
         agent: Some(bosun_metrics::AgentAccess {
             token: pki.kubelet_token.clone(),
@@ -629,7 +631,12 @@ pub(crate) fn start_metrics(
         listener.local_addr()?
     );
     let (c, sd) = (client.clone(), shutdown.clone());
-    tasks.spawn(async move { ("metrics", bosun_metrics::run(Some(c), cfg, listener, sd).await) });
+    tasks.spawn(async move {
+        (
+            "metrics",
+            bosun_metrics::run(Some(c), cfg, listener, sd).await,
+        )
+    });
     Ok(())
 }
 

@@ -74,7 +74,10 @@ fn series() -> Vec<S> {
         };
         let mut c = base("container_cpu_usage_seconds_total");
         c.push(("container", "app".into()));
-        out.push(S { labels: mk(c), kind: Kind::Counter(0.05 + p as f64 * 0.001) });
+        out.push(S {
+            labels: mk(c),
+            kind: Kind::Counter(0.05 + p as f64 * 0.001),
+        });
         for name in [
             "container_memory_working_set_bytes",
             "container_memory_usage_bytes",
@@ -90,7 +93,10 @@ fn series() -> Vec<S> {
         for (code, r) in [("200", 20.0), ("404", 1.0), ("500", 0.2)] {
             let mut c = base("http_requests_total");
             c.push(("code", code.into()));
-            out.push(S { labels: mk(c), kind: Kind::Counter(r) });
+            out.push(S {
+                labels: mk(c),
+                kind: Kind::Counter(r),
+            });
         }
         let bounds = [
             "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30",
@@ -100,18 +106,39 @@ fn series() -> Vec<S> {
             let mut c = base("http_request_duration_seconds_bucket");
             c.push(("le", le.to_string()));
             let frac = ((i + 1) as f64 / 6.0).min(1.0);
-            out.push(S { labels: mk(c), kind: Kind::Counter(21.2 * frac) });
+            out.push(S {
+                labels: mk(c),
+                kind: Kind::Counter(21.2 * frac),
+            });
         }
-        out.push(S { labels: mk(base("http_request_duration_seconds_sum")), kind: Kind::Counter(2.1) });
-        out.push(S { labels: mk(base("http_request_duration_seconds_count")), kind: Kind::Counter(21.2) });
-        out.push(S { labels: mk(base("process_open_fds")), kind: Kind::Gauge(40.0) });
-        out.push(S { labels: mk(base("process_resident_memory_bytes")), kind: Kind::Gauge(4e7) });
+        out.push(S {
+            labels: mk(base("http_request_duration_seconds_sum")),
+            kind: Kind::Counter(2.1),
+        });
+        out.push(S {
+            labels: mk(base("http_request_duration_seconds_count")),
+            kind: Kind::Counter(21.2),
+        });
+        out.push(S {
+            labels: mk(base("process_open_fds")),
+            kind: Kind::Gauge(40.0),
+        });
+        out.push(S {
+            labels: mk(base("process_resident_memory_bytes")),
+            kind: Kind::Gauge(4e7),
+        });
     }
     for cpu in 0..12 {
-        for mode in ["user", "system", "idle", "iowait", "irq", "softirq", "nice", "steal"] {
+        for mode in [
+            "user", "system", "idle", "iowait", "irq", "softirq", "nice", "steal",
+        ] {
             let c = cpu.to_string();
             out.push(S {
-                labels: l(&[("__name__", "node_cpu_seconds_total"), ("cpu", &c), ("mode", mode)]),
+                labels: l(&[
+                    ("__name__", "node_cpu_seconds_total"),
+                    ("cpu", &c),
+                    ("mode", mode),
+                ]),
                 kind: Kind::Counter(0.1),
             });
         }
@@ -206,7 +233,14 @@ fn main() {
             store.block_count(),
         );
     };
-    ingest(&store, &series, start, start + 3_600_000, &mut values, &mut rng);
+    ingest(
+        &store,
+        &series,
+        start,
+        start + 3_600_000,
+        &mut values,
+        &mut rng,
+    );
     report(1, cpu_seconds() - cpu0);
     if hours > 1 {
         ingest(
@@ -229,11 +263,17 @@ fn main() {
         r#"sum by (namespace) (rate(http_requests_total{code="500"}[5m])) / sum by (namespace) (rate(http_requests_total[5m]))"#,
     ] {
         let (d, n) = time_query(&store, q, end - 3_600_000, end);
-        println!("| `{q}` | newest hour (memory) | {:.1} ms | {n} |", d.as_secs_f64() * 1e3);
+        println!(
+            "| `{q}` | newest hour (memory) | {:.1} ms | {n} |",
+            d.as_secs_f64() * 1e3
+        );
         if hours > 2 {
             let old_end = start + 2 * 3_600_000;
             let (d, n) = time_query(&store, q, old_end - 3_600_000, old_end);
-            println!("| `{q}` | an old hour (disk blocks) | {:.1} ms | {n} |", d.as_secs_f64() * 1e3);
+            println!(
+                "| `{q}` | an old hour (disk blocks) | {:.1} ms | {n} |",
+                d.as_secs_f64() * 1e3
+            );
         }
     }
 }

@@ -45,7 +45,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/status/flags", get(flags))
         .route("/api/v1/status/runtimeinfo", get(runtimeinfo))
         .route("/api/v1/status/tsdb", get(tsdb))
-        .route("/-/healthy", get(|| async { "bosun metrics is Healthy.\n" }))
+        .route(
+            "/-/healthy",
+            get(|| async { "bosun metrics is Healthy.\n" }),
+        )
         .route("/-/ready", get(|| async { "bosun metrics is Ready.\n" }))
         .with_state(state)
 }

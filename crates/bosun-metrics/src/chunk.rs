@@ -222,7 +222,11 @@ mod tests {
             assert_eq!(a.1.to_bits(), b.1.to_bits());
         }
         c.seal();
-        assert!(c.data.len() < 6 * CHUNK_SAMPLES as usize, "{}", c.data.len());
+        assert!(
+            c.data.len() < 6 * CHUNK_SAMPLES as usize,
+            "{}",
+            c.data.len()
+        );
         let mut buf = Vec::new();
         c.encode(&mut buf);
         let mut pos = 0;

@@ -231,8 +231,8 @@ impl<'a> Evaluator<'a> {
                     .map(|d| d.as_millis() as i64)
                     .unwrap_or(60_000)
                     .max(1);
-                let base = sq.at.as_ref().map(|a| self.at_time(a)).unwrap_or(t)
-                    - offset_ms(&sq.offset);
+                let base =
+                    sq.at.as_ref().map(|a| self.at_time(a)).unwrap_or(t) - offset_ms(&sq.offset);
                 let mut series: Vec<SeriesData> = Vec::new();
                 let first = (base - range).div_euclid(step) * step + step;
                 let mut ts = first;
@@ -264,7 +264,10 @@ impl<'a> Evaluator<'a> {
     fn vector(&mut self, e: &Expr, t: i64) -> R<Vec<Sample>> {
         match self.eval(e, t)? {
             Value::Vector(v) => Ok(v),
-            other => err(format!("expected instant vector, got {}", other.type_name())),
+            other => err(format!(
+                "expected instant vector, got {}",
+                other.type_name()
+            )),
         }
     }
 
@@ -347,7 +350,13 @@ impl<'a> Evaluator<'a> {
                     "log2" => f64::log2,
                     "log10" => f64::log10,
                     "sqrt" => f64::sqrt,
-                    _ => |x: f64| if x == 0.0 || x.is_nan() { x } else { x.signum() },
+                    _ => |x: f64| {
+                        if x == 0.0 || x.is_nan() {
+                            x
+                        } else {
+                            x.signum()
+                        }
+                    },
                 };
                 Ok(map_values(v, f))
             }
@@ -706,7 +715,9 @@ impl<'a> Evaluator<'a> {
                 (false, _, r) => r.unwrap_or(f64::NAN),
             };
             if one_to_one && seen.insert(labels.clone(), ()).is_some() {
-                return err("multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)");
+                return err(
+                    "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)",
+                );
             }
             out.push(Sample { labels, value });
         }
@@ -830,7 +841,8 @@ fn over_time(
                 let Some((start, end, range)) = window else {
                     continue;
                 };
-                let Some(v) = extrapolated_rate(p, start, end, range, name != "delta", name == "rate")
+                let Some(v) =
+                    extrapolated_rate(p, start, end, range, name != "delta", name == "rate")
                 else {
                     continue;
                 };
@@ -932,8 +944,16 @@ pub fn extrapolated_rate(
     }
     let threshold = avg * 1.1;
     let mut interval = sampled;
-    interval += if to_start < threshold { to_start } else { avg / 2.0 };
-    interval += if to_end < threshold { to_end } else { avg / 2.0 };
+    interval += if to_start < threshold {
+        to_start
+    } else {
+        avg / 2.0
+    };
+    interval += if to_end < threshold {
+        to_end
+    } else {
+        avg / 2.0
+    };
     let mut factor = interval / sampled;
     if is_rate {
         factor /= range as f64 / 1000.0;
@@ -1135,13 +1155,28 @@ mod tests {
         while t <= T {
             let secs = (t - (T - 600_000)) as f64 / 1000.0;
             let mut v = vec![
-                (l(&[("__name__", "req_total"), ("pod", "a"), ("ns", "x")]), secs),
-                (l(&[("__name__", "req_total"), ("pod", "b"), ("ns", "x")]), 2.0 * secs),
-                (l(&[("__name__", "req_total"), ("pod", "c"), ("ns", "y")]), 3.0 * secs),
+                (
+                    l(&[("__name__", "req_total"), ("pod", "a"), ("ns", "x")]),
+                    secs,
+                ),
+                (
+                    l(&[("__name__", "req_total"), ("pod", "b"), ("ns", "x")]),
+                    2.0 * secs,
+                ),
+                (
+                    l(&[("__name__", "req_total"), ("pod", "c"), ("ns", "y")]),
+                    3.0 * secs,
+                ),
                 (l(&[("__name__", "mem"), ("pod", "a")]), 100.0),
                 (l(&[("__name__", "mem"), ("pod", "b")]), 300.0),
-                (l(&[("__name__", "limit"), ("pod", "a"), ("team", "t1")]), 1000.0),
-                (l(&[("__name__", "limit"), ("pod", "b"), ("team", "t2")]), 600.0),
+                (
+                    l(&[("__name__", "limit"), ("pod", "a"), ("team", "t1")]),
+                    1000.0,
+                ),
+                (
+                    l(&[("__name__", "limit"), ("pod", "b"), ("team", "t2")]),
+                    600.0,
+                ),
             ];
             // Histogram: per second, 60% under 0.1 s, 30% in (0.1, 0.5], 10% in (0.5, 1].
             for (le, frac) in [("0.1", 0.6), ("0.5", 0.9), ("1", 1.0), ("+Inf", 1.0)] {
@@ -1225,7 +1260,12 @@ mod tests {
             panic!()
         };
         let expected = extrapolated_rate(
-            &[(T - 45_000, 20.0), (T - 30_000, 30.0), (T - 15_000, 5.0), (T, 15.0)],
+            &[
+                (T - 45_000, 20.0),
+                (T - 30_000, 30.0),
+                (T - 15_000, 5.0),
+                (T, 15.0),
+            ],
             T - 60_000,
             T,
             60_000,
@@ -1268,7 +1308,10 @@ mod tests {
         // Rank 0.5 of 10/s falls in the first bucket (6/s up to 0.1): 0.1 * 5/6.
         assert!(close(r[0].1, 0.1 * 5.0 / 6.0), "{r:?}");
         // Rank 0.75 in (0.1, 0.5]: 0.1 + 0.4 * (7.5-6)/3.
-        let r = q(&s, "histogram_quantile(0.75, sum by (le) (rate(lat_bucket[1m])))");
+        let r = q(
+            &s,
+            "histogram_quantile(0.75, sum by (le) (rate(lat_bucket[1m])))",
+        );
         assert!(close(r[0].1, 0.1 + 0.4 * 1.5 / 3.0), "{r:?}");
         // In the +Inf bucket the answer is the highest finite bound.
         let r = q(&s, "histogram_quantile(1, rate(lat_bucket[1m]))");

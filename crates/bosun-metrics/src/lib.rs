@@ -65,7 +65,8 @@ pub async fn run(
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let sd = shutdown.clone();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move { sd.cancelled().await });
+    let serve =
+        axum::serve(listener, app).with_graceful_shutdown(async move { sd.cancelled().await });
     let scrape = scraper.run(client, shutdown);
     let (served, ()) = tokio::join!(serve, scrape);
     served.context("serving the Prometheus API")

@@ -194,8 +194,10 @@ impl Scraper {
                 .collect()
         };
         for (_, series) in gone {
-            self.store
-                .append(now, series.into_iter().map(|l| (l, f64::from_bits(STALE_NAN))));
+            self.store.append(
+                now,
+                series.into_iter().map(|l| (l, f64::from_bits(STALE_NAN))),
+            );
         }
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         health.retain(|k, _| targets.iter().any(|t| &t.url() == k));

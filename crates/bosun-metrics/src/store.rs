@@ -223,7 +223,10 @@ impl Store {
     }
 
     fn block_list(&self) -> Vec<BlockMeta> {
-        self.blocks.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.blocks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Appends samples taken at `t` (ms). Samples not newer than a series' last are dropped.
@@ -261,7 +264,10 @@ impl Store {
             .map(|s| {
                 std::mem::size_of::<Series>()
                     + s.chunks.iter().map(Chunk::bytes).sum::<usize>()
-                    + s.labels.iter().map(|(a, b)| 48 + a.len() + b.len()).sum::<usize>()
+                    + s.labels
+                        .iter()
+                        .map(|(a, b)| 48 + a.len() + b.len())
+                        .sum::<usize>()
             })
             .sum()
     }
@@ -290,9 +296,7 @@ impl Store {
                 if !matches(&s.labels, matchers) {
                     continue;
                 }
-                if s.chunks.last().is_none_or(|c| c.max_t < min_t)
-                    && !out.contains_key(&s.labels)
-                {
+                if s.chunks.last().is_none_or(|c| c.max_t < min_t) && !out.contains_key(&s.labels) {
                     continue;
                 }
                 let v = out.entry(s.labels.clone()).or_default();
@@ -323,8 +327,7 @@ impl Store {
             }
             if let Ok(series) = read_block_where(&b.path, keep) {
                 for (labels, chunks) in series {
-                    if chunks.iter().any(|c| c.max_t >= min_t && c.min_t <= max_t)
-                    {
+                    if chunks.iter().any(|c| c.max_t >= min_t && c.min_t <= max_t) {
                         seen.insert(labels);
                     }
                 }
@@ -333,8 +336,7 @@ impl Store {
         let head = self.head_read();
         for s in &head.series {
             if keep(&s.labels)
-                && s
-                    .chunks
+                && s.chunks
                     .iter()
                     .any(|c| c.max_t >= min_t && c.min_t <= max_t)
             {
@@ -370,7 +372,8 @@ impl Store {
             if self.dir.is_some() && due {
                 for s in head.series.iter_mut() {
                     let idle = s.max_t() < now - IDLE_MS;
-                    let keep_last = !force && !idle && s.chunks.last().is_some_and(|c| !c.is_full());
+                    let keep_last =
+                        !force && !idle && s.chunks.last().is_some_and(|c| !c.is_full());
                     let take = s.chunks.len() - usize::from(keep_last);
                     if take > 0 {
                         let chunks: Vec<Chunk> = s.chunks.drain(..take).collect();
@@ -443,7 +446,9 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 fn get_str(data: &[u8], pos: &mut usize) -> Option<String> {
     let n = usize::try_from(read_varint(data, pos)?).ok()?;
-    let s = std::str::from_utf8(data.get(*pos..*pos + n)?).ok()?.to_string();
+    let s = std::str::from_utf8(data.get(*pos..*pos + n)?)
+        .ok()?
+        .to_string();
     *pos += n;
     Some(s)
 }
@@ -607,8 +612,9 @@ mod tests {
         let s = Store::open(dir.path(), ret).unwrap();
         let mut t = 0;
         while t < 10 * 3600 * 1000 {
-            let samples: Vec<(Labels, f64)> =
-                (0..10).map(|p| (l("a", &p.to_string()), t as f64)).collect();
+            let samples: Vec<(Labels, f64)> = (0..10)
+                .map(|p| (l("a", &p.to_string()), t as f64))
+                .collect();
             s.append(t, samples);
             s.maintain(t, false).unwrap();
             t += 15_000;
@@ -617,6 +623,9 @@ mod tests {
         assert!(s.block_count() >= 1);
         let kept = s.select(&[eq("__name__", "a")], 0, t);
         let first = kept[0].samples[0].0;
-        assert!(first > 3600 * 1000, "oldest blocks were deleted (first {first})");
+        assert!(
+            first > 3600 * 1000,
+            "oldest blocks were deleted (first {first})"
+        );
     }
 }

@@ -129,7 +129,10 @@ weird{ a = "x" , } NaN
         assert_eq!(s[0].name, "http_requests_total");
         assert_eq!(
             s[0].labels,
-            vec![("method".into(), "post".into()), ("code".into(), "200".into())]
+            vec![
+                ("method".into(), "post".into()),
+                ("code".into(), "200".into())
+            ]
         );
         assert_eq!(s[0].value, 1027.0);
         assert_eq!(s[2].labels[0].1, r"C:\DIR\FILE.TXT");
