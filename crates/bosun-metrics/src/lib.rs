@@ -2,22 +2,19 @@
 //! (`chunk`, `store`), PromQL evaluation on the `promql-parser` AST (`eval`), and the
 //! Prometheus HTTP API (`api`) on the console listener.
 
+#[cfg(feature = "server")]
 pub mod api;
 pub mod chunk;
 pub mod eval;
+#[cfg(feature = "server")]
 pub mod scrape;
 pub mod store;
 pub mod textparse;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
-
-use anyhow::{Context, Result};
 use promql_parser::label::Matcher;
 use promql_parser::parser::Expr;
-use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "server")]
 pub use scrape::{AgentAccess, Scraper, Target, client_tls, static_target};
 pub use store::{Retention, Store};
 
@@ -29,6 +26,13 @@ pub fn parse_selector(s: &str) -> Result<Vec<Vec<Matcher>>, String> {
     }
 }
 
+#[cfg(feature = "server")]
+use {
+    anyhow::{Context, Result},
+    std::{path::PathBuf, sync::Arc, time::Duration},
+};
+
+#[cfg(feature = "server")]
 pub struct MetricsConfig {
     /// Block files go here (None: memory only).
     pub data_dir: Option<PathBuf>,
@@ -40,13 +44,14 @@ pub struct MetricsConfig {
     pub agent: Option<AgentAccess>,
 }
 
+#[cfg(feature = "server")]
 /// Scrapes into the store and serves the Prometheus API on `listener` until `shutdown`;
 /// the head is written to disk before returning.
 pub async fn run(
     client: Option<kube::Client>,
     cfg: MetricsConfig,
     listener: std::net::TcpListener,
-    shutdown: CancellationToken,
+    shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<()> {
     let store = Arc::new(match &cfg.data_dir {
         Some(dir) => Store::open(dir, cfg.retention.clone())?,
