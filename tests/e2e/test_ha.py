@@ -375,6 +375,9 @@ kind: Deployment
 metadata: {name: web}
 spec:
   replicas: 3
+  # Each new pod counts as available only after 3 s, so the rollout outlives the leader
+  # killed 1 s into it: a new leader has to finish it.
+  minReadySeconds: 3
   selector: {matchLabels: {app: web}}
   strategy: {rollingUpdate: {maxUnavailable: 1, maxSurge: 1}}
   template:
@@ -429,9 +432,11 @@ def test_leader_killed_during_a_rolling_update(ha):
         took = time.time() - killed
         assert took <= ROLLOUT_DEADLINE
         # Under a new leader, with the agent on another server.
-        holder = json.loads(kubectl(o, "get", "lease", "-n", "kube-system", "bosun-controller-manager",
-                                    "-o", "json").stdout)["spec"]["holderIdentity"]
-        assert holder != lease
+        def holder_now():
+            return json.loads(kubectl(o, "get", "lease", "-n", "kube-system", "bosun-controller-manager",
+                                      "-o", "json").stdout)["spec"].get("holderIdentity")
+        holder = wait_for(lambda: (h := holder_now()) and h != lease and h, timeout=30,
+                          what="a new holder of the leader lease")
         assert any(f"bosun: {holder} is now the leader" in s.log() for s in others)
         with open(agent_log, errors="replace") as f:
             assert "API server failover" in f.read()
