@@ -592,7 +592,11 @@ pub(crate) fn start_metrics(
     let Some(listener) = console else {
         return Ok(());
     };
-    let mut statics = Vec::new();
+    let mut api = opts.listen;
+    if api.ip().is_unspecified() {
+        api.set_ip(IpAddr::from([127, 0, 0, 1]));
+    }
+    let mut statics = vec![bosun_metrics::apiserver_target(api, &pki.token)];
     if let Some(node) = node {
         if let Some(p) = node.gateway_admin_port {
             statics.push(bosun_metrics::static_target(

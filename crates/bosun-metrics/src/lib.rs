@@ -15,7 +15,7 @@ use promql_parser::label::Matcher;
 use promql_parser::parser::Expr;
 
 #[cfg(feature = "server")]
-pub use scrape::{AgentAccess, Scraper, Target, client_tls, static_target};
+pub use scrape::{AgentAccess, Scraper, Target, apiserver_target, client_tls, static_target};
 pub use store::{Retention, Store};
 
 /// Parses a series selector (`match[]`): one matcher set per `or` alternative.

@@ -59,8 +59,9 @@ pub struct Target {
     pub path: String,
     /// Labels added to every sample (job, instance, ...).
     pub labels: Vec<(String, String)>,
-    /// Call with the agent token over TLS checked against the cluster CA.
-    pub agent: bool,
+    /// Bearer token sent with the request (https targets are checked against the cluster
+    /// CA).
+    pub token: Option<String>,
 }
 
 impl Target {
@@ -98,8 +99,23 @@ pub fn static_target(job: &str, url: &str) -> Result<Target> {
             ("job".into(), job.into()),
             ("instance".into(), hostport.into()),
         ],
-        agent: false,
+        token: None,
     })
+}
+
+/// The API server's `/metrics` at `addr` (HTTPS, called with `token`).
+pub fn apiserver_target(addr: std::net::SocketAddr, token: &str) -> Target {
+    Target {
+        scheme: "https",
+        ip: addr.ip(),
+        port: addr.port(),
+        path: "/metrics".into(),
+        labels: vec![
+            ("job".into(), "bosun-apiserver".into()),
+            ("instance".into(), addr.to_string()),
+        ],
+        token: Some(token.to_string()),
+    }
 }
 
 /// Health of one target, for `/api/v1/targets`.
@@ -158,7 +174,7 @@ impl Scraper {
             }
             let mut targets = self.statics.clone();
             if let Some((nodes, pods)) = &caches {
-                targets.extend(node_targets(&nodes.state(), self.agent.is_some()));
+                targets.extend(node_targets(&nodes.state(), self.agent.as_ref()));
                 targets.extend(pod_targets(&pods.state()));
             }
             self.scrape_all(targets).await;
@@ -334,10 +350,10 @@ where
 }
 
 /// `/metrics/cadvisor` and `/metrics/node` of every node agent.
-pub fn node_targets(nodes: &[Arc<Node>], have_access: bool) -> Vec<Target> {
-    if !have_access {
+pub fn node_targets(nodes: &[Arc<Node>], access: Option<&AgentAccess>) -> Vec<Target> {
+    let Some(access) = access else {
         return Vec::new();
-    }
+    };
     let mut out = Vec::new();
     for n in nodes {
         let Some(name) = n.metadata.name.clone() else {
@@ -370,7 +386,7 @@ pub fn node_targets(nodes: &[Arc<Node>], have_access: bool) -> Vec<Target> {
                     ("instance".into(), name.clone()),
                     ("node".into(), name.clone()),
                 ],
-                agent: true,
+                token: Some(access.token.clone()),
             });
         }
     }
@@ -436,7 +452,7 @@ pub fn pod_targets(pods: &[Arc<Pod>]) -> Vec<Target> {
             port,
             path,
             labels,
-            agent: false,
+            token: None,
         });
     }
     out
@@ -452,9 +468,11 @@ async fn fetch(t: &Target, agent: Option<&AgentAccess>) -> Result<String> {
             "text/plain;version=0.0.4;q=0.9,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1",
         )
         .header("X-Prometheus-Scrape-Timeout-Seconds", "10");
-    let resp = if t.agent {
-        let a = agent.ok_or_else(|| anyhow!("no agent credentials"))?;
-        req = req.header(http::header::AUTHORIZATION, format!("Bearer {}", a.token));
+    if let Some(token) = &t.token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let resp = if t.scheme == "https" {
+        let a = agent.ok_or_else(|| anyhow!("no cluster CA to check {} against", t.url()))?;
         let name = rustls::pki_types::ServerName::IpAddress(t.ip.into());
         let tls = tokio_rustls::TlsConnector::from(a.tls.clone())
             .connect(name, tcp)
