@@ -102,6 +102,10 @@ pub struct Evaluator<'a> {
     end: i64,
     lookback: i64,
     cache: HashMap<String, Arc<Vec<SeriesData>>>,
+    memo: HashMap<(usize, usize), (Labels, Labels)>,
+    /// Per fetched selector (by address; `cache` keeps it alive), where each series'
+    /// window began at the previous step.
+    cursors: HashMap<usize, Vec<usize>>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -113,6 +117,8 @@ impl<'a> Evaluator<'a> {
             end,
             lookback: lookback.as_millis() as i64,
             cache: HashMap::new(),
+            memo: HashMap::new(),
+            cursors: HashMap::new(),
         }
     }
 
@@ -182,10 +188,28 @@ impl<'a> Evaluator<'a> {
     fn range_selector(&mut self, vs: &VectorSelector, range: i64, t: i64) -> Vec<SeriesData> {
         let data = self.fetch(vs, range);
         let at = self.sel_time(vs, t);
+        // Steps move forward: each series' window starts where the previous step's did, so
+        // finding it touches a few neighbouring samples instead of a binary search over all.
+        let cursors = self
+            .cursors
+            .entry(Arc::as_ptr(&data) as usize)
+            .or_insert_with(|| vec![0; data.len()]);
         let mut out = Vec::new();
-        for s in data.iter() {
-            let lo = s.samples.partition_point(|(ts, _)| *ts <= at - range);
-            let hi = s.samples.partition_point(|(ts, _)| *ts <= at);
+        for (s, cur) in data.iter().zip(cursors.iter_mut()) {
+            let p = &s.samples;
+            let mut lo = *cur;
+            if lo > p.len() || (lo > 0 && p[lo - 1].0 > at - range) {
+                lo = p.partition_point(|(ts, _)| *ts <= at - range);
+            } else {
+                while lo < p.len() && p[lo].0 <= at - range {
+                    lo += 1;
+                }
+            }
+            *cur = lo;
+            let mut hi = lo;
+            while hi < p.len() && p[hi].0 <= at {
+                hi += 1;
+            }
             let samples: Vec<(i64, f64)> = s.samples[lo..hi]
                 .iter()
                 .filter(|(_, v)| !is_stale(*v))
@@ -261,6 +285,28 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// `f(labels)`, computed once per label set and transformation `id` in this query (a
+    /// range query meets the same series at every step).
+    fn memo(&mut self, l: &Labels, id: usize, f: impl FnOnce(&Labels) -> Labels) -> Labels {
+        let k = (Arc::as_ptr(l) as *const u8 as usize, id);
+        if let Some((_, r)) = self.memo.get(&k) {
+            return r.clone();
+        }
+        let r = f(l);
+        // The source is kept so that its address is not reused while the memo lives.
+        self.memo.insert(k, (l.clone(), r.clone()));
+        r
+    }
+
+    fn drop_names(&mut self, func: &str, mut v: Vec<Sample>) -> Vec<Sample> {
+        if func != "last_over_time" {
+            for s in &mut v {
+                s.labels = self.memo(&s.labels, 0, drop_name);
+            }
+        }
+        v
+    }
+
     fn vector(&mut self, e: &Expr, t: i64) -> R<Vec<Sample>> {
         match self.eval(e, t)? {
             Value::Vector(v) => Ok(v),
@@ -312,17 +358,14 @@ impl<'a> Evaluator<'a> {
                     let Value::Matrix(series) = self.eval(arg(0)?, t)? else {
                         return err(format!("{name}: expected range vector"));
                     };
-                    return Ok(Value::Vector(over_time(name, &series, window, t)));
+                    let v = over_time(name, &series, window, t);
+                    return Ok(Value::Vector(self.drop_names(name, v)));
                 };
                 let range = m.range.as_millis() as i64;
                 let series = self.range_selector(&m.vs, range, t);
                 let at = self.sel_time(&m.vs, t);
-                Ok(Value::Vector(over_time(
-                    name,
-                    &series,
-                    Some((at - range, at, range)),
-                    t,
-                )))
+                let v = over_time(name, &series, Some((at - range, at, range)), t);
+                Ok(Value::Vector(self.drop_names(name, v)))
             }
             "quantile_over_time" => {
                 let q = self.scalar(arg(0)?, t)?;
@@ -502,6 +545,7 @@ impl<'a> Evaluator<'a> {
             _ => None,
         };
         let v = self.vector(&a.expr, t)?;
+        let id = a as *const AggregateExpr as usize;
         let key = |l: &Labels| -> Labels {
             match &a.modifier {
                 Some(LabelModifier::Include(names)) => labels_from(
@@ -522,7 +566,7 @@ impl<'a> Evaluator<'a> {
         let mut groups: Vec<(Labels, Vec<Sample>)> = Vec::new();
         let mut index: HashMap<Labels, usize> = HashMap::new();
         for s in v {
-            let k = key(&s.labels);
+            let k = self.memo(&s.labels, id, key);
             match index.get(&k) {
                 Some(i) => groups[*i].1.push(s),
                 None => {
@@ -897,12 +941,11 @@ fn over_time(
             }
             _ => continue,
         };
-        let labels = if name == "last_over_time" {
-            s.labels.clone()
-        } else {
-            drop_name(&s.labels)
-        };
-        out.push(Sample { labels, value });
+        // The caller drops the name (through its memo), but for last_over_time.
+        out.push(Sample {
+            labels: s.labels.clone(),
+            value,
+        });
     }
     out
 }
@@ -1096,6 +1139,7 @@ pub fn range(
     let mut ev = Evaluator::new(store, start, end, lookback);
     let mut out: Vec<SeriesData> = Vec::new();
     let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut by_addr: HashMap<usize, usize> = HashMap::new();
     let mut t = start;
     while t <= end {
         let v = match ev.eval(expr, t)? {
@@ -1115,9 +1159,22 @@ pub fn range(
             }
         };
         for s in v {
+            // Most steps return the very same label sets (shared, from the store or the
+            // memo): found by address before by content.
+            let addr = Arc::as_ptr(&s.labels) as *const u8 as usize;
+            if let Some(i) = by_addr.get(&addr)
+                && out[*i].labels == s.labels
+            {
+                out[*i].samples.push((t, s.value));
+                continue;
+            }
             match index.get(&s.labels) {
-                Some(i) => out[*i].samples.push((t, s.value)),
+                Some(i) => {
+                    by_addr.insert(addr, *i);
+                    out[*i].samples.push((t, s.value))
+                }
                 None => {
+                    by_addr.insert(addr, out.len());
                     index.insert(s.labels.clone(), out.len());
                     out.push(SeriesData {
                         labels: s.labels,
