@@ -132,10 +132,10 @@ fn now_ms() -> i64 {
 
 /// A time as Unix seconds (fractions allowed) or RFC 3339.
 fn parse_time(s: &str, name: &str) -> Result<i64, ApiError> {
-    if let Ok(f) = s.parse::<f64>() {
-        if f.is_finite() {
-            return Ok((f * 1000.0).round() as i64);
-        }
+    if let Ok(f) = s.parse::<f64>()
+        && f.is_finite()
+    {
+        return Ok((f * 1000.0).round() as i64);
     }
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t.as_millisecond());
@@ -147,10 +147,11 @@ fn parse_time(s: &str, name: &str) -> Result<i64, ApiError> {
 
 /// A duration as seconds (fractions allowed) or a PromQL duration like `1m30s`.
 fn parse_duration(s: &str, name: &str) -> Result<i64, ApiError> {
-    if let Ok(f) = s.parse::<f64>() {
-        if f.is_finite() && f >= 0.0 {
-            return Ok((f * 1000.0).round() as i64);
-        }
+    if let Ok(f) = s.parse::<f64>()
+        && f.is_finite()
+        && f >= 0.0
+    {
+        return Ok((f * 1000.0).round() as i64);
     }
     promql_parser::util::parse_duration(s)
         .map(|d| d.as_millis() as i64)
