@@ -166,6 +166,37 @@ def peer_cert(server, hostname):
             return tls.getpeercert()
 
 
+def stored_secret(ha, ns, name):
+    r = ha.etcd.call(0, "/v3/kv/range", {"key": base64.b64encode(f"/registry/secrets/{ns}/{name}".encode()).decode()})
+    return base64.b64decode(r["kvs"][0]["value"])
+
+
+def test_rotating_the_secrets_key_on_one_server_reaches_every_server(ha):
+    a, b, c = ha.servers[:3]
+    kubectl(a, "create", "secret", "generic", "before-rotation", "--from-literal=k=old")
+    assert stored_secret(ha, "default", "before-rotation").startswith(b"k8s:enc:aesgcm:v1:key1:")
+    r = subprocess.run([bosun_bin(), "secrets", "rotate-key", "--data-dir", b.b.data_dir],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "new key key2 encrypts from now on (3 servers)" in r.stdout, r.stdout
+    # Every server has the new key first, on disk as in memory.
+    for s in (a, b, c):
+        assert s.file("encryption-config.yaml") == b.file("encryption-config.yaml"), s.b.name
+    assert "key2" in a.file("encryption-config.yaml").decode()
+    # Old Secrets were re-encrypted with it, and new ones written through any server use
+    # it and read back through every other.
+    assert stored_secret(ha, "default", "before-rotation").startswith(b"k8s:enc:aesgcm:v1:key2:")
+    kubectl(c, "create", "secret", "generic", "after-rotation", "--from-literal=k=new")
+    assert stored_secret(ha, "default", "after-rotation").startswith(b"k8s:enc:aesgcm:v1:key2:")
+    for s in (a, b, c):
+        got = kubectl(s, "get", "secret", "after-rotation", "-o", "jsonpath={.data.k}").stdout
+        assert base64.b64decode(got) == b"new"
+        got = kubectl(s, "get", "secret", "before-rotation", "-o", "jsonpath={.data.k}").stdout
+        assert base64.b64decode(got) == b"old"
+    assert "published this server's encryption configuration" in b.log()
+    assert "loaded the encryption configuration another server published" in a.log()
+
+
 def test_certificates_and_kubeconfigs_name_each_server(ha):
     a, b, _ = ha.servers[:3]
     for s in ha.servers[:3]:
@@ -345,6 +376,7 @@ def restart_member(etcd, i):
 
 def test_etcd_losing_quorum_is_reported_and_healed(ha):
     a, b = ha.servers[:2]
+    kubectl(a, "create", "configmap", "before-outage", "--from-literal=k=v")
     lost = [i for i in range(3) if i != ha.etcd.leader()][:1] + [ha.etcd.leader()]
     for i in lost:
         ha.etcd.kill(i)
@@ -354,6 +386,12 @@ def test_etcd_losing_quorum_is_reported_and_healed(ha):
         r = kubectl(a, "create", "configmap", "during-outage", "--request-timeout=60s", check=False, timeout=90)
         assert r.returncode != 0 and "cluster unavailable" in r.stderr, r.stderr
         assert time.time() - t < 45
+        # Reads are still served, from the member that is up.
+        got = kubectl(b, "get", "configmap", "before-outage", "-o", "jsonpath={.data.k}",
+                      "--request-timeout=60s", timeout=90).stdout
+        assert got == "v"
+        assert "configmap/before-outage" in kubectl(a, "get", "configmaps", "-o", "name",
+                                                    "--request-timeout=60s", timeout=90).stdout
         assert a.proc.poll() is None and b.proc.poll() is None
     finally:
         for i in lost:

@@ -159,3 +159,29 @@ def test_logs_keep_the_order_of_stdout_and_stderr(cluster):
     nums = [int(l.split()[1]) for l in out.splitlines() if l.startswith("line ")]
     assert nums == list(range(800)), f"out of order: {out}"
     cluster.kubectl("delete", "pod", "alternating", "--wait=true", timeout=60)
+
+
+def test_a_failing_probe_counts_one_event_instead_of_writing_one_per_period(cluster):
+    name = "probe-events"
+    probe = {"readinessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1,
+                                "failureThreshold": 1}}
+    cluster.kubectl("apply", "-f", "-", input=pod_manifest(name, ["sleep", "3600"], grace=1, extra=probe))
+    try:
+        def unhealthy():
+            r = cluster.kubectl("get", "events", "--field-selector",
+                                f"involvedObject.name={name},reason=Unhealthy", "-o", "json")
+            return json.loads(r.stdout)["items"]
+        # Several periods of failures: still one Event, its count growing.
+        wait_for(lambda: sum(e.get("count", 1) for e in unhealthy()) >= 5, timeout=60,
+                 what="five failed probes")
+        events = unhealthy()
+        assert len(events) == 1, [(e["metadata"]["name"], e.get("count"), e["message"]) for e in events]
+        ev = events[0]
+        assert ev["count"] >= 5 and ev["type"] == "Warning"
+        assert ev["source"]["component"] == "kubelet" and ev["source"].get("host")
+        assert ev["lastTimestamp"] > ev["firstTimestamp"]
+        # kubectl describe shows it the way Kubernetes does: "(xN over ...)".
+        described = cluster.kubectl("describe", "pod", name).stdout
+        assert "Unhealthy" in described and "(x" in described, described[-1500:]
+    finally:
+        cluster.kubectl("delete", "pod", name, "--wait=false", check=False)

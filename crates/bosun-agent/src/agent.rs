@@ -304,6 +304,7 @@ pub async fn run(
         api: Arc::new(KubeApi {
             client: client.clone(),
             node_name: cfg.node_name.clone(),
+            events: bosun_events::Recorder::on_node(client.clone(), "kubelet", &cfg.node_name),
         }),
         node_name: cfg.node_name.clone(),
         node_ip: cfg.node_ip,

@@ -4,12 +4,11 @@
 use anyhow::Result;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Event, EventSource, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
-    PodStatus, Secret, Service,
+    ConfigMap, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, PodStatus, Secret,
+    Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 
 #[async_trait]
 pub trait ClusterApi: Send + Sync + 'static {
@@ -47,6 +46,8 @@ pub trait ClusterApi: Send + Sync + 'static {
 pub struct KubeApi {
     pub client: kube::Client,
     pub node_name: String,
+    /// Pod Events, correlated (repeats counted, floods cut) as a kubelet's are.
+    pub events: bosun_events::Recorder,
 }
 
 fn ns_of(pod: &Pod) -> String {
@@ -153,46 +154,25 @@ impl ClusterApi for KubeApi {
         } else {
             tracing::info!(pod = %format!("{ns}/{pod_name}"), reason, "{message}");
         }
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        let now = jiff::Timestamp::now();
-        let name = format!(
-            "{}.{:x}",
-            pod.metadata.name.as_deref().unwrap_or("pod"),
-            now.as_nanosecond()
-        );
-        let ts = Time(now);
-        let ev = Event {
-            metadata: ObjectMeta {
-                name: Some(name),
-                namespace: Some(ns.clone()),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                namespace: Some(ns),
-                uid: pod.metadata.uid.clone(),
-                resource_version: pod.metadata.resource_version.clone(),
-                ..Default::default()
-            },
-            reason: Some(reason.into()),
-            message: Some(message.into()),
-            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
-            source: Some(EventSource {
-                component: Some("bosun-agent".into()),
-                host: Some(self.node_name.clone()),
-            }),
-            reporting_component: Some("bosun-agent".into()),
-            reporting_instance: Some(self.node_name.clone()),
-            first_timestamp: Some(ts.clone()),
-            last_timestamp: Some(ts),
-            event_time: Some(MicroTime(now)),
-            action: Some(reason.into()),
-            count: Some(1),
+        let involved = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: pod.metadata.name.clone(),
+            namespace: Some(ns),
+            uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
             ..Default::default()
         };
-        if let Err(e) = api.create(&PostParams::default(), &ev).await {
+        let type_ = if warning {
+            bosun_events::WARNING
+        } else {
+            bosun_events::NORMAL
+        };
+        if let Err(e) = self
+            .events
+            .record_ref(involved, type_, reason, message)
+            .await
+        {
             tracing::debug!(error = %e, reason, "cannot record event");
         }
     }

@@ -177,6 +177,30 @@ impl EncryptionConfiguration {
         Ok(name)
     }
 
+    /// Adds a new key last in the list: it decrypts but does not encrypt yet (the first
+    /// step of a rotation on several servers, so every server can read what any writes
+    /// once it encrypts). Returns its name.
+    pub fn add_key_last(&mut self) -> anyhow::Result<String> {
+        let name = self.add_key()?;
+        let keys = self.secrets_aesgcm()?;
+        let k = keys.keys.remove(0);
+        keys.keys.push(k);
+        Ok(name)
+    }
+
+    /// Moves the key `name` first: it encrypts from now on.
+    pub fn promote(&mut self, name: &str) -> anyhow::Result<()> {
+        let keys = self.secrets_aesgcm()?;
+        let i = keys
+            .keys
+            .iter()
+            .position(|k| k.name == name)
+            .with_context(|| format!("no key {name} in the configuration"))?;
+        let k = keys.keys.remove(i);
+        keys.keys.insert(0, k);
+        Ok(())
+    }
+
     /// Keeps only the first (encrypting) key; returns the names dropped.
     pub fn drop_old_keys(&mut self) -> anyhow::Result<Vec<String>> {
         let keys = self.secrets_aesgcm()?;

@@ -283,6 +283,11 @@ impl ApiServer {
         tls::serve(self.clone(), listener, tls, shutdown).await
     }
 
+    /// The encryption-at-rest layer (to reload its configuration).
+    pub fn encryption(&self) -> Arc<encryption::EncryptedStore> {
+        self.inner.encryption.clone()
+    }
+
     pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.inner
     }

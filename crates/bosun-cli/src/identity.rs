@@ -305,6 +305,84 @@ pub async fn ensure(
     }
 }
 
+/// How often a server on etcd compares its encryption configuration with the sealed copy.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps the encryption configuration one for every server on the etcd store: when this
+/// server's file changed (`bosun secrets rotate-key` ran here), the new one is sealed into
+/// the store; when another server sealed a new one, it is written here and `reload` loads
+/// it. The file is compared with the copy agreed on last, so each side sees which one moved.
+/// Only the encryption configuration moves this way: the rest of the identity (the CA and
+/// tokens) never changes after the first server made it.
+pub async fn follow(
+    store: std::sync::Arc<dyn bosun_store::Store>,
+    data_dir: PathBuf,
+    token: ServerToken,
+    reload: impl Fn() -> Result<()>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let rel = bosun_apiserver::encryption::CONFIG_FILE;
+    let path = data_dir.join(rel);
+    let mut agreed: Option<Vec<u8>> = std::fs::read(&path).ok();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(FOLLOW_EVERY) => {}
+        }
+        if let Err(e) = follow_once(store.as_ref(), &path, rel, &token, &reload, &mut agreed).await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "keeping the encryption configuration in step with the other servers");
+        }
+    }
+}
+
+async fn follow_once(
+    store: &dyn bosun_store::Store,
+    path: &Path,
+    rel: &str,
+    token: &ServerToken,
+    reload: &impl Fn() -> Result<()>,
+    agreed: &mut Option<Vec<u8>>,
+) -> Result<()> {
+    let Some(kv) = store.get(IDENTITY_KEY).await? else {
+        return Ok(());
+    };
+    let mut files = open(token, &kv.value)?;
+    let stored = files.get(rel).cloned();
+    let local = std::fs::read(path).ok();
+    if local == stored {
+        *agreed = local;
+        return Ok(());
+    }
+    if stored != *agreed {
+        // Another server published a new configuration (if this one changed too, the
+        // published one wins: it is what the others already use).
+        let Some(bytes) = stored else { return Ok(()) };
+        crate::pki::write_private(path, &bytes)?;
+        reload()?;
+        tracing::info!("loaded the encryption configuration another server published");
+        *agreed = Some(bytes);
+        return Ok(());
+    }
+    // Changed here: publish it, conditionally on the copy read above.
+    let Some(bytes) = local else { return Ok(()) };
+    files.insert(rel.to_string(), bytes.clone());
+    let sealed = seal(token, &files)?;
+    match store
+        .update(IDENTITY_KEY, sealed.into(), Some(kv.mod_revision), None)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!("published this server's encryption configuration to the other servers");
+            *agreed = Some(bytes);
+            Ok(())
+        }
+        // Someone else wrote meanwhile: the next round sees whose change it was.
+        Err(bosun_store::StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e).context("storing the cluster identity"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

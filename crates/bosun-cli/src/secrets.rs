@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use bosun_apiserver::encryption::{CONFIG_FILE, EncryptionConfiguration};
 use clap::{Args, Subcommand};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
@@ -44,11 +45,14 @@ pub async fn run(opts: SecretsOpts) -> Result<ExitCode> {
     }
 }
 
-async fn client(data_dir: &std::path::Path) -> Result<kube::Client> {
+async fn client(data_dir: &std::path::Path, server: Option<&str>) -> Result<kube::Client> {
     let path = data_dir.join("kubeconfig");
     let kc = Kubeconfig::read_from(&path)
         .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    if let Some(url) = server {
+        cfg.cluster_url = url.parse().with_context(|| format!("server URL {url}"))?;
+    }
     Ok(kube::Client::try_from(cfg)?)
 }
 
@@ -65,9 +69,80 @@ fn writer(status: &Value) -> Option<&str> {
     status.pointer("/resources/0/providers/0")?.as_str()
 }
 
+/// The providers of the first resource entry, as the server reports them.
+fn providers(status: &Value) -> Vec<&str> {
+    status
+        .pointer("/resources/0/providers")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// Every API server of the cluster (from their `kube-system/apiserver-*` Leases), as
+/// clients with this kubeconfig's credentials; just the kubeconfig's server when none
+/// has a Lease.
+async fn servers(
+    data_dir: &std::path::Path,
+    local: &kube::Client,
+) -> Result<Vec<(String, kube::Client)>> {
+    let leases: Api<Lease> = Api::namespaced(local.clone(), "kube-system");
+    let now = jiff::Timestamp::now();
+    let mut out = Vec::new();
+    for l in leases.list(&ListParams::default()).await?.items {
+        if !l
+            .metadata
+            .name
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("apiserver-")
+        {
+            continue;
+        }
+        if let Some(addr) = bosun_controllers::apiserver_endpoints::live_address(&l, now) {
+            let url = format!("https://{addr}");
+            out.push((url.clone(), client(data_dir, Some(&url)).await?));
+        }
+    }
+    if out.is_empty() {
+        out.push(("this server".into(), local.clone()));
+    }
+    Ok(out)
+}
+
+/// Waits until every server reports a configuration `ok` accepts (servers on etcd take
+/// a new configuration from the one where it was changed within a few seconds).
+async fn wait_all(
+    servers: &[(String, kube::Client)],
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for (name, c) in servers {
+        loop {
+            let status = call(c, http::Method::GET, "/bosun/v1/encryption")
+                .await
+                .with_context(|| format!("asking {name} for its encryption status"))?;
+            if ok(&status) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{name} did not load the new configuration ({what}) within 60 s: {status}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn reload(client: &kube::Client) -> Result<Value> {
+    call(client, http::Method::POST, "/bosun/v1/encryption/reload")
+        .await
+        .context("reloading the encryption configuration")
+}
+
 async fn rotate(o: RotateOpts) -> Result<ExitCode> {
     let path = o.data_dir.join(CONFIG_FILE);
-    let client = client(&o.data_dir).await?;
+    let client = client(&o.data_dir, None).await?;
     // Before touching the file: the server must be up and use this configuration.
     let status = call(&client, http::Method::GET, "/bosun/v1/encryption")
         .await
@@ -75,20 +150,38 @@ async fn rotate(o: RotateOpts) -> Result<ExitCode> {
     if status.get("configured") != Some(&Value::Bool(true)) {
         bail!("this bosun server has no encryption configuration");
     }
+    let servers = servers(&o.data_dir, &client).await?;
+
+    // Two steps, as Kubernetes documents for several servers: first every server learns
+    // the new key (so it can read what any server writes with it), then it encrypts.
     let mut cfg = EncryptionConfiguration::load(&path)?;
-    let name = cfg.add_key()?;
+    let name = cfg.add_key_last()?;
     cfg.save(&path)?;
-    let status = call(&client, http::Method::POST, "/bosun/v1/encryption/reload")
-        .await
-        .context("reloading the encryption configuration")?;
+    reload(&client).await?;
     let want = format!("aesgcm:{name}");
+    wait_all(&servers, "the new key", |s| {
+        providers(s).contains(&want.as_str())
+    })
+    .await?;
+    let mut cfg = EncryptionConfiguration::load(&path)?;
+    cfg.promote(&name)?;
+    cfg.save(&path)?;
+    let status = reload(&client).await?;
     if writer(&status) != Some(want.as_str()) {
         bail!(
             "after the reload the server encrypts with {:?}, not {want}",
             writer(&status)
         );
     }
-    println!("new key {name} encrypts from now on");
+    wait_all(&servers, "the new key first", |s| {
+        writer(s) == Some(want.as_str())
+    })
+    .await?;
+    println!(
+        "new key {name} encrypts from now on ({} server{})",
+        servers.len(),
+        if servers.len() == 1 { "" } else { "s" }
+    );
 
     let rewritten = reencrypt_all(&client).await?;
     println!("re-encrypted {rewritten} Secrets with {name}");
@@ -100,9 +193,15 @@ async fn rotate(o: RotateOpts) -> Result<ExitCode> {
         }
         let dropped = cfg.drop_old_keys()?;
         cfg.save(&path)?;
-        call(&client, http::Method::POST, "/bosun/v1/encryption/reload")
-            .await
-            .context("reloading the encryption configuration")?;
+        reload(&client).await?;
+        let aes = |s: &Value| {
+            providers(s)
+                .iter()
+                .filter(|p| p.starts_with("aesgcm:"))
+                .count()
+                == 1
+        };
+        wait_all(&servers, "without the old keys", aes).await?;
         if dropped.is_empty() {
             println!("no old keys to drop");
         } else {

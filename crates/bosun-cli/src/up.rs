@@ -335,15 +335,19 @@ pub(crate) async fn start_control_plane(
         anyhow::bail!("stopped before the store answered");
     };
     let on_etcd = opts.store.kind()? != crate::store::StoreKind::Redb;
+    let mut server_token = None;
     if on_etcd {
         // Every server of one etcd shares one identity, kept sealed in the store.
-        crate::identity::ensure(store.as_ref(), &opts.data_dir, opts.join_token.as_deref()).await?;
+        server_token = Some(
+            crate::identity::ensure(store.as_ref(), &opts.data_dir, opts.join_token.as_deref())
+                .await?,
+        );
     } else if opts.join_token.is_some() {
         anyhow::bail!("--join-token joins servers on one etcd store: it needs --store etcd://...");
     }
     let pki = Pki::load_or_create(&opts.data_dir)?;
     let mut api_cfg =
-        bosun_apiserver::ApiServerConfig::new(store, pki.token.clone(), pki.ca_pem.clone());
+        bosun_apiserver::ApiServerConfig::new(store.clone(), pki.token.clone(), pki.ca_pem.clone());
     api_cfg.service_cidr = opts.service_cidr.clone();
     api_cfg.kubelet_token = Some(pki.kubelet_token.clone());
     api_cfg.limits.max_connections = opts.max_connections;
@@ -363,6 +367,16 @@ pub(crate) async fn start_control_plane(
     let api = bosun_apiserver::ApiServer::new(api_cfg)
         .await
         .context("starting the API server")?;
+    if let Some(token) = server_token {
+        // A key rotation on any server reaches every other one.
+        let encryption = api.encryption();
+        let (data_dir, stop) = (opts.data_dir.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let reload = move || encryption.reload();
+            crate::identity::follow(store, data_dir, token, reload, stop).await;
+            ("encryption configuration follower", Ok(()))
+        });
+    }
 
     let advertise = opts
         .advertise_address

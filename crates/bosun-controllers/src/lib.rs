@@ -11,7 +11,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
-pub mod events;
+pub use bosun_events as events;
 pub mod gc;
 pub mod informer;
 pub mod job;

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use bosun_api::gateway::{Gateway, GatewayClass, HTTPRoute};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Secret, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
 use k8s_openapi::api::networking::v1::{
     Ingress, IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time};
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -91,6 +91,7 @@ pub async fn run(
     );
     let watchers = futures::future::join_all([f1, f2, f3, f4, f5, f6]);
     let mut status = StatusWriter {
+        events: bosun_events::Recorder::new(client.clone(), "bosun-gateway"),
         client,
         address,
         emitted: HashSet::new(),
@@ -140,6 +141,7 @@ struct StatusWriter {
     address: Option<String>,
     /// Problems already reported as Events, so each is reported once while it lasts.
     emitted: HashSet<(ObjectKey, String, String)>,
+    events: bosun_events::Recorder,
 }
 
 /// Keeps `lastTransitionTime` of conditions whose status did not change, so an unchanged
@@ -286,46 +288,20 @@ impl StatusWriter {
     }
 
     async fn event(&self, r: &Report, reason: &str, message: &str) -> kube::Result<()> {
-        let ns = r.key.namespace.clone().unwrap_or_else(|| "default".into());
         let api_version = match r.key.kind {
             "Ingress" => "networking.k8s.io/v1",
             _ => "gateway.networking.k8s.io/v1",
         };
-        let now = jiff::Timestamp::now();
-        let suffix: u64 = rand::random();
-        let ev = Event {
-            metadata: ObjectMeta {
-                name: Some(format!("{}.{suffix:016x}", r.key.name)),
-                namespace: Some(ns.clone()),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some(api_version.into()),
-                kind: Some(r.key.kind.into()),
-                name: Some(r.key.name.clone()),
-                namespace: r.key.namespace.clone(),
-                uid: r.uid.clone(),
-                ..Default::default()
-            },
-            reason: Some(reason.into()),
-            message: Some(message.into()),
-            type_: Some("Warning".into()),
-            source: Some(EventSource {
-                component: Some("bosun-gateway".into()),
-                host: None,
-            }),
-            reporting_component: Some("bosun.dev/gateway".into()),
-            reporting_instance: Some("bosun-gateway".into()),
-            action: Some("Route".into()),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            event_time: Some(MicroTime(now)),
-            count: Some(1),
+        let involved = ObjectReference {
+            api_version: Some(api_version.into()),
+            kind: Some(r.key.kind.into()),
+            name: Some(r.key.name.clone()),
+            namespace: r.key.namespace.clone(),
+            uid: r.uid.clone(),
             ..Default::default()
         };
-        Api::<Event>::namespaced(self.client.clone(), &ns)
-            .create(&PostParams::default(), &ev)
+        self.events
+            .record_ref(involved, bosun_events::WARNING, reason, message)
             .await
-            .map(|_| ())
     }
 }

@@ -362,3 +362,51 @@ async fn watch_survives_the_death_of_its_member() {
     }
     assert_eq!(seen, written);
 }
+
+/// With two of three members dead the cluster has no quorum: writes fail, but reads are
+/// still answered (serializably, by the member that is up), and writes work again once
+/// quorum is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_served_without_quorum() {
+    let mut c = cluster(3).await;
+    let s = EtcdStore::connect(EtcdOptions {
+        retry_for: Duration::from_secs(6),
+        read_fallback_after: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(2),
+        ..c.store_options()
+    })
+    .await
+    .unwrap();
+    s.create("/quorum/a", Bytes::from("kept"), None)
+        .await
+        .unwrap();
+    // Every member has applied the write before two of them go.
+    for i in 0..3 {
+        let one = EtcdStore::connect(EtcdOptions {
+            endpoints: vec![c.endpoint(i)],
+            ..c.store_options()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            one.get("/quorum/a").await.unwrap().map(|kv| kv.value),
+            Some(Bytes::from("kept"))
+        );
+    }
+    c.kill(0);
+    c.kill(1);
+    let write = s.create("/quorum/b", Bytes::from("lost"), None).await;
+    assert!(
+        matches!(&write, Err(StoreError::Backend(m)) if m.contains("unavailable")),
+        "{write:?}"
+    );
+    let got = s.get("/quorum/a").await.expect("a read without quorum");
+    assert_eq!(got.map(|kv| kv.value), Some(Bytes::from("kept")));
+    let listed = s.list("/quorum/", Default::default()).await.unwrap();
+    assert_eq!(listed.kvs.len(), 1);
+    c.restart(0).unwrap();
+    c.wait_ready(Duration::from_secs(30)).await.unwrap();
+    s.create("/quorum/c", Bytes::from("after"), None)
+        .await
+        .unwrap();
+}

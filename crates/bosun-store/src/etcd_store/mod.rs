@@ -56,6 +56,9 @@ pub struct EtcdOptions {
     /// How long a request keeps retrying while members are unreachable or the
     /// cluster has no leader, before it fails.
     pub retry_for: Duration,
+    /// How long a read keeps asking for a linearizable answer before it settles for a
+    /// serializable one from any member that is up (a cluster without quorum).
+    pub read_fallback_after: Duration,
     /// How long `connect` waits for the cluster to answer.
     pub connect_timeout: Duration,
 }
@@ -68,6 +71,7 @@ impl Default for EtcdOptions {
             compaction_interval: Duration::from_secs(300),
             request_timeout: Duration::from_secs(5),
             retry_for: Duration::from_secs(20),
+            read_fallback_after: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -231,12 +235,25 @@ impl EtcdStore {
 
     /// Runs `op` until it succeeds, fails for good, or `retry_for` has passed while
     /// the cluster was unavailable. `op` gets the attempt number (from 1).
-    async fn retry<T, F, Fut>(&self, mut op: F) -> std::result::Result<T, etcd_client::Error>
+    async fn retry<T, F, Fut>(&self, op: F) -> std::result::Result<T, etcd_client::Error>
     where
         F: FnMut(Client, u32) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        let deadline = tokio::time::Instant::now() + self.opts.retry_for;
+        self.retry_within(self.opts.retry_for, op).await
+    }
+
+    /// `retry` with its own budget.
+    async fn retry_within<T, F, Fut>(
+        &self,
+        budget: Duration,
+        mut op: F,
+    ) -> std::result::Result<T, etcd_client::Error>
+    where
+        F: FnMut(Client, u32) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + budget;
         let mut backoff = Duration::from_millis(50);
         let mut attempt = 0;
         loop {
@@ -321,16 +338,38 @@ impl EtcdStore {
         revision: Option<Revision>,
         limit: i64,
     ) -> Result<etcd_client::GetResponse> {
-        let res = self
-            .retry(|mut c, _| {
+        let get = |serializable: bool| {
+            let (key, end) = (key.clone(), end.clone());
+            move |mut c: Client, _| {
                 let mut o = GetOptions::new().with_range(end.clone()).with_limit(limit);
                 if let Some(r) = revision {
                     o = o.with_revision(r);
                 }
+                if serializable {
+                    o = o.with_serializable();
+                }
                 let key = key.clone();
                 async move { c.get(key, Some(o)).await }
-            })
-            .await;
+            }
+        };
+        // A linearizable read first; when the cluster cannot answer one (no leader, lost
+        // quorum), a serializable read from whichever member is up: possibly stale, as a
+        // Kubernetes read from the watch cache may be, but the cluster stays readable.
+        let budget = self.opts.read_fallback_after.min(self.opts.retry_for);
+        let res = match self.retry_within(budget, get(false)).await {
+            Err(e) if matches!(classify(&e), Failure::Unavailable(_)) => {
+                let rest = self.opts.retry_for.saturating_sub(budget);
+                let r = self.retry_within(rest, get(true)).await;
+                if r.is_ok() {
+                    tracing::warn!(
+                        error = %e,
+                        "etcd cannot serve a linearizable read; served a possibly stale read from one member"
+                    );
+                }
+                r.map_err(|_| e)
+            }
+            other => other,
+        };
         match res {
             Ok(r) => Ok(r),
             Err(e) => Err(self.map_err(e, revision.unwrap_or(0)).await),
