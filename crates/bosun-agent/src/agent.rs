@@ -68,6 +68,9 @@ pub struct AgentConfig {
     pub reserved_cpus: Option<crate::cpus::CpuSet>,
     /// Host paths process pods never see besides `data_dir` (e.g. the cluster's credentials).
     pub hidden_paths: Vec<PathBuf>,
+    /// The request load per pod and Service that the node's proxies saw, served at
+    /// `/stats/load` (the custom metrics API reads it); None serves an empty list.
+    pub load_stats: Option<crate::server::LoadStats>,
 }
 
 impl AgentConfig {
@@ -102,6 +105,7 @@ impl AgentConfig {
             cpu_manager_policy: crate::cpus::Policy::Static,
             reserved_cpus: None,
             hidden_paths: Vec::new(),
+            load_stats: None,
         }
     }
 
@@ -232,7 +236,8 @@ pub async fn run(
                 process: runtime.clone(),
                 image: image_runtime.clone(),
                 network: network.clone(),
-            });
+            })
+            .with_load_stats(cfg.load_stats.clone());
     // CPU rates are differences between readings: sample regularly so that a reader
     // (`kubectl top`) gets a rate over the last window even on its first request.
     {

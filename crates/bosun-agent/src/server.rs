@@ -27,7 +27,11 @@ pub struct ServerState {
     pub stats: Arc<crate::stats::RateCache>,
     /// Runtimes and pod networks for exec, attach and port-forward; None serves logs only.
     pub streaming: Option<Arc<crate::streaming::Streaming>>,
+    pub load_stats: Option<LoadStats>,
 }
+
+/// Reports the node proxies' request load (`{"items": [...]}`).
+pub type LoadStats = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 impl ServerState {
     pub fn new(pods_dir: PathBuf, token: impl Into<String>, node_name: impl Into<String>) -> Self {
@@ -37,7 +41,13 @@ impl ServerState {
             node_name: node_name.into(),
             stats: Arc::default(),
             streaming: None,
+            load_stats: None,
         }
+    }
+
+    pub fn with_load_stats(mut self, f: Option<LoadStats>) -> Self {
+        self.load_stats = f;
+        self
     }
 
     pub fn with_streaming(mut self, s: crate::streaming::Streaming) -> Self {
@@ -52,6 +62,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/stats/summary", get(stats_summary))
         .route("/metrics/cadvisor", get(metrics_cadvisor))
         .route("/metrics/node", get(metrics_node))
+        .route("/stats/load", get(stats_load))
         .route(
             "/exec/{ns}/{pod}/{container}",
             get(crate::streaming::exec).post(crate::streaming::exec),
@@ -289,6 +300,14 @@ async fn metrics_cadvisor(State(st): State<ServerState>) -> Response {
 
 async fn metrics_node() -> Response {
     exposition(tokio::task::spawn_blocking(crate::prom::node).await)
+}
+
+async fn stats_load(State(st): State<ServerState>) -> Response {
+    let v = match &st.load_stats {
+        Some(f) => f(),
+        None => serde_json::json!({"items": []}),
+    };
+    axum::Json(v).into_response()
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown`.

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 
 use crate::KindInfo;
 
+mod autoscaling;
 mod batch;
 pub use batch::{CONTROLLER_UID, JOB_NAME};
 
@@ -54,6 +55,7 @@ pub fn apply_defaults(kind: &KindInfo, obj: &mut Value) {
         ("apps", "DaemonSet") => batch::daemon_set(obj),
         ("batch", "Job") => batch::job(obj),
         ("batch", "CronJob") => batch::cron_job(obj),
+        ("autoscaling", "HorizontalPodAutoscaler") => autoscaling::hpa(obj),
         ("apps", "ReplicaSet") => {
             let spec = object(obj, "spec");
             set(spec, "replicas", json!(1));

@@ -284,32 +284,6 @@ fn hpa_row(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
         s(o, "/spec/scaleTargetRef/kind"),
         s(o, "/spec/scaleTargetRef/name")
     );
-    let current = arr(o, "/status/currentMetrics");
-    let targets: Vec<String> = arr(o, "/spec/metrics")
-        .iter()
-        .enumerate()
-        .map(|(n, m)| {
-            let want = m
-                .pointer("/resource/target/averageUtilization")
-                .map(|u| format!("{}%", text(u)))
-                .or_else(|| m.pointer("/resource/target/averageValue").map(text))
-                .unwrap_or_else(|| "<unknown>".into());
-            let got = current
-                .get(n)
-                .and_then(|c| {
-                    c.pointer("/resource/current/averageUtilization")
-                        .map(|u| format!("{}%", text(u)))
-                        .or_else(|| c.pointer("/resource/current/averageValue").map(text))
-                })
-                .unwrap_or_else(|| "<unknown>".into());
-            let res = s(m, "/resource/name");
-            if res.is_empty() {
-                format!("{got}/{want}")
-            } else {
-                format!("{res}: {got}/{want}")
-            }
-        })
-        .collect();
     let min = o
         .pointer("/spec/minReplicas")
         .map(text)
@@ -317,16 +291,95 @@ fn hpa_row(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
     vec![
         name(o),
         json!(reference),
-        json!(if targets.is_empty() {
-            "<none>".to_string()
-        } else {
-            targets.join(", ")
-        }),
+        json!(hpa_targets(
+            arr(o, "/spec/metrics"),
+            arr(o, "/status/currentMetrics")
+        )),
         json!(min),
         json!(i(o, "/spec/maxReplicas")),
         json!(i(o, "/status/currentReplicas")),
         age(o, now),
     ]
+}
+
+/// The TARGETS column as Kubernetes' printer writes it (`formatHPAMetrics`): "current/target"
+/// per metric, `<unknown>` without a status, two metrics then "+ N more...".
+pub(crate) fn hpa_targets(specs: &[Value], statuses: &[Value]) -> String {
+    if specs.is_empty() {
+        return "<none>".into();
+    }
+    let status = |n: usize, p: &str| {
+        statuses
+            .get(n)
+            .and_then(|c| c.pointer(p))
+            .filter(|v| !v.is_null())
+            .map(text)
+    };
+    let unknown = || "<unknown>".to_string();
+    let list: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(n, m)| {
+            let avg_or_value = |src: &str| {
+                if let Some(t) = m.pointer(&format!("/{src}/target/averageValue")) {
+                    let cur =
+                        status(n, &format!("/{src}/current/averageValue")).unwrap_or_else(unknown);
+                    format!("{cur}/{} (avg)", text(t))
+                } else {
+                    let cur = status(n, &format!("/{src}/current/value")).unwrap_or_else(unknown);
+                    format!(
+                        "{cur}/{}",
+                        text(
+                            m.pointer(&format!("/{src}/target/value"))
+                                .unwrap_or(&Value::Null)
+                        )
+                    )
+                }
+            };
+            match m.get("type").and_then(Value::as_str).unwrap_or("") {
+                "External" => avg_or_value("external"),
+                "Object" => avg_or_value("object"),
+                "Pods" => {
+                    let cur = status(n, "/pods/current/averageValue").unwrap_or_else(unknown);
+                    format!(
+                        "{cur}/{}",
+                        text(
+                            m.pointer("/pods/target/averageValue")
+                                .unwrap_or(&Value::Null)
+                        )
+                    )
+                }
+                t @ ("Resource" | "ContainerResource") => {
+                    let src = if t == "Resource" {
+                        "resource"
+                    } else {
+                        "containerResource"
+                    };
+                    let res = s(m, &format!("/{src}/name"));
+                    if let Some(avg) = m.pointer(&format!("/{src}/target/averageValue")) {
+                        let cur = status(n, &format!("/{src}/current/averageValue"))
+                            .unwrap_or_else(unknown);
+                        format!("{res}: {cur}/{}", text(avg))
+                    } else {
+                        let cur = status(n, &format!("/{src}/current/averageUtilization"))
+                            .map(|u| format!("{u}%"))
+                            .unwrap_or_else(unknown);
+                        let target = m
+                            .pointer(&format!("/{src}/target/averageUtilization"))
+                            .map(|u| format!("{}%", text(u)))
+                            .unwrap_or_else(|| "<auto>".into());
+                        format!("{res}: {cur}/{target}")
+                    }
+                }
+                _ => "<unknown type>".into(),
+            }
+        })
+        .collect();
+    if list.len() > 2 {
+        format!("{} + {} more...", list[..2].join(", "), list.len() - 2)
+    } else {
+        list.join(", ")
+    }
 }
 
 fn sa_row(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
@@ -452,4 +505,34 @@ fn httproute_row(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
         .filter_map(Value::as_str)
         .collect();
     vec![name(o), json!(hosts.join(",")), age(o, now)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hpa_targets_like_kubectl() {
+        let specs = vec![
+            json!({"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}),
+            json!({"type": "Pods", "pods": {"metric": {"name": "requests_per_second"}, "target": {"type": "AverageValue", "averageValue": "10"}}}),
+            json!({"type": "Object", "object": {"metric": {"name": "requests_per_second"}, "target": {"type": "Value", "value": "100"}}}),
+        ];
+        assert_eq!(hpa_targets(&specs[..1], &[]), "cpu: <unknown>/50%");
+        let statuses = vec![
+            json!({"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 12, "averageValue": "12m"}}}),
+            json!({"type": "Pods", "pods": {"current": {"averageValue": "2500m"}}}),
+            json!({"type": "Object", "object": {"current": {"value": "7"}}}),
+        ];
+        assert_eq!(
+            hpa_targets(&specs[..2], &statuses),
+            "cpu: 12%/50%, 2500m/10"
+        );
+        assert_eq!(hpa_targets(&specs[2..], &statuses[2..]), "7/100");
+        assert_eq!(
+            hpa_targets(&specs, &statuses),
+            "cpu: 12%/50%, 2500m/10 + 1 more..."
+        );
+        assert_eq!(hpa_targets(&[], &[]), "<none>");
+    }
 }

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::{FieldError, KindInfo};
 
+mod autoscaling;
 mod batch;
 pub use batch::parse_schedule;
 
@@ -423,6 +424,7 @@ impl Validator {
             ("apps", "DaemonSet") => self.daemon_set(spec),
             ("batch", "Job") => self.job(spec, "spec", true),
             ("batch", "CronJob") => self.cron_job(spec),
+            ("autoscaling", "HorizontalPodAutoscaler") => self.hpa(spec),
             ("coordination.k8s.io", "Lease") => self.lease(spec),
             ("apiextensions.k8s.io", "CustomResourceDefinition") => {
                 self.errors.extend(crate::crd::validate_crd(obj))

@@ -217,6 +217,7 @@ pub(crate) fn api_groups(inner: &Inner, headers: &HeaderMap) -> ApiResult<Respon
             .map(|g| aggregated_group(inner, g))
             .collect();
         items.push(crate::metrics::aggregated_group());
+        items.push(crate::custom_metrics::aggregated_group());
         return aggregated_response(&aggregated_list(items));
     }
     let mut gs: Vec<Value> = groups(inner)
@@ -224,6 +225,7 @@ pub(crate) fn api_groups(inner: &Inner, headers: &HeaderMap) -> ApiResult<Respon
         .map(|g| api_group_obj(inner, g))
         .collect();
     gs.push(crate::metrics::api_group());
+    gs.push(crate::custom_metrics::api_group());
     Ok(json_response(
         StatusCode::OK,
         &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs}),

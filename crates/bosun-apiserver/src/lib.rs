@@ -8,6 +8,7 @@ mod attrs;
 pub mod audit;
 pub mod auth;
 mod crds;
+mod custom_metrics;
 mod discovery;
 pub mod encryption;
 mod error;
@@ -260,6 +261,15 @@ impl ApiServer {
             .route(
                 "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}",
                 get(metrics::one_pod),
+            )
+            .route("/apis/custom.metrics.k8s.io", get(custom_metrics::group))
+            .route(
+                "/apis/custom.metrics.k8s.io/v1beta2",
+                get(custom_metrics::resources),
+            )
+            .route(
+                "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/{resource}/{name}/{metric}",
+                get(custom_metrics::object_metric),
             )
             .route("/bosun/v1/encryption", get(encryption_status))
             .route("/bosun/v1/encryption/reload", post(encryption_reload))

@@ -86,7 +86,11 @@ fn kind<'a>(inner: &'a Inner, plural: &str) -> ApiResult<&'a bosun_api::KindInfo
         .ok_or_else(|| ApiError::internal(format!("no {plural} kind")))
 }
 
-async fn list_objects(inner: &Inner, plural: &str, ns: Option<&str>) -> ApiResult<Vec<Value>> {
+pub(crate) async fn list_objects(
+    inner: &Inner,
+    plural: &str,
+    ns: Option<&str>,
+) -> ApiResult<Vec<Value>> {
     let k = kind(inner, plural)?;
     let prefix = match ns {
         Some(ns) => format!("{}{ns}/", k.key_prefix()),
@@ -119,6 +123,11 @@ fn node_endpoint(node: &Value) -> Option<(std::net::IpAddr, u16)> {
 
 /// GET `/stats/summary` of one node agent.
 async fn summary(inner: &Inner, node: &Value) -> anyhow::Result<Value> {
+    agent_get(inner, node, "/stats/summary").await
+}
+
+/// GET a JSON document from one node agent (`/stats/summary`, `/stats/load`).
+pub(crate) async fn agent_get(inner: &Inner, node: &Value, path: &str) -> anyhow::Result<Value> {
     let tls = inner
         .log_tls
         .clone()
@@ -135,7 +144,7 @@ async fn summary(inner: &Inner, node: &Value) -> anyhow::Result<Value> {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let req = http::Request::get("/stats/summary")
+        let req = http::Request::get(path)
             .header(header::HOST, format!("{ip}:{port}"))
             .header(
                 header::AUTHORIZATION,

@@ -175,7 +175,14 @@ pub async fn authorize(inner: &Arc<Inner>, node: &str, a: &Attrs, query: &str) -
             }
         }
         ("coordination.k8s.io", "leases") if !read && a.namespace == "kube-node-lease" => {
-            if a.name == node || (a.verb == "create" && a.name.is_empty()) {
+            // Its heartbeat, and the activity Leases of its node proxy and gateway (scale
+            // to zero).
+            let activity = |c: &str| a.name.strip_prefix(c) == Some(node);
+            if a.name == node
+                || activity("bosun-proxy-")
+                || activity("bosun-gateway-")
+                || (a.verb == "create" && a.name.is_empty())
+            {
                 Decision::NoOpinion
             } else {
                 deny("can only modify its own Lease")

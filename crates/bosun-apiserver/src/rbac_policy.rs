@@ -210,6 +210,7 @@ pub fn cluster_roles() -> Vec<Value> {
                 rule(&["discovery.k8s.io"], &["endpointslices"], READ),
                 rule(&["gateway.networking.k8s.io"], &gateway, READ),
                 rule(&["metrics.k8s.io"], &["pods", "nodes"], READ),
+                rule(&["custom.metrics.k8s.io"], &["*"], READ),
             ],
         ),
         cluster_role(

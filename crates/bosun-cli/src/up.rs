@@ -50,6 +50,10 @@ pub struct ServerOpts {
     /// unreachable; its pods leave after their toleration (default 5 s), e.g. 3s, 40s
     #[arg(long, default_value = "2s", value_parser = crate::join::parse_ttl)]
     pub node_monitor_grace_period: std::time::Duration,
+    /// How often each HorizontalPodAutoscaler reads its metrics and rescales (Kubernetes'
+    /// --horizontal-pod-autoscaler-sync-period), e.g. 5s, 15s
+    #[arg(long, default_value = "15s", value_parser = crate::join::parse_ttl)]
+    pub horizontal_pod_autoscaler_sync_period: std::time::Duration,
     /// Range nodes' pod CIDRs (/24 each) are allocated from
     #[arg(long, default_value = bosun_controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
     pub cluster_cidr: String,
@@ -418,6 +422,7 @@ pub(crate) async fn start_control_plane(
     });
     let ctl = bosun_controllers::ControllerConfig {
         node_monitor_grace_period: opts.node_monitor_grace_period,
+        hpa_sync_period: opts.horizontal_pod_autoscaler_sync_period,
         ..Default::default()
     };
     bosun_controllers::nodeipam::Range::parse(&opts.cluster_cidr).context("--cluster-cidr")?;
@@ -540,6 +545,7 @@ pub(crate) fn start_node_services(
         let (c, sd) = (client.clone(), shutdown.clone());
         let mut cfg = bosun_proxy::ProxyConfig::new(&node.service_interface, node.node_ip);
         cfg.metrics_listen = node.proxy_metrics_listen;
+        cfg.node_name = Some(node_name(node)?);
         tasks.spawn(async move { ("node proxy", bosun_proxy::run(c, cfg, sd).await) });
     }
     {
@@ -553,6 +559,7 @@ pub(crate) fn start_node_services(
             .gateway_admin_port
             .map(|p| (std::net::IpAddr::from([127, 0, 0, 1]), p).into());
         cfg.address = Some(node.node_ip.to_string());
+        cfg.node_name = Some(node_name(node)?);
         if std::env::var("BOSUN_GATEWAY_ACCESS_LOG").is_ok_and(|v| v == "json") {
             cfg.access_log = bosun_gateway::AccessLog::Json;
         }
@@ -731,6 +738,9 @@ fn agent_config(
     cfg.bridge_name = node.bridge.clone();
     cfg.cpu_manager_policy = node.cpu_manager_policy;
     cfg.reserved_cpus = node.reserved_cpus.clone();
+    cfg.load_stats = Some(std::sync::Arc::new(|| {
+        bosun_proxy::upstream::load::table().snapshot()
+    }));
     cfg.cluster_dns = Some(bosun_agent::dns::ClusterDns {
         nameserver: cluster_dns_ip(node)?,
         domain: node.cluster_domain.clone(),

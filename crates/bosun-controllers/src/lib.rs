@@ -1,5 +1,5 @@
 //! Reconcilers (deployment, replicaset, garbage collector, namespace, node lifecycle, pod
-//! garbage collection) on one shared runtime.
+//! garbage collection, horizontal pod autoscaler) on one shared runtime.
 //!
 //! Every controller is a kube-runtime `Controller` fed by shared [`informer::Informer`]s (one
 //! watch per kind) and runs an idempotent, level-triggered reconcile that reads what it decides
@@ -13,6 +13,7 @@ pub mod disruption;
 pub mod endpoints;
 pub use bosun_events as events;
 pub mod gc;
+pub mod hpa;
 pub mod informer;
 pub mod job;
 pub mod kinds;
@@ -23,6 +24,7 @@ pub mod nodelifecycle;
 mod podgc;
 pub mod replicaset;
 pub mod runtime;
+pub mod scaletozero;
 pub mod serviceaccounts;
 pub mod servicelb;
 pub mod statefulset;
@@ -51,6 +53,9 @@ pub struct ControllerConfig {
     /// Not used any more: pods leave an unreachable node when their own toleration of the
     /// `node.kubernetes.io/unreachable` taint runs out. Kept so configurations still build.
     pub pod_eviction_timeout: Duration,
+    /// How often each HorizontalPodAutoscaler is evaluated
+    /// (`--horizontal-pod-autoscaler-sync-period`, 15s).
+    pub hpa_sync_period: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -58,6 +63,7 @@ impl Default for ControllerConfig {
         ControllerConfig {
             node_monitor_grace_period: Duration::from_secs(40),
             pod_eviction_timeout: Duration::from_secs(300),
+            hpa_sync_period: hpa::DEFAULT_SYNC_PERIOD,
         }
     }
 }
@@ -144,6 +150,13 @@ pub async fn run_with(
             nodes.clone(),
             stop.clone(),
         )),
+        tokio::spawn(scaletozero::run(
+            client.clone(),
+            deployments.clone(),
+            services.clone(),
+            leases.clone(),
+            stop.clone(),
+        )),
         tokio::spawn(endpoints::run(
             client.clone(),
             services,
@@ -177,6 +190,12 @@ pub async fn run_with(
                 stop.clone(),
             ),
             pods.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(hpa::run(
+            client.clone(),
+            Informer::start(Api::all(client.clone()), stop.clone()),
+            cfg.hpa_sync_period,
             stop.clone(),
         )),
         tokio::spawn(podgc::run(

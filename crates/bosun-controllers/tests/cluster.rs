@@ -510,6 +510,7 @@ async fn silent_node_goes_unknown_and_loses_its_pods() {
     let cfg = ControllerConfig {
         node_monitor_grace_period: Duration::from_millis(600),
         pod_eviction_timeout: Duration::from_millis(600),
+        ..Default::default()
     };
     let c = cluster(cfg).await;
     let nodes: Api<Node> = Api::all(c.client.clone());
@@ -699,6 +700,7 @@ async fn pods_bound_to_a_missing_node_are_removed_and_replaced() {
     let cfg = ControllerConfig {
         node_monitor_grace_period: Duration::from_millis(300),
         pod_eviction_timeout: Duration::from_secs(300),
+        ..Default::default()
     };
     let c = cluster(cfg).await;
     let deps: Api<Deployment> = Api::default_namespaced(c.client.clone());

@@ -77,6 +77,9 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// Address published in Ingress and Gateway status (the node's IP).
     pub address: Option<String>,
+    /// This node's name: when set, the activity of Services that may be scaled to zero is
+    /// reported in the Lease `kube-node-lease/bosun-gateway-NODE`.
+    pub node_name: Option<String>,
 }
 
 impl GatewayConfig {
@@ -88,6 +91,7 @@ impl GatewayConfig {
             access_log: AccessLog::Off,
             drain_timeout: Duration::from_secs(10),
             address: None,
+            node_name: None,
         }
     }
 }
@@ -120,6 +124,13 @@ pub async fn run(
     );
     let registry = Arc::new(registry);
     let synced = upstreams.clone();
+    // Dropped (and so stopped) when `run` returns.
+    let _report = cfg.node_name.as_ref().map(|n| {
+        let lease = bosun_proxy::upstream::activation::lease_name("gateway", n);
+        AbortOnDrop(tokio::spawn(
+            upstreams.clone().report_activity(client.clone(), lease),
+        ))
+    });
 
     let (table_tx, table_rx) = watch::channel(Arc::new(routes::RouteTable::default()));
     let table_rx_ready = table_rx.clone();
@@ -258,5 +269,14 @@ fn admin_response(path: &str, registry: &Registry) -> Response<Body> {
         }
         "/healthz" => Response::new(full("ok\n")),
         _ => proxy::text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

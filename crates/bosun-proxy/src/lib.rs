@@ -30,6 +30,9 @@
 //! | `bosun.dev/outlier-consecutive-errors` | ejection threshold, 0 = off (5) |
 //! | `bosun.dev/outlier-base-ejection` | first ejection time, doubling per repeat, max 5m (30s) |
 //! | `bosun.dev/outlier-max-ejection-percent` | 0..=100 (50); the last endpoint is never ejected |
+//! | `bosun.dev/scale-to-zero-target` | written by the scale-to-zero controller: hold requests while there is no endpoint (see [`upstream::activation`]) |
+//! | `bosun.dev/activation-timeout` | how long a held request waits (30s) |
+//! | `bosun.dev/activation-queue` | how many requests may wait per Service (1000) |
 //!
 //! A bad value is logged and the Service falls back to the defaults.
 //!

@@ -49,6 +49,9 @@ pub struct ProxyConfig {
     pub sniff_timeout: Duration,
     /// How long open connections may finish after their listener closes.
     pub drain_timeout: Duration,
+    /// This node's name: when set, the activity of Services that may be scaled to zero is
+    /// reported in the Lease `kube-node-lease/bosun-proxy-NODE`.
+    pub node_name: Option<String>,
 }
 
 impl ProxyConfig {
@@ -61,6 +64,7 @@ impl ProxyConfig {
             manage_vips: true,
             sniff_timeout: Duration::from_millis(300),
             drain_timeout: Duration::from_secs(10),
+            node_name: None,
         }
     }
 }
@@ -74,11 +78,20 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let mut registry = Registry::default();
-    let (upstreams, watchers) =
-        Upstreams::new(client, registry.sub_registry_with_prefix("bosun_proxy"));
+    let (upstreams, watchers) = Upstreams::new(
+        client.clone(),
+        registry.sub_registry_with_prefix("bosun_proxy"),
+    );
     let watch_task = tokio::spawn(watchers);
+    let report_task = cfg.node_name.as_ref().map(|n| {
+        let lease = crate::upstream::activation::lease_name("proxy", n);
+        tokio::spawn(upstreams.clone().report_activity(client, lease))
+    });
     let res = serve(upstreams, cfg, Arc::new(registry), shutdown).await;
     watch_task.abort();
+    if let Some(t) = report_task {
+        t.abort();
+    }
     res
 }
 
@@ -517,6 +530,13 @@ async fn relay_tcp(
     };
     let m = upstreams.metrics();
     let info = upstreams.service(&target.namespace, &target.service);
+    if info.as_ref().is_some_and(|i| i.activation.is_some()) {
+        // Scaled to zero: hold the connection until an endpoint is ready (or give up).
+        if let Err(e) = upstreams.activate_target(target).await {
+            tracing::info!(%peer, "tcp: {e}");
+            return;
+        }
+    }
     let policy = info.as_ref().map(|i| i.policy.clone()).unwrap_or_default();
     let key = peer.ip().to_string();
     let hash_key = (policy.balancer == LbAlgorithm::ConsistentHash

@@ -468,3 +468,102 @@ async fn http_upgrade_is_spliced() {
         .unwrap();
     assert_eq!(&echo, b"ping");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_a_service_at_zero_wait_for_its_first_endpoint() {
+    let p = Proxy::start().await;
+    let target = [("bosun.dev/scale-to-zero-target", "web")];
+    p.add_service("web", &target, &[]).await;
+    let c = h1_client();
+    let held: Vec<_> = (0..10)
+        .map(|_| {
+            let (c, addr) = (c.clone(), p.addr());
+            tokio::spawn(async move { get(&c, addr, "/", &[]).await })
+        })
+        .collect();
+    // They wait (and the activity report says so) instead of failing.
+    let key = "default/web".to_string();
+    for _ in 0..200 {
+        if p.ups.activity().get(&key).is_some_and(|r| r.waiting == 10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = p.ups.activity()[&key];
+    assert_eq!(r.waiting, 10);
+    assert!(r.last_ms > 0);
+    assert!(held.iter().all(|t| !t.is_finished()));
+    // The first endpoint arrives: every held request is forwarded to it.
+    let b = Backend::start("a", Behaviour::Ok).await;
+    let ready_at = std::time::Instant::now();
+    p.ups
+        .apply_endpoint_slice(&slice("web", "a", b.addr, true, false));
+    for t in held {
+        let (s, body) = t.await.unwrap();
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(served_by(&body), "a");
+    }
+    assert!(ready_at.elapsed() < Duration::from_secs(2));
+    assert_eq!(p.ups.activity()[&key].waiting, 0);
+
+    // Past the activation timeout: a 503 that names the Service (called through the
+    // library: these Services have no listener of their own here).
+    let call = |svc: &'static str| {
+        let (ups, port) = (p.ups.clone(), p.port);
+        async move {
+            let req = Request::get("/").body(full("")).unwrap();
+            let resp = ups
+                .http_call(
+                    &bosun_proxy::upstream::Target::new("default", svc, port),
+                    req,
+                    None,
+                )
+                .await;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).to_string())
+        }
+    };
+    p.ups.apply_service(&service(
+        "stuck",
+        p.vip,
+        p.port,
+        &[
+            ("bosun.dev/scale-to-zero-target", "stuck"),
+            ("bosun.dev/activation-timeout", "300ms"),
+        ],
+    ));
+    let started = std::time::Instant::now();
+    let (s, body) = call("stuck").await;
+    assert_eq!(s, 503, "{body}");
+    assert!(
+        body.contains("default/stuck") && body.contains("scaled to zero"),
+        "{body}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // A full queue answers at once.
+    p.ups.apply_service(&service(
+        "tiny",
+        p.vip,
+        p.port,
+        &[
+            ("bosun.dev/scale-to-zero-target", "tiny"),
+            ("bosun.dev/activation-queue", "1"),
+            ("bosun.dev/activation-timeout", "5s"),
+        ],
+    ));
+    let first = tokio::spawn(call("tiny"));
+    for _ in 0..200 {
+        if p.ups.activity()["default/tiny"].waiting == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = std::time::Instant::now();
+    let (s, body) = call("tiny").await;
+    assert_eq!(s, 503, "{body}");
+    assert!(body.contains("already wait"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    first.abort();
+}

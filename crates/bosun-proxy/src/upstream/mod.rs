@@ -29,7 +29,9 @@
 //! Errors never surface as Rust errors from `http_call`: no endpoints -> 503, connect
 //! failure -> 502, timeout -> 504 (see [`UpstreamError::status`]).
 
+pub mod activation;
 pub mod balance;
+pub mod load;
 pub mod metrics;
 pub mod policy;
 pub mod trace;
@@ -201,6 +203,11 @@ pub struct ServiceInfo {
     pub policy: Policy,
     /// Why the annotations were rejected, if they were.
     pub policy_error: Option<String>,
+    /// Set when the Service's workload may be scaled to zero: requests then wait for an
+    /// endpoint instead of failing at once (see [`activation`]).
+    pub activation: Option<activation::ActivationConfig>,
+    /// Request activity (touched only for Services with `activation`).
+    pub activity: activation::ActivityCell,
 }
 
 impl ServiceInfo {
@@ -241,10 +248,16 @@ impl ServiceInfo {
             .collect();
         let empty = BTreeMap::new();
         let ann = svc.metadata.annotations.as_ref().unwrap_or(&empty);
-        let (policy, policy_error) = match Policy::from_annotations(ann) {
+        let (policy, mut policy_error) = match Policy::from_annotations(ann) {
             Ok(p) => (p, None),
             Err(e) => (Policy::default(), Some(e)),
         };
+        let activation = activation::ActivationConfig::from_annotations(ann).map(|(c, e)| {
+            if policy_error.is_none() {
+                policy_error = e;
+            }
+            c
+        });
         Some(ServiceInfo {
             namespace,
             name,
@@ -253,6 +266,8 @@ impl ServiceInfo {
             ports,
             policy,
             policy_error,
+            activation,
+            activity: Default::default(),
         })
     }
 }
@@ -280,14 +295,18 @@ pub enum UpstreamError {
     Timeout,
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A Service whose workload is scaled to zero could not be woken in time (or its queue
+    /// of waiting requests is full).
+    #[error("service {service}: {reason}")]
+    Activation { service: String, reason: String },
 }
 
 impl UpstreamError {
     pub fn status(&self) -> StatusCode {
         match self {
-            UpstreamError::UnknownService(_) | UpstreamError::NoEndpoints(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            UpstreamError::UnknownService(_)
+            | UpstreamError::NoEndpoints(_)
+            | UpstreamError::Activation { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamError::Connect(..) | UpstreamError::Upstream(..) => StatusCode::BAD_GATEWAY,
             UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -423,6 +442,10 @@ struct Inner {
     changed: watch::Sender<u64>,
     /// True once the watchers listed Services and EndpointSlices (always, when detached).
     synced: watch::Sender<bool>,
+    /// Bumped after every EndpointSlice change (wakes requests held for activation).
+    endpoints_changed: watch::Sender<u64>,
+    /// Asks the activity reporter to write now (a request started waiting).
+    report_now: tokio::sync::Notify,
 }
 
 /// The endpoint cache and HTTP client. Cheap to clone.
@@ -442,6 +465,8 @@ pub struct Picked {
     outlier: OutlierConfig,
     metrics: Metrics,
     labels: SvcLabels,
+    /// Counts the request in the pod's load figures until the outcome is reported.
+    _load: Option<load::InFlight>,
 }
 
 impl Picked {
@@ -515,6 +540,8 @@ impl Upstreams {
                 metrics: Metrics::new(registry),
                 changed: watch::channel(0).0,
                 synced: watch::channel(true).0,
+                endpoints_changed: watch::channel(0).0,
+                report_now: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -565,6 +592,10 @@ impl Upstreams {
         self.inner.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn endpoints_bump(&self) {
+        self.inner.endpoints_changed.send_modify(|v| *v += 1);
+    }
+
     fn bump(&self) {
         self.inner.changed.send_modify(|v| *v += 1);
     }
@@ -579,9 +610,13 @@ impl Upstreams {
             tracing::warn!(namespace = %info.namespace, service = %info.name, "{e}; using defaults");
         }
         let key = (info.namespace.clone(), info.name.clone());
+        let mut info = info;
         let mut st = self.write();
-        if st.services.get(&key).is_some_and(|old| **old == info) {
-            return;
+        if let Some(old) = st.services.get(&key) {
+            if **old == info {
+                return;
+            }
+            info.activity = old.activity.clone();
         }
         st.services.insert(key, Arc::new(info));
         drop(st);
@@ -624,6 +659,8 @@ impl Upstreams {
         {
             rebuild(&mut st, &ns, &old);
         }
+        drop(st);
+        self.endpoints_bump();
     }
 
     pub fn delete_endpoint_slice(&self, namespace: &str, name: &str) {
@@ -631,15 +668,23 @@ impl Upstreams {
         if let Some(d) = st.slices.remove(&(namespace.to_string(), name.to_string())) {
             rebuild(&mut st, namespace, &d.service);
         }
+        drop(st);
+        self.endpoints_bump();
     }
 
     fn replace_services(&self, all: Vec<Service>) {
+        let mut st = self.write();
         let infos: HashMap<SvcKey, Arc<ServiceInfo>> = all
             .iter()
             .filter_map(ServiceInfo::from_service)
-            .map(|i| ((i.namespace.clone(), i.name.clone()), Arc::new(i)))
+            .map(|mut i| {
+                let key = (i.namespace.clone(), i.name.clone());
+                if let Some(old) = st.services.get(&key) {
+                    i.activity = old.activity.clone();
+                }
+                (key, Arc::new(i))
+            })
             .collect();
-        let mut st = self.write();
         st.budgets.retain(|k, _| infos.contains_key(k));
         st.services = infos;
         drop(st);
@@ -668,6 +713,8 @@ impl Upstreams {
         for (ns, svc) in affected {
             rebuild(&mut st, &ns, &svc);
         }
+        drop(st);
+        self.endpoints_bump();
     }
 
     async fn run_watchers(self, client: kube::Client) -> anyhow::Result<()> {
@@ -772,6 +819,8 @@ impl Upstreams {
                 ports: Vec::new(),
                 policy: Policy::default(),
                 policy_error: None,
+                activation: None,
+                activity: Default::default(),
             })
         });
         Some((info, set))
@@ -837,6 +886,11 @@ impl Upstreams {
             .ok_or_else(|| UpstreamError::NoEndpoints(svc_name(target)))?;
         let state = candidates[i].clone();
         let handle = Some(state.load.start());
+        let pod_load = state
+            .ep
+            .pod
+            .as_ref()
+            .map(|pod| load::table().start(&target.namespace, load::Subject::Pod(pod.clone())));
         Ok(Picked {
             endpoint: state.ep.clone(),
             state,
@@ -848,7 +902,147 @@ impl Upstreams {
                 namespace: target.namespace.clone(),
                 service: target.service.clone(),
             },
+            _load: pod_load,
         })
+    }
+
+    // ---- scale to zero -------------------------------------------------------------------
+
+    /// For a Service whose workload may be scaled to zero: records the request and, when the
+    /// Service has no ready endpoint, waits for one (see [`activation`]). Returns at once
+    /// for other Services. The node proxy calls this for TCP connections; `http_call` does
+    /// it itself.
+    pub async fn activate_target(&self, target: &Target) -> Result<(), UpstreamError> {
+        match self.port_set(target) {
+            Some((info, set)) if info.activation.is_some() => {
+                self.activate(target, &info, set.endpoints.is_empty()).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn activate(
+        &self,
+        target: &Target,
+        info: &ServiceInfo,
+        no_endpoints: bool,
+    ) -> Result<(), UpstreamError> {
+        let Some(cfg) = &info.activation else {
+            return Ok(());
+        };
+        let activity = &info.activity.0;
+        activity.touch();
+        if !no_endpoints {
+            return Ok(());
+        }
+        let Some(place) = activity.enter(cfg.queue) else {
+            return Err(UpstreamError::Activation {
+                service: svc_name(target),
+                reason: format!(
+                    "{} requests already wait for deployment {} to start \
+                     (annotation {})",
+                    cfg.queue,
+                    cfg.deployment,
+                    activation::QUEUE_ANNOTATION
+                ),
+            });
+        };
+        // Subscribe before looking, so an endpoint that arrives in between is not missed.
+        let mut changes = self.inner.endpoints_changed.subscribe();
+        self.inner.report_now.notify_one();
+        let ready = async {
+            loop {
+                if self
+                    .port_set(target)
+                    .is_some_and(|(_, s)| !s.endpoints.is_empty())
+                {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let started = Instant::now();
+        let res = tokio::time::timeout(cfg.timeout, ready).await;
+        // The wait counts as activity until its end (the idle window starts afterwards).
+        activity.touch();
+        // Report the end of the wait promptly too: a stale "waiting" could wake the
+        // Deployment again after it is scaled down.
+        drop(place);
+        self.inner.report_now.notify_one();
+        match res {
+            Ok(()) => {
+                tracing::debug!(
+                    service = %svc_name(target),
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "endpoint ready; forwarding held request"
+                );
+                Ok(())
+            }
+            Err(_) => Err(UpstreamError::Activation {
+                service: svc_name(target),
+                reason: format!(
+                    "deployment {} is scaled to zero and no endpoint became ready within {}s \
+                     (annotation {})",
+                    cfg.deployment,
+                    cfg.timeout.as_secs_f64(),
+                    activation::TIMEOUT_ANNOTATION
+                ),
+            }),
+        }
+    }
+
+    /// Request activity of every Service that may be scaled to zero (`NAMESPACE/NAME`).
+    pub fn activity(&self) -> BTreeMap<String, activation::Report> {
+        self.read()
+            .services
+            .values()
+            .filter(|i| i.activation.is_some())
+            .map(|i| {
+                (
+                    format!("{}/{}", i.namespace, i.name),
+                    activation::Report {
+                        last_ms: i.activity.0.last_ms(),
+                        waiting: i.activity.0.waiting(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Writes [`Upstreams::activity`] into the Lease `kube-node-lease/LEASE` whenever it
+    /// changed, checking once a second and at once when a request starts waiting. Runs
+    /// until dropped.
+    pub async fn report_activity(self, client: kube::Client, lease: String) {
+        use k8s_openapi::api::coordination::v1::Lease;
+        let api: kube::Api<Lease> = kube::Api::namespaced(client, activation::LEASE_NAMESPACE);
+        let mut written: Option<BTreeMap<String, activation::Report>> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.inner.report_now.notified() => {}
+            }
+            let now = self.activity();
+            if written.as_ref() == Some(&now) {
+                continue;
+            }
+            match write_activity(&api, &lease, &now).await {
+                Ok(()) => {
+                    written = Some(now);
+                    failures = 0;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(60) {
+                        tracing::warn!(%lease, "writing service activity: {e}");
+                    }
+                }
+            }
+        }
     }
 
     // ---- HTTP ---------------------------------------------------------------------------
@@ -872,20 +1066,35 @@ impl Upstreams {
             service: target.service.clone(),
         };
         let m = &self.inner.metrics;
+        let service_load = load::table().start(
+            &target.namespace,
+            load::Subject::Service(target.service.clone()),
+        );
         let resp = match self.port_set(target) {
             None => UpstreamError::UnknownService(svc_name(target)).into_response(),
-            Some((info, _)) => {
-                let policy = policy.cloned().unwrap_or_else(|| info.policy.clone());
-                let call = self.call_inner(target, req, &policy, &labels);
-                match policy.timeout {
-                    Some(t) => match tokio::time::timeout(t, call).await {
-                        Ok(r) => r,
-                        Err(_) => UpstreamError::Timeout.into_response(),
-                    },
-                    None => call.await,
+            Some((info, set)) => {
+                // Only Services whose workload may be at zero pay for this (one atomic store).
+                let held = match &info.activation {
+                    Some(_) => self.activate(target, &info, set.endpoints.is_empty()).await,
+                    None => Ok(()),
+                };
+                match held {
+                    Err(e) => e.into_response(),
+                    Ok(()) => {
+                        let policy = policy.cloned().unwrap_or_else(|| info.policy.clone());
+                        let call = self.call_inner(target, req, &policy, &labels);
+                        match policy.timeout {
+                            Some(t) => match tokio::time::timeout(t, call).await {
+                                Ok(r) => r,
+                                Err(_) => UpstreamError::Timeout.into_response(),
+                            },
+                            None => call.await,
+                        }
+                    }
                 }
             }
         };
+        drop(service_load);
         m.duration
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
@@ -1236,6 +1445,41 @@ impl Upstreams {
         }
         let (parts, body) = resp.into_parts();
         Response::from_parts(parts, boxed(body))
+    }
+}
+
+async fn write_activity(
+    api: &kube::Api<k8s_openapi::api::coordination::v1::Lease>,
+    lease: &str,
+    reports: &BTreeMap<String, activation::Report>,
+) -> Result<(), kube::Error> {
+    use kube::api::{Patch, PatchParams, PostParams};
+    let body = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": lease,
+            "namespace": activation::LEASE_NAMESPACE,
+            "labels": {activation::ACTIVITY_LABEL: "true"},
+            "annotations": {activation::ACTIVITY_ANNOTATION: activation::encode(reports)},
+        },
+        "spec": {"holderIdentity": lease},
+    });
+    match api
+        .patch(lease, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            let obj = serde_json::from_value(body.clone()).map_err(kube::Error::SerdeError)?;
+            match api.create(&PostParams::default(), &obj).await {
+                Err(kube::Error::Api(s)) if s.code == 409 => api
+                    .patch(lease, &PatchParams::default(), &Patch::Merge(&body))
+                    .await
+                    .map(drop),
+                r => r.map(drop),
+            }
+        }
+        r => r.map(drop),
     }
 }
 

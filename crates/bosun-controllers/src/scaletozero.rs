@@ -1,0 +1,547 @@
+//! Scale to zero: a Deployment annotated `bosun.dev/scale-to-zero-after: 60s` goes to zero
+//! replicas after that long without requests to any Service that selects its pods, and comes
+//! back (to the count it had) when a request arrives. A Deployment that is the target of a
+//! HorizontalPodAutoscaler with `minReplicas: 0` and stands at zero is woken the same way.
+//!
+//! * Services: every Service whose selector matches the pod template of such a Deployment
+//!   gets `bosun.dev/scale-to-zero-target: NAME`. The node proxies and gateways track
+//!   requests only for these Services, and hold their requests while they have no endpoint
+//!   (`bosun_proxy::upstream::activation`).
+//! * Activity: each node proxy and gateway writes, into a Lease of its own in
+//!   `kube-node-lease` (label `bosun.dev/activity`), the time of the last request and the
+//!   number of waiting requests per marked Service. The controller combines them: the
+//!   latest request on any node, the waiting requests of all nodes.
+//! * Scaling down writes `spec.replicas: 0` together with `bosun.dev/scale-to-zero-restore`
+//!   (the count before) and `bosun.dev/scale-to-zero-changed` (when), in one patch.
+//!   Waking writes the remembered count back (at least 1), in one patch, as soon as a
+//!   waiting request is reported (or a request newer than the scale-down).
+//!
+//! The loop is level-triggered: every pass recomputes all decisions from the caches, and a
+//! pass runs on any change of Deployments, Services, HPAs or activity Leases, and at the
+//! next idle deadline.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{NORMAL, Recorder};
+use crate::informer::Informer;
+
+/// On a Deployment (user-set): idle time before scaling to zero, e.g. `60s`, `5m`, `1h30m`.
+pub const AFTER_ANNOTATION: &str = "bosun.dev/scale-to-zero-after";
+/// On a Deployment (written here): replicas before it was scaled to zero.
+pub const RESTORE_ANNOTATION: &str = "bosun.dev/scale-to-zero-restore";
+/// On a Deployment (written here): RFC 3339 time of the last scale-down or wake.
+pub const CHANGED_ANNOTATION: &str = "bosun.dev/scale-to-zero-changed";
+/// On a Service (written here): the Deployments (comma-separated) it may wake. Same value as
+/// `bosun_proxy::upstream::activation::TARGET_ANNOTATION`.
+pub const TARGET_ANNOTATION: &str = "bosun.dev/scale-to-zero-target";
+/// Label and annotation of the activity Leases (see `bosun_proxy::upstream::activation`).
+pub const ACTIVITY_LABEL: &str = "bosun.dev/activity";
+pub const ACTIVITY_ANNOTATION: &str = "bosun.dev/service-activity";
+
+const MANAGER: &str = "scale-to-zero-controller";
+
+/// A Go-style duration: `500ms`, `60s`, `5m`, `1h30m` (a bare number means seconds).
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let v = v.trim();
+    if let Ok(n) = v.parse::<u64>() {
+        return Ok(Duration::from_secs(n));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = v;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{v:?}: missing unit (ms, s, m, h)"))?;
+        let (num, tail) = rest.split_at(digits);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("{v:?} is not a duration such as 60s or 5m"))?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let secs = match unit {
+            "ms" => n / 1000.0,
+            "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            _ => return Err(format!("{v:?}: unknown unit {unit:?} (ms, s, m, h)")),
+        };
+        total += Duration::from_secs_f64(secs);
+        rest = next;
+    }
+    Ok(total)
+}
+
+/// Activity of one Service, all nodes combined.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Unix milliseconds of the latest request seen by any node (0: none).
+    pub last_ms: i64,
+    /// Requests waiting for an endpoint, summed over nodes.
+    pub waiting: u64,
+}
+
+/// Combines the activity Leases: `NAMESPACE/SERVICE` -> activity.
+pub fn combine<'a>(leases: impl IntoIterator<Item = &'a Lease>) -> HashMap<String, Activity> {
+    let mut out: HashMap<String, Activity> = HashMap::new();
+    for l in leases {
+        if l.labels().get(ACTIVITY_LABEL).map(String::as_str) != Some("true") {
+            continue;
+        }
+        let Some(raw) = l.annotations().get(ACTIVITY_ANNOTATION) else {
+            continue;
+        };
+        let Ok(Value::Object(m)) = serde_json::from_str::<Value>(raw) else {
+            continue;
+        };
+        for (svc, v) in m {
+            let e = out.entry(svc).or_default();
+            let last = v.get("last").and_then(Value::as_i64).unwrap_or(0);
+            e.last_ms = e.last_ms.max(last);
+            e.waiting += v.get("waiting").and_then(Value::as_u64).unwrap_or(0);
+        }
+    }
+    out
+}
+
+/// What the controller knows about one Deployment it may scale.
+#[derive(Clone, Debug, PartialEq)]
+pub struct View {
+    pub replicas: i32,
+    /// `bosun.dev/scale-to-zero-after`, when set.
+    pub window: Option<Duration>,
+    /// Target of an HPA with `minReplicas: 0`.
+    pub hpa_zero: bool,
+    pub restore: Option<i32>,
+    /// Last scale-down or wake by this controller, else the creation time (Unix ms).
+    pub changed_ms: i64,
+    /// At least one Service selects its pods, and every such Service is marked already (so
+    /// proxies hold requests instead of failing them).
+    pub services_ready: bool,
+    /// Activity of its Services combined.
+    pub activity: Activity,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Scale to zero, remembering `from`.
+    ScaleToZero { from: i32 },
+    /// Scale from zero to `to`.
+    Wake { to: i32 },
+    /// Nothing now; look again at this Unix ms (if any).
+    Wait(Option<i64>),
+}
+
+pub fn decide(v: &View, now_ms: i64) -> Action {
+    let a = v.activity;
+    if v.replicas == 0 {
+        let requested = a.waiting > 0 || (v.restore.is_some() && a.last_ms > v.changed_ms);
+        if requested && (v.window.is_some() || v.hpa_zero) {
+            return Action::Wake {
+                to: v.restore.unwrap_or(1).max(1),
+            };
+        }
+        return Action::Wait(None);
+    }
+    let Some(window) = v.window else {
+        return Action::Wait(None);
+    };
+    if !v.services_ready {
+        return Action::Wait(None);
+    }
+    let base = a.last_ms.max(v.changed_ms);
+    let deadline = base.saturating_add(window.as_millis() as i64);
+    if a.waiting == 0 && now_ms >= deadline {
+        Action::ScaleToZero { from: v.replicas }
+    } else {
+        Action::Wait(Some(deadline.max(now_ms + 100)))
+    }
+}
+
+fn selects(svc: &Service, dep: &Deployment) -> bool {
+    let Some(sel) = svc.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
+        return false;
+    };
+    if sel.is_empty() || svc.namespace() != dep.namespace() {
+        return false;
+    }
+    let labels = dep
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref());
+    let Some(labels) = labels else { return false };
+    sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn ms_of(ts: jiff::Timestamp) -> i64 {
+    ts.as_millisecond()
+}
+
+/// Runs the controller until `stop`.
+pub async fn run(
+    client: Client,
+    deployments: Informer<Deployment>,
+    services: Informer<Service>,
+    leases: Informer<Lease>,
+    stop: CancellationToken,
+) {
+    let hpas = Informer::<HorizontalPodAutoscaler>::start(Api::all(client.clone()), stop.clone());
+    hpas.ready().await;
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    fn forward<S>(s: S, tx: mpsc::Sender<()>) -> tokio::task::JoinHandle<()>
+    where
+        S: futures::Stream + Send + 'static,
+    {
+        tokio::spawn(async move {
+            futures::pin_mut!(s);
+            while s.next().await.is_some() {
+                let _ = tx.try_send(());
+            }
+        })
+    }
+    let forwarders = [
+        forward(deployments.subscribe(), tx.clone()),
+        forward(services.subscribe(), tx.clone()),
+        forward(leases.subscribe(), tx.clone()),
+        forward(hpas.subscribe(), tx.clone()),
+    ];
+    let recorder = Recorder::new(client.clone(), MANAGER);
+    let mut next: Option<i64> = None;
+    loop {
+        let sleep = async {
+            match next {
+                Some(at) => {
+                    let wait = (at - ms_of(crate::util::now())).max(0) as u64;
+                    tokio::time::sleep(Duration::from_millis(wait)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            r = rx.recv() => if r.is_none() { break },
+            _ = sleep => {}
+        }
+        next = pass(
+            &client,
+            &recorder,
+            &deployments.store().state(),
+            &services.store().state(),
+            &leases.store().state(),
+            &hpas.store().state(),
+        )
+        .await;
+    }
+    for f in forwarders {
+        f.abort();
+    }
+}
+
+/// One pass over everything; returns when to look again.
+async fn pass(
+    client: &Client,
+    recorder: &Recorder,
+    deployments: &[Arc<Deployment>],
+    services: &[Arc<Service>],
+    leases: &[Arc<Lease>],
+    hpas: &[Arc<HorizontalPodAutoscaler>],
+) -> Option<i64> {
+    let now = ms_of(crate::util::now());
+    let activity = combine(leases.iter().map(|l| l.as_ref()));
+    let hpa_zero = |d: &Deployment| {
+        hpas.iter().any(|h| {
+            h.namespace() == d.namespace()
+                && h.spec.as_ref().is_some_and(|s| {
+                    s.min_replicas == Some(0)
+                        && s.scale_target_ref.kind == "Deployment"
+                        && s.scale_target_ref.name == d.name_any()
+                })
+        })
+    };
+    // Deployments that may be at zero, with their window.
+    let mut marked: Vec<(&Deployment, Option<Duration>, bool)> = Vec::new();
+    for d in deployments {
+        if d.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let window = match d.annotations().get(AFTER_ANNOTATION) {
+            None => None,
+            Some(v) => match parse_duration(v) {
+                Ok(w) if !w.is_zero() => Some(w),
+                Ok(_) | Err(_) => {
+                    recorder
+                        .record(
+                            d.as_ref(),
+                            crate::events::WARNING,
+                            "InvalidScaleToZero",
+                            &format!(
+                                "annotation {AFTER_ANNOTATION}: {v:?} is not a duration above 0 such as 60s or 5m"
+                            ),
+                        )
+                        .await;
+                    None
+                }
+            },
+        };
+        let hz = hpa_zero(d);
+        if window.is_some() || hz {
+            marked.push((d.as_ref(), window, hz));
+        }
+    }
+    // Mark the Services.
+    let mut svc_ready: HashMap<(String, String), bool> = HashMap::new();
+    let mut svc_of: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for s in services {
+        let targets: Vec<String> = marked
+            .iter()
+            .filter(|(d, _, _)| selects(s, d))
+            .map(|(d, _, _)| d.name_any())
+            .collect();
+        let want = (!targets.is_empty()).then(|| targets.join(","));
+        let have = s.annotations().get(TARGET_ANNOTATION).cloned();
+        let ns = s.namespace().unwrap_or_default();
+        let ok = want == have;
+        if !ok {
+            let api: Api<Service> = Api::namespaced(client.clone(), &ns);
+            let patch = json!({"metadata": {"annotations": {TARGET_ANNOTATION: want}}});
+            if let Err(e) = api
+                .patch(
+                    &s.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                tracing::warn!(service = %format!("{ns}/{}", s.name_any()), "marking service: {e}");
+            }
+        }
+        for t in targets {
+            let key = (ns.clone(), t);
+            let e = svc_ready.entry(key.clone()).or_insert(true);
+            *e &= ok;
+            svc_of
+                .entry(key)
+                .or_default()
+                .push(format!("{ns}/{}", s.name_any()));
+        }
+    }
+    let mut next: Option<i64> = None;
+    for (d, window, hz) in marked {
+        let ns = d.namespace().unwrap_or_default();
+        let key = (ns.clone(), d.name_any());
+        let svcs = svc_of.get(&key).cloned().unwrap_or_default();
+        let mut act = Activity::default();
+        for s in &svcs {
+            if let Some(a) = activity.get(s) {
+                act.last_ms = act.last_ms.max(a.last_ms);
+                act.waiting += a.waiting;
+            }
+        }
+        let ann = d.annotations();
+        let changed_ms = ann
+            .get(CHANGED_ANNOTATION)
+            .and_then(|v| v.parse::<jiff::Timestamp>().ok())
+            .or_else(|| d.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            .map(ms_of)
+            .unwrap_or(now);
+        let view = View {
+            replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            window,
+            hpa_zero: hz,
+            restore: ann.get(RESTORE_ANNOTATION).and_then(|v| v.parse().ok()),
+            changed_ms,
+            services_ready: svc_ready.get(&key).copied().unwrap_or(false),
+            activity: act,
+        };
+        let (replicas, restore, reason, msg) = match decide(&view, now) {
+            Action::Wait(at) => {
+                if let Some(at) = at {
+                    next = Some(next.map_or(at, |n: i64| n.min(at)));
+                }
+                continue;
+            }
+            Action::ScaleToZero { from } => (
+                0,
+                Some(from.to_string()),
+                "ScaledToZero",
+                format!(
+                    "Scaled down from {from} to 0: no requests to {} for {}",
+                    svcs.join(", "),
+                    window
+                        .map(|w| format!("{}s", w.as_secs_f64()))
+                        .unwrap_or_default()
+                ),
+            ),
+            Action::Wake { to } => (
+                to,
+                None,
+                "ScaledFromZero",
+                format!(
+                    "Scaled up from 0 to {to}: {} requests waiting for {}",
+                    act.waiting,
+                    svcs.join(", ")
+                ),
+            ),
+        };
+        let stamp = crate::util::now().to_string();
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": d.resource_version(),
+                "annotations": {RESTORE_ANNOTATION: restore, CHANGED_ANNOTATION: stamp},
+            },
+            "spec": {"replicas": replicas},
+        });
+        let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        match api
+            .patch(
+                &d.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(updated) => {
+                tracing::info!(deployment = %format!("{ns}/{}", d.name_any()), "{msg}");
+                recorder.record(&updated, NORMAL, reason, &msg).await;
+            }
+            // A newer version arrives through the watch and triggers the next pass.
+            Err(e) if crate::util::is_conflict(&e) => {}
+            Err(e) => {
+                tracing::warn!(deployment = %format!("{ns}/{}", d.name_any()), "{reason}: {e}");
+                next = Some(now + 1000);
+            }
+        }
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> View {
+        View {
+            replicas: 3,
+            window: Some(Duration::from_secs(60)),
+            hpa_zero: false,
+            restore: None,
+            changed_ms: 1_000,
+            services_ready: true,
+            activity: Activity::default(),
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn idle_deployment_goes_to_zero_after_its_window() {
+        let mut v = view();
+        v.activity.last_ms = 10_000;
+        assert_eq!(decide(&v, 60_000), Action::Wait(Some(70_000)));
+        assert_eq!(decide(&v, 70_000), Action::ScaleToZero { from: 3 });
+        // Without requests, the window counts from the last change (or creation).
+        v.activity.last_ms = 0;
+        assert_eq!(decide(&v, 61_000), Action::ScaleToZero { from: 3 });
+    }
+
+    #[test]
+    fn waiting_requests_or_unmarked_services_keep_it_up() {
+        let mut v = view();
+        v.activity.waiting = 1;
+        assert!(matches!(decide(&v, 1_000_000), Action::Wait(_)));
+        let mut v = view();
+        v.services_ready = false;
+        assert_eq!(decide(&v, 1_000_000), Action::Wait(None));
+        let mut v = view();
+        v.window = None;
+        v.hpa_zero = true;
+        assert_eq!(decide(&v, 1_000_000), Action::Wait(None));
+    }
+
+    #[test]
+    fn wakes_to_the_remembered_count() {
+        let mut v = view();
+        v.replicas = 0;
+        v.restore = Some(3);
+        v.changed_ms = 50_000;
+        assert_eq!(decide(&v, 60_000), Action::Wait(None));
+        v.activity.waiting = 2;
+        assert_eq!(decide(&v, 60_000), Action::Wake { to: 3 });
+        // A request newer than the scale-down wakes it too (its report may have raced).
+        v.activity.waiting = 0;
+        v.activity.last_ms = 50_001;
+        assert_eq!(decide(&v, 60_000), Action::Wake { to: 3 });
+        // Scaled to zero by hand: a waiting request brings back one.
+        let mut v = view();
+        v.replicas = 0;
+        v.activity.waiting = 1;
+        assert_eq!(decide(&v, 60_000), Action::Wake { to: 1 });
+    }
+
+    #[test]
+    fn hpa_with_min_zero_is_woken() {
+        let mut v = view();
+        v.window = None;
+        v.hpa_zero = true;
+        v.replicas = 0;
+        v.activity.waiting = 5;
+        assert_eq!(decide(&v, 60_000), Action::Wake { to: 1 });
+    }
+
+    #[test]
+    fn activity_of_all_nodes_is_combined() {
+        let lease = |name: &str, ann: &str| -> Lease {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {ACTIVITY_LABEL: "true"},
+                             "annotations": {ACTIVITY_ANNOTATION: ann}}
+            }))
+            .unwrap()
+        };
+        let a = lease(
+            "bosun-proxy-n1",
+            r#"{"default/web": {"last": 100, "waiting": 1}}"#,
+        );
+        let b = lease(
+            "bosun-gateway-n2",
+            r#"{"default/web": {"last": 300, "waiting": 2}, "x/y": {"last": 5}}"#,
+        );
+        let heartbeat: Lease = serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap();
+        let m = combine([&a, &b, &heartbeat]);
+        assert_eq!(
+            m["default/web"],
+            Activity {
+                last_ms: 300,
+                waiting: 3
+            }
+        );
+        assert_eq!(m["x/y"].last_ms, 5);
+    }
+}
