@@ -21,6 +21,8 @@ command -v etcd >/dev/null || apt_missing+=(etcd-server)
 command -v protoc >/dev/null || apt_missing+=(protobuf-compiler)
 # A real server that must shut down on SIGTERM as a process pod.
 command -v redis-server >/dev/null || apt_missing+=(redis-server)
+# The reference the built-in metrics' PromQL answers are compared with.
+command -v prometheus >/dev/null || apt_missing+=(prometheus)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "installing ${apt_missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}"

@@ -87,6 +87,7 @@ class Bosun:
         self.service_cidr = f"10.{150 + tag % 50}.{random.randrange(0, 255)}.0/24"
         self.http_port = free_port()
         self.https_port = free_port()
+        self.console_port = free_port()
         self.node_name = f"node-{name}"
         self.kubeconfig = os.path.join(self.data_dir, "kubeconfig")
         self.proc = None
@@ -105,6 +106,7 @@ class Bosun:
             "--service-interface", self.service_interface,
             "--http-port", str(self.http_port),
             "--https-port", str(self.https_port),
+            "--console-listen", f"127.0.0.1:{self.console_port}",
         ]
 
     def start(self, timeout=60):

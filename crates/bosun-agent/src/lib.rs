@@ -43,6 +43,7 @@ pub mod network;
 pub mod node;
 pub mod pod;
 pub mod probe;
+pub mod prom;
 pub mod routes;
 pub mod runtime;
 pub mod server;

@@ -82,6 +82,8 @@ pub fn router(state: ServerState) -> Router {
     let authed = Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/stats/summary", get(stats_summary))
+        .route("/metrics/cadvisor", get(metrics_cadvisor))
+        .route("/metrics/node", get(metrics_node))
         .route("/stats/load", get(stats_load))
         .route("/logs", get(search_logs))
         .route("/traces", get(traces))
@@ -424,6 +426,32 @@ async fn stats_summary(State(st): State<ServerState>) -> Response {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// Prometheus text, as the kubelet serves its metrics.
+fn exposition(res: Result<String, tokio::task::JoinError>) -> Response {
+    match res {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn metrics_cadvisor(State(st): State<ServerState>) -> Response {
+    exposition(
+        tokio::task::spawn_blocking(move || crate::prom::cadvisor(&st.pods_dir, &st.node_name))
+            .await,
+    )
+}
+
+async fn metrics_node() -> Response {
+    exposition(tokio::task::spawn_blocking(crate::prom::node).await)
 }
 
 async fn stats_load(State(st): State<ServerState>) -> Response {

@@ -21,6 +21,7 @@ mod node_authz;
 mod objects;
 mod priority;
 mod podlogs;
+mod prom;
 mod quota;
 pub mod rbac;
 mod rbac_policy;
@@ -131,6 +132,8 @@ pub(crate) struct Inner {
     _rbac_watch: tokio_util::sync::DropGuard,
     /// Kinds served for CustomResourceDefinitions.
     pub crds: crds::State,
+    /// Request counts and latencies for `/metrics`.
+    pub prom: Arc<prom::ApiMetrics>,
 }
 
 /// The API server. Cheap to clone.
@@ -184,6 +187,7 @@ impl ApiServer {
             openapi: OpenApi::build(registry),
             log_tls,
             crds: crds::State::new(),
+            prom: prom::ApiMetrics::new(),
         });
         let server = ApiServer { inner };
         server.ensure_namespaces().await?;
@@ -280,7 +284,12 @@ impl ApiServer {
             .route("/bosun/v1/traces", get(podlogs::traces))
             .route("/bosun/v1/encryption", get(encryption_status))
             .route("/bosun/v1/encryption/reload", post(encryption_reload))
+            .route("/metrics", get(prom::metrics))
             .fallback(request::dispatch)
+            .layer(axum::middleware::from_fn_with_state(
+                self.inner.clone(),
+                prom::track,
+            ))
             .with_state(self.inner.clone())
     }
 

@@ -72,6 +72,21 @@ pub struct ServerOpts {
     /// Secrets' and tokens' bodies are never logged.
     #[arg(long)]
     pub audit_policy_file: Option<PathBuf>,
+    /// Address of the console's Prometheus-compatible query API (/api/v1/query, ...;
+    /// default 127.0.0.1:9090, Prometheus' port: point Grafana at it); "off" serves none.
+    /// When the default port is taken bosun says so and runs without it
+    #[arg(long)]
+    pub console_listen: Option<String>,
+    /// How often the built-in metrics scrape bosun's components, the nodes and the pods
+    /// annotated prometheus.io/scrape, e.g. 15s, 1m
+    #[arg(long, default_value = "15s", value_parser = crate::join::parse_ttl)]
+    pub metrics_scrape_interval: std::time::Duration,
+    /// Metric samples older than this are deleted, e.g. 15d, 12h
+    #[arg(long, default_value = "15d", value_parser = crate::join::parse_ttl)]
+    pub metrics_retention: std::time::Duration,
+    /// Most disk space the metrics store's blocks take, in MiB (oldest go first)
+    #[arg(long, default_value_t = 1024)]
+    pub metrics_retention_size: u64,
 }
 
 #[derive(Args, Clone)]
@@ -212,7 +227,28 @@ pub async fn up(opts: UpOpts) -> Result<ExitCode> {
     // A bosun already running on this data dir hands over its sockets (upgrade in place).
     if !crate::upgrade::take_over(&opts, &shutdown, &mut tasks).await? {
         let (client, pki) = start_control_plane(&opts.server, &shutdown, &mut tasks).await?;
-        let node = assigned_node(&client, &opts.node).await?;
+        let mut node = assigned_node(&client, &opts.node).await?;
+        let console = console_listener(&opts.server)?;
+        if console.is_some() {
+            // The built-in metrics scrape the gateway and the node proxy: give them an
+            // address when none was asked for.
+            if node.gateway_admin_port.is_none() {
+                node.gateway_admin_port = Some(free_local_port()?);
+            }
+            if node.proxy_metrics_listen.is_none() {
+                node.proxy_metrics_listen =
+                    Some((IpAddr::from([127, 0, 0, 1]), free_local_port()?).into());
+            }
+        }
+        start_metrics(
+            &opts.server,
+            console,
+            Some(&node),
+            &client,
+            &pki,
+            &shutdown,
+            &mut tasks,
+        )?;
         start_agent_only(
             client.clone(),
             AgentIdentity::local(&pki, &node)?,
@@ -235,7 +271,9 @@ pub async fn up(opts: UpOpts) -> Result<ExitCode> {
 pub async fn server(opts: ServerOpts) -> Result<ExitCode> {
     let shutdown = shutdown_on_signal();
     let mut tasks = JoinSet::new();
-    start_control_plane(&opts, &shutdown, &mut tasks).await?;
+    let (client, pki) = start_control_plane(&opts, &shutdown, &mut tasks).await?;
+    let console = console_listener(&opts)?;
+    start_metrics(&opts, console, None, &client, &pki, &shutdown, &mut tasks)?;
     println!(
         "bosun server is up. Use it with:\n  export KUBECONFIG={}",
         kubeconfig_path(&opts.data_dir).display()
@@ -579,6 +617,103 @@ pub(crate) fn start_node_services(
         }
         tasks.spawn(async move { ("gateway", bosun_gateway::run(c, cfg, sd).await) });
     }
+    Ok(())
+}
+
+/// The console's listener: `--console-listen`, or 127.0.0.1:9090 when that is free.
+pub(crate) fn console_listener(opts: &ServerOpts) -> Result<Option<std::net::TcpListener>> {
+    match opts.console_listen.as_deref() {
+        Some("off") => Ok(None),
+        Some(addr) => {
+            let addr: SocketAddr = addr
+                .parse()
+                .with_context(|| format!("--console-listen {addr:?}: not an IP:PORT or off"))?;
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("--console-listen: listening on {addr}"))?;
+            Ok(Some(l))
+        }
+        None => match std::net::TcpListener::bind(("127.0.0.1", 9090)) {
+            Ok(l) => Ok(Some(l)),
+            Err(e) => {
+                eprintln!(
+                    "bosun: the console and metrics API are off: 127.0.0.1:9090: {e} (choose another address with --console-listen)"
+                );
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+fn free_local_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
+}
+
+/// The built-in metrics: scrapes bosun's endpoints, the node agents and annotated pods
+/// into DATA_DIR/metrics and serves the Prometheus API on the console listener.
+pub(crate) fn start_metrics(
+    opts: &ServerOpts,
+    console: Option<std::net::TcpListener>,
+    node: Option<&NodeOpts>,
+    client: &kube::Client,
+    pki: &Pki,
+    shutdown: &CancellationToken,
+    tasks: &mut Tasks,
+) -> Result<()> {
+    let Some(listener) = console else {
+        return Ok(());
+    };
+    let mut api = opts.listen;
+    if api.ip().is_unspecified() {
+        api.set_ip(IpAddr::from([127, 0, 0, 1]));
+    }
+    let mut statics = vec![bosun_metrics::apiserver_target(api, &pki.token)];
+    if let Some(node) = node {
+        if let Some(p) = node.gateway_admin_port {
+            statics.push(bosun_metrics::static_target(
+                "bosun-gateway",
+                &format!("http://127.0.0.1:{p}/metrics"),
+            )?);
+        }
+        if let Some(mut a) = node.proxy_metrics_listen {
+            if a.ip().is_unspecified() {
+                a.set_ip(IpAddr::from([127, 0, 0, 1]));
+            }
+            statics.push(bosun_metrics::static_target(
+                "bosun-proxy",
+                &format!("http://{a}/metrics"),
+            )?);
+        }
+    }
+    let cfg = bosun_metrics::MetricsConfig {
+        data_dir: Some(opts.data_dir.join("metrics")),
+        retention: bosun_metrics::Retention {
+            age: opts.metrics_retention,
+            max_bytes: opts.metrics_retention_size << 20,
+            ..Default::default()
+        },
+        scrape_interval: opts
+            .metrics_scrape_interval
+            .max(std::time::Duration::from_secs(1)),
+        statics,
+        agent: Some(bosun_metrics::AgentAccess {
+            token: pki.kubelet_token.clone(),
+            tls: bosun_metrics::client_tls(&pki.ca_pem)?,
+        }),
+    };
+    println!(
+        "Metrics (Prometheus API) at http://{}/api/v1/query",
+        listener.local_addr()?
+    );
+    let (c, sd) = (client.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        (
+            "metrics",
+            bosun_metrics::run(Some(c), cfg, listener, sd).await,
+        )
+    });
     Ok(())
 }
 

@@ -59,6 +59,17 @@ pub async fn take_over(
         .await
         .with_context(|| format!("waiting for process {pid} to exit"))?;
     let (client, pki) = up::start_control_plane(&opts.server, shutdown, tasks).await?;
+    // The old process has closed its console listener by now.
+    let console = up::console_listener(&opts.server)?;
+    up::start_metrics(
+        &opts.server,
+        console,
+        Some(&node),
+        &client,
+        &pki,
+        shutdown,
+        tasks,
+    )?;
     let id = up::AgentIdentity::local(&pki, &node)?;
     up::start_agent_only(client, id, data_dir, &node, shutdown, tasks)?;
     for key in listen::release_inherited() {
