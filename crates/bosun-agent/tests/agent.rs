@@ -66,6 +66,9 @@ fn web_pod(name: &str, port: u16) -> Pod {
             "nodeName": "node-t",
             "runtimeClassName": "process",
             "terminationGracePeriodSeconds": 5,
+            // No controller here creates the `default` ServiceAccount or signs tokens: a
+            // token volume would never be ready (the in-cluster tests cover it).
+            "automountServiceAccountToken": false,
             "containers": [{
                 "name": "web",
                 "command": ["python3", "-u", "-m", "http.server", port.to_string(), "--bind", "0.0.0.0"],
