@@ -213,8 +213,11 @@ def test_hpa_target_with_min_replicas_zero_is_woken(cluster):
            "metadata": {"name": "hpazero"},
            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "hpazero"},
                     "minReplicas": 0, "maxReplicas": 3,
-                    "metrics": [{"type": "Resource", "resource": {
-                        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]}})
+                    # Kubernetes allows minReplicas 0 only with an Object or External metric.
+                    "metrics": [{"type": "Object", "object": {
+                        "describedObject": {"apiVersion": "v1", "kind": "Service", "name": "hpazero"},
+                        "metric": {"name": "requests_per_second"},
+                        "target": {"type": "Value", "value": "1"}}}]}})
     wait_for(lambda: get(cluster, "svc", "hpazero")["metadata"].get("annotations", {})
              .get("bosun.dev/scale-to-zero-target") == "hpazero", timeout=30, what="service marked")
     ip = get(cluster, "svc", "hpazero")["spec"]["clusterIP"]
