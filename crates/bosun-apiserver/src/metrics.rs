@@ -126,8 +126,28 @@ async fn summary(inner: &Inner, node: &Value) -> anyhow::Result<Value> {
     agent_get(inner, node, "/stats/summary").await
 }
 
-/// GET a JSON document from one node agent (`/stats/summary`, `/stats/load`).
+/// GET a JSON document from one node agent (`/stats/summary`, `/stats/load`), body
+/// included within 10 s.
 pub(crate) async fn agent_get(inner: &Inner, node: &Value, path: &str) -> anyhow::Result<Value> {
+    let work = async {
+        let resp = agent_request(inner, node, path, None).await?;
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok::<_, anyhow::Error>(serde_json::from_slice(&body)?)
+    };
+    let (ip, port) = node_endpoint(node).ok_or_else(|| anyhow::anyhow!("no agent endpoint"))?;
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .map_err(|_| anyhow::anyhow!("node agent {ip}:{port} did not answer in 10s"))?
+}
+
+/// GET `path` of a node's agent over TLS (cluster CA) with the kubelet token; an error
+/// unless it answers 2xx within `connect_timeout` (for the headers).
+pub(crate) async fn agent_request(
+    inner: &Inner,
+    node: &Value,
+    path: &str,
+    connect_timeout: Option<Duration>,
+) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
     let tls = inner
         .log_tls
         .clone()
@@ -153,15 +173,18 @@ pub(crate) async fn agent_get(inner: &Inner, node: &Value, path: &str) -> anyhow
             .body(http_body_util::Empty::<bytes::Bytes>::new())?;
         let resp = sender.send_request(req).await?;
         let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
+            let body = resp.into_body().collect().await?.to_bytes();
             anyhow::bail!("{status}: {}", String::from_utf8_lossy(&body).trim());
         }
-        Ok::<_, anyhow::Error>(serde_json::from_slice(&body)?)
+        Ok::<_, anyhow::Error>(resp)
     };
-    tokio::time::timeout(Duration::from_secs(10), work)
-        .await
-        .map_err(|_| anyhow::anyhow!("node agent {ip}:{port} did not answer in 10s"))?
+    match connect_timeout {
+        Some(t) => tokio::time::timeout(t, work)
+            .await
+            .map_err(|_| anyhow::anyhow!("node agent {ip}:{port} did not answer in {t:?}"))?,
+        None => work.await,
+    }
 }
 
 /// Summaries of the named nodes (all when None), fetched in parallel; unreachable agents

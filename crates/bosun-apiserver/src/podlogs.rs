@@ -24,11 +24,11 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use http::{StatusCode, header};
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use crate::Inner;
 use crate::error::{ApiError, ApiResult};
+use crate::metrics::agent_request;
 use crate::objects::decode_kv;
 use crate::request::json_response;
 
@@ -157,7 +157,7 @@ async fn search(
         let inner = inner.clone();
         let path = path.clone();
         async move {
-            let resp = agent_get(&inner, n, &path, Some(Duration::from_secs(10))).await?;
+            let resp = agent_request(&inner, n, &path, Some(Duration::from_secs(10))).await?;
             let body = tokio::time::timeout(Duration::from_secs(30), resp.into_body().collect())
                 .await
                 .map_err(|_| anyhow::anyhow!("no complete answer in 30s"))??
@@ -203,7 +203,7 @@ fn follow_all(inner: Arc<Inner>, nodes: Vec<Value>, path: String) -> Response {
     for n in nodes {
         let (inner, path, tx) = (inner.clone(), path.clone(), tx.clone());
         tokio::spawn(async move {
-            let resp = match agent_get(&inner, &n, &path, Some(Duration::from_secs(10))).await {
+            let resp = match agent_request(&inner, &n, &path, Some(Duration::from_secs(10))).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(node = %node_name(&n), error = %format!("{e:#}"), "log search: node unavailable");
@@ -265,7 +265,7 @@ pub(crate) async fn traces(
         let answers = futures::future::join_all(nodes.iter().map(|n| {
             let (inner, path) = (inner.clone(), path.clone());
             async move {
-                let resp = agent_get(&inner, n, &path, Some(Duration::from_secs(10))).await?;
+                let resp = agent_request(&inner, n, &path, Some(Duration::from_secs(10))).await?;
                 let body = resp.into_body().collect().await?.to_bytes();
                 Ok::<Value, anyhow::Error>(serde_json::from_slice(&body)?)
             }
@@ -310,70 +310,6 @@ async fn list_nodes(inner: &Inner) -> ApiResult<Vec<Value>> {
         .await
         .map_err(ApiError::store)?;
     res.kvs.iter().map(decode_kv).collect()
-}
-
-fn node_endpoint(node: &Value) -> Option<(std::net::IpAddr, u16)> {
-    let ip = node
-        .pointer("/status/addresses")?
-        .as_array()?
-        .iter()
-        .find(|x| x.get("type").and_then(Value::as_str) == Some("InternalIP"))?
-        .get("address")?
-        .as_str()?
-        .parse()
-        .ok()?;
-    let port = node
-        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")?
-        .as_u64()
-        .filter(|p| *p > 0 && *p < 65536)?;
-    Some((ip, port as u16))
-}
-
-/// GET `path` of a node's agent over TLS (cluster CA) with the kubelet token; an error
-/// unless it answers 2xx within `connect_timeout` (for the headers).
-pub(crate) async fn agent_get(
-    inner: &Inner,
-    node: &Value,
-    path: &str,
-    connect_timeout: Option<Duration>,
-) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
-    let tls = inner
-        .log_tls
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("the API server has no cluster CA"))?;
-    let (ip, port) = node_endpoint(node).ok_or_else(|| anyhow::anyhow!("no agent endpoint"))?;
-    let work = async {
-        let tcp = tokio::net::TcpStream::connect((ip, port)).await?;
-        let name = rustls::pki_types::ServerName::IpAddress(ip.into());
-        let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = http::Request::get(path)
-            .header(header::HOST, format!("{ip}:{port}"))
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", inner.kubelet_token),
-            )
-            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-        let resp = sender.send_request(req).await?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body = resp.into_body().collect().await?.to_bytes();
-            anyhow::bail!("{status}: {}", String::from_utf8_lossy(&body).trim());
-        }
-        Ok::<_, anyhow::Error>(resp)
-    };
-    match connect_timeout {
-        Some(t) => tokio::time::timeout(t, work)
-            .await
-            .map_err(|_| anyhow::anyhow!("node agent {ip}:{port} did not answer in {t:?}"))?,
-        None => work.await,
-    }
 }
 
 #[cfg(test)]
