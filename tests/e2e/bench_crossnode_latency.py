@@ -15,8 +15,25 @@ import json
 import sys
 import time
 
-from conftest import HOSTNAME_SERVER, wait_for
+from conftest import wait_for
 from multihost import MultiHost
+
+# Answers GET with its name in one write, Nagle off: with headers and body in two writes a
+# kept-alive connection waits for the peer's delayed ACK (~40 ms) on every response, which
+# would measure TCP's timers instead of the path.
+SERVER = r"""
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def do_GET(self):
+        b = (os.environ.get("HOSTNAME", "?") + "\n").encode()
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(b)}\r\n\r\n".encode()
+        self.wfile.write(head + b)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("", 8080), H).serve_forever()
+"""
 
 CLIENT = r"""
 import http.client, json, sys, time
@@ -72,7 +89,7 @@ def manifests(server_node):
               "spec": {"nodeName": server_node, "runtimeClassName": "process",
                        "terminationGracePeriodSeconds": 1,
                        "containers": [{"name": "web", "image": "unused",
-                                       "command": ["python3", "-c", HOSTNAME_SERVER],
+                                       "command": ["python3", "-c", SERVER],
                                        "ports": [{"containerPort": 8080}],
                                        "readinessProbe": {"httpGet": {"path": "/", "port": 8080},
                                                           "periodSeconds": 1}}]}}
