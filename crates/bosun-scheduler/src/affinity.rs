@@ -214,7 +214,12 @@ impl FilterState {
                 }
             }
         }
-        for (t, map) in self.terms.required_affinity.iter().zip(self.affinity.iter_mut()) {
+        for (t, map) in self
+            .terms
+            .required_affinity
+            .iter()
+            .zip(self.affinity.iter_mut())
+        {
             if let Some(v) = domain(node, &t.key)
                 && t.matches(other)
             {
@@ -259,7 +264,11 @@ impl Filter for InterPodAffinity {
         {
             return None;
         }
-        let mut affinity: Vec<Domains> = terms.required_affinity.iter().map(|_| Domains::new()).collect();
+        let mut affinity: Vec<Domains> = terms
+            .required_affinity
+            .iter()
+            .map(|_| Domains::new())
+            .collect();
         let mut anti: Vec<Domains> = terms.required_anti.iter().map(|_| Domains::new()).collect();
         if !terms.required_affinity.is_empty() || !terms.required_anti.is_empty() {
             for n in nodes {

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 use crate::plugins::{
-    CycleState, Diagnosis, Filter, Nominated, NodeInfo, histogram, nominated_for,
+    CycleState, Diagnosis, Filter, NodeInfo, Nominated, histogram, nominated_for,
 };
 
 pub fn priority(p: &Pod) -> i32 {

@@ -592,12 +592,14 @@ async fn preemption_evicts_a_pod_whose_anti_affinity_keeps_the_preemptor_out() {
     add_node(&client, "only", "8", "16Gi").await;
     scheduler(&client, &shutdown);
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
-    let loner: Pod = serde_json::from_value(json!({"metadata": {"name": "loner", "labels": {"app": "loner"}},
+    let loner: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "loner", "labels": {"app": "loner"}},
         "spec": {"runtimeClassName": "process",
             "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
                 {"labelSelector": {"matchLabels": {"app": "web"}},
                  "topologyKey": "kubernetes.io/hostname"}]}},
-            "containers": [{"name": "main", "command": ["/bin/sleep", "1000"]}]}}))
+            "containers": [{"name": "main", "command": ["/bin/sleep", "1000"]}]}}),
+    )
     .unwrap();
     pods.create(&PostParams::default(), &loner).await.unwrap();
     eventually("loner bound", || async {
