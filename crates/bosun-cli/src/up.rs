@@ -72,8 +72,8 @@ pub struct ServerOpts {
     /// Secrets' and tokens' bodies are never logged.
     #[arg(long)]
     pub audit_policy_file: Option<PathBuf>,
-    /// Address of the console's Prometheus-compatible query API (/api/v1/query, ...;
-    /// default 127.0.0.1:9090, Prometheus' port: point Grafana at it); "off" serves none.
+    /// Address of the web console and its Prometheus-compatible query API (/api/v1/query,
+    /// ...; default 127.0.0.1:9090, Prometheus' port: point Grafana at it); "off" serves none.
     /// When the default port is taken bosun says so and runs without it
     #[arg(long)]
     pub console_listen: Option<String>,
@@ -702,11 +702,13 @@ pub(crate) fn start_metrics(
             token: pki.kubelet_token.clone(),
             tls: bosun_metrics::client_tls(&pki.ca_pem)?,
         }),
+        extra_routes: Some(console_routes(api, &listener, pki)?),
     };
     println!(
         "Metrics (Prometheus API) at http://{}/api/v1/query",
         listener.local_addr()?
     );
+    println!("Web console at http://{}/", listener.local_addr()?);
     let (c, sd) = (client.clone(), shutdown.clone());
     tasks.spawn(async move {
         (
@@ -715,6 +717,24 @@ pub(crate) fn start_metrics(
         )
     });
     Ok(())
+}
+
+/// The web console, served beside the Prometheus API: it calls the API server at `api`
+/// with each signed-in user's credentials and the metrics API on its own listener.
+fn console_routes(
+    api: SocketAddr,
+    listener: &std::net::TcpListener,
+    pki: &Pki,
+) -> Result<bosun_console::Router> {
+    let mut own = listener.local_addr()?;
+    if own.ip().is_unspecified() {
+        own.set_ip(IpAddr::from([127, 0, 0, 1]));
+    }
+    Ok(bosun_console::router(bosun_console::ConsoleConfig {
+        api_url: format!("https://{api}"),
+        ca_pem: pki.ca_pem.clone(),
+        prometheus_url: format!("http://{own}"),
+    }))
 }
 
 /// Cluster DNS listens on the pod bridge's gateway address (the .1 of the pod CIDR): every

@@ -42,6 +42,8 @@ pub struct MetricsConfig {
     pub statics: Vec<Target>,
     /// Credentials for the node agents' `/metrics/cadvisor` and `/metrics/node`.
     pub agent: Option<AgentAccess>,
+    /// More routes served on the same listener (the web console).
+    pub extra_routes: Option<axum::Router>,
 }
 
 #[cfg(feature = "server")]
@@ -63,10 +65,13 @@ pub async fn run(
         cfg.statics,
         cfg.agent,
     ));
-    let app = api::router(api::ApiState {
+    let mut app = api::router(api::ApiState {
         store,
         scraper: Some(scraper.clone()),
     });
+    if let Some(extra) = cfg.extra_routes {
+        app = app.merge(extra);
+    }
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let sd = shutdown.clone();
