@@ -235,5 +235,7 @@ pub async fn rollback(
     .map_err(|e| UiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
         .await?;
-    Ok(format!("deployment.apps/{name} rolled back to revision {rev}"))
+    Ok(format!(
+        "deployment.apps/{name} rolled back to revision {rev}"
+    ))
 }

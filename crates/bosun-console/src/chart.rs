@@ -24,7 +24,9 @@ const H: f64 = 150.0;
 const LEFT: f64 = 64.0;
 const TOP: f64 = 10.0;
 const BOTTOM: f64 = 22.0;
-const COLORS: &[&str] = &["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"];
+const COLORS: &[&str] = &[
+    "#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2",
+];
 
 pub fn format_value(v: f64, unit: Unit) -> String {
     match unit {

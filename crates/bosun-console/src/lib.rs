@@ -338,13 +338,22 @@ mod tests {
 
     #[tokio::test]
     async fn pages_without_a_session_go_to_sign_in() {
-        for path in ["/", "/ns/default/deployments/web?range=1h", "/nodes", "/live?path=/"] {
+        for path in [
+            "/",
+            "/ns/default/deployments/web?range=1h",
+            "/nodes",
+            "/live?path=/",
+        ] {
             let (code, h, _) = call(http::Request::get(path).body(Body::empty()).unwrap()).await;
             assert_eq!(code, StatusCode::SEE_OTHER, "{path}");
             let to = h[header::LOCATION].to_str().unwrap();
             assert!(to.starts_with("/login?next=%2F"), "{path}: {to}");
         }
-        let (code, h, _) = call(form("/ns/default/deployments/web/scale", "replicas=3&csrf=x")).await;
+        let (code, h, _) = call(form(
+            "/ns/default/deployments/web/scale",
+            "replicas=3&csrf=x",
+        ))
+        .await;
         assert_eq!(code, StatusCode::SEE_OTHER);
         assert!(h[header::LOCATION].to_str().unwrap().starts_with("/login"));
         // A cookie of no known session is no session.
@@ -357,15 +366,27 @@ mod tests {
 
     #[tokio::test]
     async fn sign_in_form_and_its_errors() {
-        let (code, _, body) = call(http::Request::get("/login?next=/nodes").body(Body::empty()).unwrap()).await;
+        let (code, _, body) = call(
+            http::Request::get("/login?next=/nodes")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
         assert_eq!(code, StatusCode::OK);
         assert!(body.contains(r#"value="/nodes""#) && body.contains(r#"id="signin""#));
         let (code, _, body) = call(form("/login", "token=&kubeconfig=")).await;
         assert_eq!(code, StatusCode::BAD_REQUEST);
         assert!(body.contains("token: paste a bearer token"), "{body}");
-        let (code, _, body) = call(form("/login", "kubeconfig=apiVersion%3A+v1%0Akind%3A+Config%0A")).await;
+        let (code, _, body) = call(form(
+            "/login",
+            "kubeconfig=apiVersion%3A+v1%0Akind%3A+Config%0A",
+        ))
+        .await;
         assert_eq!(code, StatusCode::BAD_REQUEST);
-        assert!(body.contains("kubeconfig: current-context is not set"), "{body}");
+        assert!(
+            body.contains("kubeconfig: current-context is not set"),
+            "{body}"
+        );
         let (code, h, body) = call(form("/login", "token=abc")).await;
         assert_eq!(code, StatusCode::BAD_GATEWAY, "{body}");
         assert!(h.get(header::SET_COOKIE).is_none());
@@ -374,11 +395,30 @@ mod tests {
 
     #[tokio::test]
     async fn script_and_style_are_served_small() {
-        let (code, h, js) = call(http::Request::get("/static/console.js").body(Body::empty()).unwrap()).await;
+        let (code, h, js) = call(
+            http::Request::get("/static/console.js")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
         assert_eq!(code, StatusCode::OK);
-        assert!(h[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/javascript"));
-        assert!(js.contains("EventSource") && js.len() < 4096, "{}", js.len());
-        let (_, _, css) = call(http::Request::get("/static/console.css").body(Body::empty()).unwrap()).await;
+        assert!(
+            h[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/javascript")
+        );
+        assert!(
+            js.contains("EventSource") && js.len() < 4096,
+            "{}",
+            js.len()
+        );
+        let (_, _, css) = call(
+            http::Request::get("/static/console.css")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
         assert!(css.len() < 4096);
     }
 

@@ -123,29 +123,31 @@ pub async fn logs(
         ..Default::default()
     };
     let api = Api::<Pod>::namespaced(s.client.clone(), &ns);
-    let stream: futures::stream::BoxStream<'static, Result<Event, Infallible>> =
-        match api.log_stream(&name, &params).await {
-            Ok(r) => r
-                .lines()
-                .map(|l| {
-                    Ok(match l {
-                        Ok(line) => Event::default().data(line.replace('\r', "")),
-                        Err(e) => Event::default()
-                            .event("problem")
-                            .data(format!("reading the log: {e}")),
-                    })
+    let stream: futures::stream::BoxStream<'static, Result<Event, Infallible>> = match api
+        .log_stream(&name, &params)
+        .await
+    {
+        Ok(r) => r
+            .lines()
+            .map(|l| {
+                Ok(match l {
+                    Ok(line) => Event::default().data(line.replace('\r', "")),
+                    Err(e) => Event::default()
+                        .event("problem")
+                        .data(format!("reading the log: {e}")),
                 })
-                .chain(futures::stream::once(async {
-                    Ok(Event::default().event("end").data("log ended"))
-                }))
-                .boxed(),
-            Err(e) => {
-                let e = UiError::from(e);
-                let msg = format!("{} {}", e.code.as_u16(), e.message);
-                futures::stream::once(async move { Ok(Event::default().event("problem").data(msg)) })
-                    .boxed()
-            }
-        };
+            })
+            .chain(futures::stream::once(async {
+                Ok(Event::default().event("end").data("log ended"))
+            }))
+            .boxed(),
+        Err(e) => {
+            let e = UiError::from(e);
+            let msg = format!("{} {}", e.code.as_u16(), e.message);
+            futures::stream::once(async move { Ok(Event::default().event("problem").data(msg)) })
+                .boxed()
+        }
+    };
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

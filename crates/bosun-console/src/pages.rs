@@ -230,7 +230,11 @@ fn pod_rows(ns: &str, pods: &[Pod]) -> Vec<Vec<String>> {
             vec![
                 link(&format!("/ns/{}/pods/{}", enc(ns), enc(name)), name),
                 esc(&s.ready),
-                format!(r#"<span class="st {}">{}</span>"#, status_class(&s.status), esc(&s.status)),
+                format!(
+                    r#"<span class="st {}">{}</span>"#,
+                    status_class(&s.status),
+                    esc(&s.status)
+                ),
                 s.restarts.to_string(),
                 esc(&s.last),
                 esc(p
@@ -252,7 +256,15 @@ fn status_class(s: &str) -> &'static str {
     }
 }
 
-const POD_HEADERS: &[&str] = &["Pod", "Ready", "Status", "Restarts", "Last exit", "Node", "Age"];
+const POD_HEADERS: &[&str] = &[
+    "Pod",
+    "Ready",
+    "Status",
+    "Restarts",
+    "Last exit",
+    "Node",
+    "Age",
+];
 
 fn deployment_rows(ns: &str, deps: &[Deployment]) -> Vec<Vec<String>> {
     deps.iter()
@@ -280,10 +292,7 @@ fn images(t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>) -> String {
                 .iter()
                 .map(|c| {
                     c.image.clone().unwrap_or_else(|| {
-                        c.command
-                            .as_ref()
-                            .map(|c| c.join(" "))
-                            .unwrap_or_default()
+                        c.command.as_ref().map(|c| c.join(" ")).unwrap_or_default()
                     })
                 })
                 .collect::<Vec<_>>()
@@ -316,7 +325,14 @@ async fn namespace(c: &kube::Client, ns: &str) -> UiResult<Page> {
     match deps {
         Ok(l) => body.push_str(&table(
             "deployments",
-            &["Deployment", "Ready", "Up-to-date", "Available", "Images", "Age"],
+            &[
+                "Deployment",
+                "Ready",
+                "Up-to-date",
+                "Available",
+                "Images",
+                "Age",
+            ],
             &deployment_rows(ns, &l.items),
         )),
         Err(e) => body.push_str(&err_box(&check_auth(e)?)),
@@ -339,13 +355,7 @@ async fn namespace(c: &kube::Client, ns: &str) -> UiResult<Page> {
                         .ports
                         .unwrap_or_default()
                         .iter()
-                        .map(|p| {
-                            format!(
-                                "{}/{}",
-                                p.port,
-                                p.protocol.as_deref().unwrap_or("TCP")
-                            )
-                        })
+                        .map(|p| format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")))
                         .collect::<Vec<_>>()
                         .join(", ");
                     vec![
@@ -460,7 +470,11 @@ fn events_table(mut events: Vec<Event>, max: usize) -> String {
                 esc(e.reason.as_deref().unwrap_or("")),
                 esc(&format!(
                     "{}/{}",
-                    e.involved_object.kind.as_deref().unwrap_or("").to_lowercase(),
+                    e.involved_object
+                        .kind
+                        .as_deref()
+                        .unwrap_or("")
+                        .to_lowercase(),
                     e.involved_object.name.as_deref().unwrap_or("")
                 )),
                 esc(e.message.as_deref().unwrap_or("")),
@@ -510,7 +524,10 @@ pub fn rollout_state(d: &Deployment) -> (bool, String) {
     let st = d.status.clone().unwrap_or_default();
     let name = name_of(&d.metadata);
     if d.metadata.generation.unwrap_or(0) > st.observed_generation.unwrap_or(0) {
-        return (false, "Waiting for the deployment spec update to be observed...".into());
+        return (
+            false,
+            "Waiting for the deployment spec update to be observed...".into(),
+        );
     }
     if let Some(c) = st
         .conditions
@@ -519,7 +536,10 @@ pub fn rollout_state(d: &Deployment) -> (bool, String) {
         .find(|c| c.type_ == "Progressing")
         && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     {
-        return (false, format!("deployment {name:?} exceeded its progress deadline"));
+        return (
+            false,
+            format!("deployment {name:?} exceeded its progress deadline"),
+        );
     }
     let updated = st.updated_replicas.unwrap_or(0);
     let total = st.replicas.unwrap_or(0);
@@ -532,7 +552,10 @@ pub fn rollout_state(d: &Deployment) -> (bool, String) {
     } else if total > updated {
         (
             false,
-            format!("{} old replicas are pending termination...", total - updated),
+            format!(
+                "{} old replicas are pending termination...",
+                total - updated
+            ),
         )
     } else if available < updated {
         (
@@ -545,7 +568,9 @@ pub fn rollout_state(d: &Deployment) -> (bool, String) {
 }
 
 async fn deployment(c: &kube::Client, s: &Session, ns: &str, name: &str) -> UiResult<Page> {
-    let d = Api::<Deployment>::namespaced(c.clone(), ns).get(name).await?;
+    let d = Api::<Deployment>::namespaced(c.clone(), ns)
+        .get(name)
+        .await?;
     let spec = d.spec.clone().unwrap_or_default();
     let selector = spec
         .selector
@@ -586,7 +611,12 @@ async fn deployment(c: &kube::Client, s: &Session, ns: &str, name: &str) -> UiRe
         st.available_replicas.unwrap_or(0),
         if done { "ok" } else { "warn" },
         esc(&msg),
-        progress(st.updated_replicas.unwrap_or(0).min(st.available_replicas.unwrap_or(0)), want),
+        progress(
+            st.updated_replicas
+                .unwrap_or(0)
+                .min(st.available_replicas.unwrap_or(0)),
+            want
+        ),
     );
     let _ = write!(
         body,
@@ -645,7 +675,15 @@ async fn deployment(c: &kube::Client, s: &Session, ns: &str, name: &str) -> UiRe
                 .collect();
             body.push_str(&table(
                 "history",
-                &["Revision", "ReplicaSet", "Images", "Ready", "Change cause", "Age", ""],
+                &[
+                    "Revision",
+                    "ReplicaSet",
+                    "Images",
+                    "Ready",
+                    "Change cause",
+                    "Age",
+                    "",
+                ],
                 &rows,
             ));
         }
@@ -730,7 +768,14 @@ async fn pod(c: &kube::Client, ns: &str, name: &str) -> UiResult<Page> {
     body.push_str("<h2>Containers</h2>");
     body.push_str(&table(
         "containers",
-        &["Container", "Image", "Ready", "Restarts", "State", "Last termination"],
+        &[
+            "Container",
+            "Image",
+            "Ready",
+            "Restarts",
+            "State",
+            "Last termination",
+        ],
         &rows,
     ));
     body.push_str("<h2>Events</h2>");
@@ -995,7 +1040,13 @@ async fn nodes(app: &Console, c: &kube::Client, query: &str) -> UiResult<Page> {
                 .iter()
                 .flatten()
                 .find(|c| c.type_ == "Ready")
-                .map(|c| if c.status == "True" { "Ready" } else { "NotReady" })
+                .map(|c| {
+                    if c.status == "True" {
+                        "Ready"
+                    } else {
+                        "NotReady"
+                    }
+                })
                 .unwrap_or("Unknown");
             let cap = st.capacity.unwrap_or_default();
             vec![
@@ -1044,7 +1095,9 @@ async fn nodes(app: &Console, c: &kube::Client, query: &str) -> UiResult<Page> {
         r#"<h1>Nodes</h1>{}{}<section class="charts">{cpu}{mem}</section>"#,
         table(
             "nodes",
-            &["Node", "Status", "CPU", "Memory", "Address", "Pod CIDR", "Age"],
+            &[
+                "Node", "Status", "CPU", "Memory", "Address", "Pod CIDR", "Age"
+            ],
             &rows
         ),
         range_links("/nodes", range),
@@ -1078,10 +1131,7 @@ async fn fetch_spans(c: &kube::Client, query: &str) -> UiResult<(Vec<Value>, Vec
 }
 
 fn span_label(s: &Value) -> String {
-    let target = s["route"]
-        .as_str()
-        .or(s["service"].as_str())
-        .unwrap_or("");
+    let target = s["route"].as_str().or(s["service"].as_str()).unwrap_or("");
     format!(
         "{} {} {} {}",
         s["component"].as_str().unwrap_or(""),
@@ -1157,7 +1207,15 @@ async fn traces(c: &kube::Client) -> UiResult<Page> {
     }
     body.push_str(&table(
         "traces",
-        &["Trace", "Start (UTC)", "Root span", "Services", "Spans", "Duration", "Status"],
+        &[
+            "Trace",
+            "Start (UTC)",
+            "Root span",
+            "Services",
+            "Spans",
+            "Duration",
+            "Status",
+        ],
         &rows,
     ));
     Ok(Page::new("Traces", body))
@@ -1314,7 +1372,14 @@ pub fn alerts_table(v: &Value) -> String {
     }
     table(
         "alerts",
-        &["Alert", "State", "Labels", "Summary", "Active since", "Value"],
+        &[
+            "Alert",
+            "State",
+            "Labels",
+            "Summary",
+            "Active since",
+            "Value",
+        ],
         &rows,
     )
 }
@@ -1390,15 +1455,23 @@ mod tests {
              "annotations": {"summary": "restarting"}, "activeAt": "2026-01-01T00:00:00Z", "value": "3"}
         ]}});
         let h = alerts_table(&v);
-        assert!(h.contains("PodCrashLooping") && h.contains("pod=&lt;p&gt;") && h.contains("firing"));
-        assert!(alerts_table(&json!({"status": "success", "data": {"alerts": []}})).contains("No alerts"));
+        assert!(
+            h.contains("PodCrashLooping") && h.contains("pod=&lt;p&gt;") && h.contains("firing")
+        );
+        assert!(
+            alerts_table(&json!({"status": "success", "data": {"alerts": []}}))
+                .contains("No alerts")
+        );
     }
 
     #[test]
     fn promql_strings_are_quoted() {
         assert_eq!(q(r#"a"b"#), r#""a\"b""#);
         assert_eq!(regex_escape("node.1"), r"node\.1");
-        assert_eq!(query_param("range=1h&done=scaled", "done").as_deref(), Some("scaled"));
+        assert_eq!(
+            query_param("range=1h&done=scaled", "done").as_deref(),
+            Some("scaled")
+        );
         assert_eq!(range_of("range=6h").1, "6h");
         assert_eq!(range_of("range=bogus").0, 900);
     }

@@ -41,10 +41,7 @@ impl Session {
                 .get(header::HOST)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            let origin_host = origin
-                .split_once("://")
-                .map(|(_, h)| h)
-                .unwrap_or(origin);
+            let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
             if origin_host != host {
                 return false;
             }
@@ -198,8 +195,10 @@ pub fn credentials_from_kubeconfig(text: &str) -> Result<Credentials, String> {
 /// A client for the console's API server with the user's credentials.
 pub async fn client_for(cfg: &ConsoleConfig, creds: Credentials) -> Result<kube::Client, UiError> {
     let auth = match creds {
-        Credentials::Token(t) => serde_json::from_value::<AuthInfo>(serde_json::json!({"token": t}))
-            .map_err(|e| UiError::new(StatusCode::BAD_REQUEST, format!("token: {e}")))?,
+        Credentials::Token(t) => {
+            serde_json::from_value::<AuthInfo>(serde_json::json!({"token": t}))
+                .map_err(|e| UiError::new(StatusCode::BAD_REQUEST, format!("token: {e}")))?
+        }
         Credentials::Kubeconfig(ai) => *ai,
     };
     let kc = Kubeconfig {
@@ -301,15 +300,19 @@ mod tests {
             credentials_from_kubeconfig(&kc("{token: abc}")),
             Ok(Credentials::Kubeconfig(_))
         ));
-        let e = credentials_from_kubeconfig(&kc("{exec: {command: /bin/sh, apiVersion: client.authentication.k8s.io/v1}}"))
-            .err()
-            .unwrap();
+        let e = credentials_from_kubeconfig(&kc(
+            "{exec: {command: /bin/sh, apiVersion: client.authentication.k8s.io/v1}}",
+        ))
+        .err()
+        .unwrap();
         assert!(e.contains("users[u].user.exec"), "{e}");
         let e = credentials_from_kubeconfig(&kc("{tokenFile: /etc/shadow}"))
             .err()
             .unwrap();
         assert!(e.contains("tokenFile"), "{e}");
-        let e = credentials_from_kubeconfig("current-context: x\n").err().unwrap();
+        let e = credentials_from_kubeconfig("current-context: x\n")
+            .err()
+            .unwrap();
         assert!(e.contains("no context named"), "{e}");
     }
 
