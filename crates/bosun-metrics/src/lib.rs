@@ -161,7 +161,7 @@ pub async fn run(
     }
     for url in &cfg.alerts.webhooks {
         notifiers.push(Arc::new(notify::WebhookNotifier {
-            hook: notify::Webhook::start(url.clone(), external_url.clone(), shutdown.clone())?,
+            hook: notify::Webhook::start(url.clone(), shutdown.clone())?,
             external_url: external_url.clone(),
         }));
     }

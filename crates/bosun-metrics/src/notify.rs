@@ -97,11 +97,7 @@ pub struct Webhook {
 
 impl Webhook {
     /// Starts the sender; it stops at `shutdown`.
-    pub fn start(
-        url: String,
-        external_url: String,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<Arc<Webhook>> {
+    pub fn start(url: String, shutdown: CancellationToken) -> anyhow::Result<Arc<Webhook>> {
         let uri: http::Uri = url
             .parse()
             .map_err(|e| anyhow::anyhow!("--alert-webhook {url:?}: {e}"))?;
