@@ -60,7 +60,10 @@ fn latency_histogram() -> Histogram {
 }
 
 impl ApiMetrics {
-    pub fn new(storage_file: Option<std::path::PathBuf>, extra: Vec<MetricsSource>) -> Arc<ApiMetrics> {
+    pub fn new(
+        storage_file: Option<std::path::PathBuf>,
+        extra: Vec<MetricsSource>,
+    ) -> Arc<ApiMetrics> {
         let mut registry = Registry::default();
         let store = crate::store_metrics::StoreMetrics::new(&mut registry, storage_file);
         let requests = Family::<RequestLabels, Counter>::default();

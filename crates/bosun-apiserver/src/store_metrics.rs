@@ -206,7 +206,10 @@ mod tests {
     #[test]
     fn resources_of_keys() {
         assert_eq!(resource_of("/registry/core/pods/default/a"), "pods");
-        assert_eq!(resource_of("/registry/apps/deployments/"), "deployments.apps");
+        assert_eq!(
+            resource_of("/registry/apps/deployments/"),
+            "deployments.apps"
+        );
         assert_eq!(resource_of("/bosun/leases"), "");
     }
 }

@@ -26,8 +26,8 @@ pub struct MetricsOnlyOpts {
 }
 
 pub async fn run(o: MetricsOnlyOpts) -> Result<ExitCode> {
-    let listener = std::net::TcpListener::bind(&o.listen)
-        .with_context(|| format!("--listen {}", o.listen))?;
+    let listener =
+        std::net::TcpListener::bind(&o.listen).with_context(|| format!("--listen {}", o.listen))?;
     let mut statics = Vec::new();
     for t in &o.targets {
         let (job, url) = match t.split_once('=') {
@@ -52,8 +52,7 @@ pub async fn run(o: MetricsOnlyOpts) -> Result<ExitCode> {
     });
     let term = shutdown.clone();
     tokio::spawn(async move {
-        if let Ok(mut s) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         {
             s.recv().await;
             term.cancel();

@@ -111,8 +111,16 @@ mod tests {
             .observe(0.01);
         let mut out = String::new();
         encode(&mut out);
-        assert!(out.contains(r#"controller_runtime_reconcile_total{controller="test",result="success"} 1"#), "{out}");
-        assert!(out.contains("controller_runtime_reconcile_time_seconds_bucket"), "{out}");
+        assert!(
+            out.contains(
+                r#"controller_runtime_reconcile_total{controller="test",result="success"} 1"#
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("controller_runtime_reconcile_time_seconds_bucket"),
+            "{out}"
+        );
         assert!(!out.contains("# EOF"));
     }
 }

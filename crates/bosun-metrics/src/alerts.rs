@@ -216,15 +216,8 @@ impl Manager {
                             keep_firing_for,
                             annotations,
                         } => {
-                            let c = step_alerts(
-                                rule,
-                                st,
-                                v,
-                                t,
-                                *for_,
-                                *keep_firing_for,
-                                annotations,
-                            );
+                            let c =
+                                step_alerts(rule, st, v, t, *for_, *keep_firing_for, annotations);
                             self.alerts_series(gi, ri, st, &mut samples);
                             if !c.changed.is_empty() {
                                 changes.push(c);
@@ -246,13 +239,7 @@ impl Manager {
 
     /// Appends the rule's `ALERTS{alertstate}` samples (and staleness markers for the
     /// ones that ended) to `out`.
-    fn alerts_series(
-        &self,
-        gi: usize,
-        ri: usize,
-        st: &RuleState,
-        out: &mut Vec<(Labels, f64)>,
-    ) {
+    fn alerts_series(&self, gi: usize, ri: usize, st: &RuleState, out: &mut Vec<(Labels, f64)>) {
         let mut now = Vec::new();
         for a in st.alerts.values() {
             if a.state == State::Inactive {
@@ -265,10 +252,7 @@ impl Manager {
             out.push((l.clone(), 1.0));
             now.push(l);
         }
-        let mut last = self
-            .alert_series
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut last = self.alert_series.lock().unwrap_or_else(|e| e.into_inner());
         let prev = last.insert((gi, ri), now.clone()).unwrap_or_default();
         for p in prev {
             if !now.contains(&p) {
@@ -403,8 +387,11 @@ pub fn rfc3339(t: i64) -> String {
 }
 
 fn alert_json(a: &Alert) -> Value {
-    let labels: serde_json::Map<String, Value> =
-        a.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let labels: serde_json::Map<String, Value> = a
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
     let ann: serde_json::Map<String, Value> = a
         .annotations
         .iter()
@@ -509,9 +496,7 @@ fn step_alerts(
                 changed.push(a.clone());
                 true
             }
-            State::Inactive => a
-                .resolved_at
-                .is_some_and(|r| t - r < RESOLVED_RETENTION_MS),
+            State::Inactive => a.resolved_at.is_some_and(|r| t - r < RESOLVED_RETENTION_MS),
         }
     });
     let hold = for_.as_millis() as i64;
@@ -567,7 +552,8 @@ groups:
         let groups = crate::rules::parse_file("t.yaml", rules).unwrap();
         let m = Manager::new(store.clone(), groups, Duration::from_secs(10), vec![]);
         let t0 = 1_700_000_000_000;
-        let up = |t: i64, v: f64| store.append(t, vec![(l(&[("__name__", "up"), ("job", "api")]), v)]);
+        let up =
+            |t: i64, v: f64| store.append(t, vec![(l(&[("__name__", "up"), ("job", "api")]), v)]);
         up(t0, 0.0);
         assert!(m.eval_group(0, t0).is_empty());
         assert_eq!(m.active()[0].state, State::Pending);
@@ -582,11 +568,25 @@ groups:
         assert_eq!(crate::store::label(&a.labels, "where"), "api");
         assert_eq!(a.annotations[0].1, "api is down (0)");
         // ALERTS and the recorded series are in the store.
-        let q = |s: &str, t: i64| match eval::instant(&store, &eval::parse(s).unwrap(), t, DEFAULT_LOOKBACK).unwrap() {
+        let q = |s: &str, t: i64| match eval::instant(
+            &store,
+            &eval::parse(s).unwrap(),
+            t,
+            DEFAULT_LOOKBACK,
+        )
+        .unwrap()
+        {
             eval::Value::Vector(v) => v,
             _ => vec![],
         };
-        assert_eq!(q(r#"ALERTS{alertname="Down",alertstate="firing"}"#, t0 + 30_000).len(), 1);
+        assert_eq!(
+            q(
+                r#"ALERTS{alertname="Down",alertstate="firing"}"#,
+                t0 + 30_000
+            )
+            .len(),
+            1
+        );
         assert_eq!(q(r#"job:up:sum{job="api"}"#, t0 + 30_000)[0].value, 0.0);
         let rules = m.rules_json("");
         assert_eq!(rules["groups"][0]["rules"][0]["state"], "firing");
@@ -611,7 +611,10 @@ groups:
         let t0 = 1_700_000_000_000;
         store.append(t0, vec![(l(&[("__name__", "x")]), 2.0)]);
         m.eval_group(0, t0);
-        store.append(t0 + 10_000, vec![(l(&[("__name__", "x")]), f64::from_bits(STALE_NAN))]);
+        store.append(
+            t0 + 10_000,
+            vec![(l(&[("__name__", "x")]), f64::from_bits(STALE_NAN))],
+        );
         assert!(m.eval_group(0, t0 + 10_000).is_empty());
         assert!(m.active().is_empty());
     }

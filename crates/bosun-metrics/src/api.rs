@@ -443,7 +443,10 @@ async fn alerts(State(st): State<ApiState>) -> Response {
 async fn kube_state(State(st): State<ApiState>) -> Response {
     match &st.kube_state {
         Some(c) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             c.render(),
         )
             .into_response(),

@@ -149,11 +149,7 @@ fn render_pods(o: &mut Out, pods: &[Arc<Pod>]) {
             );
         }
     }
-    o.family(
-        "kube_pod_status_phase",
-        "gauge",
-        "The pods current phase.",
-    );
+    o.family("kube_pod_status_phase", "gauge", "The pods current phase.");
     for p in pods {
         let (ns, name, uid) = meta(p);
         let phase = p
@@ -164,7 +160,12 @@ fn render_pods(o: &mut Out, pods: &[Arc<Pod>]) {
         for ph in PHASES {
             o.sample(
                 "kube_pod_status_phase",
-                &[("namespace", &ns), ("pod", &name), ("uid", &uid), ("phase", ph)],
+                &[
+                    ("namespace", &ns),
+                    ("pod", &name),
+                    ("uid", &uid),
+                    ("phase", ph),
+                ],
                 b(phase == ph),
             );
         }
@@ -202,29 +203,34 @@ fn render_pods(o: &mut Out, pods: &[Arc<Pod>]) {
         s.and_then(|s| s.init_container_statuses.clone())
             .into_iter()
             .flatten()
-            .chain(s.and_then(|s| s.container_statuses.clone()).into_iter().flatten())
+            .chain(
+                s.and_then(|s| s.container_statuses.clone())
+                    .into_iter()
+                    .flatten(),
+            )
             .collect()
     };
-    let per_container = |o: &mut Out, name_: &str, kind: &str, help: &str, f: &dyn Fn(&Stat) -> Option<f64>| {
-        o.family(name_, kind, help);
-        for p in pods {
-            let (ns, name, uid) = meta(p);
-            for c in containers(p) {
-                if let Some(v) = f(&c) {
-                    o.sample(
-                        name_,
-                        &[
-                            ("namespace", &ns),
-                            ("pod", &name),
-                            ("uid", &uid),
-                            ("container", &c.name),
-                        ],
-                        v,
-                    );
+    let per_container =
+        |o: &mut Out, name_: &str, kind: &str, help: &str, f: &dyn Fn(&Stat) -> Option<f64>| {
+            o.family(name_, kind, help);
+            for p in pods {
+                let (ns, name, uid) = meta(p);
+                for c in containers(p) {
+                    if let Some(v) = f(&c) {
+                        o.sample(
+                            name_,
+                            &[
+                                ("namespace", &ns),
+                                ("pod", &name),
+                                ("uid", &uid),
+                                ("container", &c.name),
+                            ],
+                            v,
+                        );
+                    }
                 }
             }
-        }
-    };
+        };
     per_container(
         o,
         "kube_pod_container_status_restarts_total",
@@ -318,7 +324,14 @@ fn render_deployments(o: &mut Out, deployments: &[Arc<Deployment>]) {
         (
             "kube_deployment_status_replicas_ready",
             "The number of ready replicas per deployment.",
-            |d| Some(d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) as f64),
+            |d| {
+                Some(
+                    d.status
+                        .as_ref()
+                        .and_then(|s| s.ready_replicas)
+                        .unwrap_or(0) as f64,
+                )
+            },
         ),
         (
             "kube_deployment_status_replicas_available",
@@ -426,7 +439,11 @@ fn render_deployments(o: &mut Out, deployments: &[Arc<Deployment>]) {
 }
 
 fn render_nodes(o: &mut Out, nodes: &[Arc<Node>]) {
-    o.family("kube_node_info", "gauge", "Information about a cluster node.");
+    o.family(
+        "kube_node_info",
+        "gauge",
+        "Information about a cluster node.",
+    );
     for n in nodes {
         let name = n.metadata.name.clone().unwrap_or_default();
         let info = n.status.as_ref().and_then(|s| s.node_info.clone());
@@ -469,7 +486,11 @@ fn render_nodes(o: &mut Out, nodes: &[Arc<Node>]) {
     );
     for n in nodes {
         let name = n.metadata.name.clone().unwrap_or_default();
-        let u = n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+        let u = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
         o.sample("kube_node_spec_unschedulable", &[("node", &name)], b(u));
     }
     o.family(
@@ -532,7 +553,10 @@ mod tests {
                 .map(|s| s.value)
         };
         assert_eq!(
-            find("kube_pod_container_status_restarts_total", &[("pod", "p"), ("container", "c")]),
+            find(
+                "kube_pod_container_status_restarts_total",
+                &[("pod", "p"), ("container", "c")]
+            ),
             Some(4.0)
         );
         assert_eq!(
@@ -547,7 +571,10 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(
-            find("kube_pod_info", &[("created_by_kind", "ReplicaSet"), ("node", "n1")]),
+            find(
+                "kube_pod_info",
+                &[("created_by_kind", "ReplicaSet"), ("node", "n1")]
+            ),
             Some(1.0)
         );
         assert_eq!(

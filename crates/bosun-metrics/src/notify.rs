@@ -117,12 +117,10 @@ impl Webhook {
                     .with_no_client_auth(),
             ),
         };
-        let https = builder
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build::<_, http_body_util::Full<bytes::Bytes>>(https);
+        let https = builder.https_or_http().enable_http1().build();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build::<_, http_body_util::Full<bytes::Bytes>>(https);
         let (tx, mut rx) = mpsc::channel::<Value>(QUEUE);
         tokio::spawn(async move {
             loop {
@@ -135,7 +133,10 @@ impl Webhook {
                 for attempt in 1..=6 {
                     let req = http::Request::post(uri.clone())
                         .header(http::header::CONTENT_TYPE, "application/json")
-                        .header(http::header::USER_AGENT, concat!("bosun/", env!("CARGO_PKG_VERSION")))
+                        .header(
+                            http::header::USER_AGENT,
+                            concat!("bosun/", env!("CARGO_PKG_VERSION")),
+                        )
                         .body(http_body_util::Full::new(bytes.clone()));
                     let Ok(req) = req else { break };
                     let res = tokio::time::timeout(Duration::from_secs(10), async {
@@ -185,7 +186,8 @@ pub struct WebhookNotifier {
 
 impl Notifier for WebhookNotifier {
     fn notify(&self, change: &Change) {
-        self.hook.with_external(webhook_body(change, &self.external_url));
+        self.hook
+            .with_external(webhook_body(change, &self.external_url));
     }
 }
 
@@ -197,7 +199,11 @@ pub struct EventNotifier {
 }
 
 impl EventNotifier {
-    pub fn start(client: kube::Client, caches: Option<Caches>, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn start(
+        client: kube::Client,
+        caches: Option<Caches>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let rec = bosun_events::Recorder::new(client, "bosun-alerts");
         let (tx, mut rx) = mpsc::channel::<(ObjectReference, &'static str, String, String)>(QUEUE);
         tokio::spawn(async move {
@@ -223,13 +229,15 @@ impl EventNotifier {
 pub fn object_of(labels: &[(String, String)], caches: Option<&Caches>) -> Option<ObjectReference> {
     let get = |k: &str| Some(label(labels, k)).filter(|v| !v.is_empty());
     let ns = get("namespace");
-    let r = |api: &str, kind: &str, name: &str, ns: Option<&str>, uid: Option<String>| ObjectReference {
-        api_version: Some(api.into()),
-        kind: Some(kind.into()),
-        name: Some(name.into()),
-        namespace: ns.map(str::to_string),
-        uid,
-        ..Default::default()
+    let r = |api: &str, kind: &str, name: &str, ns: Option<&str>, uid: Option<String>| {
+        ObjectReference {
+            api_version: Some(api.into()),
+            kind: Some(kind.into()),
+            name: Some(name.into()),
+            namespace: ns.map(str::to_string),
+            uid,
+            ..Default::default()
+        }
     };
     if let (Some(ns), Some(pod)) = (ns, get("pod")) {
         let uid = get("uid").map(str::to_string).or_else(|| {
@@ -347,10 +355,15 @@ mod tests {
     #[test]
     fn objects_from_labels() {
         let l = |p: &[(&str, &str)]| -> Vec<(String, String)> {
-            p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+            p.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
         };
         let o = object_of(&l(&[("namespace", "x"), ("pod", "p"), ("node", "n")]), None).unwrap();
-        assert_eq!((o.kind.as_deref(), o.name.as_deref()), (Some("Pod"), Some("p")));
+        assert_eq!(
+            (o.kind.as_deref(), o.name.as_deref()),
+            (Some("Pod"), Some("p"))
+        );
         let o = object_of(&l(&[("namespace", "x"), ("deployment", "d")]), None).unwrap();
         assert_eq!(o.kind.as_deref(), Some("Deployment"));
         let o = object_of(&l(&[("node", "n"), ("condition", "Ready")]), None).unwrap();

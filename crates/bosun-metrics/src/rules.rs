@@ -183,7 +183,9 @@ fn parse_rule(r: RuleSpec) -> Result<Rule, (Option<String>, String)> {
     let fail = |e: String| (Some(label.clone()), e);
     if is_alert {
         if !is_label_name(&name.replace(':', "_")) || name.is_empty() {
-            return Err(fail("alert: the name must be a valid label value [a-zA-Z_][a-zA-Z0-9_]*".into()));
+            return Err(fail(
+                "alert: the name must be a valid label value [a-zA-Z_][a-zA-Z0-9_]*".into(),
+            ));
         }
     } else if !is_metric_name(&name) {
         return Err(fail("record: not a valid metric name".into()));
@@ -247,15 +249,47 @@ fn parse_rule(r: RuleSpec) -> Result<Rule, (Option<String>, String)> {
 
 /// The built-in rules' parameters: (name, default, what it is).
 pub const PARAMS: &[(&str, &str, &str)] = &[
-    ("crashloop_window", "5m", "a container counts as crash looping when it was in CrashLoopBackOff at some point of this window"),
-    ("crashloop_for", "5m", "KubePodCrashLooping fires after crash looping this long"),
-    ("deployment_stuck_for", "5m", "KubeDeploymentRolloutStuck fires after Progressing=False (progress deadline exceeded) this long"),
-    ("deployment_unavailable_for", "10m", "KubeDeploymentReplicasUnavailable fires after replicas were unavailable this long"),
-    ("node_notready_for", "5m", "KubeNodeNotReady fires after a node was not Ready this long"),
+    (
+        "crashloop_window",
+        "5m",
+        "a container counts as crash looping when it was in CrashLoopBackOff at some point of this window",
+    ),
+    (
+        "crashloop_for",
+        "5m",
+        "KubePodCrashLooping fires after crash looping this long",
+    ),
+    (
+        "deployment_stuck_for",
+        "5m",
+        "KubeDeploymentRolloutStuck fires after Progressing=False (progress deadline exceeded) this long",
+    ),
+    (
+        "deployment_unavailable_for",
+        "10m",
+        "KubeDeploymentReplicasUnavailable fires after replicas were unavailable this long",
+    ),
+    (
+        "node_notready_for",
+        "5m",
+        "KubeNodeNotReady fires after a node was not Ready this long",
+    ),
     ("rate_window", "5m", "window of the Service request rates"),
-    ("service_error_ratio", "0.05", "ServiceHighErrorRate: share of 5xx answers above which it fires"),
-    ("service_p99_seconds", "1", "ServiceHighLatency: p99 latency in seconds above which it fires"),
-    ("service_for", "5m", "ServiceHighErrorRate and ServiceHighLatency fire after this long"),
+    (
+        "service_error_ratio",
+        "0.05",
+        "ServiceHighErrorRate: share of 5xx answers above which it fires",
+    ),
+    (
+        "service_p99_seconds",
+        "1",
+        "ServiceHighLatency: p99 latency in seconds above which it fires",
+    ),
+    (
+        "service_for",
+        "5m",
+        "ServiceHighErrorRate and ServiceHighLatency fire after this long",
+    ),
 ];
 
 const BUILTIN: &str = r#"
@@ -457,7 +491,11 @@ fn go_float(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else if v != 0.0 && (v.abs() >= 1e21 || v.abs() < 1e-4) {
         let s = format!("{v:e}");
         // Go writes e+21 / e-05.
@@ -479,8 +517,18 @@ fn go_float(v: f64) -> String {
 impl Func {
     fn apply(&self, v: Val) -> Val {
         match self {
-            Func::Humanize => Val::Str(humanize(v.num(), 1000.0, &["k", "M", "G", "T", "P", "E", "Z", "Y"], &["m", "u", "n", "p", "f", "a", "z", "y"])),
-            Func::Humanize1024 => Val::Str(humanize(v.num().max(0.0), 1024.0, &["ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"], &[])),
+            Func::Humanize => Val::Str(humanize(
+                v.num(),
+                1000.0,
+                &["k", "M", "G", "T", "P", "E", "Z", "Y"],
+                &["m", "u", "n", "p", "f", "a", "z", "y"],
+            )),
+            Func::Humanize1024 => Val::Str(humanize(
+                v.num().max(0.0),
+                1024.0,
+                &["ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"],
+                &[],
+            )),
             Func::HumanizePercentage => Val::Str(format!("{}%", sig4(v.num() * 100.0))),
             Func::HumanizeDuration => Val::Str(humanize_duration(v.num())),
             Func::ToUpper => Val::Str(v.text().to_uppercase()),
@@ -782,7 +830,10 @@ mod tests {
     #[test]
     fn templates() {
         let t = |s: &str, v: f64| Template::parse(s).unwrap().expand(&labels(), v);
-        assert_eq!(t("Pod {{ $labels.namespace }}/{{$labels.pod}} is down", 1.0), "Pod shop/web-1 is down");
+        assert_eq!(
+            t("Pod {{ $labels.namespace }}/{{$labels.pod}} is down", 1.0),
+            "Pod shop/web-1 is down"
+        );
         assert_eq!(t("{{ $value }}", 3.0), "3");
         assert_eq!(t("{{ $value }}", 0.25), "0.25");
         assert_eq!(t("{{ $value | humanize }}", 1234567.0), "1.235M");
@@ -819,14 +870,23 @@ groups:
         assert_eq!(g[0].interval, Some(Duration::from_secs(10)));
         let bad = |text: &str| parse_file("r.yaml", text).unwrap_err();
         let e = bad("groups:\n- name: g\n  rules:\n  - alert: Broken\n    expr: sum(rate(x[5m])\n");
-        assert!(e.contains("r.yaml: group \"g\": rule 1 (alert \"Broken\"): expr:"), "{e}");
+        assert!(
+            e.contains("r.yaml: group \"g\": rule 1 (alert \"Broken\"): expr:"),
+            "{e}"
+        );
         let e = bad("groups:\n- name: g\n  rules:\n  - alert: Slow\n    expr: up\n    for: soon\n");
         assert!(e.contains("alert \"Slow\"") && e.contains("for:"), "{e}");
-        let e = bad("groups:\n- name: g\n  rules:\n  - alert: T\n    expr: up\n    annotations: {a: \"{{ $nope }}\"}\n");
-        assert!(e.contains("alert \"T\"") && e.contains("annotations.a"), "{e}");
+        let e = bad(
+            "groups:\n- name: g\n  rules:\n  - alert: T\n    expr: up\n    annotations: {a: \"{{ $nope }}\"}\n",
+        );
+        assert!(
+            e.contains("alert \"T\"") && e.contains("annotations.a"),
+            "{e}"
+        );
         let e = bad("groups:\n- name: g\n  rules:\n  - record: a-b\n    expr: up\n");
         assert!(e.contains("record \"a-b\""), "{e}");
-        let e = bad("groups:\n- name: g\n  rules:\n  - alert: X\n    expr: up\n    severity: page\n");
+        let e =
+            bad("groups:\n- name: g\n  rules:\n  - alert: X\n    expr: up\n    severity: page\n");
         assert!(e.contains("r.yaml") && e.contains("severity"), "{e}");
     }
 

@@ -1547,7 +1547,10 @@ impl Upstreams {
         let upstream = hyper::upgrade::on(&mut resp);
         if let Some(downstream) = downstream {
             let ids = hop.ids.as_ref().map(trace::SpanIds::child);
-            let (me, service) = (self.clone(), format!("{}/{}", labels.namespace, labels.service));
+            let (me, service) = (
+                self.clone(),
+                format!("{}/{}", labels.namespace, labels.service),
+            );
             tokio::spawn(async move {
                 if let (Ok(d), Ok(u)) = (downstream.await, upstream.await) {
                     let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
