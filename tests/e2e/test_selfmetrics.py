@@ -4,7 +4,8 @@
   (kube-apiserver's etcd_* names, the store file's size) are scraped by the built-in store
   and can be queried from the Prometheus API after a Deployment was created.
 - A TCP connection through a Service's cluster IP (a process pod echoing lines) leaves one
-  span in the node proxy with protocol "tcp", the bytes each way and its duration.
+  span in the node proxy with protocol "tcp", the bytes each way and its duration; an
+  HTTP/1.1 Upgrade (WebSocket) leaves a "websocket" span, child of its handshake's span.
 """
 
 import json
@@ -91,3 +92,70 @@ def test_tcp_connection_span(cluster):
     assert s["bytesOut"] == 12
     assert s["durationNanos"] >= 300_000_000
     assert s["upstream"].endswith(":9000")
+
+
+# Answers an HTTP/1.1 Upgrade with 101, then echoes lines upper-cased on the raw connection
+# (the proxy relays bytes after the upgrade; WebSocket framing is the ends' business).
+UPGRADER = r'''
+import socketserver
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass
+        self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        self.wfile.flush()
+        for line in self.rfile:
+            self.wfile.write(line.upper())
+            self.wfile.flush()
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(("", 9100), H).serve_forever()
+'''
+
+
+def test_websocket_connection_span(cluster):
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [{
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "ws", "labels": {"app": "ws"}},
+        "spec": {"runtimeClassName": "process", "containers": [{
+            "name": "ws", "image": "none", "command": ["python3", "-u", "-c", UPGRADER],
+            "ports": [{"containerPort": 9100}],
+            "readinessProbe": {"tcpSocket": {"port": 9100}, "periodSeconds": 1}}]},
+    }, {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "ws"},
+        "spec": {"selector": {"app": "ws"}, "ports": [{"name": "http", "port": 80, "targetPort": 9100}]},
+    }]}))
+    ip = cluster.kubectl("get", "svc", "ws", "-o", "jsonpath={.spec.clusterIP}").stdout.strip()
+
+    def talk():
+        try:
+            with socket.create_connection((ip, 80), timeout=5) as s:
+                s.sendall(b"GET /chat HTTP/1.1\r\nHost: ws\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = s.recv(1000)
+                    if not chunk:
+                        return None
+                    head += chunk
+                if not head.startswith(b"HTTP/1.1 101"):
+                    return None
+                s.sendall(b"ping\n")
+                data = s.recv(100)
+                time.sleep(0.2)
+                return data
+        except OSError:
+            return None
+    assert wait_for(talk, timeout=90, interval=1, what="upgrade through the cluster IP") == b"PING\n"
+
+    def spans():
+        r = cluster.kubectl("get", "--raw", "/bosun/v1/traces?service=default/ws&limit=50", check=False)
+        return json.loads(r.stdout)["spans"] if r.returncode == 0 else []
+    conn = wait_for(lambda: [s for s in spans() if s.get("protocol") == "websocket"],
+                    timeout=30, what="a websocket span")[0]
+    assert conn["name"] == "proxy WebSocket default/ws"
+    assert (conn["bytesIn"], conn["bytesOut"]) == (5, 5)
+    assert conn["durationNanos"] >= 200_000_000
+    # A child of the handshake's span (101) in the same trace.
+    hs = [s for s in spans() if s["spanId"] == conn["parentSpanId"]]
+    assert hs and hs[0]["status"] == 101 and hs[0]["traceId"] == conn["traceId"]
