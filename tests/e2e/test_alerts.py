@@ -17,6 +17,7 @@ real HTTP receiver (Python's http.server) in this test.
 import http.server
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -110,6 +111,7 @@ def cluster(request, receiver):
     if request.session.testsfailed:
         print(f"--- bosun log ({b.name}) ---\n{b.tail_log(200)}")
     b.stop()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -269,15 +271,19 @@ def test_bad_rule_file_is_refused(text, expect):
                         "--console-listen", f"127.0.0.1:{free_port()}",
                         "--alert-rules", path],
                        capture_output=True, text=True, timeout=30)
-    assert r.returncode != 0
-    assert path in r.stderr and expect in r.stderr, r.stderr
-    # Nothing was started or written.
-    assert not os.path.exists(os.path.join(work, "data", "pki"))
+    try:
+        assert r.returncode != 0
+        assert path in r.stderr and expect in r.stderr, r.stderr
+        # Nothing was started or written.
+        assert not os.path.exists(os.path.join(work, "data", "pki"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_unknown_alert_parameter_is_refused():
-    r = subprocess.run([bosun_bin(), "up", "--data-dir", tempfile.mkdtemp(prefix="bosun-e2e-badrules-"),
-                        "--alert-param", "crashloop_fro=1m"],
+    work = tempfile.mkdtemp(prefix="bosun-e2e-badrules-")
+    r = subprocess.run([bosun_bin(), "up", "--data-dir", work, "--alert-param", "crashloop_fro=1m"],
                        capture_output=True, text=True, timeout=30)
+    shutil.rmtree(work, ignore_errors=True)
     assert r.returncode != 0
     assert "crashloop_fro: no such parameter" in r.stderr and "crashloop_for" in r.stderr, r.stderr
