@@ -22,6 +22,7 @@ mod objects;
 mod podlogs;
 mod priority;
 mod prom;
+pub use prom::MetricsSource;
 mod quota;
 pub mod rbac;
 mod rbac_policy;
@@ -31,6 +32,7 @@ mod sa_admission;
 pub mod sa_token;
 mod selector;
 mod services;
+mod store_metrics;
 mod streaming;
 mod tls;
 mod watch;
@@ -91,6 +93,10 @@ pub struct ApiServerConfig {
     pub service_account_issuer: String,
     /// Where to write the audit log; `None` writes none.
     pub audit: Option<audit::AuditConfig>,
+    /// The embedded store's file, for `apiserver_storage_size_bytes`.
+    pub storage_file: Option<PathBuf>,
+    /// Other in-process components' metrics, served on `/metrics` after the API server's.
+    pub extra_metrics: Vec<prom::MetricsSource>,
 }
 
 impl ApiServerConfig {
@@ -108,6 +114,8 @@ impl ApiServerConfig {
             service_account_key: None,
             service_account_issuer: sa_token::DEFAULT_ISSUER.to_string(),
             audit: None,
+            storage_file: None,
+            extra_metrics: Vec::new(),
         }
     }
 }
@@ -155,8 +163,13 @@ impl ApiServer {
         if lo == 0 || lo > hi {
             anyhow::bail!("invalid node port range {lo}-{hi}");
         }
+        let prom = prom::ApiMetrics::new(cfg.storage_file, cfg.extra_metrics);
+        let metered: Arc<dyn Store> = Arc::new(store_metrics::MeteredStore {
+            inner: cfg.store,
+            metrics: prom.store.clone(),
+        });
         let encryption = Arc::new(encryption::EncryptedStore::open(
-            cfg.store,
+            metered,
             cfg.encryption_config,
         )?);
         let sa_keys = match &cfg.service_account_key {
@@ -187,7 +200,7 @@ impl ApiServer {
             openapi: OpenApi::build(registry),
             log_tls,
             crds: crds::State::new(),
-            prom: prom::ApiMetrics::new(),
+            prom,
         });
         let server = ApiServer { inner };
         server.ensure_namespaces().await?;
