@@ -40,8 +40,8 @@ pub struct AgentConfig {
     pub node_ip: IpAddr,
     /// Port of the HTTPS endpoint (logs); 0 picks a free one.
     pub kubelet_port: u16,
-    /// e.g. "10.88.0.0/24"
-    pub pod_cidr: String,
+    /// e.g. 10.88.0.0/24
+    pub pod_cidr: ipnet::Ipv4Net,
     /// e.g. "bosun0" (at most 15 characters)
     pub bridge_name: String,
     pub tls: Arc<rustls::ServerConfig>,
@@ -87,7 +87,7 @@ impl AgentConfig {
         node_name: impl Into<String>,
         data_dir: PathBuf,
         node_ip: IpAddr,
-        pod_cidr: impl Into<String>,
+        pod_cidr: ipnet::Ipv4Net,
         tls: Arc<rustls::ServerConfig>,
         token: impl Into<String>,
         shim_exe: PathBuf,
@@ -97,7 +97,7 @@ impl AgentConfig {
             data_dir,
             node_ip,
             kubelet_port: 10250,
-            pod_cidr: pod_cidr.into(),
+            pod_cidr,
             bridge_name: "bosun0".into(),
             tls,
             token: token.into(),
@@ -188,7 +188,7 @@ async fn make_network(cfg: &AgentConfig) -> Result<Arc<dyn PodNetwork>> {
     match cfg.network {
         NetworkMode::Host => Ok(host()),
         NetworkMode::Bridge => {
-            let n = BridgeNetwork::new(&cfg.bridge_name, &cfg.pod_cidr, &cfg.data_dir)?;
+            let n = BridgeNetwork::new(&cfg.bridge_name, cfg.pod_cidr, &cfg.data_dir)?;
             n.init().await.context("set up pod bridge")?;
             Ok(Arc::new(n))
         }
@@ -199,7 +199,7 @@ async fn make_network(cfg: &AgentConfig) -> Result<Arc<dyn PodNetwork>> {
                 );
                 return Ok(host());
             }
-            let n = BridgeNetwork::new(&cfg.bridge_name, &cfg.pod_cidr, &cfg.data_dir)?;
+            let n = BridgeNetwork::new(&cfg.bridge_name, cfg.pod_cidr, &cfg.data_dir)?;
             match n.init().await {
                 Ok(()) => Ok(Arc::new(n)),
                 Err(e) => {
@@ -319,7 +319,7 @@ pub async fn run(
     let facts = NodeFacts {
         name: cfg.node_name.clone(),
         ip: cfg.node_ip,
-        pod_cidr: cfg.pod_cidr.clone(),
+        pod_cidr: cfg.pod_cidr,
         kubelet_port: port,
         overrides: cfg.capacity.clone(),
         data_dir: cfg.data_dir.clone(),
@@ -579,7 +579,7 @@ pub async fn cleanup_node(cfg: &AgentConfig) -> Result<()> {
         }
     }
     if cfg.network != NetworkMode::Host && can_manage_network() {
-        BridgeNetwork::new(&cfg.bridge_name, &cfg.pod_cidr, &cfg.data_dir)?
+        BridgeNetwork::new(&cfg.bridge_name, cfg.pod_cidr, &cfg.data_dir)?
             .cleanup()
             .await?;
     }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
+use ipnet::Ipv4Net;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodNet {
@@ -32,51 +33,14 @@ pub trait PodNetwork: Send + Sync + 'static {
     fn isolated(&self) -> bool;
 }
 
-/// Parsed IPv4 CIDR.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Cidr {
-    pub network: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl Cidr {
-    pub fn parse(s: &str) -> Result<Self> {
-        let (ip, prefix) = s
-            .split_once('/')
-            .with_context(|| format!("pod CIDR {s:?} is not ADDRESS/PREFIX"))?;
-        let ip: Ipv4Addr = ip
-            .parse()
-            .with_context(|| format!("pod CIDR {s:?}: bad IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .with_context(|| format!("pod CIDR {s:?}: bad prefix length"))?;
-        if !(8..=30).contains(&prefix) {
-            bail!("pod CIDR {s:?}: prefix must be between /8 and /30");
-        }
-        let mask = u32::MAX << (32 - prefix);
-        Ok(Self {
-            network: Ipv4Addr::from(u32::from(ip) & mask),
-            prefix,
-        })
-    }
-
-    fn host(&self, n: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network) + n)
-    }
-
-    pub fn gateway(&self) -> Ipv4Addr {
-        self.host(1)
-    }
-
-    /// Number of addresses, network and broadcast included.
-    fn size(&self) -> u32 {
-        1u32 << (32 - self.prefix)
-    }
+/// The gateway of a pod CIDR: its first host, the bridge's address.
+pub fn gateway(cidr: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(cidr.network()) + 1)
 }
 
 pub struct BridgeNetwork {
     bridge: String,
-    cidr: Cidr,
+    cidr: Ipv4Net,
     state_dir: PathBuf,
     lock: tokio::sync::Mutex<()>,
 }
@@ -138,13 +102,16 @@ fn short_uid(uid: &str) -> String {
 }
 
 impl BridgeNetwork {
-    pub fn new(bridge: &str, pod_cidr: &str, data_dir: &Path) -> Result<Self> {
+    pub fn new(bridge: &str, pod_cidr: Ipv4Net, data_dir: &Path) -> Result<Self> {
         if bridge.is_empty() || bridge.len() > 15 {
             bail!("bridge name {bridge:?} must have 1 to 15 characters");
         }
+        if !(8..=30).contains(&pod_cidr.prefix_len()) {
+            bail!("pod CIDR {pod_cidr}: prefix must be between /8 and /30");
+        }
         Ok(Self {
             bridge: bridge.to_string(),
-            cidr: Cidr::parse(pod_cidr)?,
+            cidr: pod_cidr.trunc(),
             state_dir: data_dir.join("network").join(bridge),
             lock: tokio::sync::Mutex::new(()),
         })
@@ -184,8 +151,9 @@ impl BridgeNetwork {
             return Ok(ip);
         }
         std::fs::create_dir_all(self.ips_dir())?;
-        for n in 2..self.cidr.size() - 1 {
-            let ip = self.cidr.host(n);
+        // The network address, the gateway (first host) and the broadcast address are not
+        // handed out.
+        for ip in self.cidr.hosts().skip(1) {
             let path = self.ips_dir().join(ip.to_string());
             match std::fs::OpenOptions::new()
                 .write(true)
@@ -201,11 +169,7 @@ impl BridgeNetwork {
                 Err(e) => return Err(e).context("allocate pod IP"),
             }
         }
-        bail!(
-            "no free IP left in pod CIDR {}/{}",
-            self.cidr.network,
-            self.cidr.prefix
-        )
+        bail!("no free IP left in pod CIDR {}", self.cidr)
     }
 
     fn release(&self, pod_uid: &str) {
@@ -225,8 +189,8 @@ impl BridgeNetwork {
         let ns = self.netns_name(pod_uid);
         let host = Self::host_veth(pod_uid);
         let peer = format!("pb{}", short_uid(pod_uid));
-        let cidr = format!("{addr}/{}", self.cidr.prefix);
-        let gw = self.cidr.gateway().to_string();
+        let cidr = format!("{addr}/{}", self.cidr.prefix_len());
+        let gw = gateway(self.cidr).to_string();
         ip(&["netns", "add", &ns]).await?;
         ip(&[
             "link", "add", &host, "type", "veth", "peer", "name", &peer, "netns", &ns,
@@ -301,7 +265,7 @@ impl PodNetwork for BridgeNetwork {
         {
             ip(&["link", "add", "name", &self.bridge, "type", "bridge"]).await?;
         }
-        let gw = format!("{}/{}", self.cidr.gateway(), self.cidr.prefix);
+        let gw = format!("{}/{}", gateway(self.cidr), self.cidr.prefix_len());
         let addrs = ip(&["-4", "-o", "addr", "show", "dev", &self.bridge]).await?;
         if !addrs.contains(&format!(" {gw} ")) {
             ip(&["addr", "add", &gw, "dev", &self.bridge]).await?;
@@ -437,20 +401,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cidr_parsing() {
-        let c = Cidr::parse("10.88.0.7/24").unwrap();
-        assert_eq!(c.network, Ipv4Addr::new(10, 88, 0, 0));
-        assert_eq!(c.gateway(), Ipv4Addr::new(10, 88, 0, 1));
-        assert_eq!(c.size(), 256);
-        assert!(Cidr::parse("10.88.0.0").is_err());
-        assert!(Cidr::parse("10.88.0.0/31").is_err());
-        assert!(Cidr::parse("x/24").is_err());
+    fn pod_addresses_leave_out_network_gateway_and_broadcast() {
+        let c: Ipv4Net = "10.88.0.7/24".parse().unwrap();
+        let dir = std::env::temp_dir().join(format!("bosun-cidr-{}", std::process::id()));
+        let n = BridgeNetwork::new("bt-cidr", c, &dir).unwrap();
+        assert_eq!(n.cidr.network(), Ipv4Addr::new(10, 88, 0, 0));
+        assert_eq!(gateway(n.cidr), Ipv4Addr::new(10, 88, 0, 1));
+        let hosts: Vec<_> = n.cidr.hosts().skip(1).collect();
+        assert_eq!(hosts.first(), Some(&Ipv4Addr::new(10, 88, 0, 2)));
+        assert_eq!(hosts.last(), Some(&Ipv4Addr::new(10, 88, 0, 254)));
+        assert!(BridgeNetwork::new("bt-cidr", "10.88.0.0/31".parse().unwrap(), &dir).is_err());
     }
 
     #[test]
     fn allocation_is_persistent_and_exhausts() {
         let dir = tempfile::tempdir().unwrap();
-        let n = BridgeNetwork::new("btalloc", "10.99.0.0/29", dir.path()).unwrap();
+        let n = BridgeNetwork::new("btalloc", "10.99.0.0/29".parse().unwrap(), dir.path()).unwrap();
         let a = n.allocate("uid-a").unwrap();
         assert_eq!(a, Ipv4Addr::new(10, 99, 0, 2));
         assert_eq!(n.allocate("uid-a").unwrap(), a, "same pod, same IP");
@@ -460,7 +426,8 @@ mod tests {
         assert_eq!(*ips.last().unwrap(), Ipv4Addr::new(10, 99, 0, 6));
         assert!(n.allocate("one-too-many").is_err());
         n.release("u0");
-        let again = BridgeNetwork::new("btalloc", "10.99.0.0/29", dir.path()).unwrap();
+        let again =
+            BridgeNetwork::new("btalloc", "10.99.0.0/29".parse().unwrap(), dir.path()).unwrap();
         assert_eq!(again.allocate("new").unwrap(), ips[0]);
         assert_eq!(again.recorded_ip("uid-a"), Some(a));
     }

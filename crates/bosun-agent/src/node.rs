@@ -115,7 +115,7 @@ impl Machine {
 pub struct NodeFacts {
     pub name: String,
     pub ip: std::net::IpAddr,
-    pub pod_cidr: String,
+    pub pod_cidr: ipnet::Ipv4Net,
     pub kubelet_port: u16,
     pub overrides: CapacityOverrides,
     pub data_dir: std::path::PathBuf,
@@ -312,8 +312,8 @@ pub async fn register(client: &kube::Client, f: &NodeFacts) -> Result<String> {
                 .and_then(|s| s.pod_cidr.as_deref())
                 .is_some_and(|c| !c.is_empty());
             if !has_cidr {
-                let patch =
-                    serde_json::json!({"spec": {"podCIDR": f.pod_cidr, "podCIDRs": [f.pod_cidr]}});
+                let cidr = f.pod_cidr.to_string();
+                let patch = serde_json::json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
                 api.patch(&f.name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                     .context("set node podCIDR")?
@@ -333,8 +333,8 @@ pub async fn register(client: &kube::Client, f: &NodeFacts) -> Result<String> {
                     ..Default::default()
                 },
                 spec: Some(NodeSpec {
-                    pod_cidr: Some(f.pod_cidr.clone()),
-                    pod_cidrs: Some(vec![f.pod_cidr.clone()]),
+                    pod_cidr: Some(f.pod_cidr.to_string()),
+                    pod_cidrs: Some(vec![f.pod_cidr.to_string()]),
                     ..Default::default()
                 }),
                 status: None,
@@ -463,7 +463,7 @@ mod tests {
         let f = NodeFacts {
             name: "n1".into(),
             ip: "10.0.0.5".parse().unwrap(),
-            pod_cidr: "10.88.0.0/24".into(),
+            pod_cidr: "10.88.0.0/24".parse().unwrap(),
             kubelet_port: 10250,
             overrides: CapacityOverrides {
                 pods: Some(20),

@@ -159,7 +159,7 @@ async fn current() -> BTreeMap<String, String> {
 }
 
 /// Creates the VXLAN device (idempotent) with the node's VTEP address; returns its MAC.
-pub async fn vxlan_up(node_ip: &str, pod_cidr: &str, dir: &Path) -> Result<String> {
+pub async fn vxlan_up(node_ip: &str, pod_cidr: ipnet::Ipv4Net, dir: &Path) -> Result<String> {
     if ip(&["link", "show", "dev", VXLAN_DEVICE]).await.is_err() {
         let mut made = Made::load(dir);
         made.vxlan = true;
@@ -180,7 +180,7 @@ pub async fn vxlan_up(node_ip: &str, pod_cidr: &str, dir: &Path) -> Result<Strin
         ])
         .await?;
     }
-    let vtep = format!("{}/32", network_addr(pod_cidr));
+    let vtep = format!("{}/32", pod_cidr.network());
     let addrs = ip(&["-4", "-o", "addr", "show", "dev", VXLAN_DEVICE]).await?;
     if !addrs.contains(&format!(" {vtep} ")) {
         ip(&["addr", "add", &vtep, "dev", VXLAN_DEVICE]).await?;
@@ -317,7 +317,7 @@ pub async fn cleanup(dir: &Path) {
 pub struct RouteConfig {
     pub node_name: String,
     pub node_ip: String,
-    pub pod_cidr: String,
+    pub pod_cidr: ipnet::Ipv4Net,
     pub backend: Backend,
     /// The node's data dir, where the routes it made are recorded.
     pub data_dir: PathBuf,
@@ -331,7 +331,7 @@ pub async fn run(
 ) -> Result<()> {
     let node_name = cfg.node_name.clone();
     if cfg.backend == Backend::Vxlan {
-        let mac = vxlan_up(&cfg.node_ip, &cfg.pod_cidr, &cfg.data_dir).await?;
+        let mac = vxlan_up(&cfg.node_ip, cfg.pod_cidr, &cfg.data_dir).await?;
         let patch = serde_json::json!({"metadata": {"annotations": {VTEP_MAC_ANNOTATION: mac}}});
         Api::<Node>::all(client.clone())
             .patch(

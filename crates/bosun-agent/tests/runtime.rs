@@ -228,7 +228,7 @@ async fn pods_get_own_network_namespaces_and_volumes() {
     }
     let dir = tempfile::tempdir().unwrap();
     let bridge = unique("bt");
-    let net = BridgeNetwork::new(&bridge, &unique_cidr(), dir.path()).unwrap();
+    let net = BridgeNetwork::new(&bridge, unique_cidr(), dir.path()).unwrap();
     let _guard = common::Cleanup {
         pods_dir: dir.path().join("pods"),
         bridge: Some(bridge.clone()),
@@ -485,7 +485,7 @@ async fn reused_pod_address_drops_the_stale_neighbour_entry() {
     }
     let dir = tempfile::tempdir().unwrap();
     let bridge = unique("bt");
-    let net = BridgeNetwork::new(&bridge, &unique_cidr(), dir.path()).unwrap();
+    let net = BridgeNetwork::new(&bridge, unique_cidr(), dir.path()).unwrap();
     let _guard = common::Cleanup {
         pods_dir: dir.path().join("pods"),
         bridge: Some(bridge.clone()),

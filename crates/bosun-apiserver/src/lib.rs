@@ -56,7 +56,8 @@ pub const SYSTEM_NAMESPACES: [&str; 4] =
     ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// Default Service ClusterIP range, as Kubernetes'.
-pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+pub const DEFAULT_SERVICE_CIDR: ipnet::Ipv4Net =
+    ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(10, 96, 0, 0), 12);
 
 /// Default node port range, as Kubernetes'.
 pub const DEFAULT_NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
@@ -75,7 +76,7 @@ pub struct ApiServerConfig {
     pub max_body_bytes: usize,
     /// Range Service ClusterIPs are allocated from (the first host is left out: in
     /// Kubernetes it belongs to the API server's own Service).
-    pub service_cidr: String,
+    pub service_cidr: ipnet::Ipv4Net,
     /// Range node ports are allocated from, inclusive.
     pub node_port_range: (u16, u16),
     /// Bearer token presented to node agents (logs, stats); the admin token when unset, so
@@ -106,7 +107,7 @@ impl ApiServerConfig {
             token: token.into(),
             ca_pem: ca_pem.into(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            service_cidr: DEFAULT_SERVICE_CIDR.to_string(),
+            service_cidr: DEFAULT_SERVICE_CIDR,
             node_port_range: DEFAULT_NODE_PORT_RANGE,
             kubelet_token: None,
             encryption_config: None,
@@ -188,7 +189,7 @@ impl ApiServer {
             sa_keys,
             audit,
             _rbac_watch: rbac_stop.drop_guard(),
-            service_range: services::IpRange::parse(&cfg.service_cidr)?,
+            service_range: services::IpRange::new(cfg.service_cidr)?,
             node_port_range: cfg.node_port_range,
             store: encryption.clone(),
             encryption,

@@ -48,14 +48,18 @@ pub fn labels(name: &str, opts: &NodeOpts) -> BTreeMap<String, String> {
 
 /// Creates or updates the Node with its labels and taints; returns its pod CIDR, waiting for
 /// the server to assign one when --pod-cidr is not given.
-pub async fn register_node(client: &kube::Client, name: &str, opts: &NodeOpts) -> Result<String> {
+pub async fn register_node(
+    client: &kube::Client,
+    name: &str,
+    opts: &NodeOpts,
+) -> Result<ipnet::Ipv4Net> {
     let taints = opts
         .register_with_taints
         .iter()
         .map(|t| parse_taint(t))
         .collect::<Result<Vec<_>>>()?;
     let api: Api<Node> = Api::all(client.clone());
-    let cidr_spec = opts.pod_cidr.as_ref().map(|c| (c.clone(), vec![c.clone()]));
+    let cidr_spec = opts.pod_cidr.map(|c| (c.to_string(), vec![c.to_string()]));
     let mut tries = 0;
     // The API server may still be starting (in `up` it is the same process).
     let existing = loop {
@@ -130,11 +134,14 @@ pub async fn register_node(client: &kube::Client, name: &str, opts: &NodeOpts) -
     let node = tokio::time::timeout(Duration::from_secs(60), wait)
         .await
         .context("the server assigned no pod CIDR within 60 s (is its cluster CIDR full?)")??;
-    let cidr = node
+    let text = node
         .and_then(|n| n.spec?.pod_cidr)
         .context("the node has no pod CIDR")?;
-    if let Some(want) = &opts.pod_cidr
-        && want != &cidr
+    let cidr: ipnet::Ipv4Net = text
+        .parse()
+        .with_context(|| format!("the node's pod CIDR {text:?} is not an IPv4 CIDR"))?;
+    if let Some(want) = opts.pod_cidr
+        && want != cidr
     {
         tracing::warn!(node = name, assigned = %cidr, flag = %want, "the node already has a pod CIDR; keeping it");
     }

@@ -3,6 +3,7 @@
 //! verbs are everyday client commands that work without kubectl.
 
 mod apply;
+mod cidr;
 mod client;
 mod cluster;
 mod csrsign;

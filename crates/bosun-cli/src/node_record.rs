@@ -18,7 +18,7 @@ pub struct NodeRecord {
     /// The dummy interface carrying the Service cluster IPs.
     pub service_interface: String,
     #[serde(rename = "podCIDR")]
-    pub pod_cidr: String,
+    pub pod_cidr: ipnet::Ipv4Net,
     /// iptables rules added (filter table), each as the arguments after `-I`/`-D`.
     #[serde(default)]
     pub iptables: Vec<Vec<String>>,
@@ -29,13 +29,13 @@ impl NodeRecord {
         node_name: &str,
         bridge: &str,
         service_interface: &str,
-        pod_cidr: &str,
+        pod_cidr: ipnet::Ipv4Net,
     ) -> NodeRecord {
         NodeRecord {
             node_name: node_name.to_string(),
             bridge: bridge.to_string(),
             service_interface: service_interface.to_string(),
-            pod_cidr: pod_cidr.to_string(),
+            pod_cidr,
             // The rule the agent adds so pods on the bridge reach each other (network.rs).
             iptables: vec![
                 ["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
@@ -108,7 +108,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bosun-node-record-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(NodeRecord::load(&dir).unwrap(), None);
-        let r = NodeRecord::new("n1", "br7", "svc7", "10.9.0.0/24");
+        let r = NodeRecord::new("n1", "br7", "svc7", "10.9.0.0/24".parse().unwrap());
         r.save(&dir).unwrap();
         assert_eq!(NodeRecord::load(&dir).unwrap(), Some(r));
         let text = std::fs::read_to_string(NodeRecord::path(&dir)).unwrap();

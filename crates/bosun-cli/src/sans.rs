@@ -24,16 +24,6 @@ pub fn split(sans: &[String]) -> Sans {
     out
 }
 
-/// The first address of the Service range: the `kubernetes` Service's cluster IP, as
-/// Kubernetes allocates it.
-pub fn service_ip(service_cidr: &str) -> Option<IpAddr> {
-    let (addr, _) = service_cidr.split_once('/')?;
-    match addr.parse::<IpAddr>().ok()? {
-        IpAddr::V4(v4) => Some(IpAddr::from(u32::from(v4).checked_add(1)?.to_be_bytes())),
-        IpAddr::V6(v6) => Some(IpAddr::from(u128::from(v6).checked_add(1)?.to_be_bytes())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,14 +33,5 @@ mod tests {
         let s = split(&["API.example.com".into(), "10.0.0.9".into(), " ".into()]);
         assert_eq!(s.names, vec!["api.example.com"]);
         assert_eq!(s.ips, vec![IpAddr::from([10, 0, 0, 9])]);
-    }
-
-    #[test]
-    fn kubernetes_service_ip_is_the_first_of_the_range() {
-        assert_eq!(
-            service_ip("10.96.0.0/12"),
-            Some(IpAddr::from([10, 96, 0, 1]))
-        );
-        assert_eq!(service_ip("bad"), None);
     }
 }

@@ -182,7 +182,7 @@ pub const LEADER_LEASE: &str = "bosun-controller-manager";
 /// What the elected server runs besides the controllers and the scheduler.
 pub struct Singletons {
     pub controllers: bosun_controllers::ControllerConfig,
-    pub cluster_cidr: String,
+    pub cluster_cidr: ipnet::Ipv4Net,
     pub signer: Arc<crate::csrsign::Signer>,
 }
 
@@ -206,7 +206,7 @@ pub async fn elected_singletons(
             tokio::try_join!(
                 bosun_controllers::run_with(c.clone(), l.controllers.clone(), term.clone()),
                 bosun_scheduler::run(c.clone(), term.clone()),
-                bosun_controllers::nodeipam::run(c.clone(), &l.cluster_cidr, term.clone()),
+                bosun_controllers::nodeipam::run(c.clone(), l.cluster_cidr, term.clone()),
                 l.signer.clone().run(c, term),
             )?;
             Ok(())

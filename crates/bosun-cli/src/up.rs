@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use ipnet::Ipv4Net;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -33,9 +34,10 @@ pub struct ServerOpts {
     /// Most client connections from one IP address
     #[arg(long, default_value_t = 512)]
     pub max_connections_per_ip: usize,
-    /// Address range Service cluster IPs are allocated from
-    #[arg(long, default_value = bosun_apiserver::DEFAULT_SERVICE_CIDR)]
-    pub service_cidr: String,
+    /// Address range Service cluster IPs are allocated from (/8 to /30)
+    #[arg(long, default_value_t = bosun_apiserver::DEFAULT_SERVICE_CIDR,
+          value_parser = crate::cidr::parser(8, 30))]
+    pub service_cidr: Ipv4Net,
     #[command(flatten)]
     pub store: crate::store::StoreOpts,
     /// Join the cluster an etcd store already holds (its CA, tokens and encryption key):
@@ -54,9 +56,10 @@ pub struct ServerOpts {
     /// --horizontal-pod-autoscaler-sync-period), e.g. 5s, 15s
     #[arg(long, default_value = "15s", value_parser = crate::join::parse_ttl)]
     pub horizontal_pod_autoscaler_sync_period: std::time::Duration,
-    /// Range nodes' pod CIDRs (/24 each) are allocated from
-    #[arg(long, default_value = bosun_controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
-    pub cluster_cidr: String,
+    /// Range nodes' pod CIDRs (/24 each) are allocated from (/8 to /24)
+    #[arg(long, default_value_t = bosun_controllers::nodeipam::DEFAULT_CLUSTER_CIDR,
+          value_parser = crate::cidr::parser(8, 24))]
+    pub cluster_cidr: Ipv4Net,
     /// Audit log file (audit.k8s.io/v1 Events, one JSON line per request; default
     /// DATA_DIR/audit.log; "-" writes none)
     #[arg(long)]
@@ -127,8 +130,8 @@ pub struct NodeOpts {
     pub kubelet_port: u16,
     /// Address range for this node's pods (default: a /24 the server assigns from its
     /// --cluster-cidr)
-    #[arg(long)]
-    pub pod_cidr: Option<String>,
+    #[arg(long, value_parser = crate::cidr::parser(8, 30))]
+    pub pod_cidr: Option<Ipv4Net>,
     /// Zone of this node (label topology.kubernetes.io/zone)
     #[arg(long)]
     pub zone: Option<String>,
@@ -426,7 +429,7 @@ pub(crate) async fn start_control_plane(
     let pki = Pki::load_or_create(&opts.data_dir)?;
     let mut api_cfg =
         bosun_apiserver::ApiServerConfig::new(store.clone(), pki.token.clone(), pki.ca_pem.clone());
-    api_cfg.service_cidr = opts.service_cidr.clone();
+    api_cfg.service_cidr = opts.service_cidr;
     if !on_etcd {
         api_cfg.storage_file = Some(opts.data_dir.join("store.redb"));
     }
@@ -473,7 +476,7 @@ pub(crate) async fn start_control_plane(
     let (mut names, sans) = (server_names(), crate::sans::split(&opts.tls_san));
     names.extend(sans.names);
     ips.extend(sans.ips);
-    ips.extend(crate::sans::service_ip(&opts.service_cidr));
+    ips.push(crate::cidr::first_host(opts.service_cidr));
     let serving = pki.serving_cert("bosun-apiserver", &names, &ips)?;
     // Through `listen`: an upgrade in place hands this socket over too.
     let listener = bosun_proxy::listen::tcp_std(opts.listen)
@@ -495,7 +498,7 @@ pub(crate) async fn start_control_plane(
         shutdown.clone(),
         SocketAddr::new(advertise, port),
     );
-    let service_ip = crate::sans::service_ip(&opts.service_cidr);
+    let service_ip = Some(crate::cidr::first_host(opts.service_cidr));
     tasks.spawn(async move {
         (
             "API server endpoints",
@@ -507,13 +510,12 @@ pub(crate) async fn start_control_plane(
         hpa_sync_period: opts.horizontal_pod_autoscaler_sync_period,
         ..Default::default()
     };
-    bosun_controllers::nodeipam::Range::parse(&opts.cluster_cidr).context("--cluster-cidr")?;
     if on_etcd {
         // Servers sharing an etcd store elect the one that runs the singleton loops.
         crate::join::publish_joins(&client, &pki, &opts.data_dir, &url).await?;
         let loops = crate::store::Singletons {
             controllers: ctl,
-            cluster_cidr: opts.cluster_cidr.clone(),
+            cluster_cidr: opts.cluster_cidr,
             signer: crate::join::signer(&pki)?,
         };
         let (c, sd) = (client.clone(), shutdown.clone());
@@ -529,11 +531,11 @@ pub(crate) async fn start_control_plane(
     tasks.spawn(async move { ("controllers", bosun_controllers::run_with(c, ctl, sd).await) });
     let (c, sd) = (client.clone(), shutdown.clone());
     tasks.spawn(async move { ("scheduler", bosun_scheduler::run(c, sd).await) });
-    let (c, sd, cidr) = (client.clone(), shutdown.clone(), opts.cluster_cidr.clone());
+    let (c, sd, cidr) = (client.clone(), shutdown.clone(), opts.cluster_cidr);
     tasks.spawn(async move {
         (
             "pod CIDR allocator",
-            bosun_controllers::nodeipam::run(c, &cidr, sd).await,
+            bosun_controllers::nodeipam::run(c, cidr, sd).await,
         )
     });
     crate::join::serve_joins(&client, &pki, &opts.data_dir, &url, shutdown, tasks).await?;
@@ -596,7 +598,7 @@ pub(crate) fn start_agent_only(
         let rc = bosun_agent::routes::RouteConfig {
             node_name: node_name(node)?,
             node_ip: node.node_ip.to_string(),
-            pod_cidr: pod_cidr(node).to_string(),
+            pod_cidr: pod_cidr(node),
             backend: node.flannel_backend,
             data_dir: data_dir.to_path_buf(),
         };
@@ -797,9 +799,7 @@ fn console_routes(
 /// Cluster DNS listens on the pod bridge's gateway address (the .1 of the pod CIDR): every
 /// pod of the node reaches it, and it cannot clash with the host's own resolver.
 fn cluster_dns_ip(node: &NodeOpts) -> Result<IpAddr> {
-    Ok(bosun_agent::network::Cidr::parse(pod_cidr(node))?
-        .gateway()
-        .into())
+    Ok(bosun_agent::network::gateway(pod_cidr(node)).into())
 }
 
 /// `RESOURCE=QUANTITY` for --system-reserved.
@@ -820,9 +820,12 @@ fn parse_reserved(s: &str) -> Result<(String, String), String> {
 
 /// The node's pod CIDR; resolved before the agent starts (a placeholder for `reset`, which
 /// finds what to remove by bridge name).
-fn pod_cidr(node: &NodeOpts) -> &str {
-    node.pod_cidr.as_deref().unwrap_or("10.42.0.0/24")
+fn pod_cidr(node: &NodeOpts) -> Ipv4Net {
+    node.pod_cidr.unwrap_or(DEFAULT_POD_CIDR)
 }
+
+/// The placeholder of [`pod_cidr`]: the first /24 of the default cluster CIDR.
+const DEFAULT_POD_CIDR: Ipv4Net = Ipv4Net::new_assert(std::net::Ipv4Addr::new(10, 42, 0, 0), 24);
 
 fn node_name(node: &NodeOpts) -> Result<String> {
     Ok(match &node.node_name {
@@ -899,8 +902,8 @@ pub struct ResetOpts {
     #[arg(long)]
     pub node_name: Option<String>,
     /// Pod address range (default: the one recorded in DATA_DIR)
-    #[arg(long)]
-    pub pod_cidr: Option<String>,
+    #[arg(long, value_parser = crate::cidr::parser(8, 30))]
+    pub pod_cidr: Option<Ipv4Net>,
     /// Pod bridge to remove (default: the one recorded in DATA_DIR; a different value
     /// overrides the record, with a warning)
     #[arg(long)]
@@ -931,10 +934,13 @@ pub async fn reset(opts: ResetOpts) -> Result<ExitCode> {
         node: NodeOpts,
     }
     let mut node = <Defaults as clap::Parser>::try_parse_from(["bosun"])?.node;
-    let pick =
-        |what: &str, flag: &Option<String>, recorded: Option<&String>, default: String| match (
-            flag, recorded,
-        ) {
+    fn pick<T: Clone + PartialEq + std::fmt::Display>(
+        what: &str,
+        flag: &Option<T>,
+        recorded: Option<&T>,
+        default: T,
+    ) -> T {
+        match (flag, recorded) {
             (Some(f), Some(r)) if f != r => {
                 eprintln!(
                     "bosun: warning: --{what} {f} overrides the recorded {what} {r}, which stays"
@@ -944,7 +950,8 @@ pub async fn reset(opts: ResetOpts) -> Result<ExitCode> {
             (Some(f), _) => f.clone(),
             (None, Some(r)) => r.clone(),
             (None, None) => default,
-        };
+        }
+    }
     let r = record.as_ref();
     node.bridge = pick("bridge", &opts.bridge, r.map(|r| &r.bridge), node.bridge);
     node.service_interface = pick(
@@ -957,7 +964,7 @@ pub async fn reset(opts: ResetOpts) -> Result<ExitCode> {
         "pod-cidr",
         &opts.pod_cidr,
         r.map(|r| &r.pod_cidr),
-        pod_cidr(&node).to_string(),
+        pod_cidr(&node),
     ));
     node.node_name = opts
         .node_name

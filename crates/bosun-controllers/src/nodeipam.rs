@@ -5,57 +5,42 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use futures::TryStreamExt;
+use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio_util::sync::CancellationToken;
 
 /// Default cluster CIDR, as k3s'.
-pub const DEFAULT_CLUSTER_CIDR: &str = "10.42.0.0/16";
+pub const DEFAULT_CLUSTER_CIDR: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 42, 0, 0), 16);
 const NODE_PREFIX: u8 = 24;
 
-/// A parsed IPv4 range.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Range {
-    pub base: u32,
-    pub prefix: u8,
-}
-
-impl Range {
-    pub fn parse(s: &str) -> Result<Range> {
-        let (ip, p) = s
-            .split_once('/')
-            .with_context(|| format!("{s:?} is not ADDRESS/PREFIX"))?;
-        let ip: Ipv4Addr = ip.parse().with_context(|| format!("{s:?}: bad address"))?;
-        let prefix: u8 = p.parse().with_context(|| format!("{s:?}: bad prefix"))?;
-        if !(8..=NODE_PREFIX).contains(&prefix) {
-            bail!("cluster CIDR {s:?}: the prefix must be between /8 and /{NODE_PREFIX}");
-        }
-        let mask = u32::MAX << (32 - prefix);
-        Ok(Range {
-            base: u32::from(ip) & mask,
-            prefix,
-        })
+/// Refuses a cluster CIDR that cannot hold a node's /24.
+pub fn check_cluster_cidr(cluster: Ipv4Net) -> Result<()> {
+    if !(8..=NODE_PREFIX).contains(&cluster.prefix_len()) {
+        bail!("cluster CIDR {cluster}: the prefix must be between /8 and /{NODE_PREFIX}");
     }
+    Ok(())
 }
 
 /// The first /24 of `cluster` that is not in `taken`.
-pub fn next_free(cluster: Range, taken: &BTreeSet<String>) -> Option<String> {
-    let count = 1u32 << (NODE_PREFIX - cluster.prefix);
-    (0..count)
-        .map(|i| format!("{}/{NODE_PREFIX}", Ipv4Addr::from(cluster.base + (i << 8))))
+pub fn next_free(cluster: Ipv4Net, taken: &BTreeSet<Ipv4Net>) -> Option<Ipv4Net> {
+    cluster
+        .trunc()
+        .subnets(NODE_PREFIX)
+        .ok()?
         .find(|c| !taken.contains(c))
 }
 
 /// Assigns pod CIDRs until `shutdown`.
 pub async fn run(
     client: kube::Client,
-    cluster_cidr: &str,
+    cluster: Ipv4Net,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let cluster = Range::parse(cluster_cidr)?;
+    check_cluster_cidr(cluster)?;
     let api: Api<Node> = Api::all(client);
     let (store, writer) = reflector::store();
     let mut stream = Box::pin(
@@ -78,10 +63,10 @@ pub async fn run(
             }
         }
         let nodes = store.state();
-        let mut taken: BTreeSet<String> = nodes
+        let mut taken: BTreeSet<Ipv4Net> = nodes
             .iter()
-            .filter_map(|n| n.spec.as_ref()?.pod_cidr.clone())
-            .filter(|c| !c.is_empty())
+            .filter_map(|n| n.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok())
+            .map(|c: Ipv4Net| c.trunc())
             .collect();
         for n in nodes.iter() {
             let has = n
@@ -94,10 +79,11 @@ pub async fn run(
             }
             let name = n.metadata.name.clone().unwrap_or_default();
             let Some(cidr) = next_free(cluster, &taken) else {
-                tracing::warn!(node = %name, %cluster_cidr, "no pod CIDR left in the cluster CIDR");
+                tracing::warn!(node = %name, %cluster, "no pod CIDR left in the cluster CIDR");
                 continue;
             };
-            let patch = serde_json::json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
+            let text = cidr.to_string();
+            let patch = serde_json::json!({"spec": {"podCIDR": text, "podCIDRs": [text]}});
             match api
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -118,16 +104,17 @@ mod tests {
 
     #[test]
     fn allocates_first_free_slash_24() {
-        let r = Range::parse("10.42.0.0/16").unwrap();
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let r = net("10.42.0.0/16");
         let mut taken = BTreeSet::new();
-        assert_eq!(next_free(r, &taken).as_deref(), Some("10.42.0.0/24"));
-        taken.insert("10.42.0.0/24".to_string());
-        taken.insert("10.42.2.0/24".to_string());
-        assert_eq!(next_free(r, &taken).as_deref(), Some("10.42.1.0/24"));
-        let tiny = Range::parse("10.9.3.0/24").unwrap();
-        taken.insert("10.9.3.0/24".to_string());
+        assert_eq!(next_free(r, &taken), Some(net("10.42.0.0/24")));
+        taken.insert(net("10.42.0.0/24"));
+        taken.insert(net("10.42.2.0/24"));
+        assert_eq!(next_free(r, &taken), Some(net("10.42.1.0/24")));
+        let tiny = net("10.9.3.0/24");
+        taken.insert(net("10.9.3.0/24"));
         assert_eq!(next_free(tiny, &taken), None);
-        assert!(Range::parse("10.0.0.0/25").is_err());
-        assert!(Range::parse("nonsense").is_err());
+        assert!(check_cluster_cidr(net("10.0.0.0/25")).is_err());
+        assert!(check_cluster_cidr(net("10.0.0.0/16")).is_ok());
     }
 }

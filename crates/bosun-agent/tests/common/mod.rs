@@ -100,9 +100,10 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// A random 10.x /24 used only inside namespaces the test creates.
-pub fn unique_cidr() -> String {
+pub fn unique_cidr() -> ipnet::Ipv4Net {
     let r: u32 = rand::random();
-    format!("10.{}.{}.0/24", 200 + (r % 50), (r >> 8) % 256)
+    let ip = std::net::Ipv4Addr::new(10, (200 + (r % 50)) as u8, ((r >> 8) % 256) as u8, 0);
+    ipnet::Ipv4Net::new_assert(ip, 24)
 }
 
 pub struct Harness {
@@ -118,8 +119,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let api = Arc::new(FakeApi::default());
         let (network, bridge): (Arc<dyn PodNetwork>, _) = if netns {
-            let b =
-                Arc::new(BridgeNetwork::new(&unique("bt"), &unique_cidr(), dir.path()).unwrap());
+            let b = Arc::new(BridgeNetwork::new(&unique("bt"), unique_cidr(), dir.path()).unwrap());
             b.init().await.unwrap();
             (b.clone(), Some(b))
         } else {
