@@ -148,7 +148,7 @@ pub(crate) type UiResult<T> = Result<T, UiError>;
 
 /// Pages: GET of a path the `pages` module knows, for a signed-in user.
 async fn page(State(app): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    let Some(s) = app.sessions.from_headers(&headers) else {
+    let Some(s) = app.sessions.for_request(&headers) else {
         return to_login(&uri);
     };
     let query = uri.query().unwrap_or("");
@@ -263,7 +263,7 @@ async fn logout(
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Some(s) = app.sessions.from_headers(&headers)
+    if let Some(s) = app.sessions.for_request(&headers)
         && s.csrf_ok(&f.csrf, &headers)
     {
         app.sessions.remove(&s.id);
@@ -277,12 +277,14 @@ async fn logout(
 }
 
 /// The signed-in session or a redirect to the login page.
+// The error is the handler's own response, returned as is; boxing it would only add a step.
+#[allow(clippy::result_large_err)]
 pub(crate) fn require(
     app: &Console,
     headers: &HeaderMap,
     back: &str,
 ) -> Result<Arc<Session>, Response> {
-    app.sessions.from_headers(headers).ok_or_else(|| {
+    app.sessions.for_request(headers).ok_or_else(|| {
         Redirect::to(&format!(
             "/login?next={}",
             form_urlencoded::byte_serialize(back.as_bytes()).collect::<String>()

@@ -76,9 +76,12 @@ impl Prom {
     }
 }
 
+/// One series of a range answer: its labels and its (time, value) points.
+pub type RawSeries = (Value, Vec<(f64, f64)>);
+
 /// The series of a `query_range` answer: labels and (time, value) pairs, NaN and
 /// infinities left out.
-pub fn parse_matrix(v: &Value) -> Result<Vec<(Value, Vec<(f64, f64)>)>> {
+pub fn parse_matrix(v: &Value) -> Result<Vec<RawSeries>> {
     if v["status"] != "success" {
         bail!(
             "{}: {}",

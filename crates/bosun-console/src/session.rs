@@ -109,7 +109,7 @@ impl Sessions {
             .remove(id);
     }
 
-    pub fn from_headers(&self, headers: &HeaderMap) -> Option<Arc<Session>> {
+    pub fn for_request(&self, headers: &HeaderMap) -> Option<Arc<Session>> {
         self.get(&cookie_value(headers)?)
     }
 }
