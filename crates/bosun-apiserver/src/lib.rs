@@ -134,6 +134,8 @@ pub(crate) struct Inner {
     pub crds: crds::State,
     /// Request counts and latencies for `/metrics`.
     pub prom: Arc<prom::ApiMetrics>,
+    /// ResourceQuota usage reserved by creates not yet written.
+    pub quota_pending: quota::Pending,
 }
 
 /// The API server. Cheap to clone.
@@ -188,6 +190,7 @@ impl ApiServer {
             log_tls,
             crds: crds::State::new(),
             prom: prom::ApiMetrics::new(),
+            quota_pending: quota::Pending::default(),
         });
         let server = ApiServer { inner };
         server.ensure_namespaces().await?;
