@@ -101,12 +101,12 @@ def test_concurrent_creates_do_not_share_the_last_room(cluster):
     for rnd in range(4):
         ns = f"q-race-{rnd}"
         cluster.kubectl("create", "namespace", ns)
-        cluster.kubectl("create", "quota", "one", "-n", ns, "--hard=count/configmaps=1,cpu=1")
+        cluster.kubectl("create", "quota", "one", "-n", ns, "--hard=count/secrets=1,cpu=1")
 
         def create(i, ns=ns):
             try:
-                api.create_namespaced_config_map(ns, {"metadata": {"name": f"cm{i}"},
-                                                      "data": {"i": str(i)}})
+                api.create_namespaced_secret(ns, {"metadata": {"name": f"s{i}"},
+                                                  "stringData": {"i": str(i)}})
                 return "created"
             except ApiException as e:
                 assert e.status == 403 and "exceeded quota: one" in e.body, e.body
@@ -115,13 +115,12 @@ def test_concurrent_creates_do_not_share_the_last_room(cluster):
         with ThreadPoolExecutor(8) as pool:
             got = list(pool.map(create, range(8)))
         assert got.count("created") == 1, (rnd, got)
-        names = [c.metadata.name for c in api.list_namespaced_config_map(ns).items
-                 if c.metadata.name.startswith("cm")]
+        names = [c.metadata.name for c in api.list_namespaced_secret(ns).items]
         assert len(names) == 1, names
 
         def used(ns=ns):
             q = api.read_namespaced_resource_quota("one", ns)
-            return (q.status.used or {}).get("count/configmaps") == "1"
+            return (q.status.used or {}).get("count/secrets") == "1"
 
         wait_for(used, timeout=20, what="status.used after the race")
     # Compute resources too: two pods of 600m under 1 CPU.

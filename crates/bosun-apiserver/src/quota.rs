@@ -44,6 +44,9 @@ fn is_pod(kind: &KindInfo) -> bool {
 /// between a reservation and its write does not hand the same room out twice.
 #[derive(Default)]
 pub(crate) struct Pending {
+    /// Serializes this server's quota admissions and status recounts, so a recount never
+    /// falls between a reservation's compare-and-swap and its entry here.
+    lock: tokio::sync::Mutex<()>,
     next: AtomicU64,
     by_ns: Mutex<HashMap<String, HashMap<u64, BTreeMap<String, f64>>>>,
 }
@@ -145,6 +148,7 @@ pub(crate) async fn admit(
         return Ok(admitted);
     }
     let delta = usage_of(kind, obj);
+    let _serial = inner.quota_pending.lock.lock().await;
     let mut reserve = Vec::new();
     for q in &quotas {
         let qname = meta_str(q, "name").unwrap_or_default();
@@ -465,7 +469,14 @@ pub(crate) async fn refresh_status(inner: &Arc<Inner>, ns: &str) -> ApiResult<()
     let Some(kind) = inner.registry.by_resource("", "v1", "resourcequotas") else {
         return Ok(());
     };
-    for q in list_ns(inner, "resourcequotas", ns).await? {
+    let quotas = list_ns(inner, "resourcequotas", ns).await?;
+    if quotas.is_empty() {
+        return Ok(());
+    }
+    let _serial = inner.quota_pending.lock.lock().await;
+    // Read again under the lock: a reservation may have changed them meanwhile.
+    let quotas = list_ns(inner, "resourcequotas", ns).await?;
+    for q in quotas {
         let name = meta_str(&q, "name").unwrap_or_default().to_string();
         let hard = hard_of(&q);
         let mut used = usage_in(inner, ns, &hard).await?;
