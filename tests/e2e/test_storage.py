@@ -393,8 +393,9 @@ def test_emptydir_over_its_size_limit_evicts_the_pod(cluster):
     events = get(cluster, "events", "--field-selector", "involvedObject.name=spills")["items"]
     assert any(e["reason"] == "Evicted" and e["type"] == "Warning" and e["message"] == msg
                for e in events), [(e["reason"], e["message"]) for e in events]
-    # `kubectl get` shows the reason as the status, as for any evicted pod.
-    assert "Evicted" in cluster.kubectl("get", "pod", "spills").stdout
+    # `kubectl describe` shows the pod's reason and message.
+    described = cluster.kubectl("describe", "pod", "spills").stdout
+    assert "Evicted" in described and "exceeds the limit" in described, described
     # Within its limit: still running, and its memory emptyDir is as large as its limit.
     fits = get(cluster, "pod", "fits")
     assert fits["status"]["phase"] == "Running", fits["status"]
