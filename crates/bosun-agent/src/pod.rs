@@ -11,8 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
     ContainerStateWaiting, ContainerStatus, EphemeralContainer, HostIP, LifecycleHandler, Pod,
-    PodCondition, PodIP,
-    PodStatus,
+    PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::{mpsc, watch};
@@ -554,7 +553,10 @@ impl PodWorker {
         if self.terminal || self.evicted.is_some() {
             return;
         }
-        if self.storage_checked.is_none_or(|t| t.elapsed() >= STORAGE_CHECK) {
+        if self
+            .storage_checked
+            .is_none_or(|t| t.elapsed() >= STORAGE_CHECK)
+        {
             self.storage_checked = Some(Instant::now());
             if let Some(msg) = crate::volumes::empty_dir_over_limit(pod, &self.pod_dir()).await {
                 self.evict(pod, msg).await;
@@ -670,7 +672,12 @@ impl PodWorker {
         self.ctx.api.event(pod, true, "Evicted", &msg).await;
         self.evicted = Some(msg);
         let spec = pod.spec.clone().unwrap_or_default();
-        for c in spec.init_containers.iter().flatten().chain(&spec.containers) {
+        for c in spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+        {
             let Some(attempt) = self.containers.get(&c.name).and_then(|cs| cs.attempt) else {
                 continue;
             };
@@ -777,7 +784,9 @@ impl PodWorker {
                 terminated: Some(ContainerStateTerminated {
                     exit_code: 137,
                     reason: Some("ContainerStatusUnknown".into()),
-                    message: Some("The container could not be located when the pod was terminated".into()),
+                    message: Some(
+                        "The container could not be located when the pod was terminated".into(),
+                    ),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -1332,7 +1341,12 @@ impl PodWorker {
         let pid_of = self
             .ephemeral_targets
             .get(&c.name)
-            .and_then(|t| self.containers.get(t).and_then(|cs| cs.attempt).map(|a| (t, a)))
+            .and_then(|t| {
+                self.containers
+                    .get(t)
+                    .and_then(|cs| cs.attempt)
+                    .map(|a| (t, a))
+            })
             .map(|(t, a)| crate::docker::container_name(&self.key(t, a)));
         let image = image.then(|| {
             let expand = |v: &Option<Vec<String>>| {

@@ -173,7 +173,10 @@ fn locate(st: &ServerState, ns: &str, pod: &str, container: &str) -> Result<Targ
         )));
     };
     if let Some(session) = crate::ephemeral::get(&uid, container) {
-        if !matches!(session.state(), crate::ephemeral::SessionState::Running { .. }) {
+        if !matches!(
+            session.state(),
+            crate::ephemeral::SessionState::Running { .. }
+        ) {
             return Err(Box::new(text(
                 StatusCode::BAD_REQUEST,
                 format!("container \"{container}\" in pod \"{pod}\" is not running"),

@@ -688,16 +688,20 @@ pub async fn empty_dir_over_limit(pod: &Pod, pod_dir: &Path) -> Option<String> {
         let Some(limit) = crate::env::parse_quantity(&q.0).filter(|l| *l > 0.0) else {
             continue;
         };
-        checks.push((v.name.clone(), q.0.clone(), limit, volume_dir(pod_dir, &v.name)));
+        checks.push((
+            v.name.clone(),
+            q.0.clone(),
+            limit,
+            volume_dir(pod_dir, &v.name),
+        ));
     }
     if checks.is_empty() {
         return None;
     }
     tokio::task::spawn_blocking(move || {
         checks.into_iter().find_map(|(name, shown, limit, dir)| {
-            (disk_usage(&dir) as f64 > limit).then(|| {
-                format!("Usage of EmptyDir volume {name:?} exceeds the limit {shown:?}. ")
-            })
+            (disk_usage(&dir) as f64 > limit)
+                .then(|| format!("Usage of EmptyDir volume {name:?} exceeds the limit {shown:?}. "))
         })
     })
     .await
@@ -807,8 +811,14 @@ mod tests {
 
     #[test]
     fn memory_volumes_are_sized_by_limit_and_pod_memory() {
-        assert_eq!(memory_volume_size(Some(16 << 20), Some(64 << 20)), Some(16 << 20));
-        assert_eq!(memory_volume_size(Some(128 << 20), Some(64 << 20)), Some(64 << 20));
+        assert_eq!(
+            memory_volume_size(Some(16 << 20), Some(64 << 20)),
+            Some(16 << 20)
+        );
+        assert_eq!(
+            memory_volume_size(Some(128 << 20), Some(64 << 20)),
+            Some(64 << 20)
+        );
         assert_eq!(memory_volume_size(None, Some(64 << 20)), Some(64 << 20));
         assert_eq!(memory_volume_size(None, None), None);
         let pod: Pod = serde_json::from_value(serde_json::json!({"spec": {

@@ -37,7 +37,12 @@ pub fn validate_ephemeral_update(obj: &Value, old: &Value) -> Vec<FieldError> {
             .unwrap_or_default()
     };
     let new_list = list(obj, "ephemeralContainers");
-    let name_of = |c: &Value| c.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name_of = |c: &Value| {
+        c.get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     for (i, was) in list(old, "ephemeralContainers").iter().enumerate() {
         let name = name_of(was);
         match new_list.iter().find(|c| name_of(c) == name) {
@@ -70,7 +75,11 @@ pub fn validate_ephemeral_update(obj: &Value, old: &Value) -> Vec<FieldError> {
         } else if !names.insert(name.clone()) {
             v.duplicate(format!("{path}.name"), &Value::String(name));
         }
-        if c.get("image").and_then(Value::as_str).unwrap_or("").is_empty() {
+        if c.get("image")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty()
+        {
             v.required(format!("{path}.image"), "");
         }
         for f in [
@@ -83,12 +92,17 @@ pub fn validate_ephemeral_update(obj: &Value, old: &Value) -> Vec<FieldError> {
             "restartPolicy",
         ] {
             if c.get(f).is_some_and(|x| !x.is_null()) {
-                v.forbidden(format!("{path}.{f}"), "cannot be set for an Ephemeral Container");
+                v.forbidden(
+                    format!("{path}.{f}"),
+                    "cannot be set for an Ephemeral Container",
+                );
             }
         }
         let res = c.get("resources").and_then(Value::as_object);
-        if res.is_some_and(|r| r.values().any(|x| x.as_object().is_some_and(|m| !m.is_empty())))
-        {
+        if res.is_some_and(|r| {
+            r.values()
+                .any(|x| x.as_object().is_some_and(|m| !m.is_empty()))
+        }) {
             v.forbidden(
                 format!("{path}.resources"),
                 "cannot be set for an Ephemeral Container",

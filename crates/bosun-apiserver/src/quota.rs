@@ -193,28 +193,37 @@ pub(crate) async fn admit(
         .insert(id, delta.clone());
     admitted.id = Some(id);
     for (qname, counted) in reserve {
-        let res = objects::update_loop(inner, quota_kind, Some(ns), &qname, Mode::Status, false, |cur| {
-            let hard = hard_of(cur);
-            // The recorded usage holds reservations of other servers' creates still in
-            // flight; the count from the store holds what was written since.
-            let mut used = used_of(cur);
-            for (r, n) in &counted {
-                let u = used.entry(r.clone()).or_insert(0.0);
-                *u = u.max(*n);
-            }
-            exceeds(kind, &name, &qname, &hard, &delta, &used)?;
-            let mut next = cur.clone();
-            let mut used_json = Map::new();
-            for r in hard.keys() {
-                let n = used.get(r).copied().unwrap_or(0.0) + delta.get(r).copied().unwrap_or(0.0);
-                used_json.insert(r.clone(), json!(show(r, n)));
-            }
-            next["status"] = json!({
-                "hard": cur.pointer("/spec/hard").cloned().unwrap_or_else(|| json!({})),
-                "used": used_json,
-            });
-            Ok(next)
-        })
+        let res = objects::update_loop(
+            inner,
+            quota_kind,
+            Some(ns),
+            &qname,
+            Mode::Status,
+            false,
+            |cur| {
+                let hard = hard_of(cur);
+                // The recorded usage holds reservations of other servers' creates still in
+                // flight; the count from the store holds what was written since.
+                let mut used = used_of(cur);
+                for (r, n) in &counted {
+                    let u = used.entry(r.clone()).or_insert(0.0);
+                    *u = u.max(*n);
+                }
+                exceeds(kind, &name, &qname, &hard, &delta, &used)?;
+                let mut next = cur.clone();
+                let mut used_json = Map::new();
+                for r in hard.keys() {
+                    let n =
+                        used.get(r).copied().unwrap_or(0.0) + delta.get(r).copied().unwrap_or(0.0);
+                    used_json.insert(r.clone(), json!(show(r, n)));
+                }
+                next["status"] = json!({
+                    "hard": cur.pointer("/spec/hard").cloned().unwrap_or_else(|| json!({})),
+                    "used": used_json,
+                });
+                Ok(next)
+            },
+        )
         .await;
         match res {
             Ok(_) => {}

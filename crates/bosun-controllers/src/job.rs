@@ -191,7 +191,11 @@ pub enum PolicyAction {
 
 /// The rule of `job`'s `podFailurePolicy` a failed pod matches.
 pub fn failure_policy_action(job: &Job, pod: &Pod) -> PolicyAction {
-    let Some(policy) = job.spec.as_ref().and_then(|s| s.pod_failure_policy.as_ref()) else {
+    let Some(policy) = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_failure_policy.as_ref())
+    else {
         return PolicyAction::Count;
     };
     let ns = pod.namespace().unwrap_or_default();
@@ -218,7 +222,11 @@ pub fn failure_policy_action(job: &Job, pod: &Pod) -> PolicyAction {
                 patterns
                     .iter()
                     .any(|p| {
-                        let want = if p.status.is_empty() { "True" } else { p.status.as_str() };
+                        let want = if p.status.is_empty() {
+                            "True"
+                        } else {
+                            p.status.as_str()
+                        };
                         p.type_ == c.type_ && want == c.status
                     })
                     .then(|| {
@@ -580,7 +588,14 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
         && condition(Some(&status), "FailureTarget").is_none()
         && condition(Some(&status), "SuccessCriteriaMet").is_none()
     {
-        set_condition(&mut status, "FailureTarget", "True", "PodFailurePolicy", msg, now);
+        set_condition(
+            &mut status,
+            "FailureTarget",
+            "True",
+            "PodFailurePolicy",
+            msg,
+            now,
+        );
         ctx.recorder
             .record(&job, WARNING, "PodFailurePolicy", msg)
             .await;
@@ -1240,11 +1255,23 @@ mod tests {
                     .into()
             )
         );
-        assert_eq!(failure_policy_action(&j, &failed(137, &["DisruptionTarget"])), PolicyAction::Ignore);
-        assert_eq!(failure_policy_action(&j, &failed(7, &[])), PolicyAction::Count);
-        assert_eq!(failure_policy_action(&j, &failed(2, &[])), PolicyAction::FailIndex);
+        assert_eq!(
+            failure_policy_action(&j, &failed(137, &["DisruptionTarget"])),
+            PolicyAction::Ignore
+        );
+        assert_eq!(
+            failure_policy_action(&j, &failed(7, &[])),
+            PolicyAction::Count
+        );
+        assert_eq!(
+            failure_policy_action(&j, &failed(2, &[])),
+            PolicyAction::FailIndex
+        );
         // Exit code 1 matches no rule: counted.
-        assert_eq!(failure_policy_action(&j, &failed(1, &[])), PolicyAction::Count);
+        assert_eq!(
+            failure_policy_action(&j, &failed(1, &[])),
+            PolicyAction::Count
+        );
     }
 
     #[test]

@@ -221,7 +221,12 @@ fn schema_msg(s: &serde_json::Value, top: &mut dyn FnMut(&mut Msg, &[String])) -
     if let Some(f) = s.get("format").and_then(Value::as_str) {
         m = m.string(2, f);
     }
-    for r in s.get("required").and_then(Value::as_array).into_iter().flatten() {
+    for r in s
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(r) = r.as_str() {
             m = m.string(19, r);
         }
