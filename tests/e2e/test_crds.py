@@ -155,12 +155,17 @@ def test_oldest_kubectl_explains_and_validates_through_openapi_v2(crds):
     old = "/usr/lib/google-cloud-sdk/bin/kubectl.1.27"
     if not os.path.exists(old):
         pytest.fail(f"{old} is missing: the kubectl dispatcher's versioned clients are needed")
-    out = crds.kubectl("explain", "widgets.spec", binary=old).stdout
-    assert "KIND:" in out and "Widget" in out, out
+    # `plaintext-openapiv2` is the explain of OpenAPI v2 (older clients' only one).
+    v2 = "--output=plaintext-openapiv2"
+    out = crds.kubectl("explain", "widgets.spec", v2, binary=old).stdout
+    assert "KIND:     Widget" in out and "VERSION:  example.com/v1" in out, out
+    assert "RESOURCE: spec <Object>" in out, out
     assert "What the widget should look like" in out, out
-    assert "size" in out and "Size in units" in out and "<integer>" in out, out
-    out = crds.kubectl("explain", "widgets", "--recursive", binary=old).stdout
-    assert "replicas" in out and "apiVersion" in out, out
+    assert "size\t<integer> -required-" in out and "Size in units" in out, out
+    out = crds.kubectl("explain", "widgets", "--recursive", v2, binary=old).stdout
+    assert "replicas" in out and "apiVersion" in out and "metadata" in out, out
+    out = crds.kubectl("explain", "regions.spec.zone", v2, binary=old).stdout
+    assert "FIELD:    zone <string>" in out, out
     # Built-in kinds still apply as before alongside the custom definitions (kubectl then
     # computes their strategic merge patches from its own types).
     dep = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "old-cm"},
