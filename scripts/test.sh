@@ -43,6 +43,15 @@ if ! python3 -c 'import opentelemetry.proto.collector.trace.v1.trace_service_pb2
   echo "installing opentelemetry-proto"
   python3 -m pip install -q opentelemetry-proto
 fi
+# Real third-party manifests (tests/e2e/test_packaged_manifests.py) come inside published
+# PyPI packages: downloaded, checked against their SHA-256, into this cache.
+export BOSUN_TEST_DEPS="${BOSUN_TEST_DEPS:-/var/tmp/bosun-test-deps}"
+if ! ls "$BOSUN_TEST_DEPS"/dask_kubernetes-2026.3.0-*.whl \
+  "$BOSUN_TEST_DEPS"/apache_airflow_providers_cncf_kubernetes-10.25.0-*.whl >/dev/null 2>&1; then
+  echo "downloading the packages that ship the real manifests of the end-to-end tests"
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$BOSUN_TEST_DEPS" \
+    dask-kubernetes==2026.3.0 apache-airflow-providers-cncf-kubernetes==10.25.0
+fi
 if ! command -v kubectl >/dev/null; then
   echo "FATAL: kubectl is not installed; the end-to-end tests need it" >&2
   exit 1

@@ -181,7 +181,9 @@ def test_job_with_a_sidecar_completes_when_its_main_container_does(cluster, shar
     assert side["name"] == "sidecar" and "terminated" in side["state"], side
     with open(log) as f:
         assert f.read().split() == ["up", "stopped"]
-    # postStart of a process container is not yet seen to run here (known gap).
+    # The main container's postStart hook ran in the pod (before its 1 s of work ended).
+    with open(hook) as f:
+        assert f.read().strip() == "hooked"
     assert "main-done" in cluster.kubectl("logs", pod["metadata"]["name"], "-c", "main").stdout
 
 
@@ -217,3 +219,66 @@ def test_loadbalancer_service_is_served_on_the_node_address(cluster):
             return None
     assert wait_for(answer, timeout=30, what="the Service port on the node address") == "lb-web"
     cluster.kubectl("delete", "svc,pod", "lb-web", "--wait=true", "--timeout=60s")
+
+
+def test_pod_failure_policy(cluster, shared_dir):
+    """podFailurePolicy: FailJob ends the Job at the first matching exit code, Ignore does
+    not count a failure toward backoffLimit, Count (NotIn) counts, FailIndex fails one index
+    of an Indexed Job without retrying it."""
+    rules = {"podFailurePolicy": {"rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In",
+                                              "values": [42]}},
+        {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [3]}},
+        {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [0]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    ]}}
+    # FailJob: one pod, the Job fails with the rule's reason and Kubernetes' message.
+    cluster.kubectl("apply", "-f", "-", input=job_manifest(
+        "pfp-failjob", "exit 42", dict(rules, backoffLimit=6)))
+    cluster.kubectl("wait", "--for=condition=failed", "job/pfp-failjob", "--timeout=60s", timeout=90)
+    job = get(cluster, "job", "pfp-failjob")
+    failed = [c for c in job["status"]["conditions"] if c["type"] == "Failed"][0]
+    assert failed["reason"] == "PodFailurePolicy", failed
+    pods = get(cluster, "pods", "-l", "batch.kubernetes.io/job-name=pfp-failjob")["items"]
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+    assert failed["message"] == (f"Container main for pod default/{pods[0]['metadata']['name']} "
+                                 "failed with exit code 42 matching FailJob rule at index 0"), failed
+    assert job["status"]["failed"] == 1
+
+    # Ignore: with backoffLimit 0 a counted failure would fail the Job; an ignored one is
+    # retried. The second attempt succeeds.
+    marker = os.path.join(shared_dir, "pfp-ignore")
+    script = f"if [ -e {marker} ]; then exit 0; fi; touch {marker}; exit 3"
+    cluster.kubectl("apply", "-f", "-", input=job_manifest(
+        "pfp-ignore", script, dict(rules, backoffLimit=0), host_dir=shared_dir))
+    cluster.kubectl("wait", "--for=condition=complete", "job/pfp-ignore", "--timeout=90s",
+                    timeout=120)
+    job = get(cluster, "job", "pfp-ignore")
+    assert job["status"]["succeeded"] == 1 and "failed" not in job["status"], job["status"]
+    pods = get(cluster, "pods", "-l", "batch.kubernetes.io/job-name=pfp-ignore")["items"]
+    assert sorted(p["status"]["phase"] for p in pods) == ["Failed", "Succeeded"]
+
+    # Count: exit code 7 counts, backoffLimit 0 fails the Job as without a policy.
+    cluster.kubectl("apply", "-f", "-", input=job_manifest(
+        "pfp-count", "exit 7", dict(rules, backoffLimit=0)))
+    cluster.kubectl("wait", "--for=condition=failed", "job/pfp-count", "--timeout=60s", timeout=90)
+    job = get(cluster, "job", "pfp-count")
+    failed = [c for c in job["status"]["conditions"] if c["type"] == "Failed"][0]
+    assert failed["reason"] == "BackoffLimitExceeded", failed
+
+    # FailIndex: index 1 exits 5 and is not retried; index 0 succeeds; the Job fails with
+    # FailedIndexes once every index is done.
+    fail_index = {"completionMode": "Indexed", "completions": 2, "parallelism": 2,
+                  "backoffLimitPerIndex": 2,
+                  "podFailurePolicy": {"rules": [
+                      {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [5]}}]}}
+    cluster.kubectl("apply", "-f", "-", input=job_manifest(
+        "pfp-index", 'if [ "$JOB_COMPLETION_INDEX" = 1 ]; then exit 5; fi; exit 0', fail_index))
+    cluster.kubectl("wait", "--for=condition=failed", "job/pfp-index", "--timeout=60s", timeout=90)
+    job = get(cluster, "job", "pfp-index")
+    failed = [c for c in job["status"]["conditions"] if c["type"] == "Failed"][0]
+    assert failed["reason"] == "FailedIndexes", failed
+    assert job["status"]["failedIndexes"] == "1", job["status"]
+    assert job["status"]["completedIndexes"] == "0", job["status"]
+    pods = get(cluster, "pods", "-l", "batch.kubernetes.io/job-name=pfp-index")["items"]
+    assert len(pods) == 2, [p["metadata"]["name"] for p in pods]

@@ -87,3 +87,55 @@ def test_limit_range_defaults_and_bounds(cluster):
     r = cluster.kubectl("apply", "-n", "q-limits", "-f", "-", check=False,
                         input=pod("thin", {"requests": {"cpu": "10m"}}))
     assert "minimum cpu usage per Container is 50m, but request is 10m" in r.stderr, r.stderr
+
+
+def test_concurrent_creates_do_not_share_the_last_room(cluster):
+    """Kubernetes reserves an object's usage in the quota's status in admission, before the
+    write: of creates that race for the last room, exactly one gets it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+
+    api = client.CoreV1Api(config.new_client_from_config(config_file=cluster.kubeconfig))
+    for rnd in range(4):
+        ns = f"q-race-{rnd}"
+        cluster.kubectl("create", "namespace", ns)
+        cluster.kubectl("create", "quota", "one", "-n", ns, "--hard=count/secrets=1,cpu=1")
+
+        def create(i, ns=ns):
+            try:
+                api.create_namespaced_secret(ns, {"metadata": {"name": f"s{i}"},
+                                                  "stringData": {"i": str(i)}})
+                return "created"
+            except ApiException as e:
+                assert e.status == 403 and "exceeded quota: one" in e.body, e.body
+                return "refused"
+
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(create, range(8)))
+        assert got.count("created") == 1, (rnd, got)
+        names = [c.metadata.name for c in api.list_namespaced_secret(ns).items]
+        assert len(names) == 1, names
+
+        def used(ns=ns):
+            q = api.read_namespaced_resource_quota("one", ns)
+            return (q.status.used or {}).get("count/secrets") == "1"
+
+        wait_for(used, timeout=20, what="status.used after the race")
+    # Compute resources too: two pods of 600m under 1 CPU.
+    cluster.kubectl("create", "namespace", "q-race-cpu")
+    cluster.kubectl("create", "quota", "cpu", "-n", "q-race-cpu", "--hard=requests.cpu=1")
+
+    def create_pod(i):
+        body = json.loads(pod(f"p{i}", {"requests": {"cpu": "600m"}}))
+        try:
+            api.create_namespaced_pod("q-race-cpu", body)
+            return "created"
+        except ApiException as e:
+            assert e.status == 403 and "exceeded quota: cpu" in e.body, e.body
+            return "refused"
+
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(create_pod, range(6)))
+    assert got.count("created") == 1, got

@@ -356,3 +356,50 @@ def test_memory_emptydir_downward_api_and_subpath(cluster):
     wait_for(lambda: lines("INFO")[-1] == 'vols|tier="two"|64', timeout=30,
              what="downwardAPI labels follow the pod")
     cluster.kubectl("delete", "pod", "vols", "--wait=true", "--timeout=30s")
+
+
+def test_emptydir_over_its_size_limit_evicts_the_pod(cluster):
+    """The node agent evicts a pod whose disk-backed emptyDir grows past its sizeLimit, with
+    the kubelet's reason, message, condition and event; a pod within its limit keeps running.
+    A memory-backed emptyDir without sizeLimit is sized to the pod's memory limit."""
+    def scratch_pod(name, mb):
+        script = (f"dd if=/dev/zero of=/scratch/fill bs=1048576 count={mb} 2>/dev/null; "
+                  "grep ' /mem ' /proc/mounts; sleep 3600")
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"runtimeClassName": "process", "terminationGracePeriodSeconds": 30,
+                         "containers": [{"name": "c", "command": ["/bin/sh", "-c", script],
+                                         "resources": {"limits": {"memory": "32Mi"}},
+                                         "volumeMounts": [
+                                             {"name": "scratch", "mountPath": "/scratch"},
+                                             {"name": "mem", "mountPath": "/mem"}]}],
+                         "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "4Mi"}},
+                                     {"name": "mem", "emptyDir": {"medium": "Memory"}}]}}
+
+    apply(cluster, [scratch_pod("fits", 1), scratch_pod("spills", 8)])
+
+    def evicted():
+        p = get(cluster, "pod", "spills")
+        return p if p["status"].get("phase") == "Failed" else None
+
+    p = wait_for(evicted, timeout=60, what="the pod over its emptyDir limit evicted")
+    msg = 'Usage of EmptyDir volume "scratch" exceeds the limit "4Mi". '
+    assert p["status"]["reason"] == "Evicted", p["status"]
+    assert p["status"]["message"] == msg, p["status"]
+    cond = [c for c in p["status"]["conditions"] if c["type"] == "DisruptionTarget"]
+    assert cond and cond[0]["status"] == "True" and cond[0]["reason"] == "TerminationByKubelet", \
+        p["status"]["conditions"]
+    state = p["status"]["containerStatuses"][0]["state"]
+    assert "terminated" in state, state
+    events = get(cluster, "events", "--field-selector", "involvedObject.name=spills")["items"]
+    assert any(e["reason"] == "Evicted" and e["type"] == "Warning" and e["message"] == msg
+               for e in events), [(e["reason"], e["message"]) for e in events]
+    # `kubectl describe` shows the pod's reason and message.
+    described = cluster.kubectl("describe", "pod", "spills").stdout
+    assert "Evicted" in described and "exceeds the limit" in described, described
+    # Within its limit: still running, and its memory emptyDir is as large as its limit.
+    fits = get(cluster, "pod", "fits")
+    assert fits["status"]["phase"] == "Running", fits["status"]
+    mounts = wait_for(lambda: cluster.kubectl("logs", "fits").stdout.strip(), timeout=30,
+                      what="the memory volume's mount line")
+    assert " tmpfs " in mounts and "size=32768k" in mounts, mounts
+    cluster.kubectl("delete", "pod", "fits", "spills", "--wait=true", "--timeout=60s")

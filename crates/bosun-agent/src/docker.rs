@@ -94,7 +94,7 @@ pub struct DockerRuntime {
     copiers: Arc<Mutex<HashSet<String>>>,
 }
 
-fn container_name(key: &ContainerKey) -> String {
+pub(crate) fn container_name(key: &ContainerKey) -> String {
     format!("bosun_{}_{}_{}", key.container, key.pod_uid, key.attempt)
 }
 
@@ -704,11 +704,17 @@ impl Runtime for DockerRuntime {
             security_opt: sec
                 .no_new_privs()
                 .then(|| vec!["no-new-privileges".to_string()]),
-            pid_mode: sec.host_pid.then(|| "host".to_string()),
+            pid_mode: match &img.pid_of {
+                Some(target) => Some(format!("container:{target}")),
+                None => sec.host_pid.then(|| "host".to_string()),
+            },
             ipc_mode: sec.host_ipc.then(|| "host".to_string()),
             ..Default::default()
         };
         let body = ContainerCreateBody {
+            open_stdin: Some(img.stdin),
+            attach_stdin: Some(img.stdin),
+            tty: Some(img.tty),
             user,
             image: Some(img.image.clone()),
             entrypoint: img.command.clone(),

@@ -334,6 +334,11 @@ struct EnterSpec {
     no_new_privs: bool,
     /// Join the namespaces of this (host) pid first: exec into a running container.
     join: Option<u32>,
+    /// Take stdin (a terminal) as controlling terminal in a session of its own: done here,
+    /// inside the container's PID namespace, so the shell's process group is one it sees
+    /// (a session made outside has a leader it cannot name, and job control fails).
+    #[serde(default)]
+    take_terminal: bool,
 }
 
 impl EnterSpec {
@@ -348,6 +353,7 @@ impl EnterSpec {
             capabilities: (!iso.privileged).then(|| iso.capabilities.clone()),
             no_new_privs: iso.no_new_privs,
             join: None,
+            take_terminal: false,
         }
     }
 }
@@ -847,6 +853,15 @@ pub fn enter_main(json: &str) -> i32 {
         eprintln!("bosun shim enter: {e}");
         return 126;
     }
+    if spec.take_terminal {
+        let ctty = nix::unistd::setsid()
+            .map_err(std::io::Error::from)
+            .and_then(|_| rustix::process::ioctl_tiocsctty(std::io::stdin()).map_err(Into::into));
+        if let Err(e) = ctty {
+            eprintln!("bosun shim enter: cannot take the terminal: {e}");
+            return 126;
+        }
+    }
     if let Err(e) = drop_privileges(&spec) {
         eprintln!("bosun shim enter: {e}");
         return 126;
@@ -946,6 +961,7 @@ pub fn exec_in(spec: &ExecSpec, iso: &Isolation, pid: u32) -> i32 {
     }
     let mut enter = EnterSpec::new(iso, &spec.argv, &spec.env, spec.working_dir.as_deref());
     enter.join = Some(pid);
+    enter.take_terminal = spec.tty;
     let json = match serde_json::to_string(&enter) {
         Ok(j) => j,
         Err(e) => {

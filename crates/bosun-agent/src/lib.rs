@@ -36,6 +36,7 @@ pub mod cri_log;
 pub mod dns;
 pub mod docker;
 pub mod env;
+pub mod ephemeral;
 pub mod isolation;
 pub mod local_path;
 pub mod logstore;

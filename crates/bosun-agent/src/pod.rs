@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, HostIP, LifecycleHandler, Pod, PodCondition, PodIP,
-    PodStatus,
+    ContainerStateWaiting, ContainerStatus, EphemeralContainer, HostIP, LifecycleHandler, Pod,
+    PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::{mpsc, watch};
@@ -115,7 +115,17 @@ pub struct PodWorker {
     volumes_at: Option<Instant>,
     /// Labels and annotations the downwardAPI volumes were last written from.
     volumes_meta: Option<String>,
+    /// When the emptyDir size limits were last checked.
+    storage_checked: Option<Instant>,
+    /// The eviction message once the pod was evicted (it then fails for good).
+    evicted: Option<String>,
+    /// Ephemeral containers and the container whose processes they share (`--target`).
+    ephemeral_targets: HashMap<String, String>,
 }
+
+/// How often emptyDir usage is compared with `sizeLimit` (the kubelet's eviction
+/// manager looks every 10 s).
+const STORAGE_CHECK: Duration = Duration::from_secs(2);
 
 /// The longest a stopping pod waits to leave the endpoints before its SIGTERM.
 const ENDPOINTS_WAIT_MAX: Duration = Duration::from_secs(5);
@@ -177,6 +187,9 @@ impl PodWorker {
             last_pod: None,
             volumes_at: None,
             volumes_meta: None,
+            storage_checked: None,
+            evicted: None,
+            ephemeral_targets: HashMap::new(),
         }
     }
 
@@ -315,6 +328,13 @@ impl PodWorker {
                     if !adopted {
                         adopted = true;
                         self.adopt(&pod).await;
+                        // An eviction survives an agent restart: the pod stays Failed.
+                        if let Some(st) = pod.status.as_ref().filter(|s| {
+                            s.phase.as_deref() == Some("Failed")
+                                && s.reason.as_deref() == Some("Evicted")
+                        }) {
+                            self.evicted = Some(st.message.clone().unwrap_or_default());
+                        }
                     }
                     self.last_pod = Some(pod.clone());
                     if pod.metadata.deletion_timestamp.is_some() {
@@ -530,8 +550,18 @@ impl PodWorker {
                 meta.to_string().as_bytes(),
             );
         }
-        if self.terminal {
+        if self.terminal || self.evicted.is_some() {
             return;
+        }
+        if self
+            .storage_checked
+            .is_none_or(|t| t.elapsed() >= STORAGE_CHECK)
+        {
+            self.storage_checked = Some(Instant::now());
+            if let Some(msg) = crate::volumes::empty_dir_over_limit(pod, &self.pod_dir()).await {
+                self.evict(pod, msg).await;
+                return;
+            }
         }
         let net = match self.ensure_network(pod).await {
             Ok(n) => n,
@@ -619,6 +649,9 @@ impl PodWorker {
                 all_done = false;
             }
         }
+        for ec in spec.ephemeral_containers.iter().flatten() {
+            self.sync_ephemeral(pod, ec, &net).await;
+        }
         if all_done && !sidecars.is_empty() && !self.main_done {
             // The app containers finished for good (a Job's pod): the sidecars stop too,
             // last started first, so the pod can complete.
@@ -629,6 +662,153 @@ impl PodWorker {
             }
         }
         self.apply_cpus(pod).await;
+    }
+
+    /// Evicts the pod as the kubelet's eviction manager does: a Warning `Evicted` event,
+    /// every container killed at once, and the pod Failed with reason `Evicted` and a
+    /// `DisruptionTarget` condition (reason `TerminationByKubelet`).
+    async fn evict(&mut self, pod: &Pod, msg: String) {
+        tracing::info!(pod = %pod_ref(pod), message = %msg, "evicting");
+        self.ctx.api.event(pod, true, "Evicted", &msg).await;
+        self.evicted = Some(msg);
+        let spec = pod.spec.clone().unwrap_or_default();
+        for c in spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+        {
+            let Some(attempt) = self.containers.get(&c.name).and_then(|cs| cs.attempt) else {
+                continue;
+            };
+            let Ok(rt) = self.runtime_for(pod, c) else {
+                continue;
+            };
+            let key = self.key(&c.name, attempt);
+            if matches!(rt.status(&key).await, Ok(RuntimeState::Running { .. }))
+                && let Err(e) = rt.stop(&key, Duration::ZERO).await
+            {
+                tracing::warn!(container = %c.name, error = %e, "stop on eviction failed");
+            }
+        }
+        self.stop_probes();
+    }
+
+    /// Starts an ephemeral container once (they are never restarted): a container sharing
+    /// the pod's network (and the target's processes) in a Docker pod, a session in the
+    /// target container's namespaces in a process pod (`ephemeral.rs`).
+    async fn sync_ephemeral(&mut self, pod: &Pod, ec: &EphemeralContainer, net: &PodNet) {
+        let c = ephemeral_as_container(ec);
+        if let Some(t) = &ec.target_container_name {
+            self.ephemeral_targets.insert(c.name.clone(), t.clone());
+        }
+        if self.uses_image(pod, &c) {
+            self.sync_container(pod, &c, "Never", net).await;
+            return;
+        }
+        let log = crate::runtime::log_path(&self.ctx.pods_dir, &self.key(&c.name, 0));
+        if crate::ephemeral::get(&self.uid, &c.name).is_some() || log.exists() {
+            return;
+        }
+        let spec = pod.spec.clone().unwrap_or_default();
+        let Some(target) = ec
+            .target_container_name
+            .clone()
+            .or_else(|| spec.containers.first().map(|c| c.name.clone()))
+        else {
+            return;
+        };
+        // The target must have started: the session enters its namespaces.
+        let Some(attempt) = self.containers.get(&target).and_then(|cs| cs.attempt) else {
+            return;
+        };
+        let key = self.key(&target, attempt);
+        let Some(tc) = find_container(pod, &target).cloned() else {
+            return;
+        };
+        let Ok(rt) = self.runtime_for(pod, &tc) else {
+            return;
+        };
+        let mut argv: Vec<String> = c
+            .command
+            .iter()
+            .flatten()
+            .chain(c.args.iter().flatten())
+            .cloned()
+            .collect();
+        if argv.is_empty() {
+            argv.push("sh".into());
+        }
+        crate::ephemeral::start(
+            &self.uid,
+            &c.name,
+            rt,
+            key,
+            argv,
+            c.stdin.unwrap_or(false),
+            c.tty.unwrap_or(false),
+            log,
+        );
+        let msg = format!("Started container {}", c.name);
+        self.ctx.api.event(pod, false, "Started", &msg).await;
+    }
+
+    /// The status of a process pod's ephemeral container, from its session.
+    fn ephemeral_session_status(&self, c: &Container) -> ContainerStatus {
+        let log = crate::runtime::log_path(&self.ctx.pods_dir, &self.key(&c.name, 0));
+        let state = match crate::ephemeral::get(&self.uid, &c.name).map(|s| s.state()) {
+            Some(crate::ephemeral::SessionState::Running { started_at }) => ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: Some(started_at),
+                }),
+                ..Default::default()
+            },
+            Some(crate::ephemeral::SessionState::Exited {
+                exit_code,
+                started_at,
+                finished_at,
+                message,
+            }) => ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code,
+                    reason: Some(if exit_code == 0 { "Completed" } else { "Error" }.into()),
+                    message,
+                    started_at: Some(started_at),
+                    finished_at: Some(finished_at),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            // Started before the agent restarted: its session is gone.
+            None if log.exists() => ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: 137,
+                    reason: Some("ContainerStatusUnknown".into()),
+                    message: Some(
+                        "The container could not be located when the pod was terminated".into(),
+                    ),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            None => ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("ContainerCreating".into()),
+                    message: None,
+                }),
+                ..Default::default()
+            },
+        };
+        ContainerStatus {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            image_id: String::new(),
+            ready: false,
+            restart_count: 0,
+            started: Some(state.running.is_some()),
+            state: Some(state),
+            ..Default::default()
+        }
     }
 
     /// Whether the container's current attempt is running.
@@ -723,22 +903,7 @@ impl PodWorker {
                 // adopted after an agent restart already ran it.
                 let fresh = cs.probes.as_ref().map(|p| p.0) != Some(attempt)
                     && cs.resume.as_ref().is_none_or(|(a, _)| *a != attempt);
-                if fresh
-                    && let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref())
-                    && let Err(msg) = run_hook(hook, c, &key, &rt, net.ip, POST_START_TIMEOUT).await
-                {
-                    let msg = format!("PostStartHook failed for container {}: {msg}", c.name);
-                    self.ctx
-                        .api
-                        .event(pod, true, "FailedPostStartHook", &msg)
-                        .await;
-                    // As the kubelet does: the container is killed and restarted per policy.
-                    if let Some(cs) = self.containers.get_mut(&c.name) {
-                        cs.kill_reason = Some(msg);
-                    }
-                    if let Err(e) = rt.stop(&key, grace_period(pod)).await {
-                        tracing::warn!(container = %c.name, error = %e, "stop failed");
-                    }
+                if fresh && !self.post_start(pod, c, &key, &rt, net).await {
                     return None;
                 }
                 self.watch_running(c, &key, &rt, net);
@@ -875,6 +1040,37 @@ impl PodWorker {
         }
     }
 
+    /// Runs `c`'s postStart hook, if it has one; on failure, records the Kubernetes event
+    /// and kills the container (restarted per policy), and answers false.
+    async fn post_start(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        key: &ContainerKey,
+        rt: &Arc<dyn Runtime>,
+        net: &PodNet,
+    ) -> bool {
+        let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) else {
+            return true;
+        };
+        let Err(msg) = run_hook(hook, c, key, rt, net.ip, POST_START_TIMEOUT).await else {
+            return true;
+        };
+        let msg = format!("PostStartHook failed for container {}: {msg}", c.name);
+        self.ctx
+            .api
+            .event(pod, true, "FailedPostStartHook", &msg)
+            .await;
+        // As the kubelet does: the container is killed and restarted per policy.
+        if let Some(cs) = self.containers.get_mut(&c.name) {
+            cs.kill_reason = Some(msg);
+        }
+        if let Err(e) = rt.stop(key, grace_period(pod)).await {
+            tracing::warn!(container = %c.name, error = %e, "stop failed");
+        }
+        false
+    }
+
     async fn start_attempt(
         &mut self,
         pod: &Pod,
@@ -989,6 +1185,10 @@ impl PodWorker {
                         &format!("Started container {}", c.name),
                     )
                     .await;
+                // As the kubelet: postStart right after the start, before any probe.
+                if !self.post_start(pod, c, &key, rt, net).await {
+                    return;
+                }
                 if let Ok(RuntimeState::Running { .. }) = rt.status(&key).await {
                     self.warn_state(pod, c, &key).await;
                     // Probe from the start (after initialDelaySeconds), not a sync later.
@@ -1137,12 +1337,26 @@ impl PodWorker {
             .as_deref()
             .filter(|w| !w.is_empty())
             .map(PathBuf::from);
+        // An ephemeral container with a target shares the target's processes.
+        let pid_of = self
+            .ephemeral_targets
+            .get(&c.name)
+            .and_then(|t| {
+                self.containers
+                    .get(t)
+                    .and_then(|cs| cs.attempt)
+                    .map(|a| (t, a))
+            })
+            .map(|(t, a)| crate::docker::container_name(&self.key(t, a)));
         let image = image.then(|| {
             let expand = |v: &Option<Vec<String>>| {
                 v.as_ref()
                     .map(|v| v.iter().map(|s| crate::env::expand(s, &env)).collect())
             };
             ImageLaunch {
+                stdin: c.stdin.unwrap_or(false),
+                tty: c.tty.unwrap_or(false),
+                pid_of: pid_of.clone(),
                 image: c.image.clone().unwrap_or_default(),
                 pull_policy: c
                     .image_pull_policy
@@ -1293,6 +1507,7 @@ impl PodWorker {
     /// pod as ready (waited for up to a bounded part of the grace period).
     async fn terminate(&mut self, pod: &Pod) {
         self.stop_probes();
+        crate::ephemeral::remove_pod(&self.uid);
         let grace = grace_period(pod);
         let deadline = Instant::now() + grace;
         self.leave_endpoints(pod, grace).await;
@@ -1370,6 +1585,7 @@ impl PodWorker {
     /// Removes the pod's containers, files and network.
     async fn cleanup(&mut self) -> anyhow::Result<()> {
         self.stop_probes();
+        crate::ephemeral::remove_pod(&self.uid);
         // Memory-backed volumes are mounts: unmounted first, or the directory cannot go.
         crate::volumes::unmount_volumes(&self.pod_dir());
         self.ctx.process_runtime.remove_pod(&self.uid).await?;
@@ -1577,6 +1793,15 @@ impl PodWorker {
         for c in &spec.containers {
             statuses.push(self.container_status(pod, c, terminating).await);
         }
+        let mut ephemeral_statuses = Vec::new();
+        for ec in spec.ephemeral_containers.iter().flatten() {
+            let c = ephemeral_as_container(ec);
+            ephemeral_statuses.push(if self.uses_image(pod, &c) {
+                self.container_status(pod, &c, terminating).await
+            } else {
+                self.ephemeral_session_status(&c)
+            });
+        }
         if !init_done {
             // App containers wait for the init containers, as the kubelet reports it.
             for s in &mut statuses {
@@ -1587,7 +1812,7 @@ impl PodWorker {
                 }
             }
         }
-        let phase = if init_failed {
+        let phase = if init_failed || self.evicted.is_some() {
             "Failed".to_string()
         } else if !init_done {
             "Pending".to_string()
@@ -1639,7 +1864,7 @@ impl PodWorker {
         };
         let not_ready_msg = (!completed)
             .then(|| format!("containers with unready status: [{}]", unready.join(" ")));
-        let conditions = vec![
+        let mut conditions = vec![
             cond(
                 "PodReadyToStartContainers",
                 self.net.is_some() || completed,
@@ -1666,6 +1891,24 @@ impl PodWorker {
             ),
             cond("PodScheduled", true, None, None),
         ];
+        if let Some(msg) = &self.evicted {
+            let since = prev
+                .iter()
+                .find(|c| c.type_ == "DisruptionTarget")
+                .and_then(|c| c.last_transition_time.clone())
+                .or_else(|| Some(now()));
+            conditions.insert(
+                0,
+                PodCondition {
+                    type_: "DisruptionTarget".into(),
+                    status: "True".into(),
+                    reason: Some("TerminationByKubelet".into()),
+                    message: Some(msg.clone()),
+                    last_transition_time: since,
+                    ..Default::default()
+                },
+            );
+        }
         let ip = self
             .net
             .as_ref()
@@ -1684,6 +1927,10 @@ impl PodWorker {
             qos_class: Some(qos_class(&spec)),
             container_statuses: Some(statuses),
             init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
+            ephemeral_container_statuses: (!ephemeral_statuses.is_empty())
+                .then_some(ephemeral_statuses),
+            reason: self.evicted.as_ref().map(|_| "Evicted".to_string()),
+            message: self.evicted.clone(),
             ..Default::default()
         }
     }
@@ -1735,6 +1982,19 @@ fn resources_of(c: &Container) -> Resources {
             .filter(|v| *v > 0.0)
             .map(|v| v as u64),
     }
+}
+
+/// An ephemeral container as the container the runtimes start: the same fields, less
+/// `targetContainerName`.
+fn ephemeral_as_container(ec: &EphemeralContainer) -> Container {
+    let mut v = serde_json::to_value(ec).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("targetContainerName");
+    }
+    serde_json::from_value(v).unwrap_or_else(|_| Container {
+        name: ec.name.clone(),
+        ..Default::default()
+    })
 }
 
 fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {

@@ -62,6 +62,12 @@ pub struct ImageLaunch {
     pub args: Option<Vec<String>>,
     /// containerPorts as "PORT/PROTOCOL".
     pub ports: Vec<String>,
+    /// Keep stdin open (`stdin: true`) and give it a terminal (`tty: true`), for attach.
+    pub stdin: bool,
+    pub tty: bool,
+    /// The image runtime's name of a container whose PID namespace this one joins (an
+    /// ephemeral container's target).
+    pub pid_of: Option<String>,
 }
 
 /// The image of a container cannot be had: reported as ErrImagePull / ImagePullBackOff

@@ -462,7 +462,9 @@ fn exec(json: &str) -> i32 {
             return 2;
         }
     };
-    if spec.tty {
+    // An isolated container's command takes the terminal inside its PID namespace
+    // (`shim enter`).
+    if spec.tty && spec.isolation.is_none() {
         // A session of its own with the terminal as controlling terminal, so that the
         // terminal's signals (^C) and job control reach the command.
         let ctty = nix::unistd::setsid()

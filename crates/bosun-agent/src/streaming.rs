@@ -151,6 +151,8 @@ struct Target {
     runtime: Arc<dyn Runtime>,
     docker: bool,
     pods_dir: PathBuf,
+    /// An ephemeral container of a process pod (`key` is then its target container's).
+    session: Option<Arc<crate::ephemeral::Session>>,
 }
 
 fn text(code: StatusCode, msg: impl Into<String>) -> Response {
@@ -170,6 +172,24 @@ fn locate(st: &ServerState, ns: &str, pod: &str, container: &str) -> Result<Targ
             format!("pod \"{pod}\" in namespace \"{ns}\" is not running on this node"),
         )));
     };
+    if let Some(session) = crate::ephemeral::get(&uid, container) {
+        if !matches!(
+            session.state(),
+            crate::ephemeral::SessionState::Running { .. }
+        ) {
+            return Err(Box::new(text(
+                StatusCode::BAD_REQUEST,
+                format!("container \"{container}\" in pod \"{pod}\" is not running"),
+            )));
+        }
+        return Ok(Target {
+            key: session.target.clone(),
+            runtime: streaming.process.clone(),
+            docker: false,
+            pods_dir: st.pods_dir.clone(),
+            session: Some(session),
+        });
+    }
     let Some(&attempt) = crate::server::attempts(&pod_dir, container).last() else {
         return Err(Box::new(text(
             StatusCode::BAD_REQUEST,
@@ -204,6 +224,7 @@ fn locate(st: &ServerState, ns: &str, pod: &str, container: &str) -> Result<Targ
         runtime,
         docker,
         pods_dir: st.pods_dir.clone(),
+        session: None,
     })
 }
 
@@ -397,6 +418,10 @@ fn final_status(
 
 /// Runs the action with the streams and returns the exit code (attach: 0 when it ends).
 async fn run(target: Target, action: &Action, io: StreamIo) -> anyhow::Result<i32> {
+    if let (Action::Attach, Some(session)) = (action, target.session.clone()) {
+        crate::ephemeral::attach(session, io).await;
+        return Ok(0);
+    }
     match action {
         Action::Exec(argv) => target.runtime.exec_stream(&target.key, argv, io).await,
         Action::Attach if target.docker => target.runtime.attach(&target.key, io).await.map(|_| 0),

@@ -182,11 +182,13 @@ pub async fn prepare(
                 own(&dir, false)?;
             }
             if ed.medium.as_deref() == Some("Memory") {
-                let size = ed
-                    .size_limit
-                    .as_ref()
-                    .and_then(|q| crate::env::parse_quantity(&q.0))
-                    .map(|b| b as u64);
+                let size = memory_volume_size(
+                    ed.size_limit
+                        .as_ref()
+                        .and_then(|q| crate::env::parse_quantity(&q.0))
+                        .map(|b| b as u64),
+                    pod_memory_limit(pod),
+                );
                 mount_tmpfs(&dir, size).map_err(|e| {
                     ConfigError(format!("emptyDir {:?} (medium Memory): {e}", v.name))
                 })?;
@@ -617,6 +619,96 @@ fn downward_files(
     Ok((data, items))
 }
 
+/// The size of a memory-backed emptyDir, as the kubelet sizes it: its `sizeLimit`, but no
+/// more than the pod's memory limit (its pages count toward that limit anyway, since they
+/// are charged to the cgroup of the container that writes them).
+pub fn memory_volume_size(size_limit: Option<u64>, pod_limit: Option<u64>) -> Option<u64> {
+    match (size_limit.filter(|s| *s > 0), pod_limit.filter(|l| *l > 0)) {
+        (Some(s), Some(l)) => Some(s.min(l)),
+        (s, l) => s.or(l),
+    }
+}
+
+/// The pod's memory limit when every container declares one (the pod cgroup's limit): the
+/// larger of the app containers' sum and the largest init container.
+pub fn pod_memory_limit(pod: &Pod) -> Option<u64> {
+    let spec = pod.spec.as_ref()?;
+    let limit = |c: &k8s_openapi::api::core::v1::Container| {
+        c.resources
+            .as_ref()?
+            .limits
+            .as_ref()?
+            .get("memory")
+            .and_then(|q| crate::env::parse_quantity(&q.0))
+            .map(|b| b as u64)
+    };
+    let mut sum = 0u64;
+    for c in &spec.containers {
+        sum += limit(c)?;
+    }
+    let mut init = 0u64;
+    for c in spec.init_containers.iter().flatten() {
+        init = init.max(limit(c)?);
+    }
+    Some(sum.max(init))
+}
+
+/// Bytes a directory tree takes on disk (allocated blocks, as `du`), not following links.
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+/// The kubelet's emptyDir eviction check: the message of the first disk-backed emptyDir
+/// whose usage is over its `sizeLimit` (memory-backed ones are tmpfs of that size and
+/// cannot exceed it).
+pub async fn empty_dir_over_limit(pod: &Pod, pod_dir: &Path) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let mut checks = Vec::new();
+    for v in spec.volumes.iter().flatten() {
+        let Some(ed) = &v.empty_dir else { continue };
+        if ed.medium.as_deref() == Some("Memory") {
+            continue;
+        }
+        let Some(q) = &ed.size_limit else { continue };
+        let Some(limit) = crate::env::parse_quantity(&q.0).filter(|l| *l > 0.0) else {
+            continue;
+        };
+        checks.push((
+            v.name.clone(),
+            q.0.clone(),
+            limit,
+            volume_dir(pod_dir, &v.name),
+        ));
+    }
+    if checks.is_empty() {
+        return None;
+    }
+    tokio::task::spawn_blocking(move || {
+        checks.into_iter().find_map(|(name, shown, limit, dir)| {
+            (disk_usage(&dir) as f64 > limit)
+                .then(|| format!("Usage of EmptyDir volume {name:?} exceeds the limit {shown:?}. "))
+        })
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// The machine's memory in bytes (the default of a memory limit in resourceFieldRef).
 fn mem_total() -> f64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -716,6 +808,32 @@ pub fn mounts_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_volumes_are_sized_by_limit_and_pod_memory() {
+        assert_eq!(
+            memory_volume_size(Some(16 << 20), Some(64 << 20)),
+            Some(16 << 20)
+        );
+        assert_eq!(
+            memory_volume_size(Some(128 << 20), Some(64 << 20)),
+            Some(64 << 20)
+        );
+        assert_eq!(memory_volume_size(None, Some(64 << 20)), Some(64 << 20));
+        assert_eq!(memory_volume_size(None, None), None);
+        let pod: Pod = serde_json::from_value(serde_json::json!({"spec": {
+            "containers": [
+                {"name": "a", "resources": {"limits": {"memory": "32Mi"}}},
+                {"name": "b", "resources": {"limits": {"memory": "16Mi"}}}],
+            "initContainers": [{"name": "i", "resources": {"limits": {"memory": "64Mi"}}}]}}))
+        .unwrap();
+        assert_eq!(pod_memory_limit(&pod), Some(64 << 20));
+        let partial: Pod = serde_json::from_value(serde_json::json!({"spec": {
+            "containers": [{"name": "a", "resources": {"limits": {"memory": "32Mi"}}},
+                           {"name": "b"}]}}))
+        .unwrap();
+        assert_eq!(pod_memory_limit(&partial), None);
+    }
 
     #[test]
     fn tokens_are_renewed_at_four_fifths_of_their_life() {

@@ -369,7 +369,7 @@ impl OpenApi {
         OpenApi {
             index: json!({ "paths": index }),
             documents,
-            v2: Vec::new(),
+            v2: v2::custom_document(kinds),
         }
     }
 

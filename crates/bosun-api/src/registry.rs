@@ -131,6 +131,7 @@ impl Registry {
                         "exec",
                         "attach",
                         "portforward",
+                        "ephemeralcontainers",
                     ],
                 ),
                 kind_of::<core::v1::ConfigMap>(&["cm"], &[], &[]),

@@ -24,6 +24,102 @@ pub fn validate_create(kind: &KindInfo, obj: &Value) -> Vec<FieldError> {
     v.errors
 }
 
+/// Problems with a write through `pods/NAME/ephemeralcontainers`, which may only add
+/// ephemeral containers (Kubernetes' `ValidatePodEphemeralContainersUpdate`): existing ones
+/// stay as they are, names are unique among all the pod's containers, and the fields an
+/// ephemeral container may not have (ports, probes, lifecycle, resources) are absent.
+pub fn validate_ephemeral_update(obj: &Value, old: &Value) -> Vec<FieldError> {
+    let mut v = Validator::default();
+    let list = |o: &Value, f: &str| {
+        o.pointer(&format!("/spec/{f}"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let new_list = list(obj, "ephemeralContainers");
+    let name_of = |c: &Value| {
+        c.get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    for (i, was) in list(old, "ephemeralContainers").iter().enumerate() {
+        let name = name_of(was);
+        match new_list.iter().find(|c| name_of(c) == name) {
+            None => v.forbidden(
+                "spec.ephemeralContainers".into(),
+                &format!("existing ephemeral containers {name:?} may not be removed"),
+            ),
+            Some(now) if now != was => v.forbidden(
+                format!("spec.ephemeralContainers[{i}]"),
+                &format!("existing ephemeral containers {name:?} may not be changed"),
+            ),
+            Some(_) => {}
+        }
+    }
+    let mut names: HashSet<String> = list(obj, "containers")
+        .iter()
+        .chain(list(obj, "initContainers").iter())
+        .map(name_of)
+        .collect();
+    let targets: HashSet<String> = list(obj, "containers")
+        .iter()
+        .chain(list(obj, "initContainers").iter())
+        .map(name_of)
+        .collect();
+    for (i, c) in new_list.iter().enumerate() {
+        let path = format!("spec.ephemeralContainers[{i}]");
+        let name = name_of(c);
+        if name.is_empty() {
+            v.required(format!("{path}.name"), "");
+        } else if !names.insert(name.clone()) {
+            v.duplicate(format!("{path}.name"), &Value::String(name));
+        }
+        if c.get("image")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty()
+        {
+            v.required(format!("{path}.image"), "");
+        }
+        for f in [
+            "ports",
+            "livenessProbe",
+            "readinessProbe",
+            "startupProbe",
+            "lifecycle",
+            "resizePolicy",
+            "restartPolicy",
+        ] {
+            if c.get(f).is_some_and(|x| !x.is_null()) {
+                v.forbidden(
+                    format!("{path}.{f}"),
+                    "cannot be set for an Ephemeral Container",
+                );
+            }
+        }
+        let res = c.get("resources").and_then(Value::as_object);
+        if res.is_some_and(|r| {
+            r.values()
+                .any(|x| x.as_object().is_some_and(|m| !m.is_empty()))
+        }) {
+            v.forbidden(
+                format!("{path}.resources"),
+                "cannot be set for an Ephemeral Container",
+            );
+        }
+        if let Some(t) = c.get("targetContainerName").and_then(Value::as_str)
+            && !targets.contains(t)
+        {
+            v.not_found(
+                format!("{path}.targetContainerName"),
+                &Value::String(t.into()),
+            );
+        }
+    }
+    v.errors
+}
+
 /// Problems with an update from `old` to `obj`, immutable fields included.
 pub fn validate_update(kind: &KindInfo, obj: &Value, old: &Value) -> Vec<FieldError> {
     let mut v = Validator::default();

@@ -377,7 +377,11 @@ pub(crate) async fn openapi_v2(State(inner): State<Arc<Inner>>) -> Response {
     if body.is_empty() {
         return ApiError::no_route().into_response();
     }
-    let mut r = (StatusCode::OK, body.to_vec()).into_response();
+    // Custom kinds follow: a protobuf message appended to another merges into it.
+    let custom = inner.crds.get();
+    let mut bytes = body.to_vec();
+    bytes.extend_from_slice(custom.openapi.v2_protobuf());
+    let mut r = (StatusCode::OK, bytes).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"),

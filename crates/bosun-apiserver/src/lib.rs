@@ -143,6 +143,8 @@ pub(crate) struct Inner {
     pub crds: crds::State,
     /// Request counts and latencies for `/metrics`.
     pub prom: Arc<prom::ApiMetrics>,
+    /// ResourceQuota usage reserved by creates not yet written.
+    pub quota_pending: quota::Pending,
 }
 
 /// The API server. Cheap to clone.
@@ -202,6 +204,7 @@ impl ApiServer {
             log_tls,
             crds: crds::State::new(),
             prom,
+            quota_pending: quota::Pending::default(),
         });
         let server = ApiServer { inner };
         server.ensure_namespaces().await?;

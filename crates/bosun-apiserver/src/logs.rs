@@ -44,7 +44,22 @@ fn containers(pod: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Init and ephemeral containers: valid by name, never the default.
 fn init_containers(pod: &Value) -> Vec<String> {
+    let ephemeral: Vec<String> = pod
+        .pointer("/spec/ephemeralContainers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("name").and_then(Value::as_str))
+        .map(String::from)
+        .collect();
+    let mut out = init_only(pod);
+    out.extend(ephemeral);
+    out
+}
+
+fn init_only(pod: &Value) -> Vec<String> {
     pod.pointer("/spec/initContainers")
         .and_then(Value::as_array)
         .map(|a| {

@@ -354,15 +354,22 @@ pub(crate) async fn create_object(
     defaults::apply_defaults(kind, &mut obj);
 
     let mut quota_ns = None;
-    if let Some(ns) = &ns {
-        check_namespace_open(inner, kind, ns, meta_str(&obj, "name").unwrap_or_default()).await?;
-        if is_pod(kind) {
-            crate::sa_admission::admit(inner, ns, &mut obj).await?;
+    // Held until the create is over: its quota reservation ends with it.
+    let _reservation = match &ns {
+        Some(ns) => {
+            check_namespace_open(inner, kind, ns, meta_str(&obj, "name").unwrap_or_default())
+                .await?;
+            if is_pod(kind) {
+                crate::sa_admission::admit(inner, ns, &mut obj).await?;
+            }
+            let admitted = crate::quota::admit(inner, kind, ns, &mut obj, dry_run).await?;
+            if admitted.touches() {
+                quota_ns = Some(ns.clone());
+            }
+            Some(admitted)
         }
-        if crate::quota::admit(inner, kind, ns, &mut obj).await? && !dry_run {
-            quota_ns = Some(ns.clone());
-        }
-    }
+        None => None,
+    };
 
     for _ in 0..8 {
         if generate {
@@ -711,6 +718,8 @@ pub(crate) enum Mode {
     Finalize,
     /// Server-internal changes (binding): taken as given, without update validation.
     Internal,
+    /// `pods/NAME/ephemeralcontainers`: only `spec.ephemeralContainers`, by additions.
+    Ephemeral,
 }
 
 fn mode_for(ctx: &Ctx) -> Mode {
@@ -718,6 +727,7 @@ fn mode_for(ctx: &Ctx) -> Mode {
         // A CSR's approval is a condition in its status (`kubectl certificate approve`).
         Some("status") | Some("approval") => Mode::Status,
         Some("finalize") => Mode::Finalize,
+        Some("ephemeralcontainers") => Mode::Ephemeral,
         _ => Mode::Main,
     }
 }
@@ -754,6 +764,18 @@ fn merge_for_update(kind: &KindInfo, mode: Mode, cur: &Value, new: Value) -> Val
                 None => {
                     if let Some(m) = n.as_object_mut() {
                         m.remove("status");
+                    }
+                }
+            }
+            n
+        }
+        Mode::Ephemeral => {
+            let mut n = cur.clone();
+            match new.pointer("/spec/ephemeralContainers") {
+                Some(list) if !list.is_null() => n["spec"]["ephemeralContainers"] = list.clone(),
+                _ => {
+                    if let Some(spec) = n.get_mut("spec").and_then(Value::as_object_mut) {
+                        spec.remove("ephemeralContainers");
                     }
                 }
             }
@@ -875,7 +897,11 @@ where
         }
         if mode != Mode::Internal && mode != Mode::Finalize {
             defaults::apply_defaults(kind, &mut new);
-            let errs = validation::validate_update(kind, &new, &cur);
+            let errs = if mode == Mode::Ephemeral {
+                validation::validate_ephemeral_update(&new, &cur)
+            } else {
+                validation::validate_update(kind, &new, &cur)
+            };
             if !errs.is_empty() {
                 return Err(ApiError::invalid(kind, name, &errs));
             }

@@ -3,8 +3,9 @@
 //! ResourceQuota refuses a create that would exceed a quota of the namespace (403 with
 //! Kubernetes' "exceeded quota" message) and keeps each quota's `status.used` current.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bosun_api::KindInfo;
 use bosun_api::validation::parse_quantity;
@@ -38,13 +39,90 @@ fn is_pod(kind: &KindInfo) -> bool {
     kind.group.is_empty() && kind.kind == "Pod"
 }
 
-/// Admission of a new object in `ns`: LimitRange (pods), then ResourceQuota.
+/// Usage reserved by creates of this server that passed admission and are not written yet,
+/// per namespace and reservation. The status rewrite counts them, so a recount that runs
+/// between a reservation and its write does not hand the same room out twice.
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// Serializes this server's quota admissions and status recounts, so a recount never
+    /// falls between a reservation's compare-and-swap and its entry here.
+    lock: tokio::sync::Mutex<()>,
+    next: AtomicU64,
+    by_ns: Mutex<HashMap<String, HashMap<u64, BTreeMap<String, f64>>>>,
+}
+
+impl Pending {
+    fn sum(&self, ns: &str) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        let by_ns = self.by_ns.lock().unwrap_or_else(|e| e.into_inner());
+        for delta in by_ns.get(ns).into_iter().flat_map(HashMap::values) {
+            for (r, n) in delta {
+                *out.entry(r.clone()).or_insert(0.0) += n;
+            }
+        }
+        out
+    }
+}
+
+/// What admission reserved in the namespace's quotas. Dropped when the create is over
+/// (written or failed): the reservation leaves [`Pending`] and the quotas' `status.used` is
+/// recounted from the store, which then holds the object or not.
+pub(crate) struct Admitted {
+    inner: Arc<Inner>,
+    ns: String,
+    id: Option<u64>,
+    /// Quotas changed (a quota was created): their status must be filled in.
+    touch: bool,
+}
+
+impl Admitted {
+    /// Whether the write should be followed by a recount of the namespace's quotas.
+    pub(crate) fn touches(&self) -> bool {
+        self.touch || self.id.is_some()
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            let mut by_ns = self
+                .inner
+                .quota_pending
+                .by_ns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(m) = by_ns.get_mut(&self.ns) {
+                m.remove(&id);
+                if m.is_empty() {
+                    by_ns.remove(&self.ns);
+                }
+            }
+            drop(by_ns);
+            if tokio::runtime::Handle::try_current().is_ok() {
+                touch(&self.inner, &self.ns);
+            }
+        }
+    }
+}
+
+/// Admission of a new object in `ns`: LimitRange (pods), then ResourceQuota. Unless
+/// `dry_run`, the object's usage is added to each quota's `status.used` with a
+/// compare-and-swap on the quota before the object is written, as Kubernetes' quota
+/// admission does: of two concurrent creates that fit only one at a time, the second sees
+/// the first's reservation (or loses the swap and looks again) and is refused.
 pub(crate) async fn admit(
     inner: &Arc<Inner>,
     kind: &KindInfo,
     ns: &str,
     obj: &mut Value,
-) -> ApiResult<bool> {
+    dry_run: bool,
+) -> ApiResult<Admitted> {
+    let mut admitted = Admitted {
+        inner: inner.clone(),
+        ns: ns.to_string(),
+        id: None,
+        touch: false,
+    };
     let name = meta_str(obj, "name")
         .or_else(|| meta_str(obj, "generateName"))
         .unwrap_or_default()
@@ -65,10 +143,13 @@ pub(crate) async fn admit(
         }
     }
     let quotas = list_ns(inner, "resourcequotas", ns).await?;
+    admitted.touch = !dry_run && kind.plural == "resourcequotas" && kind.group.is_empty();
     if quotas.is_empty() {
-        return Ok(kind.plural == "resourcequotas" && kind.group.is_empty());
+        return Ok(admitted);
     }
     let delta = usage_of(kind, obj);
+    let _serial = inner.quota_pending.lock.lock().await;
+    let mut reserve = Vec::new();
     for q in &quotas {
         let qname = meta_str(q, "name").unwrap_or_default();
         let hard = hard_of(q);
@@ -86,29 +167,114 @@ pub(crate) async fn admit(
         if relevant.is_empty() {
             continue;
         }
-        let used = usage_in(inner, ns, &hard).await?;
-        let over: Vec<&String> = relevant
-            .iter()
-            .copied()
-            .filter(|r| used.get(*r).copied().unwrap_or(0.0) + delta[*r] > hard[*r] + 1e-9)
-            .collect();
-        if !over.is_empty() {
-            let list = |m: &dyn Fn(&str) -> f64| {
-                over.iter()
-                    .map(|r| format!("{r}={}", show(r, m(r))))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            };
-            let msg = format!(
-                "exceeded quota: {qname}, requested: {}, used: {}, limited: {}",
-                list(&|r| delta[r]),
-                list(&|r| used.get(r).copied().unwrap_or(0.0)),
-                list(&|r| hard[r]),
-            );
-            return Err(ApiError::forbidden(kind, &name, &msg));
+        let mut used = usage_in(inner, ns, &hard).await?;
+        for (r, n) in inner.quota_pending.sum(ns) {
+            if let Some(u) = used.get_mut(&r) {
+                *u += n;
+            }
+        }
+        exceeds(kind, &name, qname, &hard, &delta, &used)?;
+        reserve.push((qname.to_string(), used));
+    }
+    if dry_run || reserve.is_empty() {
+        return Ok(admitted);
+    }
+    let Some(quota_kind) = inner.registry.by_resource("", "v1", "resourcequotas") else {
+        return Ok(admitted);
+    };
+    let id = inner.quota_pending.next.fetch_add(1, Ordering::Relaxed);
+    inner
+        .quota_pending
+        .by_ns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(ns.to_string())
+        .or_default()
+        .insert(id, delta.clone());
+    admitted.id = Some(id);
+    for (qname, counted) in reserve {
+        let res = objects::update_loop(
+            inner,
+            quota_kind,
+            Some(ns),
+            &qname,
+            Mode::Status,
+            false,
+            |cur| {
+                let hard = hard_of(cur);
+                // The recorded usage holds reservations of other servers' creates still in
+                // flight; the count from the store holds what was written since.
+                let mut used = used_of(cur);
+                for (r, n) in &counted {
+                    let u = used.entry(r.clone()).or_insert(0.0);
+                    *u = u.max(*n);
+                }
+                exceeds(kind, &name, &qname, &hard, &delta, &used)?;
+                let mut next = cur.clone();
+                let mut used_json = Map::new();
+                for r in hard.keys() {
+                    let n =
+                        used.get(r).copied().unwrap_or(0.0) + delta.get(r).copied().unwrap_or(0.0);
+                    used_json.insert(r.clone(), json!(show(r, n)));
+                }
+                next["status"] = json!({
+                    "hard": cur.pointer("/spec/hard").cloned().unwrap_or_else(|| json!({})),
+                    "used": used_json,
+                });
+                Ok(next)
+            },
+        )
+        .await;
+        match res {
+            Ok(_) => {}
+            // A quota deleted meanwhile limits nothing.
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
         }
     }
-    Ok(true)
+    Ok(admitted)
+}
+
+/// Kubernetes' 403 when `delta` on top of `used` goes over a `hard` limit it counts toward.
+fn exceeds(
+    kind: &KindInfo,
+    name: &str,
+    qname: &str,
+    hard: &BTreeMap<String, f64>,
+    delta: &BTreeMap<String, f64>,
+    used: &BTreeMap<String, f64>,
+) -> ApiResult<()> {
+    let over: Vec<&String> = hard
+        .keys()
+        .filter(|r| delta.contains_key(*r))
+        .filter(|r| used.get(*r).copied().unwrap_or(0.0) + delta[*r] > hard[*r] + 1e-9)
+        .collect();
+    if over.is_empty() {
+        return Ok(());
+    }
+    let list = |m: &dyn Fn(&str) -> f64| {
+        over.iter()
+            .map(|r| format!("{r}={}", show(r, m(r))))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let msg = format!(
+        "exceeded quota: {qname}, requested: {}, used: {}, limited: {}",
+        list(&|r| delta[r]),
+        list(&|r| used.get(r).copied().unwrap_or(0.0)),
+        list(&|r| hard[r]),
+    );
+    Err(ApiError::forbidden(kind, name, &msg))
+}
+
+/// `status.used` as numbers.
+fn used_of(q: &Value) -> BTreeMap<String, f64> {
+    q.pointer("/status/used")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| qty(v).map(|n| (k.clone(), n)))
+        .collect()
 }
 
 /// `spec.hard` as numbers (cpu in cores, memory in bytes, counts as counts).
@@ -312,10 +478,22 @@ pub(crate) async fn refresh_status(inner: &Arc<Inner>, ns: &str) -> ApiResult<()
     let Some(kind) = inner.registry.by_resource("", "v1", "resourcequotas") else {
         return Ok(());
     };
-    for q in list_ns(inner, "resourcequotas", ns).await? {
+    let quotas = list_ns(inner, "resourcequotas", ns).await?;
+    if quotas.is_empty() {
+        return Ok(());
+    }
+    let _serial = inner.quota_pending.lock.lock().await;
+    // Read again under the lock: a reservation may have changed them meanwhile.
+    let quotas = list_ns(inner, "resourcequotas", ns).await?;
+    for q in quotas {
         let name = meta_str(&q, "name").unwrap_or_default().to_string();
         let hard = hard_of(&q);
-        let used = usage_in(inner, ns, &hard).await?;
+        let mut used = usage_in(inner, ns, &hard).await?;
+        for (r, n) in inner.quota_pending.sum(ns) {
+            if let Some(u) = used.get_mut(&r) {
+                *u += n;
+            }
+        }
         let used_json: Map<String, Value> = used
             .iter()
             .map(|(r, n)| (r.clone(), json!(show(r, *n))))

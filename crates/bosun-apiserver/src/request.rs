@@ -218,7 +218,7 @@ async fn route(ctx: Ctx, method: Method, body: Body) -> ApiResult<Response> {
                 objects::get(ctx).await
             }
         }
-        (&Method::GET, true, Some("status")) => objects::get(ctx).await,
+        (&Method::GET, true, Some("status" | "ephemeralcontainers")) => objects::get(ctx).await,
         (&Method::GET, true, Some("scale")) => objects::get_scale(ctx).await,
         (&Method::GET, true, Some("log")) => crate::logs::logs(ctx).await,
         (&Method::POST, false, None) => {
@@ -237,7 +237,11 @@ async fn route(ctx: Ctx, method: Method, body: Body) -> ApiResult<Response> {
             let body = read_body(&ctx, body).await?;
             objects::bind(ctx, body).await
         }
-        (&Method::PUT, true, None | Some("status") | Some("finalize") | Some("approval")) => {
+        (
+            &Method::PUT,
+            true,
+            None | Some("status" | "finalize" | "approval" | "ephemeralcontainers"),
+        ) => {
             let body = read_body(&ctx, body).await?;
             objects::update(ctx, body).await
         }
@@ -245,7 +249,7 @@ async fn route(ctx: Ctx, method: Method, body: Body) -> ApiResult<Response> {
             let body = read_body(&ctx, body).await?;
             objects::update_scale(ctx, body).await
         }
-        (&Method::PATCH, true, None | Some("status")) => {
+        (&Method::PATCH, true, None | Some("status" | "ephemeralcontainers")) => {
             let body = read_body(&ctx, body).await?;
             objects::patch(ctx, body).await
         }

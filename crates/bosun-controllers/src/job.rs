@@ -175,6 +175,82 @@ fn pod_finished_at(p: &Pod) -> Option<jiff::Timestamp> {
         })
 }
 
+/// What `spec.podFailurePolicy` makes of a failed pod, as Kubernetes'
+/// `matchPodFailurePolicy`: the first rule that matches decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyAction {
+    /// No rule matched, or a `Count` rule: the failure counts toward `backoffLimit`.
+    Count,
+    /// Not counted, and the pod is replaced.
+    Ignore,
+    /// The Job fails at once with this message (reason `PodFailurePolicy`).
+    FailJob(String),
+    /// The pod's index fails: it is not retried (`status.failedIndexes`).
+    FailIndex,
+}
+
+/// The rule of `job`'s `podFailurePolicy` a failed pod matches.
+pub fn failure_policy_action(job: &Job, pod: &Pod) -> PolicyAction {
+    let Some(policy) = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_failure_policy.as_ref())
+    else {
+        return PolicyAction::Count;
+    };
+    let ns = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let status = pod.status.clone().unwrap_or_default();
+    for (index, rule) in policy.rules.iter().enumerate() {
+        let matched = if let Some(req) = &rule.on_exit_codes {
+            let statuses = status.container_statuses.iter().flatten();
+            let init = status.init_container_statuses.iter().flatten();
+            statuses.chain(init).find_map(|c| {
+                let code = c.state.as_ref()?.terminated.as_ref()?.exit_code;
+                let name_ok = req.container_name.as_ref().is_none_or(|n| *n == c.name);
+                let listed = req.values.contains(&code);
+                let op_ok = if req.operator == "NotIn" { !listed } else { listed };
+                (name_ok && code != 0 && op_ok).then(|| {
+                    format!(
+                        "Container {} for pod {ns}/{name} failed with exit code {code} matching {} rule at index {index}",
+                        c.name, rule.action
+                    )
+                })
+            })
+        } else if let Some(patterns) = &rule.on_pod_conditions {
+            status.conditions.iter().flatten().find_map(|c| {
+                patterns
+                    .iter()
+                    .any(|p| {
+                        let want = if p.status.is_empty() {
+                            "True"
+                        } else {
+                            p.status.as_str()
+                        };
+                        p.type_ == c.type_ && want == c.status
+                    })
+                    .then(|| {
+                        format!(
+                            "Pod {ns}/{name} has condition {} matching {} rule at index {index}",
+                            c.type_, rule.action
+                        )
+                    })
+            })
+        } else {
+            None
+        };
+        if let Some(msg) = matched {
+            return match rule.action.as_str() {
+                "Ignore" => PolicyAction::Ignore,
+                "FailJob" => PolicyAction::FailJob(msg),
+                "FailIndex" => PolicyAction::FailIndex,
+                _ => PolicyAction::Count,
+            };
+        }
+    }
+    PolicyAction::Count
+}
+
 /// Failures since the last success and when the latest of them happened: the input of the
 /// pod-failure back-off.
 pub fn consecutive_failures(pods: &[Pod]) -> (u32, Option<jiff::Timestamp>) {
@@ -273,6 +349,19 @@ pub struct Plan {
 
 /// Decides which pods to create and delete for a running (not finished, not suspended) Job.
 pub fn plan(job: &Job, active: &[Pod], succeeded: i32, completed: &BTreeSet<i32>) -> Plan {
+    plan_with_failed(job, active, succeeded, completed, &BTreeSet::new())
+}
+
+/// [`plan`] for an Indexed Job some of whose indexes failed for good (not retried).
+pub fn plan_with_failed(
+    job: &Job,
+    active: &[Pod],
+    succeeded: i32,
+    completed: &BTreeSet<i32>,
+    failed_indexes: &BTreeSet<i32>,
+) -> Plan {
+    let done: BTreeSet<i32> = completed.union(failed_indexes).copied().collect();
+    let completed = &done;
     let spec = job.spec.clone().unwrap_or_default();
     let parallelism = spec.parallelism.unwrap_or(1).max(0) as usize;
     let indexed = spec.completion_mode.as_deref() == Some("Indexed");
@@ -423,6 +512,23 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
         .into_iter()
         .collect();
     let mut unc_f: BTreeSet<String> = unc.failed.take().unwrap_or_default().into_iter().collect();
+    let mut failed_indexes = status
+        .failed_indexes
+        .as_deref()
+        .map(parse_indexes)
+        .unwrap_or_default();
+    let per_index_limit = spec.backoff_limit_per_index.filter(|_| indexed);
+    // Failed pods the podFailurePolicy ignores: released, never counted.
+    let policy_job = job.clone();
+    let policy = |p: &Pod| {
+        if crate::util::pod_phase(p) == "Failed" {
+            failure_policy_action(&policy_job, p)
+        } else {
+            PolicyAction::Count
+        }
+    };
+    let mut ignored: BTreeSet<String> = BTreeSet::new();
+    let mut policy_failure: Option<String> = None;
     let tracked = |p: &Pod| p.finalizers().iter().any(|f| f == TRACKING_FINALIZER);
     let mut recorded = false;
     for p in pods.iter().filter(|p| tracked(p)) {
@@ -438,12 +544,61 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
                 }
                 recorded = true;
             }
-            Some(false) => {
-                unc_f.insert(pid);
-                recorded = true;
-            }
+            Some(false) => match policy(p) {
+                PolicyAction::Ignore => {
+                    ignored.insert(pid);
+                }
+                action => {
+                    unc_f.insert(pid);
+                    recorded = true;
+                    let index = pod_index(p).filter(|_| indexed);
+                    match action {
+                        PolicyAction::FailJob(msg) => {
+                            policy_failure.get_or_insert(msg);
+                        }
+                        PolicyAction::FailIndex => failed_indexes.extend(index),
+                        _ => {
+                            // `backoffLimitPerIndex`: the index fails once more of its
+                            // pods failed than the limit allows.
+                            if let (Some(limit), Some(i)) = (per_index_limit, index) {
+                                let failures = pods
+                                    .iter()
+                                    .filter(|q| pod_index(q) == Some(i))
+                                    .filter(|q| pod_outcome(q) == Some(false))
+                                    .filter(|q| policy(q) != PolicyAction::Ignore)
+                                    .count();
+                                if failures as i32 > limit {
+                                    failed_indexes.insert(i);
+                                }
+                            }
+                        }
+                    }
+                }
+            },
             None => {}
         }
+    }
+    let now_failed_indexes = |status: &mut JobStatus, set: &BTreeSet<i32>| {
+        if indexed && (per_index_limit.is_some() || !set.is_empty()) {
+            status.failed_indexes = Some(format_indexes(set));
+        }
+    };
+    // Decided with the pods that caused it, so a restart cannot lose it.
+    if let Some(msg) = &policy_failure
+        && condition(Some(&status), "FailureTarget").is_none()
+        && condition(Some(&status), "SuccessCriteriaMet").is_none()
+    {
+        set_condition(
+            &mut status,
+            "FailureTarget",
+            "True",
+            "PodFailurePolicy",
+            msg,
+            now,
+        );
+        ctx.recorder
+            .record(&job, WARNING, "PodFailurePolicy", msg)
+            .await;
     }
     let with_uncounted = |status: &mut JobStatus, s: &BTreeSet<String>, f: &BTreeSet<String>| {
         status.uncounted_terminated_pods = Some(UncountedTerminatedPods {
@@ -457,6 +612,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
         if indexed {
             status.completed_indexes = Some(format_indexes(&completed));
         }
+        now_failed_indexes(&mut status, &failed_indexes);
         job.status = Some(status.clone());
         job = api
             .replace_status(&job.name_any(), &PostParams::default(), &job)
@@ -467,7 +623,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
         .filter(|p| tracked(p))
         .filter(|p| {
             let pid = p.uid().unwrap_or_default();
-            unc_s.contains(&pid) || unc_f.contains(&pid)
+            unc_s.contains(&pid) || unc_f.contains(&pid) || ignored.contains(&pid)
         })
         .collect();
     release(&pod_api, to_release.into_iter()).await?;
@@ -508,11 +664,17 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
             .filter(|_| !suspended)
             .zip(status.start_time.as_ref())
             .map(|(s, t)| t.0 + jiff::SignedDuration::from_secs(s));
+        let all_indexes_done = indexed
+            && !failed_indexes.is_empty()
+            && (0..spec.completions.unwrap_or(0))
+                .all(|i| completed.contains(&i) || failed_indexes.contains(&i));
         let fail = if failed > backoff_limit {
             Some((
                 "BackoffLimitExceeded",
                 "Job has reached the specified backoff limit",
             ))
+        } else if all_indexes_done {
+            Some(("FailedIndexes", "Job has failed indexes"))
         } else if deadline.is_some_and(|d| d <= now) {
             Some((
                 "DeadlineExceeded",
@@ -569,11 +731,16 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
                         .record(&job, NORMAL, "Resumed", "Job resumed")
                         .await;
                 }
-                let p = plan(&job, &active, succeeded, &completed);
+                let p = plan_with_failed(&job, &active, succeeded, &completed, &failed_indexes);
                 delete = p.delete;
                 create = p.create;
                 if !create.is_empty() {
-                    let (n, last) = consecutive_failures(&pods);
+                    let counted: Vec<Pod> = pods
+                        .iter()
+                        .filter(|p| policy(p) != PolicyAction::Ignore)
+                        .cloned()
+                        .collect();
+                    let (n, last) = consecutive_failures(&counted);
                     let wait = last.map(|l| {
                         let at = l + jiff::SignedDuration::try_from(backoff(n)).unwrap_or_default();
                         until(at, now)
@@ -636,6 +803,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
     if indexed {
         status.completed_indexes = Some(format_indexes(&completed));
     }
+    now_failed_indexes(&mut status, &failed_indexes);
     if job.status.as_ref() != Some(&status) {
         let mut updated = job.clone();
         updated.status = Some(status.clone());
@@ -1039,6 +1207,71 @@ mod tests {
         assert_eq!(p.create, vec![Some(2)]);
         assert!(succeeded_enough(&j, 4, &[0, 1, 2, 3].into(), 0));
         assert!(!succeeded_enough(&j, 4, &[0, 1, 3].into(), 0));
+    }
+
+    #[test]
+    fn pod_failure_policy_first_matching_rule_decides() {
+        let mut j = job(Some(1), 1, false);
+        j.spec.as_mut().unwrap().pod_failure_policy = Some(
+            serde_json::from_value(serde_json::json!({"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [1, 2]}},
+                {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [2]}},
+            ]}))
+            .unwrap(),
+        );
+        let failed = |code: i32, conditions: &[&str]| {
+            let mut p = pod("p", "Failed", None, Some(0));
+            p.metadata.namespace = Some("ns".into());
+            let st = p.status.get_or_insert_with(Default::default);
+            st.container_statuses = Some(vec![ContainerStatus {
+                name: "main".into(),
+                state: Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: code,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]);
+            st.conditions = Some(
+                conditions
+                    .iter()
+                    .map(|c| k8s_openapi::api::core::v1::PodCondition {
+                        type_: c.to_string(),
+                        status: "True".into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            );
+            p
+        };
+        assert_eq!(
+            failure_policy_action(&j, &failed(42, &[])),
+            PolicyAction::FailJob(
+                "Container main for pod ns/p failed with exit code 42 matching FailJob rule at index 0"
+                    .into()
+            )
+        );
+        assert_eq!(
+            failure_policy_action(&j, &failed(137, &["DisruptionTarget"])),
+            PolicyAction::Ignore
+        );
+        assert_eq!(
+            failure_policy_action(&j, &failed(7, &[])),
+            PolicyAction::Count
+        );
+        assert_eq!(
+            failure_policy_action(&j, &failed(2, &[])),
+            PolicyAction::FailIndex
+        );
+        // Exit code 1 matches no rule: counted.
+        assert_eq!(
+            failure_policy_action(&j, &failed(1, &[])),
+            PolicyAction::Count
+        );
     }
 
     #[test]

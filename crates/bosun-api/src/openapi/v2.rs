@@ -102,10 +102,10 @@ fn tag_group(group: &str) -> &str {
         .unwrap_or("core")
 }
 
-/// Encodes the document for `registry`.
-pub(super) fn document(registry: &Registry) -> Vec<u8> {
+/// The PATCH paths of `kinds` (and of their status and scale subresources).
+fn paths_of<'a>(kinds: impl IntoIterator<Item = &'a KindInfo>) -> Msg {
     let mut paths = Msg::default();
-    for kind in &registry.kinds {
+    for kind in kinds {
         let gv = super::group_version_path(kind.group, kind.version);
         let base = if kind.namespaced {
             format!("/{gv}/namespaces/{{namespace}}/{}/{{name}}", kind.plural)
@@ -139,90 +139,135 @@ pub(super) fn document(registry: &Registry) -> Vec<u8> {
             paths = paths.message(2, named);
         }
     }
+    paths
+}
+
+/// Encodes the document for `registry`.
+pub(super) fn document(registry: &Registry) -> Vec<u8> {
     let info = Msg::default().string(1, "Kubernetes").string(2, "v1.33.0");
     Msg::default()
         .string(1, "2.0")
         .message(2, info)
-        .message(8, paths)
+        .message(8, paths_of(&registry.kinds))
         .message(9, Msg::default())
         .0
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Reads one protobuf message into (field, wire type, payload) triples.
-    fn fields(mut b: &[u8]) -> Vec<(u32, u8, Vec<u8>)> {
-        fn varint(b: &mut &[u8]) -> u64 {
-            let mut v = 0u64;
-            let mut shift = 0;
-            loop {
-                let byte = b[0];
-                *b = &b[1..];
-                v |= u64::from(byte & 0x7f) << shift;
-                if byte < 0x80 {
-                    return v;
+/// The document of custom kinds (served versions of CRDs): their PATCH paths, as for
+/// built-in kinds, and a definition per kind converted from its `openAPIV3Schema` the way
+/// Kubernetes publishes CRDs in v2, so kubectl 1.27 explains them and validates them
+/// against their schema. A protobuf message concatenated to another merges into it, so
+/// the server sends the built-in document followed by this one.
+pub(super) fn custom_document(kinds: &[&KindInfo]) -> Vec<u8> {
+    if kinds.is_empty() {
+        return Vec::new();
+    }
+    let mut definitions = Msg::default();
+    for kind in kinds {
+        let schema = kind
+            .custom
+            .as_ref()
+            .and_then(|c| c.schema.clone())
+            .unwrap_or_else(|| serde_json::json!({"type": "object"}));
+        let mut def = schema_msg(&schema, &mut |m, props| {
+            // apiVersion, kind and metadata as Kubernetes adds them (metadata without its
+            // $ref: this document does not carry ObjectMeta).
+            let api_version = Msg::default()
+                .string(4, "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values.")
+                .message(22, Msg::default().string(1, "string"));
+            let k = Msg::default()
+                .string(4, "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase.")
+                .message(22, Msg::default().string(1, "string"));
+            let meta = Msg::default()
+                .string(4, "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata")
+                .message(22, Msg::default().string(1, "object"));
+            let mut p = Msg::default();
+            for (name, s) in [("apiVersion", api_version), ("kind", k), ("metadata", meta)] {
+                if !props.contains(&name.to_string()) {
+                    p = p.message(1, Msg::default().string(1, name).message(2, s));
                 }
-                shift += 7;
             }
-        }
-        let mut out = Vec::new();
-        while !b.is_empty() {
-            let key = varint(&mut b);
-            let (field, wire) = ((key >> 3) as u32, (key & 7) as u8);
-            if wire == 2 {
-                let len = varint(&mut b) as usize;
-                out.push((field, wire, b[..len].to_vec()));
-                b = &b[len..];
-            } else {
-                let v = varint(&mut b);
-                out.push((field, wire, vec![v as u8]));
-            }
-        }
-        out
-    }
-
-    fn get(b: &[u8], field: u32) -> Vec<Vec<u8>> {
-        fields(b)
-            .into_iter()
-            .filter(|(f, _, _)| *f == field)
-            .map(|(_, _, v)| v)
-            .collect()
-    }
-
-    #[test]
-    fn deployment_patch_lists_field_validation() {
-        let doc = document(Registry::builtin());
-        assert_eq!(get(&doc, 1), [b"2.0".to_vec()]);
-        let paths = &get(&doc, 8)[0];
-        let named = get(paths, 2);
-        let deploy = named
-            .iter()
-            .find(|n| get(n, 1)[0] == b"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
-            .expect("deployment path");
-        let op = &get(&get(deploy, 2)[0], 8)[0];
-        assert_eq!(get(op, 5)[0], b"patchAppsV1NamespacedDeployment");
-        let ext = &get(op, 13)[0];
-        assert_eq!(get(ext, 1)[0], b"x-kubernetes-group-version-kind");
-        let yaml = String::from_utf8(get(&get(ext, 2)[0], 2)[0].clone()).unwrap();
-        assert_eq!(yaml, "group: \"apps\"\nkind: Deployment\nversion: v1\n");
-        let names: Vec<String> = get(op, 8)
-            .iter()
-            .map(|p| {
-                let q = &get(&get(&get(p, 1)[0], 2)[0], 3)[0];
-                assert_eq!(get(q, 2)[0], b"query");
-                String::from_utf8(get(q, 4)[0].clone()).unwrap()
-            })
-            .collect();
-        assert_eq!(
-            names,
-            ["dryRun", "fieldManager", "fieldValidation", "force"]
+            m.0.extend_from_slice(&Msg::default().message(25, p).0);
+        });
+        let yaml = format!(
+            "- group: \"{}\"\n  kind: {}\n  version: {}\n",
+            kind.group, kind.kind, kind.version
         );
-        assert!(
-            named
-                .iter()
-                .any(|n| get(n, 1)[0] == b"/api/v1/nodes/{name}")
-        );
+        let extension = Msg::default()
+            .string(1, "x-kubernetes-group-version-kind")
+            .message(2, Msg::default().string(2, &yaml));
+        def = def.message(31, extension);
+        let name = super::schema_name(kind);
+        definitions = definitions.message(1, Msg::default().string(1, &name).message(2, def));
     }
+    Msg::default()
+        .message(8, paths_of(kinds.iter().copied()))
+        .message(9, definitions)
+        .0
+}
+
+/// A structural schema as gnostic's `Schema` (description 4, required 19,
+/// additionalProperties 21, type 22, items 23, properties 25), keeping what kube-openapi's
+/// v2 model parser accepts: types it knows, arrays with exactly one item schema, no
+/// `$ref`s. Like Kubernetes' v2 conversion it drops `nullable`, `anyOf`/`oneOf`/`not`, and
+/// the type of `x-kubernetes-int-or-string` and `x-kubernetes-preserve-unknown-fields`
+/// values. `top` adds properties at the root (it gets the names already present).
+fn schema_msg(s: &serde_json::Value, top: &mut dyn FnMut(&mut Msg, &[String])) -> Msg {
+    use serde_json::Value;
+    let mut m = Msg::default();
+    if let Some(d) = s.get("description").and_then(Value::as_str) {
+        m = m.string(4, d);
+    }
+    if let Some(f) = s.get("format").and_then(Value::as_str) {
+        m = m.string(2, f);
+    }
+    for r in s
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(r) = r.as_str() {
+            m = m.string(19, r);
+        }
+    }
+    let flag = |k: &str| s.get(k).and_then(Value::as_bool) == Some(true);
+    let open = flag("x-kubernetes-int-or-string") || flag("x-kubernetes-preserve-unknown-fields");
+    let ty = s.get("type").and_then(Value::as_str).unwrap_or_default();
+    let props = s.get("properties").and_then(Value::as_object);
+    let items = s.get("items").filter(|i| i.is_object());
+    let ty = match ty {
+        "array" if items.is_none() => "",
+        "object" | "array" | "string" | "integer" | "number" | "boolean" => ty,
+        _ => "",
+    };
+    if !ty.is_empty() && !(open && ty != "object") {
+        m = m.message(22, Msg::default().string(1, ty));
+    }
+    if ty == "array"
+        && !open
+        && let Some(i) = items
+    {
+        m = m.message(23, Msg::default().message(1, schema_msg(i, &mut |_, _| {})));
+    }
+    let mut names = Vec::new();
+    if let Some(props) = props.filter(|_| ty == "object" || ty.is_empty()) {
+        let mut p = Msg::default();
+        for (name, sub) in props {
+            names.push(name.clone());
+            let named = Msg::default()
+                .string(1, name)
+                .message(2, schema_msg(sub, &mut |_, _| {}));
+            p = p.message(1, named);
+        }
+        m = m.message(25, p);
+    } else if ty == "object"
+        && let Some(ap) = s.get("additionalProperties").filter(|a| a.is_object())
+    {
+        let item = Msg::default().message(1, schema_msg(ap, &mut |_, _| {}));
+        m = m.message(21, item);
+    }
+    // Properties messages merge, so the extra root properties may follow.
+    top(&mut m, &names);
+    m
 }
