@@ -476,12 +476,7 @@ mod tests {
             ..Container::default()
         };
         let (tx, mut rx) = mpsc::channel(64);
-        let probes = tokio::spawn(run_container_probes(
-            c,
-            target(),
-            tx,
-            Resume::default(),
-        ));
+        let probes = tokio::spawn(run_container_probes(c, target(), tx, Resume::default()));
         // Listens from 300 ms to 3 s after the start: within the first 10 s period only.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))

@@ -114,7 +114,10 @@ pub fn hpa_v2_to_v1(v2: &Value) -> Value {
         }
     }
     if !other.is_empty() {
-        annotations.insert(METRICS_ANNOTATION.into(), json!(Value::Array(other).to_string()));
+        annotations.insert(
+            METRICS_ANNOTATION.into(),
+            json!(Value::Array(other).to_string()),
+        );
     }
     if let Some(b) = take(&mut spec, "behavior") {
         annotations.insert(BEHAVIOR_ANNOTATION.into(), json!(b.to_string()));
@@ -305,7 +308,11 @@ fn metric_status_to_v1(m: &Value) -> Value {
                 "currentValue",
                 Some(c.get("value").cloned().unwrap_or_else(|| json!("0"))),
             );
-            put(&mut r, "currentAverageValue", c.get("averageValue").cloned());
+            put(
+                &mut r,
+                "currentAverageValue",
+                c.get("averageValue").cloned(),
+            );
             out.insert("external".into(), Value::Object(r));
         }
         _ => {}
@@ -386,9 +393,7 @@ pub fn hpa_v1_to_v2(v1: &Value) -> ConvResult<Value> {
             status.insert("currentMetrics".into(), Value::Array(current));
         }
         put(&mut status, "conditions", conditions);
-        status
-            .entry("desiredReplicas")
-            .or_insert_with(|| json!(0));
+        status.entry("desiredReplicas").or_insert_with(|| json!(0));
         out.insert("status".into(), Value::Object(status));
     }
     Ok(Value::Object(out))
@@ -600,10 +605,23 @@ mod tests {
         let other: Value = serde_json::from_str(a[METRICS_ANNOTATION].as_str().unwrap()).unwrap();
         assert_eq!(other[0]["pods"]["metricName"], "requests_per_second");
         assert_eq!(other[0]["pods"]["targetAverageValue"], "10");
-        assert_eq!(other[1]["external"]["metricSelector"]["matchLabels"]["q"], "jobs");
+        assert_eq!(
+            other[1]["external"]["metricSelector"]["matchLabels"]["q"],
+            "jobs"
+        );
         assert_eq!(other[1]["external"]["targetValue"], "30");
-        assert!(a[BEHAVIOR_ANNOTATION].as_str().unwrap().contains("stabilizationWindowSeconds"));
-        assert!(a[CONDITIONS_ANNOTATION].as_str().unwrap().contains("AbleToScale"));
+        assert!(
+            a[BEHAVIOR_ANNOTATION]
+                .as_str()
+                .unwrap()
+                .contains("stabilizationWindowSeconds")
+        );
+        assert!(
+            a[CONDITIONS_ANNOTATION]
+                .as_str()
+                .unwrap()
+                .contains("AbleToScale")
+        );
         // The v1 form decodes into the v1 type.
         serde_json::from_value::<autoscaling::v1::HorizontalPodAutoscaler>(v1.clone()).unwrap();
 
@@ -615,7 +633,10 @@ mod tests {
         assert_eq!(back["spec"]["metrics"], want);
         assert_eq!(back["spec"]["behavior"], v2()["spec"]["behavior"]);
         assert_eq!(back["status"]["conditions"], v2()["status"]["conditions"]);
-        assert_eq!(back["status"]["currentMetrics"], v2()["status"]["currentMetrics"]);
+        assert_eq!(
+            back["status"]["currentMetrics"],
+            v2()["status"]["currentMetrics"]
+        );
         serde_json::from_value::<autoscaling::v2::HorizontalPodAutoscaler>(back).unwrap();
     }
 

@@ -14,6 +14,7 @@ mod discovery;
 pub mod encryption;
 mod error;
 mod eviction;
+mod external_metrics;
 mod field_labels;
 mod logs;
 mod metrics;
@@ -91,6 +92,9 @@ pub struct ApiServerConfig {
     pub service_account_issuer: String,
     /// Where to write the audit log; `None` writes none.
     pub audit: Option<audit::AuditConfig>,
+    /// Base URL (`http://HOST:PORT`) of the Prometheus API `external.metrics.k8s.io` reads
+    /// (bosun's built-in metrics); `None` answers those requests with 503.
+    pub external_metrics: Option<String>,
 }
 
 impl ApiServerConfig {
@@ -108,6 +112,7 @@ impl ApiServerConfig {
             service_account_key: None,
             service_account_issuer: sa_token::DEFAULT_ISSUER.to_string(),
             audit: None,
+            external_metrics: None,
         }
     }
 }
@@ -134,6 +139,8 @@ pub(crate) struct Inner {
     pub crds: crds::State,
     /// Request counts and latencies for `/metrics`.
     pub prom: Arc<prom::ApiMetrics>,
+    /// See [`ApiServerConfig::external_metrics`].
+    pub external_metrics: Option<String>,
 }
 
 /// The API server. Cheap to clone.
@@ -188,6 +195,7 @@ impl ApiServer {
             log_tls,
             crds: crds::State::new(),
             prom: prom::ApiMetrics::new(),
+            external_metrics: cfg.external_metrics,
         });
         let server = ApiServer { inner };
         server.ensure_namespaces().await?;
@@ -275,6 +283,18 @@ impl ApiServer {
             .route(
                 "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/{resource}/{name}/{metric}",
                 get(custom_metrics::object_metric),
+            )
+            .route(
+                "/apis/external.metrics.k8s.io",
+                get(external_metrics::group),
+            )
+            .route(
+                "/apis/external.metrics.k8s.io/v1beta1",
+                get(external_metrics::resources),
+            )
+            .route(
+                "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}",
+                get(external_metrics::metric),
             )
             .route(
                 "/apis/logs.bosun.dev/v1/namespaces/{ns}/podlogs",

@@ -516,14 +516,18 @@ pub fn lease_fate(l: &Lease, node_exists: bool, now_ms: i64) -> LeaseFate {
 }
 
 /// Deletes the activity Leases whose writers are gone; returns when to look again.
-async fn collect_leases(client: &Client, leases: &[Arc<Lease>], nodes: &[Arc<Node>]) -> Option<i64> {
+async fn collect_leases(
+    client: &Client,
+    leases: &[Arc<Lease>],
+    nodes: &[Arc<Node>],
+) -> Option<i64> {
     let now = ms_of(crate::util::now());
     let mut next: Option<i64> = None;
     let api: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     for l in leases.iter().filter(|l| is_activity(l)) {
         let name = l.name_any();
-        let node_exists = lease_node(&name)
-            .is_some_and(|n| nodes.iter().any(|x| x.name_any() == n));
+        let node_exists =
+            lease_node(&name).is_some_and(|n| nodes.iter().any(|x| x.name_any() == n));
         match lease_fate(l, node_exists, now) {
             LeaseFate::KeepUntil(at) => {
                 let at = at + 1;
@@ -538,7 +542,9 @@ async fn collect_leases(client: &Client, leases: &[Arc<Lease>], nodes: &[Arc<Nod
                     ..Default::default()
                 };
                 match api.delete(&name, &dp).await {
-                    Ok(_) => tracing::info!(lease = %name, "deleted expired service activity lease"),
+                    Ok(_) => {
+                        tracing::info!(lease = %name, "deleted expired service activity lease")
+                    }
                     Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
                     Err(e) => {
                         tracing::warn!(lease = %name, "deleting expired activity lease: {e}");
@@ -689,8 +695,14 @@ mod tests {
         assert_eq!(lease_node("bosun-gateway-node-a"), Some("node-a"));
         assert_eq!(lease_node("n1"), None);
         let l = lease(Some("2026-01-01T00:00:00.000000Z"));
-        assert_eq!(lease_fate(&l, true, t0 + 1_000), LeaseFate::KeepUntil(t0 + 30_000));
-        assert_eq!(lease_fate(&l, false, t0 + 1_000), LeaseFate::KeepUntil(t0 + 30_000));
+        assert_eq!(
+            lease_fate(&l, true, t0 + 1_000),
+            LeaseFate::KeepUntil(t0 + 30_000)
+        );
+        assert_eq!(
+            lease_fate(&l, false, t0 + 1_000),
+            LeaseFate::KeepUntil(t0 + 30_000)
+        );
         let gc = t0 + 30_000 + GC_AFTER.as_millis() as i64;
         assert_eq!(lease_fate(&l, true, t0 + 31_000), LeaseFate::KeepUntil(gc));
         assert_eq!(lease_fate(&l, false, t0 + 31_000), LeaseFate::Delete);
