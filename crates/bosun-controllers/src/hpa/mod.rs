@@ -2,7 +2,7 @@
 //! `pkg/controller/podautoscaler`: every sync period it reads the target's `/scale`, the
 //! pods its selector matches and their metrics through the API (`metrics.k8s.io` for CPU
 //! and memory, `custom.metrics.k8s.io` for the node proxies' per-pod and per-Service
-//! request figures), computes the replica count of each metric (`logic.rs`), stabilizes and
+//! request figures, `external.metrics.k8s.io` for series of the built-in metrics), computes the replica count of each metric (`logic.rs`), stabilizes and
 //! rate-limits it, writes `/scale` and the status with Kubernetes' conditions and Events.
 
 pub mod logic;
