@@ -23,6 +23,9 @@ command -v protoc >/dev/null || apt_missing+=(protobuf-compiler)
 command -v redis-server >/dev/null || apt_missing+=(redis-server)
 # The reference the built-in metrics' PromQL answers are compared with.
 command -v prometheus >/dev/null || apt_missing+=(prometheus)
+# The web console's tests drive headless Chromium through its WebDriver.
+command -v chromium >/dev/null || apt_missing+=(chromium)
+command -v chromedriver >/dev/null || apt_missing+=(chromium-driver)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "installing ${apt_missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}"
@@ -30,6 +33,10 @@ fi
 if ! python3 -c 'import kubernetes, pytest, grpc' 2>/dev/null; then
   echo "installing the Python kubernetes client, grpcio and pytest"
   python3 -m pip install -q kubernetes pytest grpcio
+fi
+if ! python3 -c 'import selenium' 2>/dev/null; then
+  echo "installing selenium"
+  python3 -m pip install -q selenium
 fi
 # The OTLP trace receiver of tests/e2e/test_observability.py.
 if ! python3 -c 'import opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' 2>/dev/null; then

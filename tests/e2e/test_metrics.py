@@ -216,6 +216,9 @@ def prometheus_config(cluster, pod_ip, path):
              "static_configs": [{"targets": [f"127.0.0.1:{cluster.api_port}"]}]},
             {"job_name": "bosun-proxy",
              "static_configs": [{"targets": [f"127.0.0.1:{cluster.proxy_metrics_port}"]}]},
+            # bosun's object-state series, as an outside Prometheus scrapes them.
+            {"job_name": "kube-state-metrics", "metrics_path": "/metrics/kube-state",
+             "static_configs": [{"targets": [f"127.0.0.1:{cluster.console_port}"]}]},
             {"job_name": "kubernetes-pods",
              "static_configs": [{"targets": [f"{pod_ip}:8080"],
                                  "labels": {"namespace": "default", "pod": "demo", "node": node}}]},
@@ -284,6 +287,10 @@ COMPARED = [
     ("count(node_cpu_seconds_total{mode=\"idle\"})", 0.0, 0.0),
     ('count by (verb) (apiserver_request_duration_seconds_count{resource="nodes",verb=~"GET|LIST"})', 0.0, 0.0),
     ("node_memory_MemTotal_bytes", 0.0, 0.0),
+    ('count_values("celsius", demo_temperature_celsius)', 0.0, 0.0),
+    ('count_values("phase_on", kube_pod_status_phase{pod="demo"})', 0.0, 0.0),
+    ('kube_pod_container_status_restarts_total{pod="demo"}', 0.0, 0.0),
+    ('kube_node_status_condition{condition="Ready",status="true"}', 0.0, 0.0),
 ]
 
 

@@ -23,6 +23,7 @@ mod objects;
 mod podlogs;
 mod priority;
 mod prom;
+pub use prom::MetricsSource;
 mod quota;
 pub mod rbac;
 mod rbac_policy;
@@ -32,6 +33,7 @@ mod sa_admission;
 pub mod sa_token;
 mod selector;
 mod services;
+mod store_metrics;
 mod streaming;
 mod tls;
 mod watch;
@@ -95,6 +97,10 @@ pub struct ApiServerConfig {
     /// Base URL (`http://HOST:PORT`) of the Prometheus API `external.metrics.k8s.io` reads
     /// (bosun's built-in metrics); `None` answers those requests with 503.
     pub external_metrics: Option<String>,
+    /// The embedded store's file, for `apiserver_storage_size_bytes`.
+    pub storage_file: Option<PathBuf>,
+    /// Other in-process components' metrics, served on `/metrics` after the API server's.
+    pub extra_metrics: Vec<prom::MetricsSource>,
 }
 
 impl ApiServerConfig {
@@ -113,6 +119,8 @@ impl ApiServerConfig {
             service_account_issuer: sa_token::DEFAULT_ISSUER.to_string(),
             audit: None,
             external_metrics: None,
+            storage_file: None,
+            extra_metrics: Vec::new(),
         }
     }
 }
@@ -162,8 +170,13 @@ impl ApiServer {
         if lo == 0 || lo > hi {
             anyhow::bail!("invalid node port range {lo}-{hi}");
         }
+        let prom = prom::ApiMetrics::new(cfg.storage_file, cfg.extra_metrics);
+        let metered: Arc<dyn Store> = Arc::new(store_metrics::MeteredStore {
+            inner: cfg.store,
+            metrics: prom.store.clone(),
+        });
         let encryption = Arc::new(encryption::EncryptedStore::open(
-            cfg.store,
+            metered,
             cfg.encryption_config,
         )?);
         let sa_keys = match &cfg.service_account_key {
@@ -194,7 +207,7 @@ impl ApiServer {
             openapi: OpenApi::build(registry),
             log_tls,
             crds: crds::State::new(),
-            prom: prom::ApiMetrics::new(),
+            prom,
             external_metrics: cfg.external_metrics,
         });
         let server = ApiServer { inner };

@@ -39,10 +39,16 @@ struct DurationLabels {
 
 type Histograms = Family<DurationLabels, Histogram, fn() -> Histogram>;
 
+/// Appends more metrics (another component of the process) to `/metrics`, in the
+/// OpenMetrics text format without the closing `# EOF`.
+pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 pub(crate) struct ApiMetrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: Histograms,
+    pub(crate) store: Arc<crate::store_metrics::StoreMetrics>,
+    extra: Vec<MetricsSource>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -54,8 +60,12 @@ fn latency_histogram() -> Histogram {
 }
 
 impl ApiMetrics {
-    pub fn new() -> Arc<ApiMetrics> {
+    pub fn new(
+        storage_file: Option<std::path::PathBuf>,
+        extra: Vec<MetricsSource>,
+    ) -> Arc<ApiMetrics> {
         let mut registry = Registry::default();
+        let store = crate::store_metrics::StoreMetrics::new(&mut registry, storage_file);
         let requests = Family::<RequestLabels, Counter>::default();
         let duration: Histograms =
             Family::new_with_constructor(latency_histogram as fn() -> Histogram);
@@ -73,6 +83,8 @@ impl ApiMetrics {
             registry,
             requests,
             duration,
+            store,
+            extra,
         })
     }
 }
@@ -180,8 +192,18 @@ pub(crate) async fn track(State(inner): State<Arc<Inner>>, req: Request, next: N
 /// GET /metrics.
 pub(crate) async fn metrics(State(inner): State<Arc<Inner>>) -> Response {
     let mut out = String::new();
+    inner.prom.store.refresh();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &inner.prom.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    if !inner.prom.extra.is_empty() {
+        if out.ends_with("# EOF\n") {
+            out.truncate(out.len() - "# EOF\n".len());
+        }
+        for f in &inner.prom.extra {
+            f(&mut out);
+        }
+        out.push_str("# EOF\n");
     }
     (
         [(

@@ -13,6 +13,7 @@ mod join;
 mod kubeconfig;
 mod logging;
 mod logs;
+mod metrics_only;
 mod node_record;
 mod nodecert;
 mod output;
@@ -93,6 +94,9 @@ enum Command {
     Restore(store::RestoreOpts),
     /// Write a kubeconfig for another server of the cluster (`--server https://HOST:6443`)
     Kubeconfig(kubeconfig::KubeconfigOpts),
+    /// The metrics store alone on static targets (for benchmarks)
+    #[command(hide = true)]
+    MetricsOnly(metrics_only::MetricsOnlyOpts),
     /// Supervise one container process (started by the agent)
     #[command(hide = true)]
     Shim {
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
             Command::Backup(o) => store::backup(o).await,
             Command::Restore(o) => store::restore(o).await,
             Command::Kubeconfig(o) => kubeconfig::run(o),
+            Command::MetricsOnly(o) => metrics_only::run(o).await,
             Command::Shim { .. } => unreachable!("handled before the runtime starts"),
         }
     });

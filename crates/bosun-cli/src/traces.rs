@@ -125,6 +125,13 @@ pub fn span_data(s: &Span) -> SpanData {
     if let Some(p) = &s.pod {
         attributes.push(KeyValue::new("k8s.pod.name", p.clone()));
     }
+    if s.protocol != "http" {
+        attributes.push(KeyValue::new("network.protocol.name", s.protocol));
+    }
+    if let Some((rx, tx)) = s.bytes {
+        attributes.push(KeyValue::new("bosun.bytes_in", rx as i64));
+        attributes.push(KeyValue::new("bosun.bytes_out", tx as i64));
+    }
     SpanData {
         span_context: SpanContext::new(
             TraceId::from_bytes(s.ids.trace_id.to_be_bytes()),
@@ -289,6 +296,8 @@ mod tests {
             attempts: 2,
             start_unix_nanos: 1_000_000_000,
             duration: Duration::from_millis(5),
+            protocol: "http",
+            bytes: None,
         };
         let d = span_data(&s);
         assert_eq!(

@@ -72,8 +72,8 @@ pub struct ServerOpts {
     /// Secrets' and tokens' bodies are never logged.
     #[arg(long)]
     pub audit_policy_file: Option<PathBuf>,
-    /// Address of the console's Prometheus-compatible query API (/api/v1/query, ...;
-    /// default 127.0.0.1:9090, Prometheus' port: point Grafana at it); "off" serves none.
+    /// Address of the web console and its Prometheus-compatible query API (/api/v1/query,
+    /// ...; default 127.0.0.1:9090, Prometheus' port: point Grafana at it); "off" serves none.
     /// When the default port is taken bosun says so and runs without it
     #[arg(long)]
     pub console_listen: Option<String>,
@@ -87,6 +87,31 @@ pub struct ServerOpts {
     /// Most disk space the metrics store's blocks take, in MiB (oldest go first)
     #[arg(long, default_value_t = 1024)]
     pub metrics_retention_size: u64,
+    /// A Prometheus rule file (groups of alerting and recording rules), evaluated on the
+    /// built-in metrics; may be given several times. An alert named like a built-in one
+    /// replaces it
+    #[arg(long, value_name = "FILE")]
+    pub alert_rules: Vec<PathBuf>,
+    /// Evaluate the built-in alerts (KubePodCrashLooping, KubeDeploymentRolloutStuck,
+    /// KubeDeploymentReplicasUnavailable, KubeNodeNotReady, ServiceHighErrorRate,
+    /// ServiceHighLatency)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub alert_builtin: bool,
+    /// A threshold of the built-in alerts, NAME=VALUE, e.g. service_error_ratio=0.1,
+    /// crashloop_for=2m (see docs/alerts.md for the names and defaults); repeatable
+    #[arg(long, value_name = "NAME=VALUE", value_parser = parse_param)]
+    pub alert_param: Vec<(String, String)>,
+    /// POST firing and resolved alerts to this URL in Alertmanager's webhook format
+    /// (retried with backoff); repeatable
+    #[arg(long, value_name = "URL")]
+    pub alert_webhook: Vec<String>,
+}
+
+fn parse_param(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("{s:?}: expected NAME=VALUE")),
+    }
 }
 
 #[derive(Args, Clone)]
@@ -222,6 +247,7 @@ pub struct AgentOpts {
 }
 
 pub async fn up(opts: UpOpts) -> Result<ExitCode> {
+    let alerts = alert_rules(&opts.server)?;
     let shutdown = shutdown_on_signal();
     let mut tasks = JoinSet::new();
     // A bosun already running on this data dir hands over its sockets (upgrade in place).
@@ -243,6 +269,7 @@ pub async fn up(opts: UpOpts) -> Result<ExitCode> {
         start_metrics(
             &opts.server,
             console,
+            alerts,
             Some(&node),
             &client,
             &pki,
@@ -269,11 +296,14 @@ pub async fn up(opts: UpOpts) -> Result<ExitCode> {
 }
 
 pub async fn server(opts: ServerOpts) -> Result<ExitCode> {
+    let alerts = alert_rules(&opts)?;
     let shutdown = shutdown_on_signal();
     let mut tasks = JoinSet::new();
     let (client, pki) = start_control_plane(&opts, &shutdown, &mut tasks).await?;
     let console = console_listener(&opts)?;
-    start_metrics(&opts, console, None, &client, &pki, &shutdown, &mut tasks)?;
+    start_metrics(
+        &opts, console, alerts, None, &client, &pki, &shutdown, &mut tasks,
+    )?;
     println!(
         "bosun server is up. Use it with:\n  export KUBECONFIG={}",
         kubeconfig_path(&opts.data_dir).display()
@@ -397,6 +427,10 @@ pub(crate) async fn start_control_plane(
     let mut api_cfg =
         bosun_apiserver::ApiServerConfig::new(store.clone(), pki.token.clone(), pki.ca_pem.clone());
     api_cfg.service_cidr = opts.service_cidr.clone();
+    if !on_etcd {
+        api_cfg.storage_file = Some(opts.data_dir.join("store.redb"));
+    }
+    api_cfg.extra_metrics = vec![std::sync::Arc::new(bosun_controllers::metrics::encode)];
     api_cfg.kubelet_token = Some(pki.kubelet_token.clone());
     api_cfg.limits.max_connections = opts.max_connections;
     api_cfg.limits.max_connections_per_ip = opts.max_connections_per_ip;
@@ -670,9 +704,31 @@ fn free_local_port() -> Result<u16> {
 
 /// The built-in metrics: scrapes bosun's endpoints, the node agents and annotated pods
 /// into DATA_DIR/metrics and serves the Prometheus API on the console listener.
+/// The alerting rules (built-in and `--alert-rules`), checked before anything starts.
+pub(crate) fn alert_rules(opts: &ServerOpts) -> Result<bosun_metrics::AlertsConfig> {
+    let groups =
+        bosun_metrics::load_rules(opts.alert_builtin, &opts.alert_param, &opts.alert_rules)
+            .context("--alert-rules")?;
+    for url in &opts.alert_webhook {
+        let ok = url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !ok {
+            anyhow::bail!("--alert-webhook {url:?}: not an http:// or https:// URL");
+        }
+    }
+    Ok(bosun_metrics::AlertsConfig {
+        groups,
+        webhooks: opts.alert_webhook.clone(),
+        events: true,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn start_metrics(
     opts: &ServerOpts,
     console: Option<std::net::TcpListener>,
+    alerts: bosun_metrics::AlertsConfig,
     node: Option<&NodeOpts>,
     client: &kube::Client,
     pki: &Pki,
@@ -719,11 +775,14 @@ pub(crate) fn start_metrics(
             token: pki.kubelet_token.clone(),
             tls: bosun_metrics::client_tls(&pki.ca_pem)?,
         }),
+        extra_routes: Some(console_routes(api, &listener, pki)?),
+        alerts,
     };
     println!(
         "Metrics (Prometheus API) at http://{}/api/v1/query",
         listener.local_addr()?
     );
+    println!("Web console at http://{}/", listener.local_addr()?);
     let (c, sd) = (client.clone(), shutdown.clone());
     tasks.spawn(async move {
         (
@@ -732,6 +791,24 @@ pub(crate) fn start_metrics(
         )
     });
     Ok(())
+}
+
+/// The web console, served beside the Prometheus API: it calls the API server at `api`
+/// with each signed-in user's credentials and the metrics API on its own listener.
+fn console_routes(
+    api: SocketAddr,
+    listener: &std::net::TcpListener,
+    pki: &Pki,
+) -> Result<bosun_console::Router> {
+    let mut own = listener.local_addr()?;
+    if own.ip().is_unspecified() {
+        own.set_ip(IpAddr::from([127, 0, 0, 1]));
+    }
+    Ok(bosun_console::router(bosun_console::ConsoleConfig {
+        api_url: format!("https://{api}"),
+        ca_pem: pki.ca_pem.clone(),
+        prometheus_url: format!("http://{own}"),
+    }))
 }
 
 /// Cluster DNS listens on the pod bridge's gateway address (the .1 of the pod CIDR): every

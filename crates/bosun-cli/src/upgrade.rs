@@ -64,6 +64,7 @@ pub async fn take_over(
     up::start_metrics(
         &opts.server,
         console,
+        up::alert_rules(&opts.server)?,
         Some(&node),
         &client,
         &pki,

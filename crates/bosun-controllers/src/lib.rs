@@ -18,6 +18,7 @@ pub mod informer;
 pub mod job;
 pub mod kinds;
 pub mod leader;
+pub mod metrics;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;

@@ -70,11 +70,43 @@ pub async fn drive<K, Ctx, F, Fut>(
     Fut: Future<Output = Result<Action, ReconcileError>> + Send + 'static,
 {
     let stop = shutdown.clone();
+    let m = &crate::metrics::METRICS;
+    let label = crate::metrics::ControllerLabel { controller: name };
+    m.max_concurrent
+        .get_or_create(&label)
+        .set(i64::from(concurrency));
+    let mut reconcile = reconcile;
+    // Counted and timed as controller-runtime does.
+    let measured = move |obj: Arc<K>, ctx: Arc<Ctx>| {
+        let fut = reconcile(obj, ctx);
+        let label = label.clone();
+        async move {
+            let active = m.active.get_or_create(&label).clone();
+            active.inc();
+            let start = std::time::Instant::now();
+            let res = fut.await;
+            active.dec();
+            m.time
+                .get_or_create(&label)
+                .observe(start.elapsed().as_secs_f64());
+            let result = if res.is_ok() { "success" } else { "error" };
+            m.reconciles
+                .get_or_create(&crate::metrics::ResultLabels {
+                    controller: name,
+                    result,
+                })
+                .inc();
+            if res.is_err() {
+                m.errors.get_or_create(&label).inc();
+            }
+            res
+        }
+    };
     controller
         .with_config(Config::default().concurrency(concurrency))
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(
-            reconcile,
+            measured,
             move |obj, err, _ctx| {
                 let retry = retry_after(err);
                 // A conflict is an ordinary race with another writer: retried at once.

@@ -44,6 +44,20 @@ pub trait Backends: Send + Sync + 'static {
     fn activate(&self, _target: &BackendTarget) -> BoxFuture<'static, Result<(), Response<Body>>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Records the span of a relayed connection (a WebSocket after its upgrade).
+    #[allow(clippy::too_many_arguments)]
+    fn trace_connection(
+        &self,
+        _ids: upstream::trace::SpanIds,
+        _protocol: &'static str,
+        _service: String,
+        _upstream: SocketAddr,
+        _started: std::time::SystemTime,
+        _duration: Duration,
+        _bytes: (u64, u64),
+    ) {
+    }
 }
 
 fn to_target(t: &BackendTarget) -> Target {
@@ -82,6 +96,28 @@ impl Backends for Upstreams {
             policy.timeout = request_timeout;
         }
         Box::pin(async move { this.http_call(&t, req, Some(&policy)).await })
+    }
+
+    fn trace_connection(
+        &self,
+        ids: upstream::trace::SpanIds,
+        protocol: &'static str,
+        service: String,
+        upstream: SocketAddr,
+        started: std::time::SystemTime,
+        duration: Duration,
+        bytes: (u64, u64),
+    ) {
+        Upstreams::trace_connection(
+            self,
+            Some(ids),
+            protocol,
+            service,
+            Some(upstream),
+            started,
+            duration,
+            bytes,
+        );
     }
 
     fn endpoint(&self, target: &BackendTarget) -> Result<SocketAddr, (StatusCode, String)> {
@@ -488,6 +524,8 @@ impl Handler {
         if let Err(resp) = self.backends.activate(target).await {
             return resp;
         }
+        let span = parts.extensions.get::<upstream::trace::SpanIds>().cloned();
+        let protocol = upstream::upgrade_protocol(&parts.headers);
         let addr = match self.backends.endpoint(target) {
             Ok(a) => a,
             Err((status, msg)) => return text(status, &msg),
@@ -526,13 +564,32 @@ impl Handler {
             return resp.map(upstream::boxed);
         }
         let on_server = hyper::upgrade::on(&mut resp);
+        let backends = self.backends.clone();
+        let service = format!("{}/{}", target.namespace, target.service);
         tokio::spawn(async move {
             match tokio::try_join!(on_client, on_server) {
                 Ok((c, s)) => {
                     let mut c = TokioIo::new(c);
                     let mut s = TokioIo::new(s);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
-                        tracing::debug!(%addr, "upgraded connection ended: {e}");
+                    let (wall, began) = (std::time::SystemTime::now(), std::time::Instant::now());
+                    let bytes = match tokio::io::copy_bidirectional(&mut c, &mut s).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::debug!(%addr, "upgraded connection ended: {e}");
+                            (0, 0)
+                        }
+                    };
+                    // One span per connection, a child of the handshake's.
+                    if let Some(ids) = span {
+                        backends.trace_connection(
+                            ids.child(),
+                            protocol,
+                            service,
+                            addr,
+                            wall,
+                            began.elapsed(),
+                            bytes,
+                        );
                     }
                 }
                 Err(e) => tracing::debug!(%addr, "upgrade failed: {e}"),

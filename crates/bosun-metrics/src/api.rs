@@ -15,7 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Map, Value, json};
 
+use crate::alerts::Manager;
 use crate::eval::{self, DEFAULT_LOOKBACK};
+use crate::kube_state::Caches;
 use crate::scrape::Scraper;
 use crate::store::{Labels, SeriesData, Store};
 
@@ -26,7 +28,12 @@ const MAX_POINTS: i64 = 11_000;
 pub struct ApiState {
     pub store: Arc<Store>,
     pub scraper: Option<Arc<Scraper>>,
+    pub rules: Option<Arc<Manager>>,
+    pub kube_state: Option<Caches>,
 }
+
+/// Where the kube-state-metrics-style series are served.
+pub const KUBE_STATE_PATH: &str = "/metrics/kube-state";
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -39,6 +46,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/query_exemplars", get(empty_list).post(empty_list))
         .route("/api/v1/targets", get(targets))
         .route("/api/v1/rules", get(rules))
+        .route(KUBE_STATE_PATH, get(kube_state))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/status/buildinfo", get(buildinfo))
         .route("/api/v1/status/config", get(config))
@@ -394,12 +402,56 @@ async fn targets(State(st): State<ApiState>) -> Response {
     }
 }
 
-async fn rules() -> Response {
-    success(json!({"groups": []}))
+async fn rules(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+    let p = Params::from(q, &HeaderMap::new(), &Bytes::new());
+    let kind = match p.get("type") {
+        Some("alert") => "alert",
+        Some("record") => "record",
+        _ => "",
+    };
+    match &st.rules {
+        Some(r) => {
+            let mut data = r.rules_json(kind);
+            // rule_name[] / rule_group[] filters, as Prometheus has them.
+            let (names, groups) = (p.all("rule_name[]"), p.all("rule_group[]"));
+            if let Some(gs) = data["groups"].as_array_mut() {
+                if !groups.is_empty() {
+                    gs.retain(|g| groups.iter().any(|n| g["name"] == n.as_str()));
+                }
+                if !names.is_empty() {
+                    for g in gs.iter_mut() {
+                        if let Some(rs) = g["rules"].as_array_mut() {
+                            rs.retain(|r| names.iter().any(|n| r["name"] == n.as_str()));
+                        }
+                    }
+                    gs.retain(|g| g["rules"].as_array().is_some_and(|r| !r.is_empty()));
+                }
+            }
+            success(data)
+        }
+        None => success(json!({"groups": []})),
+    }
 }
 
-async fn alerts() -> Response {
-    success(json!({"alerts": []}))
+async fn alerts(State(st): State<ApiState>) -> Response {
+    match &st.rules {
+        Some(r) => success(r.alerts_json()),
+        None => success(json!({"alerts": []})),
+    }
+}
+
+async fn kube_state(State(st): State<ApiState>) -> Response {
+    match &st.kube_state {
+        Some(c) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            c.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no cluster to describe\n").into_response(),
+    }
 }
 
 /// The Prometheus version whose API this one follows: Grafana picks its features by it.

@@ -544,6 +544,17 @@ impl<'a> Evaluator<'a> {
             Some(p) if op != "count_values" => Some(self.scalar(p, t)?),
             _ => None,
         };
+        // count_values("label", v): per group, one series per distinct value, named by it.
+        let count_label = match &a.param {
+            Some(p) if op == "count_values" => {
+                let name = self.string(p, t)?;
+                if !is_label_name(&name) {
+                    return err(format!("invalid label name {name:?}"));
+                }
+                Some(name)
+            }
+            _ => None,
+        };
         let v = self.vector(&a.expr, t)?;
         let id = a as *const AggregateExpr as usize;
         let key = |l: &Labels| -> Labels {
@@ -576,6 +587,28 @@ impl<'a> Evaluator<'a> {
             }
         }
         let mut out = Vec::new();
+        if let Some(name) = count_label {
+            for (k, members) in groups {
+                let mut counts: Vec<(String, f64)> = Vec::new();
+                for s in members {
+                    let v = format_value(s.value);
+                    match counts.iter_mut().find(|(x, _)| *x == v) {
+                        Some((_, n)) => *n += 1.0,
+                        None => counts.push((v, 1.0)),
+                    }
+                }
+                for (v, n) in counts {
+                    let mut l: Vec<(String, String)> =
+                        k.iter().filter(|(n, _)| *n != name).cloned().collect();
+                    l.push((name.clone(), v));
+                    out.push(Sample {
+                        labels: labels_from(l),
+                        value: n,
+                    });
+                }
+            }
+            return Ok(Value::Vector(out));
+        }
         for (k, members) in groups {
             let vals: Vec<f64> = members.iter().map(|s| s.value).collect();
             let n = vals.len() as f64;
@@ -1117,6 +1150,28 @@ fn bucket_quantile(q: f64, mut b: Vec<(f64, f64)>) -> f64 {
 }
 
 /// Parses a query.
+/// A value as Go's `strconv.FormatFloat(v, 'f', -1, 64)` writes it (count_values' labels).
+fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
+fn is_label_name(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+}
+
 pub fn parse(q: &str) -> R<Expr> {
     parser::parse(q).map_err(EvalError)
 }
@@ -1270,6 +1325,26 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn count_values_groups_by_value() {
+        let s = store();
+        assert_eq!(
+            q(&s, r#"count_values("v", mem)"#),
+            vec![("v=100".to_string(), 1.0), ("v=300".to_string(), 1.0)]
+        );
+        assert_eq!(
+            q(&s, r#"count_values by (team) ("lim", limit > 0)"#),
+            vec![
+                ("lim=1000,team=t1".to_string(), 1.0),
+                ("lim=600,team=t2".to_string(), 1.0)
+            ]
+        );
+        assert_eq!(
+            q(&s, r#"count_values("n", req_total * 0 + 1)"#),
+            vec![("n=1".to_string(), 3.0)]
+        );
     }
 
     #[test]

@@ -165,6 +165,17 @@ impl Scraper {
             watches.spawn(f2);
             (nodes, pods)
         });
+        self.run_with(caches, shutdown).await;
+        watches.abort_all();
+    }
+
+    /// Scrapes every interval until `shutdown`, with targets from caches someone else
+    /// keeps current.
+    pub async fn run_with(
+        self: Arc<Self>,
+        caches: Option<(Cache<Node>, Cache<Pod>)>,
+        shutdown: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -186,7 +197,6 @@ impl Scraper {
             })
             .await;
         }
-        watches.abort_all();
         let store = self.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.maintain(now_ms(), true)).await;
     }
@@ -324,7 +334,8 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn cache<K>(api: kube::Api<K>) -> (Cache<K>, futures::future::BoxFuture<'static, ()>)
+/// A watch-backed cache of `api`'s objects and the future that keeps it current.
+pub fn cache<K>(api: kube::Api<K>) -> (Cache<K>, futures::future::BoxFuture<'static, ()>)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone

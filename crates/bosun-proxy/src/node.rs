@@ -587,11 +587,23 @@ async fn relay_tcp(
     let Some(mut up) = upstream else { return };
     let _ = up.set_nodelay(true);
     m.tcp_connections.get_or_create(&labels).inc();
+    let (wall, began) = (std::time::SystemTime::now(), std::time::Instant::now());
+    let upstream_addr = up.peer_addr().ok();
     // Open connections outlive their listener until the proxy's drain deadline.
     let res = tokio::select! {
         r = tokio::io::copy_bidirectional(&mut io, &mut up) => r.ok(),
         _ = hard.cancelled() => None,
     };
+    // One span per connection (a new trace: TCP carries no traceparent).
+    upstreams.trace_connection(
+        Some(crate::upstream::trace::SpanIds::begin(None)),
+        "tcp",
+        format!("{}/{}", labels.namespace, labels.service),
+        upstream_addr,
+        wall,
+        began.elapsed(),
+        res.unwrap_or((0, 0)),
+    );
     if let Some((rx, tx)) = res {
         m.bytes
             .get_or_create(&DirLabels {

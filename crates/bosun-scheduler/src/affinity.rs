@@ -159,16 +159,81 @@ fn domain<'a>(node: &'a NodeInfo, key: &str) -> Option<&'a String> {
     node.labels().get(key)
 }
 
+type Domains = HashMap<String, u32>;
+
+fn bump(map: &mut Domains, v: &str, delta: i32) {
+    let c = map.entry(v.to_string()).or_default();
+    *c = c.saturating_add_signed(delta);
+    if *c == 0 {
+        map.remove(v);
+    }
+}
+
 struct FilterState {
-    /// (key, value) domains an existing pod's required anti-affinity keeps this pod out of.
-    existing_anti: HashSet<(String, String)>,
-    /// Per required affinity term: domains holding a matching pod.
-    affinity: Vec<(String, HashSet<String>)>,
-    /// Per required anti-affinity term: domains holding a matching pod.
-    anti: Vec<(String, HashSet<String>)>,
-    /// No pod anywhere matches the affinity terms, but the pod matches them itself: the
-    /// first pod of a group may go anywhere the topology keys exist.
-    first_of_group: bool,
+    /// The incoming pod's required terms.
+    terms: Terms,
+    /// (key, value) domains an existing pod's required anti-affinity keeps this pod out of,
+    /// with how many such pods there are.
+    existing_anti: HashMap<(String, String), u32>,
+    /// Per required affinity term: matching pods per domain.
+    affinity: Vec<Domains>,
+    /// Per required anti-affinity term: matching pods per domain.
+    anti: Vec<Domains>,
+    /// The pod matches its own affinity terms: the first pod of a group may go anywhere the
+    /// topology keys exist while no pod anywhere matches them.
+    self_match: bool,
+}
+
+impl FilterState {
+    /// Counts `other` on `node` (`delta` 1) or takes it away (-1).
+    fn apply(&mut self, pod: &Pod, other: &Pod, node: &NodeInfo, delta: i32) {
+        if !active(other) {
+            return;
+        }
+        if other.metadata.uid.is_some() && other.metadata.uid == pod.metadata.uid {
+            return;
+        }
+        if other
+            .spec
+            .as_ref()
+            .and_then(|s| s.affinity.as_ref())
+            .is_some_and(|a| a.pod_anti_affinity.is_some())
+        {
+            for t in Terms::of(other).required_anti {
+                if let Some(v) = domain(node, &t.key)
+                    && t.matches(pod)
+                {
+                    let c = self
+                        .existing_anti
+                        .entry((t.key.clone(), v.clone()))
+                        .or_default();
+                    *c = c.saturating_add_signed(delta);
+                    if *c == 0 {
+                        self.existing_anti.remove(&(t.key, v.clone()));
+                    }
+                }
+            }
+        }
+        for (t, map) in self
+            .terms
+            .required_affinity
+            .iter()
+            .zip(self.affinity.iter_mut())
+        {
+            if let Some(v) = domain(node, &t.key)
+                && t.matches(other)
+            {
+                bump(map, v, delta);
+            }
+        }
+        for (t, map) in self.terms.required_anti.iter().zip(self.anti.iter_mut()) {
+            if let Some(v) = domain(node, &t.key)
+                && t.matches(other)
+            {
+                bump(map, v, delta);
+            }
+        }
+    }
 }
 
 /// Filter and score for pod affinity and anti-affinity.
@@ -181,14 +246,14 @@ impl Filter for InterPodAffinity {
 
     fn pre_filter(&self, pod: &Pod, nodes: &[NodeInfo]) -> CycleState {
         let terms = Terms::of(pod);
-        let mut existing_anti = HashSet::new();
+        let mut existing_anti: HashMap<(String, String), u32> = HashMap::new();
         for n in nodes {
             for e in n.affinity_pods.iter().filter(|p| active(p)) {
                 for t in Terms::of(e).required_anti {
                     if let Some(v) = domain(n, &t.key)
                         && t.matches(pod)
                     {
-                        existing_anti.insert((t.key.clone(), v.clone()));
+                        *existing_anti.entry((t.key.clone(), v.clone())).or_default() += 1;
                     }
                 }
             }
@@ -199,44 +264,39 @@ impl Filter for InterPodAffinity {
         {
             return None;
         }
-        let mut affinity: Vec<(String, HashSet<String>)> = terms
+        let mut affinity: Vec<Domains> = terms
             .required_affinity
             .iter()
-            .map(|t| (t.key.clone(), HashSet::new()))
+            .map(|_| Domains::new())
             .collect();
-        let mut anti: Vec<(String, HashSet<String>)> = terms
-            .required_anti
-            .iter()
-            .map(|t| (t.key.clone(), HashSet::new()))
-            .collect();
+        let mut anti: Vec<Domains> = terms.required_anti.iter().map(|_| Domains::new()).collect();
         if !terms.required_affinity.is_empty() || !terms.required_anti.is_empty() {
             for n in nodes {
                 for p in n.pods.iter().filter(|p| active(p)) {
-                    for (t, (_, set)) in terms.required_affinity.iter().zip(affinity.iter_mut()) {
+                    for (t, map) in terms.required_affinity.iter().zip(affinity.iter_mut()) {
                         if let Some(v) = domain(n, &t.key)
                             && t.matches(p)
                         {
-                            set.insert(v.clone());
+                            bump(map, v, 1);
                         }
                     }
-                    for (t, (_, set)) in terms.required_anti.iter().zip(anti.iter_mut()) {
+                    for (t, map) in terms.required_anti.iter().zip(anti.iter_mut()) {
                         if let Some(v) = domain(n, &t.key)
                             && t.matches(p)
                         {
-                            set.insert(v.clone());
+                            bump(map, v, 1);
                         }
                     }
                 }
             }
         }
-        let first_of_group = !affinity.is_empty()
-            && affinity.iter().all(|(_, s)| s.is_empty())
-            && terms.required_affinity.iter().all(|t| t.matches(pod));
+        let self_match = terms.required_affinity.iter().all(|t| t.matches(pod));
         Some(Box::new(FilterState {
+            terms,
             existing_anti,
             affinity,
             anti,
-            first_of_group,
+            self_match,
         }))
     }
 
@@ -245,12 +305,14 @@ impl Filter for InterPodAffinity {
             return Ok(());
         };
         let labels = node.labels();
-        let affinity_ok = if st.first_of_group {
-            st.affinity.iter().all(|(k, _)| labels.contains_key(k))
+        let keys = st.terms.required_affinity.iter().map(|t| &t.key);
+        let first_of_group =
+            !st.affinity.is_empty() && st.affinity.iter().all(HashMap::is_empty) && st.self_match;
+        let affinity_ok = if first_of_group {
+            keys.clone().all(|k| labels.contains_key(k))
         } else {
-            st.affinity
-                .iter()
-                .all(|(k, set)| labels.get(k).is_some_and(|v| set.contains(v)))
+            keys.zip(&st.affinity)
+                .all(|(k, map)| labels.get(k).is_some_and(|v| map.contains_key(v)))
         };
         if !affinity_ok {
             return Err(Reject::unresolvable(
@@ -258,9 +320,11 @@ impl Filter for InterPodAffinity {
             ));
         }
         if st
-            .anti
+            .terms
+            .required_anti
             .iter()
-            .any(|(k, set)| labels.get(k).is_some_and(|v| set.contains(v)))
+            .zip(&st.anti)
+            .any(|(t, map)| labels.get(&t.key).is_some_and(|v| map.contains_key(v)))
         {
             return Err(Reject::resolvable(
                 "node(s) didn't match pod anti-affinity rules",
@@ -269,7 +333,7 @@ impl Filter for InterPodAffinity {
         // Upstream's order: the pod's affinity, its anti-affinity, then existing pods'.
         if st
             .existing_anti
-            .iter()
+            .keys()
             .any(|(k, v)| labels.get(k) == Some(v))
         {
             return Err(Reject::resolvable(
@@ -277,6 +341,18 @@ impl Filter for InterPodAffinity {
             ));
         }
         Ok(())
+    }
+
+    fn add_pod(&self, pod: &Pod, state: &mut CycleState, other: &Pod, node: &NodeInfo) {
+        if let Some(st) = state.as_mut().and_then(|s| s.downcast_mut::<FilterState>()) {
+            st.apply(pod, other, node, 1);
+        }
+    }
+
+    fn remove_pod(&self, pod: &Pod, state: &mut CycleState, other: &Pod, node: &NodeInfo) {
+        if let Some(st) = state.as_mut().and_then(|s| s.downcast_mut::<FilterState>()) {
+            st.apply(pod, other, node, -1);
+        }
     }
 }
 

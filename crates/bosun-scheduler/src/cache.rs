@@ -2,13 +2,13 @@
 //! events (not rebuilt per decision), plus pods this scheduler has bound but the informer
 //! has not shown bound yet ("assumed", as kube-scheduler's cache calls them).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use crate::plugins::NodeInfo;
+use crate::plugins::{NodeInfo, Nominated};
 
 fn node_of(p: &Pod) -> Option<&str> {
     let finished = matches!(
@@ -32,6 +32,12 @@ pub struct Cache {
     /// Every pod counted on a node (bound or assumed): uid -> (node, pod).
     pods: HashMap<String, (String, Arc<Pod>)>,
     assumed: HashMap<String, Instant>,
+    /// Assumptions in the order they were made, for [`Cache::expire`] to look at the oldest
+    /// only (entries whose pod was confirmed or forgotten meanwhile are skipped).
+    assumed_order: VecDeque<(Instant, String)>,
+    /// Pending pods nominated to a node by preemption, by node, and uid -> node.
+    nominated: Nominated,
+    nominated_on: HashMap<String, String>,
 }
 
 impl Cache {
@@ -41,6 +47,39 @@ impl Cache {
 
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
         self.index.get(name).map(|i| &self.nodes[*i])
+    }
+
+    /// Pending pods nominated to nodes, whose room others must leave free.
+    pub fn nominated(&self) -> &Nominated {
+        &self.nominated
+    }
+
+    /// Records that `pod` waits for room on `node` (`status.nominatedNodeName`), or, with
+    /// `None`, that it no longer does.
+    pub fn nominate(&mut self, pod: &Arc<Pod>, node: Option<&str>) {
+        let Some(uid) = pod.metadata.uid.as_deref() else {
+            return;
+        };
+        self.unnominate(uid);
+        if let Some(node) = node.filter(|n| !n.is_empty()) {
+            self.nominated
+                .entry(node.to_string())
+                .or_default()
+                .push(pod.clone());
+            self.nominated_on.insert(uid.to_string(), node.to_string());
+        }
+    }
+
+    /// Drops the nomination of the pod with `uid`, if any.
+    pub fn unnominate(&mut self, uid: &str) {
+        if let Some(node) = self.nominated_on.remove(uid)
+            && let Some(list) = self.nominated.get_mut(&node)
+        {
+            list.retain(|p| p.metadata.uid.as_deref() != Some(uid));
+            if list.is_empty() {
+                self.nominated.remove(&node);
+            }
+        }
     }
 
     fn reindex(&mut self) {
@@ -120,20 +159,24 @@ impl Cache {
     /// A pod is gone.
     pub fn remove_pod(&mut self, uid: &str) -> bool {
         self.assumed.remove(uid);
+        self.unnominate(uid);
         let had = self.pods.contains_key(uid);
         self.unlink(uid);
         had
     }
 
-    /// Counts `pod` on `node` before the binding is seen.
-    pub fn assume(&mut self, mut pod: Pod, node: &str) {
+    /// Counts `pod` on `node` before the binding is seen. The pod is kept as the informer
+    /// gave it (no copy): which node it counts on is the cache's to know.
+    pub fn assume(&mut self, pod: Arc<Pod>, node: &str) {
         let Some(uid) = pod.metadata.uid.clone() else {
             return;
         };
-        pod.spec.get_or_insert_with(Default::default).node_name = Some(node.to_string());
+        self.unnominate(&uid);
         self.unlink(&uid);
-        self.link(node, Arc::new(pod));
-        self.assumed.insert(uid, Instant::now());
+        self.link(node, pod);
+        let now = Instant::now();
+        self.assumed.insert(uid.clone(), now);
+        self.assumed_order.push_back((now, uid));
     }
 
     /// Drops an assumption whose binding failed.
@@ -172,16 +215,22 @@ impl Cache {
         }
     }
 
-    /// Drops assumptions older than `ttl` (a binding that never showed up).
+    /// Drops assumptions older than `ttl` (a binding that never showed up). Looks at the
+    /// oldest assumptions only, so it costs nothing per decision while none is due.
     pub fn expire(&mut self, ttl: Duration) {
-        let old: Vec<String> = self
-            .assumed
-            .iter()
-            .filter(|(_, at)| at.elapsed() > ttl)
-            .map(|(u, _)| u.clone())
-            .collect();
-        for uid in old {
-            self.forget(&uid);
+        let now = Instant::now();
+        while let Some((at, _)) = self.assumed_order.front() {
+            if now.duration_since(*at) <= ttl {
+                break;
+            }
+            let Some((at, uid)) = self.assumed_order.pop_front() else {
+                break;
+            };
+            // Only the entry of the current assumption counts (the pod may have been
+            // confirmed, forgotten or assumed again since).
+            if self.assumed.get(&uid) == Some(&at) {
+                self.forget(&uid);
+            }
         }
     }
 }
@@ -209,7 +258,7 @@ mod tests {
         c.set_node(node("b"));
         // A pod bound to a node the cache does not know yet, and one assumed on "b".
         assert!(c.update_pod(Arc::new(pod("p1", Some("a")))));
-        c.assume(pod("p2", None), "b");
+        c.assume(Arc::new(pod("p2", None)), "b");
         c.set_node(node("a"));
         let names: Vec<&str> = c.nodes().iter().map(|n| n.name()).collect();
         assert_eq!(names, ["a", "b"]);

@@ -6,7 +6,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde_json::{Value, json};
 
-use crate::plugins::{NodeInfo, Placement, default_filters, default_scores, place};
+use crate::plugins::{
+    NodeInfo, Nominated, Placement, default_filters, default_scores, place, place_from,
+};
 use crate::preempt;
 
 fn node(name: &str, zone: &str, cpu: &str, extra: Value) -> Node {
@@ -459,7 +461,15 @@ fn preemption_picks_fewest_least_important_victims() {
         other => panic!("{other:?}"),
     };
     assert_eq!(diag.resolvable.len(), 2);
-    let c = preempt::select(&high, &nodes, &diag, &default_filters(), &[]).unwrap();
+    let c = preempt::select(
+        &high,
+        &nodes,
+        &diag,
+        &default_filters(),
+        &[],
+        &Nominated::new(),
+    )
+    .unwrap();
     // a-mid is given back on a, b-low2 on b: one victim of priority 10 either way; the first
     // node in order wins the tie.
     assert_eq!(c.victims.len(), 1);
@@ -480,13 +490,254 @@ fn preemption_picks_fewest_least_important_victims() {
         ),
         nodes[1].clone(),
     ];
-    let c = preempt::select(&high, &guarded, &diag, &default_filters(), &[Arc::new(pdb)]).unwrap();
+    let c = preempt::select(
+        &high,
+        &guarded,
+        &diag,
+        &default_filters(),
+        &[Arc::new(pdb)],
+        &Nominated::new(),
+    )
+    .unwrap();
     assert_eq!(c.node, "b");
     assert_eq!(c.victims[0].metadata.name.as_deref(), Some("b-low1"));
     // Nobody of lower priority anywhere.
     let low = cpu_pod("low", "1", 0, json!({}));
     assert_eq!(
-        preempt::select(&low, &nodes, &diag, &default_filters(), &[]).unwrap_err(),
+        preempt::select(
+            &low,
+            &nodes,
+            &diag,
+            &default_filters(),
+            &[],
+            &Nominated::new()
+        )
+        .unwrap_err(),
         "preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found for incoming pod."
     );
+}
+
+fn diagnose(p: &Pod, nodes: &[NodeInfo]) -> crate::plugins::Diagnosis {
+    match place(p, nodes, &default_filters(), &default_scores()) {
+        Placement::Unschedulable(d) => d,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_nominated_pods_room_is_kept_from_pods_of_lower_or_equal_priority() {
+    // Node a has 1 CPU free, promised to "vip" (priority 1000); b is full.
+    let nodes = [
+        info(
+            node("a", "z1", "2", json!({})),
+            vec![
+                cpu_pod("keep", "500m", 2000, json!({})),
+                cpu_pod("x", "500m", 0, json!({})),
+            ],
+        ),
+        info(
+            node("b", "z1", "1", json!({})),
+            vec![cpu_pod("y", "1", 0, json!({}))],
+        ),
+    ];
+    let vip = Arc::new(cpu_pod("vip", "1", 1000, json!({})));
+    let nominated: Nominated = [("a".to_string(), vec![vip.clone()])].into();
+    let place_with = |p: &Pod| {
+        place_from(
+            p,
+            &nodes,
+            &default_filters(),
+            &default_scores(),
+            0,
+            &nominated,
+        )
+        .0
+    };
+    let decide_with = |p: &Pod| match place_with(p) {
+        Placement::Node(n) => Ok(n),
+        Placement::Unschedulable(d) => Err(d.message()),
+    };
+    let insufficient = Err("0/2 nodes are available: 2 Insufficient cpu.".to_string());
+    assert_eq!(
+        decide_with(&cpu_pod("equal", "1", 1000, json!({}))),
+        insufficient
+    );
+    assert_eq!(
+        decide_with(&cpu_pod("lower", "1", 0, json!({}))),
+        insufficient
+    );
+    // The nominated pod itself, and a more important one, may take the room.
+    assert_eq!(decide_with(&vip), Ok("a".into()));
+    assert_eq!(
+        decide_with(&cpu_pod("higher", "1", 2000, json!({}))),
+        Ok("a".into())
+    );
+    // Without the nomination the room is free for anyone.
+    assert_eq!(
+        decide(&cpu_pod("lower", "1", 0, json!({})), &nodes),
+        Ok("a".into())
+    );
+    // A pod preempting must leave the nominated pod its room too: on a, evicting x frees
+    // 500m, not enough beside vip's CPU, so the victim is taken on b.
+    let mid = cpu_pod("mid", "1", 500, json!({}));
+    let Placement::Unschedulable(diag) = place_with(&mid) else {
+        panic!("mid scheduled");
+    };
+    let c = preempt::select(&mid, &nodes, &diag, &default_filters(), &[], &nominated).unwrap();
+    assert_eq!(c.node, "b");
+    let c = preempt::select(
+        &mid,
+        &nodes,
+        &diag,
+        &default_filters(),
+        &[],
+        &Nominated::new(),
+    )
+    .unwrap();
+    assert_eq!(c.node, "a", "without the nomination a is as good and first");
+}
+
+#[test]
+fn preemption_clears_pod_anti_affinity_conflicts() {
+    // "db" refuses to share a node with app=batch pods; both nodes run one, b's at a lower
+    // priority than a's. Resources are plentiful: only anti-affinity stands in the way.
+    let batch = |n: &str, prio: i32| cpu_pod(n, "100m", prio, json!({"app": "batch"}));
+    let nodes = [
+        info(node("a", "z1", "4", json!({})), vec![batch("a-batch", 50)]),
+        info(
+            node("b", "z2", "4", json!({})),
+            vec![
+                batch("b-batch", 10),
+                cpu_pod("b-other", "100m", 10, json!({})),
+            ],
+        ),
+    ];
+    let db = with_priority(
+        pod(
+            "db",
+            json!({"app": "db"}),
+            json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "batch"}},
+                 "topologyKey": "kubernetes.io/hostname"}]}}}),
+        ),
+        1000,
+    );
+    let diag = diagnose(&db, &nodes);
+    assert_eq!(
+        diag.message(),
+        "0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules."
+    );
+    let c = preempt::select(
+        &db,
+        &nodes,
+        &diag,
+        &default_filters(),
+        &[],
+        &Nominated::new(),
+    )
+    .unwrap();
+    // b's batch pod is the cheaper victim; the unrelated pod beside it is given back.
+    assert_eq!(c.node, "b");
+    let names: Vec<_> = c
+        .victims
+        .iter()
+        .map(|v| v.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["b-batch"]);
+
+    // Symmetric: an existing pod's anti-affinity keeps the incoming pod out; preempting
+    // that pod clears it.
+    let guard = with_priority(
+        pod(
+            "guard",
+            json!({"app": "guard"}),
+            json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "web"}},
+                 "topologyKey": "kubernetes.io/hostname"}]}}}),
+        ),
+        10,
+    );
+    let nodes = [info(node("a", "z1", "4", json!({})), vec![guard])];
+    let web = with_priority(pod("web", json!({"app": "web"}), json!({})), 1000);
+    let diag = diagnose(&web, &nodes);
+    assert_eq!(
+        diag.message(),
+        "0/1 nodes are available: 1 node(s) didn't satisfy existing pods anti-affinity rules."
+    );
+    let c = preempt::select(
+        &web,
+        &nodes,
+        &diag,
+        &default_filters(),
+        &[],
+        &Nominated::new(),
+    )
+    .unwrap();
+    assert_eq!(c.victims[0].metadata.name.as_deref(), Some("guard"));
+}
+
+#[test]
+fn preemption_clears_topology_spread_conflicts() {
+    // maxSkew 1 over nodes; resources are plentiful, only the skew stands in the way.
+    let web = |n: &str, prio: i32| cpu_pod(n, "100m", prio, json!({"app": "web"}));
+    let spread = json!({"topologySpreadConstraints": [{"maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": {"matchLabels": {"app": "web"}}}]});
+    let nodes = [
+        info(node("a", "z1", "4", json!({})), vec![web("a-web", 500)]),
+        info(
+            node("b", "z2", "4", json!({})),
+            vec![web("b-web1", 10), web("b-web2", 10)],
+        ),
+        info(
+            node(
+                "c",
+                "z3",
+                "4",
+                json!({"spec": {"taints": [{"key": "k", "value": "v", "effect": "NoSchedule"}]}}),
+            ),
+            vec![],
+        ),
+    ];
+    // Counts per node: a 1, b 2, c 0 (c counts: taints are ignored by default) ->
+    // a: 1+1-0 = 2 > 1, b: 2+1-0 = 3 > 1, c: tainted.
+    let new = with_priority(pod("new", json!({"app": "web"}), spread), 1000);
+    let diag = diagnose(&new, &nodes);
+    assert_eq!(
+        diag.message(),
+        "0/3 nodes are available: 1 node(s) had untolerated taint {k: v}, 2 node(s) didn't match pod topology spread constraints."
+    );
+    // Removing a-web makes a's count 0 and the minimum 0: 0+1-0 = 1 fits. On b both web pods
+    // would have to go (2 victims); a needs one, but of priority 500 against b's 10s:
+    // upstream's order picks the lowest highest-victim priority first, so b with 2 victims.
+    let c = preempt::select(
+        &new,
+        &nodes,
+        &diag,
+        &default_filters(),
+        &[],
+        &Nominated::new(),
+    )
+    .unwrap();
+    assert_eq!(c.node, "b");
+    let mut names: Vec<_> = c
+        .victims
+        .iter()
+        .map(|v| v.metadata.name.clone().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["b-web1", "b-web2"]);
+    // With only a and c, a's single web pod is the victim.
+    let two = [nodes[0].clone(), nodes[2].clone()];
+    let diag = diagnose(&new, &two);
+    let c = preempt::select(
+        &new,
+        &two,
+        &diag,
+        &default_filters(),
+        &[],
+        &Nominated::new(),
+    )
+    .unwrap();
+    assert_eq!((c.node.as_str(), c.victims.len()), ("a", 1));
 }

@@ -24,7 +24,7 @@ pub mod volumes;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bosun_controllers::events::{NORMAL, Recorder, WARNING};
+use bosun_controllers::events::{NORMAL, Recorder, WARNING, object_reference};
 use bosun_controllers::informer::Informer;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod, PodCondition};
@@ -99,8 +99,9 @@ enum Outcome {
     Forget { uid: String },
 }
 
+/// An Event to write: only the reference to its pod, not a copy of the pod.
 struct Event {
-    pod: Pod,
+    pod: ObjectReference,
     type_: &'static str,
     reason: &'static str,
     message: String,
@@ -146,8 +147,16 @@ impl Scheduler {
                 // for, or be the peer of, a parked pod.
                 changed |= was || counts;
                 if wants(&pod) && !counts {
+                    let nominated = pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.nominated_node_name.as_deref());
+                    self.cache.nominate(&pod, nominated);
                     self.queue.add(&key, priority(&pod));
                 } else {
+                    if let Some(uid) = pod.metadata.uid.as_deref() {
+                        self.cache.unnominate(uid);
+                    }
                     self.queue.done(&key);
                 }
             }
@@ -191,7 +200,7 @@ impl Scheduler {
 
     fn event(&self, pod: &Pod, type_: &'static str, reason: &'static str, message: String) {
         let _ = self.events.try_send(Event {
-            pod: pod.clone(),
+            pod: object_reference(pod),
             type_,
             reason,
             message,
@@ -218,12 +227,19 @@ impl Scheduler {
         } else {
             self.next_start % nodes.len()
         };
-        let (placement, processed) = place_from(&pod, nodes, &self.filters, &self.scores, start);
+        let (placement, processed) = place_from(
+            &pod,
+            nodes,
+            &self.filters,
+            &self.scores,
+            start,
+            self.cache.nominated(),
+        );
         self.next_start = start + processed;
         match placement {
             Placement::Node(node) => {
                 self.queue.done(&key);
-                self.cache.assume((*pod).clone(), &node);
+                self.cache.assume(pod.clone(), &node);
                 self.bind(pod, node).await;
             }
             Placement::Unschedulable(diag) => {
@@ -245,9 +261,18 @@ impl Scheduler {
                         .and_then(|s| s.nominated_node_name.clone());
                 } else {
                     let pdbs = self.pdbs.state();
-                    match preempt::select(&pod, self.cache.nodes(), &diag, &self.filters, &pdbs) {
+                    match preempt::select(
+                        &pod,
+                        self.cache.nodes(),
+                        &diag,
+                        &self.filters,
+                        &pdbs,
+                        self.cache.nominated(),
+                    ) {
                         Ok(c) => {
                             self.preempt(&pod, &c);
+                            // The room is reserved from now on, before the status shows it.
+                            self.cache.nominate(&pod, Some(&c.node));
                             nominated = Some(c.node);
                         }
                         Err(post) => {
@@ -311,7 +336,7 @@ impl Scheduler {
             match res {
                 Ok(_) => {
                     let _ = events.try_send(Event {
-                        pod: (*pod).clone(),
+                        pod: object_reference(&*pod),
                         type_: NORMAL,
                         reason: "Scheduled",
                         message: format!("Successfully assigned {ns}/{name} to {node}"),
@@ -481,9 +506,12 @@ pub async fn run_with(
                 ev = event_rx.recv() => ev,
             };
             let Some(ev) = ev else { return };
-            recorder
-                .record(&ev.pod, ev.type_, ev.reason, &ev.message)
-                .await;
+            if let Err(e) = recorder
+                .record_ref(ev.pod, ev.type_, ev.reason, &ev.message)
+                .await
+            {
+                tracing::debug!(error = %e, reason = ev.reason, "writing event failed");
+            }
         }
     });
     let mut s = Scheduler {

@@ -31,12 +31,15 @@ pub struct NodeInfo {
     pub affinity_pods: Vec<Arc<Pod>>,
     /// Active pods per controller uid, for default spreading.
     owners: HashMap<String, u32>,
+    /// The node's Ready condition is True (read once per Node update, not per decision).
+    ready: bool,
 }
 
 impl NodeInfo {
     pub fn new(node: Arc<Node>, pods: Vec<Arc<Pod>>) -> Self {
         let mut n = NodeInfo {
             allocatable: allocatable(&node),
+            ready: node_ready(&node),
             node,
             ..Default::default()
         };
@@ -57,6 +60,7 @@ impl NodeInfo {
 
     pub fn set_node(&mut self, node: Arc<Node>) {
         self.allocatable = allocatable(&node);
+        self.ready = node_ready(&node);
         self.node = node;
     }
 
@@ -98,6 +102,14 @@ impl NodeInfo {
     pub fn owned_by(&self, uid: &str) -> u32 {
         self.owners.get(uid).copied().unwrap_or(0)
     }
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
 }
 
 fn has_pod_affinity(p: &Pod) -> bool {
@@ -147,6 +159,12 @@ pub trait Filter: Send + Sync {
         None
     }
     fn filter(&self, pod: &Pod, node: &NodeInfo, state: &CycleState) -> Result<(), Reject>;
+    /// Updates `state` (from [`Filter::pre_filter`]) as if `other` had been added to `node`
+    /// (upstream's `PreFilterExtensions.AddPod`): preemption gives victims back one by one.
+    fn add_pod(&self, _pod: &Pod, _state: &mut CycleState, _other: &Pod, _node: &NodeInfo) {}
+    /// Updates `state` as if `other` had left `node` (`PreFilterExtensions.RemovePod`), so
+    /// that cluster-wide checks (pod anti-affinity, topology spread) see a victim gone.
+    fn remove_pod(&self, _pod: &Pod, _state: &mut CycleState, _other: &Pod, _node: &NodeInfo) {}
 }
 
 /// Ranks a feasible node; `normalize` maps the raw scores of all feasible nodes to 0..=100.
@@ -196,14 +214,7 @@ impl Filter for NodeReady {
                 return Err(Reject::unresolvable("node(s) were unschedulable"));
             }
         }
-        let ready = node
-            .node
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-            .is_some_and(|c| c.status == "True");
-        if ready {
+        if node.ready {
             Ok(())
         } else {
             Err(Reject::unresolvable("node(s) were not ready"))
@@ -397,8 +408,16 @@ impl Filter for ResourcesFit {
     fn name(&self) -> &'static str {
         "NodeResourcesFit"
     }
-    fn filter(&self, pod: &Pod, node: &NodeInfo, _: &CycleState) -> Result<(), Reject> {
-        let want = pod_requests(pod);
+    /// The pod's requests, parsed once per decision rather than once per node.
+    fn pre_filter(&self, pod: &Pod, _nodes: &[NodeInfo]) -> CycleState {
+        Some(Box::new(pod_requests(pod)))
+    }
+    fn filter(&self, pod: &Pod, node: &NodeInfo, state: &CycleState) -> Result<(), Reject> {
+        let want = state
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<Resources>())
+            .copied()
+            .unwrap_or_else(|| pod_requests(pod));
         let have = node.allocatable;
         let used = node.requested;
         let mut reasons = Vec::new();
@@ -450,8 +469,21 @@ impl Filter for HostPorts {
     fn name(&self) -> &'static str {
         "NodePorts"
     }
-    fn filter(&self, pod: &Pod, node: &NodeInfo, _: &CycleState) -> Result<(), Reject> {
-        let wanted = host_ports(pod);
+    fn pre_filter(&self, pod: &Pod, _nodes: &[NodeInfo]) -> CycleState {
+        Some(Box::new(host_ports(pod)))
+    }
+    fn filter(&self, pod: &Pod, node: &NodeInfo, state: &CycleState) -> Result<(), Reject> {
+        let computed;
+        let wanted = match state
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<Vec<(String, String, i32)>>())
+        {
+            Some(w) => w,
+            None => {
+                computed = host_ports(pod);
+                &computed
+            }
+        };
         if wanted.is_empty() {
             return Ok(());
         }
@@ -473,6 +505,15 @@ impl Filter for HostPorts {
     }
 }
 
+/// The scoring requests from `pre_score`, or computed when there is no state.
+fn requests_of(pod: &Pod, state: &CycleState) -> Resources {
+    state
+        .as_ref()
+        .and_then(|s| s.downcast_ref::<Resources>())
+        .copied()
+        .unwrap_or_else(|| nonzero_requests(pod))
+}
+
 fn fraction(cap: i64, req: i64) -> f64 {
     if cap <= 0 {
         1.0
@@ -488,10 +529,13 @@ impl Score for LeastAllocated {
     fn name(&self) -> &'static str {
         "NodeResourcesFit"
     }
-    fn score(&self, pod: &Pod, node: &NodeInfo, _: &CycleState) -> i64 {
+    fn pre_score(&self, pod: &Pod, _nodes: &[NodeInfo], _feasible: &[&NodeInfo]) -> CycleState {
+        Some(Box::new(nonzero_requests(pod)))
+    }
+    fn score(&self, pod: &Pod, node: &NodeInfo, state: &CycleState) -> i64 {
         let have = node.allocatable;
         let mut used = node.nonzero;
-        used.add(&nonzero_requests(pod));
+        used.add(&requests_of(pod, state));
         let part = |cap: i64, req: i64| {
             if cap <= 0 || req > cap {
                 0
@@ -511,10 +555,13 @@ impl Score for BalancedAllocation {
     fn name(&self) -> &'static str {
         "NodeResourcesBalancedAllocation"
     }
-    fn score(&self, pod: &Pod, node: &NodeInfo, _: &CycleState) -> i64 {
+    fn pre_score(&self, pod: &Pod, _nodes: &[NodeInfo], _feasible: &[&NodeInfo]) -> CycleState {
+        Some(Box::new(nonzero_requests(pod)))
+    }
+    fn score(&self, pod: &Pod, node: &NodeInfo, state: &CycleState) -> i64 {
         let have = node.allocatable;
         let mut used = node.nonzero;
-        used.add(&nonzero_requests(pod));
+        used.add(&requests_of(pod, state));
         let cpu = fraction(have.milli_cpu, used.milli_cpu);
         let mem = fraction(have.memory, used.memory);
         // Standard deviation of two fractions is half their distance.
@@ -592,6 +639,54 @@ pub fn nodes_to_find(total: usize) -> usize {
     (total * pct / 100).max(100)
 }
 
+/// Pods nominated to a node (preemptors waiting for their victims to leave), by node name.
+pub type Nominated = HashMap<String, Vec<Arc<Pod>>>;
+
+/// The pods nominated to `node` whose room `pod` must leave free: those of at least its
+/// priority, itself excepted (upstream's `addNominatedPods`).
+pub fn nominated_for<'a>(
+    pod: &'a Pod,
+    node: &str,
+    nominated: &'a Nominated,
+) -> impl Iterator<Item = &'a Arc<Pod>> + 'a {
+    let prio = crate::preempt::priority(pod);
+    nominated.get(node).into_iter().flatten().filter(move |p| {
+        crate::preempt::priority(p) >= prio
+            && (p.metadata.uid.is_none() || p.metadata.uid != pod.metadata.uid)
+    })
+}
+
+/// Runs the filters on one node; where pods are nominated to it, they must pass both with
+/// those pods counted and without them, as upstream does (the nominated pods may still
+/// land elsewhere).
+fn filter_node(
+    pod: &Pod,
+    node: &NodeInfo,
+    filters: &[Box<dyn Filter>],
+    states: &[CycleState],
+    nominated: &Nominated,
+) -> Option<Reject> {
+    let mut with = nominated_for(pod, node.name(), nominated).peekable();
+    if with.peek().is_some() {
+        let mut n = node.clone();
+        for p in with {
+            n.add_pod(p.clone());
+        }
+        if let Some(rej) = filters
+            .iter()
+            .zip(states)
+            .find_map(|(f, s)| f.filter(pod, &n, s).err())
+        {
+            return Some(rej);
+        }
+    }
+    // The first failing filter explains a node, as upstream reports it.
+    filters
+        .iter()
+        .zip(states)
+        .find_map(|(f, s)| f.filter(pod, node, s).err())
+}
+
 /// Runs filters over the nodes (starting at `start`, stopping once enough are feasible),
 /// then scores the feasible ones; ties go to the node whose name sorts first.
 pub fn place_from(
@@ -600,6 +695,7 @@ pub fn place_from(
     filters: &[Box<dyn Filter>],
     scores: &[Box<dyn Score>],
     start: usize,
+    nominated: &Nominated,
 ) -> (Placement, usize) {
     let states: Vec<CycleState> = filters.iter().map(|f| f.pre_filter(pod, nodes)).collect();
     let mut diagnosis = Diagnosis {
@@ -612,12 +708,7 @@ pub fn place_from(
     for i in 0..nodes.len() {
         processed += 1;
         let n = &nodes[(start + i) % nodes.len()];
-        // The first failing filter explains a node, as upstream reports it.
-        match filters
-            .iter()
-            .zip(&states)
-            .find_map(|(f, s)| f.filter(pod, n, s).err())
-        {
+        match filter_node(pod, n, filters, &states, nominated) {
             Some(rej) => {
                 for r in rej.reasons {
                     *diagnosis.reasons.entry(r).or_default() += 1;
@@ -666,7 +757,7 @@ pub fn place(
     filters: &[Box<dyn Filter>],
     scores: &[Box<dyn Score>],
 ) -> Placement {
-    place_from(pod, nodes, filters, scores, 0).0
+    place_from(pod, nodes, filters, scores, 0, &Nominated::new()).0
 }
 
 #[cfg(test)]

@@ -8,8 +8,11 @@
 //! one chosen has the fewest PDB violations, then the lowest highest victim priority, then
 //! the lowest sum of victim priorities, then the fewest victims.
 //!
-//! Cluster-wide filter state (pod anti-affinity, topology spread) is computed once with all
-//! pods in place, so victims are chosen to free resources and host ports.
+//! Every filter runs with the candidate victims removed, cluster-wide ones included: the
+//! state of pod (anti-)affinity and topology spread is updated for each removed or given-back
+//! pod (`Filter::remove_pod`/`add_pod`), so preemption also clears anti-affinity and spread
+//! conflicts, not only resources and host ports. Pods already nominated to a node with at
+//! least the preemptor's priority keep the room they were promised.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +21,9 @@ use bosun_controllers::util::LabelMatcher;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
-use crate::plugins::{CycleState, Diagnosis, Filter, NodeInfo, histogram};
+use crate::plugins::{
+    CycleState, Diagnosis, Filter, NodeInfo, Nominated, histogram, nominated_for,
+};
 
 pub fn priority(p: &Pod) -> i32 {
     p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
@@ -86,9 +91,10 @@ fn fits(pod: &Pod, node: &NodeInfo, filters: &[Box<dyn Filter>], states: &[Cycle
 fn victims_on(
     pod: &Pod,
     node: &NodeInfo,
+    nodes: &[NodeInfo],
     filters: &[Box<dyn Filter>],
-    states: &[CycleState],
     pdbs: &[Arc<PodDisruptionBudget>],
+    nominated: &Nominated,
 ) -> Option<Candidate> {
     let prio = priority(pod);
     let (mut lower, keep): (Vec<Arc<Pod>>, Vec<Arc<Pod>>) = node
@@ -99,8 +105,25 @@ fn victims_on(
     if lower.is_empty() {
         return None;
     }
+    // Every filter runs again with the lower-priority pods of this node gone, the
+    // cluster-wide ones (pod anti-affinity, topology spread) included: their state is
+    // computed for the whole cluster, then told about each removal, as upstream's
+    // SelectVictimsOnNode does through `RemovePod`. Pods nominated here with at least this
+    // pod's priority keep their room.
+    let mut states: Vec<CycleState> = filters.iter().map(|f| f.pre_filter(pod, nodes)).collect();
+    for p in &lower {
+        for (f, s) in filters.iter().zip(states.iter_mut()) {
+            f.remove_pod(pod, s, p, node);
+        }
+    }
     let mut info = NodeInfo::new(node.node.clone(), keep);
-    if !fits(pod, &info, filters, states) {
+    for p in nominated_for(pod, node.name(), nominated) {
+        info.add_pod(p.clone());
+        for (f, s) in filters.iter().zip(states.iter_mut()) {
+            f.add_pod(pod, s, p, node);
+        }
+    }
+    if !fits(pod, &info, filters, &states) {
         return None;
     }
     // Most important first: higher priority, then started earlier.
@@ -116,9 +139,15 @@ fn victims_on(
     for (group, violates) in [(violating, true), (other, false)] {
         for p in group {
             info.add_pod(p.clone());
-            if !fits(pod, &info, filters, states) {
+            for (f, s) in filters.iter().zip(states.iter_mut()) {
+                f.add_pod(pod, s, &p, node);
+            }
+            if !fits(pod, &info, filters, &states) {
                 if let Some(uid) = p.metadata.uid.as_deref() {
                     info.remove_pod(uid);
+                }
+                for (f, s) in filters.iter().zip(states.iter_mut()) {
+                    f.remove_pod(pod, s, &p, node);
                 }
                 victims.push(p);
                 if violates {
@@ -142,14 +171,14 @@ pub fn select(
     diagnosis: &Diagnosis,
     filters: &[Box<dyn Filter>],
     pdbs: &[Arc<PodDisruptionBudget>],
+    nominated: &Nominated,
 ) -> Result<Candidate, String> {
-    let states: Vec<CycleState> = filters.iter().map(|f| f.pre_filter(pod, nodes)).collect();
     let mut candidates = Vec::new();
     for name in &diagnosis.resolvable {
         let Some(node) = nodes.iter().find(|n| n.name() == name) else {
             continue;
         };
-        if let Some(c) = victims_on(pod, node, filters, &states, pdbs) {
+        if let Some(c) = victims_on(pod, node, nodes, filters, pdbs, nominated) {
             candidates.push(c);
         }
     }

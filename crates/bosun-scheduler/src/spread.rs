@@ -172,6 +172,33 @@ impl Filter for PodTopologySpread {
         }
         Ok(())
     }
+
+    fn add_pod(&self, pod: &Pod, state: &mut CycleState, other: &Pod, node: &NodeInfo) {
+        adjust(pod, state, other, node, 1);
+    }
+
+    fn remove_pod(&self, pod: &Pod, state: &mut CycleState, other: &Pod, node: &NodeInfo) {
+        adjust(pod, state, other, node, -1);
+    }
+}
+
+/// Counts `other` in its node's domains (`delta` 1) or takes it away (-1).
+fn adjust(pod: &Pod, state: &mut CycleState, other: &Pod, node: &NodeInfo, delta: i64) {
+    let Some(st) = state.as_mut().and_then(|s| s.downcast_mut::<FilterState>()) else {
+        return;
+    };
+    if !eligible(pod, &st.constraints, node) {
+        return;
+    }
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+    for (c, counts) in st.constraints.iter().zip(st.counts.iter_mut()) {
+        if let Some(v) = node.labels().get(&c.key)
+            && counts_pod(c, ns, other)
+        {
+            let n = counts.entry(v.clone()).or_default();
+            *n = (*n + delta).max(0);
+        }
+    }
 }
 
 /// Soft constraints scored as upstream: matching pods in the node's domain, weighted by the
@@ -298,11 +325,17 @@ impl Score for DefaultSpread {
             .iter()
             .all(|n| n.labels().contains_key(ZONE_KEY))
             .then(|| {
-                let mut by_zone: HashMap<String, i64> = HashMap::new();
+                // Borrowed keys while counting: one allocation per zone, not per node.
+                let mut counting: HashMap<&str, i64> = HashMap::new();
                 for n in feasible {
-                    *by_zone.entry(n.labels()[ZONE_KEY].clone()).or_default() +=
-                        i64::from(n.owned_by(owner));
+                    if let Some(z) = n.labels().get(ZONE_KEY) {
+                        *counting.entry(z.as_str()).or_default() += i64::from(n.owned_by(owner));
+                    }
                 }
+                let by_zone: HashMap<String, i64> = counting
+                    .into_iter()
+                    .map(|(z, c)| (z.to_string(), c))
+                    .collect();
                 let weight = ((by_zone.len() + 2) as f64).ln();
                 (by_zone, weight)
             });

@@ -526,3 +526,106 @@ async fn replicas_spread_over_nodes_that_joined_after_the_start() {
     }
     assert_eq!(per_node(&pods, "one", 6).await, even);
 }
+
+#[tokio::test]
+async fn a_preemptors_nominated_room_is_not_taken_by_a_pod_of_equal_priority() {
+    let (client, shutdown, _dir) = start().await;
+    let _stop = shutdown.clone().drop_guard();
+    let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> = Api::all(client.clone());
+    let pc = serde_json::from_value(json!({"metadata": {"name": "high"}, "value": 1000})).unwrap();
+    classes.create(&PostParams::default(), &pc).await.unwrap();
+    add_node(&client, "only", "1", "4Gi").await;
+    scheduler(&client, &shutdown);
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    pods.create(&PostParams::default(), &pod("victim", "800m"))
+        .await
+        .unwrap();
+    eventually("victim bound", || async {
+        node_of(&pods.get("victim").await.ok()?)
+    })
+    .await;
+    let important = |name: &str| {
+        let mut p = pod(name, "800m");
+        p.spec.as_mut().unwrap().priority_class_name = Some("high".into());
+        p
+    };
+    pods.create(&PostParams::default(), &important("vip"))
+        .await
+        .unwrap();
+    let nominated = eventually("nominated node", || async {
+        pods.get("vip").await.ok()?.status?.nominated_node_name
+    })
+    .await;
+    assert_eq!(nominated, "only");
+    // The victim's containers stopped; at once a pod of the same priority arrives, while
+    // the preemptor is still in its back-off. The freed room is the preemptor's.
+    pods.delete(
+        "victim",
+        &kube::api::DeleteParams::default().grace_period(0),
+    )
+    .await
+    .unwrap();
+    pods.create(&PostParams::default(), &important("late"))
+        .await
+        .unwrap();
+    let bound = eventually("preemptor bound", || async {
+        node_of(&pods.get("vip").await.ok()?)
+    })
+    .await;
+    assert_eq!(bound, "only");
+    let cond = eventually("late pod pending", || async {
+        condition(&pods, "late").await
+    })
+    .await;
+    assert_eq!(cond.reason.as_deref(), Some("Unschedulable"));
+    assert!(node_of(&pods.get("late").await.unwrap()).is_none());
+}
+
+#[tokio::test]
+async fn preemption_evicts_a_pod_whose_anti_affinity_keeps_the_preemptor_out() {
+    let (client, shutdown, _dir) = start().await;
+    let _stop = shutdown.clone().drop_guard();
+    let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> = Api::all(client.clone());
+    let pc = serde_json::from_value(json!({"metadata": {"name": "high"}, "value": 1000})).unwrap();
+    classes.create(&PostParams::default(), &pc).await.unwrap();
+    // Plenty of CPU: only the running pod's anti-affinity stands in the way.
+    add_node(&client, "only", "8", "16Gi").await;
+    scheduler(&client, &shutdown);
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let loner: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "loner", "labels": {"app": "loner"}},
+        "spec": {"runtimeClassName": "process",
+            "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "web"}},
+                 "topologyKey": "kubernetes.io/hostname"}]}},
+            "containers": [{"name": "main", "command": ["/bin/sleep", "1000"]}]}}),
+    )
+    .unwrap();
+    pods.create(&PostParams::default(), &loner).await.unwrap();
+    eventually("loner bound", || async {
+        node_of(&pods.get("loner").await.ok()?)
+    })
+    .await;
+    let mut web = pod("web", "100m");
+    web.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+    web.spec.as_mut().unwrap().priority_class_name = Some("high".into());
+    pods.create(&PostParams::default(), &web).await.unwrap();
+    eventually("loner preempted", || async {
+        let p = pods.get("loner").await.ok()?;
+        p.metadata.deletion_timestamp.is_some().then_some(())
+    })
+    .await;
+    let nominated = eventually("nominated node", || async {
+        pods.get("web").await.ok()?.status?.nominated_node_name
+    })
+    .await;
+    assert_eq!(nominated, "only");
+    pods.delete("loner", &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let bound = eventually("preemptor bound", || async {
+        node_of(&pods.get("web").await.ok()?)
+    })
+    .await;
+    assert_eq!(bound, "only");
+}

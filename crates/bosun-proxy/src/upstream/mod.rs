@@ -565,6 +565,28 @@ impl Upstreams {
         &self.inner.metrics
     }
 
+    /// Records the span of a relayed connection (sampled `ids` only, when a tracer is
+    /// attached).
+    #[allow(clippy::too_many_arguments)]
+    pub fn trace_connection(
+        &self,
+        ids: Option<trace::SpanIds>,
+        protocol: &'static str,
+        service: String,
+        upstream: Option<std::net::SocketAddr>,
+        started: std::time::SystemTime,
+        duration: Duration,
+        bytes: (u64, u64),
+    ) {
+        if let (Some((tracer, component)), Some(ids)) = (self.inner.tracer.get(), ids)
+            && ids.sampled()
+        {
+            tracer.record(trace::Span::connection(
+                ids, component, protocol, service, upstream, started, duration, bytes,
+            ));
+        }
+    }
+
     /// Records a span of every sampled HTTP request forwarded from now on in `tracer`,
     /// named after `component` (`gateway`, `proxy`). Set once; later calls are ignored.
     pub fn set_tracer(&self, tracer: trace::Tracer, component: &'static str) {
@@ -1160,6 +1182,8 @@ impl Upstreams {
                     .map(|d| d.as_nanos() as u64)
                     .unwrap_or(0),
                 duration: started.elapsed(),
+                protocol: "http",
+                bytes: None,
             });
         }
         m.requests
@@ -1211,20 +1235,6 @@ impl Upstreams {
                 .or_else(|| client_addr.map(|a| a.ip().to_string().into_bytes())),
             HashKey::SourceIp => client_addr.map(|a| a.ip().to_string().into_bytes()),
         };
-        let downstream_version = parts.version;
-        if is_upgrade(&parts) {
-            return self
-                .upgrade_call(
-                    target,
-                    parts,
-                    boxed(body),
-                    policy,
-                    hash_key.as_deref(),
-                    labels,
-                )
-                .await;
-        }
-        strip_hop_by_hop(&mut parts.headers);
         // The span of this hop: chosen by the caller (the gateway), or a child of the
         // incoming trace (a new one without it).
         let ids = parts
@@ -1242,6 +1252,21 @@ impl Upstreams {
             parts.headers.insert(trace::TRACEPARENT, v);
         }
         hop.ids = Some(ids);
+        let downstream_version = parts.version;
+        if is_upgrade(&parts) {
+            return self
+                .upgrade_call(
+                    target,
+                    parts,
+                    boxed(body),
+                    hop,
+                    policy,
+                    hash_key.as_deref(),
+                    labels,
+                )
+                .await;
+        }
+        strip_hop_by_hop(&mut parts.headers);
         let rx = m
             .bytes
             .get_or_create(&DirLabels {
@@ -1428,24 +1453,38 @@ impl Upstreams {
     }
 }
 
+/// The span protocol of an `Upgrade` request: `websocket`, else `upgrade`.
+pub fn upgrade_protocol(h: &http::HeaderMap) -> &'static str {
+    let ws = h
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if ws { "websocket" } else { "upgrade" }
+}
+
 impl Upstreams {
     /// HTTP/1.1 `Upgrade` (WebSocket and the like): relayed on a dedicated connection to
     /// one endpoint; after `101 Switching Protocols` both sides are spliced. Not retried.
+    #[allow(clippy::too_many_arguments)]
     async fn upgrade_call(
         &self,
         target: &Target,
         mut parts: http::request::Parts,
         body: Body,
+        hop: &mut Hop,
         policy: &Policy,
         hash_key: Option<&[u8]>,
         labels: &SvcLabels,
     ) -> Response<Body> {
         let downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let protocol = upgrade_protocol(&parts.headers);
         let picked = match self.pick(target, Some(policy), hash_key) {
             Ok(p) => p,
             Err(e) => return e.into_response(),
         };
         let addr = picked.endpoint.addr;
+        hop.endpoint = Some(picked.endpoint.clone());
+        hop.attempts = 1;
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -1513,10 +1552,27 @@ impl Upstreams {
         }
         let upstream = hyper::upgrade::on(&mut resp);
         if let Some(downstream) = downstream {
+            let ids = hop.ids.as_ref().map(trace::SpanIds::child);
+            let (me, service) = (
+                self.clone(),
+                format!("{}/{}", labels.namespace, labels.service),
+            );
             tokio::spawn(async move {
                 if let (Ok(d), Ok(u)) = (downstream.await, upstream.await) {
                     let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                    let (wall, began) = (std::time::SystemTime::now(), Instant::now());
+                    let bytes = tokio::io::copy_bidirectional(&mut d, &mut u)
+                        .await
+                        .unwrap_or((0, 0));
+                    me.trace_connection(
+                        ids,
+                        protocol,
+                        service,
+                        Some(addr),
+                        wall,
+                        began.elapsed(),
+                        bytes,
+                    );
                 }
             });
         }

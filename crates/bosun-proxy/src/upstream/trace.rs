@@ -100,9 +100,15 @@ pub struct Span {
     pub pod: Option<String>,
     pub status: u16,
     pub attempts: u32,
-    /// Start, as Unix time in nanoseconds, and time to the response headers.
+    /// Start, as Unix time in nanoseconds, and time to the response headers (a
+    /// connection span: the whole connection).
     pub start_unix_nanos: u64,
     pub duration: std::time::Duration,
+    /// `http` for a request; `websocket` (or another upgrade) or `tcp` for a relayed
+    /// connection, which has one span from its start to its close.
+    pub protocol: &'static str,
+    /// A connection's bytes (from the client, to the client).
+    pub bytes: Option<(u64, u64)>,
 }
 
 impl Span {
@@ -124,12 +130,70 @@ impl Span {
             "attempts": self.attempts,
             "startTimeUnixNano": self.start_unix_nanos,
             "durationNanos": self.duration.as_nanos() as u64,
+            "protocol": self.protocol,
+            "bytesIn": self.bytes.map(|b| b.0),
+            "bytesOut": self.bytes.map(|b| b.1),
         })
     }
 
-    /// `component METHOD service`, e.g. `proxy GET default/web`.
+    /// `component METHOD service`, e.g. `proxy GET default/web`; connections:
+    /// `proxy TCP default/db`, `gateway WebSocket default/chat`.
     pub fn name(&self) -> String {
-        format!("{} {} {}", self.component, self.method, self.service)
+        match self.protocol {
+            "http" => format!("{} {} {}", self.component, self.method, self.service),
+            "tcp" => format!("{} TCP {}", self.component, self.service),
+            "websocket" => format!("{} WebSocket {}", self.component, self.service),
+            other => format!("{} {other} {}", self.component, self.service),
+        }
+    }
+
+    /// The span of one relayed connection (WebSocket after its upgrade, or TCP): from
+    /// `started` for `duration`, with the bytes each way.
+    #[allow(clippy::too_many_arguments)]
+    pub fn connection(
+        ids: SpanIds,
+        component: &'static str,
+        protocol: &'static str,
+        service: String,
+        upstream: Option<std::net::SocketAddr>,
+        started: std::time::SystemTime,
+        duration: std::time::Duration,
+        bytes: (u64, u64),
+    ) -> Span {
+        Span {
+            ids,
+            component,
+            method: if protocol == "tcp" {
+                http::Method::CONNECT
+            } else {
+                http::Method::GET
+            },
+            path: String::new(),
+            service,
+            route: None,
+            upstream,
+            pod: None,
+            status: if protocol == "tcp" { 0 } else { 101 },
+            attempts: 1,
+            start_unix_nanos: started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+            duration,
+            protocol,
+            bytes: Some(bytes),
+        }
+    }
+}
+
+impl SpanIds {
+    /// A new span of the same trace, child of this one.
+    pub fn child(&self) -> SpanIds {
+        let mut c = SpanIds::begin(None);
+        c.trace_id = self.trace_id;
+        c.parent = Some(self.span_id);
+        c.flags = self.flags;
+        c
     }
 }
 
@@ -383,6 +447,8 @@ mod tests {
                 attempts: 1,
                 start_unix_nanos: i,
                 duration: std::time::Duration::from_millis(1),
+                protocol: "http",
+                bytes: None,
             });
         }
         let all = t.recent(None, None, 10);
