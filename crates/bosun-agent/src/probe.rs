@@ -250,6 +250,41 @@ pub async fn run_once(
     Err("probe has no action".into())
 }
 
+/// First pause of the quick checks between a fresh container's regular probes, doubled
+/// after each up to [`QUICK_MAX`].
+const QUICK_FIRST: Duration = Duration::from_millis(10);
+const QUICK_MAX: Duration = Duration::from_millis(100);
+
+/// Until a startup or readiness probe of a network kind (tcpSocket, httpGet) first succeeds,
+/// it is also tried between its regular runs, every 10 ms growing to 100 ms, so a container
+/// that binds its port a moment after it starts is Ready then, not a whole period later
+/// (what a request held during scale from zero waits for). Only a success counts: failures
+/// of these quick checks are not reported and do not count toward `failureThreshold`, so
+/// the probe's Kubernetes semantics (events, restarts) are those of its period.
+fn quick_until_first_success(p: &Probe, name: &str) -> bool {
+    name != "liveness" && (p.tcp_socket.is_some() || p.http_get.is_some())
+}
+
+/// Sleeps `period`, trying the probe quickly meanwhile; true when one of those tries
+/// succeeded (the sleep then ends early).
+async fn quick_checks(c: &Container, p: &Probe, t: &Target, pr: &Params) -> bool {
+    let deadline = tokio::time::Instant::now() + pr.period;
+    let mut gap = QUICK_FIRST;
+    while tokio::time::Instant::now() + gap < deadline {
+        tokio::time::sleep(gap).await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if run_once(c, p, t, pr.timeout.min(left.max(QUICK_MAX)))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        gap = (gap * 2).min(QUICK_MAX);
+    }
+    tokio::time::sleep_until(deadline).await;
+    false
+}
+
 /// Runs a probe on its period; `on_change(true/false)` is called when the result flips per
 /// the thresholds; returns when `on_change` returns false.
 async fn probe_loop(
@@ -265,8 +300,17 @@ async fn probe_loop(
     tokio::time::sleep(pr.initial_delay).await;
     let mut state = initial;
     let (mut ok_run, mut bad_run) = (0u32, 0u32);
+    let mut quick = quick_until_first_success(p, name) && state != Some(true);
+    let mut quick_ok = false;
     loop {
-        let res = run_once(c, p, t, pr.timeout).await;
+        let res = if std::mem::take(&mut quick_ok) {
+            Ok(String::new())
+        } else {
+            run_once(c, p, t, pr.timeout).await
+        };
+        if res.is_ok() {
+            quick = false;
+        }
         match res {
             Ok(_) => {
                 ok_run += 1;
@@ -296,7 +340,11 @@ async fn probe_loop(
                 }
             }
         }
-        tokio::time::sleep(pr.period).await;
+        if quick {
+            quick_ok = quick_checks(c, p, t, &pr).await;
+        } else {
+            tokio::time::sleep(pr.period).await;
+        }
     }
 }
 
@@ -379,5 +427,97 @@ pub async fn run_container_probes(
     tokio::select! {
         _ = readiness => {}
         _ = liveness => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::TCPSocketAction;
+
+    fn target() -> Target {
+        Target {
+            pod_ip: "127.0.0.1".parse().unwrap(),
+            key: ContainerKey {
+                pod_uid: "u".into(),
+                container: "c".into(),
+                attempt: 1,
+            },
+            runtime: Arc::new(crate::runtime::ProcessRuntime::new(
+                std::env::temp_dir(),
+                "/nonexistent".into(),
+            )),
+        }
+    }
+
+    fn tcp_probe(port: u16, period: i32) -> Probe {
+        Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(i32::from(port)),
+                host: None,
+            }),
+            period_seconds: Some(period),
+            ..Probe::default()
+        }
+    }
+
+    /// A container that binds its port a moment after its first (failed) readiness probe,
+    /// and listens only briefly, is Ready: it was tried again before its next period.
+    /// Those quick tries' failures are not reported.
+    #[tokio::test]
+    async fn readiness_is_tried_again_quickly_until_it_first_succeeds() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let c = Container {
+            name: "c".into(),
+            readiness_probe: Some(tcp_probe(port, 10)),
+            ..Container::default()
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        let probes = tokio::spawn(run_container_probes(c, target(), tx, Resume::default()));
+        // Listens from 300 ms to 3 s after the start: within the first 10 s period only.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut events = Vec::new();
+        let ready = tokio::time::timeout(Duration::from_secs(3), async {
+            while let Some(ev) = rx.recv().await {
+                let done = matches!(ev, ProbeEvent::Ready(_, true));
+                events.push(ev);
+                if done {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        drop(listener);
+        probes.abort();
+        assert_eq!(ready, Ok(true), "{events:?}");
+        let unhealthy = events
+            .iter()
+            .filter(|e| matches!(e, ProbeEvent::Unhealthy { .. }))
+            .count();
+        // The regular first probe (before the port was bound) failed; the quick ones are silent.
+        assert!(unhealthy <= 1, "{events:?}");
+    }
+
+    /// Liveness keeps its period: no quick tries.
+    #[test]
+    fn only_startup_and_readiness_network_probes_are_quick() {
+        let p = tcp_probe(1, 1);
+        assert!(quick_until_first_success(&p, "readiness"));
+        assert!(quick_until_first_success(&p, "startup"));
+        assert!(!quick_until_first_success(&p, "liveness"));
+        let exec = Probe {
+            exec: Some(k8s_openapi::api::core::v1::ExecAction {
+                command: Some(vec!["true".into()]),
+            }),
+            ..Probe::default()
+        };
+        assert!(!quick_until_first_success(&exec, "readiness"));
     }
 }

@@ -4,6 +4,7 @@
 //! Pure functions over `serde_json::Value` and typed objects; no I/O, so the API server,
 //! the CLI and tests share one definition of every rule.
 
+pub mod conversion;
 pub mod crd;
 pub mod defaults;
 pub mod gateway;

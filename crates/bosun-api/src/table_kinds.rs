@@ -279,6 +279,14 @@ fn csr_row(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
 }
 
 fn hpa_row(o: &Value, now: jiff::Timestamp) -> Vec<Value> {
+    // A v1 object prints as its v2 form does, as in Kubernetes.
+    let v2;
+    let o = if o.get("apiVersion").and_then(Value::as_str) == Some("autoscaling/v1") {
+        v2 = crate::conversion::hpa_v1_to_v2(o).unwrap_or_else(|_| o.clone());
+        &v2
+    } else {
+        o
+    };
     let reference = format!(
         "{}/{}",
         s(o, "/spec/scaleTargetRef/kind"),

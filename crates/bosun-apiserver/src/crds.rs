@@ -77,11 +77,13 @@ pub(crate) fn by_resource(
                 .copied()
                 .find(|k| k.group == group && k.version == version && k.plural == plural)
         })
+        .or_else(|| bosun_api::conversion::by_resource(group, version, plural))
 }
 
 /// All served kinds, built-in first.
 pub(crate) fn all_kinds(inner: &Inner) -> Vec<&'static KindInfo> {
     let mut out: Vec<&'static KindInfo> = inner.registry.kinds.iter().collect();
+    out.extend(bosun_api::conversion::served_kinds());
     out.extend(inner.crds.get().kinds.iter().copied());
     out
 }
@@ -89,6 +91,12 @@ pub(crate) fn all_kinds(inner: &Inner) -> Vec<&'static KindInfo> {
 /// Served (group, version) pairs: built-in ones, then each CRD group's versions.
 pub(crate) fn group_versions(inner: &Inner) -> Vec<(&'static str, &'static str)> {
     let mut out = inner.registry.group_versions();
+    // After the stored version of the same group, which stays the preferred one.
+    for k in bosun_api::conversion::served_kinds() {
+        if !out.contains(&(k.group, k.version)) {
+            out.push((k.group, k.version));
+        }
+    }
     for k in &inner.crds.get().kinds {
         if !out.contains(&(k.group, k.version)) {
             out.push((k.group, k.version));
@@ -100,6 +108,8 @@ pub(crate) fn group_versions(inner: &Inner) -> Vec<(&'static str, &'static str)>
 /// Conversion `None`: an object stored under another version of the CRD is served
 /// with the requested `apiVersion`.
 pub(crate) fn convert(kind: &KindInfo, obj: &mut Value) {
+    // Built-in kinds served in a second version (autoscaling/v1 HorizontalPodAutoscaler).
+    bosun_api::conversion::from_storage(kind, obj);
     if kind.custom.is_some()
         && let Some(m) = obj.as_object_mut()
     {

@@ -218,6 +218,7 @@ pub(crate) fn api_groups(inner: &Inner, headers: &HeaderMap) -> ApiResult<Respon
             .collect();
         items.push(crate::metrics::aggregated_group());
         items.push(crate::custom_metrics::aggregated_group());
+        items.push(crate::external_metrics::aggregated_group());
         return aggregated_response(&aggregated_list(items));
     }
     let mut gs: Vec<Value> = groups(inner)
@@ -226,6 +227,7 @@ pub(crate) fn api_groups(inner: &Inner, headers: &HeaderMap) -> ApiResult<Respon
         .collect();
     gs.push(crate::metrics::api_group());
     gs.push(crate::custom_metrics::api_group());
+    gs.push(crate::external_metrics::api_group());
     Ok(json_response(
         StatusCode::OK,
         &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs}),

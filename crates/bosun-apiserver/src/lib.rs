@@ -14,6 +14,7 @@ mod discovery;
 pub mod encryption;
 mod error;
 mod eviction;
+mod external_metrics;
 mod field_labels;
 mod logs;
 mod metrics;
@@ -94,6 +95,9 @@ pub struct ApiServerConfig {
     pub service_account_issuer: String,
     /// Where to write the audit log; `None` writes none.
     pub audit: Option<audit::AuditConfig>,
+    /// Base URL (`http://HOST:PORT`) of the Prometheus API `external.metrics.k8s.io` reads
+    /// (bosun's built-in metrics); `None` answers those requests with 503.
+    pub external_metrics: Option<String>,
     /// The embedded store's file, for `apiserver_storage_size_bytes`.
     pub storage_file: Option<PathBuf>,
     /// Other in-process components' metrics, served on `/metrics` after the API server's.
@@ -115,6 +119,7 @@ impl ApiServerConfig {
             service_account_key: None,
             service_account_issuer: sa_token::DEFAULT_ISSUER.to_string(),
             audit: None,
+            external_metrics: None,
             storage_file: None,
             extra_metrics: Vec::new(),
         }
@@ -145,6 +150,8 @@ pub(crate) struct Inner {
     pub prom: Arc<prom::ApiMetrics>,
     /// ResourceQuota usage reserved by creates not yet written.
     pub quota_pending: quota::Pending,
+    /// See [`ApiServerConfig::external_metrics`].
+    pub external_metrics: Option<String>,
 }
 
 /// The API server. Cheap to clone.
@@ -205,6 +212,7 @@ impl ApiServer {
             crds: crds::State::new(),
             prom,
             quota_pending: quota::Pending::default(),
+            external_metrics: cfg.external_metrics,
         });
         let server = ApiServer { inner };
         server.ensure_namespaces().await?;
@@ -292,6 +300,18 @@ impl ApiServer {
             .route(
                 "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/{resource}/{name}/{metric}",
                 get(custom_metrics::object_metric),
+            )
+            .route(
+                "/apis/external.metrics.k8s.io",
+                get(external_metrics::group),
+            )
+            .route(
+                "/apis/external.metrics.k8s.io/v1beta1",
+                get(external_metrics::resources),
+            )
+            .route(
+                "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}",
+                get(external_metrics::metric),
             )
             .route(
                 "/apis/logs.bosun.dev/v1/namespaces/{ns}/podlogs",

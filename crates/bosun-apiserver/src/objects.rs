@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::response::Response;
 use base64::Engine;
-use bosun_api::{KindInfo, defaults, patch, strict, validation};
+use bosun_api::{KindInfo, conversion, defaults, patch, strict, validation};
 use bosun_store::{KeyValue, ListOptions, StoreError};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
@@ -247,6 +247,31 @@ fn keep_given(out: &mut Value, input: &Value) {
     }
 }
 
+/// A served version's object in the stored version (a no-op for most kinds).
+fn to_storage(kind: &KindInfo, obj: Value) -> ApiResult<Value> {
+    if !conversion::is_converted(kind) {
+        return Ok(obj);
+    }
+    let name = meta_str(&obj, "name").unwrap_or_default().to_string();
+    conversion::to_storage(kind, obj).map_err(|(field, message)| {
+        ApiError::invalid(
+            kind,
+            &name,
+            &[bosun_api::FieldError {
+                field,
+                reason: "FieldValueInvalid",
+                message,
+            }],
+        )
+    })
+}
+
+/// A stored object in the version `kind` serves.
+fn served(kind: &KindInfo, mut obj: Value) -> Value {
+    conversion::from_storage(kind, &mut obj);
+    obj
+}
+
 fn respond(code: StatusCode, obj: &Value, warnings: &[String]) -> Response {
     let mut r = json_response(code, obj);
     for w in warnings {
@@ -295,7 +320,7 @@ pub(crate) async fn create_object(
     dry_run: bool,
 ) -> ApiResult<Value> {
     check_type(kind, &mut obj)?;
-    let mut obj = normalize(kind, &obj)?;
+    let mut obj = to_storage(kind, normalize(kind, &obj)?)?;
     let ns = if kind.namespaced {
         let body_ns = meta_str(&obj, "namespace").map(String::from);
         let ns = match (namespace, body_ns) {
@@ -386,7 +411,7 @@ pub(crate) async fn create_object(
             return Err(ApiError::invalid(kind, &name, &errs));
         }
         if dry_run {
-            return Ok(obj);
+            return Ok(served(kind, obj));
         }
         let key = kind.key(ns.as_deref(), &name);
         if is_service(kind)
@@ -418,7 +443,7 @@ pub(crate) async fn create_object(
                 if let Some(ns) = &quota_ns {
                     crate::quota::touch(inner, ns);
                 }
-                return Ok(obj);
+                return Ok(served(kind, obj));
             }
             Err(StoreError::AlreadyExists(_)) if generate => continue,
             Err(StoreError::AlreadyExists(_)) => {
@@ -875,7 +900,11 @@ where
             .map_err(ApiError::store)?
             .ok_or_else(|| ApiError::not_found(kind, name))?;
         let cur = decode_kv(&cur_kv)?;
-        let wanted = mutate(&cur)?;
+        let wanted = if conversion::is_converted(kind) {
+            to_storage(kind, mutate(&served(kind, cur.clone()))?)?
+        } else {
+            mutate(&cur)?
+        };
         let mut new = merge_for_update(kind, mode, &cur, wanted);
         if let Some(rv) = rv_of(&new)
             && rv != cur_kv.mod_revision.to_string()
@@ -913,10 +942,14 @@ where
             // read + update re-encrypts with the current key, as in Kubernetes.
             && !inner.encryption.stale(&key).await.map_err(ApiError::store)?
         {
-            return Ok(Updated { obj: cur });
+            return Ok(Updated {
+                obj: served(kind, cur),
+            });
         }
         if dry_run {
-            return Ok(Updated { obj: new });
+            return Ok(Updated {
+                obj: served(kind, new),
+            });
         }
         match inner
             .store
@@ -934,14 +967,18 @@ where
                             if is_service(kind) {
                                 services::release(inner, &new).await;
                             }
-                            return Ok(Updated { obj: new });
+                            return Ok(Updated {
+                                obj: served(kind, new),
+                            });
                         }
                         // Someone wrote in between; that write decides.
                         Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
                         Err(e) => return Err(ApiError::store(e)),
                     }
                 }
-                return Ok(Updated { obj: new });
+                return Ok(Updated {
+                    obj: served(kind, new),
+                });
             }
             Err(StoreError::Conflict { .. }) => continue,
             Err(StoreError::NotFound(_)) => return Err(ApiError::not_found(kind, name)),
@@ -1704,7 +1741,7 @@ pub(crate) async fn delete_object(
 fn delete_response(kind: &KindInfo, d: &Deleted) -> Response {
     let returns_object = is_pod(kind) || (kind.group.is_empty() && kind.kind == "Service");
     if !d.removed || returns_object {
-        return json_response(StatusCode::OK, &d.obj);
+        return json_response(StatusCode::OK, &served(kind, d.obj.clone()));
     }
     let mut details = json!({
         "name": meta_str(&d.obj, "name").unwrap_or_default(),

@@ -211,6 +211,7 @@ pub fn cluster_roles() -> Vec<Value> {
                 rule(&["gateway.networking.k8s.io"], &gateway, READ),
                 rule(&["metrics.k8s.io"], &["pods", "nodes"], READ),
                 rule(&["custom.metrics.k8s.io"], &["*"], READ),
+                rule(&["external.metrics.k8s.io"], &["*"], READ),
             ],
         ),
         cluster_role(

@@ -439,6 +439,7 @@ pub(crate) async fn start_control_plane(
     api_cfg.limits.max_connections_per_ip = opts.max_connections_per_ip;
     api_cfg.encryption_config = Some(opts.data_dir.join(bosun_apiserver::encryption::CONFIG_FILE));
     api_cfg.service_account_key = Some(opts.data_dir.join("sa.key"));
+    api_cfg.external_metrics = metrics_api_url(opts);
     let audit_path = opts
         .audit_log_path
         .clone()
@@ -654,6 +655,22 @@ pub(crate) fn start_node_services(
         tasks.spawn(async move { ("gateway", bosun_gateway::run(c, cfg, sd).await) });
     }
     Ok(())
+}
+
+/// Where the built-in metrics' Prometheus API will answer (the console listener), for the
+/// API server's `external.metrics.k8s.io`.
+fn metrics_api_url(opts: &ServerOpts) -> Option<String> {
+    match opts.console_listen.as_deref() {
+        Some("off") => None,
+        Some(addr) => {
+            let mut a: SocketAddr = addr.parse().ok()?;
+            if a.ip().is_unspecified() {
+                a.set_ip(IpAddr::from([127, 0, 0, 1]));
+            }
+            Some(format!("http://{a}"))
+        }
+        None => Some("http://127.0.0.1:9090".into()),
+    }
 }
 
 /// The console's listener: `--console-listen`, or 127.0.0.1:9090 when that is free.

@@ -156,6 +156,7 @@ pub async fn run_with(
             deployments.clone(),
             services.clone(),
             leases.clone(),
+            nodes.clone(),
             stop.clone(),
         )),
         tokio::spawn(endpoints::run(

@@ -10,7 +10,11 @@
 //! * Activity: each node proxy and gateway writes, into a Lease of its own in
 //!   `kube-node-lease` (label `bosun.dev/activity`), the time of the last request and the
 //!   number of waiting requests per marked Service. The controller combines them: the
-//!   latest request on any node, the waiting requests of all nodes.
+//!   latest request on any node, the waiting requests of all nodes. Each writer renews its
+//!   Lease (`renewTime`, `leaseDurationSeconds`); the waiting requests of an expired Lease
+//!   (its node or proxy died) no longer count, so they can neither keep a Deployment up nor
+//!   wake it. Expired Leases are deleted [`GC_AFTER`] past their expiry, at once when their
+//!   node is gone; the Lease of a node that lives drops deleted Services itself.
 //! * Scaling down writes `spec.replicas: 0` together with `bosun.dev/scale-to-zero-restore`
 //!   (the count before) and `bosun.dev/scale-to-zero-changed` (when), in one patch.
 //!   Waking writes the remembered count back (at least 1), in one patch, as soon as a
@@ -28,7 +32,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -50,8 +54,14 @@ pub const TARGET_ANNOTATION: &str = "bosun.dev/scale-to-zero-target";
 /// Label and annotation of the activity Leases (see `bosun_proxy::upstream::activation`).
 pub const ACTIVITY_LABEL: &str = "bosun.dev/activity";
 pub const ACTIVITY_ANNOTATION: &str = "bosun.dev/service-activity";
+/// Namespace of the activity Leases.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 
 const MANAGER: &str = "scale-to-zero-controller";
+
+/// How long an expired activity Lease is kept (its `last` times still count) before it is
+/// deleted, when its node still exists.
+pub const GC_AFTER: Duration = Duration::from_secs(600);
 
 /// A Go-style duration: `500ms`, `60s`, `5m`, `1h30m` (a bare number means seconds).
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
@@ -98,13 +108,47 @@ pub struct Activity {
     pub waiting: u64,
 }
 
-/// Combines the activity Leases: `NAMESPACE/SERVICE` -> activity.
-pub fn combine<'a>(leases: impl IntoIterator<Item = &'a Lease>) -> HashMap<String, Activity> {
+fn is_activity(l: &Lease) -> bool {
+    l.labels().get(ACTIVITY_LABEL).map(String::as_str) == Some("true")
+}
+
+/// Unix ms at which an activity Lease expires: `renewTime + leaseDurationSeconds`. A Lease
+/// without them (never renewed) counts as expired since its creation.
+pub fn expires_ms(l: &Lease) -> i64 {
+    let spec = l.spec.as_ref();
+    let renewed = spec.and_then(|s| s.renew_time.as_ref()).map(|t| ms_of(t.0));
+    let duration = spec.and_then(|s| s.lease_duration_seconds);
+    match (renewed, duration) {
+        (Some(r), Some(d)) => r.saturating_add(i64::from(d.max(0)) * 1000),
+        _ => l
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| ms_of(t.0))
+            .unwrap_or(0),
+    }
+}
+
+/// The node an activity Lease reports for (`bosun-proxy-NODE`, `bosun-gateway-NODE`).
+pub fn lease_node(name: &str) -> Option<&str> {
+    name.strip_prefix("bosun-proxy-")
+        .or_else(|| name.strip_prefix("bosun-gateway-"))
+        .filter(|n| !n.is_empty())
+}
+
+/// Combines the activity Leases at `now_ms`: `NAMESPACE/SERVICE` -> activity. The waiting
+/// requests of an expired Lease are left out (nobody holds them any more); its request
+/// times still count.
+pub fn combine<'a>(
+    leases: impl IntoIterator<Item = &'a Lease>,
+    now_ms: i64,
+) -> HashMap<String, Activity> {
     let mut out: HashMap<String, Activity> = HashMap::new();
     for l in leases {
-        if l.labels().get(ACTIVITY_LABEL).map(String::as_str) != Some("true") {
+        if !is_activity(l) {
             continue;
         }
+        let live = expires_ms(l) > now_ms;
         let Some(raw) = l.annotations().get(ACTIVITY_ANNOTATION) else {
             continue;
         };
@@ -115,7 +159,9 @@ pub fn combine<'a>(leases: impl IntoIterator<Item = &'a Lease>) -> HashMap<Strin
             let e = out.entry(svc).or_default();
             let last = v.get("last").and_then(Value::as_i64).unwrap_or(0);
             e.last_ms = e.last_ms.max(last);
-            e.waiting += v.get("waiting").and_then(Value::as_u64).unwrap_or(0);
+            if live {
+                e.waiting += v.get("waiting").and_then(Value::as_u64).unwrap_or(0);
+            }
         }
     }
     out
@@ -201,6 +247,7 @@ pub async fn run(
     deployments: Informer<Deployment>,
     services: Informer<Service>,
     leases: Informer<Lease>,
+    nodes: Informer<Node>,
     stop: CancellationToken,
 ) {
     let hpas = Informer::<HorizontalPodAutoscaler>::start(Api::all(client.clone()), stop.clone());
@@ -222,6 +269,7 @@ pub async fn run(
         forward(services.subscribe(), tx.clone()),
         forward(leases.subscribe(), tx.clone()),
         forward(hpas.subscribe(), tx.clone()),
+        forward(nodes.subscribe(), tx.clone()),
     ];
     let recorder = Recorder::new(client.clone(), MANAGER);
     let mut next: Option<i64> = None;
@@ -249,6 +297,11 @@ pub async fn run(
             &hpas.store().state(),
         )
         .await;
+        let gc = collect_leases(&client, &leases.store().state(), &nodes.store().state()).await;
+        next = match (next, gc) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
     for f in forwarders {
         f.abort();
@@ -265,7 +318,15 @@ async fn pass(
     hpas: &[Arc<HorizontalPodAutoscaler>],
 ) -> Option<i64> {
     let now = ms_of(crate::util::now());
-    let activity = combine(leases.iter().map(|l| l.as_ref()));
+    let activity = combine(leases.iter().map(|l| l.as_ref()), now);
+    // A Lease that holds waiting requests stops counting when it expires: look again then.
+    let mut next: Option<i64> = leases
+        .iter()
+        .filter(|l| is_activity(l))
+        .map(|l| expires_ms(l))
+        .filter(|&at| at > now)
+        .min()
+        .map(|at| at + 1);
     let hpa_zero = |d: &Deployment| {
         hpas.iter().any(|h| {
             h.namespace() == d.namespace()
@@ -343,7 +404,6 @@ async fn pass(
                 .push(format!("{ns}/{}", s.name_any()));
         }
     }
-    let mut next: Option<i64> = None;
     for (d, window, hz) in marked {
         let ns = d.namespace().unwrap_or_default();
         let key = (ns.clone(), d.name_any());
@@ -427,6 +487,70 @@ async fn pass(
             Err(e) => {
                 tracing::warn!(deployment = %format!("{ns}/{}", d.name_any()), "{reason}: {e}");
                 next = Some(now + 1000);
+            }
+        }
+    }
+    next
+}
+
+/// What becomes of one activity Lease at `now_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseFate {
+    /// Look again at this Unix ms.
+    KeepUntil(i64),
+    Delete,
+}
+
+/// Expired Leases of nodes that are gone go at once; others [`GC_AFTER`] past expiry.
+pub fn lease_fate(l: &Lease, node_exists: bool, now_ms: i64) -> LeaseFate {
+    let expires = expires_ms(l);
+    if expires > now_ms {
+        return LeaseFate::KeepUntil(expires);
+    }
+    let collect_at = expires.saturating_add(GC_AFTER.as_millis() as i64);
+    if !node_exists || now_ms >= collect_at {
+        LeaseFate::Delete
+    } else {
+        LeaseFate::KeepUntil(collect_at)
+    }
+}
+
+/// Deletes the activity Leases whose writers are gone; returns when to look again.
+async fn collect_leases(
+    client: &Client,
+    leases: &[Arc<Lease>],
+    nodes: &[Arc<Node>],
+) -> Option<i64> {
+    let now = ms_of(crate::util::now());
+    let mut next: Option<i64> = None;
+    let api: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    for l in leases.iter().filter(|l| is_activity(l)) {
+        let name = l.name_any();
+        let node_exists =
+            lease_node(&name).is_some_and(|n| nodes.iter().any(|x| x.name_any() == n));
+        match lease_fate(l, node_exists, now) {
+            LeaseFate::KeepUntil(at) => {
+                let at = at + 1;
+                next = Some(next.map_or(at, |n: i64| n.min(at)));
+            }
+            LeaseFate::Delete => {
+                let dp = kube::api::DeleteParams {
+                    preconditions: Some(kube::api::Preconditions {
+                        resource_version: l.resource_version(),
+                        uid: None,
+                    }),
+                    ..Default::default()
+                };
+                match api.delete(&name, &dp).await {
+                    Ok(_) => {
+                        tracing::info!(lease = %name, "deleted expired service activity lease")
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                    Err(e) => {
+                        tracing::warn!(lease = %name, "deleting expired activity lease: {e}");
+                        next = Some(now + 5000);
+                    }
+                }
             }
         }
     }
@@ -521,10 +645,12 @@ mod tests {
         let lease = |name: &str, ann: &str| -> Lease {
             serde_json::from_value(json!({
                 "metadata": {"name": name, "labels": {ACTIVITY_LABEL: "true"},
-                             "annotations": {ACTIVITY_ANNOTATION: ann}}
+                             "annotations": {ACTIVITY_ANNOTATION: ann}},
+                "spec": {"renewTime": "2026-01-01T00:00:00.000000Z", "leaseDurationSeconds": 30},
             }))
             .unwrap()
         };
+        let t0 = ms_of("2026-01-01T00:00:00Z".parse().unwrap());
         let a = lease(
             "bosun-proxy-n1",
             r#"{"default/web": {"last": 100, "waiting": 1}}"#,
@@ -534,7 +660,7 @@ mod tests {
             r#"{"default/web": {"last": 300, "waiting": 2}, "x/y": {"last": 5}}"#,
         );
         let heartbeat: Lease = serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap();
-        let m = combine([&a, &b, &heartbeat]);
+        let m = combine([&a, &b, &heartbeat], t0 + 29_000);
         assert_eq!(
             m["default/web"],
             Activity {
@@ -543,5 +669,45 @@ mod tests {
             }
         );
         assert_eq!(m["x/y"].last_ms, 5);
+        // Past renewTime + 30s nobody holds those requests any more; the times still count.
+        let m = combine([&a, &b], t0 + 30_000);
+        assert_eq!(
+            m["default/web"],
+            Activity {
+                last_ms: 300,
+                waiting: 0
+            }
+        );
+    }
+
+    #[test]
+    fn expired_leases_are_collected() {
+        let lease = |renew: Option<&str>| -> Lease {
+            serde_json::from_value(json!({
+                "metadata": {"name": "bosun-proxy-n1", "labels": {ACTIVITY_LABEL: "true"},
+                             "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"renewTime": renew, "leaseDurationSeconds": 30},
+            }))
+            .unwrap()
+        };
+        let t0 = ms_of("2026-01-01T00:00:00Z".parse().unwrap());
+        assert_eq!(lease_node("bosun-proxy-n1"), Some("n1"));
+        assert_eq!(lease_node("bosun-gateway-node-a"), Some("node-a"));
+        assert_eq!(lease_node("n1"), None);
+        let l = lease(Some("2026-01-01T00:00:00.000000Z"));
+        assert_eq!(
+            lease_fate(&l, true, t0 + 1_000),
+            LeaseFate::KeepUntil(t0 + 30_000)
+        );
+        assert_eq!(
+            lease_fate(&l, false, t0 + 1_000),
+            LeaseFate::KeepUntil(t0 + 30_000)
+        );
+        let gc = t0 + 30_000 + GC_AFTER.as_millis() as i64;
+        assert_eq!(lease_fate(&l, true, t0 + 31_000), LeaseFate::KeepUntil(gc));
+        assert_eq!(lease_fate(&l, false, t0 + 31_000), LeaseFate::Delete);
+        assert_eq!(lease_fate(&l, true, gc), LeaseFate::Delete);
+        // Never renewed (written before Leases expired): expired since its creation.
+        assert_eq!(expires_ms(&lease(None)), t0);
     }
 }

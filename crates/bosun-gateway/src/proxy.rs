@@ -38,6 +38,13 @@ pub trait Backends: Send + Sync + 'static {
     /// One endpoint address for a connection-level exchange (WebSocket).
     fn endpoint(&self, target: &BackendTarget) -> Result<SocketAddr, (StatusCode, String)>;
 
+    /// Before [`Backends::endpoint`]: waits while a Service whose workload may be at zero
+    /// has no ready endpoint, as [`Backends::call`] does for plain requests. The error is
+    /// the answer to send (503 naming the Service past its activation timeout).
+    fn activate(&self, _target: &BackendTarget) -> BoxFuture<'static, Result<(), Response<Body>>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Records the span of a relayed connection (a WebSocket after its upgrade).
     #[allow(clippy::too_many_arguments)]
     fn trace_connection(
@@ -122,6 +129,16 @@ impl Backends for Upstreams {
             }
             Err(e) => Err((e.status(), e.to_string())),
         }
+    }
+
+    fn activate(&self, target: &BackendTarget) -> BoxFuture<'static, Result<(), Response<Body>>> {
+        let this = self.clone();
+        let t = to_target(target);
+        Box::pin(async move {
+            this.activate_target(&t)
+                .await
+                .map_err(|e| e.into_response())
+        })
     }
 }
 
@@ -503,6 +520,10 @@ impl Handler {
         body: Body,
         on_client: hyper::upgrade::OnUpgrade,
     ) -> Response<Body> {
+        // Scaled to zero: the handshake waits for the first ready endpoint.
+        if let Err(resp) = self.backends.activate(target).await {
+            return resp;
+        }
         let span = parts.extensions.get::<upstream::trace::SpanIds>().cloned();
         let protocol = upstream::upgrade_protocol(&parts.headers);
         let addr = match self.backends.endpoint(target) {

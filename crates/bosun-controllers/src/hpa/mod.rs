@@ -2,7 +2,7 @@
 //! `pkg/controller/podautoscaler`: every sync period it reads the target's `/scale`, the
 //! pods its selector matches and their metrics through the API (`metrics.k8s.io` for CPU
 //! and memory, `custom.metrics.k8s.io` for the node proxies' per-pod and per-Service
-//! request figures), computes the replica count of each metric (`logic.rs`), stabilizes and
+//! request figures, `external.metrics.k8s.io` for series of the built-in metrics), computes the replica count of each metric (`logic.rs`), stabilizes and
 //! rate-limits it, writes `/scale` and the status with Kubernetes' conditions and Events.
 
 pub mod logic;
@@ -35,6 +35,8 @@ pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(15);
 
 /// The group, version and kinds of `custom.metrics.k8s.io` the controller reads.
 pub const CUSTOM_METRICS: &str = "/apis/custom.metrics.k8s.io/v1beta2";
+/// Where `External` metrics are read (bosun's built-in metrics, by name and selector).
+pub const EXTERNAL_METRICS: &str = "/apis/external.metrics.k8s.io/v1beta1";
 
 struct Ctx {
     client: Client,
@@ -379,6 +381,37 @@ async fn object_value(
         })
 }
 
+/// The sum of the series of an external metric that match its selector
+/// (`GetExternalMetric`), in milli-units.
+async fn external_value(
+    client: &Client,
+    ns: &str,
+    metric: &str,
+    selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+) -> anyhow::Result<i64> {
+    let q = crate::util::LabelMatcher::new(selector)
+        .query()
+        .unwrap_or_default();
+    let mut path = format!("{EXTERNAL_METRICS}/namespaces/{ns}/{}", enc(metric));
+    if !q.is_empty() {
+        path.push_str(&format!("?labelSelector={}", enc(&q)));
+    }
+    let what = format!("unable to get external metric {ns}/{metric}/{q}");
+    let v = get_json(client, &path).await.map_err(|e| {
+        anyhow::anyhow!("{what}: unable to fetch metrics from external metrics API: {e:#}")
+    })?;
+    let values: Vec<i64> = v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["value"].as_str().and_then(milli))
+        .collect();
+    if values.is_empty() {
+        anyhow::bail!("{what}: no metrics returned from external metrics API");
+    }
+    Ok(values.iter().sum())
+}
+
 /// One metric's outcome: the proposal and its status entry, or the failure condition.
 enum Computed {
     Ok {
@@ -532,6 +565,52 @@ async fn compute_metric(
                     reason: "FailedGetObjectMetric",
                     message: format!("the HPA was unable to compute the replica count: {e:#}"),
                     event: format!("failed to get object metric value: {e:#}"),
+                },
+            }
+        }
+        "External" => {
+            let Some(src) = &m.external else {
+                return Computed::Err { reason: "InvalidMetricSourceType", message: "the HPA was unable to compute the replica count: external metric source is missing".into(), event: String::new() };
+            };
+            let name = &src.metric.name;
+            let outcome = async {
+                let usage =
+                    external_value(client, ns, name, src.metric.selector.as_ref()).await?;
+                if let Some(v) = target_value(&src.target) {
+                    let ready = pods
+                        .iter()
+                        .filter(|p| {
+                            crate::util::pod_phase(p) == "Running" && crate::util::pod_is_ready(p)
+                        })
+                        .count() as i32;
+                    Ok::<_, anyhow::Error>((logic::object_value(current, usage, v, ready), "value"))
+                } else if let Some(avg) = target_average(&src.target) {
+                    Ok((logic::object_average(current, usage, avg), "averageValue"))
+                } else {
+                    anyhow::bail!("invalid external metric source: neither a value target nor an average value target was set")
+                }
+            }
+            .await;
+            match outcome {
+                Ok((p, field)) => {
+                    let mut metric = json!({"name": name});
+                    if let Some(s) = &src.metric.selector {
+                        metric["selector"] = serde_json::to_value(s).unwrap_or(Value::Null);
+                    }
+                    let status = json!({"type": "External", "external": {
+                        "metric": metric,
+                        "current": {field: quantity(p.milli)},
+                    }});
+                    Computed::Ok {
+                        proposal: p,
+                        status,
+                        name: format!("external metric {name}"),
+                    }
+                }
+                Err(e) => Computed::Err {
+                    reason: "FailedGetExternalMetric",
+                    message: format!("the HPA was unable to compute the replica count: {e:#}"),
+                    event: format!("failed to get external metric value: {e:#}"),
                 },
             }
         }

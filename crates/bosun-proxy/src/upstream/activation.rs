@@ -10,7 +10,9 @@
 //! * a reporter task ([`super::Upstreams::report_activity`]) writes the latest request time
 //!   and the number of held requests of every marked Service into a Lease of its own in
 //!   `kube-node-lease` (annotation [`ACTIVITY_ANNOTATION`]), at most once a second and at once
-//!   when a request starts waiting; the controller combines the Leases of every node;
+//!   when a request starts waiting, and renews it every [`RENEW_INTERVAL`] (`renewTime`,
+//!   `leaseDurationSeconds`); the controller combines the Leases of every node, ignores the
+//!   waiting requests of an expired Lease and deletes the Leases of nodes that are gone;
 //! * a request that finds no ready endpoint waits (bounded by [`ActivationConfig::queue`]
 //!   per Service, for at most [`ActivationConfig::timeout`]) until an EndpointSlice change
 //!   brings one, then goes on as any other request. Past the timeout it gets a 503 that names
@@ -35,6 +37,11 @@ pub const ACTIVITY_ANNOTATION: &str = "bosun.dev/service-activity";
 pub const ACTIVITY_LABEL: &str = "bosun.dev/activity";
 /// Namespace of the activity Leases.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// `spec.leaseDurationSeconds` of an activity Lease: past `renewTime` plus this, the Lease
+/// is expired and the controller ignores its waiting requests (its writer is gone).
+pub const LEASE_DURATION: Duration = Duration::from_secs(30);
+/// How often a live writer renews its Lease when the activity did not change.
+pub const RENEW_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The activity Lease of one component of one node: `bosun-proxy-NODE` or
 /// `bosun-gateway-NODE`. The Node authorizer lets a node write exactly these.

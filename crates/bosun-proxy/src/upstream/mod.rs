@@ -1055,12 +1055,14 @@ impl Upstreams {
     }
 
     /// Writes [`Upstreams::activity`] into the Lease `kube-node-lease/LEASE` whenever it
-    /// changed, checking once a second and at once when a request starts waiting. Runs
-    /// until dropped.
+    /// changed, checking once a second and at once when a request starts waiting, and
+    /// renews it every [`activation::RENEW_INTERVAL`] (its `leaseDurationSeconds` is
+    /// [`activation::LEASE_DURATION`]). Runs until dropped.
     pub async fn report_activity(self, client: kube::Client, lease: String) {
         use k8s_openapi::api::coordination::v1::Lease;
         let api: kube::Api<Lease> = kube::Api::namespaced(client, activation::LEASE_NAMESPACE);
         let mut written: Option<BTreeMap<String, activation::Report>> = None;
+        let mut written_at: Option<Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failures = 0u32;
@@ -1070,12 +1072,16 @@ impl Upstreams {
                 _ = self.inner.report_now.notified() => {}
             }
             let now = self.activity();
-            if written.as_ref() == Some(&now) {
+            // Unchanged activity is still renewed, so the Lease does not expire while this
+            // node lives.
+            let renew = written_at.is_none_or(|t| t.elapsed() >= activation::RENEW_INTERVAL);
+            if written.as_ref() == Some(&now) && !renew {
                 continue;
             }
             match write_activity(&api, &lease, &now).await {
                 Ok(()) => {
                     written = Some(now);
+                    written_at = Some(Instant::now());
                     failures = 0;
                 }
                 Err(e) => {
@@ -1590,7 +1596,13 @@ async fn write_activity(
             "labels": {activation::ACTIVITY_LABEL: "true"},
             "annotations": {activation::ACTIVITY_ANNOTATION: activation::encode(reports)},
         },
-        "spec": {"holderIdentity": lease},
+        "spec": {
+            "holderIdentity": lease,
+            "leaseDurationSeconds": activation::LEASE_DURATION.as_secs(),
+            "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                k8s_openapi::jiff::Timestamp::now(),
+            ),
+        },
     });
     match api
         .patch(lease, &PatchParams::default(), &Patch::Merge(&body))
