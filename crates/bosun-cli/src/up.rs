@@ -471,6 +471,7 @@ pub(crate) async fn start_control_plane(
     let ctl = bosun_controllers::ControllerConfig {
         node_monitor_grace_period: opts.node_monitor_grace_period,
         hpa_sync_period: opts.horizontal_pod_autoscaler_sync_period,
+        metrics_url: metrics_url(opts.console_listen.as_deref()),
         ..Default::default()
     };
     bosun_controllers::nodeipam::Range::parse(&opts.cluster_cidr).context("--cluster-cidr")?;
@@ -618,6 +619,23 @@ pub(crate) fn start_node_services(
         tasks.spawn(async move { ("gateway", bosun_gateway::run(c, cfg, sd).await) });
     }
     Ok(())
+}
+
+/// Where this server's Prometheus API answers (the Rollout analysis' default address).
+fn metrics_url(console_listen: Option<&str>) -> Option<String> {
+    match console_listen {
+        Some("off") => None,
+        None => Some("http://127.0.0.1:9090".into()),
+        Some(a) => {
+            let addr: std::net::SocketAddr = a.parse().ok()?;
+            let ip = if addr.ip().is_unspecified() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                addr.ip()
+            };
+            Some(format!("http://{}", std::net::SocketAddr::new(ip, addr.port())))
+        }
+    }
 }
 
 /// The console's listener: `--console-listen`, or 127.0.0.1:9090 when that is free.
