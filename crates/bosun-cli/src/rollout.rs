@@ -58,7 +58,13 @@ pub enum Action {
 }
 
 /// The status (and spec) patches of `kubectl argo rollouts promote|abort|retry`.
-async fn argo_verb(client: Client, ns: &str, verb: &str, name: &str, full: bool) -> Result<ExitCode> {
+async fn argo_verb(
+    client: Client,
+    ns: &str,
+    verb: &str,
+    name: &str,
+    full: bool,
+) -> Result<ExitCode> {
     use kube::api::DynamicObject;
     let ar = bosun_controllers::rollout::rollout_resource();
     let api: Api<DynamicObject> = Api::namespaced_with(client, ns, &ar);
@@ -74,8 +80,12 @@ async fn argo_verb(client: Client, ns: &str, verb: &str, name: &str, full: bool)
         _ => serde_json::json!({"status": {"abort": false}}),
     };
     if verb == "promote" && ro.data.pointer("/spec/paused") == Some(&serde_json::json!(true)) {
-        api.patch(name, &pp, &Patch::Merge(serde_json::json!({"spec": {"paused": false}})))
-            .await?;
+        api.patch(
+            name,
+            &pp,
+            &Patch::Merge(serde_json::json!({"spec": {"paused": false}})),
+        )
+        .await?;
     }
     api.patch_status(name, &pp, &Patch::Merge(status)).await?;
     let past = match verb {

@@ -633,7 +633,10 @@ fn metrics_url(console_listen: Option<&str>) -> Option<String> {
             } else {
                 addr.ip()
             };
-            Some(format!("http://{}", std::net::SocketAddr::new(ip, addr.port())))
+            Some(format!(
+                "http://{}",
+                std::net::SocketAddr::new(ip, addr.port())
+            ))
         }
     }
 }

@@ -167,10 +167,14 @@ pub fn validate(spec: &RolloutSpec) -> Result<(), String> {
         (None, None) => return Err("spec.strategy: one of canary or blueGreen is required".into()),
         (Some(c), None) => {
             if c.stable_service.is_some() != c.canary_service.is_some() {
-                return Err("spec.strategy.canary: stableService and canaryService go together".into());
+                return Err(
+                    "spec.strategy.canary: stableService and canaryService go together".into(),
+                );
             }
             if c.stable_service.is_some() && c.stable_service == c.canary_service {
-                return Err("spec.strategy.canary.canaryService: must differ from stableService".into());
+                return Err(
+                    "spec.strategy.canary.canaryService: must differ from stableService".into(),
+                );
             }
             for (i, s) in c.steps.iter().enumerate() {
                 let set = [
@@ -220,7 +224,9 @@ pub fn validate(spec: &RolloutSpec) -> Result<(), String> {
                 return Err("spec.strategy.blueGreen.activeService: Required value".into());
             }
             if b.active_service == b.preview_service {
-                return Err("spec.strategy.blueGreen.previewService: must differ from activeService".into());
+                return Err(
+                    "spec.strategy.blueGreen.previewService: must differ from activeService".into(),
+                );
             }
         }
     }
@@ -439,7 +445,14 @@ pub fn canary_replicas(replicas: i32, weight: i32) -> i32 {
     ((replicas as i64 * weight as i64 + 99) / 100).max(1) as i32
 }
 
-fn set_condition(status: &mut RolloutStatus, now: &str, type_: &str, st: bool, reason: &str, msg: &str) {
+fn set_condition(
+    status: &mut RolloutStatus,
+    now: &str,
+    type_: &str,
+    st: bool,
+    reason: &str,
+    msg: &str,
+) {
     let st = if st { "True" } else { "False" };
     match status.conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
@@ -602,19 +615,24 @@ pub fn decide(v: &View) -> Decision {
             let name = format!("{}-{}-bg", v.name, v.hash);
             d.runs.push(WantRun {
                 name: name.clone(),
-                templates: a.templates.iter().map(|t| t.template_name.clone()).collect(),
+                templates: a
+                    .templates
+                    .iter()
+                    .map(|t| t.template_name.clone())
+                    .collect(),
                 args: a.args.clone(),
             });
             let r = v.runs.get(&name).cloned().unwrap_or(RunView {
                 phase: "Pending".into(),
                 message: String::new(),
             });
-            st.canary.get_or_insert_with(Default::default).current_background_analysis_run_status =
-                Some(RunStatusRef {
-                    name: name.clone(),
-                    status: r.phase.clone(),
-                    message: (!r.message.is_empty()).then(|| r.message.clone()),
-                });
+            st.canary
+                .get_or_insert_with(Default::default)
+                .current_background_analysis_run_status = Some(RunStatusRef {
+                name: name.clone(),
+                status: r.phase.clone(),
+                message: (!r.message.is_empty()).then(|| r.message.clone()),
+            });
             if run_failed(&r) {
                 abort(st, &mut d.events, &now_s, &name, &r);
             }
@@ -649,7 +667,8 @@ pub fn decide(v: &View) -> Decision {
                         let dur = parse_duration(dur).unwrap_or(SignedDuration::ZERO);
                         let start: Timestamp = pc.start_time.parse().unwrap_or(v.now);
                         if start + dur <= v.now {
-                            st.pause_conditions.retain(|p| p.reason != "CanaryPauseStep");
+                            st.pause_conditions
+                                .retain(|p| p.reason != "CanaryPauseStep");
                             st.controller_pause = false;
                             idx += 1;
                             continue;
@@ -681,19 +700,24 @@ pub fn decide(v: &View) -> Decision {
                 let name = format!("{}-{}-{}", v.name, v.hash, idx);
                 d.runs.push(WantRun {
                     name: name.clone(),
-                    templates: a.templates.iter().map(|t| t.template_name.clone()).collect(),
+                    templates: a
+                        .templates
+                        .iter()
+                        .map(|t| t.template_name.clone())
+                        .collect(),
                     args: a.args.clone(),
                 });
                 let r = v.runs.get(&name).cloned().unwrap_or(RunView {
                     phase: "Pending".into(),
                     message: String::new(),
                 });
-                st.canary.get_or_insert_with(Default::default).current_step_analysis_run_status =
-                    Some(RunStatusRef {
-                        name: name.clone(),
-                        status: r.phase.clone(),
-                        message: (!r.message.is_empty()).then(|| r.message.clone()),
-                    });
+                st.canary
+                    .get_or_insert_with(Default::default)
+                    .current_step_analysis_run_status = Some(RunStatusRef {
+                    name: name.clone(),
+                    status: r.phase.clone(),
+                    message: (!r.message.is_empty()).then(|| r.message.clone()),
+                });
                 if r.phase == "Successful" {
                     d.terminate.push(name);
                     idx += 1;
@@ -731,12 +755,20 @@ pub fn decide(v: &View) -> Decision {
                 None => idx as usize,
             };
             let w = weight_at(&steps, upto);
-            d.scale
-                .insert(v.hash.to_string(), canary_replicas(replicas, w).min(replicas.max(1)));
+            d.scale.insert(
+                v.hash.to_string(),
+                canary_replicas(replicas, w).min(replicas.max(1)),
+            );
             d.scale.insert(stable.clone(), replicas);
         }
         if !promoted_now {
-            scale_down_old(v, &mut d, &[stable.as_str(), v.hash], c.scale_down_delay_seconds.unwrap_or(DEFAULT_SCALE_DOWN_DELAY));
+            scale_down_old(
+                v,
+                &mut d,
+                &[stable.as_str(), v.hash],
+                c.scale_down_delay_seconds
+                    .unwrap_or(DEFAULT_SCALE_DOWN_DELAY),
+            );
         }
     } else if let Some(b) = &bg {
         d.scale.insert(stable.clone(), replicas);
@@ -778,7 +810,13 @@ pub fn decide(v: &View) -> Decision {
             }
         }
         if !promoted_now {
-            scale_down_old(v, &mut d, &[stable.as_str(), v.hash], b.scale_down_delay_seconds.unwrap_or(DEFAULT_SCALE_DOWN_DELAY));
+            scale_down_old(
+                v,
+                &mut d,
+                &[stable.as_str(), v.hash],
+                b.scale_down_delay_seconds
+                    .unwrap_or(DEFAULT_SCALE_DOWN_DELAY),
+            );
         }
     }
 
@@ -791,7 +829,10 @@ pub fn decide(v: &View) -> Decision {
         d.events.push((
             "Normal",
             "RolloutCompleted",
-            format!("Rollout completed update to revision with pod template hash {}", v.hash),
+            format!(
+                "Rollout completed update to revision with pod template hash {}",
+                v.hash
+            ),
         ));
         for r in v.runs.keys() {
             d.terminate.push(r.clone());
@@ -806,7 +847,16 @@ pub fn decide(v: &View) -> Decision {
             let old = get(&stable);
             d.scale.remove(&stable);
             if old.replicas > 0 {
-                scale_down_after(v, &mut d, &stable, &RsView { scale_down_deadline: None, ..old }, delay);
+                scale_down_after(
+                    v,
+                    &mut d,
+                    &stable,
+                    &RsView {
+                        scale_down_deadline: None,
+                        ..old
+                    },
+                    delay,
+                );
             }
         }
         scale_down_old(v, &mut d, &[v.hash, stable.as_str()], delay);
@@ -888,38 +938,89 @@ pub fn decide(v: &View) -> Decision {
                 .unwrap_or_else(|| "RolloutAborted: Rollout aborted update to revision".into()),
         )
     } else if paused {
-        ("Paused", st.pause_conditions.first().map(|p| p.reason.clone()).unwrap_or_else(|| "Paused".into()))
+        (
+            "Paused",
+            st.pause_conditions
+                .first()
+                .map(|p| p.reason.clone())
+                .unwrap_or_else(|| "Paused".into()),
+        )
     } else if healthy {
         ("Healthy", String::new())
     } else if in_progress {
         (
             "Progressing",
-            canary.as_ref().map_or("more replicas need to be updated".into(), |_| {
-                format!("more replicas need to be updated (step {idx}/{nsteps})")
-            }),
+            canary
+                .as_ref()
+                .map_or("more replicas need to be updated".into(), |_| {
+                    format!("more replicas need to be updated (step {idx}/{nsteps})")
+                }),
         )
     } else {
-        ("Progressing", "updated replicas are still becoming available".into())
+        (
+            "Progressing",
+            "updated replicas are still becoming available".into(),
+        )
     };
     st.phase = Some(phase.into());
     st.message = (!msg.is_empty()).then_some(msg.clone());
     if st.abort {
         set_condition(st, &now_s, "Progressing", false, "RolloutAborted", &msg);
     } else if healthy {
-        set_condition(st, &now_s, "Progressing", true, "NewReplicaSetAvailable", "Rollout has completed");
+        set_condition(
+            st,
+            &now_s,
+            "Progressing",
+            true,
+            "NewReplicaSetAvailable",
+            "Rollout has completed",
+        );
     } else {
-        set_condition(st, &now_s, "Progressing", true, "ReplicaSetUpdated", "Rollout is progressing");
+        set_condition(
+            st,
+            &now_s,
+            "Progressing",
+            true,
+            "ReplicaSetUpdated",
+            "Rollout is progressing",
+        );
     }
     set_condition(
         st,
         &now_s,
         "Available",
         stable_rs.available >= replicas,
-        if stable_rs.available >= replicas { "AvailableReason" } else { "NotAvailable" },
+        if stable_rs.available >= replicas {
+            "AvailableReason"
+        } else {
+            "NotAvailable"
+        },
         "",
     );
-    set_condition(st, &now_s, "Paused", paused, if paused { "RolloutPaused" } else { "RolloutResumed" }, "");
-    set_condition(st, &now_s, "Healthy", healthy, if healthy { "RolloutHealthy" } else { "RolloutHealthyIncomplete" }, "");
+    set_condition(
+        st,
+        &now_s,
+        "Paused",
+        paused,
+        if paused {
+            "RolloutPaused"
+        } else {
+            "RolloutResumed"
+        },
+        "",
+    );
+    set_condition(
+        st,
+        &now_s,
+        "Healthy",
+        healthy,
+        if healthy {
+            "RolloutHealthy"
+        } else {
+            "RolloutHealthyIncomplete"
+        },
+        "",
+    );
     if in_progress && !paused {
         requeue(&mut d, SignedDuration::from_secs(2));
     }

@@ -48,7 +48,10 @@ pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "argoproj.io/v1alpha1";
 
 pub fn rollout_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, "Rollout"), "rollouts")
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(GROUP, VERSION, "Rollout"),
+        "rollouts",
+    )
 }
 pub fn run_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -244,7 +247,14 @@ pub fn crds() -> Vec<Value> {
         },
     });
     vec![
-        crd("Rollout", "rollouts", &["ro"], rollout_spec, rollout_cols, true),
+        crd(
+            "Rollout",
+            "rollouts",
+            &["ro"],
+            rollout_spec,
+            rollout_cols,
+            true,
+        ),
         crd(
             "AnalysisTemplate",
             "analysistemplates",
@@ -289,7 +299,10 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     for _ in 0..100 {
         let mut all = true;
         for def in crds() {
-            let name = def["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = def["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let est = api.get_opt(&name).await?.is_some_and(|c| {
                 c.status
                     .and_then(|s| s.conditions)
@@ -371,7 +384,13 @@ pub async fn run(
         let all_runs = runs.store().state();
         for ro in rollouts.store().state() {
             match c
-                .reconcile(&ro, &replica_sets.store().state(), &services.store().state(), &all_runs, &templates.store().state())
+                .reconcile(
+                    &ro,
+                    &replica_sets.store().state(),
+                    &services.store().state(),
+                    &all_runs,
+                    &templates.store().state(),
+                )
                 .await
             {
                 Ok(Some(d)) => next = next.min(d),
@@ -454,7 +473,9 @@ impl Ctl {
             if rs.namespace().as_deref() != Some(&ns) || !owned_by(&rs.metadata, &uid) {
                 continue;
             }
-            let Some(h) = rs.labels().get(HASH_LABEL).cloned() else { continue };
+            let Some(h) = rs.labels().get(HASH_LABEL).cloned() else {
+                continue;
+            };
             let st = rs.status.clone().unwrap_or_default();
             let view = RsView {
                 replicas: rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
@@ -467,8 +488,10 @@ impl Ctl {
             };
             rs_by_hash.insert(h, (rs.clone(), view));
         }
-        let rs_views: BTreeMap<String, RsView> =
-            rs_by_hash.iter().map(|(h, (_, v))| (h.clone(), v.clone())).collect();
+        let rs_views: BTreeMap<String, RsView> = rs_by_hash
+            .iter()
+            .map(|(h, (_, v))| (h.clone(), v.clone()))
+            .collect();
         let runs: BTreeMap<String, RunView> = all_runs
             .iter()
             .filter(|r| r.namespace().as_deref() == Some(&ns) && owned_by(&r.metadata, &uid))
@@ -534,8 +557,7 @@ impl Ctl {
                 patch["spec"] = json!({"selector": {HASH_LABEL: h}});
             }
             if d.split.contains_key(svc) && have_split != want_split {
-                patch["metadata"] =
-                    json!({"annotations": {bosun_split_annotation(): want_split}});
+                patch["metadata"] = json!({"annotations": {bosun_split_annotation(): want_split}});
             }
             if patch != json!({}) {
                 svc_api
@@ -557,20 +579,29 @@ impl Ctl {
                     name: Some(format!("{name}-{hash}")),
                     namespace: Some(ns.clone()),
                     labels,
-                    owner_references: Some(vec![controller_ref(API_VERSION, "Rollout", &ro.metadata)]),
+                    owner_references: Some(vec![controller_ref(
+                        API_VERSION,
+                        "Rollout",
+                        &ro.metadata,
+                    )]),
                     ..Default::default()
                 },
                 spec: Some(ReplicaSetSpec {
                     replicas: Some(d.scale.get(&hash).copied().unwrap_or(0)),
                     selector: sel.clone(),
                     template: Some(t),
-                    min_ready_seconds: spec_v.get("minReadySeconds").and_then(Value::as_i64).map(|n| n as i32),
+                    min_ready_seconds: spec_v
+                        .get("minReadySeconds")
+                        .and_then(Value::as_i64)
+                        .map(|n| n as i32),
                 }),
                 status: None,
             };
             match rs_api.create(&PostParams::default(), &rs).await {
                 Ok(_) => {}
-                Err(e) if crate::util::is_conflict(&e) || crate::util::kube_status_code(&e) == Some(409) => {}
+                Err(e)
+                    if crate::util::is_conflict(&e)
+                        || crate::util::kube_status_code(&e) == Some(409) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -582,19 +613,25 @@ impl Ctl {
                 patch["spec"] = json!({"replicas": n});
             }
             if let Some(t) = d.deadlines.get(h) {
-                patch["metadata"] = json!({"annotations": {logic::SCALE_DOWN_DEADLINE: t.to_string()}});
+                patch["metadata"] =
+                    json!({"annotations": {logic::SCALE_DOWN_DEADLINE: t.to_string()}});
             } else if d.clear_deadlines.contains(h) {
                 // Back in use (a retry, or a rollback to it): no deadline.
                 patch["metadata"] = json!({"annotations": {logic::SCALE_DOWN_DEADLINE: null}});
             }
             if patch != json!({}) {
                 rs_api
-                    .patch(&rs.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(
+                        &rs.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
                     .await?;
             }
         }
         // AnalysisRuns.
-        let run_api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &ns, &run_resource());
+        let run_api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &ns, &run_resource());
         for want in &d.runs {
             if runs.contains_key(&want.name) {
                 continue;
@@ -611,7 +648,12 @@ impl Ctl {
                     break;
                 };
                 let ts = tpl.data.get("spec").cloned().unwrap_or(Value::Null);
-                metrics.extend(ts.get("metrics").and_then(Value::as_array).cloned().unwrap_or_default());
+                metrics.extend(
+                    ts.get("metrics")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default(),
+                );
                 for a in ts
                     .get("args")
                     .cloned()
@@ -628,7 +670,8 @@ impl Ctl {
                 args.push(a.clone());
             }
             let mut obj = DynamicObject::new(&want.name, &run_resource()).within(&ns);
-            obj.metadata.owner_references = Some(vec![controller_ref(API_VERSION, "Rollout", &ro.metadata)]);
+            obj.metadata.owner_references =
+                Some(vec![controller_ref(API_VERSION, "Rollout", &ro.metadata)]);
             obj.metadata.labels = Some(BTreeMap::from([(HASH_LABEL.to_string(), hash.clone())]));
             obj.data = json!({"spec": {"metrics": metrics, "args": args}});
             if let Some(t) = missing {
@@ -654,7 +697,11 @@ impl Ctl {
             let phase = runs.get(t).map(|r| r.phase.as_str()).unwrap_or("");
             if !logic::is_terminal(phase) {
                 run_api
-                    .patch(t, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"terminate": true}})))
+                    .patch(
+                        t,
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({"spec": {"terminate": true}})),
+                    )
                     .await?;
             }
         }
@@ -663,14 +710,17 @@ impl Ctl {
         if ro.data.get("status") != Some(&new_status) {
             let mut obj = (**ro).clone();
             obj.data["status"] = new_status;
-            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &ns, &rollout_resource());
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &ns, &rollout_resource());
             match api
                 .replace_status(&name, &PostParams::default(), &obj)
                 .await
             {
                 Ok(_) => {}
                 // Someone (kubectl promote) wrote first: decide again on the new object.
-                Err(e) if crate::util::is_conflict(&e) => return Ok(Some(Duration::from_millis(100))),
+                Err(e) if crate::util::is_conflict(&e) => {
+                    return Ok(Some(Duration::from_millis(100)));
+                }
                 Err(e) if is_not_found(&e) => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
@@ -683,7 +733,11 @@ impl Ctl {
                 ..Default::default()
             };
             for (type_, reason, msg) in &d.events {
-                if let Err(e) = self.recorder.record_ref(reference.clone(), type_, reason, msg).await {
+                if let Err(e) = self
+                    .recorder
+                    .record_ref(reference.clone(), type_, reason, msg)
+                    .await
+                {
                     tracing::debug!(error = %e, "event");
                 }
             }
@@ -701,11 +755,14 @@ impl Ctl {
         let ns = run.namespace().unwrap_or_else(|| "default".into());
         let spec = run.data.get("spec").cloned().unwrap_or(Value::Null);
         let metrics: Vec<Metric> =
-            serde_json::from_value(spec.get("metrics").cloned().unwrap_or(json!([]))).unwrap_or_default();
+            serde_json::from_value(spec.get("metrics").cloned().unwrap_or(json!([])))
+                .unwrap_or_default();
         let args: Vec<logic::Arg> =
-            serde_json::from_value(spec.get("args").cloned().unwrap_or(json!([]))).unwrap_or_default();
+            serde_json::from_value(spec.get("args").cloned().unwrap_or(json!([])))
+                .unwrap_or_default();
         let mut results: Vec<MetricResult> =
-            serde_json::from_value(status.get("metricResults").cloned().unwrap_or(json!([]))).unwrap_or_default();
+            serde_json::from_value(status.get("metricResults").cloned().unwrap_or(json!([])))
+                .unwrap_or_default();
         let now_t = now();
         let started: Timestamp = status
             .get("startedAt")
@@ -722,7 +779,9 @@ impl Ctl {
         }
         for m in &metrics {
             let i = results.iter().position(|r| r.name == m.name);
-            let Some(due) = logic::next_due(m, i.map(|i| &results[i]), started) else { continue };
+            let Some(due) = logic::next_due(m, i.map(|i| &results[i]), started) else {
+                continue;
+            };
             if due > now_t {
                 let w = to_std(due.duration_since(now_t));
                 next = Some(next.map_or(w, |n| n.min(w)));
@@ -767,7 +826,11 @@ impl Ctl {
         let (p, msg) = logic::run_phase(&results, metrics.len());
         let mut new_status = status.clone();
         new_status["phase"] = json!(p);
-        new_status["message"] = if msg.is_empty() { Value::Null } else { json!(msg) };
+        new_status["message"] = if msg.is_empty() {
+            Value::Null
+        } else {
+            json!(msg)
+        };
         new_status["metricResults"] = serde_json::to_value(&results)?;
         new_status["startedAt"] = json!(started.to_string());
         self.write_run(run, &ns, new_status).await?;
@@ -775,7 +838,8 @@ impl Ctl {
     }
 
     async fn write_run(&self, run: &DynamicObject, ns: &str, status: Value) -> anyhow::Result<()> {
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &run_resource());
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), ns, &run_resource());
         let mut obj = run.clone();
         obj.data["status"] = status;
         match api
@@ -790,20 +854,27 @@ impl Ctl {
 
     /// Runs the metric's Prometheus query (an instant query at now).
     async fn query(&self, m: &Metric, args: &[logic::Arg]) -> Result<expr::Value, String> {
-        let prom = m.provider.get("prometheus").ok_or("only the prometheus provider is served")?;
-        let q = prom.get("query").and_then(Value::as_str).ok_or("provider.prometheus.query is required")?;
+        let prom = m
+            .provider
+            .get("prometheus")
+            .ok_or("only the prometheus provider is served")?;
+        let q = prom
+            .get("query")
+            .and_then(Value::as_str)
+            .ok_or("provider.prometheus.query is required")?;
         let q = logic::substitute(q, args)?;
         let base = match prom.get("address").and_then(Value::as_str) {
             Some(a) if !a.is_empty() => a.to_string(),
-            _ => self
-                .metrics_url
-                .clone()
-                .ok_or("no provider.prometheus.address and bosun's metrics are off (--console-listen)")?,
+            _ => self.metrics_url.clone().ok_or(
+                "no provider.prometheus.address and bosun's metrics are off (--console-listen)",
+            )?,
         };
         let url = format!(
             "{}/api/v1/query?{}",
             base.trim_end_matches('/'),
-            form_urlencoded::Serializer::new(String::new()).append_pair("query", &q).finish()
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("query", &q)
+                .finish()
         );
         let uri: http::Uri = url.parse().map_err(|e| format!("address {base:?}: {e}"))?;
         let fut = self.http.get(uri);
@@ -818,11 +889,14 @@ impl Ctl {
             .await
             .map_err(|e| format!("query body: {e}"))?
             .to_bytes();
-        let v: Value = serde_json::from_slice(&body).map_err(|e| format!("query answer ({code}): {e}"))?;
+        let v: Value =
+            serde_json::from_slice(&body).map_err(|e| format!("query answer ({code}): {e}"))?;
         if v.get("status").and_then(Value::as_str) != Some("success") {
             return Err(format!(
                 "query failed: {}",
-                v.get("error").and_then(Value::as_str).unwrap_or("unknown error")
+                v.get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown error")
             ));
         }
         prom_result(&v["data"])
@@ -839,7 +913,10 @@ fn value_text(v: &expr::Value) -> String {
         expr::Value::Bool(b) => b.to_string(),
         expr::Value::List(l) => format!(
             "[{}]",
-            l.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+            l.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
         ),
     }
 }
@@ -847,7 +924,10 @@ fn value_text(v: &expr::Value) -> String {
 /// A Prometheus API `data` as Argo's `result`: a scalar is a number, a vector a list.
 pub fn prom_result(data: &Value) -> Result<expr::Value, String> {
     let num = |v: &Value| -> Result<f64, String> {
-        let s = v.get(1).and_then(Value::as_str).ok_or("sample without a value")?;
+        let s = v
+            .get(1)
+            .and_then(Value::as_str)
+            .ok_or("sample without a value")?;
         match s {
             "NaN" => Ok(f64::NAN),
             "+Inf" => Ok(f64::INFINITY),

@@ -41,7 +41,12 @@ struct World {
 
 impl World {
     fn new(spec: RolloutSpec) -> World {
-        World { spec, status: RolloutStatus::default(), rs: BTreeMap::new(), runs: BTreeMap::new() }
+        World {
+            spec,
+            status: RolloutStatus::default(),
+            rs: BTreeMap::new(),
+            runs: BTreeMap::new(),
+        }
     }
     /// One pass; the ReplicaSets reach what was asked at once.
     fn step(&mut self, hash: &str, now: Timestamp) -> Decision {
@@ -73,7 +78,11 @@ impl World {
 }
 
 fn weight(d: &Decision) -> i64 {
-    d.split.get("web").cloned().flatten().map_or(0, |v| v["weight"].as_i64().unwrap())
+    d.split
+        .get("web")
+        .cloned()
+        .flatten()
+        .map_or(0, |v| v["weight"].as_i64().unwrap())
 }
 
 #[test]
@@ -97,7 +106,10 @@ fn canary_walks_steps_pauses_and_promotes() {
     // Header route set, weight 20 reached, now pausing 10s.
     assert_eq!(w.status.current_step_index, Some(2));
     assert_eq!(weight(&d), 20);
-    assert_eq!(d.split["web"].as_ref().unwrap()["headerRoutes"][0]["name"], "t");
+    assert_eq!(
+        d.split["web"].as_ref().unwrap()["headerRoutes"][0]["name"],
+        "t"
+    );
     assert_eq!(d.scale["bbb"], 1);
     assert_eq!(d.scale["aaa"], 4);
     assert_eq!(d.selectors["web"], "aaa");
@@ -106,7 +118,13 @@ fn canary_walks_steps_pauses_and_promotes() {
     assert_eq!(d.runs[0].name, "web-bbb-bg");
     assert_eq!(d.requeue, Some(SignedDuration::from_secs(10)));
     // Still paused at 5s.
-    w.runs.insert("web-bbb-bg".into(), RunView { phase: "Running".into(), message: String::new() });
+    w.runs.insert(
+        "web-bbb-bg".into(),
+        RunView {
+            phase: "Running".into(),
+            message: String::new(),
+        },
+    );
     w.step("bbb", t(6));
     assert_eq!(w.status.current_step_index, Some(2));
     // After 10s: weight 50, then the manual pause.
@@ -141,18 +159,41 @@ fn failed_analysis_aborts_and_retry_restarts() {
     let mut w = World::new(canary_spec());
     w.step("aaa", t(0));
     w.step("bbb", t(1));
-    w.runs.insert("web-bbb-bg".into(), RunView { phase: "Failed".into(), message: "error rate".into() });
+    w.runs.insert(
+        "web-bbb-bg".into(),
+        RunView {
+            phase: "Failed".into(),
+            message: "error rate".into(),
+        },
+    );
     let d = w.step("bbb", t(3));
     assert!(w.status.abort);
     assert_eq!(w.status.phase.as_deref(), Some("Degraded"));
-    assert!(w.status.message.as_deref().unwrap().starts_with("RolloutAborted"));
+    assert!(
+        w.status
+            .message
+            .as_deref()
+            .unwrap()
+            .starts_with("RolloutAborted")
+    );
     assert_eq!(weight(&d), 0);
     assert_eq!(d.split["web"], None);
     assert_eq!(d.scale["bbb"], 0);
     assert_eq!(d.scale["aaa"], 4);
-    assert_eq!(d.events.iter().filter(|e| e.1 == "RolloutAborted").count(), 1);
-    let c = w.status.conditions.iter().find(|c| c.type_ == "Progressing").unwrap();
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "RolloutAborted"));
+    assert_eq!(
+        d.events.iter().filter(|e| e.1 == "RolloutAborted").count(),
+        1
+    );
+    let c = w
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "RolloutAborted")
+    );
     // Level-triggered: another pass changes nothing and records no second event.
     let d2 = w.step("bbb", t(4));
     assert!(d2.events.is_empty());
@@ -190,7 +231,13 @@ fn analysis_step_waits_and_fails() {
     let d = w.step("b", t(1));
     assert_eq!(w.status.current_step_index, Some(1));
     assert_eq!(d.runs[0].name, "web-b-1");
-    w.runs.insert("web-b-1".into(), RunView { phase: "Successful".into(), message: String::new() });
+    w.runs.insert(
+        "web-b-1".into(),
+        RunView {
+            phase: "Successful".into(),
+            message: String::new(),
+        },
+    );
     w.step("b", t(2));
     assert_eq!(w.status.current_step_index, Some(3));
     assert_eq!(w.status.stable_rs.as_deref(), Some("b"));
@@ -233,10 +280,19 @@ fn blue_green_auto_promotion_seconds() {
 fn invalid_specs_name_the_field() {
     let bad = [
         (json!({"strategy": {}}), "spec.strategy"),
-        (json!({"strategy": {"canary": {"steps": [{"setWeight": 120}]}}}), "steps[0].setWeight"),
+        (
+            json!({"strategy": {"canary": {"steps": [{"setWeight": 120}]}}}),
+            "steps[0].setWeight",
+        ),
         (json!({"strategy": {"canary": {"steps": [{}]}}}), "steps[0]"),
-        (json!({"strategy": {"canary": {"steps": [{"pause": {"duration": "1x"}}]}}}), "pause.duration"),
-        (json!({"strategy": {"canary": {"stableService": "a"}}}), "stableService"),
+        (
+            json!({"strategy": {"canary": {"steps": [{"pause": {"duration": "1x"}}]}}}),
+            "pause.duration",
+        ),
+        (
+            json!({"strategy": {"canary": {"stableService": "a"}}}),
+            "stableService",
+        ),
         (json!({"strategy": {"blueGreen": {}}}), "activeService"),
     ];
     for (s, field) in bad {
@@ -266,9 +322,18 @@ fn weights_and_routes() {
 
 #[test]
 fn durations() {
-    assert_eq!(parse_duration_str("1m30s").unwrap(), SignedDuration::from_secs(90));
-    assert_eq!(parse_duration_str("250ms").unwrap(), SignedDuration::from_millis(250));
-    assert_eq!(parse_duration(&json!(5)).unwrap(), SignedDuration::from_secs(5));
+    assert_eq!(
+        parse_duration_str("1m30s").unwrap(),
+        SignedDuration::from_secs(90)
+    );
+    assert_eq!(
+        parse_duration_str("250ms").unwrap(),
+        SignedDuration::from_millis(250)
+    );
+    assert_eq!(
+        parse_duration(&json!(5)).unwrap(),
+        SignedDuration::from_secs(5)
+    );
     assert!(parse_duration_str("5x").is_err());
     assert!(parse_duration_str("").is_err());
 }
@@ -283,7 +348,13 @@ fn conditions() {
     assert!(eval("result >= 0.95", &r).unwrap());
     assert!(eval("default(result[3], 0) == 0", &r).unwrap());
     assert!(eval("isNaN(result)", &Value::Num(f64::NAN)).unwrap());
-    assert!(eval("result * 100 - 2 > 90 and not (result == 1)", &Value::Num(0.95)).unwrap());
+    assert!(
+        eval(
+            "result * 100 - 2 > 90 and not (result == 1)",
+            &Value::Num(0.95)
+        )
+        .unwrap()
+    );
     assert!(eval("result[1] > 0", &r).is_err());
     assert!(eval("result >", &r).is_err());
     assert!(eval("foo > 1", &r).is_err());
@@ -296,14 +367,26 @@ fn measurements_and_limits() {
     let m: Metric = serde_json::from_value(json!({
         "name": "errors", "interval": "5s", "count": 4, "failureLimit": 1,
         "successCondition": "result[0] <= 0.01", "failureCondition": "result[0] > 0.05",
-        "provider": {"prometheus": {"query": "q"}}})).unwrap();
-    let mut r = MetricResult { name: "errors".into(), phase: "Running".into(), ..Default::default() };
+        "provider": {"prometheus": {"query": "q"}}}))
+    .unwrap();
+    let mut r = MetricResult {
+        name: "errors".into(),
+        phase: "Running".into(),
+        ..Default::default()
+    };
     let meas = |p: &str, at: i64| Measurement {
-        phase: p.into(), value: None, message: None,
-        started_at: t(at).to_string(), finished_at: t(at).to_string() };
+        phase: p.into(),
+        value: None,
+        message: None,
+        started_at: t(at).to_string(),
+        finished_at: t(at).to_string(),
+    };
     assert_eq!(next_due(&m, None, t(0)), Some(t(0)));
     assert_eq!(assess(&m, &Value::List(vec![0.0])).unwrap(), "Successful");
-    assert_eq!(assess(&m, &Value::List(vec![0.03])).unwrap(), "Inconclusive");
+    assert_eq!(
+        assess(&m, &Value::List(vec![0.03])).unwrap(),
+        "Inconclusive"
+    );
     assert_eq!(assess(&m, &Value::List(vec![0.2])).unwrap(), "Failed");
     assert!(assess(&m, &Value::List(vec![])).is_err());
     record(&m, &mut r, meas("Failed", 0));
@@ -315,14 +398,22 @@ fn measurements_and_limits() {
     let (p, msg) = run_phase(&[r.clone()], 1);
     assert_eq!(p, "Failed");
     assert!(msg.contains("errors"));
-    let mut ok = MetricResult { name: "errors".into(), phase: "Running".into(), ..Default::default() };
+    let mut ok = MetricResult {
+        name: "errors".into(),
+        phase: "Running".into(),
+        ..Default::default()
+    };
     for i in 0..4 {
         record(&m, &mut ok, meas("Successful", i * 5));
     }
     assert_eq!(ok.phase, "Successful");
     assert_eq!(run_phase(&[ok], 1).0, "Successful");
     // Errors: more than consecutiveErrorLimit (4) in a row.
-    let mut e = MetricResult { name: "errors".into(), phase: "Running".into(), ..Default::default() };
+    let mut e = MetricResult {
+        name: "errors".into(),
+        phase: "Running".into(),
+        ..Default::default()
+    };
     for i in 0..5 {
         record(&m, &mut e, meas("Error", i));
     }
@@ -334,13 +425,19 @@ fn measurements_and_limits() {
 
 #[test]
 fn args_and_prometheus_answers() {
-    let args = vec![Arg { name: "svc".into(), value: Some("web-canary".into()) }];
-    assert_eq!(substitute("rate(x{service=\"{{args.svc}}\"}[1m])", &args).unwrap(),
-               "rate(x{service=\"web-canary\"}[1m])");
+    let args = vec![Arg {
+        name: "svc".into(),
+        value: Some("web-canary".into()),
+    }];
+    assert_eq!(
+        substitute("rate(x{service=\"{{args.svc}}\"}[1m])", &args).unwrap(),
+        "rate(x{service=\"web-canary\"}[1m])"
+    );
     assert!(substitute("{{args.nope}}", &args).is_err());
     assert!(substitute("{{ secrets.x }}", &args).is_err());
     let v = super::prom_result(&json!({"resultType": "vector", "result": [
-        {"metric": {}, "value": [1.0, "0.05"]}]})).unwrap();
+        {"metric": {}, "value": [1.0, "0.05"]}]}))
+    .unwrap();
     assert_eq!(v, Value::List(vec![0.05]));
     let s = super::prom_result(&json!({"resultType": "scalar", "result": [1.0, "NaN"]})).unwrap();
     assert!(matches!(s, Value::Num(n) if n.is_nan()));
@@ -358,7 +455,11 @@ fn crds_parse() {
 #[test]
 fn abort_scales_canary_down_after_the_delay_and_retry_keeps_it() {
     let mut sp = canary_spec();
-    sp.strategy.canary.as_mut().unwrap().abort_scale_down_delay_seconds = Some(5);
+    sp.strategy
+        .canary
+        .as_mut()
+        .unwrap()
+        .abort_scale_down_delay_seconds = Some(5);
     let mut w = World::new(sp);
     w.step("aaa", t(0));
     w.step("bbb", t(1));
@@ -369,7 +470,10 @@ fn abort_scales_canary_down_after_the_delay_and_retry_keeps_it() {
     assert!(w.rs["bbb"].scale_down_deadline.is_some());
     w.step("bbb", t(4));
     assert_eq!(w.rs["bbb"].replicas, 1);
-    assert!(w.rs["bbb"].scale_down_deadline.is_some(), "the deadline must survive passes");
+    assert!(
+        w.rs["bbb"].scale_down_deadline.is_some(),
+        "the deadline must survive passes"
+    );
     w.step("bbb", t(8));
     assert_eq!(w.rs["bbb"].replicas, 0);
     // Retry: the canary comes back without a deadline.

@@ -67,11 +67,13 @@ impl HeaderMatch {
             .get_all(self.header_name.as_str())
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| match (&self.header_value.exact, &self.header_value.prefix) {
-                (Some(e), _) => v == e,
-                (None, Some(p)) => v.starts_with(p.as_str()),
-                (None, None) => true,
-            })
+            .any(
+                |v| match (&self.header_value.exact, &self.header_value.prefix) {
+                    (Some(e), _) => v == e,
+                    (None, Some(p)) => v.starts_with(p.as_str()),
+                    (None, None) => true,
+                },
+            )
     }
 }
 
