@@ -61,8 +61,10 @@ impl Drop for Session {
 
 /// The sessions of this process, by pod UID and container name (UIDs are unique, so the
 /// agents of several nodes in one process share it safely).
-static SESSIONS: LazyLock<Mutex<HashMap<(String, String), Arc<Session>>>> =
-    LazyLock::new(Default::default);
+static SESSIONS: LazyLock<Mutex<Sessions>> = LazyLock::new(Default::default);
+
+/// Sessions by (pod UID, container name).
+type Sessions = HashMap<(String, String), Arc<Session>>;
 
 fn sessions() -> std::sync::MutexGuard<'static, HashMap<(String, String), Arc<Session>>> {
     SESSIONS.lock().unwrap_or_else(|e| e.into_inner())

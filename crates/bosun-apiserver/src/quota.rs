@@ -48,8 +48,12 @@ pub(crate) struct Pending {
     /// falls between a reservation's compare-and-swap and its entry here.
     lock: tokio::sync::Mutex<()>,
     next: AtomicU64,
-    by_ns: Mutex<HashMap<String, HashMap<u64, BTreeMap<String, f64>>>>,
+    /// Namespace -> reservation id -> resource -> amount.
+    by_ns: Mutex<HashMap<String, HashMap<u64, Usage>>>,
 }
+
+/// Amounts by resource name (`pods`, `requests.cpu`, ...).
+type Usage = BTreeMap<String, f64>;
 
 impl Pending {
     fn sum(&self, ns: &str) -> BTreeMap<String, f64> {

@@ -1,4 +1,6 @@
-//! `bosun rollout status|history|undo`, with the same rules kubectl uses.
+//! `bosun rollout status|history|undo`, with the same rules kubectl uses, and
+//! `bosun rollout promote|abort|retry` for Rollouts (argoproj.io), with the status patches
+//! Argo's kubectl plugin sends.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -41,12 +43,73 @@ pub enum Action {
         #[arg(long, default_value_t = 0)]
         to_revision: i64,
     },
+    /// Promote a Rollout past its current pause (or with --full, to the end of its steps)
+    Promote {
+        /// The Rollout's name
+        name: String,
+        /// Skip the remaining steps and analysis
+        #[arg(long)]
+        full: bool,
+    },
+    /// Abort a Rollout's update: all traffic back to the stable version, canary scaled down
+    Abort { name: String },
+    /// Start an aborted Rollout's steps again
+    Retry { name: String },
+}
+
+/// The status (and spec) patches of `kubectl argo rollouts promote|abort|retry`.
+async fn argo_verb(
+    client: Client,
+    ns: &str,
+    verb: &str,
+    name: &str,
+    full: bool,
+) -> Result<ExitCode> {
+    use kube::api::DynamicObject;
+    let ar = bosun_controllers::rollout::rollout_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(client, ns, &ar);
+    let ro = api
+        .get(name)
+        .await
+        .with_context(|| format!("rollout {name:?} in namespace {ns:?}"))?;
+    let pp = PatchParams::default();
+    let status = match (verb, full) {
+        ("promote", true) => serde_json::json!({"status": {"promoteFull": true}}),
+        ("promote", false) => serde_json::json!({"status": {"pauseConditions": null}}),
+        ("abort", _) => serde_json::json!({"status": {"abort": true}}),
+        _ => serde_json::json!({"status": {"abort": false}}),
+    };
+    if verb == "promote" && ro.data.pointer("/spec/paused") == Some(&serde_json::json!(true)) {
+        api.patch(
+            name,
+            &pp,
+            &Patch::Merge(serde_json::json!({"spec": {"paused": false}})),
+        )
+        .await?;
+    }
+    api.patch_status(name, &pp, &Patch::Merge(status)).await?;
+    let past = match verb {
+        "promote" => "promoted",
+        "abort" => "aborted",
+        _ => "retried",
+    };
+    println!("rollout '{name}' {past}");
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn run(opts: RolloutOpts) -> Result<ExitCode> {
     let conn = client::connect(&opts.conn).await?;
     let api: Api<Deployment> = Api::namespaced(conn.client.clone(), &conn.namespace);
     match opts.action {
+        Action::Promote { name, full } => {
+            argo_verb(conn.client.clone(), &conn.namespace, "promote", &name, full).await
+        }
+        Action::Abort { name } => {
+            argo_verb(conn.client.clone(), &conn.namespace, "abort", &name, false).await
+        }
+        Action::Retry { name } => {
+            argo_verb(conn.client.clone(), &conn.namespace, "retry", &name, false).await
+        }
         Action::Status { target, timeout } => {
             let name = deployment_name(&target)?;
             let timeout = (timeout > 0).then(|| Duration::from_secs(timeout));

@@ -509,6 +509,7 @@ pub(crate) async fn start_control_plane(
     let ctl = bosun_controllers::ControllerConfig {
         node_monitor_grace_period: opts.node_monitor_grace_period,
         hpa_sync_period: opts.horizontal_pod_autoscaler_sync_period,
+        metrics_url: metrics_api_url(opts),
         ..Default::default()
     };
     if on_etcd {
@@ -657,8 +658,8 @@ pub(crate) fn start_node_services(
     Ok(())
 }
 
-/// Where the built-in metrics' Prometheus API will answer (the console listener), for the
-/// API server's `external.metrics.k8s.io`.
+/// Where the built-in metrics' Prometheus API will answer (the console listener): the API
+/// server's `external.metrics.k8s.io` and the Rollout analysis' default address.
 fn metrics_api_url(opts: &ServerOpts) -> Option<String> {
     match opts.console_listen.as_deref() {
         Some("off") => None,

@@ -24,6 +24,7 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 mod podgc;
 pub mod replicaset;
+pub mod rollout;
 pub mod runtime;
 pub mod scaletozero;
 pub mod serviceaccounts;
@@ -57,6 +58,9 @@ pub struct ControllerConfig {
     /// How often each HorizontalPodAutoscaler is evaluated
     /// (`--horizontal-pod-autoscaler-sync-period`, 15s).
     pub hpa_sync_period: Duration,
+    /// bosun's Prometheus API (`http://127.0.0.1:9090`), the default address of the
+    /// AnalysisTemplates' prometheus provider; None when the metrics are off.
+    pub metrics_url: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -65,6 +69,7 @@ impl Default for ControllerConfig {
             node_monitor_grace_period: Duration::from_secs(40),
             pod_eviction_timeout: Duration::from_secs(300),
             hpa_sync_period: hpa::DEFAULT_SYNC_PERIOD,
+            metrics_url: None,
         }
     }
 }
@@ -93,6 +98,10 @@ pub async fn run_with(
         stop.clone(),
     );
 
+    // Before discovery, so the garbage collector knows Rollouts as owners.
+    if let Err(e) = rollout::install_crds(&client).await {
+        tracing::warn!(error = %e, "installing the Rollout CRDs failed");
+    }
     let kinds = kinds::discover(&client).await;
     let graph = gc::Graph {
         kinds: std::sync::Arc::new(
@@ -161,7 +170,7 @@ pub async fn run_with(
         )),
         tokio::spawn(endpoints::run(
             client.clone(),
-            services,
+            services.clone(),
             pods.clone(),
             slices,
             stop.clone(),
@@ -192,6 +201,13 @@ pub async fn run_with(
                 stop.clone(),
             ),
             pods.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(rollout::run(
+            client.clone(),
+            replica_sets.clone(),
+            services.clone(),
+            cfg.metrics_url.clone(),
             stop.clone(),
         )),
         tokio::spawn(hpa::run(

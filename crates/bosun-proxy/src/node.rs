@@ -535,7 +535,8 @@ async fn relay_tcp(
     upstreams: &Upstreams,
     hard: &CancellationToken,
 ) {
-    let target = &spec.target;
+    let canary = upstreams.split_target(&spec.target, None);
+    let target = canary.as_ref().unwrap_or(&spec.target);
     let labels = SvcLabels {
         namespace: target.namespace.clone(),
         service: target.service.clone(),

@@ -241,7 +241,8 @@ fn schema_msg(s: &serde_json::Value, top: &mut dyn FnMut(&mut Msg, &[String])) -
         "object" | "array" | "string" | "integer" | "number" | "boolean" => ty,
         _ => "",
     };
-    if !ty.is_empty() && !(open && ty != "object") {
+    // An open object (additionalProperties) is the only typed schema written without its type.
+    if !(ty.is_empty() || open && ty != "object") {
         m = m.message(22, Msg::default().string(1, ty));
     }
     if ty == "array"

@@ -34,6 +34,7 @@ pub mod balance;
 pub mod load;
 pub mod metrics;
 pub mod policy;
+pub mod split;
 pub mod trace;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -210,6 +211,8 @@ pub struct ServiceInfo {
     pub activation: Option<activation::ActivationConfig>,
     /// Request activity (touched only for Services with `activation`).
     pub activity: activation::ActivityCell,
+    /// Part of the traffic goes to a canary Service (see [`split`]).
+    pub split: Option<split::Split>,
 }
 
 impl ServiceInfo {
@@ -260,6 +263,14 @@ impl ServiceInfo {
             }
             c
         });
+        let split = match split::Split::from_annotations(ann) {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                policy_error.get_or_insert(e);
+                None
+            }
+            None => None,
+        };
         Some(ServiceInfo {
             namespace,
             name,
@@ -270,6 +281,7 @@ impl ServiceInfo {
             policy_error,
             activation,
             activity: Default::default(),
+            split,
         })
     }
 }
@@ -864,6 +876,7 @@ impl Upstreams {
                 policy_error: None,
                 activation: None,
                 activity: Default::default(),
+                split: None,
             })
         });
         Some((info, set))
@@ -946,6 +959,24 @@ impl Upstreams {
                 service: target.service.clone(),
             },
             _load: pod_load,
+        })
+    }
+
+    // ---- traffic split ---------------------------------------------------------------------
+
+    /// Where a request (with `headers`) or an L4 connection (without) to `target` goes when
+    /// its Service splits traffic toward a canary (see [`split`]): `Some` canary target.
+    pub fn split_target(&self, target: &Target, headers: Option<&HeaderMap>) -> Option<Target> {
+        let st = self.read();
+        let info = st
+            .services
+            .get(&(target.namespace.clone(), target.service.clone()))?;
+        let split = info.split.as_ref()?;
+        let roll = rand::random_range(0..100u32);
+        split.to_canary(headers, roll).then(|| Target {
+            namespace: target.namespace.clone(),
+            service: split.canary_service.clone(),
+            port: target.port.clone(),
         })
     }
 
@@ -1110,6 +1141,8 @@ impl Upstreams {
         B::Error: Into<BoxError>,
     {
         let started = Instant::now();
+        let canary = self.split_target(target, Some(req.headers()));
+        let target = canary.as_ref().unwrap_or(target);
         let labels = SvcLabels {
             namespace: target.namespace.clone(),
             service: target.service.clone(),
