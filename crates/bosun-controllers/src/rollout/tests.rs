@@ -48,8 +48,44 @@ impl World {
             runs: BTreeMap::new(),
         }
     }
-    /// One pass; the ReplicaSets reach what was asked at once.
+    /// What the controller's loop does for one change: a pass, the ReplicaSets reach what was
+    /// asked at once, and (woken by their change) another pass, until nothing moves.
+    /// Returns what all those passes did together (the last pass's status and requeue).
     fn step(&mut self, hash: &str, now: Timestamp) -> Decision {
+        let mut all: Option<Decision> = None;
+        for _ in 0..10 {
+            let before = self.rs.clone();
+            let d = self.pass(hash, now);
+            let settled = self.rs == before;
+            all = Some(match all {
+                None => d,
+                Some(mut a) => {
+                    a.status = d.status;
+                    a.requeue = d.requeue;
+                    a.scale.extend(d.scale);
+                    a.deadlines.extend(d.deadlines);
+                    a.clear_deadlines.extend(d.clear_deadlines);
+                    a.selectors.extend(d.selectors);
+                    a.split.extend(d.split);
+                    for r in d.runs {
+                        if !a.runs.iter().any(|x| x.name == r.name) {
+                            a.runs.push(r);
+                        }
+                    }
+                    a.terminate.extend(d.terminate);
+                    a.events.extend(d.events);
+                    a
+                }
+            });
+            if settled {
+                return all.unwrap_or_default();
+            }
+        }
+        panic!("the ReplicaSets never settled");
+    }
+
+    /// One pass; the ReplicaSets reach what was asked at once.
+    fn pass(&mut self, hash: &str, now: Timestamp) -> Decision {
         let d = decide(&View {
             name: "web",
             generation: 1,
@@ -219,7 +255,9 @@ fn manual_abort_and_new_template_restarts() {
     assert!(!w.status.abort);
     assert_eq!(weight(&d), 20);
     assert_eq!(d.selectors["web-canary"], "ccc");
-    assert_eq!(d.scale["bbb"], 0);
+    // The aborted canary is down and stays down.
+    assert_eq!(w.rs["bbb"].replicas, 0);
+    assert_eq!(d.scale.get("bbb").copied().unwrap_or(0), 0);
 }
 
 #[test]
