@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod patch;
 pub mod pod_security;
 pub mod registry;
+pub mod rollback;
 pub mod strict;
 pub mod table;
 mod table_kinds;

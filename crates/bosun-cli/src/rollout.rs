@@ -2,6 +2,7 @@
 //! `bosun rollout promote|abort|retry` for Rollouts (argoproj.io), with the status patches
 //! Argo's kubectl plugin sends.
 
+use bosun_api::rollback;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
@@ -257,54 +258,13 @@ async fn owned_replicasets(
     name: &str,
 ) -> Result<BTreeMap<i64, ReplicaSet>> {
     let d = api.get(name).await?;
-    let uid = d.metadata.uid.clone().unwrap_or_default();
     let ns = d.metadata.namespace.clone().unwrap_or_default();
-    let selector = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.clone())
-        .unwrap_or_default()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
     let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
     let list = rs_api
-        .list(&ListParams::default().labels(&selector))
+        .list(&ListParams::default().labels(&rollback::selector(&d)))
         .await?;
-    let mut out = BTreeMap::new();
-    for rs in list.items {
-        let owned = rs
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.uid == uid && o.controller == Some(true));
-        let rev = revision_of(&rs.metadata.annotations);
-        if owned && let Some(rev) = rev {
-            out.insert(rev, rs);
-        }
-    }
-    Ok(out)
+    Ok(rollback::owned_by_revision(&d, list.items))
 }
-
-fn revision_of(annotations: &Option<BTreeMap<String, String>>) -> Option<i64> {
-    annotations
-        .as_ref()?
-        .get("deployment.kubernetes.io/revision")?
-        .parse()
-        .ok()
-}
-
-/// Annotations a rollback must not copy from the ReplicaSet (as kubectl).
-const SKIPPED_ANNOTATIONS: &[&str] = &[
-    "kubectl.kubernetes.io/last-applied-configuration",
-    "deployment.kubernetes.io/revision",
-    "deployment.kubernetes.io/revision-history",
-    "deployment.kubernetes.io/desired-replicas",
-    "deployment.kubernetes.io/max-replicas",
-    "deprecated.deployment.rollback.to",
-];
 
 async fn undo(
     client: &Client,
@@ -314,50 +274,17 @@ async fn undo(
 ) -> Result<String> {
     let d = api.get(name).await?;
     let rss = owned_replicasets(client, api, name).await?;
-    let current = revision_of(&d.metadata.annotations).unwrap_or(0);
-    let (rev, rs) = if to_revision > 0 {
-        rss.get_key_value(&to_revision).with_context(|| {
-            format!("unable to find specified revision {to_revision} in history")
-        })?
-    } else {
-        rss.range(..current)
-            .next_back()
-            .context("no rollout history found for this deployment")?
-    };
-    let mut template = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.clone())
-        .context("the revision's ReplicaSet has no template")?;
-    if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
-        labels.remove("pod-template-hash");
-    }
-    let current_template = d.spec.as_ref().map(|s| s.template.clone());
-    if current_template.as_ref() == Some(&template) {
-        return Ok(format!(
-            "deployment.apps/{name} skipped rollback (current template already matches revision {rev})"
-        ));
-    }
-    let mut annotations: BTreeMap<String, String> = d
-        .metadata
-        .annotations
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| SKIPPED_ANNOTATIONS.contains(&k.as_str()))
-        .collect();
-    for (k, v) in rs.metadata.annotations.iter().flatten() {
-        if !SKIPPED_ANNOTATIONS.contains(&k.as_str()) {
-            annotations.insert(k.clone(), v.clone());
+    match rollback::plan(&d, &rss, to_revision)? {
+        rollback::Rollback::Skip { revision } => Ok(format!(
+            "deployment.apps/{name} skipped rollback (current template already matches revision {revision})"
+        )),
+        rollback::Rollback::Patch { patch, .. } => {
+            let patch: json_patch::Patch = serde_json::from_value(patch)?;
+            api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+                .await?;
+            Ok(format!("deployment.apps/{name} rolled back"))
         }
     }
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-        {"op": "replace", "path": "/spec/template", "value": template},
-        {"op": "replace", "path": "/metadata/annotations", "value": annotations},
-    ]))?;
-    api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
-        .await?;
-    Ok(format!("deployment.apps/{name} rolled back"))
 }
 
 #[cfg(test)]

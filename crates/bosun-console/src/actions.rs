@@ -1,8 +1,6 @@
 //! Actions: scaling a Deployment and rolling it back, with the user's own client. A
 //! refused action shows the API's status (e.g. 403 Forbidden) on the Deployment's page.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Form, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -11,7 +9,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde::Deserialize;
 
 use crate::html::{self, enc};
-use crate::pages::{self, revision_of};
+use crate::pages;
 use crate::session::Session;
 use crate::{AppState, NsName, UiError, UiResult, require};
 
@@ -135,107 +133,41 @@ pub async fn undo(
     finish(&app, &s, &ns, &name, result).await
 }
 
-/// Annotations a rollback must not copy from the ReplicaSet (as kubectl).
-const SKIPPED_ANNOTATIONS: &[&str] = &[
-    "kubectl.kubernetes.io/last-applied-configuration",
-    "deployment.kubernetes.io/revision",
-    "deployment.kubernetes.io/revision-history",
-    "deployment.kubernetes.io/desired-replicas",
-    "deployment.kubernetes.io/max-replicas",
-    "deprecated.deployment.rollback.to",
-];
-
-/// What `kubectl rollout undo [--to-revision=N]` does: the Deployment gets the pod
-/// template (without `pod-template-hash`) and annotations of that revision's ReplicaSet
-/// (0: the one before the current), in one JSON patch.
+/// What `kubectl rollout undo [--to-revision=N]` does (`bosun_api::rollback`): the Deployment
+/// gets the pod template and annotations of that revision's ReplicaSet (0: the one before the
+/// current), in one JSON patch.
 pub async fn rollback(
     client: &kube::Client,
     ns: &str,
     name: &str,
     to_revision: i64,
 ) -> UiResult<String> {
+    use bosun_api::rollback::{self, Rollback, RollbackError};
     let api = Api::<Deployment>::namespaced(client.clone(), ns);
     let d = api.get(name).await?;
-    let uid = d.metadata.uid.clone().unwrap_or_default();
-    let selector = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.clone())
-        .unwrap_or_default()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
     let list = Api::<ReplicaSet>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&selector))
+        .list(&ListParams::default().labels(&rollback::selector(&d)))
         .await?;
-    let mut rss: BTreeMap<i64, ReplicaSet> = BTreeMap::new();
-    for rs in list.items {
-        let owned = rs
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.uid == uid && o.controller == Some(true));
-        if owned && let Some(rev) = revision_of(&rs.metadata) {
-            rss.insert(rev, rs);
+    let owned = rollback::owned_by_revision(&d, list.items);
+    let plan = rollback::plan(&d, &owned, to_revision).map_err(|e| {
+        let code = match e {
+            RollbackError::NoTemplate(_) => StatusCode::CONFLICT,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        UiError::new(code, e.to_string())
+    })?;
+    match plan {
+        Rollback::Skip { revision } => Ok(format!(
+            "deployment.apps/{name} skipped rollback (current template already matches revision {revision})"
+        )),
+        Rollback::Patch { revision, patch } => {
+            let patch: json_patch::Patch = serde_json::from_value(patch)
+                .map_err(|e| UiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+                .await?;
+            Ok(format!(
+                "deployment.apps/{name} rolled back to revision {revision}"
+            ))
         }
     }
-    let current = revision_of(&d.metadata).unwrap_or(0);
-    let (rev, rs) = if to_revision > 0 {
-        rss.get_key_value(&to_revision).ok_or_else(|| {
-            UiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("to_revision: unable to find specified revision {to_revision} in history"),
-            )
-        })?
-    } else {
-        rss.range(..current).next_back().ok_or_else(|| {
-            UiError::new(
-                StatusCode::BAD_REQUEST,
-                "no rollout history found for this deployment",
-            )
-        })?
-    };
-    let mut template = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.clone())
-        .ok_or_else(|| {
-            UiError::new(
-                StatusCode::CONFLICT,
-                format!("revision {rev}: its ReplicaSet has no pod template"),
-            )
-        })?;
-    if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
-        labels.remove("pod-template-hash");
-    }
-    if d.spec.as_ref().map(|s| &s.template) == Some(&template) {
-        return Ok(format!(
-            "deployment.apps/{name} skipped rollback (current template already matches revision {rev})"
-        ));
-    }
-    let mut annotations: BTreeMap<String, String> = d
-        .metadata
-        .annotations
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| SKIPPED_ANNOTATIONS.contains(&k.as_str()))
-        .collect();
-    for (k, v) in rs.metadata.annotations.iter().flatten() {
-        if !SKIPPED_ANNOTATIONS.contains(&k.as_str()) {
-            annotations.insert(k.clone(), v.clone());
-        }
-    }
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-        {"op": "replace", "path": "/spec/template", "value": template},
-        {"op": "replace", "path": "/metadata/annotations", "value": annotations},
-    ]))
-    .map_err(|e| UiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
-        .await?;
-    Ok(format!(
-        "deployment.apps/{name} rolled back to revision {rev}"
-    ))
 }

@@ -510,14 +510,6 @@ async fn object_events(c: &kube::Client, ns: &str, kind: &str, name: &str) -> St
     }
 }
 
-pub fn revision_of(m: &kube::api::ObjectMeta) -> Option<i64> {
-    m.annotations
-        .as_ref()?
-        .get("deployment.kubernetes.io/revision")?
-        .parse()
-        .ok()
-}
-
 /// The rollout's state in kubectl's words (`kubectl rollout status`).
 pub fn rollout_state(d: &Deployment) -> (bool, String) {
     let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
@@ -593,7 +585,7 @@ async fn deployment(c: &kube::Client, s: &Session, ns: &str, name: &str) -> UiRe
     );
     let want = spec.replicas.unwrap_or(1);
     let st = d.status.clone().unwrap_or_default();
-    let current = revision_of(&d.metadata).unwrap_or(0);
+    let current = bosun_api::rollback::revision(&d.metadata).unwrap_or(0);
     let (done, msg) = rollout_state(&d);
     let base = format!("/ns/{}/deployments/{}", enc(ns), enc(name));
     let csrf = esc(&s.csrf);
@@ -635,7 +627,7 @@ async fn deployment(c: &kube::Client, s: &Session, ns: &str, name: &str) -> UiRe
                     .iter()
                     .flatten()
                     .any(|o| o.uid == uid && o.controller == Some(true));
-                if mine && let Some(r) = revision_of(&rs.metadata) {
+                if mine && let Some(r) = bosun_api::rollback::revision(&rs.metadata) {
                     owned.insert(r, rs);
                 }
             }
