@@ -153,6 +153,11 @@ class Host:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # A host killed without `bosun reset` leaves its pods' namespaces (BRIDGE-UID) behind.
+        for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if name.startswith(f"{self.bridge}-"):
+                sh("ip", "netns", "del", name, check=False)
         sh("ip", "link", "del", self.veth, check=False)
         sh("ip", "netns", "del", self.ns, check=False)
         shutil.rmtree(self.data_dir, ignore_errors=True)
