@@ -413,6 +413,32 @@ pub struct Decision {
     pub requeue: Option<SignedDuration>,
 }
 
+/// Asks for the AnalysisRun `name` of these templates and args, and returns what is known of
+/// it (Pending until it exists) with the reference the Rollout's status shows.
+fn want_run(
+    d: &mut Decision,
+    v: &View,
+    name: &str,
+    templates: &[TemplateRef],
+    args: &[Arg],
+) -> (RunView, RunStatusRef) {
+    d.runs.push(WantRun {
+        name: name.to_string(),
+        templates: templates.iter().map(|t| t.template_name.clone()).collect(),
+        args: args.to_vec(),
+    });
+    let r = v.runs.get(name).cloned().unwrap_or(RunView {
+        phase: "Pending".into(),
+        message: String::new(),
+    });
+    let status = RunStatusRef {
+        name: name.to_string(),
+        status: r.phase.clone(),
+        message: (!r.message.is_empty()).then(|| r.message.clone()),
+    };
+    (r, status)
+}
+
 pub fn weight_at(steps: &[Step], idx: usize) -> i32 {
     if idx >= steps.len() {
         return 100;
@@ -613,26 +639,10 @@ pub fn decide(v: &View) -> Decision {
             && idx >= a.starting_step.unwrap_or(0)
         {
             let name = format!("{}-{}-bg", v.name, v.hash);
-            d.runs.push(WantRun {
-                name: name.clone(),
-                templates: a
-                    .templates
-                    .iter()
-                    .map(|t| t.template_name.clone())
-                    .collect(),
-                args: a.args.clone(),
-            });
-            let r = v.runs.get(&name).cloned().unwrap_or(RunView {
-                phase: "Pending".into(),
-                message: String::new(),
-            });
+            let (r, run_status) = want_run(&mut d, v, &name, &a.templates, &a.args);
             st.canary
                 .get_or_insert_with(Default::default)
-                .current_background_analysis_run_status = Some(RunStatusRef {
-                name: name.clone(),
-                status: r.phase.clone(),
-                message: (!r.message.is_empty()).then(|| r.message.clone()),
-            });
+                .current_background_analysis_run_status = Some(run_status);
             if run_failed(&r) {
                 abort(st, &mut d.events, &now_s, &name, &r);
             }
@@ -698,26 +708,10 @@ pub fn decide(v: &View) -> Decision {
             }
             if let Some(a) = &step.analysis {
                 let name = format!("{}-{}-{}", v.name, v.hash, idx);
-                d.runs.push(WantRun {
-                    name: name.clone(),
-                    templates: a
-                        .templates
-                        .iter()
-                        .map(|t| t.template_name.clone())
-                        .collect(),
-                    args: a.args.clone(),
-                });
-                let r = v.runs.get(&name).cloned().unwrap_or(RunView {
-                    phase: "Pending".into(),
-                    message: String::new(),
-                });
+                let (r, run_status) = want_run(&mut d, v, &name, &a.templates, &a.args);
                 st.canary
                     .get_or_insert_with(Default::default)
-                    .current_step_analysis_run_status = Some(RunStatusRef {
-                    name: name.clone(),
-                    status: r.phase.clone(),
-                    message: (!r.message.is_empty()).then(|| r.message.clone()),
-                });
+                    .current_step_analysis_run_status = Some(run_status);
                 if r.phase == "Successful" {
                     d.terminate.push(name);
                     idx += 1;
