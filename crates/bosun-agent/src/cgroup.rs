@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::cpus::CpuSet;
-use crate::runtime::Resources;
+use crate::resources::Resources;
 
 const ROOT: &str = "/sys/fs/cgroup";
 /// CFS period used for CPU limits (the kernel's and the kubelet's default).

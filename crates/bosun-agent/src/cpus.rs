@@ -297,7 +297,7 @@ impl CpuManager {
         let dir = self.pods_dir.join(pod_uid);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let text: BTreeMap<&String, String> = m.iter().map(|(k, v)| (k, v.to_string())).collect();
-        Ok(crate::shim::write_atomic(
+        Ok(crate::osutil::write_atomic(
             &dir.join(STATE_FILE),
             &serde_json::to_vec(&text)?,
         )?)

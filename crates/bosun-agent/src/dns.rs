@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Pod, Service};
 
 use crate::env::ConfigError;
-use crate::shim::BindMount;
+use crate::shim_spec::BindMount;
 
 /// The cluster DNS server pods of this node use.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,7 +161,7 @@ pub fn prepare_resolv_conf(
     };
     let path: PathBuf = pod_dir.join("resolv.conf");
     std::fs::create_dir_all(pod_dir)
-        .and_then(|_| crate::shim::write_atomic(&path, conf.render().as_bytes()))
+        .and_then(|_| crate::osutil::write_atomic(&path, conf.render().as_bytes()))
         .map_err(|e| ConfigError(format!("writing {}: {e}", path.display())))?;
     Ok(Some(BindMount {
         source: path,

@@ -80,7 +80,7 @@ fn write_record(path: &Path, r: &DockerRecord) -> Result<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
-    crate::shim::write_atomic(path, &serde_json::to_vec(r)?)?;
+    crate::osutil::write_atomic(path, &serde_json::to_vec(r)?)?;
     Ok(())
 }
 
@@ -268,7 +268,7 @@ impl DockerRuntime {
     async fn user_for(
         &self,
         image: &str,
-        sec: &crate::isolation::Security,
+        sec: &crate::security::Security,
     ) -> Result<Option<String>> {
         let image_user =
             if sec.run_as_user.is_none() && (sec.run_as_non_root || sec.run_as_group.is_some()) {
@@ -470,7 +470,7 @@ impl DockerRuntime {
         let mut r = read_record(&path).unwrap_or_default();
         if r.pid != Some(pid) {
             r.pid = Some(pid);
-            r.pid_start_ticks = crate::shim::proc_start_ticks(pid);
+            r.pid_start_ticks = crate::osutil::proc_start_ticks(pid);
             let _ = write_record(&path, &r);
         }
     }
@@ -845,8 +845,8 @@ impl Runtime for DockerRuntime {
                 } else {
                     ("Error".to_string(), None)
                 };
-                let finished_at =
-                    parse_time(st.finished_at.as_deref()).unwrap_or_else(crate::shim::now_rfc3339);
+                let finished_at = parse_time(st.finished_at.as_deref())
+                    .unwrap_or_else(crate::osutil::now_rfc3339);
                 RuntimeState::Exited {
                     exit_code,
                     signal: (exit_code > 128 && exit_code < 160).then_some(exit_code - 128),

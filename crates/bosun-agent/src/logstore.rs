@@ -114,7 +114,7 @@ pub fn archive(pod_dir: &Path, archive: &Path, uid: &str) -> io::Result<()> {
         return Ok(());
     }
     std::fs::rename(&logs, &target)?;
-    crate::shim::write_atomic(&dest.join("pod.json"), meta.to_string().as_bytes())
+    crate::osutil::write_atomic(&dest.join("pod.json"), meta.to_string().as_bytes())
 }
 
 // ---- label selectors -------------------------------------------------------------------

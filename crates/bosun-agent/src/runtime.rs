@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 
-use crate::shim::{BindMount, ExecSpec, ShimSpec, ShimState, same_process};
+use crate::osutil::{now_rfc3339, same_process, write_atomic};
+use crate::resources::Resources;
+use crate::shim_spec::{BindMount, ExecSpec, ShimSpec, ShimState};
 
 /// One run (attempt) of one container of one pod. `attempt` is the restart count.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,20 +37,9 @@ pub struct ContainerLaunch {
     pub pod_name: String,
     pub pod_namespace: String,
     /// The container's securityContext (merged with the pod's).
-    pub security: crate::isolation::Security,
+    pub security: crate::security::Security,
     /// How a process container is isolated; None runs it in the host's namespaces as root.
-    pub isolation: Option<crate::isolation::Isolation>,
-}
-
-/// Resource figures of one container, from its `resources` (Kubernetes quantities parsed).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Resources {
-    /// limits.cpu in cores.
-    pub cpu_limit: Option<f64>,
-    /// requests.cpu in cores (defaults to the limit, as in Kubernetes).
-    pub cpu_request: Option<f64>,
-    /// limits.memory in bytes.
-    pub memory_limit: Option<u64>,
+    pub isolation: Option<crate::security::Isolation>,
 }
 
 /// What an image runtime needs beyond the process runtime's fields.
@@ -420,7 +411,7 @@ impl Runtime for ProcessRuntime {
             log_max_files: self.log_max_files,
             state_path: self.state_path(key),
         };
-        crate::shim::write_atomic(&dir.join("spec.json"), &serde_json::to_vec_pretty(&spec)?)?;
+        write_atomic(&dir.join("spec.json"), &serde_json::to_vec_pretty(&spec)?)?;
         Ok(())
     }
 
@@ -563,7 +554,7 @@ impl Runtime for ProcessRuntime {
             "the container's supervisor (shim pid {}) is gone; its process was killed",
             st.shim_pid
         ));
-        st.finished_at = Some(crate::shim::now_rfc3339());
+        st.finished_at = Some(now_rfc3339());
         st.write(&self.state_path(key))?;
         Ok(exited_from(&st, ""))
     }

@@ -16,8 +16,9 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use crate::cri_log::{LogOptions, stream_log};
+use crate::osutil::same_process;
 use crate::runtime::{ContainerKey, log_path};
-use crate::shim::{ShimState, same_process};
+use crate::shim_spec::ShimState;
 
 #[derive(Clone)]
 pub struct ServerState {

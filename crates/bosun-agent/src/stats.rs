@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::shim::{ShimState, same_process};
+use crate::osutil::same_process;
+use crate::shim_spec::ShimState;
 
 /// Usage of one process group.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

@@ -10,7 +10,8 @@ use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, ProjectedVolumeSourc
 
 use crate::api::ClusterApi;
 use crate::env::ConfigError;
-use crate::shim::{BindMount, write_atomic};
+use crate::osutil::write_atomic;
+use crate::shim_spec::BindMount;
 
 /// Directory of a volume of a pod.
 pub fn volume_dir(pod_dir: &Path, name: &str) -> PathBuf {
@@ -128,6 +129,21 @@ pub async fn prepare(
             None => Ok(()),
         }
     };
+    // A volume of files the agent writes (ConfigMap, Secret, downwardAPI, projected):
+    // read-only to the pod, given to its fsGroup.
+    let file_volume = |dir: PathBuf,
+                       data: &HashMap<String, Vec<u8>>,
+                       items: Option<&Vec<KeyToPath>>,
+                       mode: Option<i32>,
+                       what: &str|
+     -> Result<PreparedVolume, ConfigError> {
+        write_files(&dir, data, items, mode.unwrap_or(0o644), what)?;
+        own(&dir, true)?;
+        Ok(PreparedVolume {
+            path: dir,
+            read_only: true,
+        })
+    };
     let vols: &[Volume] = pod
         .spec
         .as_ref()
@@ -135,41 +151,28 @@ pub async fn prepare(
         .unwrap_or(&[]);
     for v in vols {
         let dir = volume_dir(pod_dir, &v.name);
-        if let Some(cm) = &v.config_map {
-            let data = config_map_data(api, &ns, &cm.name, cm.optional, &v.name).await?;
-            write_files(
-                &dir,
-                &data,
-                cm.items.as_ref(),
-                cm.default_mode.unwrap_or(0o644),
-                &format!("ConfigMap {ns}/{}", cm.name),
-            )?;
-            own(&dir, true)?;
-            out.insert(
-                v.name.clone(),
-                PreparedVolume {
-                    path: dir,
-                    read_only: true,
-                },
-            );
-        } else if let Some(sec) = &v.secret {
-            let name = sec.secret_name.clone().unwrap_or_default();
-            let data = secret_data(api, &ns, &name, sec.optional, &v.name).await?;
-            write_files(
-                &dir,
-                &data,
-                sec.items.as_ref(),
-                sec.default_mode.unwrap_or(0o644),
-                &format!("Secret {ns}/{name}"),
-            )?;
-            own(&dir, true)?;
-            out.insert(
-                v.name.clone(),
-                PreparedVolume {
-                    path: dir,
-                    read_only: true,
-                },
-            );
+        let keyed = match (&v.config_map, &v.secret) {
+            (Some(cm), _) => Some(KeyedSource {
+                kind: Keyed::ConfigMap,
+                name: cm.name.clone(),
+                optional: cm.optional,
+                items: cm.items.as_ref(),
+                default_mode: cm.default_mode,
+            }),
+            (None, Some(sec)) => Some(KeyedSource {
+                kind: Keyed::Secret,
+                name: sec.secret_name.clone().unwrap_or_default(),
+                optional: sec.optional,
+                items: sec.items.as_ref(),
+                default_mode: sec.default_mode,
+            }),
+            (None, None) => None,
+        };
+        if let Some(src) = keyed {
+            let data = keyed_files(api, &ns, &src, &v.name).await?;
+            let what = src.describe(&ns);
+            let vol = file_volume(dir, &data, src.items, src.default_mode, &what)?;
+            out.insert(v.name.clone(), vol);
         } else if let Some(ed) = &v.empty_dir {
             // World-writable as the kubelet makes it (only the pod reaches it), given to the
             // fsGroup once, when made: later files are the workload's own business.
@@ -253,38 +256,13 @@ pub async fn prepare(
         } else if let Some(da) = &v.downward_api {
             let (data, items) = downward_files(pod, da)
                 .map_err(|e| ConfigError(format!("downwardAPI volume {:?}: {}", v.name, e.0)))?;
-            write_files(
-                &dir,
-                &data,
-                Some(&items),
-                da.default_mode.unwrap_or(0o644),
-                "downwardAPI",
-            )?;
-            own(&dir, true)?;
-            out.insert(
-                v.name.clone(),
-                PreparedVolume {
-                    path: dir,
-                    read_only: true,
-                },
-            );
+            let vol = file_volume(dir, &data, Some(&items), da.default_mode, "downwardAPI")?;
+            out.insert(v.name.clone(), vol);
         } else if let Some(p) = &v.projected {
             let (data, items) = projected_files(api, pod, &ns, p, &dir, &v.name).await?;
-            write_files(
-                &dir,
-                &data,
-                Some(&items),
-                p.default_mode.unwrap_or(0o644),
-                &format!("projected volume {:?}", v.name),
-            )?;
-            own(&dir, true)?;
-            out.insert(
-                v.name.clone(),
-                PreparedVolume {
-                    path: dir,
-                    read_only: true,
-                },
-            );
+            let what = format!("projected volume {:?}", v.name);
+            let vol = file_volume(dir, &data, Some(&items), p.default_mode, &what)?;
+            out.insert(v.name.clone(), vol);
         } else {
             return Err(ConfigError(format!(
                 "volume {:?}: only configMap, secret, emptyDir, hostPath, downwardAPI, projected and persistentVolumeClaim volumes are supported",
@@ -295,66 +273,75 @@ pub async fn prepare(
     Ok(out)
 }
 
-/// The files of a ConfigMap by key (none when it is missing and `optional`).
-async fn config_map_data(
-    api: &dyn ClusterApi,
-    ns: &str,
-    name: &str,
+/// The two kinds of object whose keys volumes show as files.
+#[derive(Clone, Copy)]
+enum Keyed {
+    ConfigMap,
+    Secret,
+}
+
+/// A ConfigMap or Secret a volume (or a projected volume's source) shows.
+struct KeyedSource<'a> {
+    kind: Keyed,
+    name: String,
     optional: Option<bool>,
-    volume: &str,
-) -> Result<HashMap<String, Vec<u8>>, ConfigError> {
-    let obj = api
-        .config_map(ns, name)
-        .await
-        .map_err(|e| ConfigError(format!("cannot get configmap {name:?}: {e:#}")))?;
-    match obj {
-        Some(o) => {
-            let mut m: HashMap<String, Vec<u8>> = o
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.into_bytes()))
-                .collect();
-            for (k, v) in o.binary_data.unwrap_or_default() {
-                m.insert(k, v.0);
-            }
-            Ok(m)
-        }
-        None if optional.unwrap_or(false) => Ok(HashMap::new()),
-        None => Err(ConfigError(format!(
-            "configmap {name:?} not found (volume {volume:?})"
-        ))),
+    items: Option<&'a Vec<KeyToPath>>,
+    default_mode: Option<i32>,
+}
+
+impl KeyedSource<'_> {
+    /// How errors about its keys name it.
+    fn describe(&self, ns: &str) -> String {
+        let kind = match self.kind {
+            Keyed::ConfigMap => "ConfigMap",
+            Keyed::Secret => "Secret",
+        };
+        format!("{kind} {ns}/{}", self.name)
     }
 }
 
-/// The files of a Secret by key (none when it is missing and `optional`).
-async fn secret_data(
+/// The files of a ConfigMap or Secret by key (none when it is missing and `optional`).
+/// A key in both of an object's maps gets the value of the second (ConfigMap
+/// `binaryData`, Secret `stringData`).
+async fn keyed_files(
     api: &dyn ClusterApi,
     ns: &str,
-    name: &str,
-    optional: Option<bool>,
+    src: &KeyedSource<'_>,
     volume: &str,
 ) -> Result<HashMap<String, Vec<u8>>, ConfigError> {
-    let obj = api
-        .secret(ns, name)
-        .await
-        .map_err(|e| ConfigError(format!("cannot get secret {name:?}: {e:#}")))?;
-    match obj {
-        Some(o) => {
-            let mut m: HashMap<String, Vec<u8>> = o
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            for (k, v) in o.string_data.unwrap_or_default() {
-                m.insert(k, v.into_bytes());
-            }
-            Ok(m)
-        }
-        None if optional.unwrap_or(false) => Ok(HashMap::new()),
+    let name = src.name.as_str();
+    let (noun, found) = match src.kind {
+        Keyed::ConfigMap => (
+            "configmap",
+            api.config_map(ns, name).await.map(|o| {
+                o.map(|o| {
+                    let text = o.data.unwrap_or_default().into_iter();
+                    let binary = o.binary_data.unwrap_or_default().into_iter();
+                    text.map(|(k, v)| (k, v.into_bytes()))
+                        .chain(binary.map(|(k, v)| (k, v.0)))
+                        .collect::<HashMap<_, _>>()
+                })
+            }),
+        ),
+        Keyed::Secret => (
+            "secret",
+            api.secret(ns, name).await.map(|o| {
+                o.map(|o| {
+                    let bytes = o.data.unwrap_or_default().into_iter();
+                    let text = o.string_data.unwrap_or_default().into_iter();
+                    bytes
+                        .map(|(k, v)| (k, v.0))
+                        .chain(text.map(|(k, v)| (k, v.into_bytes())))
+                        .collect()
+                })
+            }),
+        ),
+    };
+    match found.map_err(|e| ConfigError(format!("cannot get {noun} {name:?}: {e:#}")))? {
+        Some(files) => Ok(files),
+        None if src.optional.unwrap_or(false) => Ok(HashMap::new()),
         None => Err(ConfigError(format!(
-            "secret {name:?} not found (volume {volume:?})"
+            "{noun} {name:?} not found (volume {volume:?})"
         ))),
     }
 }
@@ -475,14 +462,34 @@ async fn projected_files(
                 path: t.path.clone(),
                 mode: None,
             });
-        } else if let Some(cm) = &src.config_map {
-            let data = config_map_data(api, ns, &cm.name, cm.optional, volume).await?;
-            let what = format!("ConfigMap {ns}/{}", cm.name);
-            place(data, cm.items.as_ref(), &what, &mut files, &mut items)?;
-        } else if let Some(sec) = &src.secret {
-            let data = secret_data(api, ns, &sec.name, sec.optional, volume).await?;
-            let what = format!("Secret {ns}/{}", sec.name);
-            place(data, sec.items.as_ref(), &what, &mut files, &mut items)?;
+        } else if let Some(keyed) = src
+            .config_map
+            .as_ref()
+            .map(|cm| KeyedSource {
+                kind: Keyed::ConfigMap,
+                name: cm.name.clone(),
+                optional: cm.optional,
+                items: cm.items.as_ref(),
+                default_mode: None,
+            })
+            .or_else(|| {
+                src.secret.as_ref().map(|sec| KeyedSource {
+                    kind: Keyed::Secret,
+                    name: sec.name.clone(),
+                    optional: sec.optional,
+                    items: sec.items.as_ref(),
+                    default_mode: None,
+                })
+            })
+        {
+            let data = keyed_files(api, ns, &keyed, volume).await?;
+            place(
+                data,
+                keyed.items,
+                &keyed.describe(ns),
+                &mut files,
+                &mut items,
+            )?;
         } else if let Some(da) = &src.downward_api {
             let source = k8s_openapi::api::core::v1::DownwardAPIVolumeSource {
                 items: da.items.clone(),

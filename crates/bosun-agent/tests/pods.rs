@@ -583,7 +583,7 @@ fn workload_pid(h: &Harness, pod: &k8s_openapi::api::core::v1::Pod, c: &str, att
         .join(c)
         .join(attempt.to_string())
         .join("state.json");
-    bosun_agent::shim::ShimState::read(&path)
+    bosun_agent::shim_spec::ShimState::read(&path)
         .unwrap()
         .pid
         .unwrap()
@@ -628,7 +628,7 @@ async fn killed_process_restarts_and_turns_ready_on_its_exit_not_on_a_resync() {
     let second = workload_pid(&h, &p, "main", 1);
     assert_ne!(first, second);
     assert!(
-        bosun_agent::shim::proc_start_ticks(second).is_some(),
+        bosun_agent::osutil::proc_start_ticks(second).is_some(),
         "new process runs"
     );
     delete_and_wait(w, p, 5).await;

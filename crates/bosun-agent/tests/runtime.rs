@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bosun_agent::network::{BridgeNetwork, PodNetwork};
 use bosun_agent::runtime::{ContainerKey, ContainerLaunch, ProcessRuntime, Runtime, RuntimeState};
-use bosun_agent::shim::BindMount;
+use bosun_agent::shim_spec::BindMount;
 
 fn key(uid: &str, name: &str, attempt: u32) -> ContainerKey {
     ContainerKey {
@@ -193,7 +193,7 @@ async fn killed_shim_is_reported_and_its_container_killed() {
     .await
     .unwrap();
     rt.start(&k).await.unwrap();
-    let state: bosun_agent::shim::ShimState = serde_json::from_slice(
+    let state: bosun_agent::shim_spec::ShimState = serde_json::from_slice(
         &std::fs::read(dir.path().join("pods/u5/containers/orphan/0/state.json")).unwrap(),
     )
     .unwrap();
@@ -215,7 +215,7 @@ async fn killed_shim_is_reported_and_its_container_killed() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
-        bosun_agent::shim::proc_start_ticks(pid).is_none(),
+        bosun_agent::osutil::proc_start_ticks(pid).is_none(),
         "orphaned container process was killed"
     );
     rt.remove_pod("u5").await.unwrap();
@@ -550,7 +550,7 @@ async fn isolated_container_has_own_pid_namespace_user_and_view() {
     std::fs::write(&secret, "x").unwrap();
     let rt = ProcessRuntime::new(dir.path().join("pods"), shim_exe());
     let k = key("iso", "main", 0);
-    let sec = bosun_agent::isolation::Security {
+    let sec = bosun_agent::security::Security {
         run_as_user: Some(65534),
         run_as_group: Some(65534),
         supplemental_groups: vec![4242],
@@ -564,7 +564,7 @@ async fn isolated_container_has_own_pid_namespace_user_and_view() {
              exec sleep 60",
             secret.display()
         )),
-        isolation: Some(bosun_agent::isolation::Isolation::for_process(
+        isolation: Some(bosun_agent::security::Isolation::for_process(
             &sec,
             "iso-pod".into(),
         )),

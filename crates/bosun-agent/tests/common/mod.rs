@@ -220,7 +220,8 @@ impl Drop for Cleanup {
 
 /// SIGKILLs every shim and container recorded under `pods_dir`.
 pub fn kill_all(pods_dir: &std::path::Path) {
-    use bosun_agent::shim::{ShimState, same_process};
+    use bosun_agent::osutil::same_process;
+    use bosun_agent::shim_spec::ShimState;
     use nix::sys::signal::{Signal, kill, killpg};
     use nix::unistd::Pid;
     let states = std::fs::read_dir(pods_dir)

@@ -1,6 +1,9 @@
 //! The per-pod worker: converges a pod's containers to its spec (level-triggered), runs its
 //! probes, restarts per restartPolicy with CrashLoopBackOff, terminates gracefully, and
-//! reports the pod's status.
+//! reports the pod's status. The worker does the I/O; what it decides from its
+//! observations (restarts and back-off, container and pod statuses) is in `status`.
+
+pub mod status;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -10,8 +13,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, EphemeralContainer, HostIP, LifecycleHandler, Pod,
-    PodCondition, PodIP, PodStatus,
+    ContainerStateWaiting, ContainerStatus, EphemeralContainer, LifecycleHandler, Pod,
+    PodCondition, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::{mpsc, watch};
@@ -22,8 +25,11 @@ use crate::api::ClusterApi;
 use crate::env::{PodFacts, container_env_with, process_argv};
 use crate::network::{PodNet, PodNetwork};
 use crate::probe::{ProbeEvent, Resume, Target, run_container_probes};
+use crate::resources::Resources;
+use status::{Backoff, Observed, Tracked, backoff_delay, container_id, grace_period, is_sidecar};
+
 use crate::runtime::{
-    ContainerKey, ContainerLaunch, ImageLaunch, ImagePullError, Resources, Runtime, RuntimeState,
+    ContainerKey, ContainerLaunch, ImageLaunch, ImagePullError, Runtime, RuntimeState,
 };
 
 /// Shared by all pod workers of a node.
@@ -49,16 +55,6 @@ pub struct PodContext {
     pub cluster_dns: Option<crate::dns::ClusterDns>,
     /// Which CPUs each container runs on.
     pub cpus: Arc<crate::cpus::CpuManager>,
-}
-
-/// Back-off before restart number `n` (0-based count of restarts already done in this
-/// crash series): the first restart is immediate, then base, 2*base, ... up to max.
-pub fn backoff_delay(n: u32, base: Duration, max: Duration) -> Duration {
-    if n == 0 {
-        return Duration::ZERO;
-    }
-    let factor = 1u32.checked_shl(n - 1).unwrap_or(u32::MAX);
-    base.checked_mul(factor).unwrap_or(max).min(max)
 }
 
 #[derive(Default)]
@@ -90,6 +86,18 @@ struct CState {
     cpus: Option<(u32, crate::cpus::CpuSet)>,
     /// Why the container did not get the exclusive CPUs it asked for (reported once).
     cpus_short: Option<String>,
+}
+
+impl CState {
+    fn tracked(&self) -> Tracked {
+        Tracked {
+            attempt: self.attempt,
+            started: self.started,
+            ready: self.ready,
+            waiting: self.waiting.clone(),
+            restart_pending: self.restart_at.is_some(),
+        }
+    }
 }
 
 pub struct PodWorker {
@@ -139,10 +147,6 @@ const VOLUME_REFRESH: Duration = Duration::from_secs(60);
 /// What a downwardAPI volume may show that changes while the pod runs.
 fn volume_meta(pod: &Pod) -> String {
     serde_json::to_string(&(&pod.metadata.labels, &pod.metadata.annotations)).unwrap_or_default()
-}
-
-fn time(s: &str) -> Option<Time> {
-    s.parse::<jiff::Timestamp>().ok().map(Time)
 }
 
 fn now() -> Time {
@@ -545,7 +549,7 @@ impl PodWorker {
                 .or_else(|| Some(now()));
             let meta = crate::logstore::pod_meta(pod, &self.uid);
             let _ = std::fs::create_dir_all(self.pod_dir());
-            let _ = crate::shim::write_atomic(
+            let _ = crate::osutil::write_atomic(
                 &self.pod_dir().join("pod.json"),
                 meta.to_string().as_bytes(),
             );
@@ -608,10 +612,7 @@ impl PodWorker {
                 tracing::warn!(pod = %pod_ref(pod), error = %e, "volume refresh failed");
             }
         }
-        let policy = spec
-            .restart_policy
-            .clone()
-            .unwrap_or_else(|| "Always".into());
+        let policy = status::restart_policy(&spec);
         // Init containers, one after the other; app containers only once all succeeded.
         // Sidecars (init containers with `restartPolicy: Always`) start in that order, keep
         // running beside the app containers, and are restarted whenever they exit.
@@ -633,12 +634,10 @@ impl PodWorker {
                 }
                 continue;
             }
-            let init_policy = if policy == "Never" {
-                "Never"
-            } else {
-                "OnFailure"
-            };
-            match self.sync_container(pod, c, init_policy, &net).await {
+            match self
+                .sync_container(pod, c, status::init_policy(&policy), &net)
+                .await
+            {
                 Some(0) => continue,
                 _ => return,
             }
@@ -918,9 +917,11 @@ impl PodWorker {
                 ..
             } => {
                 let name = c.name.clone();
-                let base = self.ctx.backoff_base;
-                let max = self.ctx.backoff_max;
-                let reset = self.ctx.backoff_reset;
+                let backoff = Backoff {
+                    base: self.ctx.backoff_base,
+                    max: self.ctx.backoff_max,
+                    reset: self.ctx.backoff_reset,
+                };
                 let cs = self.containers.get_mut(&name)?;
                 if let Some((_, h)) = cs.probes.take() {
                     h.abort();
@@ -939,11 +940,7 @@ impl PodWorker {
                         tracing::info!(pod = %pod_ref(pod), container = %name, exit_code, %reason, "container exited");
                     }
                 }
-                let restart = match policy {
-                    "Always" => true,
-                    "OnFailure" => exit_code != 0,
-                    _ => false,
-                };
+                let restart = status::restarts(policy, exit_code);
                 if first_sight && reason == "ContainerStatusUnknown" {
                     let msg = format!("container {name}: {}", message.clone().unwrap_or_default());
                     self.ctx.api.event(pod, true, "ContainerLost", &msg).await;
@@ -953,14 +950,9 @@ impl PodWorker {
                     return Some(exit_code);
                 }
                 if cs.restart_at.is_none() {
-                    let ran = match (started_at.as_deref().and_then(time), time(&finished_at)) {
-                        (Some(s), Some(f)) => f.0.duration_since(s.0).unsigned_abs(),
-                        _ => Duration::ZERO,
-                    };
-                    if ran >= reset {
-                        cs.backoff_n = 0;
-                    }
-                    let delay = backoff_delay(cs.backoff_n, base, max);
+                    let ran = status::ran_for(started_at.as_deref(), &finished_at);
+                    let (n, delay) = backoff.next(ran, cs.backoff_n);
+                    cs.backoff_n = n;
                     cs.restart_at = Some(Instant::now() + delay);
                     if !delay.is_zero() {
                         let msg = format!(
@@ -1224,7 +1216,7 @@ impl PodWorker {
             .join(&key.container)
             .join(key.attempt.to_string())
             .join("state.json");
-        if let Ok(st) = crate::shim::ShimState::read(&path) {
+        if let Ok(st) = crate::shim_spec::ShimState::read(&path) {
             for w in st.warnings {
                 tracing::warn!(pod = %pod_ref(pod), container = %c.name, "{w}");
                 self.ctx
@@ -1261,7 +1253,7 @@ impl PodWorker {
             .await
             .map_err(|e| e.0)?;
         let image = self.uses_image(pod, c);
-        let security = crate::isolation::Security::of(pod, c);
+        let security = crate::security::Security::of(pod, c);
         // A process has no image user: without runAsUser it runs as root.
         let isolation = if image {
             None
@@ -1275,7 +1267,7 @@ impl PodWorker {
                 .as_ref()
                 .and_then(|s| s.host_network)
                 .unwrap_or(false);
-            Some(crate::isolation::Isolation::for_process(
+            Some(crate::security::Isolation::for_process(
                 &security,
                 if host_network {
                     String::new()
@@ -1411,7 +1403,7 @@ impl PodWorker {
         let spec = pod.spec.as_ref()?;
         let app = spec.containers.iter().any(|x| x.name == c.name);
         let demand = crate::cpus::Demand {
-            guaranteed: app && qos_class(spec) == "Guaranteed",
+            guaranteed: app && status::qos_class(spec) == "Guaranteed",
             cpu_request: r.cpu_request,
         };
         let placement = self.ctx.cpus.place(&self.uid, &c.name, demand)?;
@@ -1633,306 +1625,68 @@ impl PodWorker {
         c: &Container,
         terminating: bool,
     ) -> ContainerStatus {
-        let cs = self.containers.get(&c.name);
-        let mut st = ContainerStatus {
-            name: c.name.clone(),
-            image: c.image.clone().unwrap_or_default(),
-            image_id: String::new(),
-            restart_count: cs.and_then(|c| c.attempt).unwrap_or(0) as i32,
-            ready: false,
-            started: Some(false),
-            ..Default::default()
+        let tracked = self.containers.get(&c.name).map(CState::tracked);
+        let rt = self.runtime_for(pod, c);
+        let mut o = Observed {
+            pod_uid: self.uid.clone(),
+            runtime: rt.as_ref().map(|r| r.name()).map_err(Clone::clone),
+            current: None,
+            previous: None,
+            tracked,
         };
-        let waiting = |reason: &str, message: Option<String>| ContainerState {
-            waiting: Some(ContainerStateWaiting {
-                reason: Some(reason.into()),
-                message,
-            }),
-            ..Default::default()
-        };
-        let rt_name = self
-            .runtime_for(pod, c)
-            .map(|r| r.name())
-            .unwrap_or("process");
-        let terminated =
-            |s: &RuntimeState, key: &ContainerKey| -> Option<ContainerStateTerminated> {
-                match s {
-                    RuntimeState::Exited {
-                        exit_code,
-                        signal,
-                        started_at,
-                        finished_at,
-                        reason,
-                        message,
-                    } => Some(ContainerStateTerminated {
-                        exit_code: *exit_code,
-                        signal: *signal,
-                        reason: Some(reason.clone()),
-                        message: message.clone(),
-                        started_at: started_at.as_deref().and_then(time),
-                        finished_at: time(finished_at),
-                        container_id: Some(container_id(rt_name, key)),
-                    }),
-                    _ => None,
-                }
-            };
-        let Some(cs) = cs else {
-            st.state = Some(waiting("ContainerCreating", None));
-            return st;
-        };
-        let rt = match self.runtime_for(pod, c) {
-            Ok(rt) => rt,
-            Err((reason, msg)) => {
-                st.state = Some(waiting(&reason, Some(msg)));
-                return st;
+        if let (Ok(rt), Some(attempt)) = (&rt, o.tracked.as_ref().and_then(|t| t.attempt)) {
+            if attempt > 0 {
+                o.previous = rt.status(&self.key(&c.name, attempt - 1)).await.ok();
             }
-        };
-        let Some(attempt) = cs.attempt else {
-            let (reason, msg) = cs
-                .waiting
-                .clone()
-                .unwrap_or(("ContainerCreating".into(), String::new()));
-            st.state = Some(waiting(&reason, Some(msg).filter(|m| !m.is_empty())));
-            return st;
-        };
-        let key = self.key(&c.name, attempt);
-        st.container_id = Some(container_id(rt.name(), &key));
-        if attempt > 0 {
-            let prev = self.key(&c.name, attempt - 1);
-            if let Ok(s) = rt.status(&prev).await
-                && let Some(t) = terminated(&s, &prev)
-            {
-                st.last_state = Some(ContainerState {
-                    terminated: Some(t),
-                    ..Default::default()
-                });
-            }
+            o.current = rt.status(&self.key(&c.name, attempt)).await.ok();
         }
-        match rt.status(&key).await {
-            Ok(RuntimeState::Running { started_at, .. }) => {
-                st.state = Some(ContainerState {
-                    running: Some(ContainerStateRunning {
-                        started_at: started_at.as_deref().and_then(time),
-                    }),
-                    ..Default::default()
-                });
-                st.started = Some(cs.started);
-                st.ready = cs.ready && cs.started && !terminating;
-            }
-            Ok(s @ RuntimeState::Exited { .. }) => {
-                let t = terminated(&s, &key);
-                match (&cs.waiting, cs.restart_at, terminating) {
-                    // Waiting to restart: the exit becomes the last state.
-                    (Some((reason, msg)), Some(_), false) => {
-                        st.state = Some(waiting(reason, Some(msg.clone())));
-                        st.last_state = t.map(|t| ContainerState {
-                            terminated: Some(t),
-                            ..Default::default()
-                        });
-                    }
-                    _ => {
-                        st.state = Some(ContainerState {
-                            terminated: t,
-                            ..Default::default()
-                        });
-                    }
-                }
-            }
-            Ok(RuntimeState::Created) | Ok(RuntimeState::NotFound) | Err(_) => {
-                let (reason, msg) = cs
-                    .waiting
-                    .clone()
-                    .unwrap_or(("ContainerCreating".into(), String::new()));
-                st.state = Some(waiting(&reason, Some(msg).filter(|m| !m.is_empty())));
-            }
-        }
-        st
+        status::container_status(c, &o, terminating)
     }
 
     async fn build_status(&self, pod: &Pod, want: &Want) -> PodStatus {
         let terminating = matches!(want, Want::Stop);
         let spec = pod.spec.clone().unwrap_or_default();
-        let policy = spec
-            .restart_policy
-            .clone()
-            .unwrap_or_else(|| "Always".into());
-        let mut init_statuses = Vec::new();
-        let mut init_done = true;
-        let mut init_failed = false;
-        let mut sidecar_running = false;
+        let mut init = Vec::new();
         for c in spec.init_containers.iter().flatten() {
-            let s = self.container_status(pod, c, terminating).await;
-            if is_sidecar(c) {
-                let st = s.state.clone().unwrap_or_default();
-                sidecar_running |= st.running.is_some();
-                if st.running.is_none() && s.restart_count == 0 && st.terminated.is_none() {
-                    init_done = false;
-                }
-                init_statuses.push(s);
-                continue;
-            }
-            let ok = s
-                .state
-                .as_ref()
-                .and_then(|st| st.terminated.as_ref())
-                .is_some_and(|t| t.exit_code == 0);
-            if !ok {
-                init_done = false;
-                if policy == "Never"
-                    && s.state
-                        .as_ref()
-                        .and_then(|st| st.terminated.as_ref())
-                        .is_some()
-                {
-                    init_failed = true;
-                }
-            }
-            init_statuses.push(s);
+            init.push(self.container_status(pod, c, terminating).await);
         }
-        let mut statuses = Vec::new();
+        let mut app = Vec::new();
         for c in &spec.containers {
-            statuses.push(self.container_status(pod, c, terminating).await);
+            app.push(self.container_status(pod, c, terminating).await);
         }
-        let mut ephemeral_statuses = Vec::new();
+        let mut ephemeral = Vec::new();
         for ec in spec.ephemeral_containers.iter().flatten() {
             let c = ephemeral_as_container(ec);
-            ephemeral_statuses.push(if self.uses_image(pod, &c) {
+            ephemeral.push(if self.uses_image(pod, &c) {
                 self.container_status(pod, &c, terminating).await
             } else {
                 self.ephemeral_session_status(&c)
             });
         }
-        if !init_done {
-            // App containers wait for the init containers, as the kubelet reports it.
-            for s in &mut statuses {
-                if let Some(w) = s.state.as_mut().and_then(|st| st.waiting.as_mut())
-                    && w.reason.as_deref() == Some("ContainerCreating")
-                {
-                    w.reason = Some("PodInitializing".into());
-                }
-            }
-        }
-        let phase = if init_failed || self.evicted.is_some() {
-            "Failed".to_string()
-        } else if !init_done {
-            "Pending".to_string()
-        } else {
-            match phase_of(&statuses, &policy, terminating) {
-                // Finished app containers: the pod completes once its sidecars stopped.
-                p if sidecar_running && !terminating && (p == "Succeeded" || p == "Failed") => {
-                    "Running".to_string()
-                }
-                p => p,
-            }
-        };
-        let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s.ready);
-        let unready: Vec<&str> = statuses
-            .iter()
-            .filter(|s| !s.ready)
-            .map(|s| s.name.as_str())
-            .collect();
         // Transition times carry over from what this worker last wrote (newer than the
         // pod object until the watch catches up), else from the pod's status.
-        let prev: Vec<PodCondition> = self
+        let prev_conditions: Vec<PodCondition> = self
             .last_status
             .as_ref()
             .and_then(|v| v.get("conditions").cloned())
             .and_then(|c| serde_json::from_value(c).ok())
             .or_else(|| pod.status.as_ref().and_then(|s| s.conditions.clone()))
             .unwrap_or_default();
-        let cond = |ty: &str, ok: bool, reason: Option<&str>, message: Option<String>| {
-            let status = if ok { "True" } else { "False" };
-            let since = prev
-                .iter()
-                .find(|c| c.type_ == ty && c.status == status)
-                .and_then(|c| c.last_transition_time.clone())
-                .or_else(|| Some(now()));
-            PodCondition {
-                type_: ty.into(),
-                status: status.into(),
-                last_transition_time: since,
-                reason: if ok { None } else { reason.map(String::from) },
-                message: if ok { None } else { message },
-                ..Default::default()
-            }
-        };
-        let completed = matches!(phase.as_str(), "Succeeded" | "Failed");
-        let not_ready_reason = if completed {
-            "PodCompleted"
-        } else {
-            "ContainersNotReady"
-        };
-        let not_ready_msg = (!completed)
-            .then(|| format!("containers with unready status: [{}]", unready.join(" ")));
-        let mut conditions = vec![
-            cond(
-                "PodReadyToStartContainers",
-                self.net.is_some() || completed,
-                None,
-                None,
-            ),
-            cond(
-                "Initialized",
-                init_done,
-                Some("ContainersNotInitialized"),
-                Some("containers with incomplete status".into()),
-            ),
-            cond(
-                "Ready",
-                all_ready,
-                Some(not_ready_reason),
-                not_ready_msg.clone(),
-            ),
-            cond(
-                "ContainersReady",
-                all_ready,
-                Some(not_ready_reason),
-                not_ready_msg,
-            ),
-            cond("PodScheduled", true, None, None),
-        ];
-        if let Some(msg) = &self.evicted {
-            let since = prev
-                .iter()
-                .find(|c| c.type_ == "DisruptionTarget")
-                .and_then(|c| c.last_transition_time.clone())
-                .or_else(|| Some(now()));
-            conditions.insert(
-                0,
-                PodCondition {
-                    type_: "DisruptionTarget".into(),
-                    status: "True".into(),
-                    reason: Some("TerminationByKubelet".into()),
-                    message: Some(msg.clone()),
-                    last_transition_time: since,
-                    ..Default::default()
-                },
-            );
-        }
-        let ip = self
-            .net
-            .as_ref()
-            .map(|n| n.ip.to_string())
-            .or_else(|| pod.status.as_ref().and_then(|s| s.pod_ip.clone()));
-        PodStatus {
-            phase: Some(phase),
-            conditions: Some(conditions),
-            host_ip: Some(self.ctx.node_ip.to_string()),
-            host_ips: Some(vec![HostIP {
-                ip: self.ctx.node_ip.to_string(),
-            }]),
-            pod_ip: ip.clone(),
-            pod_ips: ip.map(|ip| vec![PodIP { ip }]),
+        let facts = status::PodFacts {
+            terminating,
+            evicted: self.evicted.clone(),
+            network_ready: self.net.is_some(),
+            pod_ip: self
+                .net
+                .as_ref()
+                .map(|n| n.ip.to_string())
+                .or_else(|| pod.status.as_ref().and_then(|s| s.pod_ip.clone())),
+            node_ip: self.ctx.node_ip.to_string(),
             start_time: self.start_time.clone(),
-            qos_class: Some(qos_class(&spec)),
-            container_statuses: Some(statuses),
-            init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
-            ephemeral_container_statuses: (!ephemeral_statuses.is_empty())
-                .then_some(ephemeral_statuses),
-            reason: self.evicted.as_ref().map(|_| "Evicted".to_string()),
-            message: self.evicted.clone(),
-            ..Default::default()
-        }
+            prev_conditions,
+            now: now(),
+        };
+        status::pod_status(&spec, init, app, ephemeral, &facts)
     }
 }
 
@@ -1944,13 +1698,6 @@ fn non_root_message(m: &str, pod: &Pod, c: &Container) -> String {
         pod.metadata.namespace.as_deref().unwrap_or("default"),
         pod.metadata.uid.as_deref().unwrap_or(""),
         c.name
-    )
-}
-
-fn container_id(runtime: &str, key: &ContainerKey) -> String {
-    format!(
-        "{runtime}://{}/{}/{}",
-        key.pod_uid, key.container, key.attempt
     )
 }
 
@@ -2005,20 +1752,6 @@ fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
         .find(|c| c.name == name)
 }
 
-/// The pod's grace period: the deletion's when deleting, else the spec's (default 30 s).
-pub fn grace_period(pod: &Pod) -> Duration {
-    let secs = pod
-        .metadata
-        .deletion_grace_period_seconds
-        .or_else(|| {
-            pod.spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds)
-        })
-        .unwrap_or(30);
-    Duration::from_secs(secs.max(0) as u64)
-}
-
 async fn run_hook(
     h: &LifecycleHandler,
     c: &Container,
@@ -2054,117 +1787,5 @@ async fn run_hook(
 /// Longest wait for a postStart hook (the kubelet bounds an httpGet hook likewise).
 const POST_START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// An init container with `restartPolicy: Always`: a sidecar.
-fn is_sidecar(c: &Container) -> bool {
-    c.restart_policy.as_deref() == Some("Always")
-}
-
-/// The kubelet's phase rules.
-fn phase_of(statuses: &[ContainerStatus], policy: &str, terminating: bool) -> String {
-    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
-    for s in statuses {
-        let st = s.state.clone().unwrap_or_default();
-        if st.running.is_some() {
-            running += 1;
-        } else if let Some(t) = st.terminated {
-            stopped += 1;
-            if t.exit_code == 0 {
-                succeeded += 1;
-            }
-        } else if s
-            .last_state
-            .as_ref()
-            .and_then(|l| l.terminated.as_ref())
-            .is_some()
-        {
-            stopped += 1;
-        } else {
-            waiting += 1;
-        }
-    }
-    let policy = if terminating { "Never" } else { policy };
-    if waiting > 0 && !terminating {
-        "Pending"
-    } else if running > 0 {
-        "Running"
-    } else if stopped > 0 {
-        match policy {
-            "Always" => "Running",
-            "OnFailure" if stopped == succeeded => "Succeeded",
-            "OnFailure" => "Running",
-            _ if stopped == succeeded => "Succeeded",
-            _ => "Failed",
-        }
-    } else {
-        "Pending"
-    }
-    .to_string()
-}
-
-/// Kubernetes QoS class from the containers' requests and limits.
-pub fn qos_class(spec: &k8s_openapi::api::core::v1::PodSpec) -> String {
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-    {
-        let r = c.resources.clone().unwrap_or_default();
-        let limits: BTreeMap<_, _> = r.limits.unwrap_or_default();
-        let requests: BTreeMap<_, _> = r.requests.unwrap_or_default();
-        if !limits.is_empty() || !requests.is_empty() {
-            any = true;
-        }
-        for res in ["cpu", "memory"] {
-            let l = limits.get(res);
-            let q = requests.get(res).or(l);
-            match (l, q) {
-                (Some(l), Some(q)) if l == q => {}
-                _ => guaranteed = false,
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-    .into()
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let b = Duration::from_secs(10);
-        let m = Duration::from_secs(300);
-        let seq: Vec<u64> = (0..8).map(|n| backoff_delay(n, b, m).as_secs()).collect();
-        assert_eq!(seq, vec![0, 10, 20, 40, 80, 160, 300, 300]);
-        assert_eq!(backoff_delay(100, b, m), m);
-    }
-
-    #[test]
-    fn qos() {
-        let mut spec: k8s_openapi::api::core::v1::PodSpec =
-            serde_json::from_value(serde_json::json!({
-                "containers": [{"name": "a"}]
-            }))
-            .unwrap();
-        assert_eq!(qos_class(&spec), "BestEffort");
-        spec.containers[0].resources = serde_json::from_value(serde_json::json!({
-            "limits": {"cpu": "1", "memory": "1Gi"}
-        }))
-        .unwrap();
-        assert_eq!(qos_class(&spec), "Guaranteed");
-        spec.containers[0].resources = serde_json::from_value(serde_json::json!({
-            "requests": {"cpu": "1"}
-        }))
-        .unwrap();
-        assert_eq!(qos_class(&spec), "Burstable");
-    }
-}
+mod tests;
