@@ -26,12 +26,13 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{NORMAL, Recorder, WARNING};
+use crate::events::{NORMAL, Recorder};
 use crate::informer::Informer;
 use crate::runtime::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use crate::util::{
     LabelMatcher, controller_of, controller_ref, fnv32a, is_not_found, pod_available_in,
-    pod_is_available, pod_is_ready, pod_node, pod_phase, safe_encode, scaled_value,
+    pod_from_template, pod_is_available, pod_is_ready, pod_node, pod_phase, record_creations,
+    safe_encode, scaled_value,
 };
 
 pub const REVISION_HASH: &str = "controller-revision-hash";
@@ -178,19 +179,14 @@ fn same_data(a: Option<&RawExtension>, b: &Value) -> bool {
 
 /// A daemon pod for `node` at revision `hash`.
 pub fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
-    let tmpl = ds
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .unwrap_or_default();
-    let meta = tmpl.metadata.unwrap_or_default();
-    let mut labels = meta.labels.unwrap_or_default();
+    let mut pod = pod_from_template(ds, ds.spec.as_ref().map(|s| &s.template));
+    let labels = pod.metadata.labels.get_or_insert_default();
     labels.insert(REVISION_HASH.into(), hash.into());
     labels.insert(
         TEMPLATE_GENERATION.into(),
         ds.metadata.generation.unwrap_or(1).to_string(),
     );
-    let mut spec = tmpl.spec.unwrap_or_default();
+    let spec = pod.spec.get_or_insert_default();
     let mut tolerations = spec.tolerations.take().unwrap_or_default();
     for t in daemon_tolerations(spec.host_network == Some(true)) {
         if !tolerations
@@ -218,19 +214,7 @@ pub fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
         node_selector_terms: vec![term],
     });
     spec.node_name = Some(node.into());
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", ds.name_any())),
-            namespace: ds.namespace(),
-            labels: Some(labels),
-            annotations: meta.annotations,
-            finalizers: meta.finalizers,
-            owner_references: Some(vec![controller_ref("apps/v1", "DaemonSet", &ds.metadata)]),
-            ..Default::default()
-        },
-        spec: Some(spec),
-        status: None,
-    }
+    pod
 }
 
 fn hash_of(p: &Pod) -> Option<&str> {
@@ -541,32 +525,13 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
             Err(e) => return Err(e.into()),
         }
     }
-    let mut created = Vec::new();
-    let mut create_err = None;
     let made = join_all(plan.create.iter().map(|node| {
         let pod = pod_for(&ds, node, &hash);
         let api = pod_api.clone();
         async move { api.create(&PostParams::default(), &pod).await }
     }))
     .await;
-    for r in made {
-        match r {
-            Ok(p) => {
-                let msg = format!("Created pod: {}", p.name_any());
-                ctx.recorder
-                    .record(&ds, NORMAL, "SuccessfulCreate", &msg)
-                    .await;
-                created.push(p);
-            }
-            Err(e) => {
-                let msg = format!("Error creating: {e}");
-                ctx.recorder
-                    .record(&ds, WARNING, "FailedCreate", &msg)
-                    .await;
-                create_err = Some(msg);
-            }
-        }
-    }
+    let (created, create_err) = record_creations(&ctx.recorder, &ds, made).await;
 
     let mut after: Vec<Pod> = pods
         .into_iter()

@@ -9,7 +9,7 @@ use anyhow::Result;
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -20,8 +20,8 @@ use crate::events::{NORMAL, Recorder, WARNING};
 use crate::informer::Informer;
 use crate::runtime::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use crate::util::{
-    LabelMatcher, controller_of, controller_ref, is_not_found, pod_available_in, pod_is_active,
-    pod_is_available, pod_is_ready, pod_phase, pod_ready_since,
+    self, LabelMatcher, controller_of, controller_ref, is_not_found, pod_available_in,
+    pod_is_active, pod_is_available, pod_is_ready, pod_phase, pod_ready_since, record_creations,
 };
 
 /// Most pods created or deleted in one pass (`BurstReplicas`).
@@ -171,25 +171,7 @@ pub fn calculate_status(
 
 /// The pod a ReplicaSet creates from its template (`GetPodFromTemplate`).
 pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
-    let tmpl = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.clone())
-        .unwrap_or_default();
-    let meta = tmpl.metadata.unwrap_or_default();
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", rs.name_any())),
-            namespace: rs.namespace(),
-            labels: meta.labels,
-            annotations: meta.annotations,
-            finalizers: meta.finalizers,
-            owner_references: Some(vec![controller_ref("apps/v1", "ReplicaSet", &rs.metadata)]),
-            ..Default::default()
-        },
-        spec: tmpl.spec,
-        status: None,
-    }
+    util::pod_from_template(rs, rs.spec.as_ref().and_then(|s| s.template.as_ref()))
 }
 
 /// Batch sizes of a slow start: 1, 2, 4 ... so a failing template costs one request, not 500.
@@ -318,26 +300,7 @@ async fn create_pods(ctx: &Ctx, rs: &ReplicaSet, n: usize) -> Option<String> {
     let pp = PostParams::default();
     for batch in slow_start_batches(n) {
         let results = join_all((0..batch).map(|_| api.create(&pp, &pod))).await;
-        let mut failed = None;
-        for r in results {
-            match r {
-                Ok(p) => {
-                    ctx.recorder
-                        .record(
-                            rs,
-                            NORMAL,
-                            "SuccessfulCreate",
-                            &format!("Created pod: {}", p.name_any()),
-                        )
-                        .await;
-                }
-                Err(e) => {
-                    let msg = format!("Error creating: {e}");
-                    ctx.recorder.record(rs, WARNING, "FailedCreate", &msg).await;
-                    failed = Some(msg);
-                }
-            }
-        }
+        let (_, failed) = record_creations(&ctx.recorder, rs, results).await;
         if failed.is_some() {
             return failed;
         }
@@ -437,6 +400,7 @@ mod tests {
         ContainerStatus, PodCondition, PodSpec, PodStatus, PodTemplateSpec,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn ts(secs: i64) -> jiff::Timestamp {
         jiff::Timestamp::from_second(1_700_000_000 + secs).unwrap()

@@ -2,12 +2,15 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, ObjectMeta, OwnerReference, Time,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::core::{Selector, SelectorExt};
+use kube::{Resource, ResourceExt};
+
+use crate::events::{NORMAL, Recorder, WARNING};
 
 /// A label selector that can be matched against labels. An invalid selector matches nothing,
 /// as upstream treats a selector it cannot parse.
@@ -65,6 +68,65 @@ pub fn controller_ref(api_version: &str, kind: &str, owner: &ObjectMeta) -> Owne
         controller: Some(true),
         block_owner_deletion: Some(true),
     }
+}
+
+/// The pod a workload creates from its template (`GetPodFromTemplate`): the template's
+/// labels, annotations, finalizers and spec, named after the owner, in its namespace, and
+/// controlled by it.
+pub fn pod_from_template<K>(owner: &K, tmpl: Option<&PodTemplateSpec>) -> Pod
+where
+    K: Resource<DynamicType = ()>,
+{
+    let meta = tmpl.and_then(|t| t.metadata.clone()).unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", owner.name_any())),
+            namespace: owner.namespace(),
+            labels: meta.labels,
+            annotations: meta.annotations,
+            finalizers: meta.finalizers,
+            owner_references: Some(vec![controller_ref(
+                &K::api_version(&()),
+                &K::kind(&()),
+                owner.meta(),
+            )]),
+            ..Default::default()
+        },
+        spec: tmpl.and_then(|t| t.spec.clone()),
+        status: None,
+    }
+}
+
+/// Records the outcome of pod creations on their owner as the workload controllers do
+/// (`SuccessfulCreate`, or `FailedCreate` with the error); returns the pods created and
+/// the last error.
+pub async fn record_creations<K>(
+    recorder: &Recorder,
+    owner: &K,
+    results: Vec<kube::Result<Pod>>,
+) -> (Vec<Pod>, Option<String>)
+where
+    K: Resource<DynamicType = ()>,
+{
+    let mut created = Vec::new();
+    let mut failed = None;
+    for r in results {
+        match r {
+            Ok(p) => {
+                let msg = format!("Created pod: {}", p.name_any());
+                recorder
+                    .record(owner, NORMAL, "SuccessfulCreate", &msg)
+                    .await;
+                created.push(p);
+            }
+            Err(e) => {
+                let msg = format!("Error creating: {e}");
+                recorder.record(owner, WARNING, "FailedCreate", &msg).await;
+                failed = Some(msg);
+            }
+        }
+    }
+    (created, failed)
 }
 
 pub fn now() -> jiff::Timestamp {
