@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::attrs::Attrs;
 use crate::audit_policy::{Level, Policy};
-use crate::auth::User;
+use crate::user::User;
 
 /// Where and how large.
 #[derive(Clone, Debug)]

@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 
 use crate::Inner;
 use crate::error::{ApiError, ApiResult};
-use crate::objects::{self, Mode, decode_kv, meta_str};
+use crate::objects::meta::{decode_kv, meta_mut, meta_str, now_rfc3339};
+use crate::objects::update::{Mode, update_loop};
 
 /// The served custom kinds and their OpenAPI documents.
 pub(crate) struct Dynamic {
@@ -150,14 +151,14 @@ pub(crate) async fn refresh(inner: &Arc<Inner>) -> ApiResult<()> {
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_some_and(|f| f.iter().any(|x| x == CLEANUP_FINALIZER));
-        let status = crd::wanted_status(&crd, &objects::now_rfc3339());
+        let status = crd::wanted_status(&crd, &now_rfc3339());
         if status.is_some() || !with_finalizer {
-            objects::update_loop(inner, crd_kind, None, &name, Mode::Internal, false, |cur| {
+            update_loop(inner, crd_kind, None, &name, Mode::Internal, false, |cur| {
                 let mut next = cur.clone();
-                if let Some(s) = crd::wanted_status(cur, &objects::now_rfc3339()) {
+                if let Some(s) = crd::wanted_status(cur, &now_rfc3339()) {
                     next["status"] = s;
                 }
-                let fins = objects::meta_mut(&mut next)
+                let fins = meta_mut(&mut next)
                     .entry("finalizers")
                     .or_insert_with(|| json!([]));
                 if let Some(a) = fins.as_array_mut()
@@ -202,9 +203,9 @@ async fn cleanup(
         .and_then(Value::as_array)
         .is_some_and(|f| f.iter().any(|x| x == CLEANUP_FINALIZER));
     if has {
-        let res = objects::update_loop(inner, crd_kind, None, name, Mode::Internal, false, |cur| {
+        let res = update_loop(inner, crd_kind, None, name, Mode::Internal, false, |cur| {
             let mut next = cur.clone();
-            if let Some(a) = objects::meta_mut(&mut next)
+            if let Some(a) = meta_mut(&mut next)
                 .get_mut("finalizers")
                 .and_then(Value::as_array_mut)
             {

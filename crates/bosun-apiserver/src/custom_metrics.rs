@@ -18,9 +18,9 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::Inner;
+use crate::ctx::json_response;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::{agent_get, list_objects};
-use crate::request::json_response;
 use crate::selector::LabelSelector;
 
 pub(crate) const GROUP: &str = "custom.metrics.k8s.io";

@@ -9,8 +9,8 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::Inner;
+use crate::ctx::json_response;
 use crate::error::{ApiError, ApiResult};
-use crate::request::json_response;
 
 /// Content-Type of an aggregated discovery answer; kubectl uses the answer only when
 /// the header is exactly this.

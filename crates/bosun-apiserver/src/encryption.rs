@@ -472,6 +472,25 @@ impl EncryptedStore {
         })
     }
 
+    /// A store that encrypts every key under `prefix` with the providers of `config`, for
+    /// running backend-independent checks through the encrypting path.
+    #[cfg(test)]
+    pub(crate) fn encrypting_prefix(
+        inner: Arc<dyn Store>,
+        config: &EncryptionConfiguration,
+        prefix: &str,
+    ) -> anyhow::Result<Self> {
+        let mut compiled = Compiled::build(config)?;
+        for r in &mut compiled.rules {
+            r.prefixes = vec![prefix.to_string()];
+        }
+        Ok(EncryptedStore {
+            inner,
+            path: None,
+            compiled: Arc::new(RwLock::new(Arc::new(compiled))),
+        })
+    }
+
     fn current(&self) -> Arc<Compiled> {
         current(&self.compiled)
     }
@@ -571,7 +590,8 @@ impl Store for EncryptedStore {
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
         let stream = self.inner.watch(prefix, after).await?;
-        if self.path.is_none() {
+        // Without a file nothing can be configured later: events pass through untouched.
+        if self.path.is_none() && self.current().rules.is_empty() {
             return Ok(stream);
         }
         let lock = self.compiled.clone();

@@ -8,9 +8,11 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
 
+use crate::ctx::{Ctx, json_response, parse_doc};
 use crate::error::{ApiError, ApiResult};
-use crate::objects::{self, ListQuery, decode_kv, meta_str};
-use crate::request::{Ctx, json_response, parse_doc};
+use crate::objects::delete::{delete_object, delete_opts_from};
+use crate::objects::meta::{decode_kv, meta_str};
+use crate::objects::read::{ListQuery, list_objects};
 use crate::selector::{LabelSelector, label_selector_string};
 
 fn ready(pod: &Value) -> bool {
@@ -101,9 +103,7 @@ fn all_in(
             resource_version: None,
             rv_match: None,
         };
-        Ok(objects::list_objects(&inner, kind, Some(&ns), &q)
-            .await?
-            .items)
+        Ok(list_objects(&inner, kind, Some(&ns), &q).await?.items)
     }
 }
 
@@ -145,8 +145,8 @@ pub(crate) async fn evict(ctx: Ctx, body: Bytes) -> ApiResult<Response> {
         }
         o
     });
-    let opts = objects::delete_opts_from(&ctx, delete_options)?;
-    objects::delete_object(&ctx.inner, kind, Some(&ns), &name, &opts).await?;
+    let opts = delete_opts_from(&ctx, delete_options)?;
+    delete_object(&ctx.inner, kind, Some(&ns), &name, &opts).await?;
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),

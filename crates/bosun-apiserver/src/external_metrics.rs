@@ -18,8 +18,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
 
 use crate::Inner;
+use crate::ctx::json_response;
 use crate::error::{ApiError, ApiResult};
-use crate::request::json_response;
 use crate::selector::LabelSelector;
 
 pub(crate) const GROUP: &str = "external.metrics.k8s.io";

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod audit_policy;
 pub mod auth;
 mod crds;
+mod ctx;
 mod custom_metrics;
 mod discovery;
 pub mod encryption;
@@ -16,6 +17,7 @@ mod error;
 mod eviction;
 mod external_metrics;
 mod field_labels;
+mod gate;
 mod logs;
 mod metrics;
 mod node_authz;
@@ -33,10 +35,12 @@ mod sa_admission;
 pub mod sa_token;
 mod selector;
 mod services;
+#[cfg(test)]
+mod store_conformance;
 mod store_metrics;
 mod streaming;
 mod tls;
-mod watch;
+pub mod user;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -221,8 +225,25 @@ impl ApiServer {
             .await
             .map_err(|e| anyhow::anyhow!("loading custom resource definitions: {e}"))?;
         crds::spawn_watch(&server.inner);
-        priority::ensure_builtin(&server.inner).await?;
+        server.ensure_priority_classes().await?;
         Ok(server)
+    }
+
+    /// Creates the built-in PriorityClasses that are missing.
+    async fn ensure_priority_classes(&self) -> anyhow::Result<()> {
+        let kind = self
+            .inner
+            .registry
+            .by_resource("scheduling.k8s.io", "v1", "priorityclasses")
+            .ok_or_else(|| anyhow::anyhow!("the registry has no priorityclasses"))?;
+        for (name, body) in priority::builtin_classes() {
+            match objects::create::create_object(&self.inner, kind, None, body, false).await {
+                Ok(_) => {}
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => anyhow::bail!("creating PriorityClass {name}: {}", e.message),
+            }
+        }
+        Ok(())
     }
 
     async fn ensure_namespaces(&self) -> anyhow::Result<()> {
@@ -233,7 +254,7 @@ impl ApiServer {
             .ok_or_else(|| anyhow::anyhow!("registry has no namespaces"))?;
         for ns in SYSTEM_NAMESPACES {
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            match objects::create_object(&self.inner, kind, None, body, false).await {
+            match objects::create::create_object(&self.inner, kind, None, body, false).await {
                 Ok(_) => {}
                 Err(e) if e.reason == "AlreadyExists" => {}
                 Err(e) => anyhow::bail!("creating namespace {ns}: {e}"),
@@ -255,7 +276,7 @@ impl ApiServer {
                 .by_resource(group, "v1", plural)
                 .ok_or_else(|| anyhow::anyhow!("registry has no {plural}"))?;
             for obj in objs {
-                match objects::create_object(&self.inner, kind, None, obj, false).await {
+                match objects::create::create_object(&self.inner, kind, None, obj, false).await {
                     Ok(_) => {}
                     Err(e) if e.reason == "AlreadyExists" => {}
                     Err(e) => anyhow::bail!("creating the default {plural}: {e}"),
@@ -355,7 +376,7 @@ impl ApiServer {
 async fn encryption_status(
     axum::extract::State(inner): axum::extract::State<Arc<Inner>>,
 ) -> axum::response::Response {
-    request::json_response(http::StatusCode::OK, &inner.encryption.status())
+    crate::ctx::json_response(http::StatusCode::OK, &inner.encryption.status())
 }
 
 /// Re-reads the EncryptionConfiguration file (after `bosun secrets rotate-key` changed it).
@@ -364,7 +385,7 @@ async fn encryption_reload(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     match inner.encryption.reload() {
-        Ok(()) => request::json_response(http::StatusCode::OK, &inner.encryption.status()),
+        Ok(()) => crate::ctx::json_response(http::StatusCode::OK, &inner.encryption.status()),
         Err(e) => ApiError::bad_request(format!("reloading the encryption configuration: {e:#}"))
             .into_response(),
     }

@@ -8,9 +8,9 @@ use http::{HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+use crate::ctx::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::objects::decode_kv;
-use crate::request::Ctx;
+use crate::objects::meta::decode_kv;
 
 /// TLS client settings trusting only the cluster CA.
 pub(crate) fn client_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {

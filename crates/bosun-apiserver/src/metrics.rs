@@ -12,9 +12,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use crate::Inner;
+use crate::ctx::json_response;
 use crate::error::{ApiError, ApiResult};
-use crate::objects::decode_kv;
-use crate::request::json_response;
+use crate::objects::meta::decode_kv;
 use crate::selector::LabelSelector;
 
 pub(crate) const GROUP: &str = "metrics.k8s.io";

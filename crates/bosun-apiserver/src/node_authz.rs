@@ -14,7 +14,11 @@ use serde_json::Value;
 
 use crate::Inner;
 use crate::attrs::Attrs;
-use crate::auth::{KUBELET_ACCESS_PATH, NODES, User};
+use crate::user::{NODES, User};
+
+/// The Secret holding the token the API server presents to node agents; nodes read it (and
+/// no other kube-system Secret) so that they can check who calls their logs endpoint.
+pub const KUBELET_ACCESS_PATH: &str = "/api/v1/namespaces/kube-system/secrets/bosun-kubelet-access";
 
 pub enum Decision {
     Allow,

@@ -27,10 +27,10 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use crate::Inner;
+use crate::ctx::json_response;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::agent_request;
-use crate::objects::decode_kv;
-use crate::request::json_response;
+use crate::objects::meta::decode_kv;
 
 pub(crate) const GROUP: &str = "logs.bosun.dev";
 const DEFAULT_LIMIT: usize = 1000;

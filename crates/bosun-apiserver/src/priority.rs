@@ -3,15 +3,13 @@
 //! the two built-in classes exist from the start; user classes stay at or below one billion
 //! and at most one is the global default.
 
-use std::sync::Arc;
-
 use bosun_api::KindInfo;
 use bosun_store::ListOptions;
 use serde_json::{Value, json};
 
 use crate::Inner;
 use crate::error::{ApiError, ApiResult};
-use crate::objects::{self, decode_kv};
+use crate::objects::meta::decode_kv;
 
 /// Highest value a user-defined class may have (`HighestUserDefinablePriority`).
 const MAX_USER_PRIORITY: i64 = 1_000_000_000;
@@ -37,20 +35,14 @@ fn classes_kind(inner: &Inner) -> ApiResult<&'static KindInfo> {
         .ok_or_else(|| ApiError::internal("the registry has no priorityclasses"))
 }
 
-/// Creates the built-in classes if they are missing.
-pub(crate) async fn ensure_builtin(inner: &Arc<Inner>) -> anyhow::Result<()> {
-    let kind = classes_kind(inner).map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    for (name, value, description) in BUILTIN {
+/// The built-in classes, as the server creates them at start-up (when missing).
+pub(crate) fn builtin_classes() -> impl Iterator<Item = (&'static str, Value)> {
+    BUILTIN.into_iter().map(|(name, value, description)| {
         let body = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
             "metadata": {"name": name}, "value": value, "description": description,
             "preemptionPolicy": "PreemptLowerPriority"});
-        match objects::create_object(inner, kind, None, body, false).await {
-            Ok(_) => {}
-            Err(e) if e.reason == "AlreadyExists" => {}
-            Err(e) => anyhow::bail!("creating PriorityClass {name}: {}", e.message),
-        }
-    }
-    Ok(())
+        (name, body)
+    })
 }
 
 async fn all_classes(inner: &Inner) -> ApiResult<Vec<Value>> {

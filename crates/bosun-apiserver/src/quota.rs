@@ -14,7 +14,8 @@ use serde_json::{Map, Value, json};
 
 use crate::Inner;
 use crate::error::{ApiError, ApiResult};
-use crate::objects::{self, Mode, decode_kv, meta_str};
+use crate::objects::meta::{decode_kv, meta_str};
+use crate::objects::update::{Mode, update_loop};
 
 const COMPUTE: [&str; 6] = [
     "requests.cpu",
@@ -197,7 +198,7 @@ pub(crate) async fn admit(
         .insert(id, delta.clone());
     admitted.id = Some(id);
     for (qname, counted) in reserve {
-        let res = objects::update_loop(
+        let res = update_loop(
             inner,
             quota_kind,
             Some(ns),
@@ -509,7 +510,7 @@ pub(crate) async fn refresh_status(inner: &Arc<Inner>, ns: &str) -> ApiResult<()
         if q.get("status") == Some(&status) {
             continue;
         }
-        let res = objects::update_loop(inner, kind, Some(ns), &name, Mode::Status, false, |cur| {
+        let res = update_loop(inner, kind, Some(ns), &name, Mode::Status, false, |cur| {
             let mut next = cur.clone();
             next["status"] = status.clone();
             Ok(next)

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::attrs::Attrs;
-use crate::auth::User;
+use crate::user::User;
 
 pub const RBAC_PREFIX: &str = "/registry/rbac.authorization.k8s.io/";
 

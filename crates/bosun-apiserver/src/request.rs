@@ -1,96 +1,18 @@
 //! URL parsing and dispatch of resource requests.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use bosun_api::KindInfo;
 use bytes::Bytes;
-use http::{HeaderMap, Method, header};
-use serde_json::Value;
+use http::{Method, header};
 
 use crate::Inner;
+use crate::ctx::{Ctx, Target, parse_query};
 use crate::discovery;
 use crate::error::{ApiError, ApiResult};
 use crate::objects;
-use crate::watch;
-
-/// What a resource URL names.
-pub(crate) struct Target {
-    pub kind: &'static KindInfo,
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    pub sub: Option<String>,
-    /// Legacy `/watch/` path prefix.
-    pub watch_path: bool,
-}
-
-/// Everything a resource handler needs from the request.
-pub(crate) struct Ctx {
-    pub inner: Arc<Inner>,
-    pub target: Target,
-    pub query: HashMap<String, String>,
-    pub headers: HeaderMap,
-}
-
-impl Ctx {
-    pub fn kind(&self) -> &'static KindInfo {
-        self.target.kind
-    }
-
-    pub fn q(&self, key: &str) -> Option<&str> {
-        self.query
-            .get(key)
-            .map(String::as_str)
-            .filter(|s| !s.is_empty())
-    }
-
-    pub fn flag(&self, key: &str) -> bool {
-        matches!(self.q(key), Some("true" | "1"))
-    }
-
-    pub fn dry_run(&self) -> bool {
-        self.q("dryRun") == Some("All")
-    }
-
-    /// The name from the URL (present for object requests).
-    pub fn name(&self) -> &str {
-        self.target.name.as_deref().unwrap_or_default()
-    }
-
-    pub fn wants_table(&self) -> bool {
-        self.headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| {
-                a.split(',').next().is_some_and(|first| {
-                    first.contains("as=Table") && first.contains("g=meta.k8s.io")
-                })
-            })
-    }
-
-    pub fn content_type(&self) -> String {
-        self.headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| {
-                s.split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_ascii_lowercase()
-            })
-            .unwrap_or_default()
-    }
-}
-
-pub(crate) fn parse_query(uri: &http::Uri) -> HashMap<String, String> {
-    axum::extract::Query::<HashMap<String, String>>::try_from_uri(uri)
-        .map(|q| q.0)
-        .unwrap_or_default()
-}
 
 /// Resolves the part of a path after `/api/v1` or `/apis/G/V`.
 fn resolve(inner: &Inner, group: &str, version: &str, rest: &[&str]) -> Option<Target> {
@@ -206,24 +128,26 @@ async fn route(ctx: Ctx, method: Method, body: Body) -> ApiResult<Response> {
     match (&method, has_name, sub.as_deref()) {
         (&Method::GET, false, None) => {
             if ctx.target.watch_path || ctx.flag("watch") {
-                watch::watch(ctx).await
+                objects::watch::watch(ctx).await
             } else {
-                objects::list(ctx).await
+                objects::read::list(ctx).await
             }
         }
         (&Method::GET, true, None) => {
             if ctx.target.watch_path || ctx.flag("watch") {
-                watch::watch(ctx).await
+                objects::watch::watch(ctx).await
             } else {
-                objects::get(ctx).await
+                objects::read::get(ctx).await
             }
         }
-        (&Method::GET, true, Some("status" | "ephemeralcontainers")) => objects::get(ctx).await,
-        (&Method::GET, true, Some("scale")) => objects::get_scale(ctx).await,
+        (&Method::GET, true, Some("status" | "ephemeralcontainers")) => {
+            objects::read::get(ctx).await
+        }
+        (&Method::GET, true, Some("scale")) => objects::subresources::get_scale(ctx).await,
         (&Method::GET, true, Some("log")) => crate::logs::logs(ctx).await,
         (&Method::POST, false, None) => {
             let body = read_body(&ctx, body).await?;
-            objects::create(ctx, body).await
+            objects::create::create(ctx, body).await
         }
         (&Method::POST, true, Some("eviction")) => {
             let body = read_body(&ctx, body).await?;
@@ -235,7 +159,7 @@ async fn route(ctx: Ctx, method: Method, body: Body) -> ApiResult<Response> {
         }
         (&Method::POST, true, Some("binding")) => {
             let body = read_body(&ctx, body).await?;
-            objects::bind(ctx, body).await
+            objects::subresources::bind(ctx, body).await
         }
         (
             &Method::PUT,
@@ -243,27 +167,27 @@ async fn route(ctx: Ctx, method: Method, body: Body) -> ApiResult<Response> {
             None | Some("status" | "finalize" | "approval" | "ephemeralcontainers"),
         ) => {
             let body = read_body(&ctx, body).await?;
-            objects::update(ctx, body).await
+            objects::update::update(ctx, body).await
         }
         (&Method::PUT, true, Some("scale")) => {
             let body = read_body(&ctx, body).await?;
-            objects::update_scale(ctx, body).await
+            objects::subresources::update_scale(ctx, body).await
         }
         (&Method::PATCH, true, None | Some("status" | "ephemeralcontainers")) => {
             let body = read_body(&ctx, body).await?;
-            objects::patch(ctx, body).await
+            objects::patch::patch(ctx, body).await
         }
         (&Method::PATCH, true, Some("scale")) => {
             let body = read_body(&ctx, body).await?;
-            objects::patch_scale(ctx, body).await
+            objects::subresources::patch_scale(ctx, body).await
         }
         (&Method::DELETE, true, None) => {
             let body = read_body(&ctx, body).await?;
-            objects::delete(ctx, body).await
+            objects::delete::delete(ctx, body).await
         }
         (&Method::DELETE, false, None) => {
             let body = read_body(&ctx, body).await?;
-            objects::delete_collection(ctx, body).await
+            objects::delete::delete_collection(ctx, body).await
         }
         _ => Err(ApiError::method_not_allowed(&method)),
     }
@@ -292,44 +216,4 @@ async fn read_body(ctx: &Ctx, body: Body) -> ApiResult<Bytes> {
         }
         ApiError::bad_request(format!("reading request body: {e}"))
     })
-}
-
-/// Decodes a JSON or YAML document into an object.
-pub(crate) fn parse_doc(content_type: &str, body: &[u8]) -> ApiResult<Value> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("the request body is empty"));
-    }
-    let yaml = match content_type {
-        "application/yaml"
-        | "application/x-yaml"
-        | "text/yaml"
-        | "application/apply-patch+yaml" => true,
-        "" | "application/json" | "text/json" => false,
-        "application/vnd.kubernetes.protobuf" => {
-            return bosun_proto::decode(body)
-                .map_err(|e| ApiError::bad_request(format!("error decoding protobuf body: {e}")));
-        }
-        // Patch bodies are JSON; their handlers pass the patch type here.
-        ct if ct.ends_with("patch+json") => false,
-        other => return Err(ApiError::unsupported_media_type(other)),
-    };
-    let v: Value = if yaml {
-        serde_saphyr::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?
-    } else {
-        serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
-        })?
-    };
-    Ok(v)
-}
-
-pub(crate) fn json_response(code: http::StatusCode, v: &Value) -> Response {
-    let body = serde_json::to_vec(v).unwrap_or_default();
-    let mut r = (code, body).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
 }

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use crate::Inner;
 use crate::attrs::Attrs;
-use crate::auth::User;
 use crate::error::ApiError;
+use crate::user::User;
 
 /// Which review a path names, with the namespace of a LocalSubjectAccessReview.
 pub enum Review {
@@ -91,7 +91,7 @@ fn answer(mut body: Value, api_version: &str, kind: &str, status: Value) -> Resp
     }
     body["metadata"]["creationTimestamp"] = Value::Null;
     body["status"] = status;
-    crate::request::json_response(http::StatusCode::CREATED, &body)
+    crate::ctx::json_response(http::StatusCode::CREATED, &body)
 }
 
 async fn access_status(inner: &Arc<Inner>, user: &User, a: &Attrs) -> Value {
@@ -115,7 +115,7 @@ pub async fn handle(
     body: &[u8],
     content_type: &str,
 ) -> Response {
-    let body = match crate::request::parse_doc(content_type, body) {
+    let body = match crate::ctx::parse_doc(content_type, body) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
@@ -207,7 +207,7 @@ pub async fn handle(
                 .map(|r| json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls}))
                 .collect();
             let mut res = res;
-            if user.groups.iter().any(|g| g == crate::auth::MASTERS) && res.is_empty() {
+            if user.groups.iter().any(|g| g == crate::user::MASTERS) && res.is_empty() {
                 res.push(json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}));
             }
             let status =

@@ -139,7 +139,7 @@ pub(crate) async fn admit(inner: &Arc<Inner>, ns: &str, pod: &mut Value) -> ApiR
     let sa_name = default_service_account(pod);
     let key = format!("/registry/core/serviceaccounts/{ns}/{sa_name}");
     let sa: Option<Value> = match inner.store.get(&key).await.map_err(ApiError::store)? {
-        Some(kv) => Some(crate::objects::decode_kv(&kv)?),
+        Some(kv) => Some(crate::objects::meta::decode_kv(&kv)?),
         None => None,
     };
     // `default` is made by a controller right after its namespace; a pod created in that
@@ -162,7 +162,7 @@ pub(crate) async fn admit(inner: &Arc<Inner>, ns: &str, pod: &mut Value) -> ApiR
     if automount(pod, sa.as_ref()) {
         mount_api_access(
             pod,
-            &format!("{VOLUME_PREFIX}{}", crate::objects::random_suffix()),
+            &format!("{VOLUME_PREFIX}{}", crate::objects::meta::random_suffix()),
         );
     }
     Ok(())

@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::Inner;
-use crate::auth::User;
+use crate::ctx::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::request::Ctx;
+use crate::user::User;
 
 /// Kubernetes' default issuer and API audience.
 pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -217,7 +217,7 @@ pub fn service_account_user(ns: &str, name: &str) -> User {
 pub(crate) async fn token_request(ctx: Ctx, body: Bytes) -> ApiResult<Response> {
     let ns = ctx.target.namespace.clone().unwrap_or_default();
     let name = ctx.name().to_string();
-    let mut req = crate::request::parse_doc(&ctx.content_type(), &body)?;
+    let mut req = crate::ctx::parse_doc(&ctx.content_type(), &body)?;
     let kind = ctx.kind();
     let invalid = |field: &str, msg: String| {
         ApiError::new(
@@ -351,14 +351,11 @@ pub(crate) async fn token_request(ctx: Ctx, body: Bytes) -> ApiResult<Response> 
     req["apiVersion"] = json!("authentication.k8s.io/v1");
     req["kind"] = json!("TokenRequest");
     req["metadata"] = json!({"name": name, "namespace": ns,
-        "creationTimestamp": crate::objects::ts_rfc3339(now)});
+        "creationTimestamp": crate::objects::meta::ts_rfc3339(now)});
     req["spec"] = spec;
     req["status"] = json!({"token": token,
-        "expirationTimestamp": crate::objects::ts_rfc3339(now + exp_secs)});
-    Ok(crate::request::json_response(
-        http::StatusCode::CREATED,
-        &req,
-    ))
+        "expirationTimestamp": crate::objects::meta::ts_rfc3339(now + exp_secs)});
+    Ok(crate::ctx::json_response(http::StatusCode::CREATED, &req))
 }
 
 #[cfg(test)]

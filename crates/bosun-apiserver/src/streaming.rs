@@ -15,10 +15,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 use crate::Inner;
+use crate::ctx::{Ctx, Target};
 use crate::error::{ApiError, ApiResult};
 use crate::logs::{agent_unavailable, choose_container, dial, node_endpoint};
-use crate::objects::decode_kv;
-use crate::request::{Ctx, Target};
+use crate::objects::meta::decode_kv;
 
 /// Request headers the agent needs to negotiate the protocol.
 const FORWARDED: &[&str] = &[
@@ -45,7 +45,7 @@ pub(crate) async fn proxy(
     let name = target.name.clone().unwrap_or_default();
     let raw_query = req.uri().query().unwrap_or_default().to_string();
     let ctx = Ctx {
-        query: crate::request::parse_query(req.uri()),
+        query: crate::ctx::parse_query(req.uri()),
         headers: req.headers().clone(),
         inner,
         target,

@@ -19,10 +19,10 @@ pub(crate) async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listen = %addr, "API server listening");
     }
-    let auth_state: crate::auth::AuthState = server.inner().clone();
+    let auth_state: crate::gate::AuthState = server.inner().clone();
     let app = server.router().layer(axum::middleware::from_fn_with_state(
         auth_state,
-        crate::auth::middleware,
+        crate::gate::middleware,
     ));
     let limits = server.inner().limits.clone();
     bosun_serve::serve_tls(listener, tls, app, limits, shutdown).await

@@ -70,10 +70,10 @@ pub fn auto_approval(csr: &CertificateSigningRequest) -> Option<&'static str> {
     };
     let user = spec.username.as_deref().unwrap_or_default();
     let groups = spec.groups.clone().unwrap_or_default();
-    let bootstrap = user.starts_with(bosun_apiserver::auth::BOOTSTRAP_PREFIX)
+    let bootstrap = user.starts_with(bosun_apiserver::user::BOOTSTRAP_PREFIX)
         && groups
             .iter()
-            .any(|g| g == bosun_apiserver::auth::BOOTSTRAPPERS);
+            .any(|g| g == bosun_apiserver::user::BOOTSTRAPPERS);
     let itself = user == format!("system:node:{node}");
     let allowed: &[&str] = match spec.signer_name.as_str() {
         // A new node (bootstrap token) or a node renewing its own.

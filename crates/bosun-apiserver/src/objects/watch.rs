@@ -11,9 +11,10 @@ use futures::{StreamExt, stream};
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
+use crate::ctx::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::objects::{ListQuery, decode_kv, list_objects, list_prefix, meta_str, parse_rv};
-use crate::request::Ctx;
+use crate::objects::meta::{decode_kv, meta_str, parse_rv};
+use crate::objects::read::{ListQuery, list_objects, list_prefix};
 
 /// Watches without `timeoutSeconds` end after this long, as Kubernetes' do (clients re-watch).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
