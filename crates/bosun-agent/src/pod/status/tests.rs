@@ -263,14 +263,26 @@ fn phases_follow_the_kubelet() {
         phase_of(&[run.clone(), ok.clone()], "Never", false),
         "Running"
     );
-    assert_eq!(phase_of(&[ok.clone()], "Never", false), "Succeeded");
+    assert_eq!(
+        phase_of(std::slice::from_ref(&ok), "Never", false),
+        "Succeeded"
+    );
     assert_eq!(
         phase_of(&[ok.clone(), failed.clone()], "Never", false),
         "Failed"
     );
-    assert_eq!(phase_of(&[failed.clone()], "OnFailure", false), "Running");
-    assert_eq!(phase_of(&[ok.clone()], "OnFailure", false), "Succeeded");
-    assert_eq!(phase_of(&[ok.clone()], "Always", false), "Running");
+    assert_eq!(
+        phase_of(std::slice::from_ref(&failed), "OnFailure", false),
+        "Running"
+    );
+    assert_eq!(
+        phase_of(std::slice::from_ref(&ok), "OnFailure", false),
+        "Succeeded"
+    );
+    assert_eq!(
+        phase_of(std::slice::from_ref(&ok), "Always", false),
+        "Running"
+    );
     assert_eq!(
         phase_of(&[creating.clone(), run], "Always", false),
         "Pending"
