@@ -976,13 +976,17 @@ impl Upstreams {
     /// For a Service whose workload may be scaled to zero: records the request and, when the
     /// Service has no ready endpoint, waits for one (see [`activation`]). Returns at once
     /// for other Services. The node proxy calls this for TCP connections; `http_call` does
-    /// it itself.
-    pub async fn activate_target(&self, target: &Target) -> Result<(), UpstreamError> {
+    /// it itself. Hold the guard while the connection is open: it counts as activity.
+    pub async fn activate_target(
+        &self,
+        target: &Target,
+    ) -> Result<Option<activation::OpenGuard>, UpstreamError> {
         match self.port_set(target) {
-            Some((info, set)) if info.activation.is_some() => {
-                self.activate(target, &info, set.endpoints.is_empty()).await
-            }
-            _ => Ok(()),
+            Some((info, set)) if info.activation.is_some() => self
+                .activate(target, &info, set.endpoints.is_empty())
+                .await
+                .map(Some),
+            _ => Ok(None),
         }
     }
 
@@ -991,14 +995,15 @@ impl Upstreams {
         target: &Target,
         info: &ServiceInfo,
         no_endpoints: bool,
-    ) -> Result<(), UpstreamError> {
-        let Some(cfg) = &info.activation else {
-            return Ok(());
-        };
+    ) -> Result<activation::OpenGuard, UpstreamError> {
         let activity = &info.activity.0;
+        let open = activity.open();
         activity.touch();
+        let Some(cfg) = &info.activation else {
+            return Ok(open);
+        };
         if !no_endpoints {
-            return Ok(());
+            return Ok(open);
         }
         let Some(place) = activity.enter(cfg.queue) else {
             return Err(UpstreamError::Activation {
@@ -1043,7 +1048,7 @@ impl Upstreams {
                     waited_ms = started.elapsed().as_millis() as u64,
                     "endpoint ready; forwarding held request"
                 );
-                Ok(())
+                Ok(open)
             }
             Err(_) => Err(UpstreamError::Activation {
                 service: svc_name(target),
@@ -1070,6 +1075,7 @@ impl Upstreams {
                     activation::Report {
                         last_ms: i.activity.0.last_ms(),
                         waiting: i.activity.0.waiting(),
+                        open: i.activity.0.open_count(),
                     },
                 )
             })
@@ -1158,17 +1164,28 @@ impl Upstreams {
             &target.namespace,
             load::Subject::Service(target.service.clone()),
         );
+        let mut open: Option<activation::OpenGuard> = None;
         let resp = match self.port_set(target) {
             None => UpstreamError::UnknownService(svc_name(target)).into_response(),
             Some((info, set)) => {
                 // Only Services whose workload may be at zero pay for this (one atomic store).
                 let held = match &info.activation {
-                    Some(_) => self.activate(target, &info, set.endpoints.is_empty()).await,
-                    None => Ok(()),
+                    Some(_) => self
+                        .activate(target, &info, set.endpoints.is_empty())
+                        .await
+                        .map(Some),
+                    None => Ok(None),
                 };
                 match held {
                     Err(e) => e.into_response(),
-                    Ok(()) => {
+                    Ok(held) => {
+                        // Open until the response body ends (below) or, for an upgrade,
+                        // until the spliced connection closes (`upgrade_call`).
+                        let mut req = req;
+                        if let Some(g) = held {
+                            req.extensions_mut().insert(g.clone());
+                            open = Some(g);
+                        }
                         let policy = policy.cloned().unwrap_or_else(|| info.policy.clone());
                         let call = self.call_inner(target, req, &policy, &labels, &mut hop);
                         match policy.timeout {
@@ -1227,6 +1244,7 @@ impl Upstreams {
             .clone();
         resp.map(|b| {
             b.map_frame(move |f| {
+                let _open = &open;
                 if let Some(d) = f.data_ref() {
                     tx.inc_by(d.len() as u64);
                 }
@@ -1501,6 +1519,7 @@ impl Upstreams {
         labels: &SvcLabels,
     ) -> Response<Body> {
         let downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let open = parts.extensions.remove::<activation::OpenGuard>();
         let protocol = upgrade_protocol(&parts.headers);
         let picked = match self.pick(target, Some(policy), hash_key) {
             Ok(p) => p,
@@ -1582,6 +1601,8 @@ impl Upstreams {
                 format!("{}/{}", labels.namespace, labels.service),
             );
             tokio::spawn(async move {
+                // A scale-to-zero Service is in use while the connection is open.
+                let _open = open;
                 if let (Ok(d), Ok(u)) = (downstream.await, upstream.await) {
                     let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
                     let (wall, began) = (std::time::SystemTime::now(), Instant::now());
