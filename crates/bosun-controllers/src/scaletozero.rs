@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bosun_watch::informer::Informer;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -42,7 +43,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{NORMAL, Recorder};
-use crate::informer::Informer;
 
 /// On a Deployment (user-set): idle time before scaling to zero, e.g. `60s`, `5m`, `1h30m`.
 pub const AFTER_ANNOTATION: &str = "bosun.dev/scale-to-zero-after";

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bosun_watch::informer::Informer;
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use jiff::Timestamp;
@@ -38,7 +39,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deployment::logic::compute_hash;
 use crate::events::Recorder;
-use crate::informer::Informer;
 use crate::util::{controller_of, controller_ref, is_not_found, now};
 use logic::{HASH_LABEL, Measurement, Metric, MetricResult, RsView, RunView};
 

@@ -44,6 +44,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use bosun_watch::{Informer, Notice};
 use bytes::Bytes;
 use futures::StreamExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -53,8 +54,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher;
+use kube::runtime::reflector::ObjectRef;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -773,60 +773,51 @@ impl Upstreams {
     }
 
     async fn run_watchers(self, client: kube::Client) -> anyhow::Result<()> {
-        // One event at a time flows through here; the size difference does not matter.
-        #[allow(clippy::large_enum_variant)]
+        // The informers watch until this future is dropped.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let _stop_watches = stop.clone().drop_guard();
+        let svcs = Informer::<Service>::start(kube::Api::all(client.clone()), stop.clone());
+        let slices = Informer::<EndpointSlice>::start(kube::Api::all(client), stop);
         enum Ev {
-            Svc(watcher::Event<Service>),
-            Slice(watcher::Event<EndpointSlice>),
+            Svc(Notice<Service>),
+            Slice(Notice<EndpointSlice>),
         }
-        let svcs = watcher(
-            kube::Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .map(|r| r.map(Ev::Svc))
-        .boxed();
-        let slices = watcher(
-            kube::Api::<EndpointSlice>::all(client),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .map(|r| r.map(Ev::Slice))
-        .boxed();
-        let mut events = futures::stream::select(svcs, slices);
-        let mut svc_buf = Vec::new();
-        let mut slice_buf = Vec::new();
+        let mut events = futures::stream::select(
+            svcs.notices().map(Ev::Svc).boxed(),
+            slices.notices().map(Ev::Slice).boxed(),
+        );
         let (mut svcs_listed, mut slices_listed) = (false, false);
+        // A touched object is applied as the cache has it now (by name: gone means deleted);
+        // a complete list replaces everything, dropping what was deleted unseen. Between
+        // watch errors (retried with backoff) the last known state keeps serving.
         while let Some(ev) = events.next().await {
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(e) => {
-                    // The backoff retries; keep serving from the last known state.
-                    tracing::warn!("upstream watch: {e}");
-                    continue;
-                }
-            };
             match ev {
-                Ev::Svc(watcher::Event::Apply(s)) => self.apply_service(&s),
-                Ev::Svc(watcher::Event::Delete(s)) => self.delete_service(
-                    s.metadata.namespace.as_deref().unwrap_or("default"),
-                    s.metadata.name.as_deref().unwrap_or_default(),
-                ),
-                Ev::Svc(watcher::Event::Init) => svc_buf.clear(),
-                Ev::Svc(watcher::Event::InitApply(s)) => svc_buf.push(s),
-                Ev::Svc(watcher::Event::InitDone) => {
-                    self.replace_services(std::mem::take(&mut svc_buf));
+                Ev::Svc(Notice::Touched(s)) => {
+                    match svcs.store().get(&ObjectRef::from_obj(s.as_ref())) {
+                        Some(now) => self.apply_service(&now),
+                        None => self.delete_service(
+                            s.metadata.namespace.as_deref().unwrap_or("default"),
+                            s.metadata.name.as_deref().unwrap_or_default(),
+                        ),
+                    }
+                }
+                Ev::Svc(Notice::Synced) => {
+                    let all = svcs.store().state();
+                    self.replace_services(all.iter().map(|s| Service::clone(s)).collect());
                     svcs_listed = true;
                 }
-                Ev::Slice(watcher::Event::Apply(s)) => self.apply_endpoint_slice(&s),
-                Ev::Slice(watcher::Event::Delete(s)) => self.delete_endpoint_slice(
-                    s.metadata.namespace.as_deref().unwrap_or("default"),
-                    s.metadata.name.as_deref().unwrap_or_default(),
-                ),
-                Ev::Slice(watcher::Event::Init) => slice_buf.clear(),
-                Ev::Slice(watcher::Event::InitApply(s)) => slice_buf.push(s),
-                Ev::Slice(watcher::Event::InitDone) => {
-                    self.replace_slices(std::mem::take(&mut slice_buf));
+                Ev::Slice(Notice::Touched(s)) => {
+                    match slices.store().get(&ObjectRef::from_obj(s.as_ref())) {
+                        Some(now) => self.apply_endpoint_slice(&now),
+                        None => self.delete_endpoint_slice(
+                            s.metadata.namespace.as_deref().unwrap_or("default"),
+                            s.metadata.name.as_deref().unwrap_or_default(),
+                        ),
+                    }
+                }
+                Ev::Slice(Notice::Synced) => {
+                    let all = slices.store().state();
+                    self.replace_slices(all.iter().map(|s| EndpointSlice::clone(s)).collect());
                     slices_listed = true;
                 }
             }
