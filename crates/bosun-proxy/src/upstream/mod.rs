@@ -842,10 +842,7 @@ impl Upstreams {
 
     pub fn delete_endpoint_slice(&self, namespace: &str, name: &str) {
         let mut st = self.write();
-        if let Some(d) = st
-            .slices
-            .remove(&(namespace, name) as &dyn SvcKeyRef)
-        {
+        if let Some(d) = st.slices.remove(&(namespace, name) as &dyn SvcKeyRef) {
             rebuild(&mut st, namespace, &d.service);
         }
         drop(st);
@@ -1399,14 +1396,8 @@ impl Upstreams {
                 Some(s) => s,
                 None => port_set_in(&self.read(), target).1,
             };
-            let picked = match pick_in(
-                target,
-                set,
-                h.clone(),
-                policy,
-                hash_key.as_deref(),
-                &tried,
-            ) {
+            let picked = match pick_in(target, set, h.clone(), policy, hash_key.as_deref(), &tried)
+            {
                 Ok(p) => p,
                 Err(e) => return e.into_response(),
             };
@@ -1960,7 +1951,9 @@ fn pick_in(
     let pod_load = state.ep.pod.as_ref().map(|pod| {
         state
             .pod_load
-            .get_or_init(|| load::table().handle(&target.namespace, load::Subject::Pod(pod.clone())))
+            .get_or_init(|| {
+                load::table().handle(&target.namespace, load::Subject::Pod(pod.clone()))
+            })
             .start()
     });
     Ok(Picked {
