@@ -33,6 +33,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+/// Many threads building and dropping JSON documents: glibc's arenas spent much of the
+/// API server's and scheduler's time splitting and merging free chunks.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "bosun",
