@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures::{StreamExt, TryStreamExt};
+use bosun_watch::{Informer, Notice};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -456,44 +457,49 @@ async fn watch_pods(
 ) -> Result<()> {
     let api: Api<Pod> = Api::all(client);
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
-    let mut stream = watcher(api, wc).default_backoff().boxed();
+    let watch_stop = shutdown.child_token();
+    let _stop_watch = watch_stop.clone().drop_guard();
+    let pods = Informer::start_config(api, wc, watch_stop);
+    let mut notices = std::pin::pin!(pods.notices());
     let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
-    let mut listing: Option<HashSet<String>> = None;
     let worker_stop = CancellationToken::new();
     loop {
-        let ev = tokio::select! {
+        let notice = tokio::select! {
             _ = shutdown.cancelled() => break,
-            ev = stream.try_next() => ev,
+            n = notices.next() => n,
         };
         workers.retain(|_, w| !w.join.is_finished());
-        match ev {
-            Ok(Some(watcher::Event::Init)) => listing = Some(HashSet::new()),
-            Ok(Some(watcher::Event::InitApply(pod))) | Ok(Some(watcher::Event::Apply(pod))) => {
-                let Some(uid) = pod.metadata.uid.clone() else {
+        match notice {
+            Some(Notice::Touched(touched)) => {
+                let Some(uid) = touched.metadata.uid.clone() else {
                     continue;
                 };
-                if let Some(l) = listing.as_mut() {
-                    l.insert(uid.clone());
-                }
-                match workers.get(&uid) {
-                    Some(w) => {
-                        let _ = w.tx.send(Some(pod));
+                match (pods.current(&touched), workers.get(&uid)) {
+                    (Some(pod), Some(w)) => {
+                        let _ = w.tx.send(Some(Pod::clone(&pod)));
                     }
-                    None => {
-                        let (tx, rx) = watch::channel(Some(pod));
+                    (Some(pod), None) => {
+                        let (tx, rx) = watch::channel(Some(Pod::clone(&pod)));
                         let w = PodWorker::new(ctx.clone(), uid.clone(), rx);
                         let join = tokio::spawn(w.run(worker_stop.clone()));
                         workers.insert(uid, WorkerHandle { tx, join });
                     }
+                    // Deleted (or replaced by a new pod of the same name, notified apart).
+                    (None, Some(w)) => {
+                        let _ = w.tx.send(None);
+                    }
+                    (None, None) => {}
                 }
             }
-            Ok(Some(watcher::Event::Delete(pod))) => {
-                if let Some(w) = pod.metadata.uid.as_ref().and_then(|u| workers.get(u)) {
-                    let _ = w.tx.send(None);
-                }
-            }
-            Ok(Some(watcher::Event::InitDone)) => {
-                let seen = listing.take().unwrap_or_default();
+            Some(Notice::Synced) => {
+                // Pods deleted while the watch was down were notified already; this also
+                // covers a subscriber that fell behind.
+                let seen: HashSet<String> = pods
+                    .store()
+                    .state()
+                    .iter()
+                    .filter_map(|p| p.metadata.uid.clone())
+                    .collect();
                 for (uid, w) in &workers {
                     if !seen.contains(uid) {
                         let _ = w.tx.send(None);
@@ -535,8 +541,7 @@ async fn watch_pods(
                     ctx.cpus.release(&uid);
                 }
             }
-            Ok(None) => break,
-            Err(e) => tracing::warn!(error = %e, "pod watch error"),
+            None => break,
         }
     }
     // Workers stop; their containers keep running for the next agent.

@@ -219,12 +219,14 @@ impl ClusterApi for KubeApi {
         } else {
             bosun_events::NORMAL
         };
-        if let Err(e) = self
-            .events
-            .record_ref(involved, type_, reason, message)
-            .await
-        {
-            tracing::debug!(error = %e, reason, "cannot record event");
-        }
+        // Written beside the pod's work, not before it: "Created" and "Started" sit between a
+        // pod's start and its first probe, which a request held at scale from zero waits for.
+        let (events, reason, message) =
+            (self.events.clone(), reason.to_string(), message.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = events.record_ref(involved, type_, &reason, &message).await {
+                tracing::debug!(error = %e, reason, "cannot record event");
+            }
+        });
     }
 }

@@ -6,11 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bosun_watch::Informer;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::watcher;
-use kube::runtime::{WatchStreamExt, watcher::Event};
 use tokio_util::sync::CancellationToken;
 
 // The names `bosun-controllers::storage::logic` uses.
@@ -102,21 +101,19 @@ pub async fn run(
         }
     }
     let api: Api<PersistentVolume> = Api::all(client.clone());
-    let stream = watcher::watcher(api.clone(), watcher::Config::default()).default_backoff();
-    futures::pin_mut!(stream);
+    let stop = shutdown.child_token();
+    let _stop_watch = stop.clone().drop_guard();
+    let volumes = Informer::start(api.clone(), stop);
+    // Every volume once listed, then each change; a volume deleted for good needs nothing.
+    let mut touched = std::pin::pin!(volumes.subscribe());
     loop {
-        let ev = tokio::select! {
+        let t = tokio::select! {
             _ = shutdown.cancelled() => return,
-            ev = stream.next() => ev,
+            t = touched.next() => t,
         };
-        let v = match ev {
-            None => return,
-            Some(Ok(Event::Apply(v) | Event::InitApply(v))) => v,
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "persistent volume watch failed; retrying");
-                continue;
-            }
+        let Some(t) = t else { return };
+        let Some(v) = volumes.current(&t) else {
+            continue;
         };
         let ours = v
             .metadata

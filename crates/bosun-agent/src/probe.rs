@@ -252,11 +252,12 @@ pub async fn run_once(
 
 /// First pause of the quick checks between a fresh container's regular probes, doubled
 /// after each up to [`QUICK_MAX`].
-const QUICK_FIRST: Duration = Duration::from_millis(10);
-const QUICK_MAX: Duration = Duration::from_millis(100);
+const QUICK_FIRST: Duration = Duration::from_millis(5);
+const QUICK_MAX: Duration = Duration::from_millis(20);
 
 /// Until a startup or readiness probe of a network kind (tcpSocket, httpGet) first succeeds,
-/// it is also tried between its regular runs, every 10 ms growing to 100 ms, so a container
+/// it is also tried between its regular runs, every 5 ms growing to 20 ms (a refused connect
+/// costs microseconds; a longer gap is what a held request waits past the bind), so a container
 /// that binds its port a moment after it starts is Ready then, not a whole period later
 /// (what a request held during scale from zero waits for). Only a success counts: failures
 /// of these quick checks are not reported and do not count toward `failureThreshold`, so

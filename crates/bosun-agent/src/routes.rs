@@ -15,10 +15,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use futures::TryStreamExt;
+use bosun_watch::Informer;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio_util::sync::CancellationToken;
 
 use crate::network::ip;
@@ -341,27 +341,18 @@ pub async fn run(
             )
             .await?;
     }
-    let api: Api<Node> = Api::all(client);
-    let (store, writer) = reflector::store();
-    let mut stream = Box::pin(
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .touched_objects(),
-    );
+    let stop = shutdown.child_token();
+    let _stop_watch = stop.clone().drop_guard();
+    let informer = Informer::start(Api::<Node>::all(client), stop);
+    let store = informer.store();
+    // Any change may move a route; the whole set is recomputed from the cache and applied
+    // only when it differs.
+    let mut notices = std::pin::pin!(informer.notices());
     let mut last: Option<BTreeMap<String, Peer>> = None;
     loop {
-        let ev = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            ev = stream.try_next() => ev,
-        };
-        match ev {
-            Ok(Some(_)) => {}
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, "node watch (pod routes)");
-                continue;
-            }
+            n = notices.next() => if n.is_none() { return Ok(()) },
         }
         let nodes: Vec<Node> = store.state().iter().map(|n| (**n).clone()).collect();
         let want = peers(&nodes, &node_name);

@@ -8,6 +8,7 @@ pub mod conversion;
 pub mod crd;
 pub mod defaults;
 pub mod gateway;
+pub mod matching;
 pub mod openapi;
 pub mod patch;
 pub mod pod_security;

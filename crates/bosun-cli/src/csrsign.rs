@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures::TryStreamExt;
+use bosun_watch::Informer;
+use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestCondition,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use rcgen::{
     CertificateSigningRequestParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -205,20 +205,20 @@ impl Signer {
         shutdown: CancellationToken,
     ) -> Result<()> {
         let api: Api<CertificateSigningRequest> = Api::all(client);
-        let mut stream = Box::pin(
-            watcher(api.clone(), watcher::Config::default())
-                .default_backoff()
-                .applied_objects(),
-        );
+        let stop = shutdown.child_token();
+        let _stop_watch = stop.clone().drop_guard();
+        let requests = Informer::start(api.clone(), stop);
+        // Every request once listed, then each change; a deleted one needs nothing.
+        let mut touched = std::pin::pin!(requests.subscribe());
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                n = stream.try_next() => n,
+                n = touched.next() => n,
             };
-            match next {
-                Ok(Some(csr)) => self.handle(&api, csr).await,
-                Ok(None) => return Ok(()),
-                Err(e) => tracing::warn!(error = %e, "certificate request watch"),
+            let Some(t) = next else { return Ok(()) };
+            if let Some(csr) = requests.current(&t) {
+                self.handle(&api, CertificateSigningRequest::clone(&csr))
+                    .await;
             }
         }
     }

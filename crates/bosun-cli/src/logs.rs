@@ -260,7 +260,9 @@ async fn previous(conn: client::Conn, opts: LogsOpts) -> Result<ExitCode> {
                 start(pod, &mut tasks);
             }
             if opts.follow {
-                // Follow new pods as they start (for example during a rollout).
+                // Follow new pods as they start (for example during a rollout). A plain
+                // watcher, not an informer: nothing is cached or shared, and like kubectl
+                // the command ends on a watch error instead of retrying behind the user.
                 let cfg = watcher::Config::default().labels(sel);
                 let mut events = watcher::watcher(pods.clone(), cfg).boxed();
                 loop {

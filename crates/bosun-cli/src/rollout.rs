@@ -209,6 +209,7 @@ pub async fn wait_rollout(
     timeout: Option<Duration>,
     verbose: bool,
 ) -> Result<bool> {
+    // One object followed for the length of one command: a plain watch, no cache.
     let mut stream = watcher::watch_object(api.clone(), name).boxed();
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut last = String::new();

@@ -433,7 +433,7 @@ pub(crate) async fn start_control_plane(
     if !on_etcd {
         api_cfg.storage_file = Some(opts.data_dir.join("store.redb"));
     }
-    api_cfg.extra_metrics = vec![std::sync::Arc::new(bosun_controllers::metrics::encode)];
+    api_cfg.extra_metrics = vec![std::sync::Arc::new(bosun_watch::metrics::encode)];
     api_cfg.kubelet_token = Some(pki.kubelet_token.clone());
     api_cfg.limits.max_connections = opts.max_connections;
     api_cfg.limits.max_connections_per_ip = opts.max_connections_per_ip;

@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bosun_watch::informer::Informer;
+use bosun_watch::reconcile::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
@@ -18,9 +20,7 @@ use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{NORMAL, Recorder, WARNING};
-use crate::informer::Informer;
 use crate::job::finished;
-use crate::runtime::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use crate::util::{controller_of, controller_ref, is_not_found, time};
 
 pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use bosun_watch::informer::Informer;
+use bosun_watch::reconcile::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -14,9 +16,6 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
-
-use crate::informer::Informer;
-use crate::runtime::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 
 struct Ctx {
     client: Client,

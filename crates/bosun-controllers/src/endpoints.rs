@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use bosun_watch::informer::Informer;
+use bosun_watch::reconcile::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
     ServicePort,
@@ -26,8 +28,6 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::informer::Informer;
-use crate::runtime::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use crate::util::{controller_ref, fnv32a, is_conflict, is_not_found, pod_is_ready, pod_phase};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

@@ -13,6 +13,8 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bosun_watch::informer::Informer;
+use bosun_watch::reconcile::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use futures::future::join_all;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
@@ -26,9 +28,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{NORMAL, Recorder, WARNING};
-use crate::informer::Informer;
 use crate::replicaset::{pods_to_delete, slow_start_batches};
-use crate::runtime::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use crate::util::{LabelMatcher, controller_of, controller_ref, is_not_found, pod_is_ready, time};
 
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";

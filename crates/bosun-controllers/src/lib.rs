@@ -1,7 +1,7 @@
 //! Reconcilers (deployment, replicaset, garbage collector, namespace, node lifecycle, pod
 //! garbage collection, horizontal pod autoscaler) on one shared runtime.
 //!
-//! Every controller is a kube-runtime `Controller` fed by shared [`informer::Informer`]s (one
+//! Every controller is a kube-runtime `Controller` fed by shared [`bosun_watch::Informer`]s (one
 //! watch per kind) and runs an idempotent, level-triggered reconcile that reads what it decides
 //! on fresh from the API, so any controller can be restarted at any moment.
 
@@ -14,18 +14,15 @@ pub mod endpoints;
 pub use bosun_events as events;
 pub mod gc;
 pub mod hpa;
-pub mod informer;
 pub mod job;
 pub mod kinds;
 pub mod leader;
-pub mod metrics;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 mod podgc;
 pub mod replicaset;
 pub mod rollout;
-pub mod runtime;
 pub mod scaletozero;
 pub mod serviceaccounts;
 pub mod servicelb;
@@ -35,6 +32,7 @@ pub mod util;
 
 use std::time::Duration;
 
+use bosun_watch::Informer;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
@@ -42,8 +40,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
-use informer::Informer;
-pub use runtime::ReconcileError;
+pub use bosun_watch::ReconcileError;
 
 /// Timings of the controllers. Defaults match Kubernetes.
 #[derive(Clone, Debug)]

@@ -6,11 +6,11 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use anyhow::{Result, bail};
-use futures::TryStreamExt;
+use bosun_watch::Informer;
+use futures::{FutureExt, StreamExt};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio_util::sync::CancellationToken;
 
 /// Default cluster CIDR, as k3s'.
@@ -42,26 +42,19 @@ pub async fn run(
 ) -> Result<()> {
     check_cluster_cidr(cluster)?;
     let api: Api<Node> = Api::all(client);
-    let (store, writer) = reflector::store();
-    let mut stream = Box::pin(
-        watcher(api.clone(), watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .applied_objects(),
-    );
+    let stop = shutdown.child_token();
+    let _stop_watch = stop.clone().drop_guard();
+    let informer = Informer::start(api.clone(), stop);
+    let store = informer.store();
+    // Notices start once the first list is complete, so what is taken is known whole.
+    let mut notices = std::pin::pin!(informer.notices());
     loop {
-        let ev = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            ev = stream.try_next() => ev,
-        };
-        match ev {
-            Ok(Some(_)) => {}
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, "node watch (pod CIDRs)");
-                continue;
-            }
+            n = notices.next() => if n.is_none() { return Ok(()) },
         }
+        // One pass for a burst (a list notifies every Node at once).
+        while let Some(Some(_)) = notices.next().now_or_never() {}
         let nodes = store.state();
         let mut taken: BTreeSet<Ipv4Net> = nodes
             .iter()
@@ -83,7 +76,11 @@ pub async fn run(
                 continue;
             };
             let text = cidr.to_string();
-            let patch = serde_json::json!({"spec": {"podCIDR": text, "podCIDRs": [text]}});
+            // On the version seen: a stale cache gets a conflict, never a second CIDR.
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": n.metadata.resource_version},
+                "spec": {"podCIDR": text, "podCIDRs": [text]},
+            });
             match api
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -91,6 +88,9 @@ pub async fn run(
                 Ok(_) => {
                     tracing::info!(node = %name, %cidr, "pod CIDR assigned");
                     taken.insert(cidr);
+                }
+                Err(e) if crate::util::is_conflict(&e) => {
+                    tracing::debug!(node = %name, "node changed; assigning its pod CIDR again")
                 }
                 Err(e) => tracing::warn!(node = %name, error = %e, "assigning a pod CIDR"),
             }

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bosun_watch::informer::Informer;
+use bosun_watch::reconcile::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
@@ -15,8 +17,6 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{NORMAL, Recorder};
-use crate::informer::Informer;
-use crate::runtime::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use crate::util::{is_conflict, is_not_found, pod_node};
 
 struct Ctx {

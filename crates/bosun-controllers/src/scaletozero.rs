@@ -9,11 +9,13 @@
 //!   (`bosun_proxy::upstream::activation`).
 //! * Activity: each node proxy and gateway writes, into a Lease of its own in
 //!   `kube-node-lease` (label `bosun.dev/activity`), the time of the last request and the
-//!   number of waiting requests per marked Service. The controller combines them: the
-//!   latest request on any node, the waiting requests of all nodes. Each writer renews its
-//!   Lease (`renewTime`, `leaseDurationSeconds`); the waiting requests of an expired Lease
-//!   (its node or proxy died) no longer count, so they can neither keep a Deployment up nor
-//!   wake it. Expired Leases are deleted [`GC_AFTER`] past their expiry, at once when their
+//!   numbers of waiting and open (in-flight) requests per marked Service. The controller
+//!   combines them: the latest request on any node, the waiting and open requests of all
+//!   nodes. A Deployment with an open request (a long download, a long poll, a WebSocket)
+//!   is in use and stays up; its idle window starts when the last one ends. Each writer
+//!   renews its Lease (`renewTime`, `leaseDurationSeconds`); the waiting and open requests
+//!   of an expired Lease (its node or proxy died) no longer count, so they can neither keep
+//!   a Deployment up nor wake it. Expired Leases are deleted [`GC_AFTER`] past their expiry, at once when their
 //!   node is gone; the Lease of a node that lives drops deleted Services itself.
 //! * Scaling down writes `spec.replicas: 0` together with `bosun.dev/scale-to-zero-restore`
 //!   (the count before) and `bosun.dev/scale-to-zero-changed` (when), in one patch.
@@ -28,6 +30,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bosun_watch::informer::Informer;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -40,7 +43,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{NORMAL, Recorder};
-use crate::informer::Informer;
 
 /// On a Deployment (user-set): idle time before scaling to zero, e.g. `60s`, `5m`, `1h30m`.
 pub const AFTER_ANNOTATION: &str = "bosun.dev/scale-to-zero-after";
@@ -106,6 +108,8 @@ pub struct Activity {
     pub last_ms: i64,
     /// Requests waiting for an endpoint, summed over nodes.
     pub waiting: u64,
+    /// Requests and connections in flight, summed over nodes.
+    pub open: u64,
 }
 
 fn is_activity(l: &Lease) -> bool {
@@ -137,8 +141,8 @@ pub fn lease_node(name: &str) -> Option<&str> {
 }
 
 /// Combines the activity Leases at `now_ms`: `NAMESPACE/SERVICE` -> activity. The waiting
-/// requests of an expired Lease are left out (nobody holds them any more); its request
-/// times still count.
+/// and open requests of an expired Lease are left out (nobody holds them any more); its
+/// request times still count.
 pub fn combine<'a>(
     leases: impl IntoIterator<Item = &'a Lease>,
     now_ms: i64,
@@ -161,6 +165,7 @@ pub fn combine<'a>(
             e.last_ms = e.last_ms.max(last);
             if live {
                 e.waiting += v.get("waiting").and_then(Value::as_u64).unwrap_or(0);
+                e.open += v.get("open").and_then(Value::as_u64).unwrap_or(0);
             }
         }
     }
@@ -212,9 +217,13 @@ pub fn decide(v: &View, now_ms: i64) -> Action {
     if !v.services_ready {
         return Action::Wait(None);
     }
+    if a.waiting > 0 || a.open > 0 {
+        // In use: the Lease update that ends it (or its expiry) brings the next pass.
+        return Action::Wait(None);
+    }
     let base = a.last_ms.max(v.changed_ms);
     let deadline = base.saturating_add(window.as_millis() as i64);
-    if a.waiting == 0 && now_ms >= deadline {
+    if now_ms >= deadline {
         Action::ScaleToZero { from: v.replicas }
     } else {
         Action::Wait(Some(deadline.max(now_ms + 100)))
@@ -413,6 +422,7 @@ async fn pass(
             if let Some(a) = activity.get(s) {
                 act.last_ms = act.last_ms.max(a.last_ms);
                 act.waiting += a.waiting;
+                act.open += a.open;
             }
         }
         let ann = d.annotations();
@@ -611,6 +621,19 @@ mod tests {
     }
 
     #[test]
+    fn open_requests_keep_it_up_and_the_window_starts_at_their_end() {
+        let mut v = view();
+        v.activity.last_ms = 10_000;
+        v.activity.open = 1;
+        assert_eq!(decide(&v, 1_000_000), Action::Wait(None));
+        // The last one ended at 900 s (its end is the latest activity).
+        v.activity.open = 0;
+        v.activity.last_ms = 900_000;
+        assert_eq!(decide(&v, 920_000), Action::Wait(Some(960_000)));
+        assert_eq!(decide(&v, 960_000), Action::ScaleToZero { from: 3 });
+    }
+
+    #[test]
     fn wakes_to_the_remembered_count() {
         let mut v = view();
         v.replicas = 0;
@@ -653,7 +676,7 @@ mod tests {
         let t0 = ms_of("2026-01-01T00:00:00Z".parse().unwrap());
         let a = lease(
             "bosun-proxy-n1",
-            r#"{"default/web": {"last": 100, "waiting": 1}}"#,
+            r#"{"default/web": {"last": 100, "waiting": 1, "open": 2}}"#,
         );
         let b = lease(
             "bosun-gateway-n2",
@@ -665,7 +688,8 @@ mod tests {
             m["default/web"],
             Activity {
                 last_ms: 300,
-                waiting: 3
+                waiting: 3,
+                open: 2,
             }
         );
         assert_eq!(m["x/y"].last_ms, 5);
@@ -675,7 +699,8 @@ mod tests {
             m["default/web"],
             Activity {
                 last_ms: 300,
-                waiting: 0
+                waiting: 0,
+                open: 0,
             }
         );
     }

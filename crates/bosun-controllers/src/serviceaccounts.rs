@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use bosun_watch::informer::Informer;
+use bosun_watch::reconcile::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
@@ -14,8 +16,6 @@ use kube::runtime::controller::{Action, Controller};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::informer::Informer;
-use crate::runtime::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use crate::util::is_not_found;
 
 pub const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";

@@ -1,51 +1,13 @@
 //! Small helpers shared by the reconcilers: selectors, owner references, pod state, time.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::core::v1::{Pod, Taint, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector, ObjectMeta, OwnerReference, Time,
-};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::core::{Selector, SelectorExt};
 
-/// A label selector that can be matched against labels. An invalid selector matches nothing,
-/// as upstream treats a selector it cannot parse.
-#[derive(Clone, Debug)]
-pub struct LabelMatcher {
-    selector: Option<Selector>,
-    empty: bool,
-}
-
-impl LabelMatcher {
-    pub fn new(sel: Option<&LabelSelector>) -> Self {
-        let empty = sel.is_none_or(|s| {
-            s.match_labels.as_ref().is_none_or(|m| m.is_empty())
-                && s.match_expressions.as_ref().is_none_or(|m| m.is_empty())
-        });
-        let selector = sel.and_then(|s| Selector::try_from(s.clone()).ok());
-        LabelMatcher { selector, empty }
-    }
-
-    /// True when the selector selects everything (no requirements). Workload controllers refuse
-    /// to act on such selectors, as upstream does, because they would adopt every pod.
-    pub fn is_empty(&self) -> bool {
-        self.empty
-    }
-
-    pub fn matches(&self, labels: Option<&BTreeMap<String, String>>) -> bool {
-        let empty = BTreeMap::new();
-        match &self.selector {
-            Some(s) => s.matches(labels.unwrap_or(&empty)),
-            None => false,
-        }
-    }
-
-    /// The selector in the `labelSelector` query syntax.
-    pub fn query(&self) -> Option<String> {
-        self.selector.as_ref().map(|s| s.to_string())
-    }
-}
+// Selector and toleration rules live with the types (the scheduler uses them too); error
+// answers with the reconcile runtime.
+pub use bosun_api::matching::{LabelMatcher, tolerates};
+pub use bosun_watch::errors::{is_conflict, is_not_found, kube_status_code};
 
 /// The owner reference with `controller: true`, if any.
 pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
@@ -182,43 +144,6 @@ pub fn safe_encode(s: &str) -> String {
         .collect()
 }
 
-pub fn kube_status_code(e: &kube::Error) -> Option<u16> {
-    match e {
-        kube::Error::Api(s) => Some(s.code),
-        _ => None,
-    }
-}
-
-pub fn is_not_found(e: &kube::Error) -> bool {
-    kube_status_code(e) == Some(404)
-}
-
-pub fn is_conflict(e: &kube::Error) -> bool {
-    kube_status_code(e) == Some(409)
-}
-
-/// Whether a toleration tolerates a taint (Kubernetes' `ToleratesTaint`); shared by the
-/// DaemonSet controller and the scheduler.
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = t.effect.as_deref().filter(|e| !e.is_empty())
-        && effect != taint.effect
-    {
-        return false;
-    }
-    let key = t.key.as_deref().unwrap_or("");
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match t.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" | "" => {
-            key == taint.key
-                && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,23 +158,6 @@ mod tests {
         assert_eq!(scaled_value(&IntOrString::Int(7), 10, true).unwrap(), 7);
         assert!(scaled_value(&IntOrString::String("25".into()), 10, true).is_err());
         assert!(scaled_value(&IntOrString::String("x%".into()), 10, true).is_err());
-    }
-
-    #[test]
-    fn selector_matching() {
-        let sel = LabelSelector {
-            match_labels: Some([("app".to_string(), "web".to_string())].into()),
-            ..Default::default()
-        };
-        let m = LabelMatcher::new(Some(&sel));
-        assert!(!m.is_empty());
-        let mut labels = BTreeMap::new();
-        assert!(!m.matches(Some(&labels)));
-        labels.insert("app".to_string(), "web".to_string());
-        labels.insert("x".to_string(), "y".to_string());
-        assert!(m.matches(Some(&labels)));
-        assert!(LabelMatcher::new(None).is_empty());
-        assert_eq!(m.query().as_deref(), Some("app=web"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use bosun_watch::{Informer, Notice};
 use futures::StreamExt;
 use hickory_net::client::{Client, ClientHandle};
 use hickory_net::runtime::{Time, TokioRuntimeProvider};
@@ -22,8 +23,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client as KubeClient};
 use tokio_util::sync::CancellationToken;
 
@@ -93,13 +93,13 @@ pub async fn run(
     let (listed, mut listed_rx) = tokio::sync::watch::channel(0u8);
     let watches = [
         tokio::spawn(watch_services(
-            Api::all(client.clone()),
+            Informer::start(Api::all(client.clone()), stop.clone()),
             index.clone(),
             stop.clone(),
             listed.clone(),
         )),
         tokio::spawn(watch_slices(
-            Api::all(client),
+            Informer::start(Api::all(client), stop.clone()),
             index.clone(),
             stop.clone(),
             listed,
@@ -185,10 +185,11 @@ async fn bind(
     Ok((udp, tcp))
 }
 
-/// Applies watch events for one kind to its map in the index; a re-list replaces the map
-/// whole, so objects deleted while disconnected disappear.
+/// Keeps one kind's map in the index current from its informer: a touched object's entry
+/// follows the cache (gone from it: removed); at each complete list the map is rebuilt from
+/// the cache, so objects deleted while disconnected disappear.
 async fn watch_into<K, V>(
-    api: Api<K>,
+    informer: Informer<K>,
     index: Arc<RwLock<Index>>,
     shutdown: CancellationToken,
     key: fn(&K) -> Option<(String, String)>,
@@ -196,54 +197,46 @@ async fn watch_into<K, V>(
     map: fn(&mut Index) -> &mut std::collections::HashMap<(String, String), V>,
     listed: tokio::sync::watch::Sender<u8>,
 ) where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-    K::DynamicType: Default,
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
     V: Send,
 {
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
-    futures::pin_mut!(stream);
-    let mut relist: Option<std::collections::HashMap<(String, String), V>> = None;
+    let store = informer.store();
+    let mut notices = std::pin::pin!(informer.notices());
     let mut first_list = true;
     loop {
-        let ev = tokio::select! {
+        let notice = tokio::select! {
             _ = shutdown.cancelled() => return,
-            ev = stream.next() => ev,
+            n = notices.next() => n,
         };
-        let ev = match ev {
+        match notice {
             None => return,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "DNS watch failed; retrying");
-                continue;
-            }
-            Some(Ok(ev)) => ev,
-        };
-        match ev {
-            Event::Init => relist = Some(Default::default()),
-            Event::InitApply(o) => {
-                if let (Some(k), Some(v), Some(m)) = (key(&o), value(&o), relist.as_mut()) {
-                    m.insert(k, v);
-                }
-            }
-            Event::InitDone => {
-                if let Some(m) = relist.take() {
-                    *map(&mut index.write().unwrap_or_else(|e| e.into_inner())) = m;
-                }
-                if first_list {
-                    first_list = false;
-                    listed.send_modify(|n| *n += 1);
-                }
-            }
-            Event::Apply(o) => {
+            Some(Notice::Touched(o)) => {
                 let Some(k) = key(&o) else { continue };
+                // By name: a Service deleted and created again keeps its entry.
+                let now = store.get(&ObjectRef::from_obj(o.as_ref()));
                 let mut idx = index.write().unwrap_or_else(|e| e.into_inner());
-                match value(&o) {
+                match now.and_then(|o| value(&o)) {
                     Some(v) => map(&mut idx).insert(k, v),
                     None => map(&mut idx).remove(&k),
                 };
             }
-            Event::Delete(o) => {
-                if let Some(k) = key(&o) {
-                    map(&mut index.write().unwrap_or_else(|e| e.into_inner())).remove(&k);
+            Some(Notice::Synced) => {
+                let all = store
+                    .state()
+                    .iter()
+                    .filter_map(|o| Some((key(o)?, value(o)?)))
+                    .collect();
+                *map(&mut index.write().unwrap_or_else(|e| e.into_inner())) = all;
+                if first_list {
+                    first_list = false;
+                    listed.send_modify(|n| *n += 1);
                 }
             }
         }
@@ -251,7 +244,7 @@ async fn watch_into<K, V>(
 }
 
 async fn watch_services(
-    api: Api<Service>,
+    api: Informer<Service>,
     index: Arc<RwLock<Index>>,
     stop: CancellationToken,
     listed: tokio::sync::watch::Sender<u8>,
@@ -269,7 +262,7 @@ async fn watch_services(
 }
 
 async fn watch_slices(
-    api: Api<EndpointSlice>,
+    api: Informer<EndpointSlice>,
     index: Arc<RwLock<Index>>,
     stop: CancellationToken,
     listed: tokio::sync::watch::Sender<u8>,

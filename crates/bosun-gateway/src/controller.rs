@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bosun_api::gateway::{Gateway, GatewayClass, HTTPRoute};
+use bosun_watch::Informer;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
 use k8s_openapi::api::networking::v1::{
@@ -15,8 +16,8 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -31,36 +32,25 @@ use crate::tls::CertStore;
 /// Coalesces bursts of watch events into one rebuild.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
+/// A shared informer of `api` whose every notice wakes the rebuild loop.
 fn reflect<K>(
-    api: Api<K>,
-    notify: Arc<Notify>,
-) -> (Store<K>, futures::future::BoxFuture<'static, ()>)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + Debug + Send + Sync + DeserializeOwned + 'static,
-{
-    reflect_with(api, watcher::Config::default(), notify)
-}
-
-fn reflect_with<K>(
     api: Api<K>,
     config: watcher::Config,
     notify: Arc<Notify>,
-) -> (Store<K>, futures::future::BoxFuture<'static, ()>)
+    stop: &CancellationToken,
+) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()> + Clone + Debug + Send + Sync + DeserializeOwned + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
-    let fut = async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => notify.notify_one(),
-                Err(e) => tracing::warn!(kind = K::kind(&()).as_ref(), "gateway watch: {e}"),
-            }
+    let informer = Informer::start_config(api, config, stop.clone());
+    let notices = informer.notices();
+    tokio::spawn(async move {
+        let mut notices = std::pin::pin!(notices);
+        while notices.next().await.is_some() {
+            notify.notify_one();
         }
-    };
-    (reader, Box::pin(fut))
+    });
+    informer.store()
 }
 
 pub struct Outputs {
@@ -77,19 +67,47 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let notify = Arc::new(Notify::new());
-    let (ingresses, f1) = reflect(Api::<Ingress>::all(client.clone()), notify.clone());
-    let (routes, f2) = reflect(Api::<HTTPRoute>::all(client.clone()), notify.clone());
-    let (gateways, f3) = reflect(Api::<Gateway>::all(client.clone()), notify.clone());
-    let (classes, f4) = reflect(Api::<GatewayClass>::all(client.clone()), notify.clone());
-    let (services, f5) = reflect(Api::<Service>::all(client.clone()), notify.clone());
+    let stop = shutdown.child_token();
+    let _stop_watches = stop.clone().drop_guard();
+    let all = watcher::Config::default;
+    let ingresses = reflect(
+        Api::<Ingress>::all(client.clone()),
+        all(),
+        notify.clone(),
+        &stop,
+    );
+    let routes = reflect(
+        Api::<HTTPRoute>::all(client.clone()),
+        all(),
+        notify.clone(),
+        &stop,
+    );
+    let gateways = reflect(
+        Api::<Gateway>::all(client.clone()),
+        all(),
+        notify.clone(),
+        &stop,
+    );
+    let classes = reflect(
+        Api::<GatewayClass>::all(client.clone()),
+        all(),
+        notify.clone(),
+        &stop,
+    );
+    let services = reflect(
+        Api::<Service>::all(client.clone()),
+        all(),
+        notify.clone(),
+        &stop,
+    );
     // Only TLS Secrets: a joined node's gateway may read those and no others (the Node
     // authorizer), and the cache holds no other Secret.
-    let (secrets, f6) = reflect_with(
+    let secrets = reflect(
         Api::<Secret>::all(client.clone()),
-        watcher::Config::default().fields("type=kubernetes.io/tls"),
+        all().fields("type=kubernetes.io/tls"),
         notify.clone(),
+        &stop,
     );
-    let watchers = futures::future::join_all([f1, f2, f3, f4, f5, f6]);
     let mut status = StatusWriter {
         events: bosun_events::Recorder::new(client.clone(), "bosun-gateway"),
         client,
@@ -130,7 +148,6 @@ pub async fn run(
     };
     tokio::select! {
         _ = shutdown.cancelled() => {}
-        _ = watchers => anyhow::bail!("gateway watchers ended"),
         _ = rebuild => anyhow::bail!("gateway route store closed"),
     }
     Ok(())

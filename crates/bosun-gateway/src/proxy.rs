@@ -41,8 +41,12 @@ pub trait Backends: Send + Sync + 'static {
     /// Before [`Backends::endpoint`]: waits while a Service whose workload may be at zero
     /// has no ready endpoint, as [`Backends::call`] does for plain requests. The error is
     /// the answer to send (503 naming the Service past its activation timeout).
-    fn activate(&self, _target: &BackendTarget) -> BoxFuture<'static, Result<(), Response<Body>>> {
-        Box::pin(async { Ok(()) })
+    /// The guard, when there is one, marks the connection as open (activity) while held.
+    fn activate(
+        &self,
+        _target: &BackendTarget,
+    ) -> BoxFuture<'static, Result<Option<upstream::activation::OpenGuard>, Response<Body>>> {
+        Box::pin(async { Ok(None) })
     }
 
     /// Records the span of a relayed connection (a WebSocket after its upgrade).
@@ -131,7 +135,10 @@ impl Backends for Upstreams {
         }
     }
 
-    fn activate(&self, target: &BackendTarget) -> BoxFuture<'static, Result<(), Response<Body>>> {
+    fn activate(
+        &self,
+        target: &BackendTarget,
+    ) -> BoxFuture<'static, Result<Option<upstream::activation::OpenGuard>, Response<Body>>> {
         let this = self.clone();
         let t = to_target(target);
         Box::pin(async move {
@@ -521,9 +528,10 @@ impl Handler {
         on_client: hyper::upgrade::OnUpgrade,
     ) -> Response<Body> {
         // Scaled to zero: the handshake waits for the first ready endpoint.
-        if let Err(resp) = self.backends.activate(target).await {
-            return resp;
-        }
+        let open = match self.backends.activate(target).await {
+            Ok(g) => g,
+            Err(resp) => return resp,
+        };
         let span = parts.extensions.get::<upstream::trace::SpanIds>().cloned();
         let protocol = upstream::upgrade_protocol(&parts.headers);
         let addr = match self.backends.endpoint(target) {
@@ -567,6 +575,8 @@ impl Handler {
         let backends = self.backends.clone();
         let service = format!("{}/{}", target.namespace, target.service);
         tokio::spawn(async move {
+            // A scale-to-zero Service is in use while the connection is open.
+            let _open = open;
             match tokio::try_join!(on_client, on_server) {
                 Ok((c, s)) => {
                     let mut c = TokioIo::new(c);

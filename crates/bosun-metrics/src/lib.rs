@@ -120,14 +120,12 @@ pub async fn run(
     let addr = listener.local_addr()?;
     let external_url = format!("http://{addr}");
     // Watch caches shared by the scraper (targets), kube-state series and alert Events.
-    let mut watches = tokio::task::JoinSet::new();
+    let watch_stop = shutdown.child_token();
+    let _stop_watches = watch_stop.clone().drop_guard();
     let caches = client.clone().map(|c| {
-        let (nodes, f1) = scrape::cache(kube::Api::all(c.clone()));
-        let (pods, f2) = scrape::cache(kube::Api::all(c.clone()));
-        let (deployments, f3) = scrape::cache(kube::Api::all(c));
-        watches.spawn(f1);
-        watches.spawn(f2);
-        watches.spawn(f3);
+        let nodes = scrape::cache(kube::Api::all(c.clone()), watch_stop.clone());
+        let pods = scrape::cache(kube::Api::all(c.clone()), watch_stop.clone());
+        let deployments = scrape::cache(kube::Api::all(c), watch_stop.clone());
         kube_state::Caches {
             pods,
             nodes,
@@ -190,6 +188,5 @@ pub async fn run(
     let scrape = scraper.run_with(caches.map(|c| (c.nodes, c.pods)), shutdown.clone());
     let evaluate = rules.run(shutdown);
     let (served, (), ()) = tokio::join!(serve, scrape, evaluate);
-    watches.abort_all();
     served.context("serving the Prometheus API")
 }

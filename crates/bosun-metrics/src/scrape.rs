@@ -12,12 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
-use futures::StreamExt;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::runtime::reflector::{self, Store as Cache};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store as Cache;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -157,16 +155,14 @@ impl Scraper {
 
     /// Scrapes every interval until `shutdown`; follows nodes and pods through `client`.
     pub async fn run(self: Arc<Self>, client: Option<kube::Client>, shutdown: CancellationToken) {
-        let mut watches = tokio::task::JoinSet::new();
+        let stop = shutdown.child_token();
+        let _stop_watches = stop.clone().drop_guard();
         let caches = client.map(|c| {
-            let (nodes, f1) = cache(kube::Api::<Node>::all(c.clone()));
-            let (pods, f2) = cache(kube::Api::<Pod>::all(c));
-            watches.spawn(f1);
-            watches.spawn(f2);
+            let nodes = cache(kube::Api::<Node>::all(c.clone()), stop.clone());
+            let pods = cache(kube::Api::<Pod>::all(c), stop.clone());
             (nodes, pods)
         });
         self.run_with(caches, shutdown).await;
-        watches.abort_all();
     }
 
     /// Scrapes every interval until `shutdown`, with targets from caches someone else
@@ -334,8 +330,8 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A watch-backed cache of `api`'s objects and the future that keeps it current.
-pub fn cache<K>(api: kube::Api<K>) -> (Cache<K>, futures::future::BoxFuture<'static, ()>)
+/// A watch-backed cache of `api`'s objects, kept current until `stop`.
+pub fn cache<K>(api: kube::Api<K>, stop: CancellationToken) -> Cache<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -345,19 +341,7 @@ where
         + serde::de::DeserializeOwned
         + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
-    let fut = async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            if let Err(e) = ev {
-                tracing::debug!(kind = K::kind(&()).as_ref(), "metrics watch: {e}");
-            }
-        }
-    };
-    (reader, Box::pin(fut))
+    bosun_watch::Informer::start(api, stop).store()
 }
 
 /// `/metrics/cadvisor` and `/metrics/node` of every node agent.

@@ -543,11 +543,16 @@ async fn relay_tcp(
     };
     let m = upstreams.metrics();
     let info = upstreams.service(&target.namespace, &target.service);
+    // Scaled to zero: hold the connection until an endpoint is ready (or give up). Open
+    // connections count as activity until they close.
+    let mut _open = None;
     if info.as_ref().is_some_and(|i| i.activation.is_some()) {
-        // Scaled to zero: hold the connection until an endpoint is ready (or give up).
-        if let Err(e) = upstreams.activate_target(target).await {
-            tracing::info!(%peer, "tcp: {e}");
-            return;
+        match upstreams.activate_target(target).await {
+            Ok(g) => _open = g,
+            Err(e) => {
+                tracing::info!(%peer, "tcp: {e}");
+                return;
+            }
         }
     }
     let policy = info.as_ref().map(|i| i.policy.clone()).unwrap_or_default();

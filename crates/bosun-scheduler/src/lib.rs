@@ -24,8 +24,8 @@ pub mod volumes;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bosun_controllers::events::{NORMAL, Recorder, WARNING, object_reference};
-use bosun_controllers::informer::Informer;
+use bosun_events::{NORMAL, Recorder, WARNING, object_reference};
+use bosun_watch::Informer;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod, PodCondition};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -343,8 +343,8 @@ impl Scheduler {
                     });
                 }
                 Err(e)
-                    if bosun_controllers::util::is_conflict(&e)
-                        || bosun_controllers::util::is_not_found(&e) =>
+                    if bosun_watch::errors::is_conflict(&e)
+                        || bosun_watch::errors::is_not_found(&e) =>
                 {
                     let _ = outcomes.send(Outcome::Forget { uid });
                 }
@@ -400,7 +400,7 @@ impl Scheduler {
             if let Err(e) = api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
-                && !bosun_controllers::util::is_not_found(&e)
+                && !bosun_watch::errors::is_not_found(&e)
             {
                 tracing::warn!(pod = %name, error = %e, "setting PodScheduled=False");
             }
@@ -451,8 +451,8 @@ impl Scheduler {
                     });
                 }
                 if let Err(e) = api.delete(&name, &dp).await
-                    && !bosun_controllers::util::is_not_found(&e)
-                    && !bosun_controllers::util::is_conflict(&e)
+                    && !bosun_watch::errors::is_not_found(&e)
+                    && !bosun_watch::errors::is_conflict(&e)
                 {
                     tracing::warn!(pod = %name, error = %e, "deleting a preemption victim");
                 }

@@ -235,7 +235,7 @@ impl Filter for NodeReady {
     }
 }
 
-pub use bosun_controllers::util::tolerates;
+pub use bosun_api::matching::tolerates;
 
 fn tolerations(pod: &Pod) -> &[Toleration] {
     pod.spec

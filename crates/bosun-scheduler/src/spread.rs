@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use bosun_controllers::util::LabelMatcher;
+use bosun_api::matching::LabelMatcher;
 use k8s_openapi::api::core::v1::{Pod, TopologySpreadConstraint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use bosun_controllers::informer::Informer;
-use bosun_controllers::storage::logic::node_affinity_matches;
+use bosun_api::matching::node_affinity_matches;
+use bosun_watch::Informer;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::Client;
 use kube::api::Api;

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use async_trait::async_trait;
+use bosun_watch::informer::Informer;
+use bosun_watch::reconcile::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
@@ -17,8 +19,6 @@ use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::Recorder;
-use crate::informer::Informer;
-use crate::runtime::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use crate::util::{LabelMatcher, controller_of, is_not_found};
 pub use sync::{DeploymentOps, sync_deployment};
 

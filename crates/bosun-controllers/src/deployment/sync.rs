@@ -14,6 +14,11 @@ use super::logic::*;
 use crate::events::{NORMAL, WARNING};
 use crate::util::{LabelMatcher, controller_of, controller_ref};
 
+fn is_conflict_err(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<kube::Error>()
+        .is_some_and(crate::util::is_conflict)
+}
+
 /// The side effects a Deployment sync needs.
 #[async_trait]
 pub trait DeploymentOps: Send + Sync {
@@ -409,7 +414,27 @@ impl<O: DeploymentOps> Syncer<'_, O> {
             return Ok((false, copy));
         }
         set_rs_replicas(&mut copy, new_scale);
-        let updated = self.ops.update_replica_set(&copy).await?;
+        let updated = match self.ops.update_replica_set(&copy).await {
+            // Written since it was read (often by this pass, an annotation first): apply
+            // the same scale to the current object now rather than a requeue later, since
+            // a wake from zero waits for this write.
+            Err(e) if is_conflict_err(&e) => {
+                let Some(mut fresh) = self
+                    .ops
+                    .get_replica_set(&ns(&self.d), &name(&rs.metadata))
+                    .await?
+                else {
+                    return Err(e);
+                };
+                if fresh.metadata.uid != rs.metadata.uid {
+                    return Err(e);
+                }
+                set_replicas_annotations(&mut fresh, replicas(&self.d), max);
+                set_rs_replicas(&mut fresh, new_scale);
+                self.ops.update_replica_set(&fresh).await?
+            }
+            r => r?,
+        };
         if size_changed {
             let dir = if new_scale > old_scale { "up" } else { "down" };
             self.ops

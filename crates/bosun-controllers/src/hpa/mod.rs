@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bosun_watch::informer::Informer;
+use bosun_watch::reconcile::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use k8s_openapi::api::autoscaling::v2::{
     HPAScalingRules, HorizontalPodAutoscaler, MetricSpec, MetricTarget,
 };
@@ -24,8 +26,6 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{NORMAL, Recorder, WARNING};
-use crate::informer::Informer;
-use crate::runtime::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use logic::{
     Behavior, Cond, History, PodInfo, Policy, PolicyKind, Proposal, Rules, Sample, Select,
 };
@@ -65,7 +65,8 @@ struct Scale {
     selector: String,
 }
 
-fn api_resource(api_version: &str, kind: &str) -> Option<ApiResource> {
+/// The built-in kinds with a `/scale` subresource, known without asking the server.
+fn builtin_resource(api_version: &str, kind: &str) -> Option<ApiResource> {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let plural = match (group, kind) {
         ("apps", "Deployment") => "deployments",
@@ -83,25 +84,42 @@ fn api_resource(api_version: &str, kind: &str) -> Option<ApiResource> {
     })
 }
 
-async fn get_scale(
+/// The resource of the HPA's target: any kind the server serves, built-in or custom (an
+/// Argo `Rollout`), found through discovery as Kubernetes' HPA does with its RESTMapper.
+/// The target is then read and written only through its `/scale` subresource, so a kind
+/// without one fails with the server's NotFound.
+async fn target_resource(
     client: &Client,
-    ns: &str,
     hpa: &HorizontalPodAutoscaler,
-) -> anyhow::Result<Scale> {
-    let r = &hpa
+) -> anyhow::Result<(ApiResource, String)> {
+    let r = hpa
         .spec
         .as_ref()
         .map(|s| s.scale_target_ref.clone())
         .unwrap_or_default();
     let av = r.api_version.clone().unwrap_or_else(|| "apps/v1".into());
-    let ar = api_resource(&av, &r.kind).ok_or_else(|| {
-        anyhow::anyhow!(
-            "the server could not find the requested resource {}.{av}",
+    if let Some(ar) = builtin_resource(&av, &r.kind) {
+        return Ok((ar, r.name));
+    }
+    let (group, version) = av.split_once('/').unwrap_or(("", av.as_str()));
+    let gvk = kube::core::GroupVersionKind::gvk(group, version, &r.kind);
+    match kube::discovery::pinned_kind(client, &gvk).await {
+        Ok((ar, _)) => Ok((ar, r.name)),
+        Err(e) => Err(anyhow::anyhow!(
+            "the server could not find the requested resource {}.{av}: {e}",
             r.kind
-        )
-    })?;
+        )),
+    }
+}
+
+async fn get_scale(
+    client: &Client,
+    ns: &str,
+    hpa: &HorizontalPodAutoscaler,
+) -> anyhow::Result<Scale> {
+    let (ar, name) = target_resource(client, hpa).await?;
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
-    let s = api.get_scale(&r.name).await?;
+    let s = api.get_scale(&name).await?;
     let status = s.status.unwrap_or_default();
     Ok(Scale {
         spec_replicas: s.spec.and_then(|s| s.replicas).unwrap_or(0),
@@ -116,17 +134,10 @@ async fn set_scale(
     hpa: &HorizontalPodAutoscaler,
     replicas: i32,
 ) -> anyhow::Result<()> {
-    let r = hpa
-        .spec
-        .as_ref()
-        .map(|s| s.scale_target_ref.clone())
-        .unwrap_or_default();
-    let av = r.api_version.clone().unwrap_or_else(|| "apps/v1".into());
-    let ar =
-        api_resource(&av, &r.kind).ok_or_else(|| anyhow::anyhow!("unknown kind {}", r.kind))?;
+    let (ar, name) = target_resource(client, hpa).await?;
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
     api.patch_scale(
-        &r.name,
+        &name,
         &PatchParams::default(),
         &Patch::Merge(json!({"spec": {"replicas": replicas}})),
     )

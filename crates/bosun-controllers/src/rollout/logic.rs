@@ -55,6 +55,21 @@ pub struct Step {
     pub analysis: Option<AnalysisRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub set_header_route: Option<HeaderRouteStep>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_canary_scale: Option<SetCanaryScale>,
+}
+
+/// Argo's `setCanaryScale`: the canary's pod count apart from its traffic weight, as a count
+/// or a percentage of `spec.replicas`, until a later one with `matchTrafficWeight: true`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SetCanaryScale {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i32>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub match_traffic_weight: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -182,14 +197,41 @@ pub fn validate(spec: &RolloutSpec) -> Result<(), String> {
                     s.pause.is_some(),
                     s.analysis.is_some(),
                     s.set_header_route.is_some(),
+                    s.set_canary_scale.is_some(),
                 ]
                 .iter()
                 .filter(|b| **b)
                 .count();
                 if set != 1 {
                     return Err(format!(
-                        "spec.strategy.canary.steps[{i}]: exactly one of setWeight, pause, analysis, setHeaderRoute is required"
+                        "spec.strategy.canary.steps[{i}]: exactly one of setWeight, pause, analysis, setHeaderRoute, setCanaryScale is required"
                     ));
+                }
+                if let Some(cs) = &s.set_canary_scale {
+                    let f = format!("spec.strategy.canary.steps[{i}].setCanaryScale");
+                    let n = [
+                        cs.replicas.is_some(),
+                        cs.weight.is_some(),
+                        cs.match_traffic_weight,
+                    ]
+                    .iter()
+                    .filter(|b| **b)
+                    .count();
+                    if n != 1 {
+                        return Err(format!(
+                            "{f}: exactly one of replicas, weight, matchTrafficWeight: true is required"
+                        ));
+                    }
+                    if let Some(w) = cs.weight
+                        && !(0..=100).contains(&w)
+                    {
+                        return Err(format!("{f}.weight: {w} is not in 0..100"));
+                    }
+                    if let Some(r) = cs.replicas
+                        && r < 0
+                    {
+                        return Err(format!("{f}.replicas: {r} must not be negative"));
+                    }
                 }
                 if let Some(w) = s.set_weight
                     && !(0..=100).contains(&w)
@@ -471,6 +513,27 @@ pub fn canary_replicas(replicas: i32, weight: i32) -> i32 {
     ((replicas as i64 * weight as i64 + 99) / 100).max(1) as i32
 }
 
+/// Canary pods once the steps before `idx` are done: those of the last `setCanaryScale`
+/// among them (Argo's `GetCurrentSetCanaryScale`), else those of the traffic weight, at most
+/// `replicas` (at least one). An explicit count is taken as it is, 0 included.
+pub fn canary_scale_at(steps: &[Step], idx: usize, replicas: i32) -> i32 {
+    let scale = steps
+        .iter()
+        .take(idx)
+        .filter_map(|s| s.set_canary_scale.as_ref())
+        .next_back()
+        .filter(|cs| !cs.match_traffic_weight);
+    match scale {
+        Some(SetCanaryScale {
+            replicas: Some(n), ..
+        }) => *n,
+        Some(SetCanaryScale {
+            weight: Some(w), ..
+        }) => canary_replicas(replicas, *w).min(replicas.max(1)),
+        _ => canary_replicas(replicas, weight_at(steps, idx)).min(replicas.max(1)),
+    }
+}
+
 fn set_condition(
     status: &mut RolloutStatus,
     now: &str,
@@ -650,10 +713,16 @@ pub fn decide(v: &View) -> Decision {
         // Walk the steps that are done.
         while !st.abort && idx < nsteps {
             let step = &steps[idx as usize];
-            let want = canary_replicas(replicas, weight_at(&steps, idx as usize + 1));
-            if let Some(_w) = step.set_weight {
+            let want = canary_scale_at(&steps, idx as usize + 1, replicas);
+            if step.set_weight.is_some() || step.set_canary_scale.is_some() {
+                // An explicit canary count may exceed `replicas`; a weight's never does.
+                let want = if step.set_canary_scale.is_some() {
+                    want
+                } else {
+                    want.min(replicas)
+                };
                 let cur = get(v.hash);
-                if cur.available >= want.min(replicas) && cur.replicas >= want.min(replicas) {
+                if cur.available >= want && cur.replicas >= want {
                     idx += 1;
                     continue;
                 }
@@ -742,17 +811,16 @@ pub fn decide(v: &View) -> Decision {
                 d.scale.insert(stable.clone(), replicas);
             }
         } else {
-            // A setWeight step being reached scales for its own weight first; the traffic
-            // follows once those pods are available.
-            let upto = match steps[idx as usize].set_weight {
-                Some(_) => idx as usize + 1,
-                None => idx as usize,
+            // A setWeight or setCanaryScale step being reached scales for itself first;
+            // the traffic follows once those pods are available.
+            let s = &steps[idx as usize];
+            let upto = if s.set_weight.is_some() || s.set_canary_scale.is_some() {
+                idx as usize + 1
+            } else {
+                idx as usize
             };
-            let w = weight_at(&steps, upto);
-            d.scale.insert(
-                v.hash.to_string(),
-                canary_replicas(replicas, w).min(replicas.max(1)),
-            );
+            d.scale
+                .insert(v.hash.to_string(), canary_scale_at(&steps, upto, replicas));
             d.scale.insert(stable.clone(), replicas);
         }
         if !promoted_now {

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bosun_watch::informer::Informer;
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use jiff::Timestamp;
@@ -38,7 +39,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deployment::logic::compute_hash;
 use crate::events::Recorder;
-use crate::informer::Informer;
 use crate::util::{controller_of, controller_ref, is_not_found, now};
 use logic::{HASH_LABEL, Measurement, Metric, MetricResult, RsView, RunView};
 
@@ -64,6 +64,33 @@ pub fn template_resource() -> ApiResource {
         &GroupVersionKind::gvk(GROUP, VERSION, "AnalysisTemplate"),
         "analysistemplates",
     )
+}
+
+/// `status.selector`, the label selector of the `/scale` subresource (what an HPA counts
+/// pods and reads metrics by), as Argo Rollouts writes it: every pod of the Rollout for a
+/// canary (stable and canary share the load), the active ReplicaSet's pods for blue-green
+/// (the preview gets no production traffic).
+pub fn status_selector(selector: &LabelSelector, active_hash: Option<&str>) -> String {
+    let mut labels: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if let Some(h) = active_hash {
+        labels.retain(|l| !l.starts_with(&format!("{HASH_LABEL}=")));
+        labels.push(format!("{HASH_LABEL}={h}"));
+    }
+    for e in selector.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        labels.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            _ => format!("!{}", e.key),
+        });
+    }
+    labels.join(",")
 }
 
 fn crd(
@@ -170,6 +197,11 @@ pub fn crds() -> Vec<Value> {
         "type": "object",
         "properties": {
             "setWeight": {"type": "integer", "format": "int32", "minimum": 0, "maximum": 100},
+            "setCanaryScale": {"type": "object", "properties": {
+                "replicas": {"type": "integer", "format": "int32", "minimum": 0},
+                "weight": {"type": "integer", "format": "int32", "minimum": 0, "maximum": 100},
+                "matchTrafficWeight": {"type": "boolean"},
+            }},
             "pause": {"type": "object", "properties": {"duration": duration_schema()}},
             "analysis": {"type": "object", "properties": {"templates": templates, "args": args}},
             "setHeaderRoute": {"type": "object", "properties": {
@@ -524,18 +556,13 @@ impl Ctl {
             runs: &runs,
             now: now(),
         });
-        let mut sel = selector.clone();
-        sel.match_labels
-            .get_or_insert_with(Default::default)
-            .insert(HASH_LABEL.into(), hash.clone());
-        d.status.selector = Some(
-            sel.match_labels
-                .iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
+        d.status.selector = Some(status_selector(
+            &selector,
+            d.status
+                .blue_green
+                .as_ref()
+                .and_then(|b| b.active_selector.as_deref()),
+        ));
         // Traffic first: the split and selectors move before any pod goes away.
         let svc_api: Api<Service> = Api::namespaced(self.client.clone(), &ns);
         for (svc, h) in &d.selectors {
@@ -588,7 +615,13 @@ impl Ctl {
                 },
                 spec: Some(ReplicaSetSpec {
                     replicas: Some(d.scale.get(&hash).copied().unwrap_or(0)),
-                    selector: sel.clone(),
+                    selector: {
+                        let mut sel = selector.clone();
+                        sel.match_labels
+                            .get_or_insert_with(Default::default)
+                            .insert(HASH_LABEL.into(), hash.clone());
+                        sel
+                    },
                     template: Some(t),
                     min_ready_seconds: spec_v
                         .get("minReadySeconds")

@@ -342,6 +342,78 @@ fn invalid_specs_name_the_field() {
     }
 }
 
+/// `setCanaryScale` sizes the canary apart from its traffic weight: a count, then a share of
+/// `spec.replicas`, then back to following the weight.
+#[test]
+fn set_canary_scale_sizes_the_canary_apart_from_its_weight() {
+    let mut w = World::new(spec(json!({
+        "replicas": 10,
+        "strategy": {"canary": {
+            "stableService": "web", "canaryService": "web-canary",
+            "steps": [
+                {"setCanaryScale": {"replicas": 3}},
+                {"pause": {}},
+                {"setWeight": 10},
+                {"pause": {}},
+                {"setCanaryScale": {"weight": 50}},
+                {"pause": {}},
+                {"setCanaryScale": {"matchTrafficWeight": true}},
+                {"pause": {}},
+            ],
+        }},
+    })));
+    let promote = |w: &mut World| w.status.pause_conditions.clear();
+    w.step("aaa", t(0));
+    // Three canary pods, no traffic yet.
+    let d = w.step("bbb", t(1));
+    assert_eq!(w.status.current_step_index, Some(1));
+    assert_eq!(d.scale["bbb"], 3);
+    assert_eq!(d.scale["aaa"], 10);
+    assert_eq!(weight(&d), 0);
+    // 10% of the traffic, still three pods (the weight alone would ask for one).
+    promote(&mut w);
+    let d = w.step("bbb", t(2));
+    assert_eq!(w.status.current_step_index, Some(3));
+    assert_eq!(weight(&d), 10);
+    assert_eq!(w.rs["bbb"].replicas, 3);
+    // Half of spec.replicas, the traffic at 10%.
+    promote(&mut w);
+    let d = w.step("bbb", t(3));
+    assert_eq!(w.status.current_step_index, Some(5));
+    assert_eq!(d.scale["bbb"], 5);
+    assert_eq!(weight(&d), 10);
+    // Following the weight again: ceil(10 * 10%) = 1 pod.
+    promote(&mut w);
+    let d = w.step("bbb", t(4));
+    assert_eq!(w.status.current_step_index, Some(7));
+    assert_eq!(d.scale["bbb"], 1);
+    assert_eq!(weight(&d), 10);
+    // Promoted: the canary takes all.
+    promote(&mut w);
+    w.step("bbb", t(5));
+    assert_eq!(w.status.stable_rs.as_deref(), Some("bbb"));
+    assert_eq!(w.rs["bbb"].replicas, 10);
+}
+
+#[test]
+fn set_canary_scale_is_validated() {
+    let bad = |step: serde_json::Value| {
+        validate(&spec(json!({"strategy": {"canary": {"steps": [step]}}}))).unwrap_err()
+    };
+    assert!(bad(json!({"setCanaryScale": {}})).contains("steps[0].setCanaryScale"));
+    assert!(
+        bad(json!({"setCanaryScale": {"replicas": 1, "weight": 5}}))
+            .contains("exactly one of replicas")
+    );
+    assert!(bad(json!({"setCanaryScale": {"weight": 150}})).contains("setCanaryScale.weight"));
+    assert!(
+        bad(json!({"setCanaryScale": {"replicas": 1}, "setWeight": 5})).contains("exactly one")
+    );
+    let ok = spec(json!({"strategy": {"canary": {"steps": [
+        {"setCanaryScale": {"replicas": 0}}, {"setCanaryScale": {"matchTrafficWeight": true}}]}}}));
+    assert_eq!(validate(&ok), Ok(()));
+}
+
 #[test]
 fn weights_and_routes() {
     let steps: Vec<Step> = serde_json::from_value(json!([
@@ -519,4 +591,16 @@ fn abort_scales_canary_down_after_the_delay_and_retry_keeps_it() {
     w.step("bbb", t(9));
     assert_eq!(w.rs["bbb"].replicas, 1);
     assert_eq!(w.rs["bbb"].scale_down_deadline, None);
+}
+
+/// The `/scale` selector: every pod of a canary Rollout, the active pods of a blue/green one.
+#[test]
+fn scale_selector_is_a_label_selector_string() {
+    let sel: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+        serde_json::from_value(json!({"matchLabels": {"app": "web", "tier": "front"}})).unwrap();
+    assert_eq!(super::status_selector(&sel, None), "app=web,tier=front");
+    assert_eq!(
+        super::status_selector(&sel, Some("abc")),
+        "app=web,tier=front,rollouts-pod-template-hash=abc"
+    );
 }

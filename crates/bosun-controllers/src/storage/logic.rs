@@ -12,6 +12,8 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+pub use bosun_api::matching::node_affinity_matches;
+
 use crate::util::LabelMatcher;
 
 pub const DEFAULT_CLASS: &str = "local-path";
@@ -172,54 +174,6 @@ pub fn claim_ref_is(v: &PersistentVolume, c: &PersistentVolumeClaim) -> bool {
                     .as_ref()
                     .is_none_or(|u| Some(u) == c.metadata.uid.as_ref())
         })
-}
-
-/// Whether the node satisfies the volume's required node affinity (no affinity: any node).
-pub fn node_affinity_matches(v: &PersistentVolume, node: &Node) -> bool {
-    let Some(req) = v
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_affinity.as_ref())
-        .and_then(|a| a.required.as_ref())
-    else {
-        return true;
-    };
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let name = node.metadata.name.clone().unwrap_or_default();
-    // Terms are ORed, expressions within a term ANDed.
-    req.node_selector_terms.iter().any(|t| {
-        let exprs_ok = t.match_expressions.iter().flatten().all(|e| {
-            let val = labels.get(&e.key);
-            requirement_holds(e, val.map(String::as_str))
-        });
-        let fields_ok = t.match_fields.iter().flatten().all(|e| {
-            let val = (e.key == "metadata.name").then_some(name.as_str());
-            requirement_holds(e, val)
-        });
-        let empty = t.match_expressions.as_ref().is_none_or(|v| v.is_empty())
-            && t.match_fields.as_ref().is_none_or(|v| v.is_empty());
-        !empty && exprs_ok && fields_ok
-    })
-}
-
-fn requirement_holds(e: &NodeSelectorRequirement, val: Option<&str>) -> bool {
-    let values = e.values.as_deref().unwrap_or(&[]);
-    match e.operator.as_str() {
-        "In" => val.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => val.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => val.is_some(),
-        "DoesNotExist" => val.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(x)) = (
-                val.and_then(|v| v.parse::<i64>().ok()),
-                values.first().and_then(|x| x.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if e.operator == "Gt" { v > x } else { v < x }
-        }
-        _ => false,
-    }
 }
 
 /// Whether a free volume satisfies the claim (`checkVolumeSatisfyClaim` plus the selector),

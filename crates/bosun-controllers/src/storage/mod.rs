@@ -12,6 +12,8 @@ pub mod logic;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bosun_watch::informer::Informer;
+use bosun_watch::reconcile::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -22,8 +24,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{NORMAL, Recorder, WARNING};
-use crate::informer::Informer;
-use crate::runtime::{DEFAULT_CONCURRENCY, ReconcileError, drive};
 use crate::util::{is_conflict, is_not_found, pod_is_active};
 use logic::*;
 

@@ -6,9 +6,11 @@
 //! that selects the pods of a Deployment it may scale to zero with
 //! [`TARGET_ANNOTATION`] (value: the Deployment's name). For marked Services only:
 //! * each request or connection stores the time in one atomic ([`Activity::touch`]; no lock,
-//!   no allocation);
+//!   no allocation) and counts as open until its response body ends or its connection
+//!   closes ([`Activity::open`]), so a long download, long poll or WebSocket keeps its
+//!   Deployment up as long as it lasts, not only its arrival;
 //! * a reporter task ([`super::Upstreams::report_activity`]) writes the latest request time
-//!   and the number of held requests of every marked Service into a Lease of its own in
+//!   and the numbers of held and open requests of every marked Service into a Lease of its own in
 //!   `kube-node-lease` (annotation [`ACTIVITY_ANNOTATION`]), at most once a second and at once
 //!   when a request starts waiting, and renews it every [`RENEW_INTERVAL`] (`renewTime`,
 //!   `leaseDurationSeconds`); the controller combines the Leases of every node, ignores the
@@ -31,7 +33,7 @@ pub const TARGET_ANNOTATION: &str = "bosun.dev/scale-to-zero-target";
 pub const TIMEOUT_ANNOTATION: &str = "bosun.dev/activation-timeout";
 /// On a Service (user-set): how many requests may wait at once on one node (1000).
 pub const QUEUE_ANNOTATION: &str = "bosun.dev/activation-queue";
-/// On an activity Lease: `{"NAMESPACE/SERVICE": {"last": UNIX_MS, "waiting": N}}`.
+/// On an activity Lease: `{"NAMESPACE/SERVICE": {"last": UNIX_MS, "waiting": N, "open": N}}`.
 pub const ACTIVITY_ANNOTATION: &str = "bosun.dev/service-activity";
 /// Label of activity Leases (so the controller can tell them from node heartbeats).
 pub const ACTIVITY_LABEL: &str = "bosun.dev/activity";
@@ -116,6 +118,8 @@ pub struct Activity {
     last_ms: AtomicU64,
     /// Requests waiting for an endpoint right now.
     waiting: AtomicU32,
+    /// Requests and connections in flight right now (waiting ones included).
+    open: AtomicU32,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -139,6 +143,19 @@ impl Activity {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    pub fn open_count(&self) -> u32 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request or connection as open until the last clone of the guard is dropped;
+    /// its end is then recorded as the latest activity (the idle window starts there).
+    pub fn open(self: &Arc<Self>) -> OpenGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        OpenGuard {
+            _place: Arc::new(OpenPlace(self.clone())),
+        }
+    }
+
     /// Takes a place in the queue, or `None` when `max` requests already wait.
     pub(crate) fn enter(self: &Arc<Self>, max: u32) -> Option<WaitGuard> {
         let prev = self.waiting.fetch_add(1, Ordering::AcqRel);
@@ -159,6 +176,29 @@ impl Drop for WaitGuard {
     }
 }
 
+/// An open request or connection of a marked Service (see [`Activity::open`]). Cloneable so
+/// that it can ride in a request's extensions into the task that splices an upgraded
+/// connection; the place is given back when the last clone goes.
+#[derive(Clone)]
+pub struct OpenGuard {
+    _place: Arc<OpenPlace>,
+}
+
+impl std::fmt::Debug for OpenGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpenGuard")
+    }
+}
+
+struct OpenPlace(Arc<Activity>);
+
+impl Drop for OpenPlace {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Shared by every [`super::ServiceInfo`] version of one Service; equal whatever it holds,
 /// so that a Service whose spec did not change compares equal.
 #[derive(Clone, Debug, Default)]
@@ -175,13 +215,20 @@ impl PartialEq for ActivityCell {
 pub struct Report {
     pub last_ms: u64,
     pub waiting: u32,
+    /// Requests and connections in flight (while any is, the Deployment is in use).
+    pub open: u32,
 }
 
 /// The annotation value for a set of reports.
 pub fn encode(reports: &BTreeMap<String, Report>) -> String {
     let m: serde_json::Map<String, Value> = reports
         .iter()
-        .map(|(k, r)| (k.clone(), json!({"last": r.last_ms, "waiting": r.waiting})))
+        .map(|(k, r)| {
+            (
+                k.clone(),
+                json!({"last": r.last_ms, "waiting": r.waiting, "open": r.open}),
+            )
+        })
         .collect();
     Value::Object(m).to_string()
 }
@@ -197,15 +244,19 @@ pub fn decode(s: &str) -> BTreeMap<String, Report> {
                 k,
                 Report {
                     last_ms: v.get("last")?.as_u64()?,
-                    waiting: v
-                        .get("waiting")
-                        .and_then(Value::as_u64)
-                        .map(|w| w.min(u32::MAX as u64) as u32)
-                        .unwrap_or(0),
+                    waiting: count(&v, "waiting"),
+                    open: count(&v, "open"),
                 },
             ))
         })
         .collect()
+}
+
+fn count(v: &Value, key: &str) -> u32 {
+    v.get(key)
+        .and_then(Value::as_u64)
+        .map(|w| w.min(u32::MAX as u64) as u32)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -251,10 +302,27 @@ mod tests {
             Report {
                 last_ms: 1_700_000_000_123,
                 waiting: 3,
+                open: 4,
             },
         );
         assert_eq!(decode(&encode(&m)), m);
         assert!(decode("not json").is_empty());
         assert_eq!(decode(r#"{"a/b": {"last": 5}, "c/d": {}}"#).len(), 1);
+    }
+
+    #[test]
+    fn open_requests_are_counted_until_their_last_guard_goes() {
+        let a = Arc::new(Activity::default());
+        let g = a.open();
+        let in_task = g.clone();
+        let _other = a.open();
+        assert_eq!(a.open_count(), 2);
+        drop(g);
+        assert_eq!(a.open_count(), 2);
+        a.last_ms.store(0, Ordering::Relaxed);
+        drop(in_task);
+        assert_eq!(a.open_count(), 1);
+        // The end of a request is activity: the idle window starts there.
+        assert!(a.last_ms() > 0);
     }
 }

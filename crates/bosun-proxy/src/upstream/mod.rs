@@ -44,6 +44,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use bosun_watch::{Informer, Notice};
 use bytes::Bytes;
 use futures::StreamExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -53,8 +54,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher;
+use kube::runtime::reflector::ObjectRef;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -773,60 +773,51 @@ impl Upstreams {
     }
 
     async fn run_watchers(self, client: kube::Client) -> anyhow::Result<()> {
-        // One event at a time flows through here; the size difference does not matter.
-        #[allow(clippy::large_enum_variant)]
+        // The informers watch until this future is dropped.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let _stop_watches = stop.clone().drop_guard();
+        let svcs = Informer::<Service>::start(kube::Api::all(client.clone()), stop.clone());
+        let slices = Informer::<EndpointSlice>::start(kube::Api::all(client), stop);
         enum Ev {
-            Svc(watcher::Event<Service>),
-            Slice(watcher::Event<EndpointSlice>),
+            Svc(Notice<Service>),
+            Slice(Notice<EndpointSlice>),
         }
-        let svcs = watcher(
-            kube::Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .map(|r| r.map(Ev::Svc))
-        .boxed();
-        let slices = watcher(
-            kube::Api::<EndpointSlice>::all(client),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .map(|r| r.map(Ev::Slice))
-        .boxed();
-        let mut events = futures::stream::select(svcs, slices);
-        let mut svc_buf = Vec::new();
-        let mut slice_buf = Vec::new();
+        let mut events = futures::stream::select(
+            svcs.notices().map(Ev::Svc).boxed(),
+            slices.notices().map(Ev::Slice).boxed(),
+        );
         let (mut svcs_listed, mut slices_listed) = (false, false);
+        // A touched object is applied as the cache has it now (by name: gone means deleted);
+        // a complete list replaces everything, dropping what was deleted unseen. Between
+        // watch errors (retried with backoff) the last known state keeps serving.
         while let Some(ev) = events.next().await {
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(e) => {
-                    // The backoff retries; keep serving from the last known state.
-                    tracing::warn!("upstream watch: {e}");
-                    continue;
-                }
-            };
             match ev {
-                Ev::Svc(watcher::Event::Apply(s)) => self.apply_service(&s),
-                Ev::Svc(watcher::Event::Delete(s)) => self.delete_service(
-                    s.metadata.namespace.as_deref().unwrap_or("default"),
-                    s.metadata.name.as_deref().unwrap_or_default(),
-                ),
-                Ev::Svc(watcher::Event::Init) => svc_buf.clear(),
-                Ev::Svc(watcher::Event::InitApply(s)) => svc_buf.push(s),
-                Ev::Svc(watcher::Event::InitDone) => {
-                    self.replace_services(std::mem::take(&mut svc_buf));
+                Ev::Svc(Notice::Touched(s)) => {
+                    match svcs.store().get(&ObjectRef::from_obj(s.as_ref())) {
+                        Some(now) => self.apply_service(&now),
+                        None => self.delete_service(
+                            s.metadata.namespace.as_deref().unwrap_or("default"),
+                            s.metadata.name.as_deref().unwrap_or_default(),
+                        ),
+                    }
+                }
+                Ev::Svc(Notice::Synced) => {
+                    let all = svcs.store().state();
+                    self.replace_services(all.iter().map(|s| Service::clone(s)).collect());
                     svcs_listed = true;
                 }
-                Ev::Slice(watcher::Event::Apply(s)) => self.apply_endpoint_slice(&s),
-                Ev::Slice(watcher::Event::Delete(s)) => self.delete_endpoint_slice(
-                    s.metadata.namespace.as_deref().unwrap_or("default"),
-                    s.metadata.name.as_deref().unwrap_or_default(),
-                ),
-                Ev::Slice(watcher::Event::Init) => slice_buf.clear(),
-                Ev::Slice(watcher::Event::InitApply(s)) => slice_buf.push(s),
-                Ev::Slice(watcher::Event::InitDone) => {
-                    self.replace_slices(std::mem::take(&mut slice_buf));
+                Ev::Slice(Notice::Touched(s)) => {
+                    match slices.store().get(&ObjectRef::from_obj(s.as_ref())) {
+                        Some(now) => self.apply_endpoint_slice(&now),
+                        None => self.delete_endpoint_slice(
+                            s.metadata.namespace.as_deref().unwrap_or("default"),
+                            s.metadata.name.as_deref().unwrap_or_default(),
+                        ),
+                    }
+                }
+                Ev::Slice(Notice::Synced) => {
+                    let all = slices.store().state();
+                    self.replace_slices(all.iter().map(|s| EndpointSlice::clone(s)).collect());
                     slices_listed = true;
                 }
             }
@@ -985,13 +976,17 @@ impl Upstreams {
     /// For a Service whose workload may be scaled to zero: records the request and, when the
     /// Service has no ready endpoint, waits for one (see [`activation`]). Returns at once
     /// for other Services. The node proxy calls this for TCP connections; `http_call` does
-    /// it itself.
-    pub async fn activate_target(&self, target: &Target) -> Result<(), UpstreamError> {
+    /// it itself. Hold the guard while the connection is open: it counts as activity.
+    pub async fn activate_target(
+        &self,
+        target: &Target,
+    ) -> Result<Option<activation::OpenGuard>, UpstreamError> {
         match self.port_set(target) {
-            Some((info, set)) if info.activation.is_some() => {
-                self.activate(target, &info, set.endpoints.is_empty()).await
-            }
-            _ => Ok(()),
+            Some((info, set)) if info.activation.is_some() => self
+                .activate(target, &info, set.endpoints.is_empty())
+                .await
+                .map(Some),
+            _ => Ok(None),
         }
     }
 
@@ -1000,14 +995,15 @@ impl Upstreams {
         target: &Target,
         info: &ServiceInfo,
         no_endpoints: bool,
-    ) -> Result<(), UpstreamError> {
-        let Some(cfg) = &info.activation else {
-            return Ok(());
-        };
+    ) -> Result<activation::OpenGuard, UpstreamError> {
         let activity = &info.activity.0;
+        let open = activity.open();
         activity.touch();
+        let Some(cfg) = &info.activation else {
+            return Ok(open);
+        };
         if !no_endpoints {
-            return Ok(());
+            return Ok(open);
         }
         let Some(place) = activity.enter(cfg.queue) else {
             return Err(UpstreamError::Activation {
@@ -1052,7 +1048,7 @@ impl Upstreams {
                     waited_ms = started.elapsed().as_millis() as u64,
                     "endpoint ready; forwarding held request"
                 );
-                Ok(())
+                Ok(open)
             }
             Err(_) => Err(UpstreamError::Activation {
                 service: svc_name(target),
@@ -1079,6 +1075,7 @@ impl Upstreams {
                     activation::Report {
                         last_ms: i.activity.0.last_ms(),
                         waiting: i.activity.0.waiting(),
+                        open: i.activity.0.open_count(),
                     },
                 )
             })
@@ -1167,17 +1164,28 @@ impl Upstreams {
             &target.namespace,
             load::Subject::Service(target.service.clone()),
         );
+        let mut open: Option<activation::OpenGuard> = None;
         let resp = match self.port_set(target) {
             None => UpstreamError::UnknownService(svc_name(target)).into_response(),
             Some((info, set)) => {
                 // Only Services whose workload may be at zero pay for this (one atomic store).
                 let held = match &info.activation {
-                    Some(_) => self.activate(target, &info, set.endpoints.is_empty()).await,
-                    None => Ok(()),
+                    Some(_) => self
+                        .activate(target, &info, set.endpoints.is_empty())
+                        .await
+                        .map(Some),
+                    None => Ok(None),
                 };
                 match held {
                     Err(e) => e.into_response(),
-                    Ok(()) => {
+                    Ok(held) => {
+                        // Open until the response body ends (below) or, for an upgrade,
+                        // until the spliced connection closes (`upgrade_call`).
+                        let mut req = req;
+                        if let Some(g) = held {
+                            req.extensions_mut().insert(g.clone());
+                            open = Some(g);
+                        }
                         let policy = policy.cloned().unwrap_or_else(|| info.policy.clone());
                         let call = self.call_inner(target, req, &policy, &labels, &mut hop);
                         match policy.timeout {
@@ -1236,6 +1244,7 @@ impl Upstreams {
             .clone();
         resp.map(|b| {
             b.map_frame(move |f| {
+                let _open = &open;
                 if let Some(d) = f.data_ref() {
                     tx.inc_by(d.len() as u64);
                 }
@@ -1510,6 +1519,7 @@ impl Upstreams {
         labels: &SvcLabels,
     ) -> Response<Body> {
         let downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let open = parts.extensions.remove::<activation::OpenGuard>();
         let protocol = upgrade_protocol(&parts.headers);
         let picked = match self.pick(target, Some(policy), hash_key) {
             Ok(p) => p,
@@ -1591,6 +1601,8 @@ impl Upstreams {
                 format!("{}/{}", labels.namespace, labels.service),
             );
             tokio::spawn(async move {
+                // A scale-to-zero Service is in use while the connection is open.
+                let _open = open;
                 if let (Ok(d), Ok(u)) = (downstream.await, upstream.await) {
                     let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
                     let (wall, began) = (std::time::SystemTime::now(), Instant::now());

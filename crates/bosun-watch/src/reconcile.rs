@@ -45,7 +45,7 @@ impl From<kube::Error> for ReconcileError {
 fn retry_after(e: &ReconcileError) -> Duration {
     let conflict =
         e.0.downcast_ref::<kube::Error>()
-            .is_some_and(crate::util::is_conflict);
+            .is_some_and(crate::errors::is_conflict);
     if conflict {
         Duration::from_millis(50)
     } else {
