@@ -156,6 +156,8 @@ pub(crate) struct Inner {
     pub quota_pending: quota::Pending,
     /// See [`ApiServerConfig::external_metrics`].
     pub external_metrics: Option<String>,
+    /// Watch lines encoded once for every watch that sees the change the same way.
+    pub watch_lines: Arc<watch::SharedLines>,
 }
 
 /// The API server. Cheap to clone.
@@ -217,6 +219,7 @@ impl ApiServer {
             prom,
             quota_pending: quota::Pending::default(),
             external_metrics: cfg.external_metrics,
+            watch_lines: Arc::default(),
         });
         let server = ApiServer { inner };
         server.ensure_namespaces().await?;

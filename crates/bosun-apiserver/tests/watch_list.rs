@@ -361,3 +361,70 @@ async fn watch_single_object_by_name() {
     let e = w.next_event().await.unwrap();
     assert_eq!(e["object"]["metadata"]["name"], "a");
 }
+
+#[tokio::test]
+async fn watches_without_selectors_and_with_them_see_the_same_changes_their_own_way() {
+    // Unfiltered watches share each change's encoded line; a selector watch must still
+    // see its own view (ADDED when an object starts matching).
+    let api = TestApi::new().await;
+    api.post(CMS, &configmap("x", json!({"app": "other"})))
+        .await;
+    let rv = api.get(CMS).await.body["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut plain = api
+        .watch(&format!("{CMS}?watch=true&resourceVersion={rv}"))
+        .await;
+    let mut all = api
+        .watch(&format!(
+            "/api/v1/configmaps?watch=true&resourceVersion={rv}"
+        ))
+        .await;
+    let mut web = api
+        .watch(&format!(
+            "{CMS}?watch=true&labelSelector=app%3Dweb&resourceVersion={rv}"
+        ))
+        .await;
+    api.patch(
+        &format!("{CMS}/x"),
+        "application/merge-patch+json",
+        &json!({"metadata": {"labels": {"app": "web"}}}),
+    )
+    .await;
+    api.post(CMS, &configmap("y", json!({"app": "web"}))).await;
+    api.delete(&format!("{CMS}/x"), None).await;
+    let seen = |e: serde_json::Value| {
+        (
+            e["type"].as_str().unwrap().to_string(),
+            e["object"]["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            e["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    };
+    let mut lines = Vec::new();
+    for w in [&mut plain, &mut all, &mut web] {
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(seen(w.next_event().await.unwrap()));
+        }
+        lines.push(got);
+    }
+    let kinds = |v: &[(String, String, String)]| {
+        v.iter()
+            .map(|(t, n, _)| format!("{t} {n}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(&lines[0]), ["MODIFIED x", "ADDED y", "DELETED x"]);
+    assert_eq!(lines[0], lines[1], "same changes, same lines");
+    assert_eq!(kinds(&lines[2]), ["ADDED x", "ADDED y", "DELETED x"]);
+    assert_eq!(
+        lines[0].iter().map(|l| &l.2).collect::<Vec<_>>(),
+        lines[2].iter().map(|l| &l.2).collect::<Vec<_>>()
+    );
+}

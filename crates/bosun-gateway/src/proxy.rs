@@ -204,14 +204,18 @@ impl Handler {
         conn: ConnInfo,
     ) -> Response<Body> {
         let started = Instant::now();
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let host_header = req.headers().get(header::HOST).cloned();
-        let ua = req
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        // What only the access log needs is copied only when it is on.
+        let log = (self.access_log == AccessLog::Json).then(|| {
+            (
+                req.method().clone(),
+                req.uri().path().to_string(),
+                req.headers().get(header::HOST).cloned(),
+                req.headers()
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+            )
+        });
         let mut out = Outcome {
             route: String::new(),
             service: String::new(),
@@ -220,9 +224,6 @@ impl Handler {
         let resp = self.route(req, conn, &mut out).await;
         let status = resp.status();
         let elapsed = started.elapsed();
-        let route_labels = RouteLabels {
-            route: out.route.clone(),
-        };
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
@@ -231,11 +232,7 @@ impl Handler {
                 code: status.as_u16(),
             })
             .inc();
-        self.metrics
-            .duration
-            .get_or_create(&route_labels)
-            .observe(elapsed.as_secs_f64());
-        if self.access_log == AccessLog::Json {
+        if let Some((method, path, host_header, ua)) = log {
             let line = serde_json::json!({
                 "time": jiff::Timestamp::now().to_string(),
                 "remote": conn.peer.to_string(),
@@ -252,6 +249,11 @@ impl Handler {
             });
             println!("{line}");
         }
+        let route_labels = RouteLabels { route: out.route };
+        self.metrics
+            .duration
+            .get_or_create(&route_labels)
+            .observe(elapsed.as_secs_f64());
         let bytes = self
             .metrics
             .response_bytes

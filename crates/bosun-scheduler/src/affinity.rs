@@ -50,6 +50,7 @@ fn selector_of(term: &PodAffinityTerm, owner: &Pod) -> LabelMatcher {
 }
 
 /// One term, ready to match pods.
+#[derive(Clone)]
 pub struct Term {
     selector: LabelMatcher,
     namespaces: HashSet<String>,
@@ -91,6 +92,7 @@ impl Term {
 }
 
 /// The pod's terms of one kind: required (weight 0) or preferred (with weights).
+#[derive(Clone)]
 pub struct Terms {
     pub required_affinity: Vec<Term>,
     pub required_anti: Vec<Term>,
@@ -169,6 +171,7 @@ fn bump(map: &mut Domains, v: &str, delta: i32) {
     }
 }
 
+#[derive(Clone)]
 struct FilterState {
     /// The incoming pod's required terms.
     terms: Terms,
@@ -353,6 +356,24 @@ impl Filter for InterPodAffinity {
         if let Some(st) = state.as_mut().and_then(|s| s.downcast_mut::<FilterState>()) {
             st.apply(pod, other, node, -1);
         }
+    }
+
+    fn fork_state(&self, pod: &Pod, state: &CycleState) -> Option<CycleState> {
+        let st = match state.as_ref().and_then(|s| s.downcast_ref::<FilterState>()) {
+            Some(st) => st.clone(),
+            // Nothing constrained the pod so far; a pod added may (its anti-affinity).
+            None => {
+                let terms = Terms::of(pod);
+                FilterState {
+                    affinity: vec![Domains::new(); terms.required_affinity.len()],
+                    anti: vec![Domains::new(); terms.required_anti.len()],
+                    self_match: terms.required_affinity.iter().all(|t| t.matches(pod)),
+                    existing_anti: HashMap::new(),
+                    terms,
+                }
+            }
+        };
+        Some(Some(Box::new(st)))
     }
 }
 

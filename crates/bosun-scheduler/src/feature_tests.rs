@@ -741,3 +741,76 @@ fn preemption_clears_topology_spread_conflicts() {
     .unwrap();
     assert_eq!((c.node.as_str(), c.victims.len()), ("a", 1));
 }
+
+#[test]
+fn nominated_pods_count_in_pod_affinity_and_topology_spread() {
+    // Node a is promised to a pod waiting for its victims to leave; b is free.
+    let nodes = [
+        info(node("a", "z1", "4", json!({})), vec![]),
+        info(node("b", "z2", "4", json!({})), vec![]),
+    ];
+    let decide_with = |p: &Pod, waiting: Pod| {
+        let nominated: Nominated = [("a".to_string(), vec![Arc::new(waiting)])].into();
+        match place_from(
+            p,
+            &nodes,
+            &default_filters(),
+            &default_scores(),
+            0,
+            &nominated,
+        )
+        .0
+        {
+            Placement::Node(n) => Ok(n),
+            Placement::Unschedulable(d) => Err(d.message()),
+        }
+    };
+    let anti = |app: &str| {
+        json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": app}},
+             "topologyKey": "kubernetes.io/hostname"}]}}})
+    };
+    // Without nominations both nodes are equal and a sorts first.
+    assert_eq!(
+        decide(&pod("web", json!({"app": "web"}), json!({})), &nodes),
+        Ok("a".into())
+    );
+
+    // The waiting pod's anti-affinity keeps web pods off a.
+    let guard = with_priority(pod("guard", json!({"app": "guard"}), anti("web")), 1000);
+    let web = pod("web", json!({"app": "web"}), json!({}));
+    assert_eq!(decide_with(&web, guard.clone()), Ok("b".into()));
+    // ... as the only node it is refused for that reason.
+    let only_a = [nodes[0].clone()];
+    let nominated: Nominated = [("a".to_string(), vec![Arc::new(guard)])].into();
+    let Placement::Unschedulable(d) = place_from(
+        &web,
+        &only_a,
+        &default_filters(),
+        &default_scores(),
+        0,
+        &nominated,
+    )
+    .0
+    else {
+        panic!("web placed beside a nominated pod that refuses it");
+    };
+    assert_eq!(
+        d.message(),
+        "0/1 nodes are available: 1 node(s) didn't satisfy existing pods anti-affinity rules."
+    );
+
+    // The incoming pod's own anti-affinity sees the waiting pod.
+    let batch = with_priority(pod("batch", json!({"app": "batch"}), json!({})), 1000);
+    let db = pod("db", json!({"app": "db"}), anti("batch"));
+    assert_eq!(decide_with(&db, batch), Ok("b".into()));
+
+    // Topology spread (maxSkew 1 over nodes): the waiting web pod makes a's count 1, so a
+    // second one on a would skew 2.
+    let spread = json!({"topologySpreadConstraints": [{"maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": {"matchLabels": {"app": "web"}}}]});
+    let waiting_web = with_priority(pod("web-0", json!({"app": "web"}), json!({})), 1000);
+    let web1 = pod("web-1", json!({"app": "web"}), spread);
+    assert_eq!(decide_with(&web1, waiting_web), Ok("b".into()));
+}

@@ -165,6 +165,13 @@ pub trait Filter: Send + Sync {
     /// Updates `state` as if `other` had left `node` (`PreFilterExtensions.RemovePod`), so
     /// that cluster-wide checks (pod anti-affinity, topology spread) see a victim gone.
     fn remove_pod(&self, _pod: &Pod, _state: &mut CycleState, _other: &Pod, _node: &NodeInfo) {}
+    /// A copy of `state` for [`Filter::add_pod`] to change, when one node is filtered with
+    /// the pods nominated to it counted (upstream clones the cycle state there). `None`, the
+    /// default, when the state does not depend on other pods: the original serves as it is.
+    /// A filter that implements `add_pod` implements this too.
+    fn fork_state(&self, _pod: &Pod, _state: &CycleState) -> Option<CycleState> {
+        None
+    }
 }
 
 /// Ranks a feasible node; `normalize` maps the raw scores of all feasible nodes to 0..=100.
@@ -177,6 +184,12 @@ pub trait Score: Send + Sync {
         None
     }
     fn score(&self, pod: &Pod, node: &NodeInfo, state: &CycleState) -> i64;
+    /// The raw scores of `feasible`, the nodes `pre_score` was given, in their order. The
+    /// default asks [`Score::score`] node by node; a plugin that learnt each node's part in
+    /// `pre_score` answers from that instead of looking it up again.
+    fn score_all(&self, pod: &Pod, feasible: &[&NodeInfo], state: &CycleState) -> Vec<i64> {
+        feasible.iter().map(|n| self.score(pod, n, state)).collect()
+    }
     fn normalize(&self, _scores: &mut [i64]) {}
 }
 
@@ -658,7 +671,8 @@ pub fn nominated_for<'a>(
 
 /// Runs the filters on one node; where pods are nominated to it, they must pass both with
 /// those pods counted and without them, as upstream does (the nominated pods may still
-/// land elsewhere).
+/// land elsewhere). Counted means on the node and in the cluster-wide states too (pod
+/// affinity and anti-affinity, topology spread), through [`Filter::add_pod`] on a copy.
 fn filter_node(
     pod: &Pod,
     node: &NodeInfo,
@@ -669,13 +683,24 @@ fn filter_node(
     let mut with = nominated_for(pod, node.name(), nominated).peekable();
     if with.peek().is_some() {
         let mut n = node.clone();
+        let mut forked: Vec<Option<CycleState>> = filters
+            .iter()
+            .zip(states)
+            .map(|(f, s)| f.fork_state(pod, s))
+            .collect();
         for p in with {
             n.add_pod(p.clone());
+            for (f, s) in filters.iter().zip(forked.iter_mut()) {
+                if let Some(s) = s {
+                    f.add_pod(pod, s, p, node);
+                }
+            }
         }
         if let Some(rej) = filters
             .iter()
             .zip(states)
-            .find_map(|(f, s)| f.filter(pod, &n, s).err())
+            .zip(&forked)
+            .find_map(|((f, s), fork)| f.filter(pod, &n, fork.as_ref().unwrap_or(s)).err())
         {
             return Some(rej);
         }
@@ -734,7 +759,7 @@ pub fn place_from(
     let mut totals = vec![0i64; feasible.len()];
     for s in scores {
         let state = s.pre_score(pod, nodes, &feasible);
-        let mut raw: Vec<i64> = feasible.iter().map(|n| s.score(pod, n, &state)).collect();
+        let mut raw = s.score_all(pod, &feasible, &state);
         s.normalize(&mut raw);
         for (t, r) in totals.iter_mut().zip(raw) {
             *t += s.weight() * r;

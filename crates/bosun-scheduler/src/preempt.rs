@@ -110,7 +110,14 @@ fn victims_on(
     // computed for the whole cluster, then told about each removal, as upstream's
     // SelectVictimsOnNode does through `RemovePod`. Pods nominated here with at least this
     // pod's priority keep their room.
-    let mut states: Vec<CycleState> = filters.iter().map(|f| f.pre_filter(pod, nodes)).collect();
+    // (A state that other pods may change is taken in its changeable form, `fork_state`.)
+    let mut states: Vec<CycleState> = filters
+        .iter()
+        .map(|f| {
+            let s = f.pre_filter(pod, nodes);
+            f.fork_state(pod, &s).unwrap_or(s)
+        })
+        .collect();
     for p in &lower {
         for (f, s) in filters.iter().zip(states.iter_mut()) {
             f.remove_pod(pod, s, p, node);

@@ -24,6 +24,7 @@ use crate::plugins::{
 pub const HOSTNAME_KEY: &str = "kubernetes.io/hostname";
 pub const ZONE_KEY: &str = "topology.kubernetes.io/zone";
 
+#[derive(Clone)]
 struct Constraint {
     key: String,
     max_skew: i64,
@@ -116,6 +117,7 @@ fn domain_counts(pod: &Pod, cs: &[Constraint], nodes: &[NodeInfo]) -> Vec<HashMa
     out
 }
 
+#[derive(Clone)]
 struct FilterState {
     constraints: Vec<Constraint>,
     counts: Vec<HashMap<String, i64>>,
@@ -179,6 +181,12 @@ impl Filter for PodTopologySpread {
 
     fn remove_pod(&self, pod: &Pod, state: &mut CycleState, other: &Pod, node: &NodeInfo) {
         adjust(pod, state, other, node, -1);
+    }
+
+    fn fork_state(&self, _pod: &Pod, state: &CycleState) -> Option<CycleState> {
+        // Without hard constraints (no state) other pods do not matter.
+        let st = state.as_ref()?.downcast_ref::<FilterState>()?;
+        Some(Some(Box::new(st.clone())))
     }
 }
 
@@ -289,8 +297,28 @@ impl Score for PodTopologySpread {
 struct DefaultState {
     owner: String,
     node_weight: f64,
+    /// Per feasible node, in order: the owner's pods there and the index of its zone.
+    per_node: Vec<(u32, usize)>,
     /// Matching pods per zone and the zone key's weight, when every feasible node has a zone.
-    zones: Option<(HashMap<String, i64>, f64)>,
+    zones: Option<Zones>,
+}
+
+struct Zones {
+    /// Zone names, in the order of their indices.
+    names: Vec<String>,
+    counts: Vec<i64>,
+    weight: f64,
+}
+
+impl DefaultState {
+    fn score(&self, owned: u32, zone: Option<usize>) -> i64 {
+        let mut total = count_score(i64::from(owned), self.node_weight, DEFAULT_NODE_SKEW);
+        if let Some(z) = &self.zones {
+            let c = zone.and_then(|i| z.counts.get(i)).copied().unwrap_or(0);
+            total += count_score(c, z.weight, DEFAULT_ZONE_SKEW);
+        }
+        (total * 1000.0).round() as i64
+    }
 }
 
 /// `maxSkew` of the system default constraints (hostname 3, zone 5).
@@ -320,28 +348,42 @@ impl Score for DefaultSpread {
         if has_own {
             return None;
         }
-        // Counted over the nodes the pod may go to, as upstream's default constraints do.
-        let zones = feasible
+        // Counted over the nodes the pod may go to, as upstream's default constraints do,
+        // in one pass that keeps each node's part for `score_all`.
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut names: Vec<&str> = Vec::new();
+        let mut counts: Vec<i64> = Vec::new();
+        let mut all_zoned = true;
+        let per_node = feasible
             .iter()
-            .all(|n| n.labels().contains_key(ZONE_KEY))
-            .then(|| {
-                // Borrowed keys while counting: one allocation per zone, not per node.
-                let mut counting: HashMap<&str, i64> = HashMap::new();
-                for n in feasible {
-                    if let Some(z) = n.labels().get(ZONE_KEY) {
-                        *counting.entry(z.as_str()).or_default() += i64::from(n.owned_by(owner));
+            .map(|n| {
+                let owned = n.owned_by(owner);
+                let zone = match n.labels().get(ZONE_KEY) {
+                    Some(z) => *index.entry(z.as_str()).or_insert_with(|| {
+                        names.push(z.as_str());
+                        counts.push(0);
+                        names.len() - 1
+                    }),
+                    None => {
+                        all_zoned = false;
+                        usize::MAX
                     }
+                };
+                if let Some(c) = counts.get_mut(zone) {
+                    *c += i64::from(owned);
                 }
-                let by_zone: HashMap<String, i64> = counting
-                    .into_iter()
-                    .map(|(z, c)| (z.to_string(), c))
-                    .collect();
-                let weight = ((by_zone.len() + 2) as f64).ln();
-                (by_zone, weight)
-            });
+                (owned, zone)
+            })
+            .collect();
+        let zones = all_zoned.then(|| Zones {
+            weight: ((names.len() + 2) as f64).ln(),
+            names: names.iter().map(|z| z.to_string()).collect(),
+            counts,
+        });
         Some(Box::new(DefaultState {
             owner: owner.to_string(),
             node_weight: ((feasible.len() + 2) as f64).ln(),
+            per_node,
             zones,
         }))
     }
@@ -352,21 +394,24 @@ impl Score for DefaultSpread {
         else {
             return 0;
         };
-        let mut total = count_score(
-            i64::from(node.owned_by(&st.owner)),
-            st.node_weight,
-            DEFAULT_NODE_SKEW,
-        );
-        if let Some((by_zone, weight)) = &st.zones {
-            let c = node
-                .labels()
-                .get(ZONE_KEY)
-                .and_then(|z| by_zone.get(z))
-                .copied()
-                .unwrap_or(0);
-            total += count_score(c, *weight, DEFAULT_ZONE_SKEW);
+        let zone = st.zones.as_ref().and_then(|z| {
+            let name = node.labels().get(ZONE_KEY)?;
+            z.names.iter().position(|n| n == name)
+        });
+        st.score(node.owned_by(&st.owner), zone)
+    }
+    fn score_all(&self, pod: &Pod, feasible: &[&NodeInfo], state: &CycleState) -> Vec<i64> {
+        match state
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<DefaultState>())
+        {
+            Some(st) if st.per_node.len() == feasible.len() => st
+                .per_node
+                .iter()
+                .map(|&(owned, zone)| st.score(owned, Some(zone)))
+                .collect(),
+            _ => feasible.iter().map(|n| self.score(pod, n, state)).collect(),
         }
-        (total * 1000.0).round() as i64
     }
     fn normalize(&self, scores: &mut [i64]) {
         if scores.iter().any(|s| *s != 0) {

@@ -1,5 +1,6 @@
 //! `watch=true`: a chunked stream of JSON lines, one `WatchEvent` each.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -18,6 +19,61 @@ use crate::objects::read::{ListQuery, list_objects, list_prefix};
 
 /// Watches without `timeoutSeconds` end after this long, as Kubernetes' do (clients re-watch).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// Encoded watch lines of recent changes, shared by the watches that take every change under
+/// their prefix as it is (no selector, no name, no Table): such watches all send the same
+/// line for a change, so it is decoded and encoded once rather than once per watch (the
+/// scheduler's, every controller's and every client's pod watch see each binding).
+pub(crate) struct SharedLines {
+    slots: Mutex<Vec<Option<SharedLine>>>,
+}
+
+struct SharedLine {
+    kind: &'static KindInfo,
+    revision: i64,
+    key: Arc<str>,
+    line: Bytes,
+}
+
+/// Changes remembered; a watch further behind than this encodes its lines itself.
+const SHARED_SLOTS: usize = 4096;
+
+impl Default for SharedLines {
+    fn default() -> Self {
+        SharedLines {
+            slots: Mutex::new((0..SHARED_SLOTS).map(|_| None).collect()),
+        }
+    }
+}
+
+impl SharedLines {
+    fn slot(ev: &WatchEvent) -> usize {
+        // Revisions are unique per write; keys tell apart the deletions of one revocation.
+        (ev.kv.mod_revision as usize) % SHARED_SLOTS
+    }
+
+    fn get(&self, kind: &'static KindInfo, ev: &WatchEvent) -> Option<Bytes> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots[Self::slot(ev)]
+            .as_ref()
+            .filter(|s| {
+                s.revision == ev.kv.mod_revision
+                    && std::ptr::eq(s.kind, kind)
+                    && *s.key == *ev.kv.key
+            })
+            .map(|s| s.line.clone())
+    }
+
+    fn put(&self, kind: &'static KindInfo, ev: &WatchEvent, line: Bytes) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots[Self::slot(ev)] = Some(SharedLine {
+            kind,
+            revision: ev.kv.mod_revision,
+            key: Arc::from(ev.kv.key.as_str()),
+            line,
+        });
+    }
+}
 
 struct Filter {
     kind: &'static KindInfo,
@@ -62,6 +118,27 @@ impl Filter {
         Bytes::from(s)
     }
 
+    /// Whether every change under the prefix is sent as it is, the same for every such watch.
+    fn takes_all(&self) -> bool {
+        self.name.is_none()
+            && self.table.is_none()
+            && self.q.labels.is_empty()
+            && self.q.fields.is_empty()
+    }
+
+    /// [`Filter::event`], through `shared` for watches that take every change.
+    fn shared_event(&self, shared: &SharedLines, ev: &WatchEvent) -> Option<Bytes> {
+        if !self.takes_all() {
+            return self.event(ev);
+        }
+        if let Some(line) = shared.get(self.kind, ev) {
+            return Some(line);
+        }
+        let line = self.event(ev)?;
+        shared.put(self.kind, ev, line.clone());
+        Some(line)
+    }
+
     /// The watch event for one store change, as the selectors see it: an object that
     /// starts matching is ADDED, one that stops matching is DELETED.
     fn event(&self, ev: &WatchEvent) -> Option<Bytes> {
@@ -69,6 +146,15 @@ impl Filter {
         crate::crds::convert(self.kind, &mut obj);
         match ev.kind {
             EventKind::Delete => self.matches(&obj).then(|| self.line("DELETED", obj)),
+            EventKind::Put if self.takes_all() => {
+                // Everything matches: no need to decode the previous value.
+                let ty = if ev.prev.is_some() {
+                    "MODIFIED"
+                } else {
+                    "ADDED"
+                };
+                Some(self.line(ty, obj))
+            }
             EventKind::Put => {
                 let now = self.matches(&obj);
                 let before = ev
@@ -134,6 +220,7 @@ pub(crate) async fn watch(ctx: Ctx) -> ApiResult<Response> {
     };
     let ns = ctx.target.namespace.clone();
     let store = ctx.inner.store.clone();
+    let shared = ctx.inner.watch_lines.clone();
     let prefix = list_prefix(kind, ns.as_deref());
 
     let mut initial: Vec<Bytes> = Vec::new();
@@ -168,7 +255,7 @@ pub(crate) async fn watch(ctx: Ctx) -> ApiResult<Response> {
         Ok(ws) => {
             ws.filter_map(move |item| {
                 let out = match item {
-                    Ok(WatchItem::Event(ev)) => filter.event(&ev),
+                    Ok(WatchItem::Event(ev)) => filter.shared_event(&shared, &ev),
                     Ok(WatchItem::Progress(rev)) => {
                         filter.bookmarks.then(|| filter.bookmark(rev, false))
                     }

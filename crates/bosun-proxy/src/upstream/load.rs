@@ -137,7 +137,29 @@ impl Entry {
     }
 }
 
+/// One subject's entry, kept by the state that records into it on every request (a
+/// Service's, an endpoint's), so a request costs neither a key allocation nor the table's lock.
+/// Entries held by a handle are not forgotten while the handle lives.
+#[derive(Clone)]
+pub struct Handle(Arc<Entry>);
+
+impl Handle {
+    /// As [`LoadTable::start`].
+    pub fn start(&self) -> InFlight {
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            entry: self.0.clone(),
+            started: Instant::now(),
+        }
+    }
+}
+
 impl LoadTable {
+    /// The entry of `subject`, to record into without looking it up again.
+    pub fn handle(&self, namespace: &str, subject: Subject) -> Handle {
+        Handle(self.entry(namespace, subject))
+    }
+
     fn entry(&self, namespace: &str, subject: Subject) -> Arc<Entry> {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         map.entry((namespace.to_string(), subject))
@@ -162,7 +184,9 @@ impl LoadTable {
         let now = now_second();
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, e| {
-            e.in_flight.load(Ordering::Relaxed) > 0
+            // Held by a handle (or a request in flight): still recorded into.
+            Arc::strong_count(e) > 1
+                || e.in_flight.load(Ordering::Relaxed) > 0
                 || (e.last_second.load(Ordering::Relaxed) as u64) + FORGET_SECS > now
         });
         let mut items: Vec<Value> = map

@@ -383,6 +383,8 @@ type HttpClient = Client<EndpointConnector, Body>;
 
 struct EndpointState {
     ep: Endpoint,
+    /// The pod's entry in the load table, from the first request on.
+    pod_load: std::sync::OnceLock<load::Handle>,
     load: LoadTracker,
     outlier: Mutex<OutlierState>,
     h1: HttpClient,
@@ -401,6 +403,7 @@ impl EndpointState {
             .build(conn);
         EndpointState {
             ep,
+            pod_load: std::sync::OnceLock::new(),
             load: LoadTracker::default(),
             outlier: Mutex::new(OutlierState::default()),
             h1,
@@ -433,6 +436,128 @@ struct PortSet {
 
 type SvcKey = (String, String);
 
+/// A [`SvcKey`] borrowed as two `&str`, so that the per-request lookups allocate nothing
+/// (`HashMap<SvcKey, _>::get` wants a `&Q` that `SvcKey` borrows as).
+trait SvcKeyRef {
+    fn parts(&self) -> (&str, &str);
+}
+
+impl SvcKeyRef for SvcKey {
+    fn parts(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl SvcKeyRef for (&str, &str) {
+    fn parts(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn SvcKeyRef + 'a> for SvcKey {
+    fn borrow(&self) -> &(dyn SvcKeyRef + 'a) {
+        self
+    }
+}
+
+// Hashes as the tuple `(String, String)` does (each field in order), as `Borrow` requires.
+impl std::hash::Hash for dyn SvcKeyRef + '_ {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let (a, b) = self.parts();
+        a.hash(h);
+        b.hash(h);
+    }
+}
+
+impl PartialEq for dyn SvcKeyRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn SvcKeyRef + '_ {}
+
+fn lookup<'m, V>(map: &'m HashMap<SvcKey, V>, ns: &str, name: &str) -> Option<&'m V> {
+    map.get(&(ns, name) as &dyn SvcKeyRef)
+}
+
+/// What every request to one Service touches, resolved once per Service rather than per
+/// request: its metric series (no label set to build and hash), retry budget and load entry.
+struct SvcHandles {
+    labels: SvcLabels,
+    metrics: Metrics,
+    budget: TpsBudget,
+    duration: prometheus_client::metrics::histogram::Histogram,
+    rx: prometheus_client::metrics::counter::Counter,
+    tx: prometheus_client::metrics::counter::Counter,
+    /// `upstream_requests` by status: the few statuses a Service answers with.
+    requests: RwLock<Vec<(u16, prometheus_client::metrics::counter::Counter)>>,
+    load: load::Handle,
+}
+
+impl SvcHandles {
+    fn new(namespace: &str, service: &str, metrics: &Metrics) -> SvcHandles {
+        let labels = SvcLabels {
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+        };
+        let dir = |direction| DirLabels {
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+            direction,
+        };
+        // One statement each: `get_or_create` hands out a read guard of the family, and
+        // the next one may need its write lock.
+        let duration = metrics.duration.get_or_create(&labels).clone();
+        let rx = metrics.bytes.get_or_create(&dir("rx")).clone();
+        let tx = metrics.bytes.get_or_create(&dir("tx")).clone();
+        SvcHandles {
+            budget: TpsBudget::new(Duration::from_secs(10), 10, 0.2),
+            duration,
+            rx,
+            tx,
+            requests: RwLock::new(Vec::new()),
+            load: load::table().handle(namespace, load::Subject::Service(service.to_string())),
+            metrics: metrics.clone(),
+            labels,
+        }
+    }
+
+    fn count_request(&self, status: u16) {
+        let known = self
+            .requests
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, c)| c.clone());
+        let counter = known.unwrap_or_else(|| {
+            let c = self
+                .metrics
+                .requests
+                .get_or_create(&StatusLabels {
+                    namespace: self.labels.namespace.clone(),
+                    service: self.labels.service.clone(),
+                    status,
+                })
+                .clone();
+            let mut v = self.requests.write().unwrap_or_else(|e| e.into_inner());
+            if !v.iter().any(|(s, _)| *s == status) {
+                v.push((status, c.clone()));
+            }
+            c
+        });
+        counter.inc();
+    }
+}
+
+/// A target's Service, endpoint set and handles, looked up together.
+struct Resolved {
+    info: Arc<ServiceInfo>,
+    set: Arc<PortSet>,
+    handles: Arc<SvcHandles>,
+}
+
 #[derive(Clone, Debug)]
 struct SliceData {
     service: String,
@@ -447,7 +572,7 @@ struct State {
     services: HashMap<SvcKey, Arc<ServiceInfo>>,
     slices: HashMap<SvcKey, SliceData>,
     sets: HashMap<SvcKey, HashMap<String, Arc<PortSet>>>,
-    budgets: HashMap<SvcKey, Arc<TpsBudget>>,
+    handles: HashMap<SvcKey, Arc<SvcHandles>>,
 }
 
 struct Inner {
@@ -489,8 +614,7 @@ pub struct Picked {
     set: Arc<PortSet>,
     handle: Option<tower::load::peak_ewma::Handle>,
     outlier: OutlierConfig,
-    metrics: Metrics,
-    labels: SvcLabels,
+    handles: Arc<SvcHandles>,
     /// Counts the request in the pod's load figures until the outcome is reported.
     _load: Option<load::InFlight>,
 }
@@ -525,12 +649,13 @@ impl Picked {
             .unwrap_or_else(|e| e.into_inner())
             .failure(now, &self.outlier, may);
         if let Some(d) = ejected {
+            let h = &self.handles;
             tracing::info!(
-                namespace = %self.labels.namespace, service = %self.labels.service,
+                namespace = %h.labels.namespace, service = %h.labels.service,
                 endpoint = %self.endpoint.addr, seconds = d.as_secs_f64(),
                 "endpoint ejected after consecutive errors"
             );
-            self.metrics.ejections.get_or_create(&self.labels).inc();
+            h.metrics.ejections.get_or_create(&h.labels).inc();
         }
     }
 
@@ -626,10 +751,7 @@ impl Upstreams {
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<Arc<ServiceInfo>> {
-        self.read()
-            .services
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
+        lookup(&self.read().services, namespace, name).cloned()
     }
 
     /// Ready endpoints of a target (ejected ones included).
@@ -682,7 +804,7 @@ impl Upstreams {
         let key = (namespace.to_string(), name.to_string());
         let mut st = self.write();
         let removed = st.services.remove(&key).is_some();
-        st.budgets.remove(&key);
+        st.handles.remove(&key);
         drop(st);
         if removed {
             self.bump();
@@ -720,7 +842,7 @@ impl Upstreams {
 
     pub fn delete_endpoint_slice(&self, namespace: &str, name: &str) {
         let mut st = self.write();
-        if let Some(d) = st.slices.remove(&(namespace.to_string(), name.to_string())) {
+        if let Some(d) = st.slices.remove(&(namespace, name) as &dyn SvcKeyRef) {
             rebuild(&mut st, namespace, &d.service);
         }
         drop(st);
@@ -740,7 +862,7 @@ impl Upstreams {
                 (key, Arc::new(i))
             })
             .collect();
-        st.budgets.retain(|k, _| infos.contains_key(k));
+        st.handles.retain(|k, _| infos.contains_key(k));
         st.services = infos;
         drop(st);
         self.bump();
@@ -831,58 +953,52 @@ impl Upstreams {
     // ---- picking ------------------------------------------------------------------------
 
     fn port_set(&self, target: &Target) -> Option<(Arc<ServiceInfo>, Arc<PortSet>)> {
-        let st = self.read();
-        let key = (target.namespace.clone(), target.service.clone());
-        let info = st.services.get(&key).cloned();
-        let sets = st.sets.get(&key);
-        let port_name = match (&target.port, &info) {
-            (PortRef::Name(n), _) => Some(n.clone()),
-            (PortRef::Number(n), Some(i)) => i
-                .ports
-                .iter()
-                .find(|p| p.port == *n)
-                .map(|p| p.name.clone()),
-            // Service object not seen (yet): a single-port slice set is unambiguous.
-            (PortRef::Number(_), None) => match sets {
-                Some(s) if s.len() == 1 => s.keys().next().cloned(),
-                _ => None,
-            },
-        };
-        let set = port_name
-            .and_then(|n| sets.and_then(|s| s.get(&n)).cloned())
-            .unwrap_or_else(|| {
-                Arc::new(PortSet {
-                    endpoints: Vec::new(),
-                    balancer: Balancer::default(),
-                })
-            });
-        let info = info.unwrap_or_else(|| {
-            Arc::new(ServiceInfo {
-                namespace: target.namespace.clone(),
-                name: target.service.clone(),
-                type_: "ClusterIP".into(),
-                cluster_ips: Vec::new(),
-                ports: Vec::new(),
-                policy: Policy::default(),
-                policy_error: None,
-                activation: None,
-                activity: Default::default(),
-                split: None,
-            })
-        });
-        Some((info, set))
+        Some(port_set_in(&self.read(), target))
     }
 
-    fn budget(&self, ns: &str, svc: &str) -> Arc<TpsBudget> {
-        let key = (ns.to_string(), svc.to_string());
-        if let Some(b) = self.read().budgets.get(&key) {
-            return b.clone();
+    /// `target`'s Service, endpoints and handles (created on its first request).
+    fn resolve(&self, target: &Target) -> Resolved {
+        let (info, set, handles) = {
+            let st = self.read();
+            let (info, set) = port_set_in(&st, target);
+            let handles = lookup(&st.handles, &target.namespace, &target.service).cloned();
+            (info, set, handles)
+        };
+        let handles = handles.unwrap_or_else(|| self.handles(target));
+        Resolved { info, set, handles }
+    }
+
+    /// Like [`Upstreams::resolve`], after sending a share of the traffic to a canary
+    /// Service (see [`split`]): the split decision and the lookups share one read lock.
+    fn resolve_split(&self, target: &Target, headers: &HeaderMap) -> (Option<Target>, Resolved) {
+        let (canary, info, set, handles) = {
+            let st = self.read();
+            let canary = split_in(&st, target, Some(headers));
+            let t = canary.as_ref().unwrap_or(target);
+            let (info, set) = port_set_in(&st, t);
+            let handles = lookup(&st.handles, &t.namespace, &t.service).cloned();
+            (canary, info, set, handles)
+        };
+        let t = canary.as_ref().unwrap_or(target);
+        let handles = handles.unwrap_or_else(|| self.handles(t));
+        (canary, Resolved { info, set, handles })
+    }
+
+    fn handles(&self, target: &Target) -> Arc<SvcHandles> {
+        let mut st = self.write();
+        if let Some(h) = lookup(&st.handles, &target.namespace, &target.service) {
+            return h.clone();
         }
-        self.write()
-            .budgets
-            .entry(key)
-            .or_insert_with(|| Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)))
-            .clone()
+        let h = Arc::new(SvcHandles::new(
+            &target.namespace,
+            &target.service,
+            &self.inner.metrics,
+        ));
+        st.handles.insert(
+            (target.namespace.clone(), target.service.clone()),
+            h.clone(),
+        );
+        h
     }
 
     /// Chooses an endpoint of `target` with the Service's policy (or `policy`), hashing
@@ -904,53 +1020,9 @@ impl Upstreams {
         hash_key: Option<&[u8]>,
         tried: &[SocketAddr],
     ) -> Result<Picked, UpstreamError> {
-        let (info, set) = self
-            .port_set(target)
-            .ok_or_else(|| UpstreamError::UnknownService(svc_name(target)))?;
-        let policy = policy.unwrap_or(&info.policy);
-        let now = Instant::now();
-        let healthy: Vec<Arc<EndpointState>> = set
-            .endpoints
-            .iter()
-            .filter(|e| !e.is_ejected(now))
-            .cloned()
-            .collect();
-        let fresh: Vec<Arc<EndpointState>> = healthy
-            .iter()
-            .filter(|e| !tried.contains(&e.ep.addr))
-            .cloned()
-            .collect();
-        let candidates = if !fresh.is_empty() {
-            fresh
-        } else if !healthy.is_empty() {
-            healthy
-        } else {
-            set.endpoints.clone()
-        };
-        let i = set
-            .balancer
-            .pick(policy.balancer, &candidates, hash_key)
-            .ok_or_else(|| UpstreamError::NoEndpoints(svc_name(target)))?;
-        let state = candidates[i].clone();
-        let handle = Some(state.load.start());
-        let pod_load = state
-            .ep
-            .pod
-            .as_ref()
-            .map(|pod| load::table().start(&target.namespace, load::Subject::Pod(pod.clone())));
-        Ok(Picked {
-            endpoint: state.ep.clone(),
-            state,
-            set,
-            handle,
-            outlier: policy.outlier.clone(),
-            metrics: self.inner.metrics.clone(),
-            labels: SvcLabels {
-                namespace: target.namespace.clone(),
-                service: target.service.clone(),
-            },
-            _load: pod_load,
-        })
+        let r = self.resolve(target);
+        let policy = policy.unwrap_or(&r.info.policy);
+        pick_in(target, r.set, r.handles, policy, hash_key, tried)
     }
 
     // ---- traffic split ---------------------------------------------------------------------
@@ -958,17 +1030,7 @@ impl Upstreams {
     /// Where a request (with `headers`) or an L4 connection (without) to `target` goes when
     /// its Service splits traffic toward a canary (see [`split`]): `Some` canary target.
     pub fn split_target(&self, target: &Target, headers: Option<&HeaderMap>) -> Option<Target> {
-        let st = self.read();
-        let info = st
-            .services
-            .get(&(target.namespace.clone(), target.service.clone()))?;
-        let split = info.split.as_ref()?;
-        let roll = rand::random_range(0..100u32);
-        split.to_canary(headers, roll).then(|| Target {
-            namespace: target.namespace.clone(),
-            service: split.canary_service.clone(),
-            port: target.port.clone(),
-        })
+        split_in(&self.read(), target, headers)
     }
 
     // ---- scale to zero -------------------------------------------------------------------
@@ -1138,12 +1200,9 @@ impl Upstreams {
         B::Error: Into<BoxError>,
     {
         let started = Instant::now();
-        let canary = self.split_target(target, Some(req.headers()));
+        let (canary, resolved) = self.resolve_split(target, req.headers());
         let target = canary.as_ref().unwrap_or(target);
-        let labels = SvcLabels {
-            namespace: target.namespace.clone(),
-            service: target.service.clone(),
-        };
+        let h = resolved.handles.clone();
         let tracing = self.inner.tracer.get();
         let mut hop = Hop {
             enabled: tracing.is_some(),
@@ -1159,50 +1218,44 @@ impl Upstreams {
                     .map(|r| r.0.clone()),
             )
         });
-        let m = &self.inner.metrics;
-        let service_load = load::table().start(
-            &target.namespace,
-            load::Subject::Service(target.service.clone()),
-        );
+        let service_load = h.load.start();
+        let Resolved { info, set, .. } = resolved;
         let mut open: Option<activation::OpenGuard> = None;
-        let resp = match self.port_set(target) {
-            None => UpstreamError::UnknownService(svc_name(target)).into_response(),
-            Some((info, set)) => {
-                // Only Services whose workload may be at zero pay for this (one atomic store).
-                let held = match &info.activation {
-                    Some(_) => self
-                        .activate(target, &info, set.endpoints.is_empty())
-                        .await
-                        .map(Some),
-                    None => Ok(None),
-                };
-                match held {
-                    Err(e) => e.into_response(),
-                    Ok(held) => {
-                        // Open until the response body ends (below) or, for an upgrade,
-                        // until the spliced connection closes (`upgrade_call`).
-                        let mut req = req;
-                        if let Some(g) = held {
-                            req.extensions_mut().insert(g.clone());
-                            open = Some(g);
-                        }
-                        let policy = policy.cloned().unwrap_or_else(|| info.policy.clone());
-                        let call = self.call_inner(target, req, &policy, &labels, &mut hop);
-                        match policy.timeout {
-                            Some(t) => match tokio::time::timeout(t, call).await {
-                                Ok(r) => r,
-                                Err(_) => UpstreamError::Timeout.into_response(),
-                            },
-                            None => call.await,
-                        }
-                    }
+        // Only Services whose workload may be at zero pay for this (one atomic store).
+        let (held, set) = match &info.activation {
+            Some(_) => {
+                let held = self
+                    .activate(target, &info, set.endpoints.is_empty())
+                    .await
+                    .map(Some);
+                // Endpoints may have arrived while the request was held.
+                (held, None)
+            }
+            None => (Ok(None), Some(set)),
+        };
+        let resp = match held {
+            Err(e) => e.into_response(),
+            Ok(held) => {
+                // Open until the response body ends (below) or, for an upgrade, until the
+                // spliced connection closes (`upgrade_call`).
+                let mut req = req;
+                if let Some(g) = held {
+                    req.extensions_mut().insert(g.clone());
+                    open = Some(g);
+                }
+                let policy = policy.unwrap_or(&info.policy);
+                let call = self.call_inner(target, req, policy, &h, set, &mut hop);
+                match policy.timeout {
+                    Some(t) => match tokio::time::timeout(t, call).await {
+                        Ok(r) => r,
+                        Err(_) => UpstreamError::Timeout.into_response(),
+                    },
+                    None => call.await,
                 }
             }
         };
         drop(service_load);
-        m.duration
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
+        h.duration.observe(started.elapsed().as_secs_f64());
         if let (Some((tracer, component)), Some((wall, method, path, route)), Some(ids)) =
             (tracing, span_start, hop.ids)
             && ids.sampled()
@@ -1212,7 +1265,7 @@ impl Upstreams {
                 component,
                 method,
                 path,
-                service: format!("{}/{}", labels.namespace, labels.service),
+                service: format!("{}/{}", h.labels.namespace, h.labels.service),
                 route,
                 upstream: hop.endpoint.as_ref().map(|e| e.addr),
                 pod: hop.endpoint.and_then(|e| e.pod),
@@ -1227,21 +1280,8 @@ impl Upstreams {
                 bytes: None,
             });
         }
-        m.requests
-            .get_or_create(&StatusLabels {
-                namespace: labels.namespace.clone(),
-                service: labels.service.clone(),
-                status: resp.status().as_u16(),
-            })
-            .inc();
-        let tx = m
-            .bytes
-            .get_or_create(&DirLabels {
-                namespace: labels.namespace,
-                service: labels.service,
-                direction: "tx",
-            })
-            .clone();
+        h.count_request(resp.status().as_u16());
+        let tx = h.tx.clone();
         resp.map(|b| {
             b.map_frame(move |f| {
                 let _open = &open;
@@ -1259,14 +1299,16 @@ impl Upstreams {
         target: &Target,
         req: Request<B>,
         policy: &Policy,
-        labels: &SvcLabels,
+        h: &Arc<SvcHandles>,
+        // The endpoints looked up with the Service (None: look them up again).
+        mut set: Option<Arc<PortSet>>,
         hop: &mut Hop,
     ) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        let m = &self.inner.metrics;
+        let (m, labels) = (&h.metrics, &h.labels);
         let (mut parts, body) = req.into_parts();
         let client_addr = parts.extensions.get::<ClientAddr>().map(|c| c.0);
         let hash_key: Option<Vec<u8>> = match &policy.hash_key {
@@ -1309,14 +1351,7 @@ impl Upstreams {
                 .await;
         }
         strip_hop_by_hop(&mut parts.headers);
-        let rx = m
-            .bytes
-            .get_or_create(&DirLabels {
-                namespace: labels.namespace.clone(),
-                service: labels.service.clone(),
-                direction: "rx",
-            })
-            .clone();
+        let rx = &h.rx;
         // Small sized bodies are buffered so that the request can be replayed.
         let replayable = body.is_end_stream()
             || body
@@ -1355,7 +1390,7 @@ impl Upstreams {
         };
         let idempotent = policy.retry_non_idempotent
             || matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-        let budget = self.budget(&target.namespace, &target.service);
+        let budget = &h.budget;
         budget.deposit();
         let use_h2 = match policy.protocol {
             UpstreamProtocol::Http2 => true,
@@ -1365,11 +1400,16 @@ impl Upstreams {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempt = 0u32;
         loop {
-            let picked =
-                match self.pick_excluding(target, Some(policy), hash_key.as_deref(), &tried) {
-                    Ok(p) => p,
-                    Err(e) => return e.into_response(),
-                };
+            // A retry looks the endpoints up again: the one that failed may be gone.
+            let set = match set.take() {
+                Some(s) => s,
+                None => port_set_in(&self.read(), target).1,
+            };
+            let picked = match pick_in(target, set, h.clone(), policy, hash_key.as_deref(), &tried)
+            {
+                Ok(p) => p,
+                Err(e) => return e.into_response(),
+            };
             let addr = picked.endpoint.addr;
             tried.push(addr);
             if hop.enabled {
@@ -1822,6 +1862,120 @@ fn slice_data(slice: &EndpointSlice) -> Option<SliceData> {
         service,
         ports,
         addrs,
+    })
+}
+
+fn port_set_in(st: &State, target: &Target) -> (Arc<ServiceInfo>, Arc<PortSet>) {
+    let info = lookup(&st.services, &target.namespace, &target.service);
+    let sets = lookup(&st.sets, &target.namespace, &target.service);
+    let port_name: Option<&str> = match (&target.port, info) {
+        (PortRef::Name(n), _) => Some(n),
+        (PortRef::Number(n), Some(i)) => i
+            .ports
+            .iter()
+            .find(|p| p.port == *n)
+            .map(|p| p.name.as_str()),
+        // Service object not seen (yet): a single-port slice set is unambiguous.
+        (PortRef::Number(_), None) => match sets {
+            Some(s) if s.len() == 1 => s.keys().next().map(String::as_str),
+            _ => None,
+        },
+    };
+    let set = port_name
+        .and_then(|n| sets.and_then(|s| s.get(n)).cloned())
+        .unwrap_or_else(|| {
+            Arc::new(PortSet {
+                endpoints: Vec::new(),
+                balancer: Balancer::default(),
+            })
+        });
+    let info = info.cloned().unwrap_or_else(|| {
+        Arc::new(ServiceInfo {
+            namespace: target.namespace.clone(),
+            name: target.service.clone(),
+            type_: "ClusterIP".into(),
+            cluster_ips: Vec::new(),
+            ports: Vec::new(),
+            policy: Policy::default(),
+            policy_error: None,
+            activation: None,
+            activity: Default::default(),
+            split: None,
+        })
+    });
+    (info, set)
+}
+
+fn split_in(st: &State, target: &Target, headers: Option<&HeaderMap>) -> Option<Target> {
+    let info = lookup(&st.services, &target.namespace, &target.service)?;
+    let split = info.split.as_ref()?;
+    let roll = rand::random_range(0..100u32);
+    split.to_canary(headers, roll).then(|| Target {
+        namespace: target.namespace.clone(),
+        service: split.canary_service.clone(),
+        port: target.port.clone(),
+    })
+}
+
+/// Chooses an endpoint of `set`, skipping ejected endpoints while others remain and `tried`
+/// ones while untried remain.
+fn pick_in(
+    target: &Target,
+    set: Arc<PortSet>,
+    handles: Arc<SvcHandles>,
+    policy: &Policy,
+    hash_key: Option<&[u8]>,
+    tried: &[SocketAddr],
+) -> Result<Picked, UpstreamError> {
+    let now = Instant::now();
+    let usable = |e: &Arc<EndpointState>| !e.is_ejected(now) && !tried.contains(&e.ep.addr);
+    // Usually every endpoint is usable: balance over the set itself, without a copy.
+    let filtered: Vec<Arc<EndpointState>>;
+    let candidates: &[Arc<EndpointState>] = if set.endpoints.iter().all(usable) {
+        &set.endpoints
+    } else {
+        let healthy: Vec<Arc<EndpointState>> = set
+            .endpoints
+            .iter()
+            .filter(|e| !e.is_ejected(now))
+            .cloned()
+            .collect();
+        let fresh: Vec<Arc<EndpointState>> = healthy
+            .iter()
+            .filter(|e| !tried.contains(&e.ep.addr))
+            .cloned()
+            .collect();
+        filtered = if !fresh.is_empty() {
+            fresh
+        } else if !healthy.is_empty() {
+            healthy
+        } else {
+            set.endpoints.clone()
+        };
+        &filtered
+    };
+    let i = set
+        .balancer
+        .pick(policy.balancer, candidates, hash_key)
+        .ok_or_else(|| UpstreamError::NoEndpoints(svc_name(target)))?;
+    let state = candidates[i].clone();
+    let handle = Some(state.load.start());
+    let pod_load = state.ep.pod.as_ref().map(|pod| {
+        state
+            .pod_load
+            .get_or_init(|| {
+                load::table().handle(&target.namespace, load::Subject::Pod(pod.clone()))
+            })
+            .start()
+    });
+    Ok(Picked {
+        endpoint: state.ep.clone(),
+        state,
+        set,
+        handle,
+        outlier: policy.outlier.clone(),
+        handles,
+        _load: pod_load,
     })
 }
 
