@@ -157,7 +157,7 @@ pub(crate) struct Inner {
     /// See [`ApiServerConfig::external_metrics`].
     pub external_metrics: Option<String>,
     /// Watch lines encoded once for every watch that sees the change the same way.
-    pub watch_lines: Arc<watch::SharedLines>,
+    pub watch_lines: Arc<objects::watch::SharedLines>,
 }
 
 /// The API server. Cheap to clone.
