@@ -4,6 +4,8 @@ import json
 import os
 import tempfile
 
+from conftest import wait_for
+
 APP = """
 apiVersion: v1
 kind: ConfigMap
@@ -43,8 +45,13 @@ def test_apply_wait_get_logs_rollout(cluster):
     out = cluster.cli("get", "deploy").stdout.splitlines()
     assert out[0].split()[:2] == ["NAME", "READY"] and out[1].split()[:2] == ["cli", "2/2"], out
     # Logs from every pod of the deployment, prefixed with namespace, pod and container.
-    logs = cluster.cli("logs", "deploy/cli", "--tail", "5").stdout
-    prefixes = {line.split()[0] for line in logs.splitlines() if "say ahoy" in line}
+    # A pod is Ready as soon as it starts; its first line may come a moment later.
+    def prefixes_of_both():
+        logs = cluster.cli("logs", "deploy/cli", "--tail", "5").stdout
+        found = {line.split()[0] for line in logs.splitlines() if "say ahoy" in line}
+        return (found, logs) if len(found) == 2 else None
+
+    prefixes, logs = wait_for(prefixes_of_both, timeout=30, what="a line from both pods")
     assert len(prefixes) == 2 and all(
         p.startswith("default/cli-") and p.endswith("/main") for p in prefixes), logs
 

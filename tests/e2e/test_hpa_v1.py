@@ -135,10 +135,21 @@ def test_v1_round_trip_keeps_what_v1_cannot_say(cluster, app):
     ann = v1.metadata.annotations
     assert json.loads(ann[METRICS])[0]["pods"]["metricName"] == "requests_per_second", ann
     assert json.loads(ann[BEHAVIOR])["scaleDown"]["stabilizationWindowSeconds"] == 17, ann
-    # Replace through v1: a new CPU target and max, the rest carried by the annotations.
-    v1.spec.target_cpu_utilization_percentage = 40
-    v1.spec.max_replicas = 6
-    out = api.replace_namespaced_horizontal_pod_autoscaler("rich", "default", v1)
+    # Replace through v1: a new CPU target and max, the rest carried by the annotations. The
+    # HPA controller writes the status meanwhile, so a stale read gets a Conflict: read again,
+    # as every read-modify-write client does.
+    for _ in range(20):
+        v1.spec.target_cpu_utilization_percentage = 40
+        v1.spec.max_replicas = 6
+        try:
+            out = api.replace_namespaced_horizontal_pod_autoscaler("rich", "default", v1)
+            break
+        except client.exceptions.ApiException as e:
+            if e.status != 409:
+                raise
+            v1 = api.read_namespaced_horizontal_pod_autoscaler("rich", "default")
+    else:
+        raise AssertionError("the v1 replace kept conflicting")
     assert out.api_version == "autoscaling/v1" and out.spec.target_cpu_utilization_percentage == 40
     v2 = raw(cluster, "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/rich")
     assert v2["spec"]["maxReplicas"] == 6

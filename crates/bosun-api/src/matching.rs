@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, PersistentVolume, Taint, Toleration,
+    Node, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolume, Taint, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube_core::{Selector, SelectorExt};
@@ -79,25 +79,41 @@ pub fn node_affinity_matches(v: &PersistentVolume, node: &Node) -> bool {
     else {
         return true;
     };
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let name = node.metadata.name.clone().unwrap_or_default();
-    // Terms are ORed, expressions within a term ANDed.
-    req.node_selector_terms.iter().any(|t| {
-        let exprs_ok = t.match_expressions.iter().flatten().all(|e| {
-            let val = labels.get(&e.key);
-            requirement_holds(e, val.map(String::as_str))
-        });
-        let fields_ok = t.match_fields.iter().flatten().all(|e| {
-            let val = (e.key == "metadata.name").then_some(name.as_str());
-            requirement_holds(e, val)
-        });
-        let empty = t.match_expressions.as_ref().is_none_or(|v| v.is_empty())
-            && t.match_fields.as_ref().is_none_or(|v| v.is_empty());
-        !empty && exprs_ok && fields_ok
-    })
+    let empty = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    let name = node.metadata.name.as_deref().unwrap_or("");
+    // Terms are ORed.
+    req.node_selector_terms
+        .iter()
+        .any(|t| node_term_matches(t, labels, name))
 }
 
-fn requirement_holds(e: &NodeSelectorRequirement, val: Option<&str>) -> bool {
+/// A node selector term against a node's labels and name: expressions on labels and on fields
+/// (only `metadata.name`, with In or NotIn, exists), ANDed. A term with neither matches
+/// nothing, as upstream.
+pub fn node_term_matches(
+    term: &NodeSelectorTerm,
+    labels: &BTreeMap<String, String>,
+    name: &str,
+) -> bool {
+    let exprs = term.match_expressions.as_deref().unwrap_or(&[]);
+    let fields = term.match_fields.as_deref().unwrap_or(&[]);
+    if exprs.is_empty() && fields.is_empty() {
+        return false;
+    }
+    exprs
+        .iter()
+        .all(|e| requirement_holds(e, labels.get(&e.key).map(String::as_str)))
+        && fields.iter().all(|f| {
+            f.key == "metadata.name"
+                && matches!(f.operator.as_str(), "In" | "NotIn")
+                && requirement_holds(f, Some(name))
+        })
+}
+
+/// One requirement (`In`, `NotIn`, `Exists`, `DoesNotExist`, `Gt`, `Lt`) against the value
+/// of its key, if the node has one.
+pub fn requirement_holds(e: &NodeSelectorRequirement, val: Option<&str>) -> bool {
     let values = e.values.as_deref().unwrap_or(&[]);
     match e.operator.as_str() {
         "In" => val.is_some_and(|v| values.iter().any(|x| x == v)),

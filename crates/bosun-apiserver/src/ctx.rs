@@ -68,18 +68,23 @@ impl Ctx {
     }
 
     pub fn content_type(&self) -> String {
-        self.headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| {
-                s.split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_ascii_lowercase()
-            })
-            .unwrap_or_default()
+        media_type(&self.headers)
     }
+}
+
+/// The request's media type, lower case and without parameters (`; charset=...`).
+pub(crate) fn media_type(headers: &http::HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| {
+            s.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
 }
 
 pub(crate) fn parse_query(uri: &http::Uri) -> HashMap<String, String> {

@@ -244,18 +244,7 @@ pub(crate) async fn middleware(
                 break 'resp ApiError::too_large(inner.max_body_bytes).into_response();
             };
             // Recorded as JSON whatever it came as (JSON, YAML or protobuf), as Kubernetes does.
-            let ct = parts
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(|s| {
-                    s.split(';')
-                        .next()
-                        .unwrap_or_default()
-                        .trim()
-                        .to_ascii_lowercase()
-                })
-                .unwrap_or_default();
+            let ct = crate::ctx::media_type(&parts.headers);
             request_object = crate::ctx::parse_doc(&ct, &bytes).ok();
             body = Body::from(bytes);
         }
@@ -270,18 +259,7 @@ pub(crate) async fn middleware(
             break 'resp ApiError::too_large(1 << 20).into_response();
         };
         if let Some(review) = review {
-            let ct = parts
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(|s| {
-                    s.split(';')
-                        .next()
-                        .unwrap_or_default()
-                        .trim()
-                        .to_ascii_lowercase()
-                })
-                .unwrap_or_default();
+            let ct = crate::ctx::media_type(&parts.headers);
             break 'resp crate::reviews::handle(&inner, &acting, review, &bytes, &ct).await;
         }
         let Some(stamped) = stamp_requester(&bytes, &acting) else {

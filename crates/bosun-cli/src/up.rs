@@ -699,7 +699,22 @@ pub(crate) fn console_listener(opts: &ServerOpts) -> Result<Option<std::net::Tcp
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
+/// A loopback port for an internal listener that is bound later. Taken below the kernel's
+/// ephemeral range: a port handed out by `bind(0)` is free only until the next outgoing
+/// connection takes it as its local port, which under load happens between the pick and
+/// the bind (the listener then fails with "address already in use").
 fn free_local_port() -> Result<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (low.saturating_sub(12_000).max(1024), low);
+    for _ in 0..if from < to { 200 } else { 0 } {
+        let port = rand::random_range(from..to);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
         .local_addr()?
         .port())

@@ -28,6 +28,8 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use bosun_api::matching::node_term_matches;
+
 use crate::events::{NORMAL, Recorder};
 use crate::util::{
     LabelMatcher, controller_of, controller_ref, fnv32a, is_not_found, pod_available_in,
@@ -63,36 +65,6 @@ pub fn daemon_tolerations(host_network: bool) -> Vec<Toleration> {
     out
 }
 
-fn requirement(
-    labels: &BTreeMap<String, String>,
-    name: &str,
-    e: &NodeSelectorRequirement,
-    field: bool,
-) -> bool {
-    let v = if field {
-        (e.key == "metadata.name").then_some(name)
-    } else {
-        labels.get(&e.key).map(String::as_str)
-    };
-    let values = e.values.as_deref().unwrap_or(&[]);
-    match e.operator.as_str() {
-        "In" => v.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => v.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => v.is_some(),
-        "DoesNotExist" => v.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(b)) = (
-                v.and_then(|v| v.parse::<i64>().ok()),
-                values.first().and_then(|b| b.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if e.operator == "Gt" { v > b } else { v < b }
-        }
-        _ => false,
-    }
-}
-
 /// Whether the daemon pod of `ds` should run on `node`, and whether one already there may
 /// stay (`NodeShouldRunDaemonPod`): NoSchedule taints stop new pods only.
 pub fn should_run(ds: &DaemonSet, node: &Node) -> (bool, bool) {
@@ -117,16 +89,9 @@ pub fn should_run(ds: &DaemonSet, node: &Node) -> (bool, bool) {
                 .as_ref()
         })
         .is_none_or(|req| {
-            req.node_selector_terms.iter().any(|t| {
-                t.match_expressions
-                    .iter()
-                    .flatten()
-                    .all(|e| requirement(labels, name, e, false))
-                    && t.match_fields
-                        .iter()
-                        .flatten()
-                        .all(|e| requirement(labels, name, e, true))
-            })
+            req.node_selector_terms
+                .iter()
+                .any(|t| node_term_matches(t, labels, name))
         });
     if !selector_ok || !affinity_ok {
         return (false, false);

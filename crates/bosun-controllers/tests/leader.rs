@@ -84,17 +84,25 @@ async fn one_leader_steps_down_when_its_lease_is_taken_and_releases_at_shutdown(
     assert_eq!(spec.lease_transitions, Some(0));
 
     // Someone else writes the lease: a sees it on its next renewal and stops its loops.
-    let mut taken = leases.get("test-leader").await.unwrap();
-    if let Some(s) = taken.spec.as_mut() {
-        s.holder_identity = Some("intruder".into());
-        s.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
-            jiff::Timestamp::now(),
-        ));
+    // A renewal by a between the read and the write is a Conflict: read again, as any
+    // writer of a Lease does.
+    loop {
+        let mut taken = leases.get("test-leader").await.unwrap();
+        if let Some(s) = taken.spec.as_mut() {
+            s.holder_identity = Some("intruder".into());
+            s.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                jiff::Timestamp::now(),
+            ));
+        }
+        match leases
+            .replace("test-leader", &PostParams::default(), &taken)
+            .await
+        {
+            Ok(_) => break,
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => panic!("taking the lease: {e}"),
+        }
     }
-    leases
-        .replace("test-leader", &PostParams::default(), &taken)
-        .await
-        .unwrap();
     eventually("a stepping down", || running.load(Ordering::SeqCst) == 0).await;
     // The intruder never renews: after the lease duration a or b takes over.
     eventually("a new leader", || running.load(Ordering::SeqCst) == 1).await;

@@ -7,9 +7,9 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
-};
+use k8s_openapi::api::core::v1::{Node, NodeSelectorTerm, Pod, Taint, Toleration};
+
+use bosun_api::matching::node_term_matches;
 
 use crate::affinity::InterPodAffinity;
 use crate::resources::{Resources, allocatable, nonzero_requests, pod_requests};
@@ -305,48 +305,9 @@ impl Score for TaintToleration {
 /// `spec.nodeSelector` and node affinity (required terms filter, preferred terms score).
 pub struct NodeAffinity;
 
-fn match_expression(value: Option<&String>, e: &NodeSelectorRequirement) -> bool {
-    let values = e.values.as_deref().unwrap_or(&[]);
-    match e.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                values.first().and_then(|b| b.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if e.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-/// A node selector term: expressions on labels and fields (only `metadata.name` exists),
-/// ANDed. A term with neither matches nothing, as upstream.
+/// A node selector term against the node (see `bosun_api::matching::node_term_matches`).
 pub fn term_matches(term: &NodeSelectorTerm, node: &NodeInfo) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or(&[]);
-    let fields = term.match_fields.as_deref().unwrap_or(&[]);
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    let labels = node.labels();
-    let name = node.name().to_string();
-    exprs
-        .iter()
-        .all(|e| match_expression(labels.get(&e.key), e))
-        && fields.iter().all(|f| {
-            f.key == "metadata.name"
-                && matches!(f.operator.as_str(), "In" | "NotIn")
-                && match_expression(Some(&name), f)
-        })
+    node_term_matches(term, node.labels(), node.name())
 }
 
 /// Whether the node passes the pod's nodeSelector and required node affinity.

@@ -6,12 +6,30 @@ use bosun_api::{KindInfo, conversion, strict};
 use http::{HeaderValue, StatusCode};
 use serde_json::{Value, json};
 
-use super::meta::{finalizers, meta_str, rv_of};
+use super::meta::{decode_kv, finalizers, meta_str, rv_of};
+use crate::Inner;
 use crate::ctx::{Ctx, json_response};
 use crate::error::{ApiError, ApiResult};
 
 /// Retries of a read-modify-write that lost a race without a client precondition.
 pub(crate) const MAX_RETRIES: usize = 32;
+
+/// The stored object at `key` (the start of a read-modify-write), or NotFound naming it.
+pub(crate) async fn current(
+    inner: &Inner,
+    kind: &KindInfo,
+    key: &str,
+    name: &str,
+) -> ApiResult<(bosun_store::KeyValue, Value)> {
+    let kv = inner
+        .store
+        .get(key)
+        .await
+        .map_err(ApiError::store)?
+        .ok_or_else(|| ApiError::not_found(kind, name))?;
+    let obj = decode_kv(&kv)?;
+    Ok((kv, obj))
+}
 
 pub(crate) fn is_namespace(kind: &KindInfo) -> bool {
     kind.group.is_empty() && kind.kind == "Namespace"

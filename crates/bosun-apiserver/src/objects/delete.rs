@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::common::{MAX_RETRIES, is_namespace, is_pod, is_service, served};
-use super::meta::{decode_kv, encode, finalizers, meta_mut, meta_str, set_rv, ts_rfc3339};
+use super::common::{MAX_RETRIES, current, is_namespace, is_pod, is_service, served};
+use super::meta::{encode, finalizers, meta_mut, meta_str, set_rv, ts_rfc3339};
 use super::read::{ListQuery, list_objects};
 use crate::Inner;
 use crate::ctx::{Ctx, json_response, parse_doc};
@@ -120,13 +120,7 @@ pub(crate) async fn delete_object(
 ) -> ApiResult<Deleted> {
     let key = kind.key(ns, name);
     for _ in 0..MAX_RETRIES {
-        let cur_kv = inner
-            .store
-            .get(&key)
-            .await
-            .map_err(ApiError::store)?
-            .ok_or_else(|| ApiError::not_found(kind, name))?;
-        let cur = decode_kv(&cur_kv)?;
+        let (cur_kv, cur) = current(inner, kind, &key, name).await?;
         if let Some(uid) = &opts.uid {
             let cur_uid = meta_str(&cur, "uid").unwrap_or_default();
             if uid != cur_uid {

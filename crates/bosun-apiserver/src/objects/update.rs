@@ -10,10 +10,10 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::common::{
-    MAX_RETRIES, check_type, field_validation, has_generation, is_namespace, is_service, json_raw,
-    normalize, ready_to_remove, respond, served, to_storage,
+    MAX_RETRIES, check_type, current, field_validation, has_generation, is_namespace, is_service,
+    json_raw, normalize, ready_to_remove, respond, served, to_storage,
 };
-use super::meta::{decode_kv, encode, meta_mut, meta_str, rv_of, set_rv};
+use super::meta::{encode, meta_mut, meta_str, rv_of, set_rv};
 use crate::Inner;
 use crate::ctx::{Ctx, parse_doc};
 use crate::error::{ApiError, ApiResult};
@@ -180,13 +180,7 @@ where
 {
     let key = kind.key(ns, name);
     for _ in 0..MAX_RETRIES {
-        let cur_kv = inner
-            .store
-            .get(&key)
-            .await
-            .map_err(ApiError::store)?
-            .ok_or_else(|| ApiError::not_found(kind, name))?;
-        let cur = decode_kv(&cur_kv)?;
+        let (cur_kv, cur) = current(inner, kind, &key, name).await?;
         let wanted = if conversion::is_converted(kind) {
             to_storage(kind, mutate(&served(kind, cur.clone()))?)?
         } else {
