@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bosun_watch::informer::Informer;
-use futures::StreamExt;
+use bosun_watch::wake::Wake;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -39,7 +39,6 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{NORMAL, Recorder};
@@ -261,25 +260,12 @@ pub async fn run(
 ) {
     let hpas = Informer::<HorizontalPodAutoscaler>::start(Api::all(client.clone()), stop.clone());
     hpas.ready().await;
-    let (tx, mut rx) = mpsc::channel::<()>(1);
-    fn forward<S>(s: S, tx: mpsc::Sender<()>) -> tokio::task::JoinHandle<()>
-    where
-        S: futures::Stream + Send + 'static,
-    {
-        tokio::spawn(async move {
-            futures::pin_mut!(s);
-            while s.next().await.is_some() {
-                let _ = tx.try_send(());
-            }
-        })
-    }
-    let forwarders = [
-        forward(deployments.subscribe(), tx.clone()),
-        forward(services.subscribe(), tx.clone()),
-        forward(leases.subscribe(), tx.clone()),
-        forward(hpas.subscribe(), tx.clone()),
-        forward(nodes.subscribe(), tx.clone()),
-    ];
+    let mut wake = Wake::new()
+        .on(deployments.subscribe())
+        .on(services.subscribe())
+        .on(leases.subscribe())
+        .on(hpas.subscribe())
+        .on(nodes.subscribe());
     let recorder = Recorder::new(client.clone(), MANAGER);
     let mut next: Option<i64> = None;
     loop {
@@ -294,7 +280,7 @@ pub async fn run(
         };
         tokio::select! {
             _ = stop.cancelled() => break,
-            r = rx.recv() => if r.is_none() { break },
+            r = wake.changed() => if r.is_none() { break },
             _ = sleep => {}
         }
         next = pass(
@@ -311,9 +297,6 @@ pub async fn run(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-    }
-    for f in forwarders {
-        f.abort();
     }
 }
 

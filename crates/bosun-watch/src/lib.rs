@@ -8,6 +8,8 @@
 //! - [`reconcile::drive`]: the one controller shape (kube-runtime's `Controller` fed by
 //!   informers, an idempotent reconcile, a common error policy), counted in [`metrics`].
 //! - [`errors`]: how to read the API's answers (not found, conflict).
+//! - [`wake::Wake`]: several informers' changes as one wake-up for a loop that re-reads its
+//!   caches on every pass.
 //!
 //! Events are written by `bosun-events`, which needs no watch.
 
@@ -15,6 +17,7 @@ pub mod errors;
 pub mod informer;
 pub mod metrics;
 pub mod reconcile;
+pub mod wake;
 
 pub use informer::{Informer, Notice};
 pub use reconcile::{DEFAULT_CONCURRENCY, ReconcileError, drive};

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bosun_watch::informer::Informer;
-use futures::StreamExt;
+use bosun_watch::wake::Wake;
 use http_body_util::BodyExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
@@ -34,7 +34,6 @@ use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::deployment::logic::compute_hash;
@@ -380,24 +379,11 @@ pub async fn run(
         _ = async { tokio::join!(rollouts.ready(), runs.ready(), templates.ready()) } => {}
         _ = stop.cancelled() => return,
     }
-    let (tx, mut rx) = mpsc::channel::<()>(1);
-    fn forward<S>(s: S, tx: mpsc::Sender<()>) -> tokio::task::JoinHandle<()>
-    where
-        S: futures::Stream + Send + 'static,
-    {
-        tokio::spawn(async move {
-            futures::pin_mut!(s);
-            while s.next().await.is_some() {
-                let _ = tx.try_send(());
-            }
-        })
-    }
-    let forwarders = [
-        forward(rollouts.subscribe(), tx.clone()),
-        forward(runs.subscribe(), tx.clone()),
-        forward(replica_sets.subscribe(), tx.clone()),
-        forward(services.subscribe(), tx.clone()),
-    ];
+    let mut wake = Wake::new()
+        .on(rollouts.subscribe())
+        .on(runs.subscribe())
+        .on(replica_sets.subscribe())
+        .on(services.subscribe());
     let c = Ctl {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), MANAGER),
@@ -409,7 +395,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            r = rx.recv() => if r.is_none() { break },
+            r = wake.changed() => if r.is_none() { break },
             _ = tokio::time::sleep(wait) => {}
         }
         let mut next = Duration::from_secs(10);
@@ -444,9 +430,6 @@ pub async fn run(
             }
         }
         wait = next.max(Duration::from_millis(100));
-    }
-    for f in forwarders {
-        f.abort();
     }
 }
 
