@@ -64,10 +64,40 @@ def bosun_bin():
     return os.path.join(target, "debug", "bosun")
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_HANDED_OUT = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now and handed out once per test run.
+
+    Taken below the kernel's ephemeral range: a `bind(0)` port is free only until an
+    outgoing connection takes it as its local port, and two `bind(0)` calls in a row may
+    return the same port (one cluster's API server and agent then collide). The band sits
+    below the one `bosun up` takes its own internal ports from (12,000 under the range)."""
+    low = _ephemeral_low() - 12000
+    start = max(1024, low - 12000)
+    for _ in range(500):
+        port = random.randrange(start, low) if start < low else 0
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 class Bosun:

@@ -48,8 +48,38 @@ pub fn bosun_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// A loopback port free now and handed out once by this process. Taken from a band below
+/// the one `bosun up` picks its internal ports from (itself below the kernel's ephemeral
+/// range): a `bind(0)` port is free only until an outgoing connection takes it, and two
+/// `bind(0)` calls in a row may return the same port (API server and agent then collide).
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768)
+        .saturating_sub(12_000);
+    let start = low.saturating_sub(12_000).max(1024);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..500 {
+        let port = if start < low {
+            rand::random_range(start..low)
+        } else {
+            0
+        };
+        if handed_out.contains(&port) {
+            continue;
+        }
+        let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) else {
+            continue;
+        };
+        let port = listener.local_addr()?.port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port below the ephemeral range")
 }
 
 impl Cluster {
