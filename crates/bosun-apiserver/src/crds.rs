@@ -108,6 +108,12 @@ pub(crate) fn group_versions(inner: &Inner) -> Vec<(&'static str, &'static str)>
 
 /// Conversion `None`: an object stored under another version of the CRD is served
 /// with the requested `apiVersion`.
+/// Whether [`convert`] changes objects of `kind` (served in another version than stored, or
+/// custom resources, whose `apiVersion` is the served one).
+pub(crate) fn converts(kind: &KindInfo) -> bool {
+    bosun_api::conversion::is_converted(kind) || kind.custom.is_some()
+}
+
 pub(crate) fn convert(kind: &KindInfo, obj: &mut Value) {
     // Built-in kinds served in a second version (autoscaling/v1 HorizontalPodAutoscaler).
     bosun_api::conversion::from_storage(kind, obj);

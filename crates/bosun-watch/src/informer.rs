@@ -118,6 +118,7 @@ where
             futures::pin_mut!(stream);
             // Objects present before a re-list, to notice deletions missed while disconnected.
             let mut before_relist: Option<HashMap<ObjectRef<K>, Arc<K>>> = None;
+            let cache = writer.as_reader();
             loop {
                 let ev = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -143,7 +144,13 @@ where
                 }
                 writer.apply_watcher_event(&ev);
                 match ev {
-                    Event::Apply(o) | Event::Delete(o) => {
+                    Event::Apply(o) => {
+                        // The store's copy, shared: one deep copy of each object, not two.
+                        let stored = cache.get(&ObjectRef::from_obj_with(&o, dt.clone()));
+                        let o = stored.unwrap_or_else(|| Arc::new(o));
+                        let _ = fan.send(Notice::Touched(o));
+                    }
+                    Event::Delete(o) => {
                         let _ = fan.send(Notice::Touched(Arc::new(o)));
                     }
                     Event::InitDone => {

@@ -111,3 +111,26 @@ async fn selectors_narrow_the_cache_and_ready_waits_for_the_list() {
     assert_eq!(names, ["x"]);
     stop.cancel();
 }
+
+#[tokio::test]
+async fn a_changed_object_is_notified_as_the_cached_copy() {
+    let (client, _dir) = client().await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let stop = CancellationToken::new();
+    let inf = Informer::start(api.clone(), stop.clone());
+    let mut n = Box::pin(inf.notices());
+    assert_eq!(next(&mut n).await, "synced");
+    let c = api
+        .create(&PostParams::default(), &config_map("c", json!({"k": "v"})))
+        .await
+        .unwrap();
+    let touched = match tokio::time::timeout(Duration::from_secs(10), n.next()).await {
+        Ok(Some(Notice::Touched(o))) => o,
+        other => panic!("expected a notice for c, got {other:?}"),
+    };
+    assert_eq!(touched.labels().get("k").map(String::as_str), Some("v"));
+    // One copy per object: subscribers share the cache's.
+    let cached = inf.current(&c).expect("c is cached");
+    assert!(Arc::ptr_eq(&touched, &cached));
+    stop.cancel();
+}

@@ -195,7 +195,10 @@ pub(crate) async fn bind(ctx: Ctx, body: Bytes) -> ApiResult<Response> {
             let mut obj = cur.clone();
             obj["spec"]["nodeName"] = json!(node);
             let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()});
-            let conds = obj["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            let conds = match obj["status"]["conditions"].take() {
+                Value::Array(c) => c,
+                _ => Vec::new(),
+            };
             let mut conds: Vec<Value> = conds
                 .into_iter()
                 .filter(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"))

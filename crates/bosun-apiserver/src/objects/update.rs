@@ -7,7 +7,7 @@ use bosun_api::{KindInfo, conversion, defaults, validation};
 use bosun_store::StoreError;
 use bytes::Bytes;
 use http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::common::{
     MAX_RETRIES, check_type, current, field_validation, has_generation, is_namespace, is_service,
@@ -159,6 +159,57 @@ fn comparable(v: &Value) -> Value {
     o
 }
 
+/// `comparable(a) == comparable(b)` without copying either object.
+fn same_write(a: &Value, b: &Value) -> bool {
+    fn meta(v: &Value) -> Option<&Map<String, Value>> {
+        v.get("metadata").and_then(Value::as_object)
+    }
+    let (Some(ta), Some(tb), Some(ma), Some(mb)) = (a.as_object(), b.as_object(), meta(a), meta(b))
+    else {
+        return comparable(a) == comparable(b);
+    };
+    // Maps compare regardless of key order, as `Value`'s equality does.
+    if ta.len() != tb.len()
+        || !ta
+            .iter()
+            .all(|(k, v)| k == "metadata" || tb.get(k) == Some(v))
+    {
+        return false;
+    }
+    let rv = |m: &Map<String, Value>| m.contains_key("resourceVersion") as usize;
+    if ma.len() - rv(ma) != mb.len() - rv(mb) {
+        return false;
+    }
+    ma.iter().all(|(k, va)| {
+        if k == "resourceVersion" {
+            return true;
+        }
+        let Some(vb) = mb.get(k) else {
+            return false;
+        };
+        match (k.as_str(), va, vb) {
+            ("managedFields", Value::Array(ea), Value::Array(eb)) => {
+                ea.len() == eb.len() && ea.iter().zip(eb).all(|(x, y)| same_entry(x, y))
+            }
+            _ => va == vb,
+        }
+    })
+}
+
+/// Two managedFields entries, their `time` aside.
+fn same_entry(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            let time = |m: &Map<String, Value>| m.contains_key("time") as usize;
+            a.len() - time(a) == b.len() - time(b)
+                && a.iter().all(|(k, v)| k == "time" || b.get(k) == Some(v))
+        }
+        // `comparable` drops `time` from object entries only.
+        (Value::Object(_), _) | (_, Value::Object(_)) => false,
+        _ => a == b,
+    }
+}
+
 pub(crate) struct Updated {
     pub obj: Value,
 }
@@ -217,7 +268,7 @@ where
             }
         }
         set_rv(&mut new, cur_kv.mod_revision);
-        if comparable(&new) == comparable(&cur)
+        if same_write(&new, &cur)
             && !ready_to_remove(kind, &cur)
             // A value under an old key (or plaintext) is written again: that is how
             // read + update re-encrypts with the current key, as in Kubernetes.
@@ -314,4 +365,58 @@ pub(crate) async fn update(ctx: Ctx, body: Bytes) -> ApiResult<Response> {
     )
     .await?;
     Ok(respond(StatusCode::OK, &up.obj, &warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_write_agrees_with_comparing_copies() {
+        let base = json!({"metadata": {"name": "p", "resourceVersion": "5", "labels": {"a": "b"},
+            "managedFields": [{"manager": "m", "time": "2026-01-01T00:00:00Z"}, "odd"]},
+            "spec": {"x": 1}, "status": {"phase": "Pending"}});
+        let variants = [
+            base.clone(),
+            json!({"spec": {"x": 1}, "status": {"phase": "Pending"}, "metadata": {
+                "labels": {"a": "b"}, "name": "p", "managedFields": [{"manager": "m",
+                "time": "2027-01-01T00:00:00Z"}, "odd"]}}),
+            json!({"metadata": {"name": "p", "resourceVersion": "6", "labels": {"a": "b"},
+                "managedFields": [{"manager": "m"}, "odd"]},
+                "spec": {"x": 1}, "status": {"phase": "Pending"}}),
+            json!({"metadata": {"name": "p", "resourceVersion": "5", "labels": {"a": "c"},
+                "managedFields": [{"manager": "m", "time": "t"}, "odd"]},
+                "spec": {"x": 1}, "status": {"phase": "Pending"}}),
+            json!({"metadata": {"name": "p", "resourceVersion": "5", "labels": {"a": "b"},
+                "managedFields": [{"manager": "n", "time": "t"}, "odd"]},
+                "spec": {"x": 1}, "status": {"phase": "Pending"}}),
+            json!({"metadata": {"name": "p", "labels": {"a": "b"},
+                "managedFields": [{"manager": "m", "time": "t"}]},
+                "spec": {"x": 1}, "status": {"phase": "Pending"}}),
+            json!({"metadata": {"name": "p", "resourceVersion": "5", "labels": {"a": "b"},
+                "managedFields": [{"manager": "m", "time": "t"}, "odd"]},
+                "spec": {"x": 2}, "status": {"phase": "Pending"}}),
+            json!({"metadata": {"name": "p", "labels": {"a": "b"},
+                "managedFields": [{"manager": "m", "time": "t"}, "odd"]},
+                "spec": {"x": 1}}),
+            json!({"metadata": {"name": "p", "resourceVersion": "5", "uid": "u", "labels": {"a": "b"},
+                "managedFields": [{"manager": "m", "time": "t"}, "odd"]},
+                "spec": {"x": 1}, "status": {"phase": "Pending"}}),
+            json!({"metadata": {"name": "p", "managedFields": "none"}, "spec": {"x": 1}}),
+            json!({"metadata": {"name": "p", "managedFields": "none"}, "spec": {"x": 1}}),
+            json!({"metadata": "odd", "spec": {"x": 1}}),
+            json!({"spec": {"x": 1}}),
+            json!({"metadata": {}, "spec": {"x": 1}}),
+            json!({"metadata": {"resourceVersion": "1"}, "spec": {"x": 1}}),
+        ];
+        for a in &variants {
+            for b in &variants {
+                assert_eq!(
+                    same_write(a, b),
+                    comparable(a) == comparable(b),
+                    "{a} vs {b}"
+                );
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::ctx::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::objects::meta::{decode_kv, meta_str, parse_rv};
+use crate::objects::meta::{decode_kv, meta_str, parse_rv, splice_watch_line};
 use crate::objects::read::{ListQuery, list_objects, list_prefix};
 
 /// Watches without `timeoutSeconds` end after this long, as Kubernetes' do (clients re-watch).
@@ -142,6 +142,16 @@ impl Filter {
     /// The watch event for one store change, as the selectors see it: an object that
     /// starts matching is ADDED, one that stops matching is DELETED.
     fn event(&self, ev: &WatchEvent) -> Option<Bytes> {
+        if self.takes_all() && !crate::crds::converts(self.kind) {
+            let ty = match (ev.kind, ev.prev.is_some()) {
+                (EventKind::Delete, _) => "DELETED",
+                (EventKind::Put, true) => "MODIFIED",
+                (EventKind::Put, false) => "ADDED",
+            };
+            if let Some(line) = splice_watch_line(ty, &ev.kv.value, ev.kv.mod_revision) {
+                return Some(line);
+            }
+        }
         let mut obj = decode_kv(&ev.kv).ok()?;
         crate::crds::convert(self.kind, &mut obj);
         match ev.kind {
