@@ -353,6 +353,43 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_streamed_request_body_is_sent_whole() {
+        // Answers with the number of request body bytes it read.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let n = req.into_body().collect().await.map(|b| b.to_bytes().len());
+                        Ok::<_, Infallible>(Response::new(full(n.unwrap_or(0).to_string())))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        let p = H1Pool::new(addr);
+        for _ in 0..2 {
+            // 64 chunks of 16 KiB without a length: chunked, written while the request
+            // future drives the connection.
+            let chunks = (0..64).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![7u8; 16 << 10]))));
+            let body = http_body_util::StreamBody::new(futures::stream::iter(chunks))
+                .map_err(|e| match e {})
+                .boxed();
+            let req = Request::post("/")
+                .header(http::header::HOST, "test")
+                .body(body)
+                .unwrap();
+            let resp = p.send(req).await.unwrap();
+            let got = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&got[..], (64 * (16 << 10)).to_string().as_bytes());
+        }
+        assert_eq!(p.idle_len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_body_dropped_unread_closes_its_connection() {
         let (addr, conns) = server().await;
         let p = H1Pool::new(addr);
