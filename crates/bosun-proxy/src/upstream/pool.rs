@@ -374,7 +374,8 @@ mod tests {
         for _ in 0..2 {
             // 64 chunks of 16 KiB without a length: chunked, written while the request
             // future drives the connection.
-            let chunks = (0..64).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![7u8; 16 << 10]))));
+            let chunks =
+                (0..64).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![7u8; 16 << 10]))));
             let body = http_body_util::StreamBody::new(futures::stream::iter(chunks))
                 .map_err(|e| match e {})
                 .boxed();
