@@ -42,6 +42,8 @@ pub struct GatewayMetrics {
     pub tls_handshake_errors: Counter,
     pub table_builds: Counter,
     pub routes: Gauge,
+    /// The series of requests that matched no rule (route "").
+    pub unmatched: std::sync::Arc<std::sync::OnceLock<RouteHandles>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -65,6 +67,7 @@ impl GatewayMetrics {
             tls_handshake_errors: Counter::default(),
             table_builds: Counter::default(),
             routes: Gauge::default(),
+            unmatched: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("bosun_gateway");
         r.register(
@@ -123,5 +126,69 @@ impl GatewayMetrics {
             m.routes.clone(),
         );
         m
+    }
+}
+
+/// What every request of one rule touches, resolved on its first request instead of a
+/// label set being built and hashed per request (see [`crate::routes::RuleAction`]).
+#[derive(Debug)]
+pub struct RouteHandles {
+    /// The `route` label (`ingress/NS/NAME`, `httproute/NS/NAME`; "" when nothing matched).
+    pub route: std::sync::Arc<str>,
+    pub duration: Histogram,
+    pub request_bytes: Counter,
+    pub response_bytes: Counter,
+    /// `requests` by (backend index of the rule, status): the few a rule answers with.
+    requests: std::sync::RwLock<Vec<(Option<usize>, u16, Counter)>>,
+}
+
+impl RouteHandles {
+    pub fn new(route: String, m: &GatewayMetrics) -> RouteHandles {
+        let labels = RouteLabels { route };
+        // One statement each: `get_or_create` holds a read guard of the family.
+        let duration = m.duration.get_or_create(&labels).clone();
+        let request_bytes = m.request_bytes.get_or_create(&labels).clone();
+        let response_bytes = m.response_bytes.get_or_create(&labels).clone();
+        RouteHandles {
+            route: labels.route.into(),
+            duration,
+            request_bytes,
+            response_bytes,
+            requests: std::sync::RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Counts a request answered with `code` by `backend` (an index into the rule's
+    /// backends, None before one was chosen); `service` names it on first use.
+    pub fn count(
+        &self,
+        m: &GatewayMetrics,
+        backend: Option<usize>,
+        code: u16,
+        service: impl FnOnce() -> String,
+    ) {
+        let known = self
+            .requests
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(b, c, _)| *b == backend && *c == code)
+            .map(|(_, _, counter)| counter.clone());
+        let counter = known.unwrap_or_else(|| {
+            let c = m
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: self.route.to_string(),
+                    service: service(),
+                    code,
+                })
+                .clone();
+            let mut v = self.requests.write().unwrap_or_else(|e| e.into_inner());
+            if !v.iter().any(|(b, s, _)| *b == backend && *s == code) {
+                v.push((backend, code, c.clone()));
+            }
+            c
+        });
+        counter.inc();
     }
 }

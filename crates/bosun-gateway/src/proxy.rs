@@ -15,8 +15,8 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-use crate::metrics::{GatewayMetrics, RequestLabels, RouteLabels};
-use crate::routes::{BackendTarget, RequestView, RouteTable, request_host};
+use crate::metrics::{GatewayMetrics, RouteHandles, RouteLabels};
+use crate::routes::{BackendTarget, RequestView, RouteTable, RuleAction, request_host};
 
 /// Largest request body buffered to copy it to mirrors; larger ones are not mirrored.
 const MAX_MIRROR_BODY: usize = 1024 * 1024;
@@ -191,10 +191,22 @@ fn is_upgrade(req: &Request<hyper::body::Incoming>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// What routing decided, for metrics and the access log.
+#[derive(Default)]
 struct Outcome {
-    route: String,
-    service: String,
-    trace: Option<String>,
+    action: Option<Arc<RuleAction>>,
+    /// Index of the chosen backend in `action.backends`.
+    backend: Option<usize>,
+    trace: Option<upstream::trace::SpanIds>,
+}
+
+impl Outcome {
+    fn service(&self) -> String {
+        match (&self.action, self.backend) {
+            (Some(a), Some(i)) => a.service_label(i),
+            _ => String::new(),
+        }
+    }
 }
 
 impl Handler {
@@ -216,22 +228,14 @@ impl Handler {
                     .map(str::to_string),
             )
         });
-        let mut out = Outcome {
-            route: String::new(),
-            service: String::new(),
-            trace: None,
-        };
+        let mut out = Outcome::default();
         let resp = self.route(req, conn, &mut out).await;
         let status = resp.status();
         let elapsed = started.elapsed();
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: out.route.clone(),
-                service: out.service.clone(),
-                code: status.as_u16(),
-            })
-            .inc();
+        let handles = self.handles(out.action.as_deref());
+        handles.count(&self.metrics, out.backend, status.as_u16(), || {
+            out.service()
+        });
         if let Some((method, path, host_header, ua)) = log {
             let line = serde_json::json!({
                 "time": jiff::Timestamp::now().to_string(),
@@ -241,24 +245,16 @@ impl Handler {
                 "host": host_header.as_ref().and_then(|h| h.to_str().ok()),
                 "path": path,
                 "status": status.as_u16(),
-                "route": out.route,
-                "service": out.service,
+                "route": &*handles.route,
+                "service": out.service(),
                 "duration_seconds": elapsed.as_secs_f64(),
-                "trace_id": out.trace.as_deref().and_then(|t| t.split('-').nth(1)),
+                "trace_id": out.trace.map(|t| t.trace_id_hex()),
                 "user_agent": ua,
             });
             println!("{line}");
         }
-        let route_labels = RouteLabels { route: out.route };
-        self.metrics
-            .duration
-            .get_or_create(&route_labels)
-            .observe(elapsed.as_secs_f64());
-        let bytes = self
-            .metrics
-            .response_bytes
-            .get_or_create(&route_labels)
-            .clone();
+        handles.duration.observe(elapsed.as_secs_f64());
+        let bytes = handles.response_bytes.clone();
         resp.map(|b| {
             b.map_frame(move |f| {
                 if let Some(d) = f.data_ref() {
@@ -268,6 +264,19 @@ impl Handler {
             })
             .boxed()
         })
+    }
+
+    /// The metric series of `action` (of unmatched requests when None).
+    fn handles<'a>(&'a self, action: Option<&'a RuleAction>) -> &'a RouteHandles {
+        match action {
+            Some(a) => a
+                .handles
+                .get_or_init(|| RouteHandles::new(a.route.to_string(), &self.metrics)),
+            None => self
+                .metrics
+                .unmatched
+                .get_or_init(|| RouteHandles::new(String::new(), &self.metrics)),
+        }
     }
 
     async fn route(
@@ -280,26 +289,30 @@ impl Handler {
             return text(StatusCode::BAD_REQUEST, "missing or invalid Host header");
         };
         let table = self.table.borrow().clone();
-        let query = req.uri().query().map(str::to_string);
-        let path = req.uri().path().to_string();
+        // The Uri's parts are shared bytes: this copies no string.
+        let uri = req.uri().clone();
+        let (path, query) = (uri.path(), uri.query());
         let found = {
-            let view = RequestView::new(req.method(), &path, query.as_deref(), req.headers());
-            table
-                .lookup(&host, &view)
-                .map(|e| (e.action.clone(), e.matcher.path.clone()))
+            let view = RequestView::new(req.method(), path, query, req.headers());
+            table.lookup(&host, &view)
         };
-        let Some((action, matched)) = found else {
+        let Some(entry) = found else {
             return text(StatusCode::NOT_FOUND, &format!("no route for {host}{path}"));
         };
-        out.route = action.route.to_string();
-        let route_labels = RouteLabels {
-            route: out.route.clone(),
+        let (action, matched) = (entry.action.clone(), &entry.matcher.path);
+        out.action = Some(action.clone());
+        let handles = self.handles(Some(&action));
+        let route_labels = || RouteLabels {
+            route: handles.route.to_string(),
         };
 
         if let Some(rl) = &action.rate_limit
             && let Err(wait) = rl.try_acquire()
         {
-            self.metrics.rate_limited.get_or_create(&route_labels).inc();
+            self.metrics
+                .rate_limited
+                .get_or_create(&route_labels())
+                .inc();
             let mut r = text(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
             r.headers_mut().insert(
                 header::RETRY_AFTER,
@@ -309,14 +322,8 @@ impl Handler {
         }
 
         if let Some(redirect) = &action.redirect {
-            let loc = redirect.location(
-                conn.scheme,
-                &host,
-                conn.listener_port,
-                &path,
-                query.as_deref(),
-                &matched,
-            );
+            let loc =
+                redirect.location(conn.scheme, &host, conn.listener_port, path, query, matched);
             let mut r = Response::new(full(""));
             *r.status_mut() = redirect.status;
             match HeaderValue::from_str(&loc) {
@@ -336,41 +343,47 @@ impl Handler {
             return r;
         }
 
-        let Some(backend) = action.pick_backend(rand::random::<f64>()) else {
+        let Some(bi) = action.pick_backend_index(rand::random::<f64>()) else {
             return text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "route has no backends with weight",
             );
         };
-        let Some(target) = backend.target.clone() else {
-            out.service = backend.name.clone();
+        out.backend = Some(bi);
+        let backend = &action.backends[bi];
+        let Some(target) = &backend.target else {
             return text(
                 action.unresolved_status,
                 &format!("backend {} is not available", backend.name),
             );
         };
-        out.service = format!("{}/{}", target.namespace, target.service);
 
         // Rewrite the request for the backend.
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let new_path = match action.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
-            Some(m) => m.apply(&path, &matched),
-            None => path.clone(),
-        };
-        let pq = match &query {
-            Some(q) => format!("{new_path}?{q}"),
-            None => new_path,
-        };
-        parts.uri = match pq.parse() {
-            Ok(u) => u,
-            Err(_) => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "request target is invalid after rewrite",
-                );
+        parts.uri = match action.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
+            Some(m) => {
+                let new_path = m.apply(path, matched);
+                let pq = match query {
+                    Some(q) => format!("{new_path}?{q}"),
+                    None => new_path,
+                };
+                match pq.parse() {
+                    Ok(u) => u,
+                    Err(_) => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            "request target is invalid after rewrite",
+                        );
+                    }
+                }
             }
+            // The client's target, origin-form.
+            None => match uri.path_and_query() {
+                Some(pq) => http::Uri::from(pq.clone()),
+                None => http::Uri::from_static("/"),
+            },
         };
         let authority = action
             .rewrite
@@ -411,15 +424,18 @@ impl Handler {
                 .get(upstream::trace::TRACEPARENT)
                 .and_then(|v| v.to_str().ok()),
         );
-        let tp = ids.header();
-        if let Ok(v) = HeaderValue::from_str(&tp) {
-            parts.headers.insert(upstream::trace::TRACEPARENT, v);
+        // The upstream call sets the header from these ids; the mirrors and the WebSocket
+        // handshake take it from here.
+        if upgrade || !action.mirrors.is_empty() {
+            parts
+                .headers
+                .insert(upstream::trace::TRACEPARENT, ids.header_value());
         }
         parts.extensions.insert(ids);
         parts
             .extensions
-            .insert(upstream::trace::RouteName(out.route.as_str().into()));
-        out.trace = Some(tp);
+            .insert(upstream::trace::RouteName(handles.route.clone()));
+        out.trace = Some(ids);
         if let Some(m) = &action.request_headers {
             m.apply(&mut parts.headers);
         }
@@ -428,11 +444,7 @@ impl Handler {
         }
         parts.extensions.insert(upstream::ClientAddr(conn.peer));
 
-        let req_bytes = self
-            .metrics
-            .request_bytes
-            .get_or_create(&route_labels)
-            .clone();
+        let req_bytes = handles.request_bytes.clone();
         let counted = body.map_frame(move |f| {
             if let Some(d) = f.data_ref() {
                 req_bytes.inc_by(d.len() as u64);
@@ -441,7 +453,7 @@ impl Handler {
         });
 
         let mut resp = if let Some(on_client) = client_upgrade {
-            self.websocket(&target, parts, upstream::boxed(counted), on_client)
+            self.websocket(target, parts, upstream::boxed(counted), on_client)
                 .await
         } else {
             let body: Body = if action.mirrors.is_empty() {
@@ -458,7 +470,7 @@ impl Handler {
                     Ok(c) => {
                         let bytes = c.to_bytes();
                         for m in mirrors {
-                            self.metrics.mirrored.get_or_create(&route_labels).inc();
+                            self.metrics.mirrored.get_or_create(&route_labels()).inc();
                             let mut b = Request::builder()
                                 .method(parts.method.clone())
                                 .uri(parts.uri.clone());
@@ -502,7 +514,7 @@ impl Handler {
             let req = Request::from_parts(parts, body);
             let call =
                 self.backends
-                    .call(&target, req, action.backend_timeout, action.request_timeout);
+                    .call(target, req, action.backend_timeout, action.request_timeout);
             match action.request_timeout {
                 Some(t) => match tokio::time::timeout(t, call).await {
                     Ok(r) => r,

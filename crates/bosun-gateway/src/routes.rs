@@ -365,6 +365,8 @@ pub struct RuleAction {
     /// Answer for requests that land on an unresolved backend (the Gateway API
     /// requires 500; Ingress controllers answer 503).
     pub unresolved_status: StatusCode,
+    /// The rule's metric series, from its first request on.
+    pub handles: std::sync::OnceLock<crate::metrics::RouteHandles>,
 }
 
 impl RuleAction {
@@ -381,24 +383,42 @@ impl RuleAction {
             backend_timeout: None,
             rate_limit: None,
             unresolved_status: StatusCode::INTERNAL_SERVER_ERROR,
+            handles: std::sync::OnceLock::new(),
         }
     }
 
     /// Picks a backend by weight with `r` uniform in [0, 1). None when all weights are 0
     /// (or there are no backends): the Gateway API answers 500 then.
     pub fn pick_backend(&self, r: f64) -> Option<&WeightedBackend> {
+        self.pick_backend_index(r).map(|i| &self.backends[i])
+    }
+
+    /// Like [`RuleAction::pick_backend`], the index into `backends`.
+    pub fn pick_backend_index(&self, r: f64) -> Option<usize> {
         let total: u64 = self.backends.iter().map(|b| u64::from(b.weight)).sum();
         if total == 0 {
             return None;
         }
         let mut point = (r * total as f64) as u64;
-        for b in &self.backends {
+        for (i, b) in self.backends.iter().enumerate() {
             if point < u64::from(b.weight) {
-                return Some(b);
+                return Some(i);
             }
             point -= u64::from(b.weight);
         }
-        self.backends.iter().rev().find(|b| b.weight > 0)
+        self.backends.iter().rposition(|b| b.weight > 0)
+    }
+
+    /// The `service` label of backend `i`: `NS/NAME` when resolved, the name as written
+    /// otherwise.
+    pub fn service_label(&self, i: usize) -> String {
+        match self.backends.get(i) {
+            Some(WeightedBackend {
+                target: Some(t), ..
+            }) => format!("{}/{}", t.namespace, t.service),
+            Some(b) => b.name.clone(),
+            None => String::new(),
+        }
     }
 }
 

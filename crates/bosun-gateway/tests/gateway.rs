@@ -737,13 +737,25 @@ async fn shutdown_drains_in_flight_requests() {
 async fn metrics_on_the_admin_listener() {
     let b = backend("b").await;
     let gw = start(
-        vec![route("r", json!({"hostnames": ["m.local"], "rules": [{"backendRefs": [{"name": "b", "port": 80}]}]}))],
+        vec![
+            route("r", json!({"hostnames": ["m.local"], "rules": [{"backendRefs": [{"name": "b", "port": 80}]}]})),
+            // Half to b, half to a Service that does not exist (500).
+            route("w", json!({"hostnames": ["w.local"], "rules": [{"backendRefs": [
+                {"name": "b", "port": 80, "weight": 1}, {"name": "gone", "port": 80, "weight": 1}]}]})),
+        ],
         &[("b", Some(b.addr))],
     )
     .await;
     for _ in 0..3 {
         assert_eq!(get(gw.http, "m.local", "/").await.0, StatusCode::OK);
     }
+    let mut codes = HashMap::<u16, usize>::new();
+    for _ in 0..40 {
+        *codes
+            .entry(get(gw.http, "w.local", "/").await.0.as_u16())
+            .or_default() += 1;
+    }
+    assert_eq!(codes.len(), 2, "{codes:?}");
     assert_eq!(
         get(gw.http, "nothing.local", "/").await.0,
         StatusCode::NOT_FOUND
@@ -764,6 +776,27 @@ async fn metrics_on_the_admin_listener() {
     );
     assert!(
         text.contains(r#"bosun_gateway_requests_total{route="",service="",code="404"} 1"#),
+        "{text}"
+    );
+    // Each (backend, status) of a rule is its own series, named on first use.
+    let w: Vec<(&str, u64)> = text
+        .lines()
+        .filter(|l| l.starts_with(r#"bosun_gateway_requests_total{route="httproute/default/w""#))
+        .map(|l| {
+            let (labels, n) = l.rsplit_once(' ').unwrap();
+            (labels, n.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(w.len(), 2, "{text}");
+    assert_eq!(w.iter().map(|(_, n)| n).sum::<u64>(), 40, "{text}");
+    let ok = format!(
+        r#"bosun_gateway_requests_total{{route="httproute/default/w",service="default/b",code="200"}} {}"#,
+        codes[&200]
+    );
+    assert!(text.contains(&ok), "{ok}\n{text}");
+    assert!(
+        w.iter()
+            .any(|(l, n)| l.contains(r#"code="500""#) && *n == codes[&500] as u64),
         "{text}"
     );
     assert!(

@@ -101,13 +101,32 @@ async fn main() -> Result<()> {
         );
     }
     println!("max throughput, {concurrency} concurrent keep-alive clients, {seconds}s");
+    // CPU time of the serving process(es) per request: unlike the rate, it hardly depends
+    // on what else the machine is running.
+    let pids = |name: &str| -> Vec<u32> {
+        match name {
+            "proxy" => proxy.id().into_iter().collect(),
+            "gateway" => gateway.id().into_iter().collect(),
+            "nginx" => nginx.as_ref().map(Nginx::pids).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    };
     for (name, addr) in &targets {
+        let before: u64 = pids(name).into_iter().map(cpu_ticks).sum();
         let (n, errors) = closed_loop(*addr, concurrency, Duration::from_secs(seconds)).await;
+        let after: u64 = pids(name).into_iter().map(cpu_ticks).sum();
+        let cpu = if pids(name).is_empty() || n == 0 {
+            "-".to_string()
+        } else {
+            let us = (after - before) as f64 * 1e6 / clock_ticks_per_sec() / n as f64;
+            format!("{us:.1} us")
+        };
         println!(
-            "{:<8} {:>10.0} req/s  errors {}",
+            "{:<8} {:>10.0} req/s  errors {}  cpu per request {}",
             name,
             n as f64 / seconds as f64,
-            errors
+            errors,
+            cpu
         );
     }
     for (name, child) in [("node proxy", &proxy), ("gateway", &gateway)] {
@@ -159,6 +178,25 @@ async fn wait_up(addr: SocketAddr) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     bail!("{addr} did not come up")
+}
+
+/// User plus system CPU time of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name: state is field 3, utime 14 and stime 15.
+    let rest: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    field(14).unwrap_or(0) + field(15).unwrap_or(0)
+}
+
+/// /proc reports CPU times in USER_HZ, 100 on Linux's common architectures.
+fn clock_ticks_per_sec() -> f64 {
+    100.0
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
@@ -310,11 +348,18 @@ struct Nginx {
 
 impl Nginx {
     fn rss_kib(&self) -> u64 {
-        // Master plus its worker children.
+        self.pids()
+            .into_iter()
+            .map(|p| rss_kib(p).unwrap_or(0))
+            .sum()
+    }
+
+    /// The master and its worker children.
+    fn pids(&self) -> Vec<u32> {
         let Some(master) = self.child.id() else {
-            return 0;
+            return Vec::new();
         };
-        let mut total = rss_kib(master).unwrap_or(0);
+        let mut pids = vec![master];
         if let Ok(rd) = std::fs::read_dir("/proc") {
             for e in rd.flatten() {
                 let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
@@ -327,11 +372,11 @@ impl Nginx {
                     .and_then(|r| r.split_whitespace().nth(1))
                     .and_then(|p| p.parse::<u32>().ok());
                 if ppid == Some(master) {
-                    total += rss_kib(pid).unwrap_or(0);
+                    pids.push(pid);
                 }
             }
         }
-        total
+        pids
     }
 }
 

@@ -34,6 +34,7 @@ pub mod balance;
 pub mod load;
 pub mod metrics;
 pub mod policy;
+mod pool;
 pub mod split;
 pub mod trace;
 
@@ -387,16 +388,15 @@ struct EndpointState {
     pod_load: std::sync::OnceLock<load::Handle>,
     load: LoadTracker,
     outlier: Mutex<OutlierState>,
-    h1: HttpClient,
+    h1: Arc<pool::H1Pool>,
+    /// HTTP/2 multiplexes requests on one connection: hyper-util's pool suits it.
     h2: HttpClient,
 }
 
 impl EndpointState {
     fn new(ep: Endpoint) -> EndpointState {
         let conn = EndpointConnector { addr: ep.addr };
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(conn.clone());
+        let h1 = pool::H1Pool::new(ep.addr);
         let h2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -1332,9 +1332,7 @@ impl Upstreams {
                         .and_then(|v| v.to_str().ok()),
                 )
             });
-        if let Ok(v) = HeaderValue::from_str(&ids.header()) {
-            parts.headers.insert(trace::TRACEPARENT, v);
-        }
+        parts.headers.insert(trace::TRACEPARENT, ids.header_value());
         hop.ids = Some(ids);
         let downstream_version = parts.version;
         if is_upgrade(&parts) {
@@ -1425,16 +1423,22 @@ impl Upstreams {
                         .into_response();
                 }
             };
-            let req = match build_upstream_request(&parts, body, use_h2, addr) {
-                Ok(r) => r,
-                Err(e) => return e.into_response(),
-            };
-            let client = if use_h2 {
-                &picked.state.h2
+            let fut = if use_h2 {
+                let req = match build_h2_request(&parts, body, addr) {
+                    Ok(r) => r,
+                    Err(e) => return e.into_response(),
+                };
+                let call = picked.state.h2.request(req);
+                futures::future::Either::Left(async move {
+                    match call.await {
+                        Ok(r) => Ok(r.map(boxed)),
+                        Err(e) if e.is_connect() => Err(pool::SendError::Connect(error_chain(&e))),
+                        Err(e) => Err(pool::SendError::Http(error_chain(&e))),
+                    }
+                })
             } else {
-                &picked.state.h1
+                futures::future::Either::Right(picked.state.h1.send(h1_request(&parts, body, addr)))
             };
-            let fut = client.request(req);
             let res = match policy.per_try_timeout {
                 Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| ()),
                 None => Ok(fut.await),
@@ -1463,7 +1467,7 @@ impl Upstreams {
                                 picked.failure();
                                 let err = UpstreamError::Upstream(
                                     addr,
-                                    format!("response cut short: {}", error_chain(&e)),
+                                    format!("response cut short: {}", error_chain(&*e)),
                                 );
                                 if !budget.withdraw() {
                                     m.retries_exhausted_budget.get_or_create(labels).inc();
@@ -1500,21 +1504,15 @@ impl Upstreams {
                     attempt += 1;
                     continue;
                 }
-                Ok(Err(e)) if e.is_connect() => {
+                Ok(Err(pool::SendError::Connect(e))) => {
                     m.connect_errors.get_or_create(labels).inc();
                     picked.failure();
                     // Nothing was sent: safe to retry whatever the method.
-                    (
-                        UpstreamError::Connect(addr, error_chain(&e)),
-                        can_retry(true),
-                    )
+                    (UpstreamError::Connect(addr, e), can_retry(true))
                 }
-                Ok(Err(e)) => {
+                Ok(Err(pool::SendError::Http(e))) => {
                     picked.failure();
-                    (
-                        UpstreamError::Upstream(addr, error_chain(&e)),
-                        can_retry(idempotent),
-                    )
+                    (UpstreamError::Upstream(addr, e), can_retry(idempotent))
                 }
                 Err(_) => {
                     picked.failure();
@@ -1736,16 +1734,42 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn finish_response(resp: Response<hyper::body::Incoming>) -> Response<Body> {
+fn finish_response<B>(resp: Response<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, boxed(body))
 }
 
-fn build_upstream_request(
+/// The request for an HTTP/1.1 connection to `addr`: the client's origin-form target and
+/// headers, `Host` kept (taken from an absolute target or `addr` when the client sent none).
+fn h1_request(parts: &http::request::Parts, body: Body, addr: SocketAddr) -> Request<Body> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = match parts.uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    };
+    let mut headers = parts.headers.clone();
+    if !headers.contains_key(header::HOST) {
+        let host = match parts.uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()),
+            None => HeaderValue::from_str(&addr.to_string()),
+        };
+        if let Ok(v) = host {
+            headers.insert(header::HOST, v);
+        }
+    }
+    *req.headers_mut() = headers;
+    req
+}
+
+fn build_h2_request(
     parts: &http::request::Parts,
     body: Body,
-    h2: bool,
     addr: SocketAddr,
 ) -> Result<Request<Body>, UpstreamError> {
     // Keep the client's authority (Host / :authority); the connector ignores it.
@@ -1772,17 +1796,11 @@ fn build_upstream_request(
     let mut b = Request::builder()
         .method(parts.method.clone())
         .uri(uri)
-        .version(if h2 {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        });
+        .version(Version::HTTP_2);
     if let Some(h) = b.headers_mut() {
         *h = parts.headers.clone();
-        if h2 {
-            // HTTP/2 carries the authority in :authority.
-            h.remove(header::HOST);
-        }
+        // HTTP/2 carries the authority in :authority.
+        h.remove(header::HOST);
     }
     b.body(body)
         .map_err(|e| UpstreamError::BadRequest(e.to_string()))

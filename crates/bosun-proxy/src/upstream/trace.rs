@@ -63,6 +63,27 @@ impl SpanIds {
         )
     }
 
+    /// [`SpanIds::header`] as a header value, written without the formatting machinery
+    /// (it is set on every forwarded request).
+    pub fn header_value(&self) -> http::HeaderValue {
+        fn hex(out: &mut [u8], mut v: u128) {
+            for b in out.iter_mut().rev() {
+                *b = b"0123456789abcdef"[(v & 0xf) as usize];
+                v >>= 4;
+            }
+        }
+        let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex(&mut buf[3..35], self.trace_id);
+        hex(&mut buf[36..52], u128::from(self.span_id));
+        hex(&mut buf[53..55], u128::from(self.flags));
+        http::HeaderValue::from_bytes(&buf).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+    }
+
+    /// The trace id as 32 lowercase hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+
     /// The W3C `sampled` flag: only sampled spans are recorded.
     pub fn sampled(&self) -> bool {
         self.flags & 1 == 1
@@ -416,6 +437,7 @@ mod tests {
         assert_eq!(ids.parent, Some(0x00f067aa0ba902b7));
         assert!(ids.sampled());
         assert_eq!(&ids.header()[..36], &inc[..36]);
+        assert_eq!(ids.header_value(), ids.header().as_str());
         let root = SpanIds::begin(None);
         assert_eq!(root.parent, None);
         assert!(root.sampled());
