@@ -723,7 +723,7 @@ mod tests {
             .expect("HTTPRoute schema with its GVK");
         assert!(route["properties"]["spec"].is_object());
         // Every $ref in the document resolves inside it.
-        let text = serde_json::to_string(doc).unwrap();
+        let text = serde_json::to_string(&doc).unwrap();
         for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
             let name = &part[..part.find('"').unwrap()];
             assert!(schemas.contains_key(name), "dangling $ref {name}");

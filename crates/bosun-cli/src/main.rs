@@ -2,6 +2,7 @@
 //! cluster; `bosun server` and `bosun agent` split it across machines; the remaining
 //! verbs are everyday client commands that work without kubectl.
 
+mod alloc;
 mod apply;
 mod cidr;
 mod client;
@@ -113,6 +114,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    alloc::configure();
     let cli = Cli::parse();
     if let Command::Shim { args } = cli.command {
         bosun_agent::shim_main(args);
