@@ -166,82 +166,48 @@ pub fn hpa_v2_to_v1(v2: &Value) -> Value {
     Value::Object(out)
 }
 
-fn metric_spec_to_v1(m: &Value) -> Value {
-    let ty = m.get("type").and_then(Value::as_str).unwrap_or_default();
-    let mut out = Map::new();
-    out.insert("type".into(), json!(ty));
-    let target = |src: &Value| obj(src.get("target"));
-    match ty {
-        "Resource" | "ContainerResource" => {
-            let field = if ty == "Resource" {
-                "resource"
-            } else {
-                "containerResource"
-            };
-            let src = m.get(field).cloned().unwrap_or_default();
-            let t = target(&src);
-            let mut r = Map::new();
-            put(&mut r, "name", src.get("name").cloned());
-            put(&mut r, "container", src.get("container").cloned());
-            put(
-                &mut r,
-                "targetAverageUtilization",
-                t.get("averageUtilization").cloned(),
-            );
-            put(&mut r, "targetAverageValue", t.get("averageValue").cloned());
-            out.insert(field.into(), Value::Object(r));
+/// Which half of a v2 metric is converted: the spec's `target` (`targetValue`, ...) or the
+/// status's `current` (`currentValue`, ...). The two differ only in those names and in
+/// which v1 fields are required (and so written as "0" when v2 leaves them out).
+#[derive(Clone, Copy)]
+enum Side {
+    Spec,
+    Status,
+}
+
+impl Side {
+    /// The v2 field holding the values, also the prefix of the v1 field names.
+    fn key(self) -> &'static str {
+        match self {
+            Side::Spec => "target",
+            Side::Status => "current",
         }
-        "Pods" => {
-            let src = m.get("pods").cloned().unwrap_or_default();
-            let mut r = Map::new();
-            put(&mut r, "metricName", src.pointer("/metric/name").cloned());
-            put(&mut r, "selector", src.pointer("/metric/selector").cloned());
-            put(
-                &mut r,
-                "targetAverageValue",
-                target(&src).get("averageValue").cloned(),
-            );
-            out.insert("pods".into(), Value::Object(r));
-        }
-        "Object" => {
-            let src = m.get("object").cloned().unwrap_or_default();
-            let t = target(&src);
-            let mut r = Map::new();
-            put(&mut r, "target", src.get("describedObject").cloned());
-            put(&mut r, "metricName", src.pointer("/metric/name").cloned());
-            put(&mut r, "selector", src.pointer("/metric/selector").cloned());
-            put(
-                &mut r,
-                "targetValue",
-                Some(t.get("value").cloned().unwrap_or_else(|| json!("0"))),
-            );
-            put(&mut r, "averageValue", t.get("averageValue").cloned());
-            out.insert("object".into(), Value::Object(r));
-        }
-        "External" => {
-            let src = m.get("external").cloned().unwrap_or_default();
-            let t = target(&src);
-            let mut r = Map::new();
-            put(&mut r, "metricName", src.pointer("/metric/name").cloned());
-            put(
-                &mut r,
-                "metricSelector",
-                src.pointer("/metric/selector").cloned(),
-            );
-            put(&mut r, "targetValue", t.get("value").cloned());
-            put(&mut r, "targetAverageValue", t.get("averageValue").cloned());
-            out.insert("external".into(), Value::Object(r));
-        }
-        _ => {}
     }
-    Value::Object(out)
+
+    /// `targetAverageValue`, `currentValue`, ...
+    fn v1_name(self, rest: &str) -> String {
+        format!("{}{rest}", self.key())
+    }
+}
+
+fn metric_spec_to_v1(m: &Value) -> Value {
+    metric_to_v1(m, Side::Spec)
 }
 
 fn metric_status_to_v1(m: &Value) -> Value {
+    metric_to_v1(m, Side::Status)
+}
+
+fn metric_to_v1(m: &Value, side: Side) -> Value {
     let ty = m.get("type").and_then(Value::as_str).unwrap_or_default();
     let mut out = Map::new();
     out.insert("type".into(), json!(ty));
-    let current = |src: &Value| obj(src.get("current"));
+    let values = |src: &Value| obj(src.get(side.key()));
+    let required = |v: Option<&Value>| Some(v.cloned().unwrap_or_else(|| json!("0")));
+    let status_required = |v: Option<&Value>| match side {
+        Side::Spec => v.cloned(),
+        Side::Status => required(v),
+    };
     match ty {
         "Resource" | "ContainerResource" => {
             let field = if ty == "Resource" {
@@ -250,19 +216,19 @@ fn metric_status_to_v1(m: &Value) -> Value {
                 "containerResource"
             };
             let src = m.get(field).cloned().unwrap_or_default();
-            let c = current(&src);
+            let v = values(&src);
             let mut r = Map::new();
             put(&mut r, "name", src.get("name").cloned());
             put(&mut r, "container", src.get("container").cloned());
             put(
                 &mut r,
-                "currentAverageUtilization",
-                c.get("averageUtilization").cloned(),
+                &side.v1_name("AverageUtilization"),
+                v.get("averageUtilization").cloned(),
             );
             put(
                 &mut r,
-                "currentAverageValue",
-                Some(c.get("averageValue").cloned().unwrap_or_else(|| json!("0"))),
+                &side.v1_name("AverageValue"),
+                status_required(v.get("averageValue")),
             );
             out.insert(field.into(), Value::Object(r));
         }
@@ -273,29 +239,25 @@ fn metric_status_to_v1(m: &Value) -> Value {
             put(&mut r, "selector", src.pointer("/metric/selector").cloned());
             put(
                 &mut r,
-                "currentAverageValue",
-                current(&src).get("averageValue").cloned(),
+                &side.v1_name("AverageValue"),
+                values(&src).get("averageValue").cloned(),
             );
             out.insert("pods".into(), Value::Object(r));
         }
         "Object" => {
             let src = m.get("object").cloned().unwrap_or_default();
-            let c = current(&src);
+            let v = values(&src);
             let mut r = Map::new();
             put(&mut r, "target", src.get("describedObject").cloned());
             put(&mut r, "metricName", src.pointer("/metric/name").cloned());
             put(&mut r, "selector", src.pointer("/metric/selector").cloned());
-            put(
-                &mut r,
-                "currentValue",
-                Some(c.get("value").cloned().unwrap_or_else(|| json!("0"))),
-            );
-            put(&mut r, "averageValue", c.get("averageValue").cloned());
+            put(&mut r, &side.v1_name("Value"), required(v.get("value")));
+            put(&mut r, "averageValue", v.get("averageValue").cloned());
             out.insert("object".into(), Value::Object(r));
         }
         "External" => {
             let src = m.get("external").cloned().unwrap_or_default();
-            let c = current(&src);
+            let v = values(&src);
             let mut r = Map::new();
             put(&mut r, "metricName", src.pointer("/metric/name").cloned());
             put(
@@ -305,13 +267,13 @@ fn metric_status_to_v1(m: &Value) -> Value {
             );
             put(
                 &mut r,
-                "currentValue",
-                Some(c.get("value").cloned().unwrap_or_else(|| json!("0"))),
+                &side.v1_name("Value"),
+                status_required(v.get("value")),
             );
             put(
                 &mut r,
-                "currentAverageValue",
-                c.get("averageValue").cloned(),
+                &side.v1_name("AverageValue"),
+                v.get("averageValue").cloned(),
             );
             out.insert("external".into(), Value::Object(r));
         }
@@ -654,6 +616,81 @@ mod tests {
         );
         assert!(v2["spec"].get("targetCPUUtilizationPercentage").is_none());
         assert!(v2.get("status").is_none());
+    }
+
+    #[test]
+    fn every_metric_kind_reads_as_v1_on_both_sides() {
+        let describe = json!({"kind": "Service", "name": "web"});
+        let spec = |t: Value| {
+            [
+                json!({"type": "Resource", "resource": {"name": "memory", "target": t.clone()}}),
+                json!({"type": "ContainerResource", "containerResource": {"name": "cpu",
+                    "container": "app", "target": t.clone()}}),
+                json!({"type": "Pods", "pods": {"metric": {"name": "rps"}, "target": t.clone()}}),
+                json!({"type": "Object", "object": {"describedObject": describe.clone(),
+                    "metric": {"name": "hits"}, "target": t.clone()}}),
+                json!({"type": "External", "external": {"metric": {"name": "q"}, "target": t}}),
+            ]
+        };
+        let [res, cres, pods, object, external] =
+            spec(json!({"averageUtilization": 40, "averageValue": "1Gi"}))
+                .map(|m| metric_spec_to_v1(&m));
+        assert_eq!(
+            res["resource"],
+            json!({"name": "memory",
+            "targetAverageUtilization": 40, "targetAverageValue": "1Gi"})
+        );
+        assert_eq!(cres["containerResource"]["container"], "app");
+        assert_eq!(
+            pods["pods"],
+            json!({"metricName": "rps", "targetAverageValue": "1Gi"})
+        );
+        assert_eq!(
+            object["object"],
+            json!({"target": describe, "metricName": "hits",
+            "targetValue": "0", "averageValue": "1Gi"})
+        );
+        assert_eq!(
+            external["external"],
+            json!({"metricName": "q", "targetAverageValue": "1Gi"})
+        );
+
+        let status = |c: Value| {
+            spec(c).map(|m| {
+                let mut m = m;
+                let ty = m["type"].as_str().unwrap().to_string();
+                let field = if ty == "ContainerResource" {
+                    "containerResource".to_string()
+                } else {
+                    ty.to_lowercase()
+                };
+                let inner = m[&field].as_object_mut().unwrap();
+                let values = inner.remove("target").unwrap();
+                inner.insert("current".into(), values);
+                metric_status_to_v1(&m)
+            })
+        };
+        // Fields v1 requires in a status are written as "0" when v2 leaves them out.
+        let [res, _, pods, object, external] = status(json!({"averageUtilization": 90}));
+        assert_eq!(
+            res["resource"],
+            json!({"name": "memory",
+            "currentAverageUtilization": 90, "currentAverageValue": "0"})
+        );
+        assert_eq!(pods["pods"], json!({"metricName": "rps"}));
+        assert_eq!(object["object"]["currentValue"], "0");
+        assert_eq!(
+            external["external"],
+            json!({"metricName": "q", "currentValue": "0"})
+        );
+        let [_, _, _, object, external] = status(json!({"value": "7", "averageValue": "2"}));
+        assert_eq!(object["object"]["currentValue"], "7");
+        assert_eq!(object["object"]["averageValue"], "2");
+        assert_eq!(
+            external["external"],
+            json!({"metricName": "q",
+            "currentValue": "7", "currentAverageValue": "2"})
+        );
     }
 
     #[test]
