@@ -450,14 +450,24 @@ impl DockerRuntime {
             .map(str::to_string);
         let pid_s = pid.to_string();
         ip(&["-n", &name, "link", "set", "eth0", "netns", &pid_s]).await?;
-        ip(&["netns", "del", &name]).await?;
-        ip(&["netns", "attach", &name, &pid_s]).await?;
-        ip(&["-n", &name, "addr", "add", &cidr, "dev", "eth0"]).await?;
-        ip(&["-n", &name, "link", "set", "eth0", "up"]).await?;
-        ip(&["-n", &name, "link", "set", "lo", "up"]).await?;
-        if let Some(gw) = gw {
-            ip(&["-n", &name, "route", "add", "default", "via", &gw]).await?;
+        // One `ip` process per namespace rather than per command (see `ip_batch`).
+        ip_batch(
+            None,
+            &[
+                vec!["netns", "del", &name],
+                vec!["netns", "attach", &name, &pid_s],
+            ],
+        )
+        .await?;
+        let mut in_pod = vec![
+            vec!["addr", "add", cidr.as_str(), "dev", "eth0"],
+            vec!["link", "set", "eth0", "up"],
+            vec!["link", "set", "lo", "up"],
+        ];
+        if let Some(gw) = &gw {
+            in_pod.push(vec!["route", "add", "default", "via", gw.as_str()]);
         }
+        ip_batch(Some(&name), &in_pod).await?;
         Ok(())
     }
 
@@ -522,7 +532,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-use crate::network::ip;
+use crate::network::{ip, ip_batch};
 
 /// Timestamp of the last record of a CRI log file.
 fn last_logged(path: &Path) -> Option<jiff::Timestamp> {

@@ -331,6 +331,9 @@ pub(crate) struct RecordingApi {
     statuses: Mutex<Vec<PodStatus>>,
     events: Mutex<Vec<(bool, String, String)>>,
     finalized: Mutex<Vec<String>>,
+    /// When set, reads (ConfigMaps, Services, tokens) wait here until this many are under
+    /// way at once; then it is cleared.
+    meet: Mutex<Option<Arc<tokio::sync::Barrier>>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -361,12 +364,41 @@ impl RecordingApi {
     pub(crate) fn finalized(&self) -> Vec<String> {
         locked(&self.finalized).clone()
     }
+
+    /// Makes the next `n` reads wait for each other (see `meet`).
+    pub(crate) fn meet(&self, n: usize) {
+        *locked(&self.meet) = Some(Arc::new(tokio::sync::Barrier::new(n)));
+    }
+
+    async fn rendezvous(&self) {
+        let b = locked(&self.meet).clone();
+        if let Some(b) = b
+            && b.wait().await.is_leader()
+        {
+            *locked(&self.meet) = None;
+        }
+    }
 }
 
 #[async_trait]
 impl ClusterApi for RecordingApi {
     async fn config_map(&self, _ns: &str, _name: &str) -> Result<Option<ConfigMap>> {
+        self.rendezvous().await;
         Ok(None)
+    }
+    async fn services(&self, _ns: &str) -> Result<Vec<k8s_openapi::api::core::v1::Service>> {
+        self.rendezvous().await;
+        Ok(Vec::new())
+    }
+    async fn service_account_token(
+        &self,
+        _pod: &Pod,
+        _sa: &str,
+        _audience: Option<&str>,
+        _expiration_seconds: i64,
+    ) -> Result<String> {
+        self.rendezvous().await;
+        Ok("header.claims.signature".into())
     }
     async fn secret(&self, _ns: &str, _name: &str) -> Result<Option<Secret>> {
         Ok(None)

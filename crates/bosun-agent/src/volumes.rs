@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, ProjectedVolumeSource, Volume};
+use k8s_openapi::api::core::v1::{
+    Container, KeyToPath, Pod, ProjectedVolumeSource, Volume, VolumeProjection,
+};
 
 use crate::api::ClusterApi;
 use crate::env::ConfigError;
@@ -407,7 +409,10 @@ pub fn token_times(token: &str) -> Option<(i64, i64, String)> {
 }
 
 /// The files of a projected volume: ServiceAccount tokens (bound to the pod, renewed before
-/// they expire), ConfigMaps, Secrets and downward API items.
+/// they expire), ConfigMaps, Secrets and downward API items. The sources are read from the
+/// API at the same time (a pod's default `kube-api-access` volume is a token request and a
+/// ConfigMap read, both before its first container starts) and placed in their order, later
+/// ones over earlier ones, as in Kubernetes.
 async fn projected_files(
     api: &dyn ClusterApi,
     pod: &Pod,
@@ -416,33 +421,56 @@ async fn projected_files(
     dir: &Path,
     volume: &str,
 ) -> Result<(HashMap<String, Vec<u8>>, Vec<KeyToPath>), ConfigError> {
+    let sources = p.sources.iter().flatten();
+    let each = futures::future::join_all(
+        sources.map(|src| projected_source(api, pod, ns, src, dir, volume)),
+    )
+    .await;
+    let mut files = HashMap::new();
+    let mut items = Vec::new();
+    for one in each {
+        let (f, i) = one?;
+        files.extend(f);
+        items.extend(i);
+    }
+    Ok((files, items))
+}
+
+/// The files of one source of a projected volume.
+async fn projected_source(
+    api: &dyn ClusterApi,
+    pod: &Pod,
+    ns: &str,
+    src: &VolumeProjection,
+    dir: &Path,
+    volume: &str,
+) -> Result<(HashMap<String, Vec<u8>>, Vec<KeyToPath>), ConfigError> {
     let mut files = HashMap::new();
     let mut items = Vec::new();
     let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
-    for src in p.sources.iter().flatten() {
-        if let Some(t) = &src.service_account_token {
-            if !relative_ok(&t.path) {
-                return Err(ConfigError(format!(
-                    "projected volume {volume:?}: token path {:?} must be relative without '..'",
-                    t.path
-                )));
-            }
-            let now = jiff::Timestamp::now().as_second();
-            let current = std::fs::read_to_string(dir.join(&t.path)).ok();
-            let fresh = current.as_deref().and_then(|tok| {
-                let (iat, exp, uid) = token_times(tok.trim())?;
-                (uid == pod_uid && !token_needs_renewal(iat, exp, now)).then(|| tok.to_string())
-            });
-            let token = match fresh {
-                Some(tok) => tok,
-                None => {
-                    let sa = pod
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.service_account_name.clone())
-                        .filter(|s| !s.is_empty())
-                        .unwrap_or_else(|| "default".into());
-                    api.service_account_token(
+    if let Some(t) = &src.service_account_token {
+        if !relative_ok(&t.path) {
+            return Err(ConfigError(format!(
+                "projected volume {volume:?}: token path {:?} must be relative without '..'",
+                t.path
+            )));
+        }
+        let now = jiff::Timestamp::now().as_second();
+        let current = std::fs::read_to_string(dir.join(&t.path)).ok();
+        let fresh = current.as_deref().and_then(|tok| {
+            let (iat, exp, uid) = token_times(tok.trim())?;
+            (uid == pod_uid && !token_needs_renewal(iat, exp, now)).then(|| tok.to_string())
+        });
+        let token = match fresh {
+            Some(tok) => tok,
+            None => {
+                let sa = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.clone())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "default".into());
+                api.service_account_token(
                         pod,
                         &sa,
                         t.audience.as_deref().filter(|a| !a.is_empty()),
@@ -454,57 +482,56 @@ async fn projected_files(
                             "projected volume {volume:?}: cannot get a token for service account {ns}/{sa}: {e:#}"
                         ))
                     })?
-                }
-            };
-            files.insert(t.path.clone(), token.into_bytes());
-            items.push(KeyToPath {
-                key: t.path.clone(),
-                path: t.path.clone(),
-                mode: None,
-            });
-        } else if let Some(keyed) = src
-            .config_map
-            .as_ref()
-            .map(|cm| KeyedSource {
-                kind: Keyed::ConfigMap,
-                name: cm.name.clone(),
-                optional: cm.optional,
-                items: cm.items.as_ref(),
+            }
+        };
+        files.insert(t.path.clone(), token.into_bytes());
+        items.push(KeyToPath {
+            key: t.path.clone(),
+            path: t.path.clone(),
+            mode: None,
+        });
+    } else if let Some(keyed) = src
+        .config_map
+        .as_ref()
+        .map(|cm| KeyedSource {
+            kind: Keyed::ConfigMap,
+            name: cm.name.clone(),
+            optional: cm.optional,
+            items: cm.items.as_ref(),
+            default_mode: None,
+        })
+        .or_else(|| {
+            src.secret.as_ref().map(|sec| KeyedSource {
+                kind: Keyed::Secret,
+                name: sec.name.clone(),
+                optional: sec.optional,
+                items: sec.items.as_ref(),
                 default_mode: None,
             })
-            .or_else(|| {
-                src.secret.as_ref().map(|sec| KeyedSource {
-                    kind: Keyed::Secret,
-                    name: sec.name.clone(),
-                    optional: sec.optional,
-                    items: sec.items.as_ref(),
-                    default_mode: None,
-                })
-            })
-        {
-            let data = keyed_files(api, ns, &keyed, volume).await?;
-            place(
-                data,
-                keyed.items,
-                &keyed.describe(ns),
-                &mut files,
-                &mut items,
-            )?;
-        } else if let Some(da) = &src.downward_api {
-            let source = k8s_openapi::api::core::v1::DownwardAPIVolumeSource {
-                items: da.items.clone(),
-                default_mode: None,
-            };
-            let (data, its) = downward_files(pod, &source).map_err(|e| {
-                ConfigError(format!("projected volume {volume:?}: downwardAPI: {}", e.0))
-            })?;
-            files.extend(data);
-            items.extend(its);
-        } else {
-            return Err(ConfigError(format!(
-                "projected volume {volume:?}: only serviceAccountToken, configMap, secret and downwardAPI sources are supported"
-            )));
-        }
+        })
+    {
+        let data = keyed_files(api, ns, &keyed, volume).await?;
+        place(
+            data,
+            keyed.items,
+            &keyed.describe(ns),
+            &mut files,
+            &mut items,
+        )?;
+    } else if let Some(da) = &src.downward_api {
+        let source = k8s_openapi::api::core::v1::DownwardAPIVolumeSource {
+            items: da.items.clone(),
+            default_mode: None,
+        };
+        let (data, its) = downward_files(pod, &source).map_err(|e| {
+            ConfigError(format!("projected volume {volume:?}: downwardAPI: {}", e.0))
+        })?;
+        files.extend(data);
+        items.extend(its);
+    } else {
+        return Err(ConfigError(format!(
+            "projected volume {volume:?}: only serviceAccountToken, configMap, secret and downwardAPI sources are supported"
+        )));
     }
     Ok((files, items))
 }

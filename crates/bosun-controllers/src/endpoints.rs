@@ -22,7 +22,7 @@ use k8s_openapi::api::discovery::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
@@ -295,6 +295,9 @@ pub fn desired_slices(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSlice> {
 struct Ctx {
     client: Client,
     pods: Store<Pod>,
+    /// The slices as the informer last saw them: what a reconcile compares against and
+    /// writes over, so a pod change costs one write rather than a read, a write and a list.
+    slices: Store<EndpointSlice>,
 }
 
 fn same_meta(a: &ObjectMeta, b: &ObjectMeta) -> bool {
@@ -336,6 +339,45 @@ where
     }
 }
 
+fn slice_differs(a: &EndpointSlice, b: &EndpointSlice) -> bool {
+    a.endpoints != b.endpoints || a.ports != b.ports || a.address_type != b.address_type
+}
+
+/// Writes a slice against the cached copy `have` (from the informer). A cache behind the API
+/// (a write of ours or someone else's not seen yet) shows as a conflict, and the write is
+/// then made against a fresh read; a cache behind that says "no change" is caught up by
+/// the slice's own watch event, which reconciles the Service again.
+async fn upsert_slice(
+    api: &Api<EndpointSlice>,
+    want: EndpointSlice,
+    have: Option<&EndpointSlice>,
+) -> Result<()> {
+    let name = want.name_any();
+    let res = match have {
+        None => api.create(&PostParams::default(), &want).await.map(|_| ()),
+        Some(have) => {
+            if have.metadata.deletion_timestamp.is_some()
+                || (!slice_differs(have, &want) && same_meta(&have.metadata, &want.metadata))
+            {
+                return Ok(());
+            }
+            let mut put = want.clone();
+            put.metadata.resource_version = have.metadata.resource_version.clone();
+            put.metadata.uid = have.metadata.uid.clone();
+            put.metadata.annotations = have.metadata.annotations.clone();
+            api.replace(&name, &PostParams::default(), &put)
+                .await
+                .map(|_| ())
+        }
+    };
+    match res {
+        Ok(()) => Ok(()),
+        // Created meanwhile, changed meanwhile, or deleted meanwhile: read and write again.
+        Err(e) if is_conflict(&e) || is_not_found(&e) => upsert(api, want, slice_differs).await,
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
@@ -343,12 +385,20 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
         return Ok(Action::await_change());
     }
     let slices_api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
-    let owned = ListParams::default().labels(&format!(
-        "{SERVICE_NAME_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}"
-    ));
+    let owned: Vec<Arc<EndpointSlice>> = ctx
+        .slices
+        .state()
+        .into_iter()
+        .filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
+        .filter(|s| {
+            let l = s.labels();
+            l.get(SERVICE_NAME_LABEL) == Some(&name)
+                && l.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+        })
+        .collect();
     if managed_selector(&svc).is_none() {
         // Without a selector the slices are not ours to keep; v1 Endpoints are left to users.
-        for s in slices_api.list(&owned).await?.items {
+        for s in &owned {
             delete_ignoring_missing(&slices_api, &s.name_any()).await?;
         }
         return Ok(Action::requeue(RESYNC));
@@ -364,12 +414,13 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
     let want = desired_slices(&svc, &pods);
     let keep: BTreeSet<String> = want.iter().map(|s| s.name_any()).collect();
     for s in want {
-        upsert(&slices_api, s, |a, b| {
-            a.endpoints != b.endpoints || a.ports != b.ports || a.address_type != b.address_type
-        })
-        .await?;
+        let have = owned
+            .iter()
+            .find(|o| o.metadata.name == s.metadata.name)
+            .map(Arc::as_ref);
+        upsert_slice(&slices_api, s, have).await?;
     }
-    for s in slices_api.list(&owned).await?.items {
+    for s in &owned {
         if !keep.contains(&s.name_any()) {
             delete_ignoring_missing(&slices_api, &s.name_any()).await?;
         }
@@ -404,6 +455,7 @@ pub(crate) async fn run(
     let ctx = Arc::new(Ctx {
         client,
         pods: pods.store(),
+        slices: slices.store(),
     });
     let controller = Controller::for_shared_stream(services.subscribe(), svc_store)
         .owns_shared_stream(slices.subscribe())

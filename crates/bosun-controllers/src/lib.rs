@@ -3,7 +3,9 @@
 //!
 //! Every controller is a kube-runtime `Controller` fed by shared [`bosun_watch::Informer`]s (one
 //! watch per kind) and runs an idempotent, level-triggered reconcile that reads what it decides
-//! on fresh from the API, so any controller can be restarted at any moment.
+//! on fresh from the API (or, on the scale-from-zero path, from its informers, with conflicts
+//! as the check: the endpoints controller's slices, the deployment controller's ReplicaSets),
+//! so any controller can be restarted at any moment.
 
 pub mod apiserver_endpoints;
 pub mod cronjob;

@@ -767,3 +767,70 @@ async fn the_last_node_keeps_its_pods_when_it_goes_silent() {
     let n = nodes.get("only").await.unwrap();
     assert!(n.spec.and_then(|s| s.taints).unwrap_or_default().is_empty());
 }
+
+/// Requests the API server counted (its `/metrics`) for one verb and resource.
+async fn request_count(client: &Client, verb: &str, resource: &str) -> u64 {
+    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(req).await.unwrap();
+    let (verb, resource) = (
+        format!("verb=\"{verb}\""),
+        format!("resource=\"{resource}\""),
+    );
+    text.lines()
+        .filter_map(|l| l.strip_prefix("apiserver_request_total{"))
+        .filter(|l| l.contains(&verb) && l.contains(&resource))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn scaling_works_from_the_informers_replica_sets() {
+    let c = cluster(ControllerConfig::default()).await;
+    let deps: Api<Deployment> = Api::default_namespaced(c.client.clone());
+    deps.create(&PostParams::default(), &deployment("wake", 1, "v1"))
+        .await
+        .unwrap();
+    let rss: Api<ReplicaSet> = Api::default_namespaced(c.client.clone());
+    let rs = eventually("the ReplicaSet", || async {
+        rss.list(&ListParams::default().labels("app=wake"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    eventually("1 pod", || async {
+        (owned_pods(&c.client, "wake").await.len() == 1).then_some(())
+    })
+    .await;
+    let lists = request_count(&c.client, "LIST", "replicasets").await;
+    // Down to zero and back, as scale to zero does: each scale is the ReplicaSet write.
+    for n in [0, 2, 1] {
+        deps.patch(
+            "wake",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": n}})),
+        )
+        .await
+        .unwrap();
+        eventually("the ReplicaSet scaled", || async {
+            let r = rss.get(&rs.name_any()).await.unwrap();
+            (r.spec.and_then(|s| s.replicas) == Some(n)).then_some(())
+        })
+        .await;
+        eventually("the pods", || async {
+            (owned_pods(&c.client, "wake").await.len() == n as usize).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(
+        request_count(&c.client, "LIST", "replicasets").await,
+        lists,
+        "the deployment controller listed ReplicaSets from the API"
+    );
+    assert_eq!(
+        rss.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+}

@@ -261,3 +261,113 @@ async fn headless_services_get_slices() {
     );
     assert_eq!(s.ports.as_ref().unwrap()[0].port, Some(5432));
 }
+
+/// Requests the API server counted for endpointslices, by verb (its `/metrics`).
+async fn slice_requests(client: &Client) -> std::collections::BTreeMap<String, u64> {
+    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(req).await.unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        if !rest.contains("resource=\"endpointslices\"") || !rest.contains("subresource=\"\"") {
+            continue;
+        }
+        let verb = rest
+            .split("verb=\"")
+            .nth(1)
+            .and_then(|v| v.split('"').next())
+            .unwrap_or_default();
+        let n: u64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let code = rest
+            .split("code=\"")
+            .nth(1)
+            .and_then(|v| v.split('"').next())
+            .unwrap_or_default();
+        *out.entry(verb.to_string()).or_default() += n;
+        *out.entry(format!("{verb} {code}")).or_default() += n;
+    }
+    out
+}
+
+/// The ready addresses of the service's v1 Endpoints (read with GET: no slice requests).
+async fn ready_addresses(client: &Client, svc: &str) -> Vec<String> {
+    let eps: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    eps.get_opt(svc)
+        .await
+        .unwrap()
+        .and_then(|e| e.subsets)
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s.addresses.unwrap_or_default())
+        .map(|a| a.ip)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_pod_readiness_change_is_one_slice_write_from_the_cache() {
+    let c = cluster().await;
+    let services: Api<Service> = Api::namespaced(c.client.clone(), "default");
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "cold"},
+        "spec": {"selector": {"app": "cold"}, "ports": [{"port": 80, "targetPort": 8080}]}
+    }))
+    .unwrap();
+    services.create(&PostParams::default(), &svc).await.unwrap();
+    running_pod(&c.client, "cold-a", "cold", "10.77.2.2", false).await;
+    eventually("the pod in the slice, not ready", || async {
+        let want = vec![("10.77.2.2".to_string(), false, false, false)];
+        (slice_endpoints(&c.client, "cold").await == want).then_some(())
+    })
+    .await;
+    // The v1 Endpoints are written after the slices: once they list the pod, the slice
+    // writes of that pass are done.
+    let eps: Api<Endpoints> = Api::namespaced(c.client.clone(), "default");
+    eventually("the pod in the Endpoints", || async {
+        let e = eps.get_opt("cold").await.unwrap()?;
+        e.subsets?
+            .iter()
+            .any(|s| {
+                s.not_ready_addresses
+                    .as_ref()
+                    .is_some_and(|a| !a.is_empty())
+            })
+            .then_some(())
+    })
+    .await;
+    let before = slice_requests(&c.client).await;
+
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    for ready in [true, false, true] {
+        let status = json!({"status": {"conditions": [
+            {"type": "Ready", "status": if ready {"True"} else {"False"}}]}});
+        pods.patch_status("cold-a", &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+        let want: Vec<String> = if ready {
+            vec!["10.77.2.2".into()]
+        } else {
+            Vec::new()
+        };
+        eventually("the Endpoints to follow the pod's readiness", || async {
+            (ready_addresses(&c.client, "cold").await == want).then_some(())
+        })
+        .await;
+    }
+    let after = slice_requests(&c.client).await;
+    let n = |m: &std::collections::BTreeMap<String, u64>, v: &str| m.get(v).copied().unwrap_or(0);
+    // Each change is a write against the informer's copy: no list of slices, and no read
+    // but the garbage collector's one look at each changed object (a read before each
+    // write would make two per write).
+    let grew = |v: &str| n(&after, v) - n(&before, v);
+    assert_eq!(grew("LIST"), 0, "{before:?} -> {after:?}");
+    assert!(grew("PUT") >= 3, "{before:?} -> {after:?}");
+    assert!(grew("GET") <= grew("PUT"), "{before:?} -> {after:?}");
+    let s = slice_endpoints(&c.client, "cold").await;
+    assert_eq!(s, [("10.77.2.2".to_string(), true, true, false)]);
+}

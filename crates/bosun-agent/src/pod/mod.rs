@@ -1246,9 +1246,16 @@ impl PodWorker {
             node_cpu: self.ctx.node_cpu,
             node_memory: self.ctx.node_memory,
         };
-        let services = crate::dns::service_env_for(self.ctx.api.as_ref(), pod)
-            .await
-            .map_err(|e| format!("listing services for the service variables: {e:#}"))?;
+        // The Services (for the service variables) and the volumes' objects (a ServiceAccount
+        // token, ConfigMaps, Secrets) are read from the API at the same time: a container
+        // starting from zero waits for them.
+        let pod_dir = self.pod_dir();
+        let (services, vols) = tokio::join!(
+            crate::dns::service_env_for(self.ctx.api.as_ref(), pod),
+            crate::volumes::prepare(self.ctx.api.as_ref(), pod, &pod_dir),
+        );
+        let services =
+            services.map_err(|e| format!("listing services for the service variables: {e:#}"))?;
         let mut env = container_env_with(self.ctx.api.as_ref(), &facts, c, services)
             .await
             .map_err(|e| e.0)?;
@@ -1281,9 +1288,7 @@ impl PodWorker {
         } else {
             process_argv(c, &env).map_err(|e| e.0)?
         };
-        let vols = crate::volumes::prepare(self.ctx.api.as_ref(), pod, &self.pod_dir())
-            .await
-            .map_err(|e| e.0)?;
+        let vols = vols.map_err(|e| e.0)?;
         self.volumes_at = Some(Instant::now());
         self.volumes_meta = Some(volume_meta(pod));
         let mut mounts = crate::volumes::mounts_for(c, &vols).map_err(|e| e.0)?;

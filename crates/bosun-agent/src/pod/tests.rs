@@ -38,9 +38,16 @@ impl Worker {
     /// Starts a worker for `spec` (a pod spec as JSON) with a fresh fake runtime; `script`
     /// sets the fake up before the worker sees the pod.
     fn spawn(spec: serde_json::Value, script: impl FnOnce(&FakeRuntime)) -> Worker {
+        Self::spawn_with(spec, script, Arc::new(RecordingApi::default()))
+    }
+
+    fn spawn_with(
+        spec: serde_json::Value,
+        script: impl FnOnce(&FakeRuntime),
+        api: Arc<RecordingApi>,
+    ) -> Worker {
         let rt = FakeRuntime::new();
         script(&rt);
-        let api = Arc::new(RecordingApi::default());
         let dir = tempfile::tempdir().expect("temp dir");
         let ctx = Arc::new(PodContext {
             process_runtime: rt.clone(),
@@ -342,4 +349,27 @@ async fn the_pre_stop_hook_runs_before_the_stop() {
         .expect("SIGTERM sent");
     assert!(hook < term, "{calls:?}");
     assert_eq!(w.api.finalized(), [UID]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_containers_reads_from_the_api_go_out_together() {
+    // The Services (for the service variables), the token and the ConfigMap of a
+    // `kube-api-access` volume wait for each other here: read one after another, the first
+    // would wait forever and the container would never start.
+    let api = Arc::new(RecordingApi::default());
+    api.meet(3);
+    let w = Worker::spawn_with(
+        serde_json::json!({
+            "containers": [{"name": "a", "command": ["app"],
+                            "volumeMounts": [{"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]}],
+            "volumes": [{"name": "kube-api-access", "projected": {"sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {"configMap": {"name": "kube-root-ca.crt", "optional": true}}]}}]
+        }),
+        |rt| rt.script("a", &[Run::ExitAfter(secs(3600), 0)]),
+        api,
+    );
+    tokio::time::sleep(secs(5)).await;
+    assert_eq!(w.starts("a").len(), 1, "the container started");
+    w.stop().await;
 }

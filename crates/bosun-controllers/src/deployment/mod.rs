@@ -3,6 +3,7 @@
 pub mod logic;
 pub mod sync;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,19 +29,107 @@ const RESYNC: Duration = Duration::from_secs(300);
 struct Ctx {
     client: Client,
     recorder: Recorder,
+    replica_sets: Store<ReplicaSet>,
+    written: Written,
 }
 
-/// [`DeploymentOps`] against the API server.
+/// This controller's own ReplicaSet writes (by uid: the object the API returned, or None
+/// once deleted) that the informer has not shown yet. A pass that runs before the informer
+/// catches up (triggered by the Deployment's status write, say) decides on these rather than
+/// on the informer's older copies, as it would on a fresh list.
+#[derive(Default)]
+struct Written(std::sync::Mutex<HashMap<String, (String, Option<ReplicaSet>)>>);
+
+fn rv_of(rs: &ReplicaSet) -> Option<u64> {
+    rs.metadata.resource_version.as_deref()?.parse().ok()
+}
+
+impl Written {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Option<ReplicaSet>)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn note(&self, rs: &ReplicaSet, gone: bool) {
+        if let Some(uid) = rs.metadata.uid.clone() {
+            let ns = rs.metadata.namespace.clone().unwrap_or_default();
+            self.lock().insert(uid, (ns, (!gone).then(|| rs.clone())));
+        }
+    }
+
+    /// The ReplicaSets of `ns` as of this controller's last writes: the informer's copies,
+    /// with newer own writes in their place and own deletions left out. None when that
+    /// cannot be told from the cache (a created object the informer has not shown yet).
+    fn merge(&self, ns: &str, cached: &[Arc<ReplicaSet>]) -> Option<Vec<ReplicaSet>> {
+        let mut w = self.lock();
+        let mut out = Vec::with_capacity(cached.len());
+        let mut seen = std::collections::HashSet::new();
+        for rs in cached {
+            let uid = rs.metadata.uid.clone().unwrap_or_default();
+            match w.get(&uid).map(|(_, mine)| mine) {
+                None => out.push(ReplicaSet::clone(rs)),
+                Some(None) => {} // deleted by this controller; the informer is behind
+                Some(Some(mine)) => match (rv_of(mine), rv_of(rs)) {
+                    (Some(m), Some(c)) if m > c => out.push(mine.clone()),
+                    (Some(_), Some(_)) => {
+                        w.remove(&uid);
+                        out.push(ReplicaSet::clone(rs));
+                    }
+                    _ => return None,
+                },
+            }
+            seen.insert(uid);
+        }
+        let unseen = |uid: &String, ns_of: &String| ns_of == ns && !seen.contains(uid);
+        if w.iter()
+            .any(|(uid, (n, mine))| mine.is_some() && unseen(uid, n))
+        {
+            return None;
+        }
+        // Deleted and dropped by the informer too: nothing left to wait for.
+        w.retain(|uid, (n, mine)| mine.is_some() || !unseen(uid, n));
+        out.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        Some(out)
+    }
+
+    /// Forgets writes the API no longer has (after a list from the API).
+    fn forget_missing(&self, ns: &str, listed: &[ReplicaSet]) {
+        let live: std::collections::HashSet<&str> = listed
+            .iter()
+            .filter_map(|r| r.metadata.uid.as_deref())
+            .collect();
+        self.lock()
+            .retain(|uid, (n, _)| n != ns || live.contains(uid.as_str()));
+    }
+}
+
+/// [`DeploymentOps`] against the API server, reading ReplicaSets from the informer.
 pub struct KubeOps<'a> {
     client: &'a Client,
     recorder: &'a Recorder,
+    replica_sets: &'a Store<ReplicaSet>,
+    written: &'a Written,
 }
 
 #[async_trait]
 impl DeploymentOps for KubeOps<'_> {
     async fn list_replica_sets(&self, ns: &str) -> Result<Vec<ReplicaSet>> {
+        // The informer's copies: a wake from zero then costs the scale write alone, not a
+        // list of the namespace's ReplicaSets before it. Not before the informer's first
+        // list: an empty cache would hide the old ReplicaSets from a rollout.
+        let ready = self.replica_sets.wait_until_ready().await.is_ok();
+        let cached: Vec<Arc<ReplicaSet>> = self
+            .replica_sets
+            .state()
+            .into_iter()
+            .filter(|r| r.metadata.namespace.as_deref() == Some(ns))
+            .collect();
+        if ready && let Some(list) = self.written.merge(ns, &cached) {
+            return Ok(list);
+        }
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), ns);
-        Ok(api.list(&ListParams::default()).await?.items)
+        let items = api.list(&ListParams::default()).await?.items;
+        self.written.forget_missing(ns, &items);
+        Ok(items)
     }
 
     async fn list_pods(&self, ns: &str, selector: &LabelMatcher) -> Result<Vec<Pod>> {
@@ -61,7 +150,10 @@ impl DeploymentOps for KubeOps<'_> {
         let api: Api<ReplicaSet> =
             Api::namespaced(self.client.clone(), &rs.namespace().unwrap_or_default());
         match api.create(&PostParams::default(), rs).await {
-            Ok(c) => Ok(Some(c)),
+            Ok(c) => {
+                self.written.note(&c, false);
+                Ok(Some(c))
+            }
             Err(e) if crate::util::is_conflict(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -75,9 +167,11 @@ impl DeploymentOps for KubeOps<'_> {
     async fn update_replica_set(&self, rs: &ReplicaSet) -> Result<ReplicaSet> {
         let api: Api<ReplicaSet> =
             Api::namespaced(self.client.clone(), &rs.namespace().unwrap_or_default());
-        Ok(api
+        let updated = api
             .replace(&rs.name_any(), &PostParams::default(), rs)
-            .await?)
+            .await?;
+        self.written.note(&updated, false);
+        Ok(updated)
     }
 
     async fn delete_replica_set(&self, rs: &ReplicaSet) -> Result<()> {
@@ -92,7 +186,14 @@ impl DeploymentOps for KubeOps<'_> {
             ..Default::default()
         };
         match api.delete(&rs.name_any(), &dp).await {
-            Ok(_) => Ok(()),
+            Ok(either) => {
+                // Still there (finalizers, or the collector yet to remove it), or gone.
+                match either.left() {
+                    Some(left) => self.written.note(&left, false),
+                    None => self.written.note(rs, true),
+                }
+                Ok(())
+            }
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -144,6 +245,8 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
     let ops = KubeOps {
         client: &ctx.client,
         recorder: &ctx.recorder,
+        replica_sets: &ctx.replica_sets,
+        written: &ctx.written,
     };
     let requeue = sync_deployment(&ops, &d).await?;
     Ok(Action::requeue(requeue.map_or(RESYNC, |r| r.min(RESYNC))))
@@ -174,12 +277,14 @@ pub(crate) async fn run(
     pods: Informer<Pod>,
     shutdown: CancellationToken,
 ) {
+    let rs_store = replica_sets.store();
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), "deployment-controller"),
         client,
+        replica_sets: rs_store.clone(),
+        written: Written::default(),
     });
     let d_store = deployments.store();
-    let rs_store = replica_sets.store();
     let orphan_store = d_store.clone();
     let pod_d_store = d_store.clone();
     let controller = Controller::for_shared_stream(deployments.subscribe(), d_store)

@@ -22,7 +22,8 @@ fn is_conflict_err(e: &anyhow::Error) -> bool {
 /// The side effects a Deployment sync needs.
 #[async_trait]
 pub trait DeploymentOps: Send + Sync {
-    /// ReplicaSets in the namespace (fresh from the API, so a just-created RS is seen).
+    /// ReplicaSets in the namespace, including every write of the controller's own (a
+    /// just-created RS is seen).
     async fn list_replica_sets(&self, ns: &str) -> Result<Vec<ReplicaSet>>;
     async fn list_pods(&self, ns: &str, selector: &LabelMatcher) -> Result<Vec<Pod>>;
     /// Fresh read used before adopting, so a deleted-and-recreated deployment adopts nothing.
