@@ -155,7 +155,8 @@ fn build_commands<'a>(
 ) -> (Vec<Vec<&'a str>>, Vec<Vec<&'a str>>) {
     let addr = cidr.split('/').next().unwrap_or(cidr);
     let host_cmds = vec![
-        vec!["neigh", "flush", "to", addr, "dev", bridge],
+        // `nud all`: without it a flush skips entries added by hand (PERMANENT).
+        vec!["neigh", "flush", "to", addr, "dev", bridge, "nud", "all"],
         vec!["netns", "add", ns],
         vec![
             "link", "add", host, "type", "veth", "peer", "name", peer, "netns", ns,
@@ -495,7 +496,7 @@ mod tests {
         );
         assert_eq!(
             batch_script(&host),
-            "neigh flush to 10.88.0.5 dev bt\n\
+            "neigh flush to 10.88.0.5 dev bt nud all\n\
              netns add bt-abc\n\
              link add vbabc type veth peer name pbabc netns bt-abc\n\
              link set vbabc master bt up\n"
