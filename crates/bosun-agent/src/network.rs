@@ -83,10 +83,15 @@ pub(crate) async fn ip(args: &[&str]) -> Result<String> {
         .output()
         .await
         .context("run ip (iproute2)")?;
+    ip_output(out, || args.join(" "))
+}
+
+/// `ip`'s stdout when it succeeded; otherwise its stderr as the error, after `ip WHAT: `.
+fn ip_output(out: std::process::Output, what: impl FnOnce() -> String) -> Result<String> {
     if !out.status.success() {
         bail!(
             "ip {}: {}",
-            args.join(" "),
+            what(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
@@ -118,14 +123,12 @@ pub(crate) async fn ip_batch(netns: Option<&str>, cmds: &[Vec<&str>]) -> Result<
         .wait_with_output()
         .await
         .context("run ip (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}-batch: {}",
-            netns.map(|n| format!("-n {n} ")).unwrap_or_default(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    ip_output(out, || {
+        format!(
+            "{}-batch",
+            netns.map(|n| format!("-n {n} ")).unwrap_or_default()
+        )
+    })
 }
 
 /// The text `ip -batch` reads: one command per line.
