@@ -644,6 +644,9 @@ pub fn enter_main(json: &str) -> i32 {
         eprintln!("bosun shim enter: cannot unblock signals: {e}");
         return 126;
     }
+    // This shim runs with transparent huge pages off, as all of bosun; the command gets the
+    // system's setting (the flag survives exec). Failure leaves them off: slower, not wrong.
+    let _ = nix::sys::prctl::set_thp_disable(false);
     if let Some(pid) = spec.join
         && let Err(e) = join_namespaces(pid)
     {

@@ -3,8 +3,8 @@
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-/// Makes the command's process start as a freshly booted program would: no signal blocked
-/// and every signal at its default action.
+/// Makes the command's process start as a freshly booted program would: no signal blocked,
+/// every signal at its default action, and transparent huge pages as the system sets them.
 ///
 /// Both survive exec: the shim blocks the signals it forwards (a thread takes them with
 /// sigwait), std's `Command` passes the parent's mask on unchanged, and whatever the shim
@@ -14,8 +14,8 @@ use std::process::Command;
 pub fn reset_in_child(cmd: &mut Command) {
     // SAFETY: the closure runs in the forked child between fork and exec, where only
     // async-signal-safe calls are allowed: it calls sigaction(2) (through signal(3) with
-    // SIG_DFL, which installs no handler) and sigprocmask(2) on a set on its stack, both
-    // async-signal-safe; it allocates nothing and touches no lock or shared memory.
+    // SIG_DFL, which installs no handler), prctl(2) and sigprocmask(2) on a set on its stack,
+    // all async-signal-safe; it allocates nothing and touches no lock or shared memory.
     #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| {
@@ -27,6 +27,10 @@ pub fn reset_in_child(cmd: &mut Command) {
                 // exec resets anyway since libc catches rather than ignores them.
                 libc::signal(sig, libc::SIG_DFL);
             }
+            // bosun runs with transparent huge pages off (`bosun_cli::alloc`); the flag is
+            // inherited and survives exec, so the program gets the system's setting back.
+            // prctl(2) is a plain system call. Failure leaves it off: slower, not wrong.
+            libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0);
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);
             if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {

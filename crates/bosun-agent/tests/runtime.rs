@@ -431,6 +431,56 @@ async fn workload_starts_with_no_blocked_or_ignored_signals() {
     rt.remove_pod("u7").await.unwrap();
 }
 
+/// The `THP_enabled:` line of a process's status: 0 when `PR_SET_THP_DISABLE` is set.
+fn thp_enabled(status: &str) -> Option<&str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim)
+}
+
+#[tokio::test]
+async fn workload_gets_transparent_huge_pages_back() {
+    // bosun switches them off for itself (mimalloc's arenas), and the flag is inherited by
+    // the shims it spawns: the programs they start must get the system's setting back.
+    nix::sys::prctl::set_thp_disable(true).unwrap();
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert_eq!(thp_enabled(&own), Some("0"), "{own}");
+    let dir = tempfile::tempdir().unwrap();
+    let rt = ProcessRuntime::new(dir.path().join("pods"), shim_exe());
+    let k = key("u7b", "sleeper", 0);
+    rt.create(
+        &k,
+        &ContainerLaunch {
+            argv: vec!["/bin/sleep".into(), "300".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let pid = match rt.start(&k).await.unwrap() {
+        RuntimeState::Running { pid, .. } => pid.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert_eq!(thp_enabled(&status), Some("1"), "{status}");
+    let out = rt
+        .exec(
+            &k,
+            &[
+                "/bin/grep".into(),
+                "THP_enabled".into(),
+                "/proc/self/status".into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(thp_enabled(out.output.trim()), Some("1"), "{}", out.output);
+    rt.stop(&k, Duration::from_secs(10)).await.unwrap();
+    rt.remove_pod("u7b").await.unwrap();
+}
+
 #[tokio::test]
 async fn stdout_and_stderr_are_logged_in_the_order_written() {
     let dir = tempfile::tempdir().unwrap();

@@ -24,6 +24,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // As `bosun` does at start-up (bosun-cli/src/alloc.rs): no transparent huge pages, which
+    // mimalloc's arenas would otherwise get and the kernel zero 2 MiB at a time.
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        let _ = nix::sys::prctl::set_thp_disable(true);
+    }
     let mut args = std::env::args().skip(1);
     let nodes: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1000);
     let pods: usize = args
