@@ -29,8 +29,11 @@ pub struct NodeInfo {
     pub allocatable: Resources,
     /// Pods carrying pod (anti-)affinity terms: the only ones symmetric checks must visit.
     pub affinity_pods: Vec<Arc<Pod>>,
-    /// Active pods per controller uid, for default spreading.
-    owners: HashMap<String, u32>,
+    /// Active pods per controller uid, for default spreading (read for every node of every
+    /// decision: a fast hasher rather than SipHash; the keys are uids the server made).
+    owners: HashMap<String, u32, foldhash::fast::RandomState>,
+    /// The `topology.kubernetes.io/zone` label, read once per Node update.
+    zone: Option<Arc<str>>,
     /// The node's Ready condition is True (read once per Node update, not per decision).
     ready: bool,
 }
@@ -40,6 +43,7 @@ impl NodeInfo {
         let mut n = NodeInfo {
             allocatable: allocatable(&node),
             ready: node_ready(&node),
+            zone: zone_of(&node),
             node,
             ..Default::default()
         };
@@ -61,7 +65,13 @@ impl NodeInfo {
     pub fn set_node(&mut self, node: Arc<Node>) {
         self.allocatable = allocatable(&node);
         self.ready = node_ready(&node);
+        self.zone = zone_of(&node);
         self.node = node;
+    }
+
+    /// The node's zone (`topology.kubernetes.io/zone`), if labelled.
+    pub fn zone(&self) -> Option<&str> {
+        self.zone.as_deref()
     }
 
     pub fn add_pod(&mut self, pod: Arc<Pod>) {
@@ -102,6 +112,13 @@ impl NodeInfo {
     pub fn owned_by(&self, uid: &str) -> u32 {
         self.owners.get(uid).copied().unwrap_or(0)
     }
+}
+
+fn zone_of(node: &Node) -> Option<Arc<str>> {
+    let labels = node.metadata.labels.as_ref()?;
+    labels
+        .get(crate::spread::ZONE_KEY)
+        .map(|z| Arc::from(z.as_str()))
 }
 
 fn node_ready(node: &Node) -> bool {
@@ -755,6 +772,26 @@ mod tests {
     };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+    #[test]
+    fn a_nodes_zone_follows_its_label() {
+        let mut n = node("a", "1", "1Gi");
+        let mut info = NodeInfo::new(Arc::new(n.clone()), vec![]);
+        assert_eq!(info.zone(), None);
+        n.metadata
+            .labels
+            .get_or_insert_default()
+            .insert(crate::spread::ZONE_KEY.into(), "z1".into());
+        info.set_node(Arc::new(n.clone()));
+        assert_eq!(info.zone(), Some("z1"));
+        assert_eq!(
+            NodeInfo::new(Arc::new(n.clone()), vec![]).zone(),
+            Some("z1")
+        );
+        n.metadata.labels = None;
+        info.set_node(Arc::new(n));
+        assert_eq!(info.zone(), None);
+    }
 
     fn node(name: &str, cpu: &str, mem: &str) -> Node {
         Node {

@@ -350,7 +350,7 @@ impl Score for DefaultSpread {
         }
         // Counted over the nodes the pod may go to, as upstream's default constraints do,
         // in one pass that keeps each node's part for `score_all`.
-        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut index: HashMap<&str, usize, foldhash::fast::RandomState> = HashMap::default();
         let mut names: Vec<&str> = Vec::new();
         let mut counts: Vec<i64> = Vec::new();
         let mut all_zoned = true;
@@ -358,9 +358,9 @@ impl Score for DefaultSpread {
             .iter()
             .map(|n| {
                 let owned = n.owned_by(owner);
-                let zone = match n.labels().get(ZONE_KEY) {
-                    Some(z) => *index.entry(z.as_str()).or_insert_with(|| {
-                        names.push(z.as_str());
+                let zone = match n.zone() {
+                    Some(z) => *index.entry(z).or_insert_with(|| {
+                        names.push(z);
                         counts.push(0);
                         names.len() - 1
                     }),
@@ -395,7 +395,7 @@ impl Score for DefaultSpread {
             return 0;
         };
         let zone = st.zones.as_ref().and_then(|z| {
-            let name = node.labels().get(ZONE_KEY)?;
+            let name = node.zone()?;
             z.names.iter().position(|n| n == name)
         });
         st.score(node.owned_by(&st.owner), zone)

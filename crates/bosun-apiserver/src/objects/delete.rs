@@ -328,11 +328,12 @@ pub(crate) async fn delete_collection(ctx: Ctx, body: Bytes) -> ApiResult<Respon
         .current_revision()
         .await
         .map_err(ApiError::store)?;
-    let list = json!({
+    let mut list = json!({
         "kind": kind.list_kind,
         "apiVersion": kind.api_version,
         "metadata": {"resourceVersion": rev.to_string()},
-        "items": items,
     });
+    // Moved in: `json!` would serialize the items into a second deep copy.
+    list["items"] = Value::Array(items);
     Ok(json_response(StatusCode::OK, &list))
 }

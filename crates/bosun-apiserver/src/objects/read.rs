@@ -224,11 +224,12 @@ pub(crate) async fn list(ctx: Ctx) -> ApiResult<Response> {
         t["metadata"] = meta;
         return Ok(table_response(&t));
     }
-    let list = json!({
+    let mut list = json!({
         "kind": kind.list_kind,
         "apiVersion": kind.api_version,
         "metadata": meta,
-        "items": out.items,
     });
+    // Moved in: `json!` would serialize the items into a second deep copy.
+    list["items"] = Value::Array(out.items);
     Ok(json_response(StatusCode::OK, &list))
 }
