@@ -371,6 +371,31 @@ fn signal_masks(pid: u32) -> (u64, u64) {
     (field("SigBlk:"), field("SigIgn:"))
 }
 
+/// Creates and starts `/bin/sleep 300` (a program that installs no signal handler); its pid.
+async fn start_sleeper(rt: &ProcessRuntime, k: &ContainerKey) -> u32 {
+    rt.create(
+        k,
+        &ContainerLaunch {
+            argv: vec!["/bin/sleep".into(), "300".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    match rt.start(k).await.unwrap() {
+        RuntimeState::Running { pid, .. } => pid.unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The `/proc/self/status` line starting with `field` of a command run in the container
+/// (as exec probes and preStop hooks are).
+async fn status_line_in_container(rt: &ProcessRuntime, k: &ContainerKey, field: &str) -> String {
+    let argv = ["/bin/grep".into(), field.into(), "/proc/self/status".into()];
+    let out = rt.exec(k, &argv, Duration::from_secs(10)).await.unwrap();
+    out.output.trim().to_string()
+}
+
 #[tokio::test]
 async fn workload_starts_with_no_blocked_or_ignored_signals() {
     // The agent's own signal state must not leak into containers: block SIGHUP in this
@@ -381,19 +406,7 @@ async fn workload_starts_with_no_blocked_or_ignored_signals() {
     let rt = ProcessRuntime::new(dir.path().join("pods"), shim_exe());
     let k = key("u7", "sleeper", 0);
     // A program that installs no handler: it must die of SIGTERM's default action.
-    rt.create(
-        &k,
-        &ContainerLaunch {
-            argv: vec!["/bin/sleep".into(), "300".into()],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let pid = match rt.start(&k).await.unwrap() {
-        RuntimeState::Running { pid, .. } => pid.unwrap(),
-        other => panic!("{other:?}"),
-    };
+    let pid = start_sleeper(&rt, &k).await;
     let (blocked, ignored) = signal_masks(pid);
     // Signals 32 and 33 belong to the C library (thread cancellation, setxid), which leaves
     // them ignored in what posix_spawn starts; no program can use them.
@@ -401,19 +414,8 @@ async fn workload_starts_with_no_blocked_or_ignored_signals() {
     assert_eq!(blocked, 0, "blocked signals of the workload: {blocked:#x}");
     assert_eq!(ignored, 0, "ignored signals of the workload: {ignored:#x}");
     // Commands run in the container (exec probes, preStop hooks) start clean too.
-    let out = rt
-        .exec(
-            &k,
-            &[
-                "/bin/grep".into(),
-                "SigBlk".into(),
-                "/proc/self/status".into(),
-            ],
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-    assert_eq!(out.output.trim(), "SigBlk:\t0000000000000000");
+    let out = status_line_in_container(&rt, &k, "SigBlk").await;
+    assert_eq!(out, "SigBlk:\t0000000000000000");
     hup.thread_unblock().unwrap();
     match rt.stop(&k, Duration::from_secs(60)).await.unwrap() {
         RuntimeState::Exited {
@@ -449,34 +451,11 @@ async fn workload_gets_transparent_huge_pages_back() {
     let dir = tempfile::tempdir().unwrap();
     let rt = ProcessRuntime::new(dir.path().join("pods"), shim_exe());
     let k = key("u7b", "sleeper", 0);
-    rt.create(
-        &k,
-        &ContainerLaunch {
-            argv: vec!["/bin/sleep".into(), "300".into()],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let pid = match rt.start(&k).await.unwrap() {
-        RuntimeState::Running { pid, .. } => pid.unwrap(),
-        other => panic!("{other:?}"),
-    };
+    let pid = start_sleeper(&rt, &k).await;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert_eq!(thp_enabled(&status), Some("1"), "{status}");
-    let out = rt
-        .exec(
-            &k,
-            &[
-                "/bin/grep".into(),
-                "THP_enabled".into(),
-                "/proc/self/status".into(),
-            ],
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-    assert_eq!(thp_enabled(out.output.trim()), Some("1"), "{}", out.output);
+    let out = status_line_in_container(&rt, &k, "THP_enabled").await;
+    assert_eq!(thp_enabled(&out), Some("1"), "{out}");
     rt.stop(&k, Duration::from_secs(10)).await.unwrap();
     rt.remove_pod("u7b").await.unwrap();
 }
