@@ -1,5 +1,6 @@
 """Process pods behave the way programs expect: SIGTERM first, with the default signal
-state, and their stdout and stderr logged in the order written.
+state and transparent huge pages as the system sets them, and their stdout and stderr
+logged in the order written.
 
 The stop tests give their pod a long grace period, so a program that does not see SIGTERM
 would be SIGKILLed only much later; they assert what the program itself did on SIGTERM (a
@@ -27,7 +28,7 @@ def term(*_):
     sys.exit(0)
 signal.signal(signal.SIGTERM, term)
 status = open("/proc/self/status").read()
-print([l for l in status.splitlines() if l.startswith("SigBlk")], flush=True)
+print([l for l in status.splitlines() if l.startswith(("SigBlk", "THP_enabled"))], flush=True)
 print("serving", flush=True)
 while True:
     time.sleep(3600)
@@ -85,6 +86,11 @@ def test_delete_sends_sigterm_that_a_python_handler_sees(cluster):
         # SigIgn is not all clear here; the runtime tests check it with a plain program).
         out = cluster.kubectl("logs", "graceful").stdout
         assert "'SigBlk:\\t0000000000000000'" in out, out
+        # bosun runs with transparent huge pages off; its programs get the system's setting,
+        # the one this test process has.
+        with open("/proc/self/status") as f:
+            thp = next(l for l in f.read().splitlines() if l.startswith("THP_enabled"))
+        assert repr(thp) in out, (thp, out)
         r = cluster.kubectl("delete", "pod", "graceful", "--wait=true", timeout=150)
         assert 'pod "graceful" deleted' in r.stdout
         with open(marker) as f:

@@ -638,15 +638,6 @@ pub fn enter_main(json: &str) -> i32 {
             return 126;
         }
     };
-    // The init blocks the signals it forwards; the command starts with none blocked
-    // (exec keeps the mask, and std does not reset it).
-    if let Err(e) = SigSet::empty().thread_set_mask() {
-        eprintln!("bosun shim enter: cannot unblock signals: {e}");
-        return 126;
-    }
-    // This shim runs with transparent huge pages off, as all of bosun; the command gets the
-    // system's setting (the flag survives exec). Failure leaves them off: slower, not wrong.
-    let _ = nix::sys::prctl::set_thp_disable(false);
     if let Some(pid) = spec.join
         && let Err(e) = join_namespaces(pid)
     {
@@ -684,6 +675,9 @@ pub fn enter_main(json: &str) -> i32 {
         }
         cmd.current_dir(wd);
     }
+    // The init blocks the signals it forwards and this shim runs with transparent huge pages
+    // off; exec keeps both. The command starts clean, as every container process does.
+    crate::signals::reset_in_child(&mut cmd);
     let err = cmd.exec();
     eprintln!("failed to start {prog:?}: {err}");
     if err.kind() == std::io::ErrorKind::NotFound {
