@@ -146,9 +146,21 @@ def replicas(cluster):
     return int(cluster.kubectl("get", "deploy", "web", "-o", "jsonpath={.spec.replicas}").stdout)
 
 
+def submitted_error(d, submit):
+    """Runs submit (which posts a form) and returns the page's #error text once the answer
+    has arrived: the click can return before the next page is loaded, and a load Chromium
+    aborted because the host's network changed is sent again."""
+    for _ in range(3):
+        submit()
+        wait_for(lambda: text_of(d, "#error") or "Your connection was interrupted" in d.page_source,
+                 timeout=30, what=f"the error in {d.current_url}")
+        if text_of(d, "#error"):
+            break
+    return text_of(d, "#error")
+
+
 def test_wrong_token_is_refused(cluster, browser, url):
-    sign_in_token(browser, url, "not-a-valid-token")
-    err = text_of(browser, "#error")
+    err = submitted_error(browser, lambda: sign_in_token(browser, url, "not-a-valid-token"))
     assert "the API server refused these credentials" in err, err
     assert browser.find_elements(By.ID, "login"), "still on the sign-in form"
     # No session: pages send the browser back to the sign-in form.
@@ -310,17 +322,15 @@ def test_forbidden_scale_shows_the_apis_403(cluster, browser, url, tmp_path):
     # Listing namespaces is not allowed for this user: the API's answer is shown.
     assert "forbidden" in text_of(browser, "main"), text_of(browser, "main")
     before = replicas(cluster)
-    for _ in range(3):  # a refused scale can be sent again if the host's network changed
+
+    def scale():
         load(browser, url + "/ns/default/deployments/web")
         field = browser.find_element(By.ID, "scale-replicas")
         field.clear()
         field.send_keys(str(before + 2))
         browser.find_element(By.ID, "scale").click()
-        wait_for(lambda: text_of(browser, "#error") or "Your connection was interrupted" in browser.page_source,
-                 timeout=30, what=f"the error in {browser.current_url}")
-        if text_of(browser, "#error"):
-            break
-    err = text_of(browser, "#error")
+
+    err = submitted_error(browser, scale)
     assert err.startswith("403 Forbidden"), err
     assert 'cannot patch resource "deployments/scale"' in err, err
     assert replicas(cluster) == before
