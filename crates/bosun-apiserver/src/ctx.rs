@@ -124,7 +124,11 @@ pub(crate) fn parse_doc(content_type: &str, body: &[u8]) -> ApiResult<Value> {
 }
 
 pub(crate) fn json_response(code: http::StatusCode, v: &Value) -> Response {
-    let body = serde_json::to_vec(v).unwrap_or_default();
+    json_bytes_response(code, serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// A response of JSON already written.
+pub(crate) fn json_bytes_response(code: http::StatusCode, body: Vec<u8>) -> Response {
     let mut r = (code, body).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

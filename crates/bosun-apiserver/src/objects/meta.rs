@@ -85,29 +85,35 @@ impl Serialize for MetaWithoutRv<'_> {
 }
 
 /// The watch line (`{"type":TY,"object":OBJ}` and a newline) for a stored object, as
-/// encoding [`decode_kv`]'s value would write it, spliced from the stored bytes instead:
-/// `resourceVersion` goes last into `metadata`. The store holds what [`encode`] wrote
-/// (serde_json's compact output, which decoding and encoding again reproduces byte for
-/// byte); None for anything else (whitespace, no `metadata` object, a stored
-/// `resourceVersion`), which the caller decodes instead.
+/// encoding [`decode_kv`]'s value would write it, spliced from the stored bytes instead
+/// (see [`splice_object`]); None where that cannot be done, and the caller decodes.
 pub(crate) fn splice_watch_line(ty: &str, stored: &[u8], rev: i64) -> Option<Bytes> {
-    let end = metadata_end(stored)?;
-    let empty = stored[end - 1] == b'{';
-    let rv = rev.to_string();
-    let mut out = Vec::with_capacity(stored.len() + ty.len() + rv.len() + 52);
+    let mut out = Vec::with_capacity(stored.len() + ty.len() + 64);
     out.extend_from_slice(b"{\"type\":\"");
     out.extend_from_slice(ty.as_bytes());
     out.extend_from_slice(b"\",\"object\":");
+    splice_object(&mut out, stored, rev)?;
+    out.extend_from_slice(b"}\n");
+    Some(Bytes::from(out))
+}
+
+/// Appends to `out` the stored object as encoding [`decode_kv`]'s value would write it,
+/// spliced from the stored bytes instead: `resourceVersion` goes last into `metadata`.
+/// The store holds what [`encode`] wrote (serde_json's compact output, which decoding and
+/// encoding again reproduces byte for byte); for anything else (whitespace, no `metadata`
+/// object, a stored `resourceVersion`) it returns None and leaves `out` as it was.
+pub(crate) fn splice_object(out: &mut Vec<u8>, stored: &[u8], rev: i64) -> Option<()> {
+    let end = metadata_end(stored)?;
+    let empty = stored[end - 1] == b'{';
     out.extend_from_slice(&stored[..end]);
     if !empty {
         out.push(b',');
     }
     out.extend_from_slice(b"\"resourceVersion\":\"");
-    out.extend_from_slice(rv.as_bytes());
+    out.extend_from_slice(rev.to_string().as_bytes());
     out.push(b'"');
     out.extend_from_slice(&stored[end..]);
-    out.extend_from_slice(b"}\n");
-    Some(Bytes::from(out))
+    Some(())
 }
 
 /// Where the top-level `metadata` object closes (the index of its `}`), for compact JSON

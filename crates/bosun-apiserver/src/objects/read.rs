@@ -6,14 +6,14 @@ use std::sync::Arc;
 use axum::response::Response;
 use base64::Engine;
 use bosun_api::KindInfo;
-use bosun_store::{ListOptions, StoreError};
+use bosun_store::{KeyValue, ListOptions, StoreError};
 use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::common::{key_of, object_or_table, table_response};
-use super::meta::{decode_kv, parse_rv};
+use super::meta::{decode_kv, parse_rv, splice_object};
 use crate::Inner;
-use crate::ctx::{Ctx, json_response};
+use crate::ctx::{Ctx, json_bytes_response, json_response};
 use crate::error::{ApiError, ApiResult};
 use crate::selector::{FieldSelector, LabelSelector};
 
@@ -114,12 +114,16 @@ pub(crate) fn list_prefix(kind: &KindInfo, ns: Option<&str>) -> String {
     }
 }
 
-pub(crate) async fn list_objects(
+/// The stored objects of a list in key order, page by page from the store at one revision,
+/// each offered to `take`, which says whether it went into the list (it matched the
+/// selectors); stops at `q.limit` taken. Returns the list's revision and its continue token.
+async fn walk_list(
     inner: &Arc<Inner>,
     kind: &KindInfo,
     ns: Option<&str>,
     q: &ListQuery,
-) -> ApiResult<ListOut> {
+    mut take: impl FnMut(&KeyValue) -> ApiResult<bool>,
+) -> ApiResult<(i64, Option<String>)> {
     let prefix = list_prefix(kind, ns);
     let (mut revision, mut start_after) = match &q.cont {
         Some(token) => {
@@ -153,10 +157,10 @@ pub(crate) async fn list_objects(
             (rev, None)
         }
     };
-    let mut items = Vec::new();
+    let mut taken = 0;
     let mut more_after: Option<String> = None;
     loop {
-        let want = q.limit.map(|l| (l - items.len()).max(1)).unwrap_or(0);
+        let want = q.limit.map(|l| (l - taken).max(1)).unwrap_or(0);
         let page = inner
             .store
             .list(
@@ -182,19 +186,17 @@ pub(crate) async fn list_objects(
         let mut last_key = None;
         for (i, kv) in page.kvs.iter().enumerate() {
             last_key = Some(kv.key.clone());
-            let mut obj = decode_kv(kv)?;
-            crate::crds::convert(kind, &mut obj);
-            if q.matches(&obj) {
-                items.push(obj);
+            if take(kv)? {
+                taken += 1;
             }
-            if q.limit.is_some_and(|l| items.len() >= l) {
+            if q.limit.is_some_and(|l| taken >= l) {
                 if i + 1 < n || page.more {
                     more_after = Some(kv.key.clone());
                 }
                 break;
             }
         }
-        if more_after.is_some() || q.limit.is_some_and(|l| items.len() >= l) || !page.more {
+        if more_after.is_some() || q.limit.is_some_and(|l| taken >= l) || !page.more {
             break;
         }
         match last_key {
@@ -203,16 +205,43 @@ pub(crate) async fn list_objects(
         }
     }
     let revision = revision.unwrap_or(0);
+    Ok((revision, more_after.map(|k| encode_continue(revision, &k))))
+}
+
+pub(crate) async fn list_objects(
+    inner: &Arc<Inner>,
+    kind: &KindInfo,
+    ns: Option<&str>,
+    q: &ListQuery,
+) -> ApiResult<ListOut> {
+    let mut items = Vec::new();
+    let (revision, cont) = walk_list(inner, kind, ns, q, |kv| {
+        let mut obj = decode_kv(kv)?;
+        crate::crds::convert(kind, &mut obj);
+        let keep = q.matches(&obj);
+        if keep {
+            items.push(obj);
+        }
+        Ok(keep)
+    })
+    .await?;
     Ok(ListOut {
         items,
         revision,
-        cont: more_after.map(|k| encode_continue(revision, &k)),
+        cont,
     })
 }
 
 pub(crate) async fn list(ctx: Ctx) -> ApiResult<Response> {
     let kind = ctx.kind();
     let q = ListQuery::from_ctx(&ctx)?;
+    if !ctx.wants_table()
+        && q.labels.is_empty()
+        && q.fields.is_empty()
+        && !crate::crds::converts(kind)
+    {
+        return list_spliced(&ctx, kind, &q).await;
+    }
     let out = list_objects(&ctx.inner, kind, ctx.target.namespace.as_deref(), &q).await?;
     let mut meta = json!({"resourceVersion": out.revision.to_string()});
     if let Some(c) = &out.cont {
@@ -232,4 +261,41 @@ pub(crate) async fn list(ctx: Ctx) -> ApiResult<Response> {
     // Moved in: `json!` would serialize the items into a second deep copy.
     list["items"] = Value::Array(out.items);
     Ok(json_response(StatusCode::OK, &list))
+}
+
+/// A list that takes every object unchanged (no selector, Table or version conversion),
+/// written from the stored bytes with [`splice_object`] rather than decoded into values
+/// and encoded again: the same bytes [`list`] writes the other way (tested), for a
+/// fraction of the work. An informer's first list of 10,000 pods is one of these.
+async fn list_spliced(ctx: &Ctx, kind: &KindInfo, q: &ListQuery) -> ApiResult<Response> {
+    let mut items: Vec<u8> = Vec::new();
+    let (revision, cont) = walk_list(&ctx.inner, kind, ctx.target.namespace.as_deref(), q, |kv| {
+        items.push(if items.is_empty() { b'[' } else { b',' });
+        if splice_object(&mut items, &kv.value, kv.mod_revision).is_none() {
+            serde_json::to_writer(&mut items, &decode_kv(kv)?)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+        }
+        Ok(true)
+    })
+    .await?;
+    if items.is_empty() {
+        items.push(b'[');
+    }
+    let mut meta = json!({"resourceVersion": revision.to_string()});
+    if let Some(c) = &cont {
+        meta["continue"] = json!(c);
+    }
+    let head = json!({
+        "kind": kind.list_kind,
+        "apiVersion": kind.api_version,
+        "metadata": meta,
+    });
+    let mut body = serde_json::to_vec(&head).map_err(|e| ApiError::internal(e.to_string()))?;
+    // `{…}` becomes `{…,"items":[…]}`.
+    body.pop();
+    body.reserve(items.len() + 12);
+    body.extend_from_slice(b",\"items\":");
+    body.extend_from_slice(&items);
+    body.extend_from_slice(b"]}");
+    Ok(json_bytes_response(StatusCode::OK, body))
 }
