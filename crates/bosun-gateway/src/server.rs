@@ -60,6 +60,13 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, "accepted connection: {e}");
+                continue;
+            }
+        };
         handler.metrics.connections.get_or_create(&labels).inc();
         let conn = ConnInfo {
             peer,
@@ -72,7 +79,15 @@ pub async fn serve(
         let builder = builder.clone();
         let tls = tls.clone();
         let labels = labels.clone();
-        tokio::spawn(async move {
+        // Served start to end on a data-path thread (see `bosun_proxy::workers`).
+        bosun_proxy::workers::spawn_connection(async move {
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, "accepted connection: {e}");
+                    return;
+                }
+            };
             let open = handler
                 .metrics
                 .open_connections

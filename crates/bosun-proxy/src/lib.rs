@@ -61,5 +61,6 @@ pub mod listen;
 mod node;
 pub mod upstream;
 pub mod vip;
+pub mod workers;
 
 pub use node::{ProxyConfig, run, serve};

@@ -344,11 +344,21 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, "accepted connection: {e}");
+                continue;
+            }
+        };
         let (spec, upstreams, cfg, tokens) =
             (spec.clone(), upstreams.clone(), cfg.clone(), tokens.clone());
-        conns.spawn(async move {
-            handle_connection(stream, peer, spec, upstreams, cfg, tokens).await;
-        });
+        crate::workers::spawn_connection(conns.track_future(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => handle_connection(stream, peer, spec, upstreams, cfg, tokens).await,
+                Err(e) => tracing::debug!(%peer, "accepted connection: {e}"),
+            }
+        }));
     }
 }
 

@@ -102,28 +102,38 @@ impl Conn {
     }
 }
 
-/// The idle HTTP/1.1 connections of one endpoint, most recently used last.
+/// The idle HTTP/1.1 connections of one endpoint, most recently used last, kept per
+/// thread ([`crate::workers::slot`]): a connection opened on a data-path thread is
+/// registered with that thread's runtime, and reused there it wakes no other thread.
 pub(super) struct H1Pool {
     addr: std::net::SocketAddr,
-    idle: Mutex<Vec<Conn>>,
+    idle: Box<[Mutex<Vec<Conn>>]>,
 }
 
 impl H1Pool {
     pub(super) fn new(addr: std::net::SocketAddr) -> Arc<H1Pool> {
         Arc::new(H1Pool {
             addr,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..crate::workers::slot_count())
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
         })
     }
 
-    /// Idle connections (tests).
+    /// Idle connections of every thread (tests).
     #[cfg(test)]
     pub(super) fn idle_len(&self) -> usize {
-        self.lock().len()
+        self.idle
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
     }
 
+    /// The calling thread's idle list.
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+        self.idle[crate::workers::slot() % self.idle.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The most recently used idle connection that is young enough.
