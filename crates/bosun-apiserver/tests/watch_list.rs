@@ -443,8 +443,7 @@ async fn lists_spliced_from_stored_bytes_equal_decoded_lists() {
     assert_eq!(spliced.body["items"], json!([]));
 
     let mut odd = configmap("odd", json!({}));
-    odd["data"] =
-        json!({"quote": "say \"hi\" line\nbreak \u{1} tab\t \\ end", "unicode": "zürich ✓ 日本", "e": ""});
+    odd["data"] = json!({"quote": "say \"hi\" line\nbreak \u{1} tab\t \\ end", "unicode": "zürich ✓ 日本", "e": ""});
     assert_eq!(api.post(CMS, &odd).await.status, StatusCode::CREATED);
     let mut labelled = configmap("labelled", json!({"app": "web"}));
     labelled["metadata"]["annotations"] = json!({"a/b": "{\"json\": [1, 2.5, -3e2, null, true]}"});

@@ -216,11 +216,20 @@ mod tests {
         );
         // Both connections are open at once, so they went to different threads.
         assert_eq!(names.len(), 2, "served on {names:?}");
-        assert!(workers.threads.iter().all(|t| t.open.load(Ordering::Relaxed) == 1));
+        assert!(
+            workers
+                .threads
+                .iter()
+                .all(|t| t.open.load(Ordering::Relaxed) == 1)
+        );
         drop(clients);
         // Each connection's end is counted.
         for _ in 0..100 {
-            if workers.threads.iter().all(|t| t.open.load(Ordering::Relaxed) == 0) {
+            if workers
+                .threads
+                .iter()
+                .all(|t| t.open.load(Ordering::Relaxed) == 0)
+            {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
