@@ -13,7 +13,8 @@
 //!
 //! A connection goes to the thread with the fewest open connections (round robin among
 //! equals). The threads are started when the first connection arrives, one per CPU
-//! (`BOSUN_DATA_PATH_THREADS` overrides), and live as long as the process.
+//! (`BOSUN_DATA_PATH_THREADS=N` overrides; 0 serves connections on the shared runtime as
+//! before), and live as long as the process.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -56,12 +57,12 @@ pub fn slot_count() -> usize {
     *COUNT.get_or_init(|| thread_count() + 1)
 }
 
-/// How many data-path threads to run: `BOSUN_DATA_PATH_THREADS`, else one per CPU.
+/// How many data-path threads to run: `BOSUN_DATA_PATH_THREADS`, else one per CPU; 0
+/// serves connections on the shared runtime.
 fn thread_count() -> usize {
     std::env::var("BOSUN_DATA_PATH_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .min(64)
 }
@@ -102,8 +103,11 @@ impl Workers {
                 }
             }
         }
-        if threads.is_empty() {
-            tracing::warn!("no data-path threads; connections are served on the shared runtime");
+        if threads.len() < count {
+            tracing::warn!(
+                started = threads.len(),
+                "not every data-path thread could be started; without any, connections are served on the shared runtime"
+            );
         }
         Workers {
             threads,
