@@ -60,13 +60,6 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let stream = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(%peer, "accepted connection: {e}");
-                continue;
-            }
-        };
         handler.metrics.connections.get_or_create(&labels).inc();
         let conn = ConnInfo {
             peer,
@@ -80,14 +73,7 @@ pub async fn serve(
         let tls = tls.clone();
         let labels = labels.clone();
         // Served start to end on a data-path thread (see `bosun_proxy::workers`).
-        bosun_proxy::workers::spawn_connection(async move {
-            let stream = match tokio::net::TcpStream::from_std(stream) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%peer, "accepted connection: {e}");
-                    return;
-                }
-            };
+        bosun_proxy::workers::spawn_connection(stream, move |stream| async move {
             let open = handler
                 .metrics
                 .open_connections

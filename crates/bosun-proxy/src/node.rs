@@ -344,21 +344,14 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let stream = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(%peer, "accepted connection: {e}");
-                continue;
-            }
-        };
         let (spec, upstreams, cfg, tokens) =
             (spec.clone(), upstreams.clone(), cfg.clone(), tokens.clone());
-        crate::workers::spawn_connection(conns.track_future(async move {
-            match TcpStream::from_std(stream) {
-                Ok(stream) => handle_connection(stream, peer, spec, upstreams, cfg, tokens).await,
-                Err(e) => tracing::debug!(%peer, "accepted connection: {e}"),
-            }
-        }));
+        // Open until the connection ends: draining waits for it.
+        let tracked = conns.token();
+        crate::workers::spawn_connection(stream, move |stream| async move {
+            let _tracked = tracked;
+            handle_connection(stream, peer, spec, upstreams, cfg, tokens).await;
+        });
     }
 }
 

@@ -22,6 +22,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -115,6 +116,28 @@ impl Workers {
         }
     }
 
+    /// See [`spawn_connection`].
+    fn connection<F, Fut>(&self, stream: TcpStream, serve: F)
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let peer = stream.peer_addr().ok();
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(?peer, "accepted connection: {e}");
+                return;
+            }
+        };
+        self.spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(s) => serve(s).await,
+                Err(e) => tracing::debug!(?peer, "accepted connection: {e}"),
+            }
+        })
+    }
+
     fn spawn<F>(&self, conn: F)
     where
         F: Future<Output = ()> + Send + 'static,
@@ -152,18 +175,19 @@ impl Drop for OpenGuard {
     }
 }
 
-/// Serves one connection on a data-path thread. `conn` runs there from its first poll, so
-/// sockets it registers belong to that thread's runtime: the accepting side passes the
-/// stream as `TcpStream::into_std` and `conn` takes it back with `TcpStream::from_std`,
-/// and upstream connections it opens are that thread's too. Without data-path threads
-/// (none could be started) it is spawned on the caller's runtime.
-pub fn spawn_connection<F>(conn: F)
+/// Serves an accepted connection on a data-path thread: the stream leaves the accepting
+/// runtime (`TcpStream::into_std`) and joins the chosen thread's (`TcpStream::from_std`),
+/// where `serve` runs from its first poll, so upstream connections and timers it makes
+/// are that thread's too. Without data-path threads (none could be started) it is
+/// spawned on the caller's runtime.
+pub fn spawn_connection<F, Fut>(stream: TcpStream, serve: F)
 where
-    F: Future<Output = ()> + Send + 'static,
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     WORKERS
         .get_or_init(|| Workers::start(thread_count()))
-        .spawn(conn)
+        .connection(stream, serve)
 }
 
 #[cfg(test)]
@@ -185,10 +209,8 @@ mod tests {
         let accept = tokio::spawn(async move {
             for _ in 0..2 {
                 let (s, _) = l.accept().await.unwrap();
-                let s = s.into_std().unwrap();
                 let names_tx = names_tx.clone();
-                w.spawn(async move {
-                    let mut s = tokio::net::TcpStream::from_std(s).unwrap();
+                w.connection(s, move |mut s| async move {
                     let name = std::thread::current().name().unwrap_or("").to_string();
                     names_tx.send(name.clone()).unwrap();
                     // Echo until the client closes: the connection stays open meanwhile.

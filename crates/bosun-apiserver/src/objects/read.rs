@@ -232,6 +232,15 @@ pub(crate) async fn list_objects(
     })
 }
 
+/// A list's `metadata`: its revision and, when more follows, the continue token.
+fn list_meta(revision: i64, cont: Option<&str>) -> Value {
+    let mut meta = json!({"resourceVersion": revision.to_string()});
+    if let Some(c) = cont {
+        meta["continue"] = json!(c);
+    }
+    meta
+}
+
 pub(crate) async fn list(ctx: Ctx) -> ApiResult<Response> {
     let kind = ctx.kind();
     let q = ListQuery::from_ctx(&ctx)?;
@@ -243,10 +252,7 @@ pub(crate) async fn list(ctx: Ctx) -> ApiResult<Response> {
         return list_spliced(&ctx, kind, &q).await;
     }
     let out = list_objects(&ctx.inner, kind, ctx.target.namespace.as_deref(), &q).await?;
-    let mut meta = json!({"resourceVersion": out.revision.to_string()});
-    if let Some(c) = &out.cont {
-        meta["continue"] = json!(c);
-    }
+    let meta = list_meta(out.revision, out.cont.as_deref());
     if ctx.wants_table() {
         let include = ctx.q("includeObject").unwrap_or("Metadata");
         let mut t = bosun_api::table::table(kind, &out.items, include);
@@ -281,14 +287,10 @@ async fn list_spliced(ctx: &Ctx, kind: &KindInfo, q: &ListQuery) -> ApiResult<Re
     if items.is_empty() {
         items.push(b'[');
     }
-    let mut meta = json!({"resourceVersion": revision.to_string()});
-    if let Some(c) = &cont {
-        meta["continue"] = json!(c);
-    }
     let head = json!({
         "kind": kind.list_kind,
         "apiVersion": kind.api_version,
-        "metadata": meta,
+        "metadata": list_meta(revision, cont.as_deref()),
     });
     let mut body = serde_json::to_vec(&head).map_err(|e| ApiError::internal(e.to_string()))?;
     // `{…}` becomes `{…,"items":[…]}`.
