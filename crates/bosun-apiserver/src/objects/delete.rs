@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::common::{MAX_RETRIES, current, is_namespace, is_pod, is_service, served};
 use super::meta::{encode, finalizers, meta_mut, meta_str, set_rv, ts_rfc3339};
-use super::read::{ListQuery, list_objects};
+use super::read::{ListQuery, list_objects, list_value};
 use crate::Inner;
 use crate::ctx::{Ctx, json_response, parse_doc};
 use crate::error::{ApiError, ApiResult};
@@ -328,12 +328,8 @@ pub(crate) async fn delete_collection(ctx: Ctx, body: Bytes) -> ApiResult<Respon
         .current_revision()
         .await
         .map_err(ApiError::store)?;
-    let mut list = json!({
-        "kind": kind.list_kind,
-        "apiVersion": kind.api_version,
-        "metadata": {"resourceVersion": rev.to_string()},
-    });
-    // Moved in: `json!` would serialize the items into a second deep copy.
-    list["items"] = Value::Array(items);
-    Ok(json_response(StatusCode::OK, &list))
+    Ok(json_response(
+        StatusCode::OK,
+        &list_value(kind, rev, None, items),
+    ))
 }

@@ -241,6 +241,28 @@ fn list_meta(revision: i64, cont: Option<&str>) -> Value {
     meta
 }
 
+/// A list's envelope without its items: kind, apiVersion and [`list_meta`].
+fn list_head(kind: &KindInfo, revision: i64, cont: Option<&str>) -> Value {
+    json!({
+        "kind": kind.list_kind,
+        "apiVersion": kind.api_version,
+        "metadata": list_meta(revision, cont),
+    })
+}
+
+/// A list of `kind` holding `items` (moved in: `json!` would serialize them into a second
+/// deep copy).
+pub(crate) fn list_value(
+    kind: &KindInfo,
+    revision: i64,
+    cont: Option<&str>,
+    items: Vec<Value>,
+) -> Value {
+    let mut list = list_head(kind, revision, cont);
+    list["items"] = Value::Array(items);
+    list
+}
+
 pub(crate) async fn list(ctx: Ctx) -> ApiResult<Response> {
     let kind = ctx.kind();
     let q = ListQuery::from_ctx(&ctx)?;
@@ -252,20 +274,13 @@ pub(crate) async fn list(ctx: Ctx) -> ApiResult<Response> {
         return list_spliced(&ctx, kind, &q).await;
     }
     let out = list_objects(&ctx.inner, kind, ctx.target.namespace.as_deref(), &q).await?;
-    let meta = list_meta(out.revision, out.cont.as_deref());
     if ctx.wants_table() {
         let include = ctx.q("includeObject").unwrap_or("Metadata");
         let mut t = bosun_api::table::table(kind, &out.items, include);
-        t["metadata"] = meta;
+        t["metadata"] = list_meta(out.revision, out.cont.as_deref());
         return Ok(table_response(&t));
     }
-    let mut list = json!({
-        "kind": kind.list_kind,
-        "apiVersion": kind.api_version,
-        "metadata": meta,
-    });
-    // Moved in: `json!` would serialize the items into a second deep copy.
-    list["items"] = Value::Array(out.items);
+    let list = list_value(kind, out.revision, out.cont.as_deref(), out.items);
     Ok(json_response(StatusCode::OK, &list))
 }
 
@@ -287,11 +302,7 @@ async fn list_spliced(ctx: &Ctx, kind: &KindInfo, q: &ListQuery) -> ApiResult<Re
     if items.is_empty() {
         items.push(b'[');
     }
-    let head = json!({
-        "kind": kind.list_kind,
-        "apiVersion": kind.api_version,
-        "metadata": list_meta(revision, cont.as_deref()),
-    });
+    let head = list_head(kind, revision, cont.as_deref());
     let mut body = serde_json::to_vec(&head).map_err(|e| ApiError::internal(e.to_string()))?;
     // `{…}` becomes `{…,"items":[…]}`.
     body.pop();
