@@ -1,11 +1,13 @@
-//! Prometheus metrics of the gateway, in base units (seconds, bytes).
+//! Prometheus metrics of the gateway, in base units (seconds, bytes). The series every
+//! request updates are sharded per data-path thread ([`bosun_proxy::sharded`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use bosun_proxy::sharded::{self, Histogram, Series};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -31,10 +33,10 @@ type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 #[derive(Clone)]
 pub struct GatewayMetrics {
-    pub requests: Family<RequestLabels, Counter>,
+    pub requests: Family<RequestLabels, sharded::Counter>,
     pub duration: HistogramFamily,
-    pub request_bytes: Family<RouteLabels, Counter>,
-    pub response_bytes: Family<RouteLabels, Counter>,
+    pub request_bytes: Family<RouteLabels, sharded::Counter>,
+    pub response_bytes: Family<RouteLabels, sharded::Counter>,
     pub rate_limited: Family<RouteLabels, Counter>,
     pub mirrored: Family<RouteLabels, Counter>,
     pub connections: Family<ListenerLabels, Counter>,
@@ -136,10 +138,10 @@ pub struct RouteHandles {
     /// The `route` label (`ingress/NS/NAME`, `httproute/NS/NAME`; "" when nothing matched).
     pub route: std::sync::Arc<str>,
     pub duration: Histogram,
-    pub request_bytes: Counter,
-    pub response_bytes: Counter,
+    pub request_bytes: sharded::Counter,
+    pub response_bytes: sharded::Counter,
     /// `requests` by (backend index of the rule, status): the few a rule answers with.
-    requests: std::sync::RwLock<Vec<(Option<usize>, u16, Counter)>>,
+    requests: Series<(Option<usize>, u16)>,
 }
 
 impl RouteHandles {
@@ -154,7 +156,7 @@ impl RouteHandles {
             duration,
             request_bytes,
             response_bytes,
-            requests: std::sync::RwLock::new(Vec::new()),
+            requests: Series::default(),
         }
     }
 
@@ -167,28 +169,14 @@ impl RouteHandles {
         code: u16,
         service: impl FnOnce() -> String,
     ) {
-        let known = self
-            .requests
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|(b, c, _)| *b == backend && *c == code)
-            .map(|(_, _, counter)| counter.clone());
-        let counter = known.unwrap_or_else(|| {
-            let c = m
-                .requests
+        self.requests.inc((backend, code), || {
+            m.requests
                 .get_or_create(&RequestLabels {
                     route: self.route.to_string(),
                     service: service(),
                     code,
                 })
-                .clone();
-            let mut v = self.requests.write().unwrap_or_else(|e| e.into_inner());
-            if !v.iter().any(|(b, s, _)| *b == backend && *s == code) {
-                v.push((backend, code, c.clone()));
-            }
-            c
+                .clone()
         });
-        counter.inc();
     }
 }

@@ -159,13 +159,32 @@ pub enum AccessLog {
 }
 
 /// How a request reached the gateway.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// "http" or "https".
     pub scheme: &'static str,
     pub listener_port: u16,
+    /// The peer's address as `X-Forwarded-For` carries it, formatted once per connection.
+    peer_ip: HeaderValue,
 }
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, scheme: &'static str, listener_port: u16) -> ConnInfo {
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo {
+            peer,
+            scheme,
+            listener_port,
+            peer_ip,
+        }
+    }
+}
+
+const X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: header::HeaderName = header::HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: header::HeaderName = header::HeaderName::from_static("x-forwarded-proto");
 
 /// The shared request handler.
 pub struct Handler {
@@ -213,7 +232,7 @@ impl Handler {
     pub async fn handle(
         &self,
         req: Request<hyper::body::Incoming>,
-        conn: ConnInfo,
+        conn: &ConnInfo,
     ) -> Response<Body> {
         let started = Instant::now();
         // What only the access log needs is copied only when it is on.
@@ -282,7 +301,7 @@ impl Handler {
     async fn route(
         &self,
         mut req: Request<hyper::body::Incoming>,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         out: &mut Outcome,
     ) -> Response<Body> {
         let Some(host) = request_host(req.uri(), req.headers()) else {
@@ -401,20 +420,20 @@ impl Handler {
             .cloned()
             .unwrap_or_else(|| authority.clone());
         parts.headers.insert(header::HOST, authority);
-        parts.headers.insert("x-forwarded-host", orig_host);
+        parts.headers.insert(X_FORWARDED_HOST, orig_host);
         parts
             .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static(conn.scheme));
+            .insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
         let xff = match parts
             .headers
-            .get("x-forwarded-for")
+            .get(&X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
         {
-            Some(prev) => format!("{prev}, {}", conn.peer.ip()),
-            None => conn.peer.ip().to_string(),
+            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.peer.ip())).ok(),
+            None => Some(conn.peer_ip.clone()),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            parts.headers.insert("x-forwarded-for", v);
+        if let Some(v) = xff {
+            parts.headers.insert(X_FORWARDED_FOR, v);
         }
         // Start a trace here when the client did not, so the access log can name it; the
         // upstream call records this hop's span under these ids, with the route.

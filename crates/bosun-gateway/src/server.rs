@@ -1,33 +1,28 @@
 //! Listeners: accept loop, optional TLS, HTTP/1.1 + HTTP/2 (ALPN on TLS, prior knowledge
-//! on plain TCP) with upgrades, and connection draining on shutdown.
+//! on plain TCP) with upgrades, and connection draining on shutdown. Each connection is
+//! served by [`bosun_proxy::http_conn`], as the node proxy serves its own.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use bosun_proxy::http_conn::{self, Drain, Prefixed, Sniffed};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::ListenerLabels;
 use crate::proxy::{ConnInfo, Handler};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// After the listener closes, how long HTTP/1.1 keep-alive connections get to send their
-/// next request (answered with `Connection: close`) before idle ones are closed. Closing
-/// an idle connection races with a request the client may be sending on it at that very
-/// moment; a client that keeps sending gets a clean close instead.
-pub const KEEPALIVE_GRACE: Duration = Duration::from_secs(1);
+/// How long a new connection has to send its first request line (or HTTP/2 preface).
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `listener` until `shutdown`, then stops accepting and waits up to `drain` for
-/// open connections to finish their requests (idle keep-alive connections are closed,
-/// HTTP/2 clients get GOAWAY).
+/// open connections to finish their requests (idle keep-alive connections are closed after
+/// [`http_conn::KEEPALIVE_GRACE`], HTTP/2 clients get GOAWAY).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -38,13 +33,11 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let scheme: &'static str = if tls.is_some() { "https" } else { "http" };
     let labels = ListenerLabels { listener: scheme };
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let builder = Arc::new(builder);
+    let signals = Drain {
+        graceful: shutdown.clone(),
+        hard: CancellationToken::new(),
+    };
+    let conns = TaskTracker::new();
     tracing::info!(%local, scheme, "gateway listening");
     loop {
         let (stream, peer) = tokio::select! {
@@ -61,30 +54,34 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         handler.metrics.connections.get_or_create(&labels).inc();
-        let conn = ConnInfo {
-            peer,
-            scheme,
-            listener_port: local.port(),
-        };
-        let watcher = graceful.watcher();
-        let closing = shutdown.clone();
+        let conn = ConnInfo::new(peer, scheme, local.port());
         let handler = handler.clone();
-        let builder = builder.clone();
         let tls = tls.clone();
-        let labels = labels.clone();
+        let signals = signals.clone();
+        let open = handler
+            .metrics
+            .open_connections
+            .get_or_create(&labels)
+            .clone();
+        // Open until the connection ends: draining waits for it.
+        let tracked = conns.token();
         // Served start to end on a data-path thread (see `bosun_proxy::workers`).
         bosun_proxy::workers::spawn_connection(stream, move |stream| async move {
-            let open = handler
-                .metrics
-                .open_connections
-                .get_or_create(&labels)
-                .clone();
+            let _tracked = tracked;
             open.inc();
             match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(s)) => serve_conn(s, conn, handler, &builder, watcher, closing).await,
+                        Ok(Ok(s)) => match s.get_ref().1.alpn_protocol() {
+                            Some(p) => {
+                                let h2 = p == b"h2";
+                                let io = Prefixed::new(Bytes::new(), s);
+                                serve_conn(io, h2, conn, handler, &signals).await
+                            }
+                            // No ALPN: the first bytes tell.
+                            None => serve_sniffed(s, conn, handler, &signals).await,
+                        },
                         Ok(Err(e)) => {
                             handler.metrics.tls_handshake_errors.inc();
                             tracing::debug!(%peer, "TLS handshake: {e}");
@@ -95,53 +92,51 @@ pub async fn serve(
                         }
                     }
                 }
-                None => serve_conn(stream, conn, handler, &builder, watcher, closing).await,
+                None => serve_sniffed(stream, conn, handler, &signals).await,
             }
             open.dec();
         });
     }
     drop(listener);
-    tracing::info!(%local, open = graceful.count(), "gateway listener draining");
-    let deadline = tokio::time::Instant::now() + drain;
-    let grace = tokio::time::Instant::now() + KEEPALIVE_GRACE.min(drain);
-    while graceful.count() > 0 && tokio::time::Instant::now() < grace {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    conns.close();
+    tracing::info!(%local, open = conns.len(), "gateway listener draining");
     tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep_until(deadline) => tracing::warn!(%local, "drain timeout; closing remaining connections"),
+        _ = conns.wait() => {}
+        _ = tokio::time::sleep(drain) => tracing::warn!(%local, "drain timeout; closing remaining connections"),
     }
+    signals.hard.cancel();
     Ok(())
 }
 
-async fn serve_conn<I>(
-    io: I,
-    conn: ConnInfo,
-    handler: Arc<Handler>,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
-    closing: CancellationToken,
-) where
+/// Serves a connection whose protocol its first bytes tell: the HTTP/2 preface, else
+/// HTTP/1.1 (hyper answers bytes that are not HTTP with 400). A client silent past
+/// [`FIRST_BYTES_TIMEOUT`] is closed.
+async fn serve_sniffed<I>(mut io: I, conn: ConnInfo, handler: Arc<Handler>, signals: &Drain)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let handler = handler.clone();
-        let closing = closing.clone();
-        async move {
-            let h1 = req.version() < http::Version::HTTP_2;
-            let mut resp = handler.handle(req, conn).await;
-            if h1 && closing.is_cancelled() {
-                // Draining: this connection ends after this response, cleanly.
-                resp.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-            }
-            Ok::<_, Infallible>(resp)
-        }
-    });
-    let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(c.into_owned()).await {
-        tracing::debug!(peer = %conn.peer, "connection: {e}");
+    let deadline = tokio::time::Instant::now() + FIRST_BYTES_TIMEOUT;
+    let Some((kind, prefix)) = http_conn::sniff_stream(&mut io, deadline).await else {
+        return;
+    };
+    if kind == Sniffed::Opaque && prefix.is_empty() {
+        tracing::debug!(peer = %conn.peer, "no request before the deadline");
+        return;
     }
+    let io = Prefixed::new(prefix, io);
+    serve_conn(io, kind == Sniffed::Http2, conn, handler, signals).await
+}
+
+async fn serve_conn<I>(io: I, h2: bool, conn: ConnInfo, handler: Arc<Handler>, signals: &Drain)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Cloned per request: this connection's own handle stays in its thread's cache, where
+    // the listener's is shared by every thread.
+    let state = Arc::new((handler, conn));
+    let handle = move |req| {
+        let state = state.clone();
+        async move { state.0.handle(req, &state.1).await }
+    };
+    http_conn::serve(io, h2, handle, signals).await
 }

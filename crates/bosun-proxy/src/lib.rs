@@ -57,8 +57,10 @@
 //! `upstream_tcp_connections_total`.
 
 pub mod handoff;
+pub mod http_conn;
 pub mod listen;
 mod node;
+pub mod sharded;
 pub mod upstream;
 pub mod vip;
 pub mod workers;

@@ -6,27 +6,25 @@ use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::http_conn::{self, Drain, Prefixed, Sniffed, sniff_stream};
 use crate::upstream::metrics::{DirLabels, SvcLabels};
 use crate::upstream::{
-    Body, ClientAddr, Declared, HashKey, LbAlgorithm, PortRef, Protocol, ServiceInfo, Target,
-    Upstreams,
+    ClientAddr, Declared, HashKey, LbAlgorithm, PortRef, Protocol, ServiceInfo, Target, Upstreams,
 };
 use crate::vip;
 
@@ -121,13 +119,6 @@ struct ListenSpec {
     mode: Mode,
 }
 
-/// `graceful`: the listener closed, finish what is in flight; `hard`: stop now.
-#[derive(Clone)]
-struct Tokens {
-    graceful: CancellationToken,
-    hard: CancellationToken,
-}
-
 struct Listener {
     spec: ListenSpec,
     cancel: CancellationToken,
@@ -213,7 +204,7 @@ pub async fn serve(
                         spec.clone(),
                         upstreams.clone(),
                         cfg.clone(),
-                        Tokens {
+                        Drain {
                             graceful: cancel.clone(),
                             hard: hard.clone(),
                         },
@@ -326,7 +317,7 @@ async fn accept_loop(
     spec: ListenSpec,
     upstreams: Upstreams,
     cfg: Arc<ProxyConfig>,
-    tokens: Tokens,
+    tokens: Drain,
     conns: TaskTracker,
 ) {
     let spec = Arc::new(spec);
@@ -355,67 +346,16 @@ async fn accept_loop(
     }
 }
 
-/// After a listener closes, how long HTTP/1.1 keep-alive connections get to send their next
-/// request (answered with `Connection: close`) before idle ones are closed.
-const KEEPALIVE_GRACE: Duration = Duration::from_secs(1);
-
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const METHODS: &[&[u8]] = &[
-    b"GET ",
-    b"HEAD ",
-    b"POST ",
-    b"PUT ",
-    b"DELETE ",
-    b"OPTIONS ",
-    b"PATCH ",
-    b"TRACE ",
-    b"CONNECT ",
-];
-
-#[derive(Debug, PartialEq, Eq)]
-enum Sniffed {
-    Http1,
-    Http2,
-    Opaque,
-    NeedMore,
-}
-
-fn sniff(buf: &[u8]) -> Sniffed {
-    if buf.is_empty() {
-        return Sniffed::NeedMore;
-    }
-    let n = buf.len().min(H2_PREFACE.len());
-    if buf[..n] == H2_PREFACE[..n] {
-        return if n == H2_PREFACE.len() {
-            Sniffed::Http2
-        } else {
-            Sniffed::NeedMore
-        };
-    }
-    for m in METHODS {
-        let k = buf.len().min(m.len());
-        if buf[..k] == m[..k] {
-            return if k == m.len() {
-                Sniffed::Http1
-            } else {
-                Sniffed::NeedMore
-            };
-        }
-    }
-    Sniffed::Opaque
-}
-
 async fn handle_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     spec: Arc<ListenSpec>,
     upstreams: Upstreams,
     cfg: Arc<ProxyConfig>,
-    tokens: Tokens,
+    tokens: Drain,
 ) {
-    let mut buf = Vec::with_capacity(64);
-    let kind = if spec.mode == Mode::Tcp {
-        Sniffed::Opaque
+    let (kind, prefix) = if spec.mode == Mode::Tcp {
+        (Sniffed::Opaque, Bytes::new())
     } else {
         let deadline = tokio::time::Instant::now()
             + if spec.mode == Mode::Http {
@@ -423,116 +363,32 @@ async fn handle_connection(
             } else {
                 cfg.sniff_timeout
             };
-        loop {
-            let s = sniff(&buf);
-            if s != Sniffed::NeedMore {
-                break s;
-            }
-            let mut chunk = [0u8; 64];
-            match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-                // Client closed before sending anything useful.
-                Ok(Ok(0)) | Ok(Err(_)) => return,
-                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                // Silent client: server-first protocol, relay as TCP.
-                Err(_) => break Sniffed::Opaque,
-            }
+        // None: the client closed before sending anything useful. Opaque after silence:
+        // a server-first protocol, relayed as TCP.
+        match sniff_stream(&mut stream, deadline).await {
+            Some(x) => x,
+            None => return,
         }
     };
-    let io = Prefixed {
-        prefix: Bytes::from(buf),
-        inner: stream,
-    };
+    let io = Prefixed::new(prefix, stream);
     match kind {
         Sniffed::Http1 | Sniffed::Http2 => {
-            serve_http(io, peer, kind == Sniffed::Http2, spec, upstreams, tokens).await
+            // Cloned per request: this connection's own handle stays in its thread's cache,
+            // where the listener's are shared by every thread.
+            let state = Arc::new((upstreams, spec));
+            let handle = move |mut req: Request<Incoming>| {
+                let state = state.clone();
+                req.extensions_mut().insert(ClientAddr(peer));
+                async move { state.0.http_call(&state.1.target, req, None).await }
+            };
+            http_conn::serve(io, kind == Sniffed::Http2, handle, &tokens).await
         }
         _ => relay_tcp(io, peer, &spec, &upstreams, &tokens.hard).await,
     }
 }
 
-async fn serve_http(
-    io: Prefixed,
-    peer: SocketAddr,
-    h2: bool,
-    spec: Arc<ListenSpec>,
-    upstreams: Upstreams,
-    tokens: Tokens,
-) {
-    let closing = tokens.graceful.clone();
-    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        let upstreams = upstreams.clone();
-        let spec = spec.clone();
-        let closing = closing.clone();
-        async move {
-            let h1 = req.version() < http::Version::HTTP_2;
-            req.extensions_mut().insert(ClientAddr(peer));
-            let mut resp: Response<Body> = upstreams.http_call(&spec.target, req, None).await;
-            if h1 && closing.is_cancelled() {
-                // The listener closed: this connection ends after this response, cleanly.
-                resp.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-            }
-            Ok::<_, Infallible>(resp)
-        }
-    });
-    let io = TokioIo::new(io);
-    if h2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .serve_connection(io, svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => log_conn_end(r),
-            _ = tokens.graceful.cancelled() => {
-                // GOAWAY; streams in flight finish.
-                conn.as_mut().graceful_shutdown();
-                tokio::select! {
-                    r = conn.as_mut() => log_conn_end(r),
-                    _ = tokens.hard.cancelled() => {}
-                }
-            }
-        }
-    } else {
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(io, svc)
-            .with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => log_conn_end(r),
-            _ = tokens.graceful.cancelled() => {
-                // A client that keeps sending gets its next answer with `Connection: close`
-                // (see above); closing an idle connection could race with its next request,
-                // so that only happens after a grace period. In-flight requests finish.
-                let grace = tokio::time::sleep(KEEPALIVE_GRACE);
-                tokio::select! {
-                    r = conn.as_mut() => return log_conn_end(r),
-                    _ = grace => {}
-                    _ = tokens.hard.cancelled() => return,
-                }
-                conn.as_mut().graceful_shutdown();
-                tokio::select! {
-                    r = conn.as_mut() => log_conn_end(r),
-                    _ = tokens.hard.cancelled() => {}
-                }
-            }
-        }
-    }
-}
-
-fn log_conn_end(r: Result<(), hyper::Error>) {
-    if let Err(e) = r
-        && !e.is_incomplete_message()
-    {
-        tracing::debug!("http connection: {e}");
-    }
-}
-
 async fn relay_tcp(
-    mut io: Prefixed,
+    mut io: Prefixed<TcpStream>,
     peer: SocketAddr,
     spec: &ListenSpec,
     upstreams: &Upstreams,
@@ -632,54 +488,6 @@ async fn relay_tcp(
     let _ = up.shutdown().await;
 }
 
-/// A stream whose first bytes (read while sniffing) are replayed before the rest.
-struct Prefixed {
-    prefix: Bytes,
-    inner: TcpStream,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.prefix.has_remaining() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
 async fn serve_metrics(
     l: TcpListener,
     registry: Arc<Registry>,
@@ -744,19 +552,6 @@ async fn serve_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sniffing() {
-        assert_eq!(sniff(b""), Sniffed::NeedMore);
-        assert_eq!(sniff(b"GE"), Sniffed::NeedMore);
-        assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Sniffed::Http1);
-        assert_eq!(sniff(b"POST "), Sniffed::Http1);
-        assert_eq!(sniff(b"PRI * HTTP/2.0\r\n"), Sniffed::NeedMore);
-        assert_eq!(sniff(H2_PREFACE), Sniffed::Http2);
-        assert_eq!(sniff(b"\x16\x03\x01\x02\x00"), Sniffed::Opaque);
-        assert_eq!(sniff(b"hello\n"), Sniffed::Opaque);
-        assert_eq!(sniff(b"GETX"), Sniffed::Opaque);
-    }
 
     #[test]
     fn modes() {

@@ -1,10 +1,13 @@
-//! Prometheus metrics of the upstream layer, in base units (seconds, bytes).
+//! Prometheus metrics of the upstream layer, in base units (seconds, bytes). The series
+//! every request updates are sharded per data-path thread ([`crate::sharded`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
+
+use crate::sharded::{self, Histogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SvcLabels {
@@ -31,13 +34,13 @@ type HistogramFamily = Family<SvcLabels, Histogram, fn() -> Histogram>;
 
 #[derive(Clone)]
 pub struct Metrics {
-    pub requests: Family<StatusLabels, Counter>,
+    pub requests: Family<StatusLabels, sharded::Counter>,
     pub duration: HistogramFamily,
     pub connect_errors: Family<SvcLabels, Counter>,
     pub retries: Family<SvcLabels, Counter>,
     pub retries_exhausted_budget: Family<SvcLabels, Counter>,
     pub ejections: Family<SvcLabels, Counter>,
-    pub bytes: Family<DirLabels, Counter>,
+    pub bytes: Family<DirLabels, sharded::Counter>,
     pub tcp_connections: Family<SvcLabels, Counter>,
 }
 

@@ -487,11 +487,11 @@ struct SvcHandles {
     labels: SvcLabels,
     metrics: Metrics,
     budget: TpsBudget,
-    duration: prometheus_client::metrics::histogram::Histogram,
-    rx: prometheus_client::metrics::counter::Counter,
-    tx: prometheus_client::metrics::counter::Counter,
+    duration: crate::sharded::Histogram,
+    rx: crate::sharded::Counter,
+    tx: crate::sharded::Counter,
     /// `upstream_requests` by status: the few statuses a Service answers with.
-    requests: RwLock<Vec<(u16, prometheus_client::metrics::counter::Counter)>>,
+    requests: crate::sharded::Series<u16>,
     load: load::Handle,
 }
 
@@ -516,7 +516,7 @@ impl SvcHandles {
             duration,
             rx,
             tx,
-            requests: RwLock::new(Vec::new()),
+            requests: Default::default(),
             load: load::table().handle(namespace, load::Subject::Service(service.to_string())),
             metrics: metrics.clone(),
             labels,
@@ -524,30 +524,16 @@ impl SvcHandles {
     }
 
     fn count_request(&self, status: u16) {
-        let known = self
-            .requests
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|(s, _)| *s == status)
-            .map(|(_, c)| c.clone());
-        let counter = known.unwrap_or_else(|| {
-            let c = self
-                .metrics
+        self.requests.inc(status, || {
+            self.metrics
                 .requests
                 .get_or_create(&StatusLabels {
                     namespace: self.labels.namespace.clone(),
                     service: self.labels.service.clone(),
                     status,
                 })
-                .clone();
-            let mut v = self.requests.write().unwrap_or_else(|e| e.into_inner());
-            if !v.iter().any(|(s, _)| *s == status) {
-                v.push((status, c.clone()));
-            }
-            c
+                .clone()
         });
-        counter.inc();
     }
 }
 
@@ -1311,7 +1297,10 @@ impl Upstreams {
         let (m, labels) = (&h.metrics, &h.labels);
         let (mut parts, body) = req.into_parts();
         let client_addr = parts.extensions.get::<ClientAddr>().map(|c| c.0);
+        // Only the consistent-hash balancer reads a key: no client address is formatted
+        // per request for the others.
         let hash_key: Option<Vec<u8>> = match &policy.hash_key {
+            _ if policy.balancer != LbAlgorithm::ConsistentHash => None,
             HashKey::Header(h) => parts
                 .headers
                 .get(h)
