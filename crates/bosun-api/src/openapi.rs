@@ -55,11 +55,31 @@ pub struct Schemas {
     map: BTreeMap<String, Value>,
 }
 
+/// The schemas of [`Registry::builtin`] as [`Schemas::generate`] makes them from the types,
+/// gzipped JSON. Generating them takes the JSON-schema code of every k8s-openapi type (about
+/// 2 MB of the binary) and their construction at every start; the test
+/// `embedded_schemas_are_generated_from_the_types` checks this file against the types;
+/// `BOSUN_SCHEMAS_REGENERATE=1 cargo test -p bosun-api --lib embedded_schemas` rewrites it.
+static BUILTIN_SCHEMAS: &[u8] = include_bytes!("openapi/builtin-schemas.json.gz");
+
 impl Schemas {
-    /// The schemas of [`Registry::builtin`], built once.
+    /// The schemas of [`Registry::builtin`], read once.
     pub fn builtin() -> &'static Schemas {
         static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
-        SCHEMAS.get_or_init(|| Schemas::generate(Registry::builtin().kinds.iter()))
+        SCHEMAS.get_or_init(|| {
+            // Checked by the test above on every build of this crate's tests.
+            Schemas::from_gzip_json(BUILTIN_SCHEMAS).expect("the embedded schemas decode")
+        })
+    }
+
+    fn from_gzip_json(gz: &[u8]) -> Result<Schemas, String> {
+        use std::io::Read as _;
+        let mut json = Vec::new();
+        flate2::read::GzDecoder::new(gz)
+            .read_to_end(&mut json)
+            .map_err(|e| e.to_string())?;
+        let map = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+        Ok(Schemas { map })
     }
 
     /// The schemas that describe `kind`: the built-in set when it has the kind, else a
@@ -868,6 +888,38 @@ fn path_item(ops: &[Op], params: &[Value], tag: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The embedded built-in schemas are what the types generate; after a change of the
+    /// types (a k8s-openapi upgrade, a new kind, a new merge key) rerun this test with
+    /// `BOSUN_SCHEMAS_REGENERATE=1`, which rewrites the file, and commit it.
+    #[test]
+    fn embedded_schemas_are_generated_from_the_types() {
+        use std::io::Write as _;
+        let generated = Schemas::generate(Registry::builtin().kinds.iter());
+        assert!(generated.map.len() > 400, "{}", generated.map.len());
+        let json = serde_json::to_vec(&generated.map).unwrap();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/openapi/builtin-schemas.json.gz"
+        );
+        let regenerate = std::env::var_os("BOSUN_SCHEMAS_REGENERATE").is_some();
+        if regenerate {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            gz.write_all(&json).unwrap();
+            std::fs::write(path, gz.finish().unwrap()).unwrap();
+        }
+        let file = std::fs::read(path).unwrap();
+        let embedded = Schemas::from_gzip_json(&file).unwrap();
+        assert!(
+            serde_json::to_vec(&embedded.map).unwrap() == json,
+            "{path} is stale; regenerate with BOSUN_SCHEMAS_REGENERATE=1 cargo test -p bosun-api --lib embedded_schemas"
+        );
+        if !regenerate {
+            assert!(file == BUILTIN_SCHEMAS, "the compiled-in file is {path}");
+            // What the server uses is the embedded set.
+            assert_eq!(serde_json::to_vec(&Schemas::builtin().map).unwrap(), json);
+        }
+    }
 
     fn apps() -> (OpenApi, Value) {
         let api = OpenApi::build(Registry::builtin());
