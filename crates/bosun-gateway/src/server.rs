@@ -17,8 +17,6 @@ use crate::metrics::ListenerLabels;
 use crate::proxy::{ConnInfo, Handler};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a new connection has to send its first request line (or HTTP/2 preface).
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `listener` until `shutdown`, then stops accepting and waits up to `drain` for
 /// open connections to finish their requests (idle keep-alive connections are closed after
@@ -110,12 +108,13 @@ pub async fn serve(
 
 /// Serves a connection whose protocol its first bytes tell: the HTTP/2 preface, else
 /// HTTP/1.1 (hyper answers bytes that are not HTTP with 400). A client silent past
-/// [`FIRST_BYTES_TIMEOUT`] is closed.
+/// [`http_conn::HEADER_READ_TIMEOUT`] (as long as a request's header block may take) is
+/// closed.
 async fn serve_sniffed<I>(mut io: I, conn: ConnInfo, handler: Arc<Handler>, signals: &Drain)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let deadline = tokio::time::Instant::now() + FIRST_BYTES_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + http_conn::HEADER_READ_TIMEOUT;
     let Some((kind, prefix)) = http_conn::sniff_stream(&mut io, deadline).await else {
         return;
     };
