@@ -33,7 +33,7 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// client that keeps sending gets a clean close instead.
 pub const KEEPALIVE_GRACE: Duration = Duration::from_secs(1);
 
-pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const METHODS: &[&[u8]] = &[
     b"GET ",
     b"HEAD ",
@@ -58,29 +58,24 @@ pub enum Sniffed {
     NeedMore,
 }
 
-pub fn sniff(buf: &[u8]) -> Sniffed {
+fn sniff(buf: &[u8]) -> Sniffed {
     if buf.is_empty() {
         return Sniffed::NeedMore;
     }
-    let n = buf.len().min(H2_PREFACE.len());
-    if buf[..n] == H2_PREFACE[..n] {
-        return if n == H2_PREFACE.len() {
-            Sniffed::Http2
-        } else {
-            Sniffed::NeedMore
-        };
-    }
-    for m in METHODS {
-        let k = buf.len().min(m.len());
-        if buf[..k] == m[..k] {
-            return if k == m.len() {
-                Sniffed::Http1
-            } else {
-                Sniffed::NeedMore
-            };
-        }
-    }
-    Sniffed::Opaque
+    starts(buf, H2_PREFACE, Sniffed::Http2)
+        .or_else(|| METHODS.iter().find_map(|m| starts(buf, m, Sniffed::Http1)))
+        .unwrap_or(Sniffed::Opaque)
+}
+
+/// Whether `buf` begins `pattern`: `whole` once all of it arrived, [`Sniffed::NeedMore`]
+/// while `buf` is a prefix of it, `None` when they differ.
+fn starts(buf: &[u8], pattern: &[u8], whole: Sniffed) -> Option<Sniffed> {
+    let n = buf.len().min(pattern.len());
+    (buf[..n] == pattern[..n]).then_some(if n == pattern.len() {
+        whole
+    } else {
+        Sniffed::NeedMore
+    })
 }
 
 /// Reads `io` until its first bytes tell the protocol, or `deadline` passes (then
